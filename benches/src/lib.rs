@@ -1,0 +1,1 @@
+//! Shared helpers for the Shaddock benches and load generator (work in progress).

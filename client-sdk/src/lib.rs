@@ -1,0 +1,1 @@
+//! A Rust client for pomelo-protocol servers (work in progress).

@@ -1,0 +1,1 @@
+//! The Shaddock frontend: one port for raw TCP and WebSocket pomelo clients (work in progress).

@@ -1,0 +1,1 @@
+//! Framed, multiplexed TCP RPC between Shaddock servers (work in progress).

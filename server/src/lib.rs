@@ -1,0 +1,1 @@
+//! The Shaddock application model: servers.json, master, routers, channels (work in progress).
