@@ -1,0 +1,1 @@
+//! The server side of one client connection as a sans-IO state machine (work in progress).
