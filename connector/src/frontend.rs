@@ -1,0 +1,897 @@
+//! The frontend: builder, listener, per-connection driver, dispatch and pushes.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use serde_json::Value;
+use shaddock_protocol::RouteDictionary;
+use shaddock_protocol::connection::{CloseReason, ConnectionConfig, Event, ServerConnection};
+use shaddock_protocol::message::{Message, MessageRoute, MessageType, Route};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::config::ConnectorConfig;
+use crate::handler::{
+    AfterFilter, BeforeFilter, BoxFuture, Erased, ErasedHandler, ErrorHandler, Handler,
+    HandlerError, RequestInfo,
+};
+use crate::handshake::{self, HandshakeConfig};
+use crate::limit::TokenBucket;
+use crate::rewind::Rewind;
+use crate::session::{Session, SessionConfig, SessionId, SessionService};
+use crate::sniff::{MAX_SNIFF_LEN, Sniff, sniff};
+use crate::stats::{ConnectorStats, StatsSnapshot};
+use crate::transport::Transport;
+
+/// Errors of building a [`Frontend`] or encoding a push.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A handler route is not `serverType.handler.method` or not of this server's type.
+    #[error("invalid handler route `{route}`: {reason}")]
+    InvalidRoute {
+        /// The route as registered.
+        route: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Two handlers for one route.
+    #[error("duplicate handler route `{0}`")]
+    DuplicateRoute(String),
+    /// A configuration value out of range.
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
+    /// Encoding a message failed (route too long, body too large).
+    #[error("encoding message: {0}")]
+    Encode(#[from] shaddock_protocol::Error),
+}
+
+/// A request or notify for another server type, handed to the [`Forwarder`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ForwardRequest {
+    /// Route info (route string, id, kind).
+    pub info: RequestInfo,
+    /// The target server type (first part of the route).
+    pub server_type: String,
+    /// The client's session.
+    pub session: Session,
+    /// The decoded JSON body.
+    pub body: Value,
+}
+
+/// Sends routes of other server types to a backend (over RPC, see [`crate::remote`]).
+pub trait Forwarder: Send + Sync + 'static {
+    /// Forwards one message; the `Ok` value is the response body.
+    ///
+    /// # Errors
+    /// A [`HandlerError`] for the client (no server of the type, backend down or slow ...).
+    fn forward(&self, request: ForwardRequest) -> BoxFuture<'static, Result<Value, HandlerError>>;
+}
+
+/// Builds a [`Frontend`]: handlers, filters, dictionary, forwarder.
+pub struct FrontendBuilder {
+    config: ConnectorConfig,
+    session_config: SessionConfig,
+    handlers: HashMap<String, Arc<dyn ErasedHandler>>,
+    errors: Vec<Error>,
+    before: Vec<Arc<dyn BeforeFilter>>,
+    after: Vec<Arc<dyn AfterFilter>>,
+    error_handler: Option<ErrorHandler>,
+    dictionary: Option<Arc<RouteDictionary>>,
+    forwarder: Option<Arc<dyn Forwarder>>,
+}
+
+impl std::fmt::Debug for FrontendBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrontendBuilder")
+            .field("config", &self.config)
+            .field("routes", &self.handlers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FrontendBuilder {
+    /// Registers a local handler for `route` (`"<this server type>.handler.method"`).
+    /// Malformed, foreign or duplicate routes make [`FrontendBuilder::build`] fail.
+    #[must_use]
+    pub fn handler<H, T>(mut self, route: &str, handler: H) -> Self
+    where
+        H: Handler<T>,
+        T: 'static,
+    {
+        match Route::parse(route) {
+            Err(e) => self.errors.push(Error::InvalidRoute {
+                route: route.to_owned(),
+                reason: e.to_string(),
+            }),
+            Ok(r) if r.server_type != self.config.server_type => {
+                self.errors.push(Error::InvalidRoute {
+                    route: route.to_owned(),
+                    reason: format!(
+                        "server type `{}` is not this frontend's type `{}`",
+                        r.server_type, self.config.server_type
+                    ),
+                });
+            }
+            Ok(_) => {
+                let erased: Arc<dyn ErasedHandler> = Arc::new(Erased {
+                    handler,
+                    _t: std::marker::PhantomData,
+                });
+                if self.handlers.insert(route.to_owned(), erased).is_some() {
+                    self.errors.push(Error::DuplicateRoute(route.to_owned()));
+                }
+            }
+        }
+        self
+    }
+
+    /// Adds a before filter (run in registration order).
+    #[must_use]
+    pub fn before(mut self, filter: impl BeforeFilter) -> Self {
+        self.before.push(Arc::new(filter));
+        self
+    }
+
+    /// Adds an after filter (run in registration order).
+    #[must_use]
+    pub fn after(mut self, filter: impl AfterFilter) -> Self {
+        self.after.push(Arc::new(filter));
+        self
+    }
+
+    /// Sets the error handler that builds the response body of a failed request.
+    #[must_use]
+    pub fn error_handler(
+        mut self,
+        f: impl Fn(&RequestInfo, &Session, &HandlerError) -> Value + Send + Sync + 'static,
+    ) -> Self {
+        self.error_handler = Some(Arc::new(f));
+        self
+    }
+
+    /// Uses a route dictionary (`useDict`): sent in the handshake, used to expand compressed
+    /// routes from clients and to compress pushes.
+    #[must_use]
+    pub fn dictionary(mut self, dictionary: Arc<RouteDictionary>) -> Self {
+        self.dictionary = Some(dictionary);
+        self
+    }
+
+    /// Sets the forwarder for routes of other server types.
+    #[must_use]
+    pub fn forwarder(mut self, forwarder: Arc<dyn Forwarder>) -> Self {
+        self.forwarder = Some(forwarder);
+        self
+    }
+
+    /// Sets the session policy.
+    #[must_use]
+    pub fn session_config(mut self, config: SessionConfig) -> Self {
+        self.session_config = config;
+        self
+    }
+
+    /// The routes registered so far (for building the dictionary).
+    pub fn routes(&self) -> Vec<String> {
+        self.handlers.keys().cloned().collect()
+    }
+
+    /// Builds the frontend.
+    ///
+    /// # Errors
+    /// The first bad handler route or config value.
+    pub fn build(mut self) -> Result<Frontend, Error> {
+        if !self.errors.is_empty() {
+            return Err(self.errors.swap_remove(0));
+        }
+        let c = &self.config;
+        if c.queue_capacity == 0 || c.max_connections == 0 || c.max_package_size == 0 {
+            return Err(Error::InvalidConfig(
+                "queue_capacity, max_connections and max_package_size must be > 0".into(),
+            ));
+        }
+        if let Some(h) = c.heartbeat_interval
+            && (h.as_secs() == 0 || h.subsec_nanos() != 0)
+        {
+            return Err(Error::InvalidConfig(format!(
+                "heartbeat_interval {h:?} must be a whole number of seconds ≥ 1"
+            )));
+        }
+        let stats = Arc::new(ConnectorStats::default());
+        let sessions = SessionService::new(&c.frontend_id, self.session_config, stats.clone());
+        let handshake = HandshakeConfig {
+            heartbeat_secs: c.heartbeat_interval.map(|h| h.as_secs()),
+            dictionary: self.dictionary.clone(),
+            min_client_version: c
+                .min_client_version
+                .as_deref()
+                .map(handshake::parse_version),
+        };
+        Ok(Frontend {
+            inner: Arc::new(Inner {
+                connection: ConnectionConfig {
+                    heartbeat_interval: c.heartbeat_interval,
+                    heartbeat_timeout: c.heartbeat_timeout,
+                    handshake_timeout: Some(c.handshake_timeout),
+                },
+                config: self.config,
+                stats,
+                sessions,
+                handshake,
+                handlers: self.handlers,
+                before: self.before,
+                after: self.after,
+                error_handler: self.error_handler,
+                dictionary: self.dictionary,
+                forwarder: self.forwarder,
+                tracker: TaskTracker::new(),
+            }),
+        })
+    }
+}
+
+struct Inner {
+    config: ConnectorConfig,
+    connection: ConnectionConfig,
+    stats: Arc<ConnectorStats>,
+    sessions: SessionService,
+    handshake: HandshakeConfig,
+    handlers: HashMap<String, Arc<dyn ErasedHandler>>,
+    before: Vec<Arc<dyn BeforeFilter>>,
+    after: Vec<Arc<dyn AfterFilter>>,
+    error_handler: Option<ErrorHandler>,
+    dictionary: Option<Arc<RouteDictionary>>,
+    forwarder: Option<Arc<dyn Forwarder>>,
+    /// Connection tasks and in-flight handler tasks, waited for on shutdown.
+    tracker: TaskTracker,
+}
+
+/// A frontend server's client port: connections, sessions, dispatch and pushes.
+/// Cheap to clone (all clones share everything).
+#[derive(Clone)]
+pub struct Frontend {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Frontend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frontend")
+            .field("frontend_id", &self.inner.config.frontend_id)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Outcome of a push to several sessions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PushReport {
+    /// Sessions the message was queued for.
+    pub sent: usize,
+    /// Sessions not found or closed.
+    pub missing: usize,
+    /// Sessions whose queue was full (they were kicked as slow consumers).
+    pub full: usize,
+}
+
+impl Frontend {
+    /// Starts building a frontend with `config`.
+    pub fn builder(config: ConnectorConfig) -> FrontendBuilder {
+        FrontendBuilder {
+            config,
+            session_config: SessionConfig::default(),
+            handlers: HashMap::new(),
+            errors: Vec::new(),
+            before: Vec::new(),
+            after: Vec::new(),
+            error_handler: None,
+            dictionary: None,
+            forwarder: None,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ConnectorConfig {
+        &self.inner.config
+    }
+
+    /// The session service.
+    pub fn sessions(&self) -> &SessionService {
+        &self.inner.sessions
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    /// Encodes a PUSH of `body` (JSON) on `route` once, as a whole DATA package; the route is
+    /// compressed when the dictionary has it. Send the result with
+    /// [`Session::send_encoded`] or [`Frontend::push_encoded`].
+    ///
+    /// # Errors
+    /// [`Error::Encode`] for a route over 255 bytes or a body over the package limit.
+    pub fn encode_push(&self, route: &str, body: &Value) -> Result<Bytes, Error> {
+        encode_push(self.inner.dictionary.as_deref(), route, body)
+    }
+
+    /// Pushes `body` on `route` to one session.
+    ///
+    /// # Errors
+    /// [`Error::Encode`]; a missing or full session is reported in the [`PushReport`].
+    pub fn push(&self, sid: SessionId, route: &str, body: &Value) -> Result<PushReport, Error> {
+        self.push_many(&[sid], route, body)
+    }
+
+    /// Pushes `body` on `route` to each session of `sids`, encoding it once.
+    ///
+    /// # Errors
+    /// [`Error::Encode`].
+    pub fn push_many(
+        &self,
+        sids: &[SessionId],
+        route: &str,
+        body: &Value,
+    ) -> Result<PushReport, Error> {
+        let bytes = self.encode_push(route, body)?;
+        Ok(self.push_encoded(sids, &bytes))
+    }
+
+    /// Sends already encoded packages (one shared buffer) to each session of `sids`.
+    pub fn push_encoded(&self, sids: &[SessionId], packages: &Bytes) -> PushReport {
+        let mut report = PushReport::default();
+        for sid in sids {
+            match self.inner.sessions.get(*sid) {
+                None => report.missing += 1,
+                Some(s) => tally(&mut report, s.send_encoded(packages.clone())),
+            }
+        }
+        report
+    }
+
+    /// Pushes `body` on `route` to every open session, encoding it once.
+    ///
+    /// # Errors
+    /// [`Error::Encode`].
+    pub fn broadcast(&self, route: &str, body: &Value) -> Result<PushReport, Error> {
+        let bytes = self.encode_push(route, body)?;
+        let mut report = PushReport::default();
+        for s in self.inner.sessions.all() {
+            tally(&mut report, s.send_encoded(bytes.clone()));
+        }
+        Ok(report)
+    }
+
+    /// Serves clients on `listener` until `shutdown` is cancelled, then closes every
+    /// connection and waits for connection and handler tasks to finish.
+    ///
+    /// At most `max_connections` connections are served at once: a permit is taken before
+    /// `accept`. When none is left the listener still accepts and closes the new socket at
+    /// once (counted as `refused`), so an over-limit client sees a prompt close rather than
+    /// hanging in the kernel backlog. Accept errors (e.g. out of file descriptors) are
+    /// logged and retried with an exponential back-off of 1 ms to 1 s.
+    ///
+    /// # Errors
+    /// None at present; `Result` leaves room for fatal listener errors.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> io::Result<()> {
+        let limit = Arc::new(Semaphore::new(self.inner.config.max_connections));
+        let local = listener.local_addr().ok();
+        tracing::info!(addr = ?local, frontend = %self.inner.config.frontend_id, "client port listening");
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            let permit = limit.clone().try_acquire_owned().ok();
+            let accepted = tokio::select! {
+                () = shutdown.cancelled() => break,
+                r = listener.accept() => r,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    backoff = Duration::from_millis(1);
+                    let Some(permit) = permit else {
+                        ConnectorStats::incr(&self.inner.stats.refused);
+                        tracing::warn!(%peer, max = self.inner.config.max_connections, "connection refused: max connections reached");
+                        drop(stream);
+                        continue;
+                    };
+                    ConnectorStats::incr(&self.inner.stats.accepted);
+                    let inner = self.inner.clone();
+                    let token = shutdown.child_token();
+                    let span = tracing::debug_span!("conn", %peer);
+                    self.inner
+                        .tracker
+                        .spawn(run_connection(inner, stream, peer, token, permit).instrument(span));
+                }
+                Err(e) => {
+                    ConnectorStats::incr(&self.inner.stats.accept_errors);
+                    tracing::error!(cause = %e, ?backoff, "accept failed, backing off");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+        drop(listener);
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
+        self.inner.tracker.reopen();
+        tracing::info!(addr = ?local, "client port closed");
+        Ok(())
+    }
+}
+
+fn tally(report: &mut PushReport, r: Result<(), crate::session::SessionError>) {
+    match r {
+        Ok(()) => report.sent += 1,
+        Err(crate::session::SessionError::QueueFull { .. }) => report.full += 1,
+        Err(_) => report.missing += 1,
+    }
+}
+
+/// Encodes a PUSH package once (see [`Frontend::encode_push`]).
+pub(crate) fn encode_push(
+    dictionary: Option<&RouteDictionary>,
+    route: &str,
+    body: &Value,
+) -> Result<Bytes, Error> {
+    let route = match dictionary.and_then(|d| d.code(route)) {
+        Some(code) => MessageRoute::Code(code),
+        None => MessageRoute::name(route.to_owned()),
+    };
+    let msg = Message::push(route, shaddock_protocol::json::to_vec(body));
+    let mut dst = BytesMut::with_capacity(msg.encoded_len() + 4);
+    msg.encode_package(&mut dst)?;
+    Ok(dst.freeze())
+}
+
+fn encode_response(id: u32, body: &Value) -> Result<Bytes, Error> {
+    let msg = Message::response(id, shaddock_protocol::json::to_vec(body));
+    let mut dst = BytesMut::with_capacity(msg.encoded_len() + 4);
+    msg.encode_package(&mut dst)?;
+    Ok(dst.freeze())
+}
+
+/// Decrements the active-connection count when a connection task ends.
+struct ActiveGuard(Arc<ConnectorStats>);
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0
+            .active
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+async fn run_connection(
+    inner: Arc<Inner>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) {
+    inner
+        .stats
+        .active
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _active = ActiveGuard(inner.stats.clone());
+    if inner.config.nodelay {
+        let _ = stream.set_nodelay(true);
+    }
+    let deadline = Instant::now() + inner.config.handshake_timeout;
+    // Sniff: read until the first bytes decide TCP or HTTP.
+    let mut first = BytesMut::with_capacity(1024);
+    let kind = loop {
+        match sniff(&first) {
+            Sniff::NeedMore if first.len() < MAX_SNIFF_LEN => {}
+            Sniff::NeedMore => break Sniff::Tcp,
+            decided => break decided,
+        }
+        let read = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = tokio::time::timeout_at(deadline, stream.read_buf(&mut first)) => r,
+        };
+        match read {
+            Err(_) => {
+                ConnectorStats::incr(&inner.stats.handshake_timeouts);
+                tracing::debug!("closed: no bytes to sniff before the handshake timeout");
+                return;
+            }
+            Ok(Ok(0)) => return,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(cause = %e, "read error while sniffing");
+                return;
+            }
+        }
+    };
+    let max = inner.config.max_package_size;
+    let transport = if kind == Sniff::WebSocket {
+        let ws_config = WebSocketConfig::default()
+            // Max message = max package size (plus its 4-byte header); bounded write buffer.
+            .max_message_size(Some(max + 4))
+            .max_frame_size(Some(max + 4))
+            .write_buffer_size(0)
+            .max_write_buffer_size(inner.config.max_write_batch.max(max + 4) * 2);
+        let io = Rewind::new(first.freeze(), stream);
+        let accept = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = tokio::time::timeout_at(
+                deadline,
+                tokio_tungstenite::accept_async_with_config(io, Some(ws_config)),
+            ) => r,
+        };
+        match accept {
+            Ok(Ok(ws)) => Transport::Ws {
+                ws: Box::new(ws),
+                max_body_len: max,
+            },
+            Ok(Err(e)) => {
+                ConnectorStats::incr(&inner.stats.protocol_errors);
+                tracing::debug!(cause = %e, "websocket upgrade failed");
+                return;
+            }
+            Err(_) => {
+                ConnectorStats::incr(&inner.stats.handshake_timeouts);
+                tracing::debug!("closed: websocket upgrade not done before the handshake timeout");
+                return;
+            }
+        }
+    } else {
+        Transport::Tcp {
+            io: stream,
+            rbuf: first,
+            decoder: shaddock_protocol::package::PackageDecoder::new(max),
+        }
+    };
+    let (tx, rx) = mpsc::channel(inner.config.queue_capacity);
+    let session = inner.sessions.create(peer, tx, inner.config.queue_capacity);
+    tracing::debug!(
+        sid = session.id(),
+        ws = kind == Sniff::WebSocket,
+        "connection open"
+    );
+    let reason = Driver {
+        inner: inner.clone(),
+        session: session.clone(),
+        transport,
+        rx,
+        shutdown,
+    }
+    .run()
+    .await;
+    tracing::debug!(sid = session.id(), %reason, "connection closed");
+    inner.sessions.remove(&session, &reason);
+}
+
+struct Driver<S> {
+    inner: Arc<Inner>,
+    session: Session,
+    transport: Transport<S>,
+    rx: mpsc::Receiver<Bytes>,
+    shutdown: CancellationToken,
+}
+
+fn now_std() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+fn describe(reason: &CloseReason) -> String {
+    match reason {
+        CloseReason::HandshakeTimeout => "handshake timeout".into(),
+        CloseReason::HeartbeatTimeout => "heartbeat timeout".into(),
+        CloseReason::HandshakeRejected(code) => format!("handshake refused with code {code}"),
+        CloseReason::Kicked(r) => format!("kicked: {r}"),
+        CloseReason::UnexpectedPackage(t) => format!("client sent a {} package", t.name()),
+        CloseReason::Local => "closed".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+impl<S> Driver<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    /// Runs the connection to its end; returns the close reason.
+    async fn run(mut self) -> String {
+        let stats = self.inner.stats.clone();
+        let mut conn = ServerConnection::new(self.inner.connection, now_std());
+        let mut bucket = self
+            .inner
+            .config
+            .rate_limit
+            .map(|l| TokenBucket::new(l, now_std()));
+        let mut inbound = VecDeque::new();
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut local_reason: Option<String> = None;
+        loop {
+            // 1. Act on what the state machine reported.
+            let mut closed: Option<CloseReason> = None;
+            while let Some(event) = conn.poll_event() {
+                match event {
+                    Event::HandshakeRequest(body) => {
+                        let (code, reply) = handshake::respond(&self.inner.handshake, &body);
+                        if code == 200 {
+                            conn.accept_handshake(reply);
+                        } else {
+                            tracing::debug!(code, "handshake refused");
+                            conn.reject_handshake(code, reply);
+                        }
+                    }
+                    Event::Established => tracing::trace!("handshake acknowledged"),
+                    Event::Data(body) => {
+                        if let Err(reason) = self.on_data(body) {
+                            ConnectorStats::incr(&stats.protocol_errors);
+                            tracing::debug!(%reason, "malformed message, closing");
+                            local_reason = Some(reason);
+                            conn.close_local();
+                        }
+                    }
+                    Event::Closed(reason) => closed = Some(reason),
+                    _ => {}
+                }
+            }
+            // 2. Write: state-machine packages first, then queued messages, coalesced.
+            while let Some(p) = conn.poll_transmit() {
+                match p.to_bytes() {
+                    Ok(b) => batch.push(b),
+                    Err(e) => tracing::error!(cause = %e, "cannot encode package"),
+                }
+            }
+            if closed.is_none() {
+                self.drain_queue(&mut batch);
+            }
+            if !batch.is_empty()
+                && let Err(reason) = self.write(&mut batch).await
+            {
+                return reason;
+            }
+            if let Some(reason) = closed {
+                match &reason {
+                    CloseReason::HandshakeTimeout => {
+                        ConnectorStats::incr(&stats.handshake_timeouts)
+                    }
+                    CloseReason::HeartbeatTimeout => {
+                        ConnectorStats::incr(&stats.heartbeat_timeouts)
+                    }
+                    CloseReason::UnexpectedPackage(_) => {
+                        ConnectorStats::incr(&stats.protocol_errors)
+                    }
+                    _ => {}
+                }
+                let _ =
+                    tokio::time::timeout(self.inner.config.write_timeout, self.transport.close())
+                        .await;
+                return local_reason.unwrap_or_else(|| describe(&reason));
+            }
+            // 3. Wait for the next input.
+            let deadline = conn.poll_timeout().map(Instant::from_std);
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = self.shutdown.cancelled() => {
+                    local_reason = Some("server shutdown".into());
+                    conn.close_local();
+                }
+                reason = self.session.kick_requested() => {
+                    ConnectorStats::incr(&stats.kicked);
+                    tracing::debug!(%reason, "kicking client");
+                    conn.kick(&reason);
+                }
+                read = self.transport.read_packages(&mut inbound) => match read {
+                    Ok(true) => {
+                        let now = now_std();
+                        for package in inbound.drain(..) {
+                            if let Some(bucket) = bucket.as_mut()
+                                && !bucket.try_take(now)
+                            {
+                                ConnectorStats::incr(&stats.rate_limited);
+                                ConnectorStats::incr(&stats.kicked);
+                                tracing::warn!(peer = %self.session.peer_addr(), "inbound rate limit exceeded, kicking");
+                                conn.kick("rate limit exceeded");
+                                break;
+                            }
+                            conn.handle_package(package, now);
+                        }
+                        inbound.clear();
+                    }
+                    Ok(false) => {
+                        local_reason = Some("closed by client".into());
+                        conn.close_local();
+                    }
+                    Err(e) => {
+                        if e.is_protocol() {
+                            ConnectorStats::incr(&stats.protocol_errors);
+                        }
+                        tracing::debug!(cause = %e, "read failed, closing");
+                        local_reason = Some(format!("read failed: {e}"));
+                        conn.close_local();
+                    }
+                },
+                Some(first) = self.rx.recv() => batch.push(first),
+                () = sleep => conn.handle_timeout(now_std()),
+            }
+        }
+    }
+
+    /// Moves queued messages into `batch`, up to `max_write_batch` bytes.
+    fn drain_queue(&mut self, batch: &mut Vec<Bytes>) {
+        let mut size: usize = batch.iter().map(Bytes::len).sum();
+        while size < self.inner.config.max_write_batch {
+            match self.rx.try_recv() {
+                Ok(b) => {
+                    size += b.len();
+                    batch.push(b);
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Writes `batch` as one write (one WebSocket message); empties it.
+    async fn write(&mut self, batch: &mut Vec<Bytes>) -> Result<(), String> {
+        let bytes = if batch.len() == 1 {
+            batch.pop().unwrap_or_default()
+        } else {
+            let total = batch.iter().map(Bytes::len).sum();
+            let mut buf = BytesMut::with_capacity(total);
+            for b in batch.drain(..) {
+                buf.extend_from_slice(&b);
+            }
+            buf.freeze()
+        };
+        match tokio::time::timeout(
+            self.inner.config.write_timeout,
+            self.transport.write_batch(bytes),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::debug!(cause = %e, "write failed, closing");
+                Err(format!("write failed: {e}"))
+            }
+            Err(_) => {
+                tracing::warn!(peer = %self.session.peer_addr(), timeout = ?self.inner.config.write_timeout, "write timed out, closing slow client");
+                Err("write timeout".into())
+            }
+        }
+    }
+
+    /// Decodes a DATA body and spawns its handling. `Err` = malformed message: close.
+    fn on_data(&self, body: Bytes) -> Result<(), String> {
+        let msg = Message::decode(body).map_err(|e| format!("malformed message: {e}"))?;
+        match msg.kind {
+            MessageType::Request | MessageType::Notify => {}
+            other => return Err(format!("client sent a {} message", other.name())),
+        }
+        let inner = self.inner.clone();
+        let session = self.session.clone();
+        self.inner
+            .tracker
+            .spawn(async move { dispatch(inner, session, msg).await }.in_current_span());
+        Ok(())
+    }
+}
+
+/// Handles one request or notify and queues its response.
+async fn dispatch(inner: Arc<Inner>, session: Session, msg: Message) {
+    // "An id of 0 means no response wanted" (§4.2).
+    let wants_reply = msg.kind == MessageType::Request && msg.id != 0;
+    let route: String = match &msg.route {
+        MessageRoute::Name(name) => name.as_str().to_owned(),
+        MessageRoute::Code(code) => match inner.dictionary.as_ref().and_then(|d| d.route(*code)) {
+            Some(r) => r.as_str().to_owned(),
+            None => {
+                tracing::warn!(code, "unknown route code");
+                if wants_reply {
+                    reply(
+                        &inner,
+                        &session,
+                        msg.id,
+                        &HandlerError::internal(format!("unknown route code {code}")).to_body(),
+                    );
+                }
+                return;
+            }
+        },
+        _ => return,
+    };
+    let info = RequestInfo {
+        route,
+        id: msg.id,
+        kind: msg.kind,
+    };
+    let outcome = run_request(&inner, &session, &info, &msg.body).await;
+    for f in &inner.after {
+        f.after(&info, &session, &outcome);
+    }
+    if let Err(e) = &outcome {
+        tracing::debug!(route = %info.route, code = e.code, error = %e.message, "request failed");
+    }
+    if wants_reply {
+        let body = match outcome {
+            Ok(Value::Null) => Value::Object(serde_json::Map::new()),
+            Ok(v) => v,
+            Err(e) => match &inner.error_handler {
+                Some(h) => h(&info, &session, &e),
+                None => e.to_body(),
+            },
+        };
+        reply(&inner, &session, info.id, &body);
+    }
+}
+
+async fn run_request(
+    inner: &Inner,
+    session: &Session,
+    info: &RequestInfo,
+    raw: &Bytes,
+) -> Result<Value, HandlerError> {
+    let parsed = Route::parse(&info.route).map_err(|_| {
+        tracing::warn!(route = %info.route, "route is not serverType.handler.method");
+        HandlerError::internal(format!("invalid route `{}`", info.route))
+    })?;
+    let body = shaddock_protocol::json::from_slice(raw)
+        .map_err(|e| HandlerError::internal(format!("invalid request body: {e}")))?;
+    for f in &inner.before {
+        f.before(info, &body, session)?;
+    }
+    if parsed.server_type == inner.config.server_type {
+        let Some(handler) = inner.handlers.get(&info.route) else {
+            tracing::warn!(route = %info.route, "no handler for route");
+            return Err(HandlerError::internal(format!(
+                "unknown route `{}`",
+                info.route
+            )));
+        };
+        handler.call(session.clone(), body).await
+    } else {
+        let Some(forwarder) = &inner.forwarder else {
+            tracing::warn!(route = %info.route, "no forwarder for a remote route");
+            return Err(HandlerError::internal(format!(
+                "no server of type `{}`",
+                parsed.server_type
+            )));
+        };
+        let server_type = parsed.server_type.to_owned();
+        forwarder
+            .forward(ForwardRequest {
+                info: info.clone(),
+                server_type,
+                session: session.clone(),
+                body,
+            })
+            .await
+    }
+}
+
+fn reply(_inner: &Inner, session: &Session, id: u32, body: &Value) {
+    match encode_response(id, body) {
+        Ok(bytes) => {
+            if let Err(e) = session.send_encoded(bytes) {
+                tracing::debug!(cause = %e, "response not queued");
+            }
+        }
+        Err(e) => tracing::error!(cause = %e, id, "cannot encode response"),
+    }
+}

@@ -1,0 +1,192 @@
+//! Local handlers by route, filters and the error-handler hook.
+//!
+//! A handler is a typed async fn `(Session, T) -> Result<R, E>` with `T: Deserialize`,
+//! `R: Serialize` and `E: Into<HandlerError>`; it is erased once, when registered, into a boxed
+//! handler that decodes the body, calls, and encodes the reply (axum's pattern, without the
+//! extractor machinery). A body that does not decode into `T` becomes an error response to
+//! that request; the connection stays up.
+//!
+//! Filters run around every request and notify, local or forwarded, as in pomelo: before
+//! filters may refuse a message (the refusal becomes the error response), after filters see
+//! the outcome. The error handler turns a [`HandlerError`] into the response body; by default
+//! the body is `{"code":<code>,"msg":<message>}` (`msg` omitted when empty).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use shaddock_protocol::message::MessageType;
+
+use crate::session::Session;
+
+/// A boxed, sendable future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The pomelo error code used when nothing more specific applies.
+pub const CODE_ERROR: i64 = 500;
+
+/// A failed request: becomes a response body `{"code":…,"msg":…}` (pomelo has no error message
+/// type; errors are ordinary responses, PROTOCOL.md §8.4).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("code {code}: {message}")]
+pub struct HandlerError {
+    /// The `code` of the response body (500 unless the handler chose another).
+    pub code: i64,
+    /// Human-readable reason, sent as `msg` when not empty.
+    pub message: String,
+}
+
+impl HandlerError {
+    /// An error with `code` and `message`.
+    pub fn new(code: i64, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A code-500 error.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(CODE_ERROR, message)
+    }
+
+    /// The default response body.
+    pub fn to_body(&self) -> Value {
+        let mut m = serde_json::Map::new();
+        m.insert("code".into(), Value::from(self.code));
+        if !self.message.is_empty() {
+            m.insert("msg".into(), Value::from(self.message.clone()));
+        }
+        Value::Object(m)
+    }
+}
+
+impl From<serde_json::Error> for HandlerError {
+    fn from(e: serde_json::Error) -> Self {
+        Self::internal(e.to_string())
+    }
+}
+
+/// What filters and the error handler learn about a message.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RequestInfo {
+    /// The route string (`serverType.handler.method`).
+    pub route: String,
+    /// The request id; 0 for notifies.
+    pub id: u32,
+    /// Request or notify.
+    pub kind: MessageType,
+}
+
+/// An erased handler: decoded JSON body in, JSON reply out.
+pub(crate) trait ErasedHandler: Send + Sync {
+    fn call(
+        &self,
+        session: Session,
+        body: Value,
+    ) -> BoxFuture<'static, Result<Value, HandlerError>>;
+}
+
+/// A typed async handler; implemented for every `Fn(Session, T) -> impl Future<Output =
+/// Result<R, E>>` with the bounds below.
+pub trait Handler<T>: Clone + Send + Sync + 'static {
+    /// Runs the handler on a decoded body.
+    fn call(
+        &self,
+        session: Session,
+        body: Value,
+    ) -> BoxFuture<'static, Result<Value, HandlerError>>;
+}
+
+impl<F, Fut, T, R, E> Handler<T> for F
+where
+    F: Fn(Session, T) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<R, E>> + Send + 'static,
+    T: DeserializeOwned + Send + 'static,
+    R: Serialize,
+    E: Into<HandlerError>,
+{
+    fn call(
+        &self,
+        session: Session,
+        body: Value,
+    ) -> BoxFuture<'static, Result<Value, HandlerError>> {
+        let arg = match serde_json::from_value::<T>(body) {
+            Ok(arg) => arg,
+            Err(e) => {
+                let err = HandlerError::internal(format!("invalid request body: {e}"));
+                return Box::pin(async move { Err(err) });
+            }
+        };
+        let fut = (self)(session, arg);
+        Box::pin(async move {
+            let reply = fut.await.map_err(Into::into)?;
+            serde_json::to_value(reply).map_err(HandlerError::from)
+        })
+    }
+}
+
+pub(crate) struct Erased<H, T> {
+    pub(crate) handler: H,
+    pub(crate) _t: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<H: Handler<T>, T: 'static> ErasedHandler for Erased<H, T> {
+    fn call(
+        &self,
+        session: Session,
+        body: Value,
+    ) -> BoxFuture<'static, Result<Value, HandlerError>> {
+        self.handler.call(session, body)
+    }
+}
+
+/// Runs before a message is handled; `Err` refuses it (the error becomes the response).
+pub trait BeforeFilter: Send + Sync + 'static {
+    /// Checks one message.
+    ///
+    /// # Errors
+    /// The refusal, answered to requests as an error response.
+    fn before(
+        &self,
+        info: &RequestInfo,
+        body: &Value,
+        session: &Session,
+    ) -> Result<(), HandlerError>;
+}
+
+impl<F> BeforeFilter for F
+where
+    F: Fn(&RequestInfo, &Value, &Session) -> Result<(), HandlerError> + Send + Sync + 'static,
+{
+    fn before(
+        &self,
+        info: &RequestInfo,
+        body: &Value,
+        session: &Session,
+    ) -> Result<(), HandlerError> {
+        self(info, body, session)
+    }
+}
+
+/// Runs after a message was handled (or refused), with the outcome.
+pub trait AfterFilter: Send + Sync + 'static {
+    /// Observes one outcome.
+    fn after(&self, info: &RequestInfo, session: &Session, outcome: &Result<Value, HandlerError>);
+}
+
+impl<F> AfterFilter for F
+where
+    F: Fn(&RequestInfo, &Session, &Result<Value, HandlerError>) + Send + Sync + 'static,
+{
+    fn after(&self, info: &RequestInfo, session: &Session, outcome: &Result<Value, HandlerError>) {
+        self(info, session, outcome);
+    }
+}
+
+/// Turns an error into the response body (pomelo's `errorHandler`).
+pub type ErrorHandler = Arc<dyn Fn(&RequestInfo, &Session, &HandlerError) -> Value + Send + Sync>;

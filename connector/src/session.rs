@@ -1,0 +1,604 @@
+//! Sessions (one per client connection) and the session service of a frontend.
+//!
+//! A [`Session`] is a cheap, cloneable handle. Handlers get it with each request; the
+//! [`SessionService`] finds sessions by id or uid, kicks them and counts them.
+//!
+//! # Ids
+//! A session id is a `u64`: the high 32 bits are the CRC-32 of the frontend id, the low 32 bits
+//! a per-frontend counter. Ids are therefore unique across a cluster whose frontend ids have
+//! distinct CRC-32s (the server runtime checks that when it loads `servers.json`), and a
+//! frontend reuses an id only after 2^32 connections.
+//!
+//! # Binding a uid twice
+//! - Binding a session to the uid it already has succeeds and changes nothing.
+//! - Binding a session that has a *different* uid fails with [`SessionError::AlreadyBound`]
+//!   (pomelo: "session has already bind with uid"); unbind first.
+//! - Several sessions may share one uid (pomelo's default, e.g. two browser tabs); with
+//!   [`SessionConfig::single_session`] the older sessions of that uid are kicked on bind,
+//!   as pomelo's `singleSession` option does.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::stats::ConnectorStats;
+
+/// Id of a session, unique across the cluster (see the [module docs](self)).
+pub type SessionId = u64;
+
+/// Errors of session operations.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The session is bound to another uid; unbind it first (not fatal).
+    #[error("session {sid} is already bound to uid `{bound}`, cannot bind `{requested}`")]
+    AlreadyBound {
+        /// The session.
+        sid: SessionId,
+        /// Its current uid.
+        bound: String,
+        /// The uid asked for.
+        requested: String,
+    },
+    /// Unbind with a uid the session is not bound to (not fatal).
+    #[error("session {sid} is not bound to uid `{uid}`")]
+    NotBound {
+        /// The session.
+        sid: SessionId,
+        /// The uid given.
+        uid: String,
+    },
+    /// The session's connection is closed (not fatal).
+    #[error("session {0} is closed")]
+    Closed(SessionId),
+    /// The session's outbound queue was full: the client is kicked as a slow consumer.
+    #[error("session {sid}: outbound queue full ({capacity} messages), client kicked")]
+    QueueFull {
+        /// The session.
+        sid: SessionId,
+        /// The queue's capacity.
+        capacity: usize,
+    },
+}
+
+/// Options of the session service.
+#[derive(Debug, Clone, Copy, Default)]
+#[non_exhaustive]
+pub struct SessionConfig {
+    /// Kick the other sessions of a uid when a session binds it. Default `false`.
+    pub single_session: bool,
+}
+
+/// The closed hook: called once per session when its connection ends, with the reason.
+pub type ClosedHook = Arc<dyn Fn(&Session, &str) + Send + Sync>;
+
+pub(crate) struct SessionInner {
+    id: SessionId,
+    frontend_id: Arc<str>,
+    peer: SocketAddr,
+    uid: RwLock<Option<String>>,
+    settings: RwLock<Map<String, Value>>,
+    /// Encoded packages for the client; bounded (`queue_capacity`).
+    outbound: mpsc::Sender<Bytes>,
+    capacity: usize,
+    /// A kick asked for by anyone but the connection task, read by that task.
+    kick_reason: Mutex<Option<String>>,
+    kick_notify: Notify,
+    /// Cancelled when the connection has ended.
+    closed: CancellationToken,
+    service: std::sync::Weak<ServiceInner>,
+    stats: Arc<ConnectorStats>,
+}
+
+/// A client's session on this frontend. Clone it freely: all clones are the same session.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<SessionInner>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.inner.id)
+            .field("frontend_id", &self.inner.frontend_id)
+            .field("uid", &self.uid())
+            .field("peer", &self.inner.peer)
+            .finish()
+    }
+}
+
+impl Session {
+    /// The id, unique across the cluster.
+    pub fn id(&self) -> SessionId {
+        self.inner.id
+    }
+
+    /// The id of the frontend server holding the connection.
+    pub fn frontend_id(&self) -> &str {
+        &self.inner.frontend_id
+    }
+
+    /// The client's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.inner.peer
+    }
+
+    /// The bound uid, if any.
+    pub fn uid(&self) -> Option<String> {
+        read(&self.inner.uid).clone()
+    }
+
+    /// Binds `uid` to this session (policy in the [module docs](self)).
+    ///
+    /// # Errors
+    /// [`SessionError::AlreadyBound`] when bound to another uid; [`SessionError::Closed`].
+    pub fn bind(&self, uid: &str) -> Result<(), SessionError> {
+        let service = self.service().ok_or(SessionError::Closed(self.id()))?;
+        service.bind(self, uid)
+    }
+
+    /// Unbinds `uid` from this session.
+    ///
+    /// # Errors
+    /// [`SessionError::NotBound`] when the session is not bound to `uid`.
+    pub fn unbind(&self, uid: &str) -> Result<(), SessionError> {
+        match self.service() {
+            Some(service) => service.unbind(self, uid),
+            None => {
+                let mut bound = write(&self.inner.uid);
+                if bound.as_deref() == Some(uid) {
+                    *bound = None;
+                    Ok(())
+                } else {
+                    Err(SessionError::NotBound {
+                        sid: self.id(),
+                        uid: uid.to_owned(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Sets one setting (pomelo `session.set`).
+    pub fn set(&self, key: impl Into<String>, value: Value) {
+        write(&self.inner.settings).insert(key.into(), value);
+    }
+
+    /// One setting (pomelo `session.get`).
+    pub fn get(&self, key: &str) -> Option<Value> {
+        read(&self.inner.settings).get(key).cloned()
+    }
+
+    /// Removes one setting.
+    pub fn remove(&self, key: &str) -> Option<Value> {
+        write(&self.inner.settings).remove(key)
+    }
+
+    /// A copy of all settings.
+    pub fn settings(&self) -> Map<String, Value> {
+        read(&self.inner.settings).clone()
+    }
+
+    /// Merges `settings` into this session's settings (pomelo `pushAll` from a backend).
+    pub fn merge_settings(&self, settings: Map<String, Value>) {
+        let mut mine = write(&self.inner.settings);
+        for (k, v) in settings {
+            mine.insert(k, v);
+        }
+    }
+
+    /// Queues already encoded packages (e.g. a push encoded once for many sessions).
+    ///
+    /// # Errors
+    /// [`SessionError::Closed`]; [`SessionError::QueueFull`], after which the client has been
+    /// kicked as a slow consumer.
+    pub fn send_encoded(&self, packages: Bytes) -> Result<(), SessionError> {
+        match self.inner.outbound.try_send(packages) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SessionError::Closed(self.id())),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let capacity = self.inner.capacity;
+                if self.request_kick(format!(
+                    "slow consumer: outbound queue full ({capacity} messages)"
+                )) {
+                    ConnectorStats::incr(&self.inner.stats.slow_consumers);
+                    tracing::warn!(
+                        sid = self.id(),
+                        peer = %self.inner.peer,
+                        capacity,
+                        "outbound queue full, kicking slow consumer"
+                    );
+                }
+                Err(SessionError::QueueFull {
+                    sid: self.id(),
+                    capacity,
+                })
+            }
+        }
+    }
+
+    /// Kicks the client: a KICK `{"reason": reason}` (if the connection is established),
+    /// then the connection closes. Returns at once; the connection task does the work.
+    pub fn kick(&self, reason: &str) {
+        self.request_kick(reason.to_owned());
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.is_cancelled()
+    }
+
+    /// Completes when the connection has ended.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn closed(&self) {
+        self.inner.closed.cancelled().await;
+    }
+
+    /// Records a kick; `false` if one was already pending.
+    fn request_kick(&self, reason: String) -> bool {
+        let mut pending = lock(&self.inner.kick_reason);
+        if pending.is_some() || self.is_closed() {
+            return false;
+        }
+        *pending = Some(reason);
+        drop(pending);
+        self.inner.kick_notify.notify_one();
+        true
+    }
+
+    /// Completes when a kick is requested, with its reason.
+    ///
+    /// # Cancel safety
+    /// Cancel safe (the reason stays pending).
+    pub(crate) async fn kick_requested(&self) -> String {
+        loop {
+            if let Some(reason) = lock(&self.inner.kick_reason).clone() {
+                return reason;
+            }
+            self.inner.kick_notify.notified().await;
+        }
+    }
+
+    fn service(&self) -> Option<SessionService> {
+        self.inner
+            .service
+            .upgrade()
+            .map(|inner| SessionService { inner })
+    }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    l.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[derive(Default)]
+struct Maps {
+    by_id: HashMap<SessionId, Session>,
+    by_uid: HashMap<String, Vec<SessionId>>,
+}
+
+struct ServiceInner {
+    frontend_id: Arc<str>,
+    id_prefix: u64,
+    next: AtomicU32,
+    config: SessionConfig,
+    maps: RwLock<Maps>,
+    closed_hooks: RwLock<Vec<ClosedHook>>,
+    stats: Arc<ConnectorStats>,
+}
+
+/// The sessions of one frontend: look up by id or uid, kick, count.
+#[derive(Clone)]
+pub struct SessionService {
+    inner: Arc<ServiceInner>,
+}
+
+impl std::fmt::Debug for SessionService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionService")
+            .field("frontend_id", &self.inner.frontend_id)
+            .field("count", &self.count())
+            .finish()
+    }
+}
+
+impl SessionService {
+    pub(crate) fn new(
+        frontend_id: &str,
+        config: SessionConfig,
+        stats: Arc<ConnectorStats>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(ServiceInner {
+                frontend_id: frontend_id.into(),
+                id_prefix: u64::from(crc32fast::hash(frontend_id.as_bytes())) << 32,
+                next: AtomicU32::new(1),
+                config,
+                maps: RwLock::default(),
+                closed_hooks: RwLock::default(),
+                stats,
+            }),
+        }
+    }
+
+    /// Creates and registers the session of a new connection.
+    pub(crate) fn create(
+        &self,
+        peer: SocketAddr,
+        outbound: mpsc::Sender<Bytes>,
+        capacity: usize,
+    ) -> Session {
+        let local = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let session = Session {
+            inner: Arc::new(SessionInner {
+                id: self.inner.id_prefix | u64::from(local),
+                frontend_id: self.inner.frontend_id.clone(),
+                peer,
+                uid: RwLock::new(None),
+                settings: RwLock::default(),
+                outbound,
+                capacity,
+                kick_reason: Mutex::new(None),
+                kick_notify: Notify::new(),
+                closed: CancellationToken::new(),
+                service: Arc::downgrade(&self.inner),
+                stats: self.inner.stats.clone(),
+            }),
+        };
+        write(&self.inner.maps)
+            .by_id
+            .insert(session.id(), session.clone());
+        session
+    }
+
+    /// Removes a session whose connection ended and runs the closed hooks.
+    pub(crate) fn remove(&self, session: &Session, reason: &str) {
+        {
+            let mut maps = write(&self.inner.maps);
+            maps.by_id.remove(&session.id());
+            if let Some(uid) = read(&session.inner.uid).as_deref() {
+                remove_uid(&mut maps, uid, session.id());
+            }
+        }
+        session.inner.closed.cancel();
+        let hooks = read(&self.inner.closed_hooks).clone();
+        for hook in hooks {
+            hook(session, reason);
+        }
+    }
+
+    /// Registers a hook called once for every session whose connection ends.
+    pub fn on_closed(&self, hook: impl Fn(&Session, &str) + Send + Sync + 'static) {
+        write(&self.inner.closed_hooks).push(Arc::new(hook));
+    }
+
+    /// The session with this id.
+    pub fn get(&self, id: SessionId) -> Option<Session> {
+        read(&self.inner.maps).by_id.get(&id).cloned()
+    }
+
+    /// The sessions bound to `uid` (oldest first).
+    pub fn get_by_uid(&self, uid: &str) -> Vec<Session> {
+        let maps = read(&self.inner.maps);
+        maps.by_uid
+            .get(uid)
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|id| maps.by_id.get(id).cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Kicks one session; `false` if there is none with this id.
+    pub fn kick_by_id(&self, id: SessionId, reason: &str) -> bool {
+        match self.get(id) {
+            Some(s) => {
+                s.kick(reason);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Kicks every session of `uid`; returns how many.
+    pub fn kick_by_uid(&self, uid: &str, reason: &str) -> usize {
+        let sessions = self.get_by_uid(uid);
+        for s in &sessions {
+            s.kick(reason);
+        }
+        sessions.len()
+    }
+
+    /// Number of open sessions (connections, including those still handshaking).
+    pub fn count(&self) -> usize {
+        read(&self.inner.maps).by_id.len()
+    }
+
+    /// Every open session.
+    pub fn all(&self) -> Vec<Session> {
+        read(&self.inner.maps).by_id.values().cloned().collect()
+    }
+
+    fn bind(&self, session: &Session, uid: &str) -> Result<(), SessionError> {
+        let others = {
+            let mut maps = write(&self.inner.maps);
+            if !maps.by_id.contains_key(&session.id()) {
+                return Err(SessionError::Closed(session.id()));
+            }
+            let mut bound = write(&session.inner.uid);
+            match bound.as_deref() {
+                Some(b) if b == uid => return Ok(()),
+                Some(b) => {
+                    return Err(SessionError::AlreadyBound {
+                        sid: session.id(),
+                        bound: b.to_owned(),
+                        requested: uid.to_owned(),
+                    });
+                }
+                None => {}
+            }
+            *bound = Some(uid.to_owned());
+            let ids = maps.by_uid.entry(uid.to_owned()).or_default();
+            let others: Vec<SessionId> = if self.inner.config.single_session {
+                ids.clone()
+            } else {
+                Vec::new()
+            };
+            ids.push(session.id());
+            others
+                .into_iter()
+                .filter_map(|id| maps.by_id.get(&id).cloned())
+                .collect::<Vec<_>>()
+        };
+        for other in others {
+            other.kick("kick");
+        }
+        Ok(())
+    }
+
+    fn unbind(&self, session: &Session, uid: &str) -> Result<(), SessionError> {
+        let mut maps = write(&self.inner.maps);
+        let mut bound = write(&session.inner.uid);
+        if bound.as_deref() != Some(uid) {
+            return Err(SessionError::NotBound {
+                sid: session.id(),
+                uid: uid.to_owned(),
+            });
+        }
+        *bound = None;
+        drop(bound);
+        remove_uid(&mut maps, uid, session.id());
+        Ok(())
+    }
+}
+
+fn remove_uid(maps: &mut Maps, uid: &str, id: SessionId) {
+    if let Some(ids) = maps.by_uid.get_mut(uid) {
+        ids.retain(|x| *x != id);
+        if ids.is_empty() {
+            maps.by_uid.remove(uid);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(single: bool) -> SessionService {
+        SessionService::new(
+            "connector-1",
+            SessionConfig {
+                single_session: single,
+            },
+            Arc::default(),
+        )
+    }
+
+    fn session(svc: &SessionService, cap: usize) -> (Session, mpsc::Receiver<Bytes>) {
+        let (tx, rx) = mpsc::channel(cap);
+        (svc.create("127.0.0.1:1".parse().unwrap(), tx, cap), rx)
+    }
+
+    #[test]
+    fn ids_unique_and_carry_frontend_prefix() {
+        let svc = service(false);
+        let (a, _ra) = session(&svc, 1);
+        let (b, _rb) = session(&svc, 1);
+        assert_ne!(a.id(), b.id());
+        assert_eq!(a.id() >> 32, u64::from(crc32fast::hash(b"connector-1")));
+        assert_eq!(svc.count(), 2);
+        assert_eq!(a.frontend_id(), "connector-1");
+    }
+
+    #[test]
+    fn bind_policy() {
+        let svc = service(false);
+        let (a, _ra) = session(&svc, 1);
+        let (b, _rb) = session(&svc, 1);
+        a.bind("alice").unwrap();
+        a.bind("alice").unwrap();
+        assert!(matches!(
+            a.bind("bob"),
+            Err(SessionError::AlreadyBound { .. })
+        ));
+        b.bind("alice").unwrap();
+        assert_eq!(svc.get_by_uid("alice").len(), 2);
+        assert!(matches!(
+            a.unbind("bob"),
+            Err(SessionError::NotBound { .. })
+        ));
+        a.unbind("alice").unwrap();
+        assert_eq!(svc.get_by_uid("alice").len(), 1);
+        assert_eq!(a.uid(), None);
+        assert_eq!(svc.kick_by_uid("alice", "bye"), 1);
+        assert_eq!(lock(&b.inner.kick_reason).as_deref(), Some("bye"));
+    }
+
+    #[test]
+    fn single_session_kicks_older() {
+        let svc = service(true);
+        let (a, _ra) = session(&svc, 1);
+        let (b, _rb) = session(&svc, 1);
+        a.bind("u").unwrap();
+        b.bind("u").unwrap();
+        assert_eq!(lock(&a.inner.kick_reason).as_deref(), Some("kick"));
+        assert_eq!(*lock(&b.inner.kick_reason), None);
+    }
+
+    #[test]
+    fn settings_and_closed_hook() {
+        let svc = service(false);
+        let (a, _ra) = session(&svc, 1);
+        a.set("rid", Value::from("room1"));
+        assert_eq!(a.get("rid"), Some(Value::from("room1")));
+        let mut m = Map::new();
+        m.insert("x".into(), Value::from(1));
+        a.merge_settings(m);
+        assert_eq!(a.settings().len(), 2);
+        a.bind("alice").unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        svc.on_closed(move |s, reason| lock(&seen2).push((s.id(), reason.to_owned())));
+        svc.remove(&a, "gone");
+        assert!(a.is_closed());
+        assert_eq!(svc.count(), 0);
+        assert!(svc.get_by_uid("alice").is_empty());
+        assert_eq!(*lock(&seen), vec![(a.id(), "gone".to_owned())]);
+        assert!(matches!(a.bind("x"), Err(SessionError::Closed(_))));
+    }
+
+    #[test]
+    fn full_queue_kicks_and_counts_once() {
+        let svc = service(false);
+        let (a, _ra) = session(&svc, 1);
+        a.send_encoded(Bytes::from_static(b"1")).unwrap();
+        assert!(matches!(
+            a.send_encoded(Bytes::from_static(b"2")),
+            Err(SessionError::QueueFull { capacity: 1, .. })
+        ));
+        assert!(a.send_encoded(Bytes::from_static(b"3")).is_err());
+        assert_eq!(svc.inner.stats.snapshot().slow_consumers, 1);
+        assert!(
+            lock(&a.inner.kick_reason)
+                .as_deref()
+                .unwrap()
+                .starts_with("slow consumer")
+        );
+    }
+}

@@ -1,0 +1,69 @@
+//! Counters of one frontend's connections: how many were accepted, refused, kicked and why.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Live counters, shared by the listener and every connection task.
+///
+/// All counts are monotonic except [`ConnectorStats::active`].
+#[derive(Debug, Default)]
+pub struct ConnectorStats {
+    pub(crate) accepted: AtomicU64,
+    pub(crate) active: AtomicU64,
+    pub(crate) refused: AtomicU64,
+    pub(crate) kicked: AtomicU64,
+    pub(crate) rate_limited: AtomicU64,
+    pub(crate) slow_consumers: AtomicU64,
+    pub(crate) handshake_timeouts: AtomicU64,
+    pub(crate) heartbeat_timeouts: AtomicU64,
+    pub(crate) protocol_errors: AtomicU64,
+    pub(crate) accept_errors: AtomicU64,
+}
+
+/// A point-in-time copy of [`ConnectorStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StatsSnapshot {
+    /// Connections accepted and served (not counting refused ones).
+    pub accepted: u64,
+    /// Connections open right now.
+    pub active: u64,
+    /// Connections closed at once because `max_connections` were open.
+    pub refused: u64,
+    /// Connections ended by a kick, for any reason (application, slow consumer, rate limit).
+    pub kicked: u64,
+    /// Connections kicked for going over the inbound rate limit.
+    pub rate_limited: u64,
+    /// Connections kicked because their outbound queue was full.
+    pub slow_consumers: u64,
+    /// Connections closed for not finishing the handshake in time.
+    pub handshake_timeouts: u64,
+    /// Connections closed for missing heartbeats.
+    pub heartbeat_timeouts: u64,
+    /// Connections closed for malformed input (bad package, message or WebSocket frame).
+    pub protocol_errors: u64,
+    /// Errors returned by `accept` (the listener backs off and retries).
+    pub accept_errors: u64,
+}
+
+impl ConnectorStats {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            accepted: r(&self.accepted),
+            active: r(&self.active),
+            refused: r(&self.refused),
+            kicked: r(&self.kicked),
+            rate_limited: r(&self.rate_limited),
+            slow_consumers: r(&self.slow_consumers),
+            handshake_timeouts: r(&self.handshake_timeouts),
+            heartbeat_timeouts: r(&self.heartbeat_timeouts),
+            protocol_errors: r(&self.protocol_errors),
+            accept_errors: r(&self.accept_errors),
+        }
+    }
+
+    pub(crate) fn incr(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
