@@ -10,7 +10,8 @@
 //! - Strings: UTF-8; CESU-8 surrogate pairs from browser clients are joined into the real
 //!   character; other invalid bytes become U+FFFD, as Node's decoder does.
 //! - Floats come out as JSON numbers; integral values as JSON integers (as JavaScript prints
-//!   them), so `0.5f32` → `0.5`, `-2.0` → `-2`.
+//!   them), so `0.5f32` → `0.5`, `-2.0` → `-2` (but `-0.0` stays a float, to survive a
+//!   round trip).
 
 use serde_json::{Map, Number, Value};
 
@@ -191,7 +192,9 @@ fn js_number(ty: Ty, f: f64) -> Result<Value, ProtobufError> {
             detail: format!("{f} has no JSON representation"),
         });
     }
-    if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
+    // -0.0 stays a float so that re-encoding it gives the same bytes.
+    if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 && !(f == 0.0 && f.is_sign_negative())
+    {
         return Ok(if f < 0.0 {
             Value::from(f as i64)
         } else {
@@ -275,7 +278,8 @@ mod tests {
     #[test]
     fn floats_print_like_javascript() {
         assert_eq!(js_number(Ty::Double, -2.0).unwrap(), Value::from(-2));
-        assert_eq!(js_number(Ty::Double, -0.0).unwrap(), Value::from(0));
+        assert_eq!(js_number(Ty::Double, 0.0).unwrap(), Value::from(0));
+        assert_eq!(js_number(Ty::Double, -0.0).unwrap().as_f64(), Some(-0.0));
         assert_eq!(js_number(Ty::Float, 0.5).unwrap().to_string(), "0.5");
         assert!(js_number(Ty::Float, f64::NAN).is_err());
     }
