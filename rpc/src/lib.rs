@@ -1,1 +1,104 @@
-//! Framed, multiplexed TCP RPC between Shaddock servers (work in progress).
+//! Framed, multiplexed TCP RPC between Shaddock servers — pomelo's `app.rpc`, typed.
+//!
+//! In pomelo a frontend reaches a backend (and servers reach each other) with
+//! `app.rpc.chat.chatRemote.add(session, uid, sid, cb)`: no IDL, no generated stubs. Here a
+//! remote is declared once with [`remote!`]; the server implements the generated trait and
+//! registers it, callers get a typed stub.
+//!
+//! # Layout
+//! - [`frame`]: the wire format (sans-IO) and its `tokio_util` codec.
+//! - [`service`]: the [`Service`] trait, the [`Registry`], and the [`remote!`] macro.
+//! - [`server`]: [`RpcServer`], which accepts connections and dispatches calls.
+//! - [`client`]: [`RpcClient`], one multiplexed connection per peer, reconnect, timeouts.
+//! - [`directory`]: [`ServerInfo`], the live [`PeerDirectory`], [`Router`]s, [`Target`]s.
+//! - [`payload`]: [`Payload`] (prost messages, `()`, [`Raw`] bytes).
+//! - [`error`], [`config`]: [`RpcError`], [`RemoteError`], [`RpcConfig`].
+//!
+//! # The wire
+//! Frames over TCP, each behind a 4-byte big-endian length:
+//!
+//! ```text
+//! +----------+------+---------------------------------------------------------+
+//! | len u32BE| kind | ...                                                     |
+//! +----------+------+---------------------------------------------------------+
+//! request   0x01 | id u32BE | ns u8 | slen u8 | service | mlen u8 | method | payload
+//! notify    0x02 | ns u8 | slen u8 | service | mlen u8 | method | payload
+//! ok        0x03 | id u32BE | payload
+//! error     0x04 | id u32BE | ekind u8 | code u32BE | msglen u16BE | message
+//! ```
+//!
+//! `ns` is 0 for `sys` (the framework's own remotes) and 1 for `user` (the app's). Payloads
+//! are prost-encoded messages or raw bytes. See [`frame`] for every rule.
+//!
+//! # Use
+//! ```no_run
+//! use shaddock_rpc::{remote, RemoteError, Registry, RpcClient, RpcConfig, RpcServer, ServerInfo, Target};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! #[derive(Clone, PartialEq, prost::Message)]
+//! pub struct Echo {
+//!     #[prost(string, tag = "1")]
+//!     pub text: String,
+//! }
+//!
+//! remote! {
+//!     /// An echo remote.
+//!     pub mod echo_remote: user "echoRemote" {
+//!         /// Returns its argument.
+//!         fn echo(Echo) -> Echo;
+//!     }
+//! }
+//!
+//! struct Impl;
+//! impl echo_remote::Remote for Impl {
+//!     async fn echo(&self, e: Echo) -> Result<Echo, RemoteError> { Ok(e) }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // Server (port from servers.json).
+//!     let mut registry = Registry::new();
+//!     registry.add(echo_remote::Server::new(Impl))?;
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//!     let port = listener.local_addr()?.port();
+//!     let shutdown = CancellationToken::new();
+//!     let server = RpcServer::new(registry, RpcConfig::default());
+//!     tokio::spawn(server.serve(listener, shutdown.clone()));
+//!
+//!     // Client.
+//!     let rpc = RpcClient::new(RpcConfig::default());
+//!     rpc.directory().add(ServerInfo::new("echo-1", "echo", "127.0.0.1", port));
+//!     let stub = echo_remote::Client::new(&rpc);
+//!     let hi = Echo { text: "hi".into() };
+//!     let reply = stub.echo(Target::route("echo", "some-uid"), hi).await?;
+//!     assert_eq!(reply.text, "hi");
+//!     shutdown.cancel();
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Logging
+//! Through `tracing`: spans `rpc_server{local}`, `rpc_conn{peer}` on the server and
+//! `rpc_peer{server_id, addr}` on the client; a closed connection is logged with its reason.
+
+pub mod client;
+pub mod config;
+pub mod directory;
+pub mod error;
+pub mod frame;
+mod io;
+pub mod payload;
+pub mod server;
+pub mod service;
+
+pub use client::RpcClient;
+pub use config::RpcConfig;
+pub use directory::{Crc32Router, PeerDirectory, Router, ServerId, ServerInfo, Target};
+pub use error::{RemoteError, RpcError};
+pub use frame::{ErrorKind, Frame, FrameCodec, FrameError, Name, Namespace, WireError};
+pub use payload::{Payload, PayloadError, Raw};
+pub use server::RpcServer;
+pub use service::{BoxCall, Registry, RegistryError, Service};
+
+#[doc(hidden)]
+pub use bytes as __bytes;

@@ -1,0 +1,595 @@
+//! [`RpcClient`]: one lazily connected, multiplexed connection per peer; typed and raw calls.
+
+use crate::config::RpcConfig;
+use crate::directory::{
+    Crc32Router, PeerDirectory, PeerEntry, Router, ServerId, ServerInfo, Target,
+};
+use crate::error::RpcError;
+use crate::frame::{CodecError, Frame, FrameCodec, Name, Namespace, WireError};
+use crate::io::write_frames;
+use crate::payload::Payload;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, warn};
+
+/// Calls remotes on peer servers. Cheap to clone; clones share connections.
+///
+/// - One connection per peer id, opened on the first call to it and shared by every call
+///   (requests carry ids; responses are matched to them in any order).
+/// - The first call to a peer waits for the connect (at most `connect_timeout`). Once a peer
+///   has gone down, calls fail fast with [`RpcError::PeerDown`] while a background task
+///   reconnects with exponential backoff; after `reconnect_max_attempts` failures it stops,
+///   and the next call tries again.
+/// - When a connection drops, every call in flight on it fails at once with
+///   [`RpcError::ConnectionLost`]; every call is bounded by `call_timeout` in any case.
+/// - Removing a peer from the [`PeerDirectory`] closes its connection.
+#[derive(Clone)]
+pub struct RpcClient {
+    inner: Arc<ClientInner>,
+}
+
+struct ClientInner {
+    directory: PeerDirectory,
+    config: Arc<RpcConfig>,
+    routers: RwLock<HashMap<String, Arc<dyn Router>>>,
+    default_router: Arc<dyn Router>,
+}
+
+impl fmt::Debug for RpcClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RpcClient")
+            .field("directory", &self.inner.directory)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RpcClient {
+    /// A client with its own, empty peer directory.
+    pub fn new(config: RpcConfig) -> Self {
+        Self::with_directory(PeerDirectory::new(), config)
+    }
+
+    /// A client over an existing directory. Connections live in the directory's entries, so
+    /// use one client per directory (clone the client to share it).
+    pub fn with_directory(directory: PeerDirectory, config: RpcConfig) -> Self {
+        Self {
+            inner: Arc::new(ClientInner {
+                directory,
+                config: Arc::new(config),
+                routers: RwLock::new(HashMap::new()),
+                default_router: Arc::new(Crc32Router),
+            }),
+        }
+    }
+
+    /// The live peers; add and remove servers here.
+    pub fn directory(&self) -> &PeerDirectory {
+        &self.inner.directory
+    }
+
+    /// The limits and timeouts in use.
+    pub fn config(&self) -> &RpcConfig {
+        &self.inner.config
+    }
+
+    /// Uses `router` for calls routed to `server_type` (default: [`Crc32Router`]).
+    pub fn set_router(&self, server_type: impl Into<String>, router: Arc<dyn Router>) {
+        self.inner
+            .routers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(server_type.into(), router);
+    }
+
+    /// Which server a target resolves to now.
+    ///
+    /// # Errors
+    /// [`RpcError::UnknownPeer`] or [`RpcError::NoServer`].
+    pub fn resolve(&self, target: Target<'_>) -> Result<ServerInfo, RpcError> {
+        self.entry(target).map(|e| e.info.clone())
+    }
+
+    fn entry(&self, target: Target<'_>) -> Result<Arc<PeerEntry>, RpcError> {
+        let dir = &self.inner.directory;
+        match target {
+            Target::Server(id) => dir.entry(id).ok_or_else(|| RpcError::UnknownPeer {
+                server_id: id.to_owned(),
+            }),
+            Target::Route { server_type, key } => {
+                let servers = dir.servers_of_type(server_type);
+                let router = self
+                    .inner
+                    .routers
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(server_type)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::clone(&self.inner.default_router));
+                let no_server = || RpcError::NoServer {
+                    server_type: server_type.to_owned(),
+                };
+                let id = router.route(key, &servers).ok_or_else(no_server)?;
+                dir.entry(id.as_str()).ok_or_else(no_server)
+            }
+        }
+    }
+
+    /// Calls `service.method` in `namespace` on `target` with a typed argument and reply.
+    /// The [`remote!`](crate::remote!) stubs call this.
+    ///
+    /// # Errors
+    /// Any [`RpcError`]; see the type's docs.
+    ///
+    /// # Cancel safety
+    /// Dropping the future abandons the call: its reply, if any, is discarded.
+    pub async fn call<A: Payload, R: Payload>(
+        &self,
+        target: Target<'_>,
+        namespace: Namespace,
+        service: &'static str,
+        method: &'static str,
+        args: A,
+    ) -> Result<R, RpcError> {
+        let service = Name::from_static(service).map_err(RpcError::from_frame)?;
+        let method = Name::from_static(method).map_err(RpcError::from_frame)?;
+        let reply = self
+            .call_raw(target, namespace, service, method, args.into_payload())
+            .await?;
+        R::from_payload(reply).map_err(|e| RpcError::Decode { message: e.message })
+    }
+
+    /// Calls with raw payload bytes in and out (no copies; for forwarding pre-encoded data).
+    ///
+    /// # Errors
+    /// Any [`RpcError`]; see the type's docs.
+    ///
+    /// # Cancel safety
+    /// As [`RpcClient::call`].
+    pub async fn call_raw(
+        &self,
+        target: Target<'_>,
+        namespace: Namespace,
+        service: Name,
+        method: Name,
+        payload: Bytes,
+    ) -> Result<Bytes, RpcError> {
+        let entry = self.entry(target)?;
+        let cfg = &self.inner.config;
+        let frame_len =
+            1 + 4 + 1 + 1 + service.as_str().len() + 1 + method.as_str().len() + payload.len();
+        if frame_len > cfg.max_frame_size {
+            return Err(RpcError::FrameTooLarge {
+                len: frame_len,
+                max: cfg.max_frame_size,
+            });
+        }
+        let link = entry.link.get_or_init(|| Link::new(&entry.info, cfg));
+        let deadline = tokio::time::Instant::now() + cfg.call_timeout;
+        let conn = link.conn().await?;
+        let server_id = &entry.info.id;
+        let lost = || RpcError::ConnectionLost {
+            server_id: server_id.clone(),
+        };
+        let (id, rx) = conn.pending.register().ok_or_else(lost)?;
+        let mut guard = PendingGuard {
+            pending: &conn.pending,
+            id,
+            armed: true,
+        };
+        let exchange = async {
+            let frame = Frame::Request {
+                id,
+                namespace,
+                service: service.clone(),
+                method: method.clone(),
+                payload,
+            };
+            conn.tx.send(frame).await.map_err(|_| lost())?;
+            let r = rx.await;
+            // Resolved or dropped: the entry is gone from the map either way.
+            guard.armed = false;
+            r.map_err(|_| lost())
+        };
+        match tokio::time::timeout_at(deadline, exchange).await {
+            Ok(Ok(Ok(bytes))) => Ok(bytes),
+            Ok(Ok(Err(wire))) => Err(RpcError::from_wire(wire)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(RpcError::Timeout {
+                server_id: server_id.clone(),
+                service: service.to_string(),
+                method: method.to_string(),
+                after: cfg.call_timeout,
+            }),
+        }
+    }
+
+    /// Sends a one-way call with a typed argument; returns once it is queued for writing.
+    ///
+    /// # Errors
+    /// Resolution, connection and size errors; the remote's outcome is never reported.
+    pub async fn notify<A: Payload>(
+        &self,
+        target: Target<'_>,
+        namespace: Namespace,
+        service: &'static str,
+        method: &'static str,
+        args: A,
+    ) -> Result<(), RpcError> {
+        let service = Name::from_static(service).map_err(RpcError::from_frame)?;
+        let method = Name::from_static(method).map_err(RpcError::from_frame)?;
+        self.notify_raw(target, namespace, service, method, args.into_payload())
+            .await
+    }
+
+    /// Sends a one-way call with a raw payload.
+    ///
+    /// # Errors
+    /// As [`RpcClient::notify`].
+    pub async fn notify_raw(
+        &self,
+        target: Target<'_>,
+        namespace: Namespace,
+        service: Name,
+        method: Name,
+        payload: Bytes,
+    ) -> Result<(), RpcError> {
+        let entry = self.entry(target)?;
+        let cfg = &self.inner.config;
+        let frame = Frame::Notify {
+            namespace,
+            service,
+            method,
+            payload,
+        };
+        let len = frame.encoded_len() - crate::frame::LEN_PREFIX;
+        if len > cfg.max_frame_size {
+            return Err(RpcError::FrameTooLarge {
+                len,
+                max: cfg.max_frame_size,
+            });
+        }
+        let link = entry.link.get_or_init(|| Link::new(&entry.info, cfg));
+        let server_id = &entry.info.id;
+        let send = async {
+            let conn = link.conn().await?;
+            conn.tx
+                .send(frame)
+                .await
+                .map_err(|_| RpcError::ConnectionLost {
+                    server_id: server_id.clone(),
+                })
+        };
+        match tokio::time::timeout(cfg.call_timeout, send).await {
+            Ok(r) => r,
+            Err(_) => Err(RpcError::Timeout {
+                server_id: server_id.clone(),
+                service: "(notify)".into(),
+                method: String::new(),
+                after: cfg.call_timeout,
+            }),
+        }
+    }
+}
+
+/// Calls waiting for a response on one connection, by request id.
+struct Pending {
+    map: Mutex<PendingMap>,
+    next_id: AtomicU32,
+}
+
+#[derive(Default)]
+struct PendingMap {
+    /// Set when the connection is gone; no call may register after that.
+    closed: bool,
+    calls: HashMap<u32, oneshot::Sender<Result<Bytes, WireError>>>,
+}
+
+type Reply = oneshot::Receiver<Result<Bytes, WireError>>;
+
+impl Pending {
+    fn new() -> Self {
+        Self {
+            map: Mutex::new(PendingMap::default()),
+            next_id: AtomicU32::new(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PendingMap> {
+        // Every critical section is a single map operation; poison carries no broken state.
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn register(&self) -> Option<(u32, Reply)> {
+        let (tx, rx) = oneshot::channel();
+        let mut map = self.lock();
+        if map.closed {
+            return None;
+        }
+        let mut id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // Ids wrap after 2^32 calls; skip one still in flight (a call stuck until timeout).
+        while map.calls.contains_key(&id) {
+            id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        }
+        map.calls.insert(id, tx);
+        Some((id, rx))
+    }
+
+    fn complete(&self, id: u32, result: Result<Bytes, WireError>) {
+        let waiter = self.lock().calls.remove(&id);
+        match waiter {
+            // The caller may have just given up; nothing to do then.
+            Some(tx) => drop(tx.send(result)),
+            None => debug!(
+                id,
+                "rpc response for no waiting call (timed out or abandoned)"
+            ),
+        }
+    }
+
+    /// Fails every waiting call (their senders are dropped) and refuses new ones.
+    fn close(&self) {
+        let calls = {
+            let mut map = self.lock();
+            map.closed = true;
+            std::mem::take(&mut map.calls)
+        };
+        if !calls.is_empty() {
+            debug!(
+                in_flight = calls.len(),
+                "failing rpc calls in flight: connection lost"
+            );
+        }
+        drop(calls);
+    }
+}
+
+/// Removes an abandoned call (timed out or dropped) from the pending map.
+struct PendingGuard<'a> {
+    pending: &'a Pending,
+    id: u32,
+    armed: bool,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.pending.lock().calls.remove(&self.id);
+        }
+    }
+}
+
+/// What callers need of a live connection.
+#[derive(Clone)]
+struct Conn {
+    tx: mpsc::Sender<Frame>,
+    pending: Arc<Pending>,
+}
+
+#[derive(Clone)]
+enum LinkState {
+    /// No driver task runs: never used, or it gave up reconnecting.
+    Idle { last_error: Option<Arc<str>> },
+    /// A connect attempt is under way. Callers wait only for the first attempt.
+    Connecting { initial: bool, last_error: Arc<str> },
+    /// Connected.
+    Up(Conn),
+    /// Waiting to reconnect.
+    Down { reason: Arc<str> },
+}
+
+struct LinkShared {
+    server_id: ServerId,
+    addr: String,
+    config: RpcConfig,
+    cancel: CancellationToken,
+    state: watch::Sender<LinkState>,
+}
+
+/// The connection slot of one peer entry; dropping it closes the connection.
+pub(crate) struct Link {
+    shared: Arc<LinkShared>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.shared.cancel.cancel();
+    }
+}
+
+impl Link {
+    fn new(info: &ServerInfo, config: &RpcConfig) -> Self {
+        let (state, _) = watch::channel(LinkState::Idle { last_error: None });
+        Self {
+            shared: Arc::new(LinkShared {
+                server_id: info.id.clone(),
+                addr: info.addr(),
+                config: config.clone(),
+                cancel: CancellationToken::new(),
+                state,
+            }),
+        }
+    }
+
+    fn down(&self, reason: &str) -> RpcError {
+        RpcError::PeerDown {
+            server_id: self.shared.server_id.clone(),
+            addr: self.shared.addr.clone(),
+            reason: reason.to_owned(),
+        }
+    }
+
+    /// The live connection, starting the driver (and waiting for its first attempt) if none
+    /// runs; fails fast while the peer is down.
+    async fn conn(&self) -> Result<Conn, RpcError> {
+        let mut rx = self.shared.state.subscribe();
+        let wait_limit = self.shared.config.connect_timeout + std::time::Duration::from_secs(1);
+        loop {
+            let start = {
+                let state = rx.borrow_and_update();
+                match &*state {
+                    LinkState::Up(c) => return Ok(c.clone()),
+                    LinkState::Down { reason } => return Err(self.down(reason)),
+                    LinkState::Connecting {
+                        initial: false,
+                        last_error,
+                    } => return Err(self.down(&format!("reconnecting after: {last_error}"))),
+                    LinkState::Connecting { initial: true, .. } => false,
+                    LinkState::Idle { .. } => true,
+                }
+            };
+            if start {
+                let won = self.shared.state.send_if_modified(|s| {
+                    if let LinkState::Idle { last_error } = s {
+                        *s = LinkState::Connecting {
+                            initial: true,
+                            last_error: last_error.clone().unwrap_or_else(|| Arc::from("")),
+                        };
+                        true
+                    } else {
+                        false
+                    }
+                });
+                if won {
+                    let shared = Arc::clone(&self.shared);
+                    let span = tracing::info_span!(
+                        "rpc_peer",
+                        server_id = %shared.server_id,
+                        addr = %shared.addr
+                    );
+                    tokio::spawn(drive(shared).instrument(span));
+                }
+                continue;
+            }
+            match tokio::time::timeout(wait_limit, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return Err(self.down("connect did not finish in time")),
+            }
+        }
+    }
+}
+
+/// Connects, runs the connection, reconnects with backoff; ends when the link is dropped or
+/// after `reconnect_max_attempts` failed connects in a row.
+async fn drive(shared: Arc<LinkShared>) {
+    let cfg = &shared.config;
+    let mut failures = 0u32;
+    loop {
+        let attempt = tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(&shared.addr));
+        let result = tokio::select! {
+            r = attempt => r,
+            () = shared.cancel.cancelled() => break,
+        };
+        let reason: Arc<str> = match result {
+            Ok(Ok(stream)) => {
+                failures = 0;
+                if let Err(e) = stream.set_nodelay(true) {
+                    debug!(cause = %e, "set_nodelay failed");
+                }
+                info!("rpc peer connected");
+                let reason = run_connection(stream, &shared).await;
+                if shared.cancel.is_cancelled() {
+                    break;
+                }
+                warn!(reason = %reason, "rpc connection lost; reconnecting");
+                // Try again at once: the peer may have restarted.
+                shared.state.send_replace(LinkState::Connecting {
+                    initial: false,
+                    last_error: Arc::clone(&reason),
+                });
+                continue;
+            }
+            Ok(Err(e)) => Arc::from(format!("connect failed: {e}")),
+            Err(_) => Arc::from(format!("connect timed out after {:?}", cfg.connect_timeout)),
+        };
+        failures += 1;
+        if failures >= cfg.reconnect_max_attempts.max(1) {
+            warn!(reason = %reason, failures, "rpc peer unreachable; giving up until the next call");
+            shared.state.send_replace(LinkState::Idle {
+                last_error: Some(reason),
+            });
+            return;
+        }
+        let delay = cfg.backoff(failures);
+        debug!(reason = %reason, failures, ?delay, "rpc connect failed; backing off");
+        shared.state.send_replace(LinkState::Down {
+            reason: Arc::clone(&reason),
+        });
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shared.cancel.cancelled() => break,
+        }
+        shared.state.send_replace(LinkState::Connecting {
+            initial: false,
+            last_error: reason,
+        });
+    }
+    shared.state.send_replace(LinkState::Down {
+        reason: Arc::from("peer removed from the directory"),
+    });
+    debug!("rpc peer link closed");
+}
+
+/// Runs one connection until it ends; returns why. Calls in flight fail when it returns.
+async fn run_connection(stream: TcpStream, shared: &LinkShared) -> Arc<str> {
+    let cfg = &shared.config;
+    let (rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Frame>(cfg.queue_capacity.max(1));
+    let pending = Arc::new(Pending::new());
+    let stop = shared.cancel.child_token();
+    let writer = {
+        let stop = stop.clone();
+        let (batch, max) = (cfg.write_batch, cfg.max_frame_size);
+        tokio::spawn(
+            async move {
+                let r = write_frames(&mut wr, &mut rx, batch, max, &stop).await;
+                stop.cancel();
+                r
+            }
+            .in_current_span(),
+        )
+    };
+    shared.state.send_replace(LinkState::Up(Conn {
+        tx,
+        pending: Arc::clone(&pending),
+    }));
+    let mut frames = FramedRead::new(rd, FrameCodec::new(cfg.max_frame_size));
+    let reason: Arc<str> = loop {
+        let next = tokio::select! {
+            f = frames.next() => f,
+            () = stop.cancelled() => break Arc::from("connection closed"),
+        };
+        match next {
+            Some(Ok(Frame::Response { id, result })) => pending.complete(id, result),
+            Some(Ok(_)) => {
+                warn!("closing rpc connection: peer sent a request frame to a client");
+                break Arc::from("peer sent a request frame to a client");
+            }
+            Some(Err(CodecError::Io(e))) => break Arc::from(format!("read failed: {e}")),
+            Some(Err(e)) => {
+                warn!(cause = %e, "closing rpc connection: bad frame");
+                break Arc::from(format!("bad frame: {e}"));
+            }
+            None => break Arc::from("peer closed the connection"),
+        }
+    };
+    // Order matters: refuse new calls and fail those in flight, then stop the writer.
+    pending.close();
+    shared.state.send_replace(LinkState::Down {
+        reason: Arc::clone(&reason),
+    });
+    stop.cancel();
+    match writer.await {
+        Ok(Err(e)) => debug!(cause = %e, "rpc write side failed"),
+        Err(e) => warn!(cause = %e, "rpc writer task failed"),
+        Ok(Ok(())) => {}
+    }
+    reason
+}

@@ -1,0 +1,60 @@
+//! [`RpcConfig`]: every limit and timeout of the RPC client and server.
+
+use std::time::Duration;
+
+/// Limits and timeouts for [`crate::RpcClient`] and [`crate::RpcServer`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RpcConfig {
+    /// Largest frame body accepted or sent, in bytes. A peer that declares a bigger frame is
+    /// disconnected; a call whose request would be bigger fails with
+    /// [`crate::RpcError::FrameTooLarge`]. Default: 8 MiB.
+    pub max_frame_size: usize,
+    /// How long a call waits for its response (queueing included). Default: 10 s.
+    pub call_timeout: Duration,
+    /// Capacity of each connection's outbound frame queue; callers (or handlers replying)
+    /// wait when it is full. Default: 4096 frames.
+    pub queue_capacity: usize,
+    /// Handlers running at once per server connection; the server stops reading that
+    /// connection while they are all busy. Default: 4096.
+    pub max_in_flight_per_connection: usize,
+    /// Time allowed for one TCP connect to a peer. Default: 3 s.
+    pub connect_timeout: Duration,
+    /// First reconnect delay; doubled after each failed attempt. Default: 100 ms.
+    pub backoff_base: Duration,
+    /// Longest reconnect delay. Default: 5 s.
+    pub backoff_max: Duration,
+    /// Failed connect attempts in a row before the client stops retrying in the background;
+    /// the next call then tries again (and waits for that one attempt). Default: 20.
+    pub reconnect_max_attempts: u32,
+    /// Frames a writer drains from its queue into one buffer before writing (write
+    /// coalescing). Default: 256.
+    pub write_batch: usize,
+}
+
+impl Default for RpcConfig {
+    fn default() -> Self {
+        Self {
+            max_frame_size: 8 * 1024 * 1024,
+            call_timeout: Duration::from_secs(10),
+            queue_capacity: 4096,
+            max_in_flight_per_connection: 4096,
+            connect_timeout: Duration::from_secs(3),
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            reconnect_max_attempts: 20,
+            write_batch: 256,
+        }
+    }
+}
+
+impl RpcConfig {
+    /// The delay before reconnect attempt number `attempt` (1-based): `backoff_base * 2^(attempt-1)`,
+    /// capped at `backoff_max`.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let shift = attempt.saturating_sub(1).min(20);
+        self.backoff_base
+            .saturating_mul(1u32 << shift)
+            .min(self.backoff_max)
+    }
+}

@@ -1,0 +1,171 @@
+//! Errors a caller sees ([`RpcError`]) and errors a remote handler returns ([`RemoteError`]).
+
+use crate::directory::ServerId;
+use crate::frame::{ErrorKind, FrameError, WireError};
+use std::time::Duration;
+
+/// Why an RPC call or notify failed. Cheap to match on; every variant names the peer or the
+/// call it concerns. None of them poisons the [`crate::RpcClient`]: the next call may succeed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum RpcError {
+    /// The target server id is not in the peer directory.
+    #[error("unknown rpc peer `{server_id}`")]
+    UnknownPeer {
+        /// The id asked for.
+        server_id: String,
+    },
+    /// No live server of that type (or the router chose none).
+    #[error("no live `{server_type}` server to route to")]
+    NoServer {
+        /// The server type asked for.
+        server_type: String,
+    },
+    /// The peer is down or being reconnected: the call failed fast without being sent.
+    #[error("rpc peer `{server_id}` ({addr}) is down: {reason}")]
+    PeerDown {
+        /// The peer.
+        server_id: ServerId,
+        /// Its `host:port`.
+        addr: String,
+        /// The last connect or connection error.
+        reason: String,
+    },
+    /// No response within the per-call timeout. The call may still run on the peer.
+    #[error("rpc call {service}.{method} to `{server_id}` timed out after {after:?}")]
+    Timeout {
+        /// The peer.
+        server_id: ServerId,
+        /// The service called.
+        service: String,
+        /// The method called.
+        method: String,
+        /// The timeout that expired.
+        after: Duration,
+    },
+    /// The connection dropped while the call was in flight (or before it was written).
+    /// The call may or may not have run on the peer.
+    #[error("rpc connection to `{server_id}` lost mid-call")]
+    ConnectionLost {
+        /// The peer.
+        server_id: ServerId,
+    },
+    /// The remote handler ran and returned this error.
+    #[error("remote handler error {code}: {message}")]
+    Remote {
+        /// The handler's code.
+        code: u32,
+        /// The handler's message.
+        message: String,
+    },
+    /// The peer has no service of that name in that namespace.
+    #[error("unknown remote service: {message}")]
+    UnknownService {
+        /// The peer's description.
+        message: String,
+    },
+    /// The peer's service has no method of that name.
+    #[error("unknown remote method: {message}")]
+    UnknownMethod {
+        /// The peer's description.
+        message: String,
+    },
+    /// The peer could not decode our argument payload.
+    #[error("remote could not decode the request payload: {message}")]
+    BadRequest {
+        /// The peer's description.
+        message: String,
+    },
+    /// The peer failed internally (handler panicked, reply too large).
+    #[error("remote internal error: {message}")]
+    RemoteInternal {
+        /// The peer's description.
+        message: String,
+    },
+    /// We could not decode the peer's reply payload into the expected type.
+    #[error("could not decode the rpc reply payload: {message}")]
+    Decode {
+        /// The decoder's message.
+        message: String,
+    },
+    /// The request would exceed `max_frame_size`; it was not sent.
+    #[error("rpc request of {len} bytes exceeds the frame limit of {max} bytes")]
+    FrameTooLarge {
+        /// Body length of the frame that would have been sent.
+        len: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// A service or method name is empty or longer than 255 bytes.
+    #[error("invalid rpc service/method name ({len} bytes; must be 1..=255)")]
+    BadName {
+        /// Its length.
+        len: usize,
+    },
+}
+
+impl RpcError {
+    /// The pomelo response code a frontend should answer a client with for this error
+    /// (always 500, pomelo's "server error"), kept here so callers need not match.
+    pub fn pomelo_code(&self) -> u32 {
+        500
+    }
+
+    /// True if the call certainly did not reach the peer (safe to retry elsewhere).
+    pub fn is_not_sent(&self) -> bool {
+        matches!(
+            self,
+            Self::UnknownPeer { .. }
+                | Self::NoServer { .. }
+                | Self::PeerDown { .. }
+                | Self::FrameTooLarge { .. }
+                | Self::BadName { .. }
+        )
+    }
+
+    pub(crate) fn from_wire(e: WireError) -> Self {
+        let WireError {
+            kind,
+            code,
+            message,
+        } = e;
+        match kind {
+            ErrorKind::Handler => Self::Remote { code, message },
+            ErrorKind::UnknownService => Self::UnknownService { message },
+            ErrorKind::UnknownMethod => Self::UnknownMethod { message },
+            ErrorKind::BadPayload => Self::BadRequest { message },
+            ErrorKind::Internal => Self::RemoteInternal { message },
+        }
+    }
+
+    pub(crate) fn from_frame(e: FrameError) -> Self {
+        match e {
+            FrameError::TooLarge { len, max } => Self::FrameTooLarge { len, max },
+            FrameError::BadName { len } => Self::BadName { len },
+            other => Self::Decode {
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+/// An error a remote handler returns; its code and message travel back to the caller, who
+/// sees [`RpcError::Remote`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("remote error {code}: {message}")]
+pub struct RemoteError {
+    /// Application-defined code (pomelo apps use 500 for "server error").
+    pub code: u32,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+impl RemoteError {
+    /// An error with this code and message.
+    pub fn new(code: u32, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}

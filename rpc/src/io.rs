@@ -1,0 +1,67 @@
+//! The write side shared by client and server connections: drain the bounded queue into one
+//! buffer, then write it with one call (write coalescing).
+
+use crate::frame::Frame;
+use bytes::BytesMut;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Flush the coalescing buffer early once it holds this many bytes.
+const FLUSH_AT: usize = 256 * 1024;
+
+/// Writes queued frames until every sender is gone (then shuts the write side down), a write
+/// fails, or `stop` fires. Encoding errors (frame too large; callers check first) drop that
+/// frame with a log line.
+pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    rx: &mut mpsc::Receiver<Frame>,
+    batch: usize,
+    max_frame_size: usize,
+    stop: &CancellationToken,
+) -> std::io::Result<()> {
+    let batch = batch.max(1);
+    let mut frames = Vec::with_capacity(batch);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        let n = tokio::select! {
+            biased;
+            n = rx.recv_many(&mut frames, batch) => n,
+            () = stop.cancelled() => return Ok(()),
+        };
+        if n == 0 {
+            break;
+        }
+        for f in frames.drain(..) {
+            if let Err(e) = f.encode(&mut buf, max_frame_size) {
+                tracing::error!(cause = %e, "dropping an rpc frame that cannot be encoded");
+            }
+            if buf.len() >= FLUSH_AT {
+                write_all(w, &buf, stop).await?;
+                buf.clear();
+            }
+        }
+        if !buf.is_empty() {
+            write_all(w, &buf, stop).await?;
+            buf.clear();
+        }
+    }
+    tokio::select! {
+        r = w.shutdown() => r,
+        () = stop.cancelled() => Ok(()),
+    }
+}
+
+async fn write_all<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    buf: &[u8],
+    stop: &CancellationToken,
+) -> std::io::Result<()> {
+    tokio::select! {
+        r = w.write_all(buf) => r,
+        () = stop.cancelled() => Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "rpc connection closed while writing",
+        )),
+    }
+}

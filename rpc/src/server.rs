@@ -1,0 +1,255 @@
+//! [`RpcServer`]: accepts RPC connections and dispatches calls to registered services.
+
+use crate::config::RpcConfig;
+use crate::frame::{CodecError, ErrorKind, Frame, FrameCodec, WireError};
+use crate::io::write_frames;
+use crate::service::Registry;
+use futures_util::{FutureExt, StreamExt};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, warn};
+
+/// Serves the services of a [`Registry`] on a listener.
+///
+/// Each connection reads frames in one task and runs every call in its own task, so many calls
+/// are in flight per connection and a slow handler blocks nobody; replies go through a bounded
+/// queue to a writer task that coalesces them. A bad frame closes that connection only (with a
+/// `warn!` naming the peer and the reason).
+#[derive(Debug, Clone)]
+pub struct RpcServer {
+    registry: Arc<Registry>,
+    config: Arc<RpcConfig>,
+}
+
+impl RpcServer {
+    /// A server for these services.
+    pub fn new(registry: Registry, config: RpcConfig) -> Self {
+        Self {
+            registry: Arc::new(registry),
+            config: Arc::new(config),
+        }
+    }
+
+    /// The services served.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Accepts connections until `shutdown` fires; then stops accepting, lets every
+    /// connection finish the calls it has read (their replies are written), closes them, and
+    /// returns.
+    ///
+    /// # Errors
+    /// None at present (accept errors are logged and retried with a backoff); the `Result`
+    /// leaves room for fatal listener errors.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        let local = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let span = tracing::info_span!("rpc_server", local = %local);
+        async move {
+            info!("rpc server listening");
+            let tracker = TaskTracker::new();
+            let mut accept_backoff = Duration::from_millis(5);
+            loop {
+                let accepted = tokio::select! {
+                    r = listener.accept() => r,
+                    () = shutdown.cancelled() => break,
+                };
+                match accepted {
+                    Ok((stream, peer)) => {
+                        accept_backoff = Duration::from_millis(5);
+                        if let Err(e) = stream.set_nodelay(true) {
+                            debug!(peer = %peer, cause = %e, "set_nodelay failed");
+                        }
+                        let (rd, wr) = stream.into_split();
+                        let this = self.clone();
+                        let token = shutdown.clone();
+                        let span = tracing::info_span!("rpc_conn", peer = %peer);
+                        tracker.spawn(
+                            async move { this.run_connection(rd, wr, token).await }
+                                .instrument(span),
+                        );
+                    }
+                    Err(e) => {
+                        warn!(cause = %e, "rpc accept failed; backing off {accept_backoff:?}");
+                        tokio::select! {
+                            () = tokio::time::sleep(accept_backoff) => {}
+                            () = shutdown.cancelled() => break,
+                        }
+                        accept_backoff = (accept_backoff * 2).min(Duration::from_secs(1));
+                    }
+                }
+            }
+            drop(listener);
+            info!("rpc server stopped accepting; draining connections");
+            tracker.close();
+            tracker.wait().await;
+            info!("rpc server stopped");
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Serves one already-accepted connection (any byte stream, e.g. `tokio::io::duplex` in
+    /// tests) until the peer closes it, it sends a bad frame, or `shutdown` fires.
+    pub async fn serve_connection<S>(&self, io: S, shutdown: CancellationToken)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (rd, wr) = tokio::io::split(io);
+        self.run_connection(rd, wr, shutdown).await;
+    }
+
+    async fn run_connection<R, W>(&self, rd: R, mut wr: W, shutdown: CancellationToken)
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let cfg = &self.config;
+        let (tx, mut rx) = mpsc::channel::<Frame>(cfg.queue_capacity.max(1));
+        let writer_stop = CancellationToken::new();
+        let writer = {
+            let stop = writer_stop.clone();
+            let batch = cfg.write_batch;
+            let max = cfg.max_frame_size;
+            tokio::spawn(
+                async move {
+                    let r = write_frames(&mut wr, &mut rx, batch, max, &stop).await;
+                    // Unblock the reader if the socket died under us.
+                    stop.cancel();
+                    r
+                }
+                .in_current_span(),
+            )
+        };
+        let permits = Arc::new(Semaphore::new(cfg.max_in_flight_per_connection.max(1)));
+        let mut frames = FramedRead::new(rd, FrameCodec::new(cfg.max_frame_size));
+        debug!("rpc connection open");
+        loop {
+            let permit = tokio::select! {
+                p = Arc::clone(&permits).acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                () = shutdown.cancelled() => break,
+                () = writer_stop.cancelled() => break,
+            };
+            let next = tokio::select! {
+                f = frames.next() => f,
+                () = shutdown.cancelled() => break,
+                () = writer_stop.cancelled() => break,
+            };
+            match next {
+                None => {
+                    debug!("rpc peer closed the connection");
+                    break;
+                }
+                Some(Err(CodecError::Io(e))) => {
+                    debug!(cause = %e, "rpc connection read failed");
+                    break;
+                }
+                Some(Err(e)) => {
+                    warn!(cause = %e, "closing rpc connection: bad frame");
+                    break;
+                }
+                Some(Ok(Frame::Request {
+                    id,
+                    namespace,
+                    service,
+                    method,
+                    payload,
+                })) => {
+                    let call = self.registry.dispatch(
+                        namespace,
+                        service.as_str(),
+                        method.as_str(),
+                        payload,
+                    );
+                    let tx = tx.clone();
+                    let max = cfg.max_frame_size;
+                    tokio::spawn(async move {
+                        let result = run_guarded(call).await;
+                        let result = match result {
+                            Ok(p) if p.len() + 1 + 4 > max => Err(WireError {
+                                kind: ErrorKind::Internal,
+                                code: 0,
+                                message: format!(
+                                    "{service}.{method} reply of {} bytes exceeds the frame limit of {max} bytes",
+                                    p.len() + 5
+                                ),
+                            }),
+                            other => other,
+                        };
+                        if let Err(e) = &result {
+                            debug!(%service, %method, kind = ?e.kind, code = e.code, "rpc call failed");
+                        }
+                        // The connection may be gone; then the reply has nowhere to go.
+                        let _ = tx.send(Frame::Response { id, result }).await;
+                        drop(permit);
+                    });
+                }
+                Some(Ok(Frame::Notify {
+                    namespace,
+                    service,
+                    method,
+                    payload,
+                })) => {
+                    let call = self.registry.dispatch(
+                        namespace,
+                        service.as_str(),
+                        method.as_str(),
+                        payload,
+                    );
+                    tokio::spawn(async move {
+                        if let Err(e) = run_guarded(call).await {
+                            debug!(%service, %method, kind = ?e.kind, message = %e.message, "rpc notify failed");
+                        }
+                        drop(permit);
+                    });
+                }
+                Some(Ok(Frame::Response { id, .. })) => {
+                    warn!(
+                        id,
+                        "closing rpc connection: peer sent a response frame to a server"
+                    );
+                    break;
+                }
+            }
+        }
+        // Replies of calls still running go out before the writer closes the socket: the
+        // writer ends when the last sender (held by those calls) is dropped.
+        drop(tx);
+        drop(frames);
+        match writer.await {
+            Ok(Ok(())) => debug!("rpc connection closed"),
+            Ok(Err(e)) => debug!(cause = %e, "rpc connection write failed"),
+            Err(e) => warn!(cause = %e, "rpc writer task failed"),
+        }
+    }
+}
+
+/// Runs a call, turning a handler panic into an [`ErrorKind::Internal`] error.
+async fn run_guarded(call: crate::service::BoxCall) -> Result<bytes::Bytes, WireError> {
+    match AssertUnwindSafe(call).catch_unwind().await {
+        Ok(r) => r,
+        Err(_) => Err(WireError {
+            kind: ErrorKind::Internal,
+            code: 0,
+            message: "rpc handler panicked".into(),
+        }),
+    }
+}
