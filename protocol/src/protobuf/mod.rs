@@ -178,11 +178,11 @@ impl Protos {
 /// pomelo's `protos.version`: base64 of the MD5 of
 /// `JSON.stringify(parsedClient) + JSON.stringify(parsedServer)`.
 pub fn protos_version(parsed_client: &Value, parsed_server: &Value) -> String {
+    // `crate::json` writes exactly what JSON.stringify writes (key order, escapes, numbers).
+    let mut text = crate::json::to_vec(parsed_client);
+    crate::json::write(parsed_server, &mut text);
     let mut hasher = Md5::new();
-    // serde_json writes the same text as JSON.stringify for these values: no whitespace, keys
-    // in map order (preserve_order), the same string escapes.
-    hasher.update(parsed_client.to_string().as_bytes());
-    hasher.update(parsed_server.to_string().as_bytes());
+    hasher.update(&text);
     base64::engine::general_purpose::STANDARD.encode(hasher.finalize())
 }
 
