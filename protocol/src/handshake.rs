@@ -126,7 +126,7 @@ impl HandshakeRequest {
 /// The pomelo-protobuf schemas announced in the handshake: the parsed `server` and
 /// `client` objects and their `version`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Protos {
+pub struct HandshakeProtos {
     /// Parsed serverProtos (what the server encodes with).
     pub server: Value,
     /// Parsed clientProtos (what the server decodes with).
@@ -135,8 +135,8 @@ pub struct Protos {
     pub version: String,
 }
 
-impl Protos {
-    /// Protos with pomelo's version: base64 MD5 of
+impl HandshakeProtos {
+    /// HandshakeProtos with pomelo's version: base64 MD5 of
     /// `JSON.stringify(client) + JSON.stringify(server)`.
     pub fn new(server: Value, client: Value) -> Self {
         let mut text = json::to_vec(&client);
@@ -149,7 +149,7 @@ impl Protos {
         }
     }
 
-    /// Protos with a version computed elsewhere.
+    /// HandshakeProtos with a version computed elsewhere.
     pub fn with_version(server: Value, client: Value, version: impl Into<String>) -> Self {
         Self {
             server,
@@ -192,7 +192,7 @@ impl ServerHandshake {
     pub fn new(
         heartbeat: Option<Duration>,
         dictionary: Option<&RouteDictionary>,
-        protos: Option<&Protos>,
+        protos: Option<&HandshakeProtos>,
         flavor: Flavor,
     ) -> Self {
         let heartbeat = heartbeat

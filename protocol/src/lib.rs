@@ -50,8 +50,8 @@ pub use codec::PackageCodec;
 pub use dictionary::RouteDictionary;
 pub use error::Error;
 pub use handshake::{
-    ClientHandshake, Flavor, HandshakeCode, HandshakeRequest, HandshakeResponse, Kick, Protos,
-    ServerHandshake,
+    ClientHandshake, Flavor, HandshakeCode, HandshakeProtos, HandshakeRequest, HandshakeResponse,
+    Kick, ServerHandshake,
 };
 pub use message::{Message, MessageRoute, MessageType, Route, RouteName};
 pub use package::{Package, PackageDecoder, PackageType};
