@@ -210,7 +210,12 @@ impl FrontendBuilder {
             )));
         }
         let stats = Arc::new(ConnectorStats::default());
-        let sessions = SessionService::new(&c.frontend_id, self.session_config, stats.clone());
+        let sessions = SessionService::new(
+            &c.frontend_id,
+            self.session_config,
+            stats.clone(),
+            self.dictionary.clone(),
+        );
         let handshake = HandshakeConfig {
             heartbeat_secs: c.heartbeat_interval.map(|h| h.as_secs()),
             dictionary: self.dictionary.clone(),
@@ -403,6 +408,8 @@ impl Frontend {
             match accepted {
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(1);
+                    // A slot may have been freed while we waited in accept.
+                    let permit = permit.or_else(|| limit.clone().try_acquire_owned().ok());
                     let Some(permit) = permit else {
                         ConnectorStats::incr(&self.inner.stats.refused);
                         tracing::warn!(%peer, max = self.inner.config.max_connections, "connection refused: max connections reached");

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
+use shaddock_protocol::RouteDictionary;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -57,6 +58,9 @@ pub enum SessionError {
     /// The session's connection is closed (not fatal).
     #[error("session {0} is closed")]
     Closed(SessionId),
+    /// The message could not be encoded (not fatal).
+    #[error("cannot encode message: {0}")]
+    Encode(String),
     /// The session's outbound queue was full: the client is kicked as a slow consumer.
     #[error("session {sid}: outbound queue full ({capacity} messages), client kicked")]
     QueueFull {
@@ -223,6 +227,18 @@ impl Session {
         }
     }
 
+    /// Pushes `body` (JSON) on `route` to this client (route compressed when the frontend's
+    /// dictionary has it).
+    ///
+    /// # Errors
+    /// As [`Session::send_encoded`]; [`SessionError::Encode`] for a route over 255 bytes.
+    pub fn push(&self, route: &str, body: &Value) -> Result<(), SessionError> {
+        let dictionary = self.service().and_then(|s| s.inner.dictionary.clone());
+        let bytes = crate::frontend::encode_push(dictionary.as_deref(), route, body)
+            .map_err(|e| SessionError::Encode(e.to_string()))?;
+        self.send_encoded(bytes)
+    }
+
     /// Kicks the client: a KICK `{"reason": reason}` (if the connection is established),
     /// then the connection closes. Returns at once; the connection task does the work.
     pub fn kick(&self, reason: &str) {
@@ -299,6 +315,8 @@ struct ServiceInner {
     maps: RwLock<Maps>,
     closed_hooks: RwLock<Vec<ClosedHook>>,
     stats: Arc<ConnectorStats>,
+    /// For compressing push routes.
+    dictionary: Option<Arc<RouteDictionary>>,
 }
 
 /// The sessions of one frontend: look up by id or uid, kick, count.
@@ -321,6 +339,7 @@ impl SessionService {
         frontend_id: &str,
         config: SessionConfig,
         stats: Arc<ConnectorStats>,
+        dictionary: Option<Arc<RouteDictionary>>,
     ) -> Self {
         Self {
             inner: Arc::new(ServiceInner {
@@ -331,6 +350,7 @@ impl SessionService {
                 maps: RwLock::default(),
                 closed_hooks: RwLock::default(),
                 stats,
+                dictionary,
             }),
         }
     }
@@ -507,6 +527,7 @@ mod tests {
                 single_session: single,
             },
             Arc::default(),
+            None,
         )
     }
 

@@ -1,0 +1,691 @@
+//! The connector over real sockets: raw TCP and WebSocket clients.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use shaddock_connector::{
+    Frontend, FrontendBuilder, HandlerError, RateLimit, RequestInfo, Session,
+};
+use shaddock_protocol::RouteDictionary;
+use shaddock_protocol::message::{Message, MessageRoute, MessageType};
+use shaddock_protocol::package::{Package, PackageType};
+
+#[derive(Deserialize)]
+struct Echo {
+    text: String,
+}
+
+#[derive(Serialize)]
+struct EchoReply {
+    code: u32,
+    text: String,
+}
+
+fn app(config: shaddock_connector::ConnectorConfig) -> FrontendBuilder {
+    Frontend::builder(config)
+        .handler(
+            "connector.entryHandler.echo",
+            |_s: Session, req: Echo| async move {
+                Ok::<_, HandlerError>(EchoReply {
+                    code: 200,
+                    text: req.text,
+                })
+            },
+        )
+        .handler(
+            "connector.entryHandler.enter",
+            |s: Session, req: Value| async move {
+                let uid = req["uid"].as_str().unwrap_or_default().to_owned();
+                s.bind(&uid)
+                    .map_err(|e| HandlerError::new(501, e.to_string()))?;
+                s.set("rid", json!("room"));
+                Ok::<_, HandlerError>(json!({"code": 200, "sid": s.id()}))
+            },
+        )
+        .handler(
+            "connector.entryHandler.pushMe",
+            |s: Session, req: Value| async move {
+                // A notify whose handler pushes back.
+                s.push("onPush", &json!({"got": req}))
+                    .map_err(|e| HandlerError::internal(e.to_string()))?;
+                Ok::<_, HandlerError>(())
+            },
+        )
+        .handler(
+            "connector.entryHandler.fail",
+            |_s: Session, _req: Value| async move { Err::<(), _>(HandlerError::new(503, "nope")) },
+        )
+        .handler(
+            "connector.entryHandler.nothing",
+            |_s: Session, _req: Value| async move { Ok::<_, HandlerError>(()) },
+        )
+}
+
+async fn basic_flow(ws: bool) {
+    let server = start(app(test_config())).await;
+    let mut c = Client::connect(ws, server.addr).await;
+    let reply = c.handshake().await;
+    assert_eq!(reply, json!({"code": 200, "sys": {"heartbeat": 1}}));
+    // The server sends a HEARTBEAT right after the ack.
+    let hb = c.recv().await.expect("heartbeat after ack");
+    assert_eq!(hb.kind, PackageType::Heartbeat);
+
+    // Request → response with the same id.
+    let r = c
+        .call(7, "connector.entryHandler.echo", &json!({"text": "hi Ω"}))
+        .await;
+    assert_eq!(r, json!({"code": 200, "text": "hi Ω"}));
+
+    // A handler returning nothing answers {}.
+    let r = c
+        .call(8, "connector.entryHandler.nothing", &json!({}))
+        .await;
+    assert_eq!(r, json!({}));
+
+    // Bind a uid, then notify → the handler pushes; the notify itself gets no response.
+    let r = c
+        .call(9, "connector.entryHandler.enter", &json!({"uid": "alice"}))
+        .await;
+    assert_eq!(r["code"], 200);
+    c.notify("connector.entryHandler.pushMe", &json!({"n": 1}))
+        .await;
+    let m = c.recv_message().await;
+    assert_eq!(m.kind, MessageType::Push);
+    assert_eq!(m.route.as_str(), Some("onPush"));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&m.body).unwrap(),
+        json!({"got": {"n": 1}})
+    );
+
+    // Push from local code, by uid, to one and to all.
+    let sessions = server.frontend.sessions().get_by_uid("alice");
+    assert_eq!(sessions.len(), 1);
+    let sid = sessions[0].id();
+    assert_eq!(sessions[0].get("rid"), Some(json!("room")));
+    let report = server
+        .frontend
+        .push(sid, "onChat", &json!({"msg": "hello"}))
+        .unwrap();
+    assert_eq!(report.sent, 1);
+    let m = c.recv_message().await;
+    assert_eq!(m.route.as_str(), Some("onChat"));
+    let report = server.frontend.broadcast("onAll", &json!({})).unwrap();
+    assert_eq!(report.sent, 1);
+    assert_eq!(c.recv_message().await.route.as_str(), Some("onAll"));
+
+    // Heartbeat echo.
+    c.send(Package::empty(PackageType::Heartbeat)).await;
+    let hb = c.recv().await.unwrap();
+    assert_eq!(hb.kind, PackageType::Heartbeat);
+
+    // Kick with a reason: KICK {"reason":…} then close.
+    assert_eq!(
+        server.frontend.sessions().kick_by_uid("alice", "bye now"),
+        1
+    );
+    let k = c.recv_no_heartbeat().await.expect("kick package");
+    assert_eq!(k.kind, PackageType::Kick);
+    assert_eq!(&k.body[..], br#"{"reason":"bye now"}"#);
+    c.expect_closed().await;
+    assert_eq!(server.frontend.stats().kicked, 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn tcp_handshake_request_notify_push_heartbeat_kick() {
+    basic_flow(false).await;
+}
+
+#[tokio::test]
+async fn ws_handshake_request_notify_push_heartbeat_kick() {
+    basic_flow(true).await;
+}
+
+async fn errors_keep_connection(ws: bool) {
+    let server = start(app(test_config())).await;
+    let mut c = Client::connect(ws, server.addr).await;
+    c.handshake().await;
+    // Unknown route of our own type.
+    let r = c
+        .call(1, "connector.entryHandler.missing", &json!({}))
+        .await;
+    assert_eq!(r["code"], 500);
+    // Another server type with no forwarder: no server of that type.
+    let r = c.call(2, "chat.chatHandler.send", &json!({})).await;
+    assert_eq!(r["code"], 500);
+    // Not serverType.handler.method.
+    let r = c.call(3, "onlyonepart", &json!({})).await;
+    assert_eq!(r["code"], 500);
+    // Body that does not decode into the handler's type.
+    let r = c
+        .call(4, "connector.entryHandler.echo", &json!({"wrong": 1}))
+        .await;
+    assert_eq!(r["code"], 500);
+    // Body that is not JSON.
+    c.send_message(Message::request(
+        5,
+        MessageRoute::name("connector.entryHandler.echo"),
+        Bytes::from_static(b"{not json"),
+    ))
+    .await;
+    let m = c.recv_message().await;
+    assert_eq!(m.id, 5);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&m.body).unwrap()["code"],
+        500
+    );
+    // Handler error with its own code.
+    let r = c.call(6, "connector.entryHandler.fail", &json!({})).await;
+    assert_eq!(r, json!({"code": 503, "msg": "nope"}));
+    // Compressed route without a dictionary: error response.
+    c.send_message(Message::request(
+        7,
+        MessageRoute::Code(3),
+        Bytes::from_static(b"{}"),
+    ))
+    .await;
+    let m = c.recv_message().await;
+    assert_eq!(m.id, 7);
+    // Still connected.
+    let r = c
+        .call(8, "connector.entryHandler.echo", &json!({"text": "ok"}))
+        .await;
+    assert_eq!(r["text"], "ok");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn tcp_error_responses_keep_the_connection() {
+    errors_keep_connection(false).await;
+}
+
+#[tokio::test]
+async fn ws_error_responses_keep_the_connection() {
+    errors_keep_connection(true).await;
+}
+
+#[tokio::test]
+async fn dictionary_routes_both_ways() {
+    let dict = Arc::new(
+        RouteDictionary::new(
+            [
+                "connector.entryHandler.echo",
+                "connector.entryHandler.pushMe",
+            ],
+            ["onPush"],
+        )
+        .unwrap(),
+    );
+    let server = start(app(test_config()).dictionary(dict.clone())).await;
+    let mut c = Client::tcp(server.addr).await;
+    let reply = c.handshake().await;
+    assert_eq!(reply["sys"]["useDict"], true);
+    assert_eq!(reply["sys"]["dictVersion"], dict.version());
+    let code = dict.code("connector.entryHandler.echo").unwrap();
+    c.send_message(Message::request(
+        1,
+        MessageRoute::Code(code),
+        Bytes::from_static(br#"{"text":"coded"}"#),
+    ))
+    .await;
+    let m = c.recv_message().await;
+    assert_eq!(m.id, 1);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&m.body).unwrap()["text"],
+        "coded"
+    );
+    // Pushes on a route in the dictionary go out compressed.
+    let code = dict.code("connector.entryHandler.pushMe").unwrap();
+    c.send_message(Message::notify(
+        MessageRoute::Code(code),
+        Bytes::from_static(b"{}"),
+    ))
+    .await;
+    let m = c.recv_message().await;
+    assert_eq!(m.route, MessageRoute::Code(dict.code("onPush").unwrap()));
+    // Unknown code: error response, still connected.
+    c.send_message(Message::request(
+        2,
+        MessageRoute::Code(999),
+        Bytes::from_static(b"{}"),
+    ))
+    .await;
+    let m = c.recv_message().await;
+    assert_eq!(m.id, 2);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&m.body).unwrap()["code"],
+        500
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn filters_and_error_handler() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<(String, bool)>::new()));
+    let seen2 = seen.clone();
+    let builder = app(test_config())
+        .before(|info: &RequestInfo, body: &Value, _s: &Session| {
+            if body.get("blocked").is_some() {
+                Err(HandlerError::new(403, format!("blocked on {}", info.route)))
+            } else {
+                Ok(())
+            }
+        })
+        .after(
+            move |info: &RequestInfo, _s: &Session, outcome: &Result<Value, HandlerError>| {
+                seen2
+                    .lock()
+                    .unwrap()
+                    .push((info.route.clone(), outcome.is_ok()));
+            },
+        )
+        .error_handler(|_info: &RequestInfo, _s: &Session, e: &HandlerError| {
+            json!({"code": e.code, "error": true})
+        });
+    let server = start(builder).await;
+    let mut c = Client::ws(server.addr).await;
+    c.handshake().await;
+    let r = c
+        .call(
+            1,
+            "connector.entryHandler.echo",
+            &json!({"text": "x", "blocked": 1}),
+        )
+        .await;
+    assert_eq!(r, json!({"code": 403, "error": true}));
+    let r = c
+        .call(2, "connector.entryHandler.echo", &json!({"text": "y"}))
+        .await;
+    assert_eq!(r["text"], "y");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![
+            ("connector.entryHandler.echo".to_owned(), false),
+            ("connector.entryHandler.echo".to_owned(), true)
+        ]
+    );
+    server.stop().await;
+}
+
+#[test]
+fn build_rejects_bad_and_duplicate_routes() {
+    let h = |_s: Session, _v: Value| async move { Ok::<_, HandlerError>(()) };
+    let cfg = test_config;
+    assert!(Frontend::builder(cfg()).handler("bad", h).build().is_err());
+    assert!(
+        Frontend::builder(cfg())
+            .handler("chat.chatHandler.send", h)
+            .build()
+            .is_err()
+    );
+    assert!(
+        Frontend::builder(cfg())
+            .handler("connector.a.b", h)
+            .handler("connector.a.b", h)
+            .build()
+            .is_err()
+    );
+    assert!(
+        Frontend::builder(cfg())
+            .handler("connector.a.b", h)
+            .build()
+            .is_ok()
+    );
+}
+
+async fn heartbeat_timeout(ws: bool) {
+    let mut cfg = test_config();
+    cfg.heartbeat_timeout = Some(Duration::from_millis(300));
+    let server = start(app(cfg)).await;
+    let mut c = Client::connect(ws, server.addr).await;
+    c.handshake().await;
+    // Requests do not count as heartbeats; never send one: the server closes, without a kick.
+    let r = c
+        .call(1, "connector.entryHandler.echo", &json!({"text": "a"}))
+        .await;
+    assert_eq!(r["text"], "a");
+    loop {
+        match c.recv().await {
+            None => break,
+            Some(p) => assert_eq!(p.kind, PackageType::Heartbeat, "no kick on timeout"),
+        }
+    }
+    assert_eq!(server.frontend.stats().heartbeat_timeouts, 1);
+    // The closed hook ran and the session is gone.
+    within(async {
+        while server.frontend.sessions().count() != 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn tcp_heartbeat_timeout_closes() {
+    heartbeat_timeout(false).await;
+}
+
+#[tokio::test]
+async fn ws_heartbeat_timeout_closes() {
+    heartbeat_timeout(true).await;
+}
+
+#[tokio::test]
+async fn handshake_timeout_closes_silent_and_unacked_clients() {
+    let mut cfg = test_config();
+    cfg.handshake_timeout = Duration::from_millis(200);
+    let server = start(app(cfg)).await;
+    // Sends nothing at all.
+    let mut silent = Client::tcp(server.addr).await;
+    // Handshakes but never acks.
+    let mut unacked = Client::ws(server.addr).await;
+    unacked.handshake_only(r#"{"sys":{}}"#).await;
+    silent.expect_closed().await;
+    unacked.expect_closed().await;
+    assert_eq!(server.frontend.stats().handshake_timeouts, 2);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn handshake_500_and_501() {
+    let mut cfg = test_config();
+    cfg.min_client_version = Some("0.3.0".into());
+    let server = start(app(cfg)).await;
+    for ws in [false, true] {
+        let mut c = Client::connect(ws, server.addr).await;
+        let r = c.handshake_only("not json").await;
+        assert_eq!(r, json!({"code": 500}));
+        c.expect_closed().await;
+        let mut c = Client::connect(ws, server.addr).await;
+        let r = c.handshake_only(r#"{"sys":{"version":"0.2.0"}}"#).await;
+        assert_eq!(r, json!({"code": 501}));
+        c.expect_closed().await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn data_before_handshake_is_ignored_then_handshake_works() {
+    let server = start(app(test_config())).await;
+    let mut c = Client::tcp(server.addr).await;
+    c.request(1, "connector.entryHandler.echo", &json!({"text": "early"}))
+        .await;
+    c.send(Package::empty(PackageType::Heartbeat)).await;
+    c.handshake().await;
+    let r = c
+        .call(2, "connector.entryHandler.echo", &json!({"text": "late"}))
+        .await;
+    assert_eq!(r["text"], "late");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_input_ends_in_a_clean_close() {
+    let server = start(app(test_config())).await;
+    let cases: Vec<(bool, Vec<u8>)> = vec![
+        // Invalid package type byte first.
+        (false, vec![0x06, 0, 0, 0]),
+        (false, vec![0x00, 0, 0, 1, 0]),
+        // Declared length over max_package_size.
+        (false, vec![0x01, 0xff, 0xff, 0xff]),
+        // WebSocket: empty message, truncated package, bad type.
+        (true, vec![]),
+        (true, vec![0x01, 0, 0, 9, b'{']),
+        (true, vec![0x07, 0, 0, 0]),
+    ];
+    for (ws, bytes) in cases {
+        let mut c = Client::connect(ws, server.addr).await;
+        c.send_raw(&bytes).await;
+        c.expect_closed().await;
+    }
+    // After the handshake: a message of type 4-7, and a truncated message, and a client KICK.
+    let bad_messages: Vec<Vec<u8>> = vec![vec![0x08, 0x01], vec![0x00, 0x81], vec![0x00]];
+    for (i, body) in bad_messages.into_iter().enumerate() {
+        let mut c = Client::connect(i % 2 == 0, server.addr).await;
+        c.handshake().await;
+        c.send(Package::new(PackageType::Data, body)).await;
+        c.expect_closed().await;
+    }
+    let mut c = Client::tcp(server.addr).await;
+    c.handshake().await;
+    c.send(Package::empty(PackageType::Kick)).await;
+    c.expect_closed().await;
+    // WebSocket text message.
+    let mut c = Client::ws(server.addr).await;
+    c.handshake().await;
+    if let Client::Ws { ws, .. } = &mut c {
+        use futures_util::SinkExt;
+        within(ws.send(tokio_tungstenite::tungstenite::Message::text("hello")))
+            .await
+            .unwrap();
+    }
+    c.expect_closed().await;
+    assert!(server.frontend.stats().protocol_errors >= 10);
+    // The server still serves others.
+    let mut c = Client::tcp(server.addr).await;
+    c.handshake().await;
+    let r = c
+        .call(1, "connector.entryHandler.echo", &json!({"text": "alive"}))
+        .await;
+    assert_eq!(r["text"], "alive");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn package_split_byte_by_byte_and_coalesced() {
+    let server = start(app(test_config())).await;
+    let mut c = Client::tcp(server.addr).await;
+    let hs = Package::new(PackageType::Handshake, Bytes::from_static(br#"{"sys":{}}"#))
+        .to_bytes()
+        .unwrap();
+    for b in hs.iter() {
+        c.send_raw(&[*b]).await;
+    }
+    let p = c.recv().await.unwrap();
+    assert_eq!(p.kind, PackageType::Handshake);
+    // Ack + two requests in one write.
+    let mut all = Package::empty(PackageType::HandshakeAck)
+        .to_bytes()
+        .unwrap()
+        .to_vec();
+    for id in [1u32, 2] {
+        let m = Message::request(
+            id,
+            MessageRoute::name("connector.entryHandler.echo"),
+            Bytes::from(format!(r#"{{"text":"{id}"}}"#)),
+        );
+        all.extend_from_slice(&m.to_package().unwrap().to_bytes().unwrap());
+    }
+    c.send_raw(&all).await;
+    let mut ids = vec![c.recv_message().await.id, c.recv_message().await.id];
+    ids.sort_unstable();
+    assert_eq!(ids, vec![1, 2]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn max_connections_refuses_and_counts() {
+    let mut cfg = test_config();
+    cfg.max_connections = 2;
+    let server = start(app(cfg)).await;
+    let mut a = Client::tcp(server.addr).await;
+    a.handshake().await;
+    let mut b = Client::ws(server.addr).await;
+    b.handshake().await;
+    let mut c = Client::tcp(server.addr).await;
+    c.expect_closed().await;
+    assert_eq!(server.frontend.stats().refused, 1);
+    // a and b still work.
+    let r = a
+        .call(1, "connector.entryHandler.echo", &json!({"text": "a"}))
+        .await;
+    assert_eq!(r["text"], "a");
+    let r = b
+        .call(1, "connector.entryHandler.echo", &json!({"text": "b"}))
+        .await;
+    assert_eq!(r["text"], "b");
+    // Freeing a slot lets a new client in.
+    drop(a);
+    within(async {
+        while server.frontend.stats().active != 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let mut d = Client::tcp(server.addr).await;
+    d.handshake().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limit_kicks_and_counts() {
+    let mut cfg = test_config();
+    cfg.rate_limit = Some(RateLimit {
+        per_second: 1,
+        burst: 5,
+    });
+    let server = start(app(cfg)).await;
+    let mut c = Client::tcp(server.addr).await;
+    c.handshake().await; // 2 packages
+    for id in 1..=10 {
+        c.notify("connector.entryHandler.nothing", &json!({"i": id}))
+            .await;
+    }
+    let k = c.recv_no_heartbeat().await;
+    let k = k.expect("kick");
+    assert_eq!(k.kind, PackageType::Kick);
+    assert_eq!(&k.body[..], br#"{"reason":"rate limit exceeded"}"#);
+    c.expect_closed().await;
+    let st = server.frontend.stats();
+    assert_eq!(st.rate_limited, 1);
+    assert_eq!(st.kicked, 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn slow_consumer_is_kicked_and_memory_stays_bounded() {
+    let mut cfg = test_config();
+    cfg.queue_capacity = 8;
+    cfg.heartbeat_interval = None;
+    cfg.write_timeout = Duration::from_millis(500);
+    let server = start(app(cfg)).await;
+    let mut c = Client::tcp(server.addr).await;
+    c.handshake().await;
+    // Bind so we can find the session.
+    let r = c
+        .call(1, "connector.entryHandler.enter", &json!({"uid": "slow"}))
+        .await;
+    assert_eq!(r["code"], 200);
+    let sid = server.frontend.sessions().get_by_uid("slow")[0].id();
+    // The client never reads again; push far more than socket buffers + queue can hold.
+    let big = json!({"pad": "x".repeat(60_000)});
+    let encoded = server.frontend.encode_push("onBig", &big).unwrap();
+    let mut full = 0;
+    for _ in 0..2_000 {
+        let rep = server.frontend.push_encoded(&[sid], &encoded);
+        full += rep.full + rep.missing;
+        if full > 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(full > 0, "the queue never filled");
+    assert_eq!(server.frontend.stats().slow_consumers, 1);
+    // The connection ends (kick or write timeout), and the session is removed.
+    within(async {
+        while server.frontend.sessions().get(sid).is_some() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    c.expect_closed().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn push_to_many_shares_one_buffer() {
+    let server = start(app(test_config())).await;
+    let mut clients = Vec::new();
+    let mut sids = Vec::new();
+    for i in 0..4u32 {
+        let mut c = Client::connect(i % 2 == 0, server.addr).await;
+        c.handshake().await;
+        let r = c
+            .call(
+                1,
+                "connector.entryHandler.enter",
+                &json!({"uid": format!("u{i}")}),
+            )
+            .await;
+        sids.push(r["sid"].as_u64().unwrap());
+        clients.push(c);
+    }
+    let report = server
+        .frontend
+        .push_many(&sids, "onChat", &json!({"msg": "to all four"}))
+        .unwrap();
+    assert_eq!(report.sent, 4);
+    let missing = server
+        .frontend
+        .push_many(&[12345], "onChat", &json!({}))
+        .unwrap();
+    assert_eq!(missing.missing, 1);
+    for c in &mut clients {
+        let m = c.recv_message().await;
+        assert_eq!(m.route.as_str(), Some("onChat"));
+        assert_eq!(&m.body[..], br#"{"msg":"to all four"}"#);
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_connections_and_returns() {
+    let server = start(app(test_config())).await;
+    let mut c = Client::ws(server.addr).await;
+    c.handshake().await;
+    let mut t = Client::tcp(server.addr).await;
+    t.handshake().await;
+    server.stop().await;
+    c.expect_closed().await;
+    t.expect_closed().await;
+}
+
+#[tokio::test]
+async fn closed_hook_and_uid_lookup() {
+    let server = start(app(test_config())).await;
+    let closed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let closed2 = closed.clone();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    server.frontend.sessions().on_closed(move |s, reason| {
+        closed2.lock().unwrap().push((s.uid(), reason.to_owned()));
+        let _ = tx.try_send(());
+    });
+    let mut c = Client::tcp(server.addr).await;
+    c.handshake().await;
+    c.call(1, "connector.entryHandler.enter", &json!({"uid": "bob"}))
+        .await;
+    // Binding the same session to another uid fails (documented policy).
+    let r = c
+        .call(2, "connector.entryHandler.enter", &json!({"uid": "carol"}))
+        .await;
+    assert_eq!(r["code"], 501);
+    assert_eq!(server.frontend.sessions().count(), 1);
+    let s = &server.frontend.sessions().get_by_uid("bob")[0];
+    assert!(server.frontend.sessions().kick_by_id(s.id(), "kick"));
+    within(rx.recv()).await.unwrap();
+    let closed = closed.lock().unwrap().clone();
+    assert_eq!(
+        closed,
+        vec![(Some("bob".to_owned()), "kicked: kick".to_owned())]
+    );
+    assert_eq!(server.frontend.sessions().count(), 0);
+    server.stop().await;
+}
