@@ -1,0 +1,6 @@
+//! Fuzz the package decoding path; the body lives in `shaddock_protocol::fuzzing::package`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    shaddock_protocol::fuzzing::package(data);
+});
