@@ -171,10 +171,16 @@ impl RpcClient {
                 max: cfg.max_frame_size,
             });
         }
-        let link = entry.link.get_or_init(|| Link::new(&entry.info, cfg));
+        // Hold the link's shared state, not the directory entry: removing the peer must drop
+        // (and so close) the link even while calls are waiting on it.
+        let link = entry
+            .link
+            .get_or_init(|| Link::new(&entry.info, cfg))
+            .handle();
+        let server_id = &entry.info.id.clone();
+        drop(entry);
         let deadline = tokio::time::Instant::now() + cfg.call_timeout;
         let conn = link.conn().await?;
-        let server_id = &entry.info.id;
         let lost = || RpcError::ConnectionLost {
             server_id: server_id.clone(),
         };
@@ -256,8 +262,12 @@ impl RpcClient {
                 max: cfg.max_frame_size,
             });
         }
-        let link = entry.link.get_or_init(|| Link::new(&entry.info, cfg));
-        let server_id = &entry.info.id;
+        let link = entry
+            .link
+            .get_or_init(|| Link::new(&entry.info, cfg))
+            .handle();
+        let server_id = &entry.info.id.clone();
+        drop(entry);
         let send = async {
             let conn = link.conn().await?;
             conn.tx
@@ -405,6 +415,12 @@ impl Drop for Link {
 }
 
 impl Link {
+    fn handle(&self) -> LinkHandle {
+        LinkHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
     fn new(info: &ServerInfo, config: &RpcConfig) -> Self {
         let (state, _) = watch::channel(LinkState::Idle { last_error: None });
         Self {
@@ -417,7 +433,14 @@ impl Link {
             }),
         }
     }
+}
 
+/// What a call holds of a link while it runs; does not keep the connection open.
+struct LinkHandle {
+    shared: Arc<LinkShared>,
+}
+
+impl LinkHandle {
     fn down(&self, reason: &str) -> RpcError {
         RpcError::PeerDown {
             server_id: self.shared.server_id.clone(),
