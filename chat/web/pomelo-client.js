@@ -10,6 +10,7 @@
  *   client.on('close', ({ code, reason, error }) => ...);
  *   client.on('kick', (body) => ...);               // {reason} from the server
  *   client.on('error', (err) => ...);               // protocol / heartbeat errors
+ *   client.on('heartbeat', () => ...);              // each heartbeat from the server
  *   client.close();
  *
  * Wire: package [type:1][length:3 BE][body]; DATA bodies are messages
@@ -67,14 +68,12 @@
 
   /**
    * Splits one WebSocket message into packages. The message must hold whole packages only
-   * (servers may batch several). Returns [{type, body}] or throws a PomeloError.
+   * (servers may batch several); an empty message holds none. Returns [{type, body}] or throws a
+   * PomeloError.
    */
   function decodePackages(bytes) {
     var packages = [];
     var offset = 0;
-    if (bytes.length === 0) {
-      throw protocolError('truncated_header', 'empty message: no package header');
-    }
     while (offset < bytes.length) {
       if (bytes.length - offset < 4) {
         throw protocolError('truncated_header', 'package header needs 4 bytes, ' + (bytes.length - offset) + ' left');
@@ -521,6 +520,7 @@
    * after each received heartbeat we send one, then expect traffic within 2 intervals.
    */
   PomeloClient.prototype.onHeartbeat = function () {
+    this.emit('heartbeat');
     if (!this.heartbeatInterval || this.heartbeatTimer || this.state !== 'working') {
       return;
     }
