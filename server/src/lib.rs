@@ -1,1 +1,7 @@
-//! The Shaddock application model: servers.json, master, routers, channels (work in progress).
+//! The Shaddock application model: what turns the protocol, RPC and connector crates into
+//! pomelo's cluster of typed servers.
+//!
+//! # Layout
+//! - [`config`]: `config/servers.json` and `config/master.json` in pomelo's shape, validated.
+
+pub mod config;

@@ -1,0 +1,518 @@
+//! Cluster configuration in pomelo's shape: `config/servers.json` and `config/master.json`.
+//!
+//! Both files are keyed by environment (`development`, `production`, ...). `servers.json` maps each
+//! server type to a list of servers:
+//!
+//! ```json
+//! { "development": {
+//!     "gate":      [{"id": "gate-server-1", "host": "127.0.0.1", "clientPort": 3014, "frontend": true}],
+//!     "connector": [{"id": "connector-server-1", "host": "127.0.0.1", "port": 4050,
+//!                    "clientPort": 3050, "frontend": true}],
+//!     "chat":      [{"id": "chat-server-1", "host": "127.0.0.1", "port": 6050}] } }
+//! ```
+//!
+//! `master.json` holds one `{"id", "host", "port"}` object per environment.
+//!
+//! The files are read with serde into raw structs, then validated once into [`ClusterConfig`].
+//! Every error names the file, the environment, the server id (or its index) and the field, so a
+//! user can find the line to fix.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// Environment variable that chooses the environment when `-e` is not given (pomelo's `NODE_ENV`
+/// plays the same role).
+pub const ENV_VAR: &str = "SHADDOCK_ENV";
+
+/// The environment used when neither `-e` nor [`ENV_VAR`] names one.
+pub const DEFAULT_ENV: &str = "development";
+
+/// Why a configuration could not be loaded. Always fatal for the process that loads it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Io {
+        /// The file.
+        file: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not valid JSON, or a value has the wrong JSON type.
+    #[error("{file}: {source}")]
+    Json {
+        /// The file.
+        file: PathBuf,
+        /// serde's error, with line and column.
+        source: serde_json::Error,
+    },
+    /// The file has no section for the chosen environment.
+    #[error("{file}: no environment `{env}` (found: {found})")]
+    NoSuchEnv {
+        /// The file.
+        file: PathBuf,
+        /// The environment asked for.
+        env: String,
+        /// The environments the file has, comma separated.
+        found: String,
+    },
+    /// A field breaks a rule.
+    #[error("{file}: environment `{env}`, {server}, field `{field}`: {problem}")]
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// The environment.
+        env: String,
+        /// The server: `server type/id` or `server type[index]` when the id itself is wrong.
+        server: String,
+        /// The offending field, in the file's spelling (`clientPort`, not `client_port`).
+        field: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+/// One server of the cluster, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Unique id across the cluster, e.g. `connector-server-1`.
+    pub id: String,
+    /// The server type: the key it was listed under, e.g. `connector`.
+    pub server_type: String,
+    /// Host other servers reach it on (its RPC address) and, for a frontend, the host clients are
+    /// told about by a gate.
+    pub host: String,
+    /// RPC port. Optional for frontends that serve no remotes (pomelo's gate has none).
+    pub port: Option<u16>,
+    /// Port clients connect to. Present exactly when the server is a frontend.
+    pub client_port: Option<u16>,
+    /// Whether the server holds client connections.
+    pub frontend: bool,
+    /// Every other key of the server's object, kept for the application
+    /// (pomelo passes such keys through too, e.g. `max-connections`, `args`).
+    pub extra: Map<String, Value>,
+}
+
+impl ServerConfig {
+    /// `host:port` of the RPC listener, if the server has one.
+    pub fn rpc_addr(&self) -> Option<String> {
+        self.port.map(|p| format!("{}:{p}", self.host))
+    }
+
+    /// `host:clientPort` of the client listener, if the server is a frontend.
+    pub fn client_addr(&self) -> Option<String> {
+        self.client_port.map(|p| format!("{}:{p}", self.host))
+    }
+}
+
+/// The master of the cluster, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MasterConfig {
+    /// Its id, e.g. `master-server-1`.
+    pub id: String,
+    /// The host it listens on.
+    pub host: String,
+    /// The port servers register on and the CLI talks to.
+    pub port: u16,
+}
+
+/// The whole cluster for one environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The chosen environment.
+    pub env: String,
+    /// The master.
+    pub master: MasterConfig,
+    /// Every server, in file order (server types in file order, then list order).
+    pub servers: Vec<ServerConfig>,
+}
+
+impl ClusterConfig {
+    /// Loads `servers.json` and `master.json` from `config_dir` for environment `env`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file, environment, server and field of the first problem.
+    pub fn load(config_dir: &Path, env: &str) -> Result<Self, ConfigError> {
+        let servers_file = config_dir.join("servers.json");
+        let master_file = config_dir.join("master.json");
+        let servers = parse_servers(&servers_file, &read(&servers_file)?, env)?;
+        let master = parse_master(&master_file, &read(&master_file)?, env)?;
+        let cfg = Self {
+            env: env.to_owned(),
+            master,
+            servers,
+        };
+        cfg.check_ports(&servers_file)?;
+        Ok(cfg)
+    }
+
+    /// The server with this id.
+    pub fn server(&self, id: &str) -> Option<&ServerConfig> {
+        self.servers.iter().find(|s| s.id == id)
+    }
+
+    /// The servers of one type, in file order.
+    pub fn servers_of_type<'a>(
+        &'a self,
+        server_type: &'a str,
+    ) -> impl Iterator<Item = &'a ServerConfig> + 'a {
+        self.servers
+            .iter()
+            .filter(move |s| s.server_type == server_type)
+    }
+
+    /// Refuses two listeners on one host and port (the master's included).
+    fn check_ports(&self, file: &Path) -> Result<(), ConfigError> {
+        let mut used: BTreeMap<(String, u16), String> = BTreeMap::new();
+        used.insert(
+            (self.master.host.clone(), self.master.port),
+            format!("master {}", self.master.id),
+        );
+        for s in &self.servers {
+            for (field, port) in [("port", s.port), ("clientPort", s.client_port)] {
+                let Some(port) = port else { continue };
+                let key = (s.host.clone(), port);
+                let me = format!("{}/{}", s.server_type, s.id);
+                if let Some(other) = used.get(&key) {
+                    return Err(ConfigError::Invalid {
+                        file: file.to_owned(),
+                        env: self.env.clone(),
+                        server: me,
+                        field,
+                        problem: format!("{}:{port} is already used by {other}", s.host),
+                    });
+                }
+                used.insert(key, me);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The environment to use: the `-e` value if given, else [`ENV_VAR`], else [`DEFAULT_ENV`].
+pub fn choose_env(flag: Option<&str>) -> String {
+    flag.map(str::to_owned)
+        .or_else(|| std::env::var(ENV_VAR).ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| DEFAULT_ENV.to_owned())
+}
+
+fn read(file: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(file).map_err(|source| ConfigError::Io {
+        file: file.to_owned(),
+        source,
+    })
+}
+
+/// A server object as written in the file. Unknown keys go to `extra`.
+#[derive(Deserialize)]
+struct RawServer {
+    id: Option<Value>,
+    host: Option<Value>,
+    port: Option<Value>,
+    #[serde(rename = "clientPort")]
+    client_port: Option<Value>,
+    frontend: Option<Value>,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+/// Picks one environment's section out of an env-keyed file.
+fn env_section(file: &Path, text: &str, env: &str) -> Result<Value, ConfigError> {
+    let mut root: Map<String, Value> =
+        serde_json::from_str(text).map_err(|source| ConfigError::Json {
+            file: file.to_owned(),
+            source,
+        })?;
+    let found = root.keys().cloned().collect::<Vec<_>>().join(", ");
+    root.remove(env).ok_or_else(|| ConfigError::NoSuchEnv {
+        file: file.to_owned(),
+        env: env.to_owned(),
+        found,
+    })
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    env: &'a str,
+}
+
+impl Ctx<'_> {
+    fn invalid(
+        &self,
+        server: impl fmt::Display,
+        field: &'static str,
+        problem: String,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_owned(),
+            env: self.env.to_owned(),
+            server: server.to_string(),
+            field,
+            problem,
+        }
+    }
+
+    fn string(
+        &self,
+        who: &str,
+        field: &'static str,
+        v: Option<Value>,
+    ) -> Result<String, ConfigError> {
+        match v {
+            Some(Value::String(s)) if !s.trim().is_empty() => Ok(s),
+            Some(Value::String(_)) => Err(self.invalid(who, field, "must not be empty".into())),
+            Some(other) => {
+                Err(self.invalid(who, field, format!("must be a string, found {other}")))
+            }
+            None => Err(self.invalid(who, field, "is missing".into())),
+        }
+    }
+
+    /// Ports may be written as numbers or, as pomelo tolerates, numeric strings.
+    fn port(
+        &self,
+        who: &str,
+        field: &'static str,
+        v: Option<Value>,
+    ) -> Result<Option<u16>, ConfigError> {
+        let n = match v {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::Number(n)) => n.as_u64(),
+            Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
+            Some(_) => None,
+        };
+        match n {
+            Some(p @ 1..=65535) => Ok(Some(p as u16)),
+            _ => Err(self.invalid(who, field, "must be a port number from 1 to 65535".into())),
+        }
+    }
+}
+
+fn parse_servers(file: &Path, text: &str, env: &str) -> Result<Vec<ServerConfig>, ConfigError> {
+    let ctx = Ctx { file, env };
+    let section = env_section(file, text, env)?;
+    let Value::Object(types) = section else {
+        return Err(ctx.invalid(
+            "(environment)",
+            "servers",
+            "must be an object of server types".into(),
+        ));
+    };
+    let mut out = Vec::new();
+    let mut ids = HashSet::new();
+    for (server_type, list) in types {
+        if server_type.is_empty() || server_type.contains('.') {
+            return Err(ctx.invalid(
+                format!("server type `{server_type}`"),
+                "type",
+                "must be non-empty and contain no `.` (it is the first part of a route)".into(),
+            ));
+        }
+        let Value::Array(list) = list else {
+            return Err(ctx.invalid(&server_type, "type", "must be a list of servers".into()));
+        };
+        for (i, raw) in list.into_iter().enumerate() {
+            let at = format!("{server_type}[{i}]");
+            let raw: RawServer = serde_json::from_value(raw)
+                .map_err(|e| ctx.invalid(&at, "server", format!("must be an object ({e})")))?;
+            let id = ctx.string(&at, "id", raw.id)?;
+            let who = format!("{server_type}/{id}");
+            if !ids.insert(id.clone()) {
+                return Err(ctx.invalid(&who, "id", "is used by another server".into()));
+            }
+            let host = ctx.string(&who, "host", raw.host)?;
+            let port = ctx.port(&who, "port", raw.port)?;
+            let client_port = ctx.port(&who, "clientPort", raw.client_port)?;
+            let frontend = match raw.frontend {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => b,
+                Some(Value::String(s)) if s == "true" || s == "false" => s == "true",
+                Some(other) => {
+                    return Err(ctx.invalid(
+                        &who,
+                        "frontend",
+                        format!("must be true or false, found {other}"),
+                    ));
+                }
+            };
+            if frontend && client_port.is_none() {
+                return Err(ctx.invalid(
+                    &who,
+                    "clientPort",
+                    "is required for a frontend server".into(),
+                ));
+            }
+            if !frontend && client_port.is_some() {
+                return Err(ctx.invalid(
+                    &who,
+                    "clientPort",
+                    "is only for frontend servers (set \"frontend\": true)".into(),
+                ));
+            }
+            if !frontend && port.is_none() {
+                return Err(ctx.invalid(&who, "port", "is required for a backend server".into()));
+            }
+            out.push(ServerConfig {
+                id,
+                server_type: server_type.clone(),
+                host,
+                port,
+                client_port,
+                frontend,
+                extra: raw.extra,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn parse_master(file: &Path, text: &str, env: &str) -> Result<MasterConfig, ConfigError> {
+    let ctx = Ctx { file, env };
+    let section = env_section(file, text, env)?;
+    let Value::Object(mut m) = section else {
+        return Err(ctx.invalid(
+            "master",
+            "master",
+            "must be an object {id, host, port}".into(),
+        ));
+    };
+    let id = ctx.string("master", "id", m.remove("id"))?;
+    let host = ctx.string(&id, "host", m.remove("host"))?;
+    let port = ctx
+        .port(&id, "port", m.remove("port"))?
+        .ok_or_else(|| ctx.invalid(&id, "port", "is missing".into()))?;
+    Ok(MasterConfig { id, host, port })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, servers: &str, master: &str) {
+        std::fs::write(dir.join("servers.json"), servers).unwrap();
+        std::fs::write(dir.join("master.json"), master).unwrap();
+    }
+
+    const MASTER: &str = r#"{"development":{"id":"master-server-1","host":"127.0.0.1","port":3005},
+                             "production":{"id":"master-server-1","host":"127.0.0.1","port":3005}}"#;
+
+    /// A fresh directory per call: tests run in parallel threads.
+    fn tmp(name: &str) -> PathBuf {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let d =
+            std::env::temp_dir().join(format!("shaddock-config-{name}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn loads_pomelo_shape() {
+        let d = tmp("ok");
+        write(
+            &d,
+            r#"{"development":{
+                "gate":[{"id":"gate-server-1","host":"127.0.0.1","clientPort":3014,"frontend":true}],
+                "connector":[{"id":"connector-server-1","host":"127.0.0.1","port":"4050","clientPort":3050,"frontend":"true","max-connections":100}],
+                "chat":[{"id":"chat-server-1","host":"127.0.0.1","port":6050}]}}"#,
+            MASTER,
+        );
+        let c = ClusterConfig::load(&d, "development").unwrap();
+        assert_eq!(c.servers.len(), 3);
+        assert_eq!(c.master.port, 3005);
+        let conn = c.server("connector-server-1").unwrap();
+        assert_eq!(conn.port, Some(4050));
+        assert!(conn.frontend);
+        assert_eq!(conn.extra["max-connections"], 100);
+        assert_eq!(conn.client_addr().as_deref(), Some("127.0.0.1:3050"));
+        let gate = c.server("gate-server-1").unwrap();
+        assert_eq!(gate.port, None);
+        assert_eq!(c.servers_of_type("chat").count(), 1);
+    }
+
+    fn err(servers: &str) -> String {
+        let d = tmp("bad");
+        write(&d, servers, MASTER);
+        ClusterConfig::load(&d, "development")
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn errors_name_file_env_server_and_field() {
+        let cases = [
+            (
+                r#"{"development":{"chat":[{"id":"c1","host":"h"}]}}"#,
+                "chat/c1, field `port`: is required",
+            ),
+            (
+                r#"{"development":{"chat":[{"host":"h","port":1}]}}"#,
+                "chat[0], field `id`: is missing",
+            ),
+            (
+                r#"{"development":{"chat":[{"id":"c1","host":"h","port":70000}]}}"#,
+                "field `port`: must be a port",
+            ),
+            (
+                r#"{"development":{"connector":[{"id":"x","host":"h","port":1,"frontend":true}]}}"#,
+                "connector/x, field `clientPort`: is required for a frontend",
+            ),
+            (
+                r#"{"development":{"chat":[{"id":"x","host":"h","port":1},{"id":"x","host":"h","port":2}]}}"#,
+                "chat/x, field `id`: is used by another server",
+            ),
+            (
+                r#"{"development":{"chat":[{"id":"a","host":"h","port":1},{"id":"b","host":"h","port":1}]}}"#,
+                "chat/b, field `port`: h:1 is already used by chat/a",
+            ),
+            (
+                r#"{"development":{"chat":{"id":"a"}}}"#,
+                "must be a list of servers",
+            ),
+            (r#"{"development":{"a.b":[]}}"#, "contain no `.`"),
+            (
+                r#"{"production":{}}"#,
+                "no environment `development` (found: production)",
+            ),
+            (r#"{"development": ["#, "servers.json: EOF while parsing"),
+        ];
+        for (input, want) in cases {
+            let got = err(input);
+            assert!(
+                got.contains(want),
+                "input {input}\n got: {got}\nwant: {want}"
+            );
+            assert!(got.contains("servers.json"), "{got}");
+        }
+    }
+
+    #[test]
+    fn master_port_clash_is_reported() {
+        let got = err(r#"{"development":{"chat":[{"id":"a","host":"127.0.0.1","port":3005}]}}"#);
+        assert!(
+            got.contains("already used by master master-server-1"),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn missing_file_names_it() {
+        let d = tmp("missing");
+        let _ = std::fs::remove_file(d.join("servers.json"));
+        let e = ClusterConfig::load(&d, "development")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("servers.json: cannot read"), "{e}");
+    }
+
+    #[test]
+    fn env_choice_prefers_flag() {
+        assert_eq!(choose_env(Some("production")), "production");
+    }
+}
