@@ -88,8 +88,10 @@ pub struct ServerConfig {
     /// told about by a gate.
     pub host: String,
     /// RPC port. Optional for frontends that serve no remotes (pomelo's gate has none).
+    /// `Some(0)`: bind any free port and report it.
     pub port: Option<u16>,
     /// Port clients connect to. Present exactly when the server is a frontend.
+    /// `Some(0)`: bind any free port and report it.
     pub client_port: Option<u16>,
     /// Whether the server holds client connections.
     pub frontend: bool,
@@ -117,7 +119,8 @@ pub struct MasterConfig {
     pub id: String,
     /// The host it listens on.
     pub host: String,
-    /// The port servers register on and the CLI talks to.
+    /// The port servers register on and the CLI talks to (`0`: any free port, which the master
+    /// then passes to the servers it starts).
     pub port: u16,
 }
 
@@ -175,7 +178,10 @@ impl ClusterConfig {
         );
         for s in &self.servers {
             for (field, port) in [("port", s.port), ("clientPort", s.client_port)] {
-                let Some(port) = port else { continue };
+                // Port 0 is resolved at bind time, so it never clashes here.
+                let Some(port) = port.filter(|&p| p != 0) else {
+                    continue;
+                };
                 let key = (s.host.clone(), port);
                 let me = format!("{}/{}", s.server_type, s.id);
                 if let Some(other) = used.get(&key) {
@@ -273,7 +279,9 @@ impl Ctx<'_> {
         }
     }
 
-    /// Ports may be written as numbers or, as pomelo tolerates, numeric strings.
+    /// Ports may be written as numbers or, as pomelo tolerates, numeric strings. Port `0` means
+    /// "any free port": the server binds an ephemeral port and reports the real one to the master
+    /// (tests use this so they never depend on fixed ports).
     fn port(
         &self,
         who: &str,
@@ -287,8 +295,8 @@ impl Ctx<'_> {
             Some(_) => None,
         };
         match n {
-            Some(p @ 1..=65535) => Ok(Some(p as u16)),
-            _ => Err(self.invalid(who, field, "must be a port number from 1 to 65535".into())),
+            Some(p @ 0..=65535) => Ok(Some(p as u16)),
+            _ => Err(self.invalid(who, field, "must be a port number from 0 to 65535".into())),
         }
     }
 }
@@ -490,6 +498,19 @@ mod tests {
             );
             assert!(got.contains("servers.json"), "{got}");
         }
+    }
+
+    #[test]
+    fn port_zero_means_any_and_never_clashes() {
+        let d = tmp("zero");
+        write(
+            &d,
+            r#"{"development":{"chat":[{"id":"a","host":"h","port":0},{"id":"b","host":"h","port":0}]}}"#,
+            r#"{"development":{"id":"m","host":"h","port":0}}"#,
+        );
+        let c = ClusterConfig::load(&d, "development").unwrap();
+        assert_eq!(c.servers[1].port, Some(0));
+        assert_eq!(c.master.port, 0);
     }
 
     #[test]
