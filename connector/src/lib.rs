@@ -13,6 +13,7 @@
 //! - [`session`]: [`Session`] handles and the [`SessionService`].
 //! - [`handler`]: typed local handlers, filters, the error handler.
 //! - [`frontend`]: [`Frontend`] — builder, listener, per-connection driver, dispatch, pushes.
+//! - [`remote`]: forwarding to backends over RPC and the frontend's `sys` remotes.
 //! - [`transport`]: raw TCP and WebSocket behind one package interface.
 //!
 //! # Cancel safety
@@ -23,6 +24,7 @@ pub mod frontend;
 pub mod handler;
 mod handshake;
 pub mod limit;
+pub mod remote;
 pub mod rewind;
 pub mod session;
 pub mod sniff;
@@ -33,6 +35,7 @@ pub use config::ConnectorConfig;
 pub use frontend::{Error, ForwardRequest, Forwarder, Frontend, FrontendBuilder, PushReport};
 pub use handler::{AfterFilter, BeforeFilter, Handler, HandlerError, RequestInfo};
 pub use limit::{RateLimit, TokenBucket};
+pub use remote::{RpcForwarder, SessionRemote};
 pub use session::{Session, SessionConfig, SessionError, SessionId, SessionService};
 pub use sniff::{Sniff, sniff};
 pub use stats::{ConnectorStats, StatsSnapshot};

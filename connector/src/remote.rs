@@ -1,0 +1,374 @@
+//! The frontend's RPC side: forwarding client messages of other server types to backends,
+//! and the `sys` remotes a frontend serves so backends can reach sessions.
+//!
+//! # Forwarding
+//! A route `chat.chatHandler.send` on a `connector` frontend goes to a `chat` server over
+//! `sys msgRemote.forward_message`: [`RpcForwarder`] picks the server with the RPC client's
+//! router for that type (pomelo's default: CRC-32 of the routing key over the live servers
+//! of the type, sorted by id; replace it per type with [`RpcClient::set_router`]) from a
+//! routing key that defaults to the session's uid (its id in decimal while unbound) and can be
+//! chosen per type with [`RpcForwarder::route_key`] (e.g. the room in the session settings).
+//! Backends implement [`msg_remote::Remote`]; the body travels as the JSON text the client
+//! sent, the reply as the JSON text of the response body. Any failure — no server of the
+//! type, backend down, timeout, backend error — becomes a `{"code":500,"msg":…}` response
+//! (or the backend's own code), and the client stays connected.
+//!
+//! # The frontend's `sys` remotes
+//! [`session_remote`]: push to sessions (encoded once for all of them) or to everyone,
+//! bind/unbind a uid, push settings, kick by session id or uid. Register
+//! [`Frontend::session_remote`] on the frontend's [`shaddock_rpc::RpcServer`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use serde_json::Value;
+use shaddock_rpc::{RemoteError, RpcClient, RpcError, Target, remote};
+
+use crate::frontend::{ForwardRequest, Forwarder, Frontend};
+use crate::handler::{BoxFuture, HandlerError};
+use crate::session::{Session, SessionError};
+
+/// A snapshot of a frontend session, sent with each forwarded message (pomelo's
+/// `BackendSession` data).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SessionSnapshot {
+    /// Session id (unique across the cluster).
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    /// The frontend server holding the connection.
+    #[prost(string, tag = "2")]
+    pub frontend_id: String,
+    /// Bound uid; empty when unbound.
+    #[prost(string, tag = "3")]
+    pub uid: String,
+    /// The settings as a JSON object text.
+    #[prost(bytes = "bytes", tag = "4")]
+    pub settings_json: Bytes,
+}
+
+/// A client request or notify forwarded to a backend.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ForwardMessage {
+    /// The full route `serverType.handler.method`.
+    #[prost(string, tag = "1")]
+    pub route: String,
+    /// The request id; 0 for a notify (the reply is then ignored).
+    #[prost(uint32, tag = "2")]
+    pub id: u32,
+    /// The body as JSON text.
+    #[prost(bytes = "bytes", tag = "3")]
+    pub body_json: Bytes,
+    /// The client's session.
+    #[prost(message, optional, tag = "4")]
+    pub session: Option<SessionSnapshot>,
+}
+
+/// The backend's answer: the response body as JSON text.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ForwardReply {
+    /// Response body JSON text (`{}` when empty).
+    #[prost(bytes = "bytes", tag = "1")]
+    pub body_json: Bytes,
+}
+
+/// Push `body_json` on `route` to sessions of this frontend.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PushArgs {
+    /// Target session ids; ignored by `broadcast`.
+    #[prost(uint64, repeated, tag = "1")]
+    pub sids: Vec<u64>,
+    /// Push route (compressed with the dictionary when possible).
+    #[prost(string, tag = "2")]
+    pub route: String,
+    /// Body JSON text.
+    #[prost(bytes = "bytes", tag = "3")]
+    pub body_json: Bytes,
+}
+
+/// How a push went.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PushResult {
+    /// Sessions it was queued for.
+    #[prost(uint32, tag = "1")]
+    pub sent: u32,
+    /// Sessions not found or closed.
+    #[prost(uint32, tag = "2")]
+    pub missing: u32,
+    /// Sessions whose queue was full (kicked as slow consumers).
+    #[prost(uint32, tag = "3")]
+    pub full: u32,
+}
+
+/// Bind or unbind `uid` on session `sid`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BindArgs {
+    /// Session id.
+    #[prost(uint64, tag = "1")]
+    pub sid: u64,
+    /// The uid.
+    #[prost(string, tag = "2")]
+    pub uid: String,
+}
+
+/// Merge settings into session `sid` (pomelo `BackendSession.pushAll`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SettingsArgs {
+    /// Session id.
+    #[prost(uint64, tag = "1")]
+    pub sid: u64,
+    /// A JSON object text whose keys are set on the session.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub settings_json: Bytes,
+}
+
+/// Kick by session id (`sid`) or by uid (`uid`, when not empty).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct KickArgs {
+    /// Session id (used when `uid` is empty).
+    #[prost(uint64, tag = "1")]
+    pub sid: u64,
+    /// Uid: kick all its sessions.
+    #[prost(string, tag = "2")]
+    pub uid: String,
+    /// Kick reason sent to the client.
+    #[prost(string, tag = "3")]
+    pub reason: String,
+}
+
+/// A count (sessions kicked).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Count {
+    /// The count.
+    #[prost(uint32, tag = "1")]
+    pub n: u32,
+}
+
+remote! {
+    /// Served by backends: handle a client message forwarded by a frontend.
+    pub mod msg_remote: sys "msgRemote" {
+        /// Runs the handler of `route` on a backend; replies with the response body.
+        fn forward_message(ForwardMessage) -> ForwardReply;
+    }
+}
+
+remote! {
+    /// Served by frontends: reach the sessions they hold.
+    pub mod session_remote: sys "sessionRemote" {
+        /// Pushes to the listed sessions (encoded once).
+        fn push(PushArgs) -> PushResult;
+        /// Pushes to every session of this frontend (encoded once).
+        fn broadcast(PushArgs) -> PushResult;
+        /// Binds a uid to a session.
+        fn bind(BindArgs) -> ();
+        /// Unbinds a uid from a session.
+        fn unbind(BindArgs) -> ();
+        /// Merges settings into a session.
+        fn push_settings(SettingsArgs) -> ();
+        /// Kicks a session, or every session of a uid.
+        fn kick(KickArgs) -> Count;
+    }
+}
+
+/// Builds the snapshot of `session` sent with forwarded messages.
+pub fn snapshot(session: &Session) -> SessionSnapshot {
+    SessionSnapshot {
+        id: session.id(),
+        frontend_id: session.frontend_id().to_owned(),
+        uid: session.uid().unwrap_or_default(),
+        settings_json: Bytes::from(shaddock_protocol::json::to_vec(&Value::Object(
+            session.settings(),
+        ))),
+    }
+}
+
+/// Chooses the routing key of a forwarded message.
+pub type RouteKeyFn = Arc<dyn Fn(&Session, &str) -> Vec<u8> + Send + Sync>;
+
+/// Forwards messages of other server types over RPC (see the [module docs](self)).
+#[derive(Clone)]
+pub struct RpcForwarder {
+    rpc: RpcClient,
+    keys: Arc<RwLock<HashMap<String, RouteKeyFn>>>,
+}
+
+impl std::fmt::Debug for RpcForwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcForwarder").finish_non_exhaustive()
+    }
+}
+
+impl RpcForwarder {
+    /// A forwarder calling through `rpc` (its directory and routers pick the backend).
+    pub fn new(rpc: RpcClient) -> Self {
+        Self {
+            rpc,
+            keys: Arc::default(),
+        }
+    }
+
+    /// Uses `key` to compute the routing key for `server_type` (default: the uid, or the
+    /// session id in decimal while unbound). `key` gets the session and the route.
+    pub fn route_key(
+        &self,
+        server_type: impl Into<String>,
+        key: impl Fn(&Session, &str) -> Vec<u8> + Send + Sync + 'static,
+    ) {
+        self.keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(server_type.into(), Arc::new(key));
+    }
+
+    fn key_for(&self, server_type: &str, session: &Session, route: &str) -> Vec<u8> {
+        let custom = self
+            .keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(server_type)
+            .cloned();
+        match custom {
+            Some(f) => f(session, route),
+            None => session
+                .uid()
+                .unwrap_or_else(|| session.id().to_string())
+                .into_bytes(),
+        }
+    }
+}
+
+/// Maps an RPC failure to the client's error response.
+pub fn rpc_error_to_handler(route: &str, e: &RpcError) -> HandlerError {
+    match e {
+        RpcError::Remote { code, message } => HandlerError::new(i64::from(*code), message.clone()),
+        other => {
+            tracing::warn!(route, cause = %other, "forwarding failed");
+            HandlerError::new(i64::from(other.pomelo_code()), other.to_string())
+        }
+    }
+}
+
+impl Forwarder for RpcForwarder {
+    fn forward(&self, request: ForwardRequest) -> BoxFuture<'static, Result<Value, HandlerError>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let key = this.key_for(&request.server_type, &request.session, &request.info.route);
+            let msg = ForwardMessage {
+                route: request.info.route.clone(),
+                id: request.info.id,
+                body_json: Bytes::from(shaddock_protocol::json::to_vec(&request.body)),
+                session: Some(snapshot(&request.session)),
+            };
+            let stub = msg_remote::Client::new(&this.rpc);
+            let target = Target::route(&request.server_type, &key);
+            let reply = stub
+                .forward_message(target, msg)
+                .await
+                .map_err(|e| rpc_error_to_handler(&request.info.route, &e))?;
+            if reply.body_json.is_empty() {
+                return Ok(Value::Object(serde_json::Map::new()));
+            }
+            shaddock_protocol::json::from_slice(&reply.body_json)
+                .map_err(|e| HandlerError::internal(format!("backend reply is not JSON: {e}")))
+        })
+    }
+}
+
+fn remote_err(e: &SessionError) -> RemoteError {
+    RemoteError::new(500, e.to_string())
+}
+
+fn parse_json(what: &str, bytes: &[u8]) -> Result<Value, RemoteError> {
+    shaddock_protocol::json::from_slice(bytes)
+        .map_err(|e| RemoteError::new(500, format!("{what} is not JSON: {e}")))
+}
+
+fn report(r: crate::frontend::PushReport) -> PushResult {
+    let n = |x: usize| u32::try_from(x).unwrap_or(u32::MAX);
+    PushResult {
+        sent: n(r.sent),
+        missing: n(r.missing),
+        full: n(r.full),
+    }
+}
+
+/// The frontend's implementation of [`session_remote`].
+#[derive(Debug, Clone)]
+pub struct SessionRemote {
+    frontend: Frontend,
+}
+
+impl session_remote::Remote for SessionRemote {
+    async fn push(&self, args: PushArgs) -> Result<PushResult, RemoteError> {
+        let body = parse_json("push body", &args.body_json)?;
+        let r = self
+            .frontend
+            .push_many(&args.sids, &args.route, &body)
+            .map_err(|e| RemoteError::new(500, e.to_string()))?;
+        Ok(report(r))
+    }
+
+    async fn broadcast(&self, args: PushArgs) -> Result<PushResult, RemoteError> {
+        let body = parse_json("push body", &args.body_json)?;
+        let r = self
+            .frontend
+            .broadcast(&args.route, &body)
+            .map_err(|e| RemoteError::new(500, e.to_string()))?;
+        Ok(report(r))
+    }
+
+    async fn bind(&self, args: BindArgs) -> Result<(), RemoteError> {
+        let s = self.session(args.sid)?;
+        s.bind(&args.uid).map_err(|e| remote_err(&e))
+    }
+
+    async fn unbind(&self, args: BindArgs) -> Result<(), RemoteError> {
+        let s = self.session(args.sid)?;
+        s.unbind(&args.uid).map_err(|e| remote_err(&e))
+    }
+
+    async fn push_settings(&self, args: SettingsArgs) -> Result<(), RemoteError> {
+        let s = self.session(args.sid)?;
+        match parse_json("settings", &args.settings_json)? {
+            Value::Object(m) => {
+                s.merge_settings(m);
+                Ok(())
+            }
+            _ => Err(RemoteError::new(500, "settings must be a JSON object")),
+        }
+    }
+
+    async fn kick(&self, args: KickArgs) -> Result<Count, RemoteError> {
+        let reason = if args.reason.is_empty() {
+            "kick"
+        } else {
+            &args.reason
+        };
+        let n = if args.uid.is_empty() {
+            usize::from(self.frontend.sessions().kick_by_id(args.sid, reason))
+        } else {
+            self.frontend.sessions().kick_by_uid(&args.uid, reason)
+        };
+        Ok(Count {
+            n: u32::try_from(n).unwrap_or(u32::MAX),
+        })
+    }
+}
+
+impl SessionRemote {
+    fn session(&self, sid: u64) -> Result<Session, RemoteError> {
+        self.frontend
+            .sessions()
+            .get(sid)
+            .ok_or_else(|| RemoteError::new(404, format!("no session {sid} on this frontend")))
+    }
+}
+
+impl Frontend {
+    /// The `sys sessionRemote` service of this frontend, to register on its RPC server.
+    pub fn session_remote(&self) -> session_remote::Server<SessionRemote> {
+        session_remote::Server::new(SessionRemote {
+            frontend: self.clone(),
+        })
+    }
+}
