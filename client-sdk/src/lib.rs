@@ -1,1 +1,75 @@
-//! A Rust client for pomelo-protocol servers (work in progress).
+//! A Rust client for pomelo / pinus protocol servers (Shaddock, pomelo, pinus) over raw TCP or
+//! WebSocket, built on the sans-IO `shaddock-protocol` crate.
+//!
+//! It speaks what the stock pomelo clients speak: the handshake (with user data) and its ack,
+//! heartbeats at the interval the server announces with dead-server detection, the route
+//! dictionary and pomelo-protobuf schemas the server sends, requests with ids, notifies,
+//! pushes and kicks.
+//!
+//! # Layout
+//! - [`config`]: [`ClientConfig`], every knob with its default.
+//! - [`client`]: [`Client`], the cloneable handle: connect, `request*`, `notify*`, `on`,
+//!   `close`.
+//! - `driver`: the connection task (one per connection) that owns the socket and `select!`s
+//!   over reads, the bounded outbound queue, the heartbeat timers and close.
+//! - [`transport`]: [`Transport`] (raw TCP or WebSocket) behind one package interface.
+//! - [`push`]: [`Push`] and [`PushStream`] subscriptions (bounded; slow subscribers lose
+//!   pushes, never memory).
+//! - [`event`]: [`Event`]s (kick, heartbeat timeout, protocol error, disconnect) on
+//!   [`Events`].
+//! - [`gate`]: query a gate, then connect to the connector it names.
+//! - [`error`]: [`Error`] and [`DisconnectReason`].
+//!
+//! # Use
+//! ```no_run
+//! # async fn demo() -> Result<(), shaddock_client::Error> {
+//! use serde_json::json;
+//! use shaddock_client::{ClientConfig, Event, Transport, gate};
+//!
+//! let (client, mut events, _entry) =
+//!     gate::connect_via_gate("127.0.0.1:3014", Transport::Tcp, "bob", ClientConfig::default())
+//!         .await?;
+//! let mut chat = client.on("onChat");
+//! client
+//!     .request("connector.entryHandler.enter", &json!({"username": "bob", "rid": "lobby"}))
+//!     .await?;
+//! client
+//!     .request("chat.chatHandler.send",
+//!              &json!({"rid": "lobby", "content": "hi", "from": "bob", "target": "*"}))
+//!     .await?;
+//! tokio::select! {
+//!     Some(push) = chat.recv() => println!("{}: {}", push.route, push.value()?),
+//!     Some(Event::Kicked { reason }) = events.recv() => println!("kicked: {reason}"),
+//! }
+//! client.close().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Bodies
+//! [`Client::request`] / [`Client::notify`] take and give `serde_json::Value`s; the `_as`
+//! variants any serde type; the `_prost` variants prost messages; the `_raw` variants bytes.
+//! JSON is written as `JSON.stringify` writes it (`shaddock_protocol::json`). When the server's
+//! handshake carries pomelo-protobuf schemas, the JSON and serde variants encode requests
+//! with the client schema of the route and decode responses and pushes with the server schema
+//! of the route (the request's route for a response), as the pomelo JS client does.
+//!
+//! # Cancel safety
+//! [`Client::closed`], [`Events::recv`] and [`PushStream::recv`] are cancel safe. Dropping a
+//! request future forgets the request (its waiter is removed).
+
+pub mod client;
+pub mod config;
+mod driver;
+pub mod error;
+pub mod event;
+pub mod gate;
+pub mod push;
+pub mod transport;
+
+pub use client::Client;
+pub use config::ClientConfig;
+pub use error::{DisconnectReason, Error};
+pub use event::{Event, Events};
+pub use gate::{GateEntry, connect_via_gate, query_entry};
+pub use push::{Push, PushStream};
+pub use transport::Transport;

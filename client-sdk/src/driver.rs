@@ -1,0 +1,351 @@
+//! The connection task: owns the socket and `select!`s over socket reads, the bounded outbound
+//! queue, the heartbeat timers and the close signal.
+//!
+//! Heartbeats (PROTOCOL.md §6): when the server announced an interval *H*, the driver sends a
+//! HEARTBEAT every *H* from the handshake ack on (pomelo echoes each one) and considers the
+//! server dead when **nothing** (heartbeat or data) arrived for the heartbeat timeout
+//! (`ClientConfig::heartbeat_timeout`, default 2*H*), as the pomelo JS and Unity clients do.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use shaddock_protocol::handshake::Kick;
+use shaddock_protocol::message::{Message, MessageRoute, MessageType};
+use shaddock_protocol::package::{Package, PackageType};
+use shaddock_protocol::protobuf::Protos;
+use shaddock_protocol::{RouteDictionary, json};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, trace, warn};
+
+use crate::event::Event;
+use crate::push::{Push, Subscribers};
+use crate::transport::{Conn, ReadError};
+use crate::{DisconnectReason, Error};
+
+/// `03 000000`: a HEARTBEAT package.
+const HEARTBEAT: &[u8] = &[0x03, 0, 0, 0];
+
+/// What a waiting request gets: the raw response body, or why there will be none.
+pub(crate) type Waiter = oneshot::Sender<Result<Bytes, Error>>;
+
+/// The in-flight requests: `id → waiter`, and the id counter.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    next_id: u32,
+    waiters: HashMap<u32, Waiter>,
+    /// Set when the connection has ended: new requests fail at once with this reason.
+    closed: Option<DisconnectReason>,
+}
+
+impl Default for Pending {
+    fn default() -> Self {
+        Self {
+            next_id: 1,
+            waiters: HashMap::new(),
+            closed: None,
+        }
+    }
+}
+
+impl Pending {
+    /// Register a waiter under a fresh id: ids start at 1, wrap within `u32` skipping 0
+    /// (0 means "no response wanted") and skip ids still waiting.
+    pub(crate) fn register(&mut self, waiter: Waiter) -> Result<u32, Error> {
+        if let Some(reason) = &self.closed {
+            return Err(Error::Disconnected(reason.clone()));
+        }
+        loop {
+            let id = self.next_id;
+            self.next_id = match self.next_id.wrapping_add(1) {
+                0 => 1,
+                next => next,
+            };
+            if let Entry::Vacant(slot) = self.waiters.entry(id) {
+                slot.insert(waiter);
+                return Ok(id);
+            }
+        }
+    }
+
+    pub(crate) fn remove(&mut self, id: u32) -> Option<Waiter> {
+        self.waiters.remove(&id)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.waiters.len()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_next_id(&mut self, id: u32) {
+        self.next_id = id;
+    }
+}
+
+/// Lock helper: a poisoned lock still holds a consistent map (no code panics while holding it).
+pub(crate) fn lock(pending: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
+    pending.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Removes a request's waiter when the call ends early (timeout, cancelled future).
+pub(crate) struct PendingGuard {
+    pub(crate) pending: Arc<Mutex<Pending>>,
+    pub(crate) id: u32,
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        lock(&self.pending).remove(self.id);
+    }
+}
+
+/// Everything the connection task owns.
+pub(crate) struct ClientDriver {
+    pub(crate) conn: Conn,
+    pub(crate) peer: String,
+    pub(crate) outbound: mpsc::Receiver<Bytes>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) pending: Arc<Mutex<Pending>>,
+    pub(crate) subscribers: Arc<Subscribers>,
+    pub(crate) dictionary: Option<Arc<RouteDictionary>>,
+    pub(crate) protos: Option<Arc<Protos>>,
+    pub(crate) events: mpsc::Sender<Event>,
+    pub(crate) closed: watch::Sender<Option<DisconnectReason>>,
+    /// Interval between our heartbeats; `None` when the server announced none.
+    pub(crate) heartbeat: Option<Duration>,
+    /// Dead-server timeout; `None` when the server announced no heartbeat.
+    pub(crate) heartbeat_timeout: Option<Duration>,
+    pub(crate) max_write_batch: usize,
+    pub(crate) close_timeout: Duration,
+}
+
+impl ClientDriver {
+    /// Run until the connection ends; then fail every waiter, end every stream and publish
+    /// the reason.
+    pub(crate) async fn run(mut self) {
+        let now = Instant::now();
+        let mut next_ping = self.heartbeat.map(|h| now + h);
+        let mut deadline = self.heartbeat_timeout.map(|t| now + t);
+        let reason = loop {
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => {
+                    self.drain_outbound().await;
+                    break DisconnectReason::Closed;
+                }
+                read = self.conn.read_package() => match read {
+                    Ok(Some(package)) => {
+                        if let Some(t) = self.heartbeat_timeout {
+                            deadline = Some(Instant::now() + t);
+                        }
+                        if let Some(reason) = self.handle_package(package) {
+                            break reason;
+                        }
+                    }
+                    Ok(None) => break DisconnectReason::ServerClosed,
+                    Err(ReadError::Protocol(error)) => {
+                        warn!(peer = %self.peer, cause = %error, "malformed package from the server");
+                        let reason = DisconnectReason::Protocol { error: error.to_string() };
+                        self.emit(Event::ProtocolError { error, fatal: true });
+                        break reason;
+                    }
+                    Err(ReadError::Other(reason)) => break reason,
+                },
+                first = self.outbound.recv() => match first {
+                    Some(first) => {
+                        if let Err(reason) = self.write_batch(first).await {
+                            break reason;
+                        }
+                    }
+                    // Every Client handle is gone: nobody can use this connection any more.
+                    None => break DisconnectReason::Closed,
+                },
+                () = sleep_until(next_ping) => {
+                    trace!(peer = %self.peer, "heartbeat");
+                    if let Err(reason) = self.conn.send(&[Bytes::from_static(HEARTBEAT)]).await {
+                        break reason;
+                    }
+                    next_ping = self.heartbeat.map(|h| Instant::now() + h);
+                }
+                () = sleep_until(deadline) => {
+                    let after = self.heartbeat_timeout.unwrap_or_default();
+                    warn!(peer = %self.peer, ?after, "heartbeat timeout: the server is silent");
+                    self.emit(Event::HeartbeatTimeout { after });
+                    break DisconnectReason::HeartbeatTimeout { after };
+                }
+            }
+        };
+        self.finish(reason).await;
+    }
+
+    /// Write `first` and whatever else is queued, up to `max_write_batch` bytes.
+    async fn write_batch(&mut self, first: Bytes) -> Result<(), DisconnectReason> {
+        let mut size = first.len();
+        let mut batch = vec![first];
+        while size < self.max_write_batch {
+            match self.outbound.try_recv() {
+                Ok(next) => {
+                    size += next.len();
+                    batch.push(next);
+                }
+                Err(_) => break,
+            }
+        }
+        self.conn.send(&batch).await
+    }
+
+    /// On close: write what was queued before the close, within the close timeout.
+    async fn drain_outbound(&mut self) {
+        let mut batch = Vec::new();
+        while let Ok(next) = self.outbound.try_recv() {
+            batch.push(next);
+        }
+        if !batch.is_empty() {
+            let _ = tokio::time::timeout(self.close_timeout, self.conn.send(&batch)).await;
+        }
+    }
+
+    fn emit(&self, event: Event) {
+        if self.events.try_send(event).is_err() {
+            trace!(peer = %self.peer, "event dropped: the events queue is full or gone");
+        }
+    }
+
+    /// One package from the server; `Some(reason)` when it ends the connection.
+    fn handle_package(&mut self, package: Package) -> Option<DisconnectReason> {
+        match package.kind {
+            PackageType::Heartbeat => trace!(peer = %self.peer, "heartbeat from the server"),
+            PackageType::Data => self.handle_data(package.body),
+            PackageType::Kick => {
+                let reason = Kick::parse(&package.body)
+                    .map(|k| k.reason)
+                    .unwrap_or_else(|_| json::decode_text(&package.body).into_owned());
+                debug!(peer = %self.peer, %reason, "kicked by the server");
+                self.emit(Event::Kicked {
+                    reason: reason.clone(),
+                });
+                return Some(DisconnectReason::Kicked { reason });
+            }
+            PackageType::Handshake | PackageType::HandshakeAck => {
+                debug!(peer = %self.peer, kind = package.kind.name(), "unexpected package ignored");
+            }
+        }
+        None
+    }
+
+    fn handle_data(&mut self, body: Bytes) {
+        let message = match Message::decode(body) {
+            Ok(m) => m,
+            Err(error) => {
+                warn!(peer = %self.peer, cause = %error, "malformed message from the server dropped");
+                self.emit(Event::ProtocolError {
+                    error,
+                    fatal: false,
+                });
+                return;
+            }
+        };
+        match message.kind {
+            MessageType::Response => match lock(&self.pending).remove(message.id) {
+                Some(waiter) => {
+                    let _ = waiter.send(Ok(message.body));
+                }
+                None => debug!(
+                    peer = %self.peer, id = message.id,
+                    "response for no waiting request (timed out or cancelled) ignored"
+                ),
+            },
+            MessageType::Push => {
+                let code = message.route.as_code();
+                let route = match &message.route {
+                    MessageRoute::Name(name) => name.to_string(),
+                    MessageRoute::Code(code) => {
+                        match self.dictionary.as_deref().and_then(|d| d.route(*code)) {
+                            Some(route) => route.to_string(),
+                            None => {
+                                warn!(peer = %self.peer, code, "push with an unknown route code dropped");
+                                self.emit(Event::UnknownRouteCode { code: *code });
+                                return;
+                            }
+                        }
+                    }
+                    MessageRoute::None => return,
+                };
+                let push = Push::new(route, code, message.body, self.protos.clone());
+                let delivery = self.subscribers.deliver(&push);
+                if delivery.dropped > 0 {
+                    debug!(peer = %self.peer, route = %push.route, "push dropped for a slow subscriber");
+                    self.emit(Event::PushDropped { route: push.route });
+                } else if delivery.delivered == 0 {
+                    trace!(peer = %self.peer, route = %push.route, "push with no subscriber");
+                }
+            }
+            MessageType::Request | MessageType::Notify => {
+                debug!(peer = %self.peer, kind = message.kind.name(), "client-bound request/notify ignored");
+            }
+        }
+    }
+
+    async fn finish(mut self, reason: DisconnectReason) {
+        debug!(peer = %self.peer, %reason, "connection ended");
+        let _ = tokio::time::timeout(self.close_timeout, self.conn.close()).await;
+        let waiters: Vec<Waiter> = {
+            let mut pending = lock(&self.pending);
+            pending.closed = Some(reason.clone());
+            pending.waiters.drain().map(|(_, w)| w).collect()
+        };
+        for waiter in waiters {
+            let _ = waiter.send(Err(Error::Disconnected(reason.clone())));
+        }
+        self.subscribers.close();
+        self.outbound.close();
+        self.closed.send_replace(Some(reason.clone()));
+        self.emit(Event::Disconnected(reason));
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_start_at_one_wrap_skipping_zero_and_busy_ids() {
+        let mut p = Pending::default();
+        let (tx, _rx) = oneshot::channel();
+        assert_eq!(p.register(tx).unwrap(), 1);
+        p.set_next_id(u32::MAX);
+        let (tx, _rx2) = oneshot::channel();
+        assert_eq!(p.register(tx).unwrap(), u32::MAX);
+        // 0 is skipped, 1 is still waiting: next is 2.
+        let (tx, _rx3) = oneshot::channel();
+        assert_eq!(p.register(tx).unwrap(), 2);
+        assert_eq!(p.len(), 3);
+        p.remove(1);
+        p.closed = Some(DisconnectReason::ServerClosed);
+        let (tx, _rx4) = oneshot::channel();
+        assert!(p.register(tx).unwrap_err().is_disconnected());
+    }
+
+    #[test]
+    fn guard_removes_its_waiter() {
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        let (tx, _rx) = oneshot::channel();
+        let id = lock(&pending).register(tx).unwrap();
+        drop(PendingGuard {
+            pending: pending.clone(),
+            id,
+        });
+        assert_eq!(lock(&pending).len(), 0);
+    }
+}

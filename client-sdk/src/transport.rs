@@ -1,0 +1,225 @@
+//! Raw TCP and WebSocket behind one package interface.
+//!
+//! Both transports are generic over any `AsyncRead + AsyncWrite + Unpin + Send` stream (boxed),
+//! so tests can use `tokio::io::duplex` and TLS could be added without touching the client.
+//!
+//! - TCP: a [`PackageDecoder`] keeps partial packages between reads, so any split or
+//!   coalescing of the byte stream works.
+//! - WebSocket: each binary message may hold several packages (pomelo's batched pushes); the
+//!   client sends exactly one package per message, as pomelo and pinus require.
+
+use std::collections::VecDeque;
+use std::fmt;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use shaddock_protocol::package::{FramePackages, Package, PackageDecoder};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::{ClientConfig, DisconnectReason, Error};
+
+/// Which transport to speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Transport {
+    /// Raw TCP: packages written back to back on the socket (pomelo's `tcp`).
+    #[default]
+    Tcp,
+    /// WebSocket (`ws://`), one package per binary message (pomelo's `ws`).
+    WebSocket,
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::WebSocket => "ws",
+        })
+    }
+}
+
+/// A byte stream the client can run on.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A read that ended the connection.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// The server broke the framing.
+    Protocol(shaddock_protocol::Error),
+    /// Something else (transport failure, text message): the reason to report.
+    Other(DisconnectReason),
+}
+
+/// One connection's transport, with its read-side state kept here (not in futures) so that
+/// [`Conn::read_package`] is cancel safe.
+pub(crate) enum Conn {
+    Tcp {
+        io: Box<dyn Io>,
+        buf: BytesMut,
+        decoder: PackageDecoder,
+    },
+    Ws {
+        ws: Box<WebSocketStream<Box<dyn Io>>>,
+        pending: VecDeque<Package>,
+        /// A framing error found after the packages still in `pending`.
+        failed: Option<shaddock_protocol::Error>,
+        max_package_size: usize,
+    },
+}
+
+impl Conn {
+    /// Wrap a connected stream; for WebSocket, run the upgrade with `ws://{authority}{path}`.
+    pub(crate) async fn open(
+        io: Box<dyn Io>,
+        transport: Transport,
+        authority: &str,
+        config: &ClientConfig,
+    ) -> Result<Self, Error> {
+        match transport {
+            Transport::Tcp => Ok(Self::Tcp {
+                io,
+                buf: BytesMut::with_capacity(8 * 1024),
+                decoder: PackageDecoder::new(config.max_package_size),
+            }),
+            Transport::WebSocket => {
+                let url = format!("ws://{authority}{}", config.ws_path);
+                let ws_config = WebSocketConfig::default()
+                    .max_message_size(Some(config.max_message_size))
+                    .max_frame_size(Some(config.max_message_size));
+                let (ws, _response) =
+                    tokio_tungstenite::client_async_with_config(url, io, Some(ws_config))
+                        .await
+                        .map_err(|e| Error::WebSocket {
+                            peer: authority.to_owned(),
+                            source: Box::new(e),
+                        })?;
+                Ok(Self::Ws {
+                    ws: Box::new(ws),
+                    pending: VecDeque::new(),
+                    failed: None,
+                    max_package_size: config.max_package_size,
+                })
+            }
+        }
+    }
+
+    /// The next whole package; `Ok(None)` when the server closed the connection.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: partial input stays in `self`.
+    pub(crate) async fn read_package(&mut self) -> Result<Option<Package>, ReadError> {
+        match self {
+            Self::Tcp { io, buf, decoder } => loop {
+                if let Some(package) = decoder.decode(buf).map_err(ReadError::Protocol)? {
+                    return Ok(Some(package));
+                }
+                match io.read_buf(buf).await {
+                    Ok(0) if buf.is_empty() => return Ok(None),
+                    Ok(0) => {
+                        return Err(ReadError::Other(DisconnectReason::Protocol {
+                            error: format!(
+                                "the server closed the connection inside a package ({} bytes pending)",
+                                buf.len()
+                            ),
+                        }));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        return Err(ReadError::Other(DisconnectReason::Io {
+                            error: e.to_string(),
+                        }));
+                    }
+                }
+            },
+            Self::Ws {
+                ws,
+                pending,
+                failed,
+                max_package_size,
+            } => loop {
+                if let Some(package) = pending.pop_front() {
+                    return Ok(Some(package));
+                }
+                if let Some(e) = failed.take() {
+                    return Err(ReadError::Protocol(e));
+                }
+                match ws.next().await {
+                    Some(Ok(WsMessage::Binary(msg))) => {
+                        if msg.is_empty() {
+                            return Err(ReadError::Other(DisconnectReason::Protocol {
+                                error: "empty WebSocket message".to_owned(),
+                            }));
+                        }
+                        // A message holds whole packages; the good ones before a bad one
+                        // are delivered first, then the error ends the connection.
+                        for item in FramePackages::new(msg, *max_package_size) {
+                            match item {
+                                Ok(package) => pending.push_back(package),
+                                Err(e) => *failed = Some(e),
+                            }
+                        }
+                    }
+                    Some(Ok(WsMessage::Text(_))) => {
+                        return Err(ReadError::Other(DisconnectReason::Protocol {
+                            error: "text WebSocket message (pomelo sends binary messages)"
+                                .to_owned(),
+                        }));
+                    }
+                    Some(Ok(WsMessage::Close(_))) | None => return Ok(None),
+                    Some(Ok(_)) => {} // ping / pong / raw frame: tungstenite answers pings
+                    Some(Err(e)) => {
+                        return Err(ReadError::Other(DisconnectReason::Io {
+                            error: e.to_string(),
+                        }));
+                    }
+                }
+            },
+        }
+    }
+
+    /// Write whole packages (each one already encoded) and flush.
+    pub(crate) async fn send(&mut self, packages: &[Bytes]) -> Result<(), DisconnectReason> {
+        let io_err = |e: &dyn fmt::Display| DisconnectReason::Io {
+            error: e.to_string(),
+        };
+        match self {
+            Self::Tcp { io, .. } => {
+                if let [one] = packages {
+                    io.write_all(one).await.map_err(|e| io_err(&e))?;
+                } else {
+                    let mut batch = BytesMut::with_capacity(packages.iter().map(Bytes::len).sum());
+                    for p in packages {
+                        batch.extend_from_slice(p);
+                    }
+                    io.write_all(&batch).await.map_err(|e| io_err(&e))?;
+                }
+                io.flush().await.map_err(|e| io_err(&e))
+            }
+            Self::Ws { ws, .. } => {
+                for p in packages {
+                    ws.feed(WsMessage::Binary(p.clone()))
+                        .await
+                        .map_err(|e| io_err(&e))?;
+                }
+                ws.flush().await.map_err(|e| io_err(&e))
+            }
+        }
+    }
+
+    /// Close the transport: TCP shutdown, or a WebSocket close handshake.
+    pub(crate) async fn close(&mut self) {
+        match self {
+            Self::Tcp { io, .. } => {
+                let _ = io.shutdown().await;
+            }
+            Self::Ws { ws, .. } => {
+                let _ = SinkExt::close(ws.as_mut()).await;
+                // Read until the server's close frame (or the end).
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+        }
+    }
+}
