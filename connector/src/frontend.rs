@@ -10,7 +10,9 @@ use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 use shaddock_protocol::RouteDictionary;
 use shaddock_protocol::connection::{CloseReason, ConnectionConfig, Event, ServerConnection};
+use shaddock_protocol::handshake::{Flavor, HandshakeProtos, ServerHandshake};
 use shaddock_protocol::message::{Message, MessageRoute, MessageType, Route};
+use shaddock_protocol::protobuf::Protos;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -20,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::codec::BodyCodec;
 use crate::config::ConnectorConfig;
 use crate::handler::{
     AfterFilter, BeforeFilter, BoxFuture, Erased, ErasedHandler, ErrorHandler, Handler,
@@ -89,6 +92,7 @@ pub struct FrontendBuilder {
     after: Vec<Arc<dyn AfterFilter>>,
     error_handler: Option<ErrorHandler>,
     dictionary: Option<Arc<RouteDictionary>>,
+    protos: Option<Arc<Protos>>,
     forwarder: Option<Arc<dyn Forwarder>>,
 }
 
@@ -169,6 +173,14 @@ impl FrontendBuilder {
         self
     }
 
+    /// Uses pomelo-protobuf schemas (`useProtobuf`): announced in the handshake, used for
+    /// bodies of the routes they list (clientProtos to decode, serverProtos to encode).
+    #[must_use]
+    pub fn protos(mut self, protos: Arc<Protos>) -> Self {
+        self.protos = Some(protos);
+        self
+    }
+
     /// Sets the forwarder for routes of other server types.
     #[must_use]
     pub fn forwarder(mut self, forwarder: Arc<dyn Forwarder>) -> Self {
@@ -210,15 +222,31 @@ impl FrontendBuilder {
             )));
         }
         let stats = Arc::new(ConnectorStats::default());
+        let codec = BodyCodec {
+            dictionary: self.dictionary.clone(),
+            protos: self.protos.clone(),
+        };
         let sessions = SessionService::new(
             &c.frontend_id,
             self.session_config,
             stats.clone(),
-            self.dictionary.clone(),
+            codec.clone(),
         );
+        let handshake_protos = self.protos.as_ref().map(|p| {
+            let parsed = p.handshake_json();
+            HandshakeProtos::with_version(
+                parsed["server"].clone(),
+                parsed["client"].clone(),
+                p.version(),
+            )
+        });
         let handshake = HandshakeConfig {
-            heartbeat_secs: c.heartbeat_interval.map(|h| h.as_secs()),
-            dictionary: self.dictionary.clone(),
+            server: ServerHandshake::new(
+                c.heartbeat_interval,
+                self.dictionary.as_deref(),
+                handshake_protos.as_ref(),
+                Flavor::Pomelo,
+            ),
             min_client_version: c
                 .min_client_version
                 .as_deref()
@@ -239,7 +267,7 @@ impl FrontendBuilder {
                 before: self.before,
                 after: self.after,
                 error_handler: self.error_handler,
-                dictionary: self.dictionary,
+                codec,
                 forwarder: self.forwarder,
                 tracker: TaskTracker::new(),
             }),
@@ -257,7 +285,7 @@ struct Inner {
     before: Vec<Arc<dyn BeforeFilter>>,
     after: Vec<Arc<dyn AfterFilter>>,
     error_handler: Option<ErrorHandler>,
-    dictionary: Option<Arc<RouteDictionary>>,
+    codec: BodyCodec,
     forwarder: Option<Arc<dyn Forwarder>>,
     /// Connection tasks and in-flight handler tasks, waited for on shutdown.
     tracker: TaskTracker,
@@ -303,6 +331,7 @@ impl Frontend {
             after: Vec::new(),
             error_handler: None,
             dictionary: None,
+            protos: None,
             forwarder: None,
         }
     }
@@ -329,7 +358,7 @@ impl Frontend {
     /// # Errors
     /// [`Error::Encode`] for a route over 255 bytes or a body over the package limit.
     pub fn encode_push(&self, route: &str, body: &Value) -> Result<Bytes, Error> {
-        encode_push(self.inner.dictionary.as_deref(), route, body)
+        Ok(self.inner.codec.push_package(route, body)?)
     }
 
     /// Pushes `body` on `route` to one session.
@@ -450,29 +479,6 @@ fn tally(report: &mut PushReport, r: Result<(), crate::session::SessionError>) {
         Err(crate::session::SessionError::QueueFull { .. }) => report.full += 1,
         Err(_) => report.missing += 1,
     }
-}
-
-/// Encodes a PUSH package once (see [`Frontend::encode_push`]).
-pub(crate) fn encode_push(
-    dictionary: Option<&RouteDictionary>,
-    route: &str,
-    body: &Value,
-) -> Result<Bytes, Error> {
-    let route = match dictionary.and_then(|d| d.code(route)) {
-        Some(code) => MessageRoute::Code(code),
-        None => MessageRoute::name(route.to_owned()),
-    };
-    let msg = Message::push(route, shaddock_protocol::json::to_vec(body));
-    let mut dst = BytesMut::with_capacity(msg.encoded_len() + 4);
-    msg.encode_package(&mut dst)?;
-    Ok(dst.freeze())
-}
-
-fn encode_response(id: u32, body: &Value) -> Result<Bytes, Error> {
-    let msg = Message::response(id, shaddock_protocol::json::to_vec(body));
-    let mut dst = BytesMut::with_capacity(msg.encoded_len() + 4);
-    msg.encode_package(&mut dst)?;
-    Ok(dst.freeze())
 }
 
 /// Decrements the active-connection count when a connection task ends.
@@ -806,21 +812,24 @@ async fn dispatch(inner: Arc<Inner>, session: Session, msg: Message) {
     let wants_reply = msg.kind == MessageType::Request && msg.id != 0;
     let route: String = match &msg.route {
         MessageRoute::Name(name) => name.as_str().to_owned(),
-        MessageRoute::Code(code) => match inner.dictionary.as_ref().and_then(|d| d.route(*code)) {
-            Some(r) => r.as_str().to_owned(),
-            None => {
-                tracing::warn!(code, "unknown route code");
-                if wants_reply {
-                    reply(
-                        &inner,
-                        &session,
-                        msg.id,
-                        &HandlerError::internal(format!("unknown route code {code}")).to_body(),
-                    );
+        MessageRoute::Code(code) => {
+            match inner.codec.dictionary.as_ref().and_then(|d| d.route(*code)) {
+                Some(r) => r.as_str().to_owned(),
+                None => {
+                    tracing::warn!(code, "unknown route code");
+                    if wants_reply {
+                        reply(
+                            &inner,
+                            &session,
+                            msg.id,
+                            "",
+                            &HandlerError::internal(format!("unknown route code {code}")).to_body(),
+                        );
+                    }
+                    return;
                 }
-                return;
             }
-        },
+        }
         _ => return,
     };
     let info = RequestInfo {
@@ -844,7 +853,7 @@ async fn dispatch(inner: Arc<Inner>, session: Session, msg: Message) {
                 None => e.to_body(),
             },
         };
-        reply(&inner, &session, info.id, &body);
+        reply(&inner, &session, info.id, &info.route, &body);
     }
 }
 
@@ -858,7 +867,9 @@ async fn run_request(
         tracing::warn!(route = %info.route, "route is not serverType.handler.method");
         HandlerError::internal(format!("invalid route `{}`", info.route))
     })?;
-    let body = shaddock_protocol::json::from_slice(raw)
+    let body = inner
+        .codec
+        .decode(&info.route, raw)
         .map_err(|e| HandlerError::internal(format!("invalid request body: {e}")))?;
     for f in &inner.before {
         f.before(info, &body, session)?;
@@ -892,8 +903,8 @@ async fn run_request(
     }
 }
 
-fn reply(_inner: &Inner, session: &Session, id: u32, body: &Value) {
-    match encode_response(id, body) {
+fn reply(inner: &Inner, session: &Session, id: u32, route: &str, body: &Value) {
+    match inner.codec.response_package(id, route, body) {
         Ok(bytes) => {
             if let Err(e) = session.send_encoded(bytes) {
                 tracing::debug!(cause = %e, "response not queued");

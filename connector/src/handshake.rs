@@ -1,18 +1,18 @@
-//! Answering a client's HANDSHAKE (PROTOCOL.md §5.2): codes 200, 500 and 501.
+//! Answering a client's HANDSHAKE (PROTOCOL.md §5.2): codes 200, 500 and 501. The 200 reply
+//! is built by `shaddock_protocol::handshake::ServerHandshake` (pomelo's bytes and key order).
 
 use bytes::Bytes;
-use serde_json::{Map, Value};
-use shaddock_protocol::RouteDictionary;
-use shaddock_protocol::json;
+use serde_json::Value;
+use shaddock_protocol::handshake::{
+    HandshakeCode, HandshakeRequest, ServerHandshake, handshake_error_body,
+};
 
 /// What the frontend tells a client in the handshake.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct HandshakeConfig {
-    /// `sys.heartbeat` in whole seconds; `None` = no heartbeat key.
-    pub(crate) heartbeat_secs: Option<u64>,
-    /// The route dictionary, if `useDict`.
-    pub(crate) dictionary: Option<std::sync::Arc<RouteDictionary>>,
-    /// Clients whose `sys.version` is below this get 501.
+    /// Heartbeat, dictionary and protos, prepared once.
+    pub(crate) server: ServerHandshake,
+    /// Clients whose `sys.version` is below this get 501 (pomelo's `checkClient`).
     pub(crate) min_client_version: Option<Vec<u64>>,
 }
 
@@ -35,59 +35,47 @@ fn version_below(client: &[u64], min: &[u64]) -> bool {
     false
 }
 
-fn code_only(code: u16) -> Bytes {
-    Bytes::from(format!("{{\"code\":{code}}}"))
-}
-
 /// Builds the reply to a HANDSHAKE body: `(code, reply body)`.
 pub(crate) fn respond(cfg: &HandshakeConfig, body: &[u8]) -> (u16, Bytes) {
     // "Any failure — invalid JSON, empty body, null ... — is handled as if the client had sent
     // {}" (§5.2 step 1), and "No truthy sys → reply {"code":500}" (step 2).
-    let request = json::from_slice(body).unwrap_or(Value::Object(Map::new()));
-    let Some(sys) = request.get("sys").filter(|s| json::is_truthy(s)) else {
-        return (500, code_only(500));
-    };
+    let request = HandshakeRequest::parse(body);
+    if !request.has_sys() {
+        let code = HandshakeCode::UseError;
+        return (code.as_u16(), handshake_error_body(code));
+    }
     if let Some(min) = &cfg.min_client_version {
-        let version = match sys.get("version") {
+        let version = match request.version() {
             Some(Value::String(s)) => parse_version(s),
             Some(Value::Number(n)) => parse_version(&n.to_string()),
             _ => Vec::new(),
         };
         if version_below(&version, min) {
-            return (501, code_only(501));
+            let code = HandshakeCode::OldClient;
+            return (code.as_u16(), handshake_error_body(code));
         }
     }
-    let mut out_sys = Map::new();
-    if let Some(h) = cfg.heartbeat_secs {
-        out_sys.insert("heartbeat".into(), Value::from(h));
-    }
-    if let Some(dict) = &cfg.dictionary {
-        let client_version = sys.get("dictVersion").and_then(Value::as_str);
-        if client_version != Some(dict.version()) {
-            out_sys.insert("dict".into(), Value::Object(dict.dict().clone()));
-            out_sys.insert("routeToCode".into(), Value::Object(dict.dict().clone()));
-            out_sys.insert(
-                "codeToRoute".into(),
-                Value::Object(dict.code_to_route().clone()),
-            );
-            out_sys.insert("dictVersion".into(), Value::from(dict.version()));
-        }
-        out_sys.insert("useDict".into(), Value::Bool(true));
-    }
-    let mut reply = Map::new();
-    reply.insert("code".into(), Value::from(200));
-    reply.insert("sys".into(), Value::Object(out_sys));
-    (200, Bytes::from(json::to_vec(&Value::Object(reply))))
+    (200, cfg.server.accept(&request, None))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shaddock_protocol::RouteDictionary;
+    use shaddock_protocol::handshake::Flavor;
+    use std::time::Duration;
+
+    fn plain() -> HandshakeConfig {
+        HandshakeConfig {
+            server: ServerHandshake::new(None, None, None, Flavor::Pomelo),
+            min_client_version: None,
+        }
+    }
 
     #[test]
     fn plain_server_answers_exactly_pomelos_bytes() {
         let (code, body) = respond(
-            &HandshakeConfig::default(),
+            &plain(),
             br#"{"sys":{"type":"js-websocket","version":"0.0.1"}}"#,
         );
         assert_eq!(code, 200);
@@ -97,7 +85,7 @@ mod tests {
     #[test]
     fn no_sys_or_garbage_is_500() {
         for input in [&b""[..], b"not json", b"null", b"{}", br#"{"sys":null}"#] {
-            let (code, body) = respond(&HandshakeConfig::default(), input);
+            let (code, body) = respond(&plain(), input);
             assert_eq!(code, 500);
             assert_eq!(&body[..], br#"{"code":500}"#);
         }
@@ -107,7 +95,7 @@ mod tests {
     fn old_client_is_501() {
         let cfg = HandshakeConfig {
             min_client_version: Some(parse_version("0.3.0")),
-            ..HandshakeConfig::default()
+            ..plain()
         };
         let (code, body) = respond(&cfg, br#"{"sys":{"version":"0.2.9"}}"#);
         assert_eq!((code, &body[..]), (501, &br#"{"code":501}"#[..]));
@@ -115,14 +103,20 @@ mod tests {
         assert_eq!(code, 200);
         let (code, _) = respond(&cfg, br#"{"sys":{"version":"1.0"}}"#);
         assert_eq!(code, 200);
+        let (code, _) = respond(&cfg, br#"{"sys":{}}"#);
+        assert_eq!(code, 501, "no version counts as below");
     }
 
     #[test]
     fn heartbeat_and_dictionary_keys_in_pomelo_order() {
         let dict = RouteDictionary::new(["chat.chatHandler.send"], ["onChat"]).unwrap();
         let cfg = HandshakeConfig {
-            heartbeat_secs: Some(3),
-            dictionary: Some(std::sync::Arc::new(dict.clone())),
+            server: ServerHandshake::new(
+                Some(Duration::from_secs(3)),
+                Some(&dict),
+                None,
+                Flavor::Pomelo,
+            ),
             min_client_version: None,
         };
         let (code, body) = respond(&cfg, br#"{"sys":{}}"#);

@@ -19,6 +19,7 @@
 //! # Cancel safety
 //! Unless stated otherwise, public async functions are not cancel safe.
 
+mod codec;
 pub mod config;
 pub mod frontend;
 pub mod handler;

@@ -24,10 +24,10 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
-use shaddock_protocol::RouteDictionary;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::codec::BodyCodec;
 use crate::stats::ConnectorStats;
 
 /// Id of a session, unique across the cluster (see the [module docs](self)).
@@ -233,8 +233,11 @@ impl Session {
     /// # Errors
     /// As [`Session::send_encoded`]; [`SessionError::Encode`] for a route over 255 bytes.
     pub fn push(&self, route: &str, body: &Value) -> Result<(), SessionError> {
-        let dictionary = self.service().and_then(|s| s.inner.dictionary.clone());
-        let bytes = crate::frontend::encode_push(dictionary.as_deref(), route, body)
+        let service = self.service().ok_or(SessionError::Closed(self.id()))?;
+        let bytes = service
+            .inner
+            .codec
+            .push_package(route, body)
             .map_err(|e| SessionError::Encode(e.to_string()))?;
         self.send_encoded(bytes)
     }
@@ -315,8 +318,8 @@ struct ServiceInner {
     maps: RwLock<Maps>,
     closed_hooks: RwLock<Vec<ClosedHook>>,
     stats: Arc<ConnectorStats>,
-    /// For compressing push routes.
-    dictionary: Option<Arc<RouteDictionary>>,
+    /// For encoding pushes (dictionary, protobuf).
+    codec: BodyCodec,
 }
 
 /// The sessions of one frontend: look up by id or uid, kick, count.
@@ -339,7 +342,7 @@ impl SessionService {
         frontend_id: &str,
         config: SessionConfig,
         stats: Arc<ConnectorStats>,
-        dictionary: Option<Arc<RouteDictionary>>,
+        codec: BodyCodec,
     ) -> Self {
         Self {
             inner: Arc::new(ServiceInner {
@@ -350,7 +353,7 @@ impl SessionService {
                 maps: RwLock::default(),
                 closed_hooks: RwLock::default(),
                 stats,
-                dictionary,
+                codec,
             }),
         }
     }
@@ -527,7 +530,7 @@ mod tests {
                 single_session: single,
             },
             Arc::default(),
-            None,
+            BodyCodec::default(),
         )
     }
 

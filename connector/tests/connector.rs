@@ -689,3 +689,104 @@ async fn closed_hook_and_uid_lookup() {
     assert_eq!(server.frontend.sessions().count(), 0);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn many_pushes_are_coalesced_into_few_writes() {
+    let mut cfg = test_config();
+    cfg.heartbeat_interval = None;
+    let server = start(app(cfg)).await;
+    let mut c = Client::ws(server.addr).await;
+    let reply = c.handshake().await;
+    assert_eq!(reply, json!({"code": 200, "sys": {}}));
+    let r = c
+        .call(1, "connector.entryHandler.enter", &json!({"uid": "co"}))
+        .await;
+    let sid = r["sid"].as_u64().unwrap();
+    // This test runs on a current-thread runtime: all 50 pushes are queued before the
+    // connection task runs again, so they leave in one write (one WebSocket message).
+    let encoded = server.frontend.encode_push("onTick", &json!({})).unwrap();
+    for _ in 0..50 {
+        assert_eq!(server.frontend.push_encoded(&[sid], &encoded).sent, 1);
+    }
+    let mut seen = 0;
+    let mut messages = 0;
+    while seen < 50 {
+        let packages = c.recv_ws_message().await;
+        messages += 1;
+        for p in packages {
+            assert_eq!(p.body, encoded.slice(4..));
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 50);
+    assert_eq!(messages, 1, "50 pushes in {messages} writes");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn protobuf_routes_in_handshake_bodies_and_pushes() {
+    use shaddock_protocol::protobuf::{Protos, Schema};
+    let client_protos = json!({
+        "connector.entryHandler.echo": {"required string text": 1}
+    });
+    let server_protos = json!({
+        "connector.entryHandler.echo": {"required uInt32 code": 1, "required string text": 2},
+        "onPush": {"required string got": 1}
+    });
+    let protos = Arc::new(Protos::new(
+        Schema::from_file_json(&server_protos).unwrap(),
+        Schema::from_file_json(&client_protos).unwrap(),
+    ));
+    let builder = Frontend::builder(test_config())
+        .handler(
+            "connector.entryHandler.echo",
+            |s: Session, req: Echo| async move {
+                s.push("onPush", &json!({"got": req.text.clone()}))
+                    .map_err(|e| HandlerError::internal(e.to_string()))?;
+                Ok::<_, HandlerError>(EchoReply {
+                    code: 200,
+                    text: req.text,
+                })
+            },
+        )
+        .protos(protos.clone());
+    let server = start(builder).await;
+    let mut c = Client::tcp(server.addr).await;
+    let reply = c.handshake().await;
+    assert_eq!(reply["sys"]["useProto"], true);
+    assert_eq!(reply["sys"]["protos"]["version"], protos.version());
+    // Request body in protobuf (clientProtos), response in protobuf (serverProtos).
+    let body = protos
+        .client()
+        .encode("connector.entryHandler.echo", &json!({"text": "pb"}))
+        .unwrap();
+    c.send_message(Message::request(
+        1,
+        MessageRoute::name("connector.entryHandler.echo"),
+        body,
+    ))
+    .await;
+    let mut got_response = false;
+    let mut got_push = false;
+    for _ in 0..2 {
+        let m = c.recv_message().await;
+        match m.kind {
+            MessageType::Response => {
+                let v = protos
+                    .server()
+                    .decode("connector.entryHandler.echo", &m.body)
+                    .unwrap();
+                assert_eq!(v, json!({"code": 200, "text": "pb"}));
+                got_response = true;
+            }
+            MessageType::Push => {
+                let v = protos.server().decode("onPush", &m.body).unwrap();
+                assert_eq!(v, json!({"got": "pb"}));
+                got_push = true;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(got_response && got_push);
+    server.stop().await;
+}

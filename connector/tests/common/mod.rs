@@ -161,6 +161,21 @@ impl Client {
         }
     }
 
+    /// WebSocket only: the packages of the next binary message (heartbeats included).
+    pub async fn recv_ws_message(&mut self) -> Vec<Package> {
+        let Self::Ws { ws, pending } = self else {
+            panic!("not a websocket client");
+        };
+        assert!(pending.is_empty());
+        loop {
+            match within(ws.next()).await {
+                Some(Ok(WsMessage::Binary(b))) => return decode_frame(b, 16 << 20).unwrap(),
+                Some(Ok(_)) => {}
+                other => panic!("connection ended: {other:?}"),
+            }
+        }
+    }
+
     /// The next package that is not a heartbeat.
     pub async fn recv_no_heartbeat(&mut self) -> Option<Package> {
         loop {

@@ -1,0 +1,75 @@
+//! Bodies and messages as this frontend writes and reads them: JSON or pomelo-protobuf by
+//! route, routes compressed with the dictionary (PROTOCOL.md §8.2, §8.3).
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use serde_json::Value;
+use shaddock_protocol::RouteDictionary;
+use shaddock_protocol::json;
+use shaddock_protocol::message::{Message, MessageRoute};
+use shaddock_protocol::protobuf::Protos;
+
+/// The dictionary and protobuf schemas of a frontend; cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct BodyCodec {
+    pub(crate) dictionary: Option<Arc<RouteDictionary>>,
+    pub(crate) protos: Option<Arc<Protos>>,
+}
+
+impl BodyCodec {
+    /// Decodes a client body on `route`: protobuf when clientProtos has the route, else JSON.
+    pub(crate) fn decode(&self, route: &str, body: &[u8]) -> Result<Value, String> {
+        match &self.protos {
+            Some(p) if p.has_client_route(route) => {
+                p.client().decode(route, body).map_err(|e| e.to_string())
+            }
+            _ => json::from_slice(body).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Encodes a body the server sends on `route` (push route, or request route for a
+    /// response): protobuf when serverProtos has it — an empty body if that fails, as pomelo
+    /// does (§8.3) — else JSON.
+    pub(crate) fn encode(&self, route: &str, body: &Value) -> Vec<u8> {
+        match &self.protos {
+            Some(p) if p.has_server_route(route) => match p.server().encode(route, body) {
+                Ok(b) => b.to_vec(),
+                Err(e) => {
+                    tracing::warn!(route, cause = %e, "protobuf encoding failed, sending an empty body");
+                    Vec::new()
+                }
+            },
+            _ => json::to_vec(body),
+        }
+    }
+
+    /// A whole DATA package holding a PUSH, encoded once.
+    pub(crate) fn push_package(
+        &self,
+        route: &str,
+        body: &Value,
+    ) -> Result<Bytes, shaddock_protocol::Error> {
+        let wire_route = match self.dictionary.as_ref().and_then(|d| d.code(route)) {
+            Some(code) => MessageRoute::Code(code),
+            None => MessageRoute::name(route.to_owned()),
+        };
+        let msg = Message::push(wire_route, self.encode(route, body));
+        let mut dst = BytesMut::with_capacity(msg.encoded_len() + 4);
+        msg.encode_package(&mut dst)?;
+        Ok(dst.freeze())
+    }
+
+    /// A whole DATA package holding the RESPONSE to request `id` on `route`.
+    pub(crate) fn response_package(
+        &self,
+        id: u32,
+        route: &str,
+        body: &Value,
+    ) -> Result<Bytes, shaddock_protocol::Error> {
+        let msg = Message::response(id, self.encode(route, body));
+        let mut dst = BytesMut::with_capacity(msg.encoded_len() + 4);
+        msg.encode_package(&mut dst)?;
+        Ok(dst.freeze())
+    }
+}
