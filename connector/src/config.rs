@@ -30,6 +30,10 @@ pub struct ConnectorConfig {
     /// Outbound queue per connection, in messages. A connection whose queue is full is kicked
     /// as a slow consumer. Default 1024.
     pub queue_capacity: usize,
+    /// Requests and notifies of one connection handled at once; beyond it the connection
+    /// stops reading until one finishes, so a flooding client cannot pile up tasks.
+    /// Default 64.
+    pub max_in_flight: usize,
     /// Most bytes written to a socket in one write when coalescing queued messages.
     /// Default 64 KiB.
     pub max_write_batch: usize,
@@ -58,6 +62,7 @@ impl Default for ConnectorConfig {
             heartbeat_timeout: None,
             handshake_timeout: Duration::from_secs(10),
             queue_capacity: 1024,
+            max_in_flight: 64,
             max_write_batch: 64 * 1024,
             write_timeout: Duration::from_secs(10),
             max_connections: 10_000,

@@ -209,9 +209,14 @@ impl FrontendBuilder {
             return Err(self.errors.swap_remove(0));
         }
         let c = &self.config;
-        if c.queue_capacity == 0 || c.max_connections == 0 || c.max_package_size == 0 {
+        if c.queue_capacity == 0
+            || c.max_connections == 0
+            || c.max_package_size == 0
+            || c.max_in_flight == 0
+        {
             return Err(Error::InvalidConfig(
-                "queue_capacity, max_connections and max_package_size must be > 0".into(),
+                "queue_capacity, max_connections, max_package_size and max_in_flight must be > 0"
+                    .into(),
             ));
         }
         if let Some(h) = c.heartbeat_interval
@@ -585,6 +590,8 @@ async fn run_connection(
         transport,
         rx,
         shutdown,
+        inflight: Arc::new(Semaphore::new(inner.config.max_in_flight)),
+        waiting: VecDeque::new(),
     }
     .run()
     .await;
@@ -598,6 +605,10 @@ struct Driver<S> {
     transport: Transport<S>,
     rx: mpsc::Receiver<Bytes>,
     shutdown: CancellationToken,
+    /// Messages of this connection being handled at once (`max_in_flight` permits).
+    inflight: Arc<Semaphore>,
+    /// Messages received while all permits were taken; the socket is not read meanwhile.
+    waiting: VecDeque<Message>,
 }
 
 fn now_std() -> std::time::Instant {
@@ -710,7 +721,13 @@ where
                     tracing::debug!(%reason, "kicking client");
                     conn.kick(&reason);
                 }
-                read = self.transport.read_packages(&mut inbound) => match read {
+                permit = self.inflight.clone().acquire_owned(), if !self.waiting.is_empty() => {
+                    if let (Ok(permit), Some(msg)) = (permit, self.waiting.pop_front()) {
+                        self.spawn_dispatch(msg, permit);
+                    }
+                }
+                // Backpressure: no reading while messages wait for a handler slot.
+                read = self.transport.read_packages(&mut inbound), if self.waiting.is_empty() => match read {
                     Ok(true) => {
                         let now = now_std();
                         for package in inbound.drain(..) {
@@ -790,19 +807,34 @@ where
         }
     }
 
-    /// Decodes a DATA body and spawns its handling. `Err` = malformed message: close.
-    fn on_data(&self, body: Bytes) -> Result<(), String> {
+    /// Decodes a DATA body and spawns its handling (or parks it while `max_in_flight`
+    /// messages are being handled). `Err` = malformed message: close.
+    fn on_data(&mut self, body: Bytes) -> Result<(), String> {
         let msg = Message::decode(body).map_err(|e| format!("malformed message: {e}"))?;
         match msg.kind {
             MessageType::Request | MessageType::Notify => {}
             other => return Err(format!("client sent a {} message", other.name())),
         }
+        if self.waiting.is_empty()
+            && let Ok(permit) = self.inflight.clone().try_acquire_owned()
+        {
+            self.spawn_dispatch(msg, permit);
+        } else {
+            self.waiting.push_back(msg);
+        }
+        Ok(())
+    }
+
+    fn spawn_dispatch(&self, msg: Message, permit: OwnedSemaphorePermit) {
         let inner = self.inner.clone();
         let session = self.session.clone();
-        self.inner
-            .tracker
-            .spawn(async move { dispatch(inner, session, msg).await }.in_current_span());
-        Ok(())
+        self.inner.tracker.spawn(
+            async move {
+                dispatch(inner, session, msg).await;
+                drop(permit);
+            }
+            .in_current_span(),
+        );
     }
 }
 

@@ -790,3 +790,58 @@ async fn protobuf_routes_in_handshake_bodies_and_pushes() {
     assert!(got_response && got_push);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn in_flight_limit_parks_messages_without_losing_them() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut cfg = test_config();
+    cfg.max_in_flight = 2;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (g, r, p) = (gate.clone(), running.clone(), peak.clone());
+    let builder = app(cfg).handler(
+        "connector.entryHandler.wait",
+        move |_s: Session, v: Value| {
+            let (g, r, p) = (g.clone(), r.clone(), p.clone());
+            async move {
+                let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                p.fetch_max(now, Ordering::SeqCst);
+                // Blocks until the test opens the gate.
+                let permit = g.acquire().await;
+                r.fetch_sub(1, Ordering::SeqCst);
+                permit
+                    .map_err(|e| HandlerError::internal(e.to_string()))?
+                    .forget();
+                Ok::<_, HandlerError>(v)
+            }
+        },
+    );
+    let server = start(builder).await;
+    let mut c = Client::tcp(server.addr).await;
+    c.handshake().await;
+    for id in 1..=6u32 {
+        c.request(id, "connector.entryHandler.wait", &json!({"id": id}))
+            .await;
+    }
+    // Two handlers start; the other four wait for a slot.
+    within(async {
+        while running.load(Ordering::SeqCst) < 2 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    gate.add_permits(6);
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(c.recv_message().await.id);
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        2,
+        "more handlers ran at once than max_in_flight"
+    );
+    server.stop().await;
+}
