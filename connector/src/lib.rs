@@ -1,12 +1,12 @@
 //! The Shaddock frontend: pomelo's hybrid connector and its session service, in Rust.
 //!
 //! One TCP port per frontend serves both raw TCP pomelo clients and WebSocket clients; the
-//! first bytes of a connection decide which (see [`sniff`]). After framing, both transports
+//! first bytes of a connection decide which (see [`sniff()`]). After framing, both transports
 //! yield whole packages into the same per-connection loop.
 //!
 //! # Layout
 //! - [`config`]: [`ConnectorConfig`], every knob with its documented default.
-//! - [`sniff`]: the pure TCP-or-HTTP decision over the first bytes.
+//! - [`mod@sniff`]: the pure TCP-or-HTTP decision over the first bytes.
 //! - [`rewind`]: replays the sniffed bytes into the chosen protocol.
 //! - [`limit`]: the token bucket of the per-connection rate limit.
 //! - [`stats`]: counters (accepted, refused, kicked, rate limited, ...).
@@ -15,6 +15,47 @@
 //! - [`frontend`]: [`Frontend`] — builder, listener, per-connection driver, dispatch, pushes.
 //! - [`remote`]: forwarding to backends over RPC and the frontend's `sys` remotes.
 //! - [`transport`]: raw TCP and WebSocket behind one package interface.
+//!
+//! # Connection life
+//! accept (a permit of `max_connections`, else refused) → sniff the first bytes → WebSocket
+//! upgrade (limits: max message = max package size, bounded write buffer) or raw TCP → the
+//! per-connection driver `select!`s over socket reads, the session's outbound queue, kick
+//! requests, the state machine's next deadline
+//! ([`shaddock_protocol::connection::ServerConnection`]) and the shutdown token. Requests and
+//! notifies are decoded (dictionary routes, JSON or protobuf bodies), filtered and run as
+//! tasks (at most `max_in_flight` per connection), locally for this server's type or through
+//! a [`Forwarder`] ([`RpcForwarder`]) for others; responses and pushes go through a bounded
+//! queue of shared, already encoded buffers and leave coalesced (many messages, one write).
+//! A full queue kicks the client as a slow consumer.
+//!
+//! # Use
+//! ```no_run
+//! use serde_json::{json, Value};
+//! use shaddock_connector::{ConnectorConfig, Frontend, HandlerError, Session};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let frontend = Frontend::builder(ConnectorConfig::default())
+//!     .handler("connector.entryHandler.enter", |session: Session, body: Value| async move {
+//!         let uid = body["uid"].as_str().unwrap_or_default().to_owned();
+//!         session.bind(&uid).map_err(|e| HandlerError::new(500, e.to_string()))?;
+//!         Ok::<_, HandlerError>(json!({"code": 200}))
+//!     })
+//!     .build()?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3010").await?;
+//! let shutdown = CancellationToken::new();
+//! tokio::spawn({
+//!     let frontend = frontend.clone();
+//!     let shutdown = shutdown.clone();
+//!     async move { frontend.serve(listener, shutdown).await }
+//! });
+//! // Later, from anywhere: push to everyone (encoded once), kick by uid, count.
+//! frontend.broadcast("onNews", &json!({"text": "hello"}))?;
+//! frontend.sessions().kick_by_uid("alice", "bye");
+//! let _online = frontend.sessions().count();
+//! shutdown.cancel();
+//! # Ok(()) }
+//! ```
 //!
 //! # Cancel safety
 //! Unless stated otherwise, public async functions are not cancel safe.

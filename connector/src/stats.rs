@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Live counters, shared by the listener and every connection task.
 ///
-/// All counts are monotonic except [`ConnectorStats::active`].
+/// All counts are monotonic except `active`.
 #[derive(Debug, Default)]
 pub struct ConnectorStats {
     pub(crate) accepted: AtomicU64,
