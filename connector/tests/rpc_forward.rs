@@ -13,6 +13,7 @@ use shaddock_connector::remote::{
     session_remote,
 };
 use shaddock_connector::{Frontend, HandlerError, RpcForwarder, Session};
+use shaddock_protocol::message::MessageType;
 use shaddock_protocol::package::PackageType;
 use shaddock_rpc::{
     Crc32Router, Registry, RemoteError, Router, RpcClient, RpcConfig, RpcServer, ServerId,
@@ -102,6 +103,20 @@ impl msg_remote::Remote for Backend {
                     .await
                     .map_err(|e| RemoteError::new(500, e.to_string()))?;
                 json!({"code": 200, "n": n.n})
+            }
+            "chat.chatHandler.shout" => {
+                let r = session_remote::Client::new(&self.rpc)
+                    .broadcast(
+                        Target::server(&session.frontend_id),
+                        PushArgs {
+                            sids: vec![],
+                            route: "onShout".into(),
+                            body_json: Bytes::from(body.to_string()),
+                        },
+                    )
+                    .await
+                    .map_err(|e| RemoteError::new(500, e.to_string()))?;
+                json!({"code": 200, "sent": r.sent})
             }
             "chat.chatHandler.slow" => {
                 tokio::time::sleep(Duration::from_secs(3)).await;
@@ -323,5 +338,35 @@ async fn backend_errors_missing_types_down_and_slow_backends_answer_500() {
         let r = client.call(6, "chat.chatHandler.whoami", &json!({})).await;
         assert!(r["server"].as_str().unwrap().starts_with("chat-"));
     }
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn backend_broadcasts_to_every_session_of_the_frontend() {
+    let c = cluster().await;
+    let mut a = entered(&c, false, "a").await;
+    let mut b = entered(&c, true, "b").await;
+    a.request(2, "chat.chatHandler.shout", &json!({"text": "all"}))
+        .await;
+    // For `a`, the push and the response may come in either order.
+    let mut response = None;
+    let mut pushes = 0;
+    while response.is_none() || pushes == 0 {
+        let m = a.recv_message().await;
+        match m.kind {
+            MessageType::Response => {
+                response = Some(serde_json::from_slice::<Value>(&m.body).unwrap());
+            }
+            _ => {
+                assert_eq!(m.route.as_str(), Some("onShout"));
+                assert_eq!(&m.body[..], br#"{"text":"all"}"#);
+                pushes += 1;
+            }
+        }
+    }
+    assert_eq!(response, Some(json!({"code": 200, "sent": 2})));
+    let m = b.recv_message().await;
+    assert_eq!(m.route.as_str(), Some("onShout"));
+    assert_eq!(&m.body[..], br#"{"text":"all"}"#);
     c.stop().await;
 }
