@@ -1,7 +1,43 @@
 //! The Shaddock application model: what turns the protocol, RPC and connector crates into
 //! pomelo's cluster of typed servers.
 //!
+//! An app is one binary. Its `main` declares the server types with an [`App`] and calls
+//! [`run`], which parses the pomelo-style command line:
+//!
+//! ```text
+//! app start [-e ENV] [-D] [--config DIR]   master in the foreground (-D: in the background)
+//! app list | stop | kill                   talk to the running master
+//! app add id=chat-3 serverType=chat host=127.0.0.1 port=0
+//! app init NAME                            scaffold a new app
+//! ```
+//!
+//! The master ([`master`]) starts every server of `servers.json` as a process of the same
+//! binary (hidden flags `--server-id ID --master HOST:PORT`), restarts crashed ones when
+//! configured (`"restart": true`), and keeps the cluster view every server follows with a
+//! long poll, so a server added at runtime becomes routable everywhere.
+//!
 //! # Layout
 //! - [`config`]: `config/servers.json` and `config/master.json` in pomelo's shape, validated.
+//! - [`app`]: the [`App`] builder: handlers, remotes, routers, filters, components.
+//! - [`context`]: [`ServerContext`], a running server's view of itself and the cluster.
+//! - [`backend`]: forwarded requests, [`BackendSession`].
+//! - [`channel`]: [`ChannelService`] and [`Channel`], pushes grouped by frontend.
+//! - [`proto`]: the framework's `sys` remotes and their messages.
+//! - [`master`], [`process`], `cli`, `init`: the processes and the command line.
 
+pub mod app;
+pub mod backend;
+pub mod channel;
+mod cli;
 pub mod config;
+pub mod context;
+mod init;
+pub mod master;
+pub mod process;
+pub mod proto;
+
+pub use app::{App, AppError, BackendHandler, BackendRequest, Component, DuplicateLogin};
+pub use backend::{BackendSession, SessionInfo};
+pub use channel::{Channel, ChannelService, PushError, PushSummary};
+pub use cli::run;
+pub use context::{BindError, LiveServer, ServerContext};

@@ -1,0 +1,367 @@
+//! The command line, modelled on pomelo's: `start [-e ENV] [-D]`, `list`, `stop`, `kill`,
+//! `add k=v...`, `init NAME`; and the hidden mode the master starts each server in.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use shaddock_rpc::{RpcClient, RpcConfig, RpcError, ServerInfo, Target};
+
+use crate::app::App;
+use crate::config::{ClusterConfig, choose_env};
+use crate::proto::{AddArgs, KeyValue, ListReply, master_remote};
+
+/// Shaddock application command line.
+#[derive(Debug, Parser)]
+#[command(version, about = "A Shaddock (pomelo-compatible) application")]
+struct Cli {
+    /// Environment (servers.json/master.json section); else $SHADDOCK_ENV, else development.
+    #[arg(short = 'e', long = "env", global = true)]
+    env: Option<String>,
+    /// The config directory holding servers.json and master.json.
+    #[arg(long, global = true, default_value = "config")]
+    config: PathBuf,
+    /// The master's `host:port` (default: from master.json).
+    #[arg(long, global = true)]
+    master: Option<String>,
+    /// (internal) run as this server, started by the master.
+    #[arg(long, hide = true)]
+    server_id: Option<String>,
+    /// (internal) the master's id.
+    #[arg(long, hide = true)]
+    master_id: Option<String>,
+    /// (internal) the server's definition, for servers added at runtime.
+    #[arg(long, hide = true)]
+    server_def: Option<String>,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Starts the master, which starts every server.
+    Start {
+        /// Detach: run in the background, log to a file, write a pid file.
+        #[arg(short = 'D', long)]
+        daemon: bool,
+        /// Log file of a daemon.
+        #[arg(long, default_value = "shaddock-master.log")]
+        log: PathBuf,
+        /// Pid file of a daemon.
+        #[arg(long, default_value = "shaddock-master.pid")]
+        pid_file: PathBuf,
+    },
+    /// Lists the servers: id, type, pid, uptime, RSS, connections.
+    List,
+    /// Stops the cluster gracefully (frontends drain and kick their clients, then backends).
+    Stop,
+    /// Kills every server at once (SIGKILL), then the master.
+    Kill,
+    /// Adds a server at runtime: `add id=chat-3 serverType=chat host=127.0.0.1 port=0`.
+    Add {
+        /// `key=value` pairs (id, serverType, host, port, clientPort, frontend, ...).
+        pairs: Vec<String>,
+    },
+    /// Writes a new app with the conventional layout into directory NAME.
+    Init {
+        /// The app's name (and directory).
+        name: String,
+    },
+}
+
+/// Parses the command line and runs the command; the app's `main` calls this.
+pub fn run(app: App) -> ExitCode {
+    let cli = Cli::parse();
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
+    if let Err(e) = app.validate() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    if let Some(Cmd::Init { name }) = &cli.cmd {
+        return report(crate::init::init(Path::new(name), name));
+    }
+    if let Some(Cmd::Start {
+        daemon: true,
+        log,
+        pid_file,
+    }) = &cli.cmd
+    {
+        return report(daemonize(log, pid_file));
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let r = rt.block_on(dispatch(app, cli));
+    rt.shutdown_timeout(Duration::from_secs(1));
+    report(r)
+}
+
+fn report(r: Result<(), String>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(cli: &Cli) -> Result<ClusterConfig, String> {
+    let env = choose_env(cli.env.as_deref());
+    ClusterConfig::load(&cli.config, &env).map_err(|e| e.to_string())
+}
+
+async fn dispatch(app: App, cli: Cli) -> Result<(), String> {
+    if let Some(id) = &cli.server_id {
+        let cluster = load(&cli)?;
+        let me = match &cli.server_def {
+            Some(def) => {
+                let v = serde_json::from_str(def).map_err(|e| format!("--server-def: {e}"))?;
+                crate::master::server_from_def(&v)?
+            }
+            None => cluster
+                .server(id)
+                .cloned()
+                .ok_or_else(|| format!("no server `{id}` in {}", cli.config.display()))?,
+        };
+        let master = cli
+            .master
+            .clone()
+            .ok_or("--master is required with --server-id")?;
+        let master_id = cli.master_id.clone().unwrap_or(cluster.master.id.clone());
+        return crate::process::run_server(app, cluster.env, me, master_id, master)
+            .await
+            .map_err(|e| e.to_string());
+    }
+    match cli.cmd {
+        None | Some(Cmd::Start { .. }) => {
+            let cluster = load(&cli)?;
+            crate::master::run_master(cluster, cli.config.clone(), app.duplicate_login).await
+        }
+        Some(Cmd::List) => {
+            let list = admin(&cli)
+                .await?
+                .list(target(), ())
+                .await
+                .map_err(rpc_err)?;
+            print!("{}", format_list(&list));
+            Ok(())
+        }
+        Some(Cmd::Stop) => {
+            let stub = admin(&cli).await?;
+            stub.stop(target(), ()).await.map_err(rpc_err)?;
+            println!("stopping the cluster");
+            wait_gone(&stub).await
+        }
+        Some(Cmd::Kill) => {
+            let stub = admin(&cli).await?;
+            stub.kill(target(), ()).await.map_err(rpc_err)?;
+            println!("killing the cluster");
+            wait_gone(&stub).await
+        }
+        Some(Cmd::Add { ref pairs }) => {
+            let mut args = AddArgs::default();
+            for p in pairs {
+                let (k, v) = p
+                    .split_once('=')
+                    .ok_or_else(|| format!("`{p}` is not key=value"))?;
+                args.pairs.push(KeyValue {
+                    key: k.to_owned(),
+                    value: v.to_owned(),
+                });
+            }
+            let reply = admin(&cli)
+                .await?
+                .add(target(), args)
+                .await
+                .map_err(rpc_err)?;
+            println!("added {}", reply.id);
+            Ok(())
+        }
+        Some(Cmd::Init { .. }) => Ok(()),
+    }
+}
+
+const MASTER: &str = "master";
+
+fn target() -> Target<'static> {
+    Target::server(MASTER)
+}
+
+fn rpc_err(e: RpcError) -> String {
+    match e {
+        RpcError::Remote { message, .. } => message,
+        other => format!("master: {other}"),
+    }
+}
+
+async fn admin(cli: &Cli) -> Result<master_remote::Client, String> {
+    let addr = match &cli.master {
+        Some(a) => a.clone(),
+        None => {
+            let c = load(cli)?;
+            format!("{}:{}", c.master.host, c.master.port)
+        }
+    };
+    let (host, port) = addr
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
+        .ok_or_else(|| format!("bad master address `{addr}` (want host:port)"))?;
+    let mut cfg = RpcConfig::default();
+    cfg.reconnect_max_attempts = 1;
+    let rpc = RpcClient::new(cfg);
+    rpc.directory()
+        .add(ServerInfo::new(MASTER, "__master", host, port));
+    Ok(master_remote::Client::new(&rpc))
+}
+
+/// Waits (at most a minute) until the master no longer answers.
+async fn wait_gone(stub: &master_remote::Client) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline {
+        if stub.list(target(), ()).await.is_err() {
+            println!("cluster stopped");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err("the master is still up after 60 s".into())
+}
+
+fn human_bytes(n: u64) -> String {
+    if n >= 1 << 20 {
+        format!("{:.1}M", n as f64 / f64::from(1u32 << 20))
+    } else {
+        format!("{}K", n >> 10)
+    }
+}
+
+fn human_secs(s: u64) -> String {
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// The `list` table.
+pub(crate) fn format_list(list: &ListReply) -> String {
+    let mut out = format!(
+        "{:<24} {:<12} {:>8} {:>10} {:>9} {:>7} {:<22} {:>6} {:<10}\n",
+        "ID", "TYPE", "PID", "UPTIME", "RSS", "CONNS", "RPC", "CLIENT", "STATE"
+    );
+    for r in &list.rows {
+        out.push_str(&format!(
+            "{:<24} {:<12} {:>8} {:>10} {:>9} {:>7} {:<22} {:>6} {:<10}\n",
+            r.id,
+            r.server_type,
+            r.pid,
+            human_secs(r.uptime_secs),
+            human_bytes(r.rss_bytes),
+            r.connections,
+            format!("{}:{}", r.host, r.port),
+            r.client_port,
+            r.state,
+        ));
+    }
+    out
+}
+
+/// Starts the master again in the background (its own process group, stdin from /dev/null,
+/// output to `log`), writes its pid to `pid_file` and returns.
+fn daemonize(log: &Path, pid_file: &Path) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "-D" && a != "--daemon")
+        .collect();
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("{}: {e}", log.display()))?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    let child = std::process::Command::new(exe)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot start the master: {e}"))?;
+    std::fs::write(pid_file, format!("{}\n", child.id()))
+        .map_err(|e| format!("{}: {e}", pid_file.display()))?;
+    println!(
+        "master started in the background, pid {} (log {})",
+        child.id(),
+        log.display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::ListRow;
+
+    #[test]
+    fn list_table_has_one_row_per_server() {
+        let list = ListReply {
+            master_pid: 1,
+            rows: vec![ListRow {
+                id: "chat-server-1".into(),
+                server_type: "chat".into(),
+                pid: 42,
+                uptime_secs: 3725,
+                rss_bytes: 3 << 20,
+                connections: 7,
+                host: "127.0.0.1".into(),
+                port: 5000,
+                client_port: 0,
+                state: "running".into(),
+                restarts: 0,
+            }],
+        };
+        let t = format_list(&list);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 2);
+        let cols: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            cols,
+            [
+                "chat-server-1",
+                "chat",
+                "42",
+                "1:02:05",
+                "3.0M",
+                "7",
+                "127.0.0.1:5000",
+                "0",
+                "running"
+            ]
+        );
+    }
+
+    #[test]
+    fn cli_parses_pomelo_style_commands() {
+        let c = Cli::try_parse_from(["app", "start", "-e", "production", "-D"]).unwrap();
+        assert_eq!(c.env.as_deref(), Some("production"));
+        assert!(matches!(c.cmd, Some(Cmd::Start { daemon: true, .. })));
+        let c = Cli::try_parse_from(["app", "add", "id=x", "serverType=chat"]).unwrap();
+        assert!(matches!(c.cmd, Some(Cmd::Add { ref pairs }) if pairs.len() == 2));
+        let c = Cli::try_parse_from(["app", "--server-id", "s1", "--master", "h:1"]).unwrap();
+        assert_eq!(c.server_id.as_deref(), Some("s1"));
+    }
+}

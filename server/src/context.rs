@@ -1,0 +1,307 @@
+//! [`ServerContext`]: what a running server knows — its own config (with the ports it actually
+//! bound), the live cluster as the master reports it, its RPC client, channels and frontend.
+
+use std::sync::{Arc, OnceLock, RwLock};
+
+use serde_json::Value;
+use shaddock_connector::{Frontend, Session, SessionError};
+use shaddock_protocol::RouteDictionary;
+use shaddock_rpc::{RpcClient, RpcError, ServerInfo, Target};
+use tokio_util::sync::CancellationToken;
+
+use crate::channel::ChannelService;
+use crate::config::ServerConfig;
+use crate::proto::{Claim, KickUid, ServerEntry, Snapshot, master_remote};
+
+/// The live servers, shared by the context and the channel service.
+pub(crate) type ClusterView = Arc<RwLock<Arc<Snapshot>>>;
+
+/// A live server as the master reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LiveServer {
+    /// Its id.
+    pub id: String,
+    /// Its type.
+    pub server_type: String,
+    /// Its host.
+    pub host: String,
+    /// The RPC port it bound.
+    pub port: u16,
+    /// The client port it bound (frontends).
+    pub client_port: Option<u16>,
+    /// Whether it is a frontend.
+    pub frontend: bool,
+    /// Its process id.
+    pub pid: u32,
+}
+
+impl LiveServer {
+    pub(crate) fn from_entry(e: &ServerEntry) -> Self {
+        Self {
+            id: e.id.clone(),
+            server_type: e.server_type.clone(),
+            host: e.host.clone(),
+            port: u16::try_from(e.port).unwrap_or(0),
+            client_port: u16::try_from(e.client_port).ok().filter(|&p| p != 0),
+            frontend: e.frontend,
+            pid: e.pid,
+        }
+    }
+}
+
+/// Why [`ServerContext::bind`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BindError {
+    /// The master refused it (duplicate-login policy `RefuseNew`).
+    #[error("bind of uid `{uid}` refused: {reason}")]
+    Refused {
+        /// The uid.
+        uid: String,
+        /// The master's reason.
+        reason: String,
+    },
+    /// The master could not be asked.
+    #[error("bind of uid `{uid}`: master unreachable: {source}")]
+    Master {
+        /// The uid.
+        uid: String,
+        /// The RPC error.
+        source: RpcError,
+    },
+    /// The local session refused it (already bound to another uid, closed).
+    #[error(transparent)]
+    Session(#[from] SessionError),
+}
+
+struct Inner {
+    server: ServerConfig,
+    env: String,
+    rpc: RpcClient,
+    master_id: String,
+    cluster: ClusterView,
+    channels: ChannelService,
+    frontend: OnceLock<Frontend>,
+    dictionary: Option<Arc<RouteDictionary>>,
+    stop: CancellationToken,
+}
+
+/// The running server's view of itself and of the cluster. Cheap to clone.
+#[derive(Clone)]
+pub struct ServerContext {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ServerContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerContext")
+            .field("server", &self.inner.server.id)
+            .field("env", &self.inner.env)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerContext {
+    pub(crate) fn new(
+        server: ServerConfig,
+        env: String,
+        rpc: RpcClient,
+        master_id: String,
+        dictionary: Option<Arc<RouteDictionary>>,
+    ) -> Self {
+        let cluster: ClusterView = Arc::default();
+        let channels = ChannelService::new(rpc.clone(), dictionary.clone(), cluster.clone());
+        Self {
+            inner: Arc::new(Inner {
+                server,
+                env,
+                rpc,
+                master_id,
+                cluster,
+                channels,
+                frontend: OnceLock::new(),
+                dictionary,
+                stop: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// This server's config, with the ports it actually bound (port `0` resolved).
+    pub fn server(&self) -> &ServerConfig {
+        &self.inner.server
+    }
+
+    /// This server's id.
+    pub fn server_id(&self) -> &str {
+        &self.inner.server.id
+    }
+
+    /// This server's type.
+    pub fn server_type(&self) -> &str {
+        &self.inner.server.server_type
+    }
+
+    /// The environment (`development`, ...).
+    pub fn env(&self) -> &str {
+        &self.inner.env
+    }
+
+    /// The RPC client (its directory follows the master's view of the cluster).
+    pub fn rpc(&self) -> &RpcClient {
+        &self.inner.rpc
+    }
+
+    /// The channel service of this server.
+    pub fn channels(&self) -> &ChannelService {
+        &self.inner.channels
+    }
+
+    /// The client port, on a frontend once it is built.
+    pub fn frontend(&self) -> Option<&Frontend> {
+        self.inner.frontend.get()
+    }
+
+    /// The route dictionary of the app, if it has one.
+    pub fn dictionary(&self) -> Option<&Arc<RouteDictionary>> {
+        self.inner.dictionary.as_ref()
+    }
+
+    /// Every live server, sorted by id.
+    pub fn servers(&self) -> Vec<LiveServer> {
+        let snap = self.snapshot();
+        snap.servers.iter().map(LiveServer::from_entry).collect()
+    }
+
+    /// The live servers of one type, sorted by id (pomelo's `app.getServersByType`).
+    pub fn servers_of_type(&self, server_type: &str) -> Vec<LiveServer> {
+        let snap = self.snapshot();
+        snap.servers
+            .iter()
+            .filter(|e| e.server_type == server_type)
+            .map(LiveServer::from_entry)
+            .collect()
+    }
+
+    /// Asks this server to stop gracefully (as `shaddock stop` does for the whole cluster).
+    pub fn request_stop(&self) {
+        self.inner.stop.cancel();
+    }
+
+    pub(crate) fn stop_token(&self) -> &CancellationToken {
+        &self.inner.stop
+    }
+
+    pub(crate) fn master_id(&self) -> &str {
+        &self.inner.master_id
+    }
+
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner
+            .cluster
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn set_frontend(&self, frontend: Frontend) {
+        let _ = self.inner.frontend.set(frontend);
+    }
+
+    /// Installs a new cluster view and brings the peer directory in line with it: new
+    /// servers become routable, removed ones are dropped (their connections close).
+    pub(crate) fn apply_snapshot(&self, snap: Snapshot) {
+        let dir = self.inner.rpc.directory();
+        let mut live = std::collections::HashSet::new();
+        for e in &snap.servers {
+            let Ok(port) = u16::try_from(e.port) else {
+                continue;
+            };
+            if port == 0 {
+                continue;
+            }
+            live.insert(e.id.clone());
+            dir.add(ServerInfo::new(
+                e.id.as_str(),
+                e.server_type.as_str(),
+                e.host.as_str(),
+                port,
+            ));
+        }
+        for known in dir.all() {
+            if known.id.as_str() != self.inner.master_id && !live.contains(known.id.as_str()) {
+                tracing::info!(server = %known.id, "server left the cluster");
+                dir.remove(known.id.as_str());
+            }
+        }
+        *self
+            .inner
+            .cluster
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(snap);
+    }
+
+    /// Binds a frontend session to `uid` cluster-wide: the master applies the duplicate-login
+    /// policy (kicking the uid's session on another connector, or refusing this bind), then
+    /// the session is bound locally. Use this instead of `Session::bind` in frontend handlers.
+    ///
+    /// # Errors
+    /// [`BindError`].
+    pub async fn bind(&self, session: &Session, uid: &str) -> Result<(), BindError> {
+        if session.uid().as_deref() == Some(uid) {
+            return Ok(());
+        }
+        let claim = Claim {
+            uid: uid.to_owned(),
+            frontend_id: session.frontend_id().to_owned(),
+            session_id: session.id(),
+        };
+        let master = master_remote::Client::new(&self.inner.rpc);
+        match master
+            .claim(Target::server(&self.inner.master_id), claim)
+            .await
+        {
+            Ok(()) => {}
+            Err(RpcError::Remote { message, .. }) => {
+                return Err(BindError::Refused {
+                    uid: uid.to_owned(),
+                    reason: message,
+                });
+            }
+            Err(source) => {
+                return Err(BindError::Master {
+                    uid: uid.to_owned(),
+                    source,
+                });
+            }
+        }
+        session.bind(uid)?;
+        Ok(())
+    }
+
+    /// Kicks `uid` on every frontend it is connected to; returns how many sessions.
+    ///
+    /// # Errors
+    /// The master could not be reached.
+    pub async fn kick_uid(&self, uid: &str, reason: &str) -> Result<u64, RpcError> {
+        let master = master_remote::Client::new(&self.inner.rpc);
+        let n = master
+            .kick_uid(
+                Target::server(&self.inner.master_id),
+                KickUid {
+                    uid: uid.to_owned(),
+                    reason: reason.to_owned(),
+                },
+            )
+            .await?;
+        Ok(n.n)
+    }
+}
+
+/// Parses a JSON object sent as text; anything else is an empty map.
+pub(crate) fn json_map(text: &str) -> serde_json::Map<String, Value> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    }
+}

@@ -1,0 +1,730 @@
+//! The master: starts every configured server as its own process (this same binary), watches
+//! and restarts them, keeps the cluster view servers follow, answers the CLI, and owns the
+//! cluster-wide uid registry.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use shaddock_rpc::{Registry, RemoteError, RpcClient, RpcConfig, RpcServer, ServerInfo, Target};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::DuplicateLogin;
+use crate::config::{ClusterConfig, ServerConfig};
+use crate::proto::{
+    AddArgs, AddReply, Claim, Count, KickArgs, KickUid, ListReply, ListRow, ServerEntry, Snapshot,
+    StatsReport, StopArgs, WatchArgs, master_remote, server_remote, session_remote,
+};
+
+/// How long `watch` holds a request when nothing changes (below the RPC call timeout).
+const WATCH_HOLD: Duration = Duration::from_secs(5);
+/// First restart delay; doubled per quick crash, up to [`BACKOFF_MAX`].
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How long a graceful stop waits for one group of servers.
+const STOP_WAIT: Duration = Duration::from_secs(20);
+
+/// The line the master prints when it listens: `SHADDOCK_MASTER_LISTENING host:port`.
+pub const LISTENING_LINE: &str = "SHADDOCK_MASTER_LISTENING";
+/// The line the master prints once every configured server has registered.
+pub const READY_LINE: &str = "SHADDOCK_CLUSTER_READY";
+
+struct Managed {
+    cfg: ServerConfig,
+    /// The server's definition, passed to the child when it was added at runtime.
+    def_json: Option<String>,
+    pid: u32,
+    started: Option<Instant>,
+    state: &'static str,
+    restarts: u32,
+    connections: u64,
+    entry: Option<ServerEntry>,
+    /// Told to stop or be killed: never restarted.
+    stopping: bool,
+    kill: CancellationToken,
+}
+
+#[derive(Default)]
+struct State {
+    servers: BTreeMap<String, Managed>,
+    version: u64,
+    /// uid -> (frontend id, session id).
+    uids: HashMap<String, (String, u64)>,
+}
+
+pub(crate) struct Master {
+    state: Mutex<State>,
+    snap: watch::Sender<Arc<Snapshot>>,
+    rpc: RpcClient,
+    exe: PathBuf,
+    env: String,
+    config_dir: PathBuf,
+    master_id: String,
+    addr: Mutex<String>,
+    policy: DuplicateLogin,
+    /// Cancelled when the master should exit.
+    exit: CancellationToken,
+    ready: AtomicBool,
+    stopping: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn restart_enabled(cfg: &ServerConfig) -> bool {
+    ["restart", "auto-restart", "autoRestart"].iter().any(|k| {
+        matches!(cfg.extra.get(*k), Some(Value::Bool(true)))
+            || cfg.extra.get(*k).and_then(Value::as_str) == Some("true")
+    })
+}
+
+/// Resident set size of `pid` in bytes, from `/proc/<pid>/status` (0 if unknown).
+pub(crate) fn rss_bytes(pid: u32) -> u64 {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return 0;
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+impl Master {
+    fn publish(&self, st: &mut State) {
+        st.version += 1;
+        let servers = st
+            .servers
+            .values()
+            .filter_map(|m| m.entry.clone())
+            .collect();
+        self.snap.send_replace(Arc::new(Snapshot {
+            version: st.version,
+            servers,
+        }));
+    }
+
+    fn spawn_supervisor(self: &Arc<Self>, id: String) {
+        let m = self.clone();
+        tokio::spawn(async move { m.supervise(id).await });
+    }
+
+    async fn supervise(self: Arc<Self>, id: String) {
+        let mut backoff = BACKOFF_BASE;
+        loop {
+            let (cfg, def_json, kill) = {
+                let st = lock(&self.state);
+                let Some(m) = st.servers.get(&id) else { return };
+                if m.stopping {
+                    return;
+                }
+                (m.cfg.clone(), m.def_json.clone(), m.kill.clone())
+            };
+            let mut cmd = tokio::process::Command::new(&self.exe);
+            cmd.arg("--server-id")
+                .arg(&cfg.id)
+                .arg("--master")
+                .arg(lock(&self.addr).clone())
+                .arg("--master-id")
+                .arg(&self.master_id)
+                .arg("-e")
+                .arg(&self.env)
+                .arg("--config")
+                .arg(&self.config_dir);
+            if let Some(def) = &def_json {
+                cmd.arg("--server-def").arg(def);
+            }
+            cmd.stdin(Stdio::piped()).kill_on_drop(true);
+            let started_at = Instant::now();
+            let mut child = match cmd.spawn() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(server = %id, cause = %e, exe = %self.exe.display(), "cannot start server process");
+                    let mut st = lock(&self.state);
+                    if let Some(m) = st.servers.get_mut(&id) {
+                        m.state = "failed";
+                    }
+                    self.publish(&mut st);
+                    return;
+                }
+            };
+            // Held open for the child's life: the child stops when it reads end of file.
+            let stdin = child.stdin.take();
+            {
+                let mut st = lock(&self.state);
+                if let Some(m) = st.servers.get_mut(&id) {
+                    m.pid = child.id().unwrap_or(0);
+                    m.started = Some(started_at);
+                    m.state = "starting";
+                    m.connections = 0;
+                }
+            }
+            tracing::info!(server = %id, pid = child.id().unwrap_or(0), "server process started");
+            let status = tokio::select! {
+                s = child.wait() => s,
+                () = kill.cancelled() => {
+                    let _ = child.start_kill();
+                    child.wait().await
+                }
+            };
+            drop(stdin);
+            let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+            let restart = {
+                let mut st = lock(&self.state);
+                let Some(m) = st.servers.get_mut(&id) else {
+                    return;
+                };
+                m.entry = None;
+                m.pid = 0;
+                m.connections = 0;
+                let stopping = m.stopping;
+                let restart = !stopping && restart_enabled(&m.cfg);
+                m.state = if stopping {
+                    "stopped"
+                } else if restart {
+                    m.restarts += 1;
+                    "restarting"
+                } else {
+                    "exited"
+                };
+                st.uids.retain(|_, (fid, _)| fid != &id);
+                self.publish(&mut st);
+                restart
+            };
+            if restart {
+                tracing::warn!(server = %id, %status, ?backoff, "server exited; restarting");
+            } else {
+                tracing::info!(server = %id, %status, "server exited");
+                return;
+            }
+            if started_at.elapsed() > BACKOFF_MAX * 3 {
+                backoff = BACKOFF_BASE;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = kill.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    fn all_registered(st: &State) -> bool {
+        st.servers.values().all(|m| m.entry.is_some())
+    }
+
+    /// Stops a group of servers over RPC and waits for their processes to end.
+    async fn stop_group(&self, frontend: bool) {
+        let ids: Vec<(String, bool)> = {
+            let mut st = lock(&self.state);
+            st.servers
+                .values_mut()
+                .filter(|m| m.cfg.frontend == frontend)
+                .map(|m| {
+                    m.stopping = true;
+                    (m.cfg.id.clone(), m.entry.is_some())
+                })
+                .collect()
+        };
+        let stub = server_remote::Client::new(&self.rpc);
+        for (id, registered) in &ids {
+            let sent = *registered
+                && stub
+                    .stop(
+                        Target::server(id),
+                        StopArgs {
+                            reason: "cluster stop".into(),
+                        },
+                    )
+                    .await
+                    .is_ok();
+            if !sent {
+                self.kill_one(id);
+            }
+        }
+        let names: Vec<String> = ids.into_iter().map(|(id, _)| id).collect();
+        if !self.wait_exited(&names, STOP_WAIT).await {
+            tracing::warn!("servers did not stop in time; killing them");
+            for id in &names {
+                self.kill_one(id);
+            }
+            self.wait_exited(&names, STOP_WAIT).await;
+        }
+    }
+
+    fn kill_one(&self, id: &str) {
+        let mut st = lock(&self.state);
+        if let Some(m) = st.servers.get_mut(id) {
+            m.stopping = true;
+            m.kill.cancel();
+        }
+    }
+
+    /// Waits until none of `ids` has a running process; false on timeout.
+    async fn wait_exited(&self, ids: &[String], within: Duration) -> bool {
+        let mut rx = self.snap.subscribe();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let done = {
+                let st = lock(&self.state);
+                ids.iter().all(|id| {
+                    st.servers
+                        .get(id)
+                        .is_none_or(|m| m.pid == 0 && m.state != "restarting")
+                })
+            };
+            if done {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return false,
+            }
+        }
+    }
+
+    async fn stop_all(self: Arc<Self>) {
+        if self.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tracing::info!("stopping the cluster: frontends first");
+        self.stop_group(true).await;
+        self.stop_group(false).await;
+        tracing::info!("every server stopped; master exits");
+        self.exit.cancel();
+    }
+
+    async fn kill_all(self: Arc<Self>) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let ids: Vec<String> = lock(&self.state).servers.keys().cloned().collect();
+        for id in &ids {
+            self.kill_one(id);
+        }
+        self.wait_exited(&ids, STOP_WAIT).await;
+        self.exit.cancel();
+    }
+
+    fn add_server(self: &Arc<Self>, args: AddArgs) -> Result<String, String> {
+        let mut obj = Map::new();
+        for kv in args.pairs {
+            let v = match kv.value.as_str() {
+                "true" => Value::Bool(true),
+                "false" => Value::Bool(false),
+                s => s
+                    .parse::<u64>()
+                    .map(Value::from)
+                    .unwrap_or_else(|_| Value::String(s.to_owned())),
+            };
+            obj.insert(kv.key, v);
+        }
+        let cfg = server_from_def(&Value::Object(obj.clone()))?;
+        let mut st = lock(&self.state);
+        if st.servers.contains_key(&cfg.id) {
+            return Err(format!("a server with id `{}` already exists", cfg.id));
+        }
+        let def = server_def_json(&cfg);
+        let id = cfg.id.clone();
+        st.servers.insert(
+            id.clone(),
+            Managed {
+                cfg,
+                def_json: Some(def),
+                pid: 0,
+                started: None,
+                state: "starting",
+                restarts: 0,
+                connections: 0,
+                entry: None,
+                stopping: false,
+                kill: CancellationToken::new(),
+            },
+        );
+        drop(st);
+        self.spawn_supervisor(id.clone());
+        Ok(id)
+    }
+}
+
+/// A server definition as JSON (the shape of one servers.json entry plus `serverType`).
+pub(crate) fn server_def_json(cfg: &ServerConfig) -> String {
+    let mut o = cfg.extra.clone();
+    o.insert("id".into(), cfg.id.clone().into());
+    o.insert("serverType".into(), cfg.server_type.clone().into());
+    o.insert("host".into(), cfg.host.clone().into());
+    if let Some(p) = cfg.port {
+        o.insert("port".into(), p.into());
+    }
+    if let Some(p) = cfg.client_port {
+        o.insert("clientPort".into(), p.into());
+    }
+    o.insert("frontend".into(), cfg.frontend.into());
+    Value::Object(o).to_string()
+}
+
+/// Parses a server definition (`add` arguments or `--server-def`). Errors name the field.
+pub(crate) fn server_from_def(v: &Value) -> Result<ServerConfig, String> {
+    let Value::Object(o) = v else {
+        return Err("server definition must be an object".into());
+    };
+    let mut extra = o.clone();
+    let mut take_str = |k: &str| -> Option<String> {
+        match extra.remove(k) {
+            Some(Value::String(s)) if !s.is_empty() => Some(s),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        }
+    };
+    let id = take_str("id").ok_or("field `id` is missing")?;
+    let server_type = take_str("serverType")
+        .or_else(|| take_str("type"))
+        .ok_or_else(|| format!("server `{id}`: field `serverType` is missing"))?;
+    if server_type.contains('.') {
+        return Err(format!(
+            "server `{id}`: field `serverType` must contain no `.`"
+        ));
+    }
+    let host = take_str("host").unwrap_or_else(|| "127.0.0.1".into());
+    let port_of = |s: Option<String>, field: &str| -> Result<Option<u16>, String> {
+        s.map(|s| {
+            s.parse::<u16>().map_err(|_| {
+                format!("server `{id}`: field `{field}` must be a port number from 0 to 65535")
+            })
+        })
+        .transpose()
+    };
+    let port = port_of(take_str("port"), "port")?;
+    let client_port = port_of(take_str("clientPort"), "clientPort")?;
+    let frontend = match extra.remove("frontend") {
+        Some(Value::Bool(b)) => b,
+        Some(Value::String(s)) => s == "true",
+        _ => false,
+    };
+    if frontend && client_port.is_none() {
+        return Err(format!(
+            "server `{id}`: field `clientPort` is required for a frontend server"
+        ));
+    }
+    if !frontend && port.is_none() {
+        return Err(format!(
+            "server `{id}`: field `port` is required for a backend server"
+        ));
+    }
+    Ok(ServerConfig {
+        id,
+        server_type,
+        host,
+        port,
+        client_port,
+        frontend,
+        extra,
+    })
+}
+
+struct MasterRemote(Arc<Master>);
+
+impl master_remote::Remote for MasterRemote {
+    async fn register(&self, entry: ServerEntry) -> Result<Snapshot, RemoteError> {
+        let m = &self.0;
+        if let Ok(port) = u16::try_from(entry.port)
+            && port != 0
+        {
+            m.rpc.directory().add(ServerInfo::new(
+                entry.id.as_str(),
+                entry.server_type.as_str(),
+                entry.host.as_str(),
+                port,
+            ));
+        }
+        let mut st = lock(&m.state);
+        match st.servers.get_mut(&entry.id) {
+            Some(s) => {
+                s.state = "running";
+                s.pid = entry.pid;
+                s.entry = Some(entry.clone());
+            }
+            None => {
+                return Err(RemoteError::new(
+                    404,
+                    format!("server `{}` is not managed by this master", entry.id),
+                ));
+            }
+        }
+        m.publish(&mut st);
+        tracing::info!(server = %entry.id, port = entry.port, client_port = entry.client_port, "server registered");
+        if Master::all_registered(&st) && !m.ready.swap(true, Ordering::SeqCst) {
+            println!("{READY_LINE}");
+            tracing::info!("every configured server is up");
+        }
+        Ok((**m.snap.borrow()).clone())
+    }
+
+    async fn watch(&self, args: WatchArgs) -> Result<Snapshot, RemoteError> {
+        let mut rx = self.0.snap.subscribe();
+        if rx.borrow_and_update().version == args.version {
+            let _ = tokio::time::timeout(WATCH_HOLD, rx.changed()).await;
+        }
+        Ok((**rx.borrow()).clone())
+    }
+
+    async fn report(&self, r: StatsReport) -> Result<(), RemoteError> {
+        if let Some(m) = lock(&self.0.state).servers.get_mut(&r.server_id) {
+            m.connections = r.connections;
+        }
+        Ok(())
+    }
+
+    async fn list(&self, (): ()) -> Result<ListReply, RemoteError> {
+        let st = lock(&self.0.state);
+        let rows = st
+            .servers
+            .values()
+            .map(|m| ListRow {
+                id: m.cfg.id.clone(),
+                server_type: m.cfg.server_type.clone(),
+                pid: m.pid,
+                uptime_secs: if m.pid == 0 {
+                    0
+                } else {
+                    m.started.map_or(0, |s| s.elapsed().as_secs())
+                },
+                rss_bytes: if m.pid == 0 { 0 } else { rss_bytes(m.pid) },
+                connections: m.connections,
+                host: m.cfg.host.clone(),
+                port: m.entry.as_ref().map_or(0, |e| e.port),
+                client_port: m.entry.as_ref().map_or(0, |e| e.client_port),
+                state: m.state.to_owned(),
+                restarts: m.restarts,
+            })
+            .collect();
+        Ok(ListReply {
+            master_pid: std::process::id(),
+            rows,
+        })
+    }
+
+    async fn stop(&self, (): ()) -> Result<(), RemoteError> {
+        tokio::spawn(self.0.clone().stop_all());
+        Ok(())
+    }
+
+    async fn kill(&self, (): ()) -> Result<(), RemoteError> {
+        tokio::spawn(self.0.clone().kill_all());
+        Ok(())
+    }
+
+    async fn add(&self, args: AddArgs) -> Result<AddReply, RemoteError> {
+        if self.0.stopping.load(Ordering::SeqCst) {
+            return Err(RemoteError::new(503, "the cluster is stopping"));
+        }
+        let id = self
+            .0
+            .add_server(args)
+            .map_err(|e| RemoteError::new(400, e))?;
+        tracing::info!(server = %id, "server added at runtime");
+        Ok(AddReply { id })
+    }
+
+    async fn claim(&self, c: Claim) -> Result<(), RemoteError> {
+        let m = &self.0;
+        let old = {
+            let mut st = lock(&m.state);
+            let old = st.uids.get(&c.uid).cloned();
+            match (m.policy, &old) {
+                (_, None) => {}
+                (_, Some((f, s))) if *f == c.frontend_id && *s == c.session_id => return Ok(()),
+                (DuplicateLogin::RefuseNew, Some((f, _))) => {
+                    return Err(RemoteError::new(
+                        409,
+                        format!("uid `{}` is already logged in on `{f}`", c.uid),
+                    ));
+                }
+                _ => {}
+            }
+            st.uids
+                .insert(c.uid.clone(), (c.frontend_id.clone(), c.session_id));
+            old
+        };
+        if let (DuplicateLogin::KickOld, Some((fid, sid))) = (m.policy, old) {
+            tracing::info!(uid = %c.uid, old = %fid, new = %c.frontend_id, "duplicate login: kicking the old session");
+            let args = KickArgs {
+                session_id: sid,
+                uid: String::new(),
+                reason: "logged in elsewhere".into(),
+            };
+            if let Err(e) = session_remote::Client::new(&m.rpc)
+                .kick(Target::server(&fid), args)
+                .await
+            {
+                tracing::warn!(uid = %c.uid, frontend = %fid, cause = %e, "could not kick the old session");
+            }
+        }
+        Ok(())
+    }
+
+    async fn release(&self, c: Claim) -> Result<(), RemoteError> {
+        let mut st = lock(&self.0.state);
+        if st.uids.get(&c.uid) == Some(&(c.frontend_id.clone(), c.session_id)) {
+            st.uids.remove(&c.uid);
+        }
+        Ok(())
+    }
+
+    async fn kick_uid(&self, k: KickUid) -> Result<Count, RemoteError> {
+        let m = &self.0;
+        let frontends: Vec<String> = {
+            let mut st = lock(&m.state);
+            st.uids.remove(&k.uid);
+            st.servers
+                .values()
+                .filter(|s| s.cfg.frontend && s.entry.is_some())
+                .map(|s| s.cfg.id.clone())
+                .collect()
+        };
+        let stub = session_remote::Client::new(&m.rpc);
+        let mut n = 0;
+        for fid in frontends {
+            let args = KickArgs {
+                session_id: 0,
+                uid: k.uid.clone(),
+                reason: k.reason.clone(),
+            };
+            match stub.kick(Target::server(&fid), args).await {
+                Ok(c) => n += c.n,
+                Err(e) => tracing::warn!(frontend = %fid, cause = %e, "kick_uid failed there"),
+            }
+        }
+        Ok(Count { n })
+    }
+}
+
+/// Runs the master until the cluster is stopped or killed.
+pub(crate) async fn run_master(
+    cluster: ClusterConfig,
+    config_dir: PathBuf,
+    policy: DuplicateLogin,
+) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+    let listener =
+        tokio::net::TcpListener::bind((cluster.master.host.as_str(), cluster.master.port))
+            .await
+            .map_err(|e| {
+                format!(
+                    "master {}: cannot listen on {}:{}: {e}",
+                    cluster.master.id, cluster.master.host, cluster.master.port
+                )
+            })?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let addr = format!("{}:{port}", cluster.master.host);
+    let config_dir = std::path::absolute(&config_dir).unwrap_or(config_dir);
+    let (snap, _) = watch::channel(Arc::new(Snapshot::default()));
+    let master = Arc::new(Master {
+        state: Mutex::new(State::default()),
+        snap,
+        rpc: RpcClient::new(RpcConfig::default()),
+        exe,
+        env: cluster.env.clone(),
+        config_dir,
+        master_id: cluster.master.id.clone(),
+        addr: Mutex::new(addr.clone()),
+        policy,
+        exit: CancellationToken::new(),
+        ready: AtomicBool::new(false),
+        stopping: AtomicBool::new(false),
+    });
+    {
+        let mut st = lock(&master.state);
+        for s in &cluster.servers {
+            st.servers.insert(
+                s.id.clone(),
+                Managed {
+                    cfg: s.clone(),
+                    def_json: None,
+                    pid: 0,
+                    started: None,
+                    state: "starting",
+                    restarts: 0,
+                    connections: 0,
+                    entry: None,
+                    stopping: false,
+                    kill: CancellationToken::new(),
+                },
+            );
+        }
+    }
+    let mut registry = Registry::new();
+    registry
+        .add(master_remote::Server::new(MasterRemote(master.clone())))
+        .map_err(|e| e.to_string())?;
+    let rpc_token = CancellationToken::new();
+    let server = tokio::spawn(
+        RpcServer::new(registry, RpcConfig::default()).serve(listener, rpc_token.clone()),
+    );
+    println!("{LISTENING_LINE} {addr}");
+    tracing::info!(master = %cluster.master.id, %addr, env = %cluster.env, servers = cluster.servers.len(), "master listening");
+    if cluster.servers.is_empty() && !master.ready.swap(true, Ordering::SeqCst) {
+        println!("{READY_LINE}");
+    }
+    for s in &cluster.servers {
+        master.spawn_supervisor(s.id.clone());
+    }
+    tokio::select! {
+        () = master.exit.cancelled() => {}
+        r = tokio::signal::ctrl_c() => {
+            if r.is_ok() {
+                tracing::info!("interrupted: stopping the cluster");
+                master.clone().stop_all().await;
+            }
+        }
+    }
+    // Let the CLI's last call get its reply before the port closes.
+    rpc_token.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_definitions_round_trip_and_name_bad_fields() {
+        let v: Value = serde_json::from_str(
+            r#"{"id":"chat-3","serverType":"chat","host":"127.0.0.1","port":"0","restart":true}"#,
+        )
+        .unwrap();
+        let cfg = server_from_def(&v).unwrap();
+        assert_eq!(cfg.port, Some(0));
+        assert!(restart_enabled(&cfg));
+        let back: Value = serde_json::from_str(&server_def_json(&cfg)).unwrap();
+        assert_eq!(server_from_def(&back).unwrap(), cfg);
+        for (def, want) in [
+            (r#"{"serverType":"chat","port":1}"#, "field `id`"),
+            (r#"{"id":"x","port":1}"#, "field `serverType`"),
+            (
+                r#"{"id":"x","serverType":"chat"}"#,
+                "field `port` is required",
+            ),
+            (
+                r#"{"id":"x","serverType":"chat","port":"99999"}"#,
+                "field `port` must be",
+            ),
+            (
+                r#"{"id":"x","serverType":"c","frontend":true}"#,
+                "field `clientPort`",
+            ),
+        ] {
+            let e = server_from_def(&serde_json::from_str(def).unwrap()).unwrap_err();
+            assert!(e.contains(want), "{def}: {e}");
+        }
+    }
+
+    #[test]
+    fn rss_of_this_process_is_read() {
+        assert!(rss_bytes(std::process::id()) > 0);
+        assert_eq!(rss_bytes(u32::MAX), 0);
+    }
+}

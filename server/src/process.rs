@@ -1,0 +1,505 @@
+//! One server process: binds its ports, registers with the master, keeps its peer directory in
+//! line with the master's view, serves clients (frontends) and remotes, and stops gracefully.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shaddock_connector::{ConnectorConfig, Frontend, HandlerError, RequestInfo, Session};
+use shaddock_rpc::{Registry, RemoteError, RpcClient, RpcConfig, RpcServer, ServerInfo, Target};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::backend::{MsgRemote, RpcForwarder, SessionRemote};
+use crate::config::ServerConfig;
+use crate::context::ServerContext;
+use crate::proto::{
+    Claim, ServerEntry, StatsReport, StopArgs, WatchArgs, master_remote, msg_remote, server_remote,
+    session_remote,
+};
+
+/// The type the master has in a server's peer directory.
+pub(crate) const MASTER_TYPE: &str = "__master";
+
+/// How long a frontend waits for in-flight requests on stop.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a frontend waits for kicked clients to go.
+const KICK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a server process failed to start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A port could not be bound.
+    #[error("server `{server}`: cannot bind {what} {addr}: {source}")]
+    Bind {
+        /// The server id.
+        server: String,
+        /// `rpc port` or `client port`.
+        what: &'static str,
+        /// `host:port`.
+        addr: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The remotes could not be registered.
+    #[error("server `{server}`: {source}")]
+    Registry {
+        /// The server id.
+        server: String,
+        /// The error.
+        source: shaddock_rpc::RegistryError,
+    },
+    /// The frontend could not be built.
+    #[error("server `{server}`: {source}")]
+    Frontend {
+        /// The server id.
+        server: String,
+        /// The error.
+        source: shaddock_connector::Error,
+    },
+    /// A component's start failed.
+    #[error("server `{server}`: component `{component}` failed to start: {message}")]
+    Component {
+        /// The server id.
+        server: String,
+        /// The component.
+        component: String,
+        /// Its message.
+        message: String,
+    },
+    /// The master could not be reached or refused the registration.
+    #[error("server `{server}`: cannot register with master {master}: {message}")]
+    Register {
+        /// The server id.
+        server: String,
+        /// The master's address.
+        master: String,
+        /// The error.
+        message: String,
+    },
+    /// The master address is not `host:port`.
+    #[error("bad master address `{0}` (want host:port)")]
+    MasterAddr(String),
+}
+
+/// Requests in flight on a frontend, counted by a before and an after filter.
+#[derive(Default)]
+struct InFlight {
+    keys: Mutex<HashMap<(u64, u32, String), usize>>,
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl InFlight {
+    fn key(info: &RequestInfo, s: &Session) -> (u64, u32, String) {
+        (s.id(), info.id, info.route.clone())
+    }
+
+    fn enter(&self, info: &RequestInfo, s: &Session) {
+        let mut keys = self
+            .keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *keys.entry(Self::key(info, s)).or_default() += 1;
+        self.count.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn leave(&self, info: &RequestInfo, s: &Session) {
+        let mut keys = self
+            .keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let k = Self::key(info, s);
+        let Some(n) = keys.get_mut(&k) else {
+            return; // refused before our filter ran
+        };
+        *n -= 1;
+        if *n == 0 {
+            keys.remove(&k);
+        }
+        if self.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+struct StopRemote {
+    ctx: ServerContext,
+}
+
+impl server_remote::Remote for StopRemote {
+    async fn stop(&self, args: StopArgs) -> Result<(), RemoteError> {
+        tracing::info!(reason = %args.reason, "stop requested");
+        self.ctx.request_stop();
+        Ok(())
+    }
+}
+
+fn split_addr(addr: &str) -> Option<(String, u16)> {
+    let (h, p) = addr.rsplit_once(':')?;
+    Some((h.to_owned(), p.parse().ok()?))
+}
+
+fn entry_of(s: &ServerConfig) -> ServerEntry {
+    ServerEntry {
+        id: s.id.clone(),
+        server_type: s.server_type.clone(),
+        host: s.host.clone(),
+        port: u32::from(s.port.unwrap_or(0)),
+        client_port: u32::from(s.client_port.unwrap_or(0)),
+        frontend: s.frontend,
+        pid: std::process::id(),
+        extra_json: serde_json::Value::Object(s.extra.clone()).to_string(),
+    }
+}
+
+fn connector_config(s: &ServerConfig) -> ConnectorConfig {
+    let mut c = ConnectorConfig::default();
+    c.frontend_id = s.id.clone();
+    c.server_type = s.server_type.clone();
+    if let Some(n) = s
+        .extra
+        .get("max-connections")
+        .and_then(serde_json::Value::as_u64)
+    {
+        c.max_connections = usize::try_from(n).unwrap_or(usize::MAX).max(1);
+    }
+    if let Some(n) = s.extra.get("heartbeat").and_then(serde_json::Value::as_u64) {
+        c.heartbeat_interval = (n > 0).then(|| Duration::from_secs(n));
+    }
+    c
+}
+
+async fn bind(
+    server: &str,
+    what: &'static str,
+    host: &str,
+    port: u16,
+) -> Result<TcpListener, StartError> {
+    TcpListener::bind((host, port))
+        .await
+        .map_err(|source| StartError::Bind {
+            server: server.to_owned(),
+            what,
+            addr: format!("{host}:{port}"),
+            source,
+        })
+}
+
+/// Runs one server until it is told to stop (or its master goes away).
+pub(crate) async fn run_server(
+    app: App,
+    env: String,
+    me: ServerConfig,
+    master_id: String,
+    master_addr: String,
+) -> Result<(), StartError> {
+    let id = me.id.clone();
+    let (mhost, mport) =
+        split_addr(&master_addr).ok_or_else(|| StartError::MasterAddr(master_addr.clone()))?;
+    let rpc_listener = bind(&id, "rpc port", &me.host, me.port.unwrap_or(0)).await?;
+    let client_listener = match (me.frontend, me.client_port) {
+        (true, Some(p)) => Some(bind(&id, "client port", &me.host, p).await?),
+        _ => None,
+    };
+    let mut actual = me.clone();
+    actual.port = rpc_listener.local_addr().ok().map(|a| a.port());
+    actual.client_port = client_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.port());
+
+    let rpc = RpcClient::new(RpcConfig::default());
+    rpc.directory().add(ServerInfo::new(
+        master_id.as_str(),
+        MASTER_TYPE,
+        mhost,
+        mport,
+    ));
+    for (t, d) in &app.types {
+        if let Some(r) = &d.router {
+            rpc.set_router(t.clone(), r.clone());
+        }
+    }
+    let ctx = ServerContext::new(
+        actual.clone(),
+        env,
+        rpc.clone(),
+        master_id.clone(),
+        app.dictionary.clone(),
+    );
+    let def = app.type_def(&me.server_type);
+
+    let mut registry = Registry::new();
+    let reg_err = |source| StartError::Registry {
+        server: id.clone(),
+        source,
+    };
+    registry
+        .add(server_remote::Server::new(StopRemote { ctx: ctx.clone() }))
+        .map_err(reg_err)?;
+    if me.frontend {
+        registry
+            .add(session_remote::Server::new(SessionRemote {
+                ctx: ctx.clone(),
+            }))
+            .map_err(reg_err)?;
+    }
+    if !def.handlers.is_empty() {
+        registry
+            .add(msg_remote::Server::new(MsgRemote::new(ctx.clone(), &def)))
+            .map_err(reg_err)?;
+    }
+    for setup in &def.remotes {
+        setup(&ctx, &mut registry).map_err(reg_err)?;
+    }
+
+    for c in &app.components {
+        c.start(&ctx)
+            .await
+            .map_err(|message| StartError::Component {
+                server: id.clone(),
+                component: c.name().to_owned(),
+                message,
+            })?;
+    }
+
+    // The frontend, if any.
+    let inflight = Arc::new(InFlight::default());
+    let client_token = CancellationToken::new();
+    let mut client_task = None;
+    if let Some(listener) = client_listener {
+        let keys = app
+            .types
+            .iter()
+            .filter_map(|(t, d)| d.route_key.clone().map(|k| (t.clone(), k)))
+            .collect();
+        let (a, b) = (inflight.clone(), inflight.clone());
+        let mut builder = Frontend::builder(connector_config(&actual))
+            .forwarder(Arc::new(RpcForwarder {
+                ctx: ctx.clone(),
+                keys,
+            }))
+            .before(
+                move |info: &RequestInfo, _: &serde_json::Value, s: &Session| {
+                    a.enter(info, s);
+                    Ok::<(), HandlerError>(())
+                },
+            )
+            .after(
+                move |info: &RequestInfo,
+                      s: &Session,
+                      _: &Result<serde_json::Value, HandlerError>| {
+                    b.leave(info, s);
+                },
+            );
+        if let Some(d) = &app.dictionary {
+            builder = builder.dictionary(d.clone());
+        }
+        for setup in &def.frontend {
+            builder = setup(&ctx, builder);
+        }
+        let frontend = builder.build().map_err(|source| StartError::Frontend {
+            server: id.clone(),
+            source,
+        })?;
+        ctx.set_frontend(frontend.clone());
+        let hook_rpc = rpc.clone();
+        let hook_master = master_id.clone();
+        frontend.sessions().on_closed(move |s, _reason| {
+            let Some(uid) = s.uid() else { return };
+            let claim = Claim {
+                uid,
+                frontend_id: s.frontend_id().to_owned(),
+                session_id: s.id(),
+            };
+            let rpc = hook_rpc.clone();
+            let master = hook_master.clone();
+            tokio::spawn(async move {
+                let stub = master_remote::Client::new(&rpc);
+                if let Err(e) = stub.notify().release(Target::server(&master), claim).await {
+                    tracing::debug!(cause = %e, "uid release not sent");
+                }
+            });
+        });
+        let token = client_token.clone();
+        client_task = Some(tokio::spawn(async move {
+            frontend.serve(listener, token).await
+        }));
+    }
+
+    let rpc_token = CancellationToken::new();
+    let rpc_task = tokio::spawn(
+        RpcServer::new(registry, RpcConfig::default()).serve(rpc_listener, rpc_token.clone()),
+    );
+
+    // Register with the master (it may still be starting its listener: retry for a while).
+    let master = master_remote::Client::new(&rpc);
+    let entry = entry_of(&actual);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let snap = loop {
+        match master
+            .register(Target::server(&master_id), entry.clone())
+            .await
+        {
+            Ok(s) => break s,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(cause = %e, "register failed, retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                return Err(StartError::Register {
+                    server: id.clone(),
+                    master: master_addr.clone(),
+                    message: e.to_string(),
+                });
+            }
+        }
+    };
+    ctx.apply_snapshot(snap);
+    tracing::info!(server = %id, rpc = ?actual.port, client = ?actual.client_port, "server registered with the master");
+    for c in &app.components {
+        c.after_start(&ctx).await;
+    }
+
+    let stop = ctx.stop_token().clone();
+    let bg = CancellationToken::new();
+    tokio::spawn(watch_loop(ctx.clone(), bg.clone()));
+    tokio::spawn(stats_loop(ctx.clone(), bg.clone()));
+    tokio::spawn(stdin_watch(ctx.clone()));
+
+    tokio::select! {
+        () = stop.cancelled() => {}
+        r = tokio::signal::ctrl_c() => {
+            if r.is_ok() {
+                tracing::info!("interrupted");
+            }
+        }
+    }
+    tracing::info!(server = %id, "stopping");
+    bg.cancel();
+
+    if let (Some(task), Some(frontend)) = (client_task, ctx.frontend()) {
+        if tokio::time::timeout(DRAIN_TIMEOUT, inflight.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = inflight.count.load(Ordering::SeqCst),
+                "drain timed out"
+            );
+        }
+        // Responses are queued synchronously after the after-filter; give the connection
+        // tasks a moment to write them before the kick closes the connections (the
+        // connector does not flush a queue ahead of a kick).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for s in frontend.sessions().all() {
+            s.kick("server stopping");
+        }
+        let sessions = frontend.sessions().clone();
+        let all_gone = async {
+            for s in sessions.all() {
+                s.closed().await;
+            }
+        };
+        if tokio::time::timeout(KICK_TIMEOUT, all_gone).await.is_err() {
+            tracing::warn!(
+                left = sessions.count(),
+                "clients still connected after the kick"
+            );
+        }
+        client_token.cancel();
+        let _ = tokio::time::timeout(KICK_TIMEOUT, task).await;
+    }
+    for c in &app.components {
+        c.stop(&ctx).await;
+    }
+    rpc_token.cancel();
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, rpc_task).await;
+    tracing::info!(server = %id, "stopped");
+    Ok(())
+}
+
+/// Follows the master's cluster view with a long poll.
+async fn watch_loop(ctx: ServerContext, stop: CancellationToken) {
+    let master = master_remote::Client::new(ctx.rpc());
+    let mut version = ctx.snapshot().version;
+    loop {
+        let args = WatchArgs {
+            version,
+            server_id: ctx.server_id().to_owned(),
+        };
+        let r = tokio::select! {
+            () = stop.cancelled() => return,
+            r = master.watch(Target::server(ctx.master_id()), args) => r,
+        };
+        match r {
+            Ok(snap) => {
+                if snap.version != version {
+                    version = snap.version;
+                    ctx.apply_snapshot(snap);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(cause = %e, "watch failed");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Reports the connection count to the master every second.
+async fn stats_loop(ctx: ServerContext, stop: CancellationToken) {
+    let master = master_remote::Client::new(ctx.rpc());
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let connections = ctx.frontend().map_or(0, |f| f.sessions().count() as u64);
+        let report = StatsReport {
+            server_id: ctx.server_id().to_owned(),
+            connections,
+        };
+        if let Err(e) = master
+            .notify()
+            .report(Target::server(ctx.master_id()), report)
+            .await
+        {
+            tracing::debug!(cause = %e, "stats report not sent");
+        }
+    }
+}
+
+/// The master holds our stdin open; end of file means the master is gone: stop.
+async fn stdin_watch(ctx: ServerContext) {
+    use tokio::io::AsyncReadExt;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    loop {
+        match stdin.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    tracing::warn!("master went away (stdin closed); stopping");
+    ctx.request_stop();
+}

@@ -1,0 +1,298 @@
+//! The framework's own (`sys`) remotes and their prost messages.
+//!
+//! - `master` (on the master): registration, the long-poll cluster watch, stats reports, the
+//!   admin calls of the CLI and the cluster-wide uid registry.
+//! - `server` (on every server): `stop`.
+//! - `sessionRemote` (on frontends): what a backend does to a client's session (bind, set,
+//!   push, kick) and the grouped channel pushes.
+//! - `msgRemote` (on backends): a client request forwarded by a frontend.
+//!
+//! JSON values (settings, bodies, extra keys) travel as JSON text in `bytes`/`string` fields.
+
+#![allow(missing_docs)]
+
+use shaddock_rpc::remote;
+
+/// One server as the cluster knows it: its config plus the ports it actually bound.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ServerEntry {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    #[prost(string, tag = "2")]
+    pub server_type: String,
+    #[prost(string, tag = "3")]
+    pub host: String,
+    /// The RPC port actually bound.
+    #[prost(uint32, tag = "4")]
+    pub port: u32,
+    /// The client port actually bound (0: not a frontend).
+    #[prost(uint32, tag = "5")]
+    pub client_port: u32,
+    #[prost(bool, tag = "6")]
+    pub frontend: bool,
+    #[prost(uint32, tag = "7")]
+    pub pid: u32,
+    /// The config's extra keys, as a JSON object.
+    #[prost(string, tag = "8")]
+    pub extra_json: String,
+}
+
+/// The live servers, with a version that grows on every change.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Snapshot {
+    #[prost(uint64, tag = "1")]
+    pub version: u64,
+    #[prost(message, repeated, tag = "2")]
+    pub servers: Vec<ServerEntry>,
+}
+
+/// `master.watch`: wait for a version other than this one.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WatchArgs {
+    #[prost(uint64, tag = "1")]
+    pub version: u64,
+    #[prost(string, tag = "2")]
+    pub server_id: String,
+}
+
+/// `master.report`: a server's periodic stats.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StatsReport {
+    #[prost(string, tag = "1")]
+    pub server_id: String,
+    #[prost(uint64, tag = "2")]
+    pub connections: u64,
+}
+
+/// One row of `list`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListRow {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    #[prost(string, tag = "2")]
+    pub server_type: String,
+    #[prost(uint32, tag = "3")]
+    pub pid: u32,
+    #[prost(uint64, tag = "4")]
+    pub uptime_secs: u64,
+    #[prost(uint64, tag = "5")]
+    pub rss_bytes: u64,
+    #[prost(uint64, tag = "6")]
+    pub connections: u64,
+    #[prost(string, tag = "7")]
+    pub host: String,
+    #[prost(uint32, tag = "8")]
+    pub port: u32,
+    #[prost(uint32, tag = "9")]
+    pub client_port: u32,
+    /// `starting`, `running`, `restarting`, `stopped`, `failed`.
+    #[prost(string, tag = "10")]
+    pub state: String,
+    #[prost(uint32, tag = "11")]
+    pub restarts: u32,
+}
+
+/// `master.list` reply.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListReply {
+    #[prost(uint32, tag = "1")]
+    pub master_pid: u32,
+    #[prost(message, repeated, tag = "2")]
+    pub rows: Vec<ListRow>,
+}
+
+/// A `key=value` argument of `add`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct KeyValue {
+    #[prost(string, tag = "1")]
+    pub key: String,
+    #[prost(string, tag = "2")]
+    pub value: String,
+}
+
+/// `master.add`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AddArgs {
+    #[prost(message, repeated, tag = "1")]
+    pub pairs: Vec<KeyValue>,
+}
+
+/// `master.add` reply.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AddReply {
+    #[prost(string, tag = "1")]
+    pub id: String,
+}
+
+/// `master.claim` / `master.release`: a uid bound on a frontend session.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Claim {
+    #[prost(string, tag = "1")]
+    pub uid: String,
+    #[prost(string, tag = "2")]
+    pub frontend_id: String,
+    #[prost(uint64, tag = "3")]
+    pub session_id: u64,
+}
+
+/// `master.kickUid`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct KickUid {
+    #[prost(string, tag = "1")]
+    pub uid: String,
+    #[prost(string, tag = "2")]
+    pub reason: String,
+}
+
+/// A count (kicked sessions, pushed sessions).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Count {
+    #[prost(uint64, tag = "1")]
+    pub n: u64,
+}
+
+/// `server.stop`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StopArgs {
+    #[prost(string, tag = "1")]
+    pub reason: String,
+}
+
+/// A session as a backend sees it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SessionSnap {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(string, tag = "2")]
+    pub uid: String,
+    #[prost(string, tag = "3")]
+    pub frontend_id: String,
+    /// JSON object.
+    #[prost(string, tag = "4")]
+    pub settings_json: String,
+}
+
+/// `msgRemote.forward`: a client request for a backend.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ForwardArgs {
+    #[prost(string, tag = "1")]
+    pub route: String,
+    /// JSON text.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub body: bytes::Bytes,
+    #[prost(message, optional, tag = "3")]
+    pub session: Option<SessionSnap>,
+    #[prost(uint32, tag = "4")]
+    pub id: u32,
+}
+
+/// `msgRemote.forward` reply.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ForwardReply {
+    /// JSON text of the response body.
+    #[prost(bytes = "bytes", tag = "1")]
+    pub body: bytes::Bytes,
+    /// The session's settings after the handler (JSON object), applied by the frontend.
+    #[prost(string, tag = "2")]
+    pub settings_json: String,
+}
+
+/// `sessionRemote.bind`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BindArgs {
+    #[prost(uint64, tag = "1")]
+    pub session_id: u64,
+    #[prost(string, tag = "2")]
+    pub uid: String,
+}
+
+/// `sessionRemote.set`: merge settings into a session.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SetArgs {
+    #[prost(uint64, tag = "1")]
+    pub session_id: u64,
+    #[prost(string, tag = "2")]
+    pub settings_json: String,
+}
+
+/// `sessionRemote.kick`: by session id (non-zero) or by uid.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct KickArgs {
+    #[prost(uint64, tag = "1")]
+    pub session_id: u64,
+    #[prost(string, tag = "2")]
+    pub uid: String,
+    #[prost(string, tag = "3")]
+    pub reason: String,
+}
+
+/// `sessionRemote.push`: one pre-encoded DATA package for many sessions of one frontend.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PushArgs {
+    /// The whole encoded PUSH package, sent as is.
+    #[prost(bytes = "bytes", tag = "1")]
+    pub package: bytes::Bytes,
+    #[prost(uint64, repeated, tag = "2")]
+    pub session_ids: Vec<u64>,
+    #[prost(string, repeated, tag = "3")]
+    pub uids: Vec<String>,
+    /// Every session of the frontend.
+    #[prost(bool, tag = "4")]
+    pub all: bool,
+}
+
+remote! {
+    /// The master's remote.
+    pub mod master_remote: sys "master" {
+        /// A server announces itself (with its actual ports); returns the cluster.
+        fn register(ServerEntry) -> Snapshot;
+        /// Long poll: returns when the cluster differs from `version` (or after a while).
+        fn watch(WatchArgs) -> Snapshot;
+        /// Periodic stats.
+        fn report(StatsReport) -> ();
+        /// Every server with pid, uptime, RSS and connections.
+        fn list(()) -> ListReply;
+        /// Graceful stop of the whole cluster.
+        fn stop(()) -> ();
+        /// SIGKILL every server, then the master exits.
+        fn kill(()) -> ();
+        /// Starts a server at runtime.
+        fn add(AddArgs) -> AddReply;
+        /// A frontend binds a uid (duplicate-login policy applies).
+        fn claim(Claim) -> ();
+        /// A frontend session bound to a uid closed.
+        fn release(Claim) -> ();
+        /// Kicks a uid wherever it is connected.
+        fn kick_uid(KickUid) -> Count;
+    }
+}
+
+remote! {
+    /// Every server's remote.
+    pub mod server_remote: sys "server" {
+        /// Graceful stop.
+        fn stop(StopArgs) -> ();
+    }
+}
+
+remote! {
+    /// A frontend's session remote.
+    pub mod session_remote: sys "sessionRemote" {
+        /// Binds a session to a uid.
+        fn bind(BindArgs) -> ();
+        /// Merges settings into a session.
+        fn set(SetArgs) -> ();
+        /// Kicks a session or every session of a uid; returns how many.
+        fn kick(KickArgs) -> Count;
+        /// Sends a pre-encoded push; returns to how many sessions it was queued.
+        fn push(PushArgs) -> Count;
+    }
+}
+
+remote! {
+    /// A backend's message remote.
+    pub mod msg_remote: sys "msgRemote" {
+        /// Runs the handler of a forwarded client request.
+        fn forward(ForwardArgs) -> ForwardReply;
+    }
+}
