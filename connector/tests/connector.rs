@@ -342,7 +342,7 @@ fn build_rejects_bad_and_duplicate_routes() {
 
 async fn heartbeat_timeout(ws: bool) {
     let mut cfg = test_config();
-    cfg.heartbeat_timeout = Some(Duration::from_millis(300));
+    cfg.heartbeat_timeout = Some(Duration::from_millis(1500));
     let server = start(app(cfg)).await;
     let mut c = Client::connect(ws, server.addr).await;
     c.handshake().await;
@@ -381,7 +381,7 @@ async fn ws_heartbeat_timeout_closes() {
 #[tokio::test]
 async fn handshake_timeout_closes_silent_and_unacked_clients() {
     let mut cfg = test_config();
-    cfg.handshake_timeout = Duration::from_millis(200);
+    cfg.handshake_timeout = Duration::from_millis(1000);
     let server = start(app(cfg)).await;
     // Sends nothing at all.
     let mut silent = Client::tcp(server.addr).await;

@@ -119,7 +119,7 @@ impl msg_remote::Remote for Backend {
                 json!({"code": 200, "sent": r.sent})
             }
             "chat.chatHandler.slow" => {
-                tokio::time::sleep(Duration::from_secs(3)).await;
+                tokio::time::sleep(Duration::from_secs(10)).await;
                 json!({"code": 200})
             }
             "chat.chatHandler.fail" => return Err(RemoteError::new(503, "backend says no")),
@@ -147,11 +147,14 @@ async fn rpc_listener() -> (TcpListener, u16) {
 async fn cluster() -> Cluster {
     let shutdown = CancellationToken::new();
     let mut rpc_cfg = RpcConfig::default();
-    rpc_cfg.call_timeout = Duration::from_millis(500);
+    rpc_cfg.call_timeout = Duration::from_secs(2);
     rpc_cfg.connect_timeout = Duration::from_millis(500);
     let rpc = RpcClient::new(rpc_cfg.clone());
     let forwarder = RpcForwarder::new(rpc.clone());
-    let builder = Frontend::builder(test_config())
+    let mut config = test_config();
+    // The test client sends no heartbeats; the slow-backend case waits 2 s.
+    config.heartbeat_interval = Some(Duration::from_secs(30));
+    let builder = Frontend::builder(config)
         .handler(
             "connector.entryHandler.enter",
             |s: Session, req: Value| async move {
@@ -331,7 +334,7 @@ async fn backend_errors_missing_types_down_and_slow_backends_answer_500() {
             .call(4, "gate.gateHandler.queryEntry", &json!({}))
             .await;
         assert_eq!(r["code"], 500);
-        // Backend too slow (call timeout 500 ms).
+        // Backend too slow (call timeout 2 s).
         let r = client.call(5, "chat.chatHandler.slow", &json!({})).await;
         assert_eq!(r["code"], 500);
         // Still connected and served.
