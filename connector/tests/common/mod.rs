@@ -43,6 +43,9 @@ pub fn test_config() -> ConnectorConfig {
     let mut c = ConnectorConfig::default();
     c.frontend_id = "connector-1".into();
     c.heartbeat_interval = Some(Duration::from_secs(1));
+    // The test client sends heartbeats only where a test says so; tests of the heartbeat
+    // timeout set their own.
+    c.heartbeat_timeout = Some(Duration::from_secs(30));
     c.handshake_timeout = Duration::from_secs(5);
     c
 }
