@@ -196,6 +196,7 @@ impl Client {
             heartbeat_timeout,
             max_write_batch: config.max_write_batch,
             close_timeout: config.close_timeout,
+            write_timeout: config.write_timeout,
         };
         let span = debug_span!("client_driver", peer, %transport);
         tokio::spawn(driver.run().instrument(span));

@@ -64,6 +64,9 @@ pub struct ClientConfig {
     pub close_timeout: Duration,
     /// Most bytes written in one TCP write when several packages are queued. Default 64 KiB.
     pub max_write_batch: usize,
+    /// A write to the server that makes no progress for this long ends the connection
+    /// ([`DisconnectReason::Io`](crate::DisconnectReason::Io)). Default 10 s.
+    pub write_timeout: Duration,
 }
 
 impl Default for ClientConfig {
@@ -86,6 +89,7 @@ impl Default for ClientConfig {
             nodelay: true,
             close_timeout: Duration::from_secs(2),
             max_write_batch: 64 * 1024,
+            write_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -121,6 +121,7 @@ pub(crate) struct ClientDriver {
     pub(crate) heartbeat_timeout: Option<Duration>,
     pub(crate) max_write_batch: usize,
     pub(crate) close_timeout: Duration,
+    pub(crate) write_timeout: Duration,
 }
 
 impl ClientDriver {
@@ -131,8 +132,8 @@ impl ClientDriver {
         let mut next_ping = self.heartbeat.map(|h| now + h);
         let mut deadline = self.heartbeat_timeout.map(|t| now + t);
         let reason = loop {
+            // Not `biased`: a flood of pushes must not starve writes and timers.
             tokio::select! {
-                biased;
                 () = self.shutdown.cancelled() => {
                     self.drain_outbound().await;
                     break DisconnectReason::Closed;
@@ -166,7 +167,7 @@ impl ClientDriver {
                 },
                 () = sleep_until(next_ping) => {
                     trace!(peer = %self.peer, "heartbeat");
-                    if let Err(reason) = self.conn.send(&[Bytes::from_static(HEARTBEAT)]).await {
+                    if let Err(reason) = self.send(&[Bytes::from_static(HEARTBEAT)]).await {
                         break reason;
                     }
                     next_ping = self.heartbeat.map(|h| Instant::now() + h);
@@ -195,7 +196,21 @@ impl ClientDriver {
                 Err(_) => break,
             }
         }
-        self.conn.send(&batch).await
+        self.send(&batch).await
+    }
+
+    /// Write packages, bounded by the write timeout: a server that stops reading ends the
+    /// connection instead of wedging this task.
+    async fn send(&mut self, packages: &[Bytes]) -> Result<(), DisconnectReason> {
+        match tokio::time::timeout(self.write_timeout, self.conn.send(packages)).await {
+            Ok(result) => result,
+            Err(_) => Err(DisconnectReason::Io {
+                error: format!(
+                    "write to {} timed out after {:?}",
+                    self.peer, self.write_timeout
+                ),
+            }),
+        }
     }
 
     /// On close: write what was queued before the close, within the close timeout.
