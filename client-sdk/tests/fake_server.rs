@@ -532,3 +532,57 @@ async fn close_writes_what_was_queued_then_closes() {
         );
     }
 }
+
+#[tokio::test]
+async fn slow_subscriber_loses_pushes_and_unknown_codes_are_reported() {
+    let (addr, server) = fake_server(Transport::Tcp, |mut peer| async move {
+        peer.handshake(r#"{"code":200,"sys":{"dict":{"onN":7},"useDict":true}}"#)
+            .await;
+        let m = peer.recv_message().await;
+        assert_eq!(m.kind, MessageType::Notify);
+        assert_eq!(
+            m.route,
+            MessageRoute::Code(7),
+            "dictionary routes go out compressed"
+        );
+        for n in 0..3 {
+            let body = format!("{{\"n\":{n}}}");
+            peer.send_message(&Message::push(MessageRoute::Code(7), body))
+                .await;
+        }
+        peer.send_message(&Message::push(MessageRoute::Code(99), &b"{}"[..]))
+            .await;
+        peer.send_message(&Message::push(MessageRoute::name("onEnd"), &b"{}"[..]))
+            .await;
+        peer.drain().await
+    })
+    .await;
+    let mut cfg = config();
+    cfg.push_capacity = 1;
+    let (client, mut events) = within(Client::connect(&addr.to_string(), Transport::Tcp, cfg))
+        .await
+        .unwrap();
+    let mut slow = client.on("onN");
+    let mut end = client.on("onEnd");
+    client.notify("onN", &json!({})).await.unwrap();
+    for _ in 0..2 {
+        match next_event(&mut events).await {
+            Event::PushDropped { route } => assert_eq!(route, "onN"),
+            other => panic!("expected PushDropped, got {other:?}"),
+        }
+    }
+    assert!(matches!(
+        next_event(&mut events).await,
+        Event::UnknownRouteCode { code: 99 }
+    ));
+    // The connection went on: the last push arrived, and the slow stream kept its first push.
+    assert_eq!(within(end.recv()).await.unwrap().route, "onEnd");
+    assert_eq!(slow.dropped(), 2);
+    let first = within(slow.recv()).await.unwrap();
+    assert_eq!(
+        (first.code, first.value().unwrap()),
+        (Some(7), json!({"n": 0}))
+    );
+    client.close().await;
+    within(server).await.unwrap();
+}
