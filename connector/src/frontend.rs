@@ -945,3 +945,58 @@ fn reply(inner: &Inner, session: &Session, id: u32, route: &str, body: &Value) {
         Err(e) => tracing::error!(cause = %e, id, "cannot encode response"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_push_to_many_sessions_shares_one_buffer() {
+        let frontend = Frontend::builder(ConnectorConfig::default())
+            .build()
+            .unwrap();
+        let sessions = &frontend.inner.sessions;
+        let mut receivers = Vec::new();
+        let mut sids = Vec::new();
+        for i in 0..3u16 {
+            let (tx, rx) = mpsc::channel(4);
+            let peer = SocketAddr::from(([127, 0, 0, 1], 1000 + i));
+            sids.push(sessions.create(peer, tx, 4).id());
+            receivers.push(rx);
+        }
+        let report = frontend
+            .push_many(&sids, "onChat", &json!({"msg": "once"}))
+            .unwrap();
+        assert_eq!(report.sent, 3);
+        let got: Vec<Bytes> = receivers
+            .iter_mut()
+            .map(|rx| rx.try_recv().unwrap())
+            .collect();
+        // Same bytes, same allocation: encoded once, shared by all three queues.
+        assert!(
+            got.iter()
+                .all(|b| b.as_ptr() == got[0].as_ptr() && b.len() == got[0].len())
+        );
+        let msg = Message::decode(got[0].slice(4..)).unwrap();
+        assert_eq!(msg.kind, MessageType::Push);
+        assert_eq!(&msg.body[..], br#"{"msg":"once"}"#);
+    }
+
+    #[test]
+    fn config_is_validated() {
+        let c = ConnectorConfig {
+            heartbeat_interval: Some(Duration::from_millis(1500)),
+            ..ConnectorConfig::default()
+        };
+        assert!(matches!(
+            Frontend::builder(c).build(),
+            Err(Error::InvalidConfig(_))
+        ));
+        let c = ConnectorConfig {
+            queue_capacity: 0,
+            ..ConnectorConfig::default()
+        };
+        assert!(Frontend::builder(c).build().is_err());
+    }
+}
