@@ -40,6 +40,9 @@ pub struct ConnectorConfig {
     /// A write to a client that makes no progress for this long closes the connection.
     /// Default 10 s.
     pub write_timeout: Duration,
+    /// On shutdown, how long [`Frontend::serve`](crate::Frontend::serve) waits for
+    /// connection and handler tasks to finish before returning anyway. Default 10 s.
+    pub drain_timeout: Duration,
     /// Most connections open at once on this port; others are refused (closed at once).
     /// Default 10 000.
     pub max_connections: usize,
@@ -65,6 +68,7 @@ impl Default for ConnectorConfig {
             max_in_flight: 64,
             max_write_batch: 64 * 1024,
             write_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(10),
             max_connections: 10_000,
             rate_limit: None,
             nodelay: true,

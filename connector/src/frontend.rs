@@ -414,7 +414,8 @@ impl Frontend {
     }
 
     /// Serves clients on `listener` until `shutdown` is cancelled, then closes every
-    /// connection and waits for connection and handler tasks to finish.
+    /// connection and waits for connection and handler tasks to finish (at most
+    /// `drain_timeout`).
     ///
     /// At most `max_connections` connections are served at once: a permit is taken before
     /// `accept`. When none is left the listener still accepts and closes the new socket at
@@ -471,7 +472,17 @@ impl Frontend {
         }
         drop(listener);
         self.inner.tracker.close();
-        self.inner.tracker.wait().await;
+        let drain = self.inner.config.drain_timeout;
+        if tokio::time::timeout(drain, self.inner.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?drain,
+                left = self.inner.tracker.len(),
+                "shutdown: tasks still running after the drain timeout, not waiting longer"
+            );
+        }
         self.inner.tracker.reopen();
         tracing::info!(addr = ?local, "client port closed");
         Ok(())

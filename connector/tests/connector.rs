@@ -845,3 +845,29 @@ async fn in_flight_limit_parks_messages_without_losing_them() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_waits_for_handlers_at_most_the_drain_timeout() {
+    let mut cfg = test_config();
+    cfg.drain_timeout = Duration::from_millis(200);
+    let builder = app(cfg).handler(
+        "connector.entryHandler.forever",
+        |_s: Session, _v: Value| async move {
+            std::future::pending::<()>().await;
+            Ok::<_, HandlerError>(())
+        },
+    );
+    let server = start(builder).await;
+    let mut c = Client::tcp(server.addr).await;
+    c.handshake().await;
+    c.request(1, "connector.entryHandler.forever", &json!({}))
+        .await;
+    // The request is in flight (a round trip on the same connection proves it was read).
+    let r = c
+        .call(2, "connector.entryHandler.echo", &json!({"text": "x"}))
+        .await;
+    assert_eq!(r["text"], "x");
+    // stop() wraps the wait in a 10 s timeout: a hang fails the test.
+    server.stop().await;
+    c.expect_closed().await;
+}
