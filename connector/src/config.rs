@@ -37,7 +37,8 @@ pub struct ConnectorConfig {
     /// Most bytes written to a socket in one write when coalescing queued messages.
     /// Default 64 KiB.
     pub max_write_batch: usize,
-    /// A write to a client that makes no progress for this long closes the connection.
+    /// A batch write to a client (at most `max_write_batch` bytes) that does not finish
+    /// within this time closes the connection.
     /// Default 10 s.
     pub write_timeout: Duration,
     /// On shutdown, how long [`Frontend::serve`](crate::Frontend::serve) waits for

@@ -790,19 +790,9 @@ where
 
     /// Writes `batch` as one write (one WebSocket message); empties it.
     async fn write(&mut self, batch: &mut Vec<Bytes>) -> Result<(), String> {
-        let bytes = if batch.len() == 1 {
-            batch.pop().unwrap_or_default()
-        } else {
-            let total = batch.iter().map(Bytes::len).sum();
-            let mut buf = BytesMut::with_capacity(total);
-            for b in batch.drain(..) {
-                buf.extend_from_slice(&b);
-            }
-            buf.freeze()
-        };
         match tokio::time::timeout(
             self.inner.config.write_timeout,
-            self.transport.write_batch(bytes),
+            self.transport.write_batch(batch),
         )
         .await
         {

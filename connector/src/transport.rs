@@ -12,6 +12,9 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
 use crate::rewind::Rewind;
 
+/// Buffers handed to one `writev` call.
+const MAX_IOVECS: usize = 64;
+
 /// Why a transport stopped.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -112,15 +115,55 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transport<S> {
         }
     }
 
-    /// Writes one coalesced batch: one socket write (TCP) or one binary message (WebSocket,
-    /// which pomelo clients split into packages, PROTOCOL.md §2.3).
-    pub(crate) async fn write_batch(&mut self, batch: Bytes) -> Result<(), TransportError> {
+    /// Writes one coalesced batch and empties it: vectored writes of the shared buffers
+    /// (TCP, no copy), or one binary message holding them all (WebSocket; pomelo clients
+    /// split a message into its packages, PROTOCOL.md §2.3).
+    pub(crate) async fn write_batch(
+        &mut self,
+        batch: &mut Vec<Bytes>,
+    ) -> Result<(), TransportError> {
         match self {
             Self::Tcp { io, .. } => {
-                io.write_all(&batch).await?;
+                let mut start = 0;
+                while start < batch.len() {
+                    let slices: Vec<io::IoSlice<'_>> = batch[start..]
+                        .iter()
+                        .take(MAX_IOVECS)
+                        .map(|b| io::IoSlice::new(b))
+                        .collect();
+                    let mut n = io.write_vectored(&slices).await?;
+                    drop(slices);
+                    if n == 0 {
+                        return Err(io::Error::from(io::ErrorKind::WriteZero).into());
+                    }
+                    // Drop what was written; keep a partly written buffer's tail.
+                    while n > 0 && start < batch.len() {
+                        let len = batch[start].len();
+                        if n >= len {
+                            n -= len;
+                            start += 1;
+                        } else {
+                            bytes::Buf::advance(&mut batch[start], n);
+                            n = 0;
+                        }
+                    }
+                }
+                batch.clear();
                 io.flush().await?;
             }
-            Self::Ws { ws, .. } => ws.send(WsMessage::Binary(batch)).await?,
+            Self::Ws { ws, .. } => {
+                let message = if batch.len() == 1 {
+                    batch.pop().unwrap_or_default()
+                } else {
+                    let total = batch.iter().map(Bytes::len).sum();
+                    let mut buf = BytesMut::with_capacity(total);
+                    for b in batch.drain(..) {
+                        buf.extend_from_slice(&b);
+                    }
+                    buf.freeze()
+                };
+                ws.send(WsMessage::Binary(message)).await?;
+            }
         }
         Ok(())
     }
@@ -136,5 +179,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transport<S> {
                 let _ = (**ws).close(None).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn vectored_batch_survives_partial_writes() {
+        // A 7-byte pipe forces many short writes that end inside buffers.
+        let (a, mut b) = tokio::io::duplex(7);
+        let mut t = Transport::Tcp {
+            io: a,
+            rbuf: BytesMut::new(),
+            decoder: PackageDecoder::new(1024),
+        };
+        let mut batch: Vec<Bytes> = (0..100u8)
+            .map(|i| Bytes::from(vec![i; usize::from(i % 13) + 1]))
+            .collect();
+        let expected: Vec<u8> = batch.iter().flat_map(|b| b.to_vec()).collect();
+        let reader = tokio::spawn(async move {
+            let mut out = vec![0u8; expected.len()];
+            b.read_exact(&mut out).await.map(|_| (out, expected))
+        });
+        tokio::time::timeout(Duration::from_secs(5), t.write_batch(&mut batch))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(batch.is_empty());
+        let (out, expected) = tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(out, expected);
     }
 }
