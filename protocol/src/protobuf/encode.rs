@@ -79,23 +79,28 @@ impl Schema {
             });
         }
         let msg = &self.messages[idx];
-        // pomelo's checkMsg: every required field must be present (recursion into present
-        // nested values happens while encoding them).
-        for &r in &msg.required {
-            let name = &msg.fields[r].name;
-            if !obj.contains_key(name) {
-                return Err(ProtobufError::MissingRequiredField {
-                    route: String::new(),
-                    field: name.clone(),
-                });
-            }
-        }
+        // Keys are unique, so counting the required fields met while encoding tells whether
+        // all are present (pomelo's checkMsg) without a hash lookup per required field.
+        let mut required_seen = 0;
         for (name, value) in obj {
             let Some(field) = msg.field_by_name(name) else {
                 continue;
             };
+            required_seen += usize::from(field.rule == Rule::Required);
             self.encode_field(field, value, dst, depth)
                 .map_err(|e| e.within(name, None))?;
+        }
+        if required_seen < msg.required.len()
+            && let Some(missing) = msg
+                .required
+                .iter()
+                .map(|&r| &msg.fields[r].name)
+                .find(|name| !obj.contains_key(*name))
+        {
+            return Err(ProtobufError::MissingRequiredField {
+                route: String::new(),
+                field: missing.clone(),
+            });
         }
         Ok(())
     }
