@@ -211,6 +211,13 @@ fn browser_encoder_bytes_decode() {
         }
         let name = format!("{route} browser {}", hex::encode(&bytes));
         let result = schema.decode(route, &bytes);
+        // Without a recorded server reading, or when the browser build truncated its output
+        // (buffer heuristic), there is nothing to compare: it only must not panic.
+        if v.get("server_decodes_browser_bytes_to").is_none()
+            || quirk(v) == "js_encode_buffer_heuristic"
+        {
+            continue;
+        }
         if quirk(v) == "value_exceeds_32_bits" {
             assert_eq!(result.expect_err(&name).code(), "value_out_of_range");
             continue;

@@ -449,7 +449,7 @@ fn check_rules(def: &Value, path: &str, depth: usize) -> Result<(), SchemaError>
                 };
                 check_rules(value, &sub, depth + 1)?;
             }
-            [rule @ ("map" | "obj"), _, name] => {
+            [rule @ ("map" | "obj"), _, name] if depth > 0 => {
                 return Err(SchemaError::UnsupportedRule {
                     message: path.to_owned(),
                     field: (*name).to_owned(),
