@@ -100,5 +100,8 @@ pub use payload::{Payload, PayloadError, Raw};
 pub use server::RpcServer;
 pub use service::{BoxCall, Registry, RegistryError, Service};
 
+/// Re-exported: [`RpcServer::serve`] stops when this token is cancelled.
+pub use tokio_util::sync::CancellationToken;
+
 #[doc(hidden)]
 pub use bytes as __bytes;
