@@ -452,6 +452,10 @@ impl LinkHandle {
     /// The live connection, starting the driver (and waiting for its first attempt) if none
     /// runs; fails fast while the peer is down.
     async fn conn(&self) -> Result<Conn, RpcError> {
+        // Fast path: connected.
+        if let LinkState::Up(c) = &*self.shared.state.borrow() {
+            return Ok(c.clone());
+        }
         let mut rx = self.shared.state.subscribe();
         let wait_limit = self.shared.config.connect_timeout + std::time::Duration::from_secs(1);
         loop {

@@ -1,12 +1,13 @@
 //! [`RpcServer`]: accepts RPC connections and dispatches calls to registered services.
 
 use crate::config::RpcConfig;
-use crate::frame::{CodecError, ErrorKind, Frame, FrameCodec, WireError};
+use crate::frame::{CodecError, ErrorKind, Frame, FrameCodec, Name, WireError};
 use crate::io::write_frames;
 use crate::service::Registry;
 use futures_util::{FutureExt, StreamExt};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -173,34 +174,52 @@ impl RpcServer {
                     method,
                     payload,
                 })) => {
-                    let call = self.registry.dispatch(
+                    let mut call = self.registry.dispatch(
                         namespace,
                         service.as_str(),
                         method.as_str(),
                         payload,
                     );
-                    let tx = tx.clone();
                     let max = cfg.max_frame_size;
-                    tokio::spawn(async move {
-                        let result = run_guarded(call).await;
-                        let result = match result {
-                            Ok(p) if p.len() + 1 + 4 > max => Err(WireError {
-                                kind: ErrorKind::Internal,
-                                code: 0,
-                                message: format!(
-                                    "{service}.{method} reply of {} bytes exceeds the frame limit of {max} bytes",
-                                    p.len() + 5
-                                ),
-                            }),
-                            other => other,
-                        };
-                        if let Err(e) = &result {
-                            debug!(%service, %method, kind = ?e.kind, code = e.code, "rpc call failed");
+                    // Most handlers finish without waiting: poll once here and skip the task
+                    // spawn. A handler that is not ready yet moves to its own task, whose first
+                    // poll registers the real waker.
+                    let mut cx = Context::from_waker(Waker::noop());
+                    let first =
+                        std::panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(&mut cx)));
+                    let ready = match first {
+                        Ok(Poll::Ready(r)) => Some(r),
+                        Err(_) => Some(Err(panicked())),
+                        Ok(Poll::Pending) => None,
+                    };
+                    match ready {
+                        Some(result) => {
+                            let frame = reply_frame(id, result, &service, &method, max);
+                            match tx.try_send(frame) {
+                                Ok(()) => drop(permit),
+                                Err(mpsc::error::TrySendError::Full(frame)) => {
+                                    // Do not block reads on a full queue; the permit keeps
+                                    // the number of such waiting replies bounded.
+                                    let tx = tx.clone();
+                                    tokio::spawn(async move {
+                                        let _ = tx.send(frame).await;
+                                        drop(permit);
+                                    });
+                                }
+                                Err(mpsc::error::TrySendError::Closed(_)) => drop(permit),
+                            }
                         }
-                        // The connection may be gone; then the reply has nowhere to go.
-                        let _ = tx.send(Frame::Response { id, result }).await;
-                        drop(permit);
-                    });
+                        None => {
+                            let tx = tx.clone();
+                            tokio::spawn(async move {
+                                let result = run_guarded(call).await;
+                                let frame = reply_frame(id, result, &service, &method, max);
+                                // The connection may be gone; then the reply has nowhere to go.
+                                let _ = tx.send(frame).await;
+                                drop(permit);
+                            });
+                        }
+                    }
                 }
                 Some(Ok(Frame::Notify {
                     namespace,
@@ -246,10 +265,40 @@ impl RpcServer {
 async fn run_guarded(call: crate::service::BoxCall) -> Result<bytes::Bytes, WireError> {
     match AssertUnwindSafe(call).catch_unwind().await {
         Ok(r) => r,
-        Err(_) => Err(WireError {
+        Err(_) => Err(panicked()),
+    }
+}
+
+fn panicked() -> WireError {
+    WireError {
+        kind: ErrorKind::Internal,
+        code: 0,
+        message: "rpc handler panicked".into(),
+    }
+}
+
+/// The response frame for a finished call; a reply too large for one frame becomes an
+/// [`ErrorKind::Internal`] error so the caller hears about it instead of timing out.
+fn reply_frame(
+    id: u32,
+    result: Result<bytes::Bytes, WireError>,
+    service: &Name,
+    method: &Name,
+    max: usize,
+) -> Frame {
+    let result = match result {
+        Ok(p) if p.len() + 1 + 4 > max => Err(WireError {
             kind: ErrorKind::Internal,
             code: 0,
-            message: "rpc handler panicked".into(),
+            message: format!(
+                "{service}.{method} reply of {} bytes exceeds the frame limit of {max} bytes",
+                p.len() + 5
+            ),
         }),
+        other => other,
+    };
+    if let Err(e) = &result {
+        debug!(%service, %method, kind = ?e.kind, code = e.code, "rpc call failed");
     }
+    Frame::Response { id, result }
 }
