@@ -49,6 +49,9 @@ pub struct ConnectionConfig {
     /// Close when handshake + ack are not done this long after the connection started.
     /// `None` disables it (pomelo has none; its 90 s socket idle timeout plays the part).
     pub handshake_timeout: Option<Duration>,
+    /// Close the connection on DATA received before the handshake is acknowledged, as
+    /// pitaya and nano do, instead of ignoring it as pomelo does (§5.4). Default `false`.
+    pub close_on_early_data: bool,
 }
 
 impl Default for ConnectionConfig {
@@ -58,6 +61,7 @@ impl Default for ConnectionConfig {
             heartbeat_interval: Some(Duration::from_secs(10)),
             heartbeat_timeout: None,
             handshake_timeout: Some(Duration::from_secs(10)),
+            close_on_early_data: false,
         }
     }
 }
@@ -96,7 +100,8 @@ pub enum CloseReason {
     HandshakeRejected(u16),
     /// The server kicked the client with this reason.
     Kicked(String),
-    /// The client sent a package of a type it must not send (KICK).
+    /// The client sent a package it must not send: KICK, or DATA before the handshake was
+    /// acknowledged when [`ConnectionConfig::close_on_early_data`] is set.
     UnexpectedPackage(PackageType),
     /// The owner closed the connection without a kick (transport gone, shutdown, error).
     Local,
@@ -169,6 +174,9 @@ impl ServerConnection {
             }
             (State::Working, PackageType::Heartbeat) => self.heartbeat(now),
             (State::Working, PackageType::Data) => self.events.push_back(Event::Data(package.body)),
+            (_, PackageType::Data) if self.config.close_on_early_data => {
+                self.close(CloseReason::UnexpectedPackage(PackageType::Data));
+            }
             // Everything else is ignored silently, as pomelo does (§5.4, §12): data, heartbeat
             // and ack before the handshake, data before the ack, a second handshake.
             _ => {}
@@ -305,6 +313,7 @@ mod tests {
             heartbeat_interval: Some(Duration::from_secs(3)),
             heartbeat_timeout: None,
             handshake_timeout: Some(Duration::from_secs(5)),
+            close_on_early_data: false,
         }
     }
 
@@ -418,6 +427,33 @@ mod tests {
     }
 
     #[test]
+    fn early_data_closes_when_strict() {
+        let clock = Clock(Instant::now());
+        let strict = ConnectionConfig {
+            close_on_early_data: true,
+            ..config()
+        };
+        // Before the handshake.
+        let mut c = ServerConnection::new(strict, clock.0);
+        c.handle_package(pkg(PackageType::Heartbeat), clock.0);
+        assert_eq!(c.state(), State::Initial, "heartbeats are still ignored");
+        c.handle_package(pkg(PackageType::Data), clock.0);
+        assert_eq!(
+            c.poll_event(),
+            Some(Event::Closed(CloseReason::UnexpectedPackage(
+                PackageType::Data
+            )))
+        );
+        // Between the reply and the ack.
+        let mut c = ServerConnection::new(strict, clock.0);
+        c.handle_package(pkg(PackageType::Handshake), clock.0);
+        c.poll_event();
+        c.accept_handshake(Bytes::new());
+        c.handle_package(pkg(PackageType::Data), clock.0);
+        assert!(c.is_closed());
+    }
+
+    #[test]
     fn rejected_handshake_sends_reply_then_closes() {
         let clock = Clock(Instant::now());
         let mut c = ServerConnection::new(config(), clock.0);
@@ -476,6 +512,7 @@ mod tests {
                 heartbeat_interval: None,
                 heartbeat_timeout: None,
                 handshake_timeout: None,
+                close_on_early_data: false,
             },
             clock.0,
         );
