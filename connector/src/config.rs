@@ -51,6 +51,9 @@ pub struct ConnectorConfig {
     pub rate_limit: Option<RateLimit>,
     /// Set TCP_NODELAY on accepted sockets. Default `true`.
     pub nodelay: bool,
+    /// Close a client that sends DATA before completing the handshake (pitaya/nano style).
+    /// Default `false`: such data is ignored, as pomelo does (PROTOCOL.md §5.4).
+    pub close_on_early_data: bool,
     /// Clients whose handshake `sys.version` compares below this (dot-separated numbers) are
     /// refused with code 501. Default `None` (every version accepted).
     pub min_client_version: Option<String>,
@@ -73,6 +76,7 @@ impl Default for ConnectorConfig {
             max_connections: 10_000,
             rate_limit: None,
             nodelay: true,
+            close_on_early_data: false,
             min_client_version: None,
         }
     }

@@ -263,6 +263,7 @@ impl FrontendBuilder {
                     heartbeat_interval: c.heartbeat_interval,
                     heartbeat_timeout: c.heartbeat_timeout,
                     handshake_timeout: Some(c.handshake_timeout),
+                    close_on_early_data: c.close_on_early_data,
                 },
                 config: self.config,
                 stats,

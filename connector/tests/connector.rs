@@ -871,3 +871,18 @@ async fn shutdown_waits_for_handlers_at_most_the_drain_timeout() {
     server.stop().await;
     c.expect_closed().await;
 }
+
+#[tokio::test]
+async fn data_before_handshake_closes_when_configured() {
+    let mut cfg = test_config();
+    cfg.close_on_early_data = true;
+    let server = start(app(cfg)).await;
+    for ws in [false, true] {
+        let mut c = Client::connect(ws, server.addr).await;
+        c.request(1, "connector.entryHandler.echo", &json!({"text": "early"}))
+            .await;
+        c.expect_closed().await;
+    }
+    assert_eq!(server.frontend.stats().protocol_errors, 2);
+    server.stop().await;
+}
