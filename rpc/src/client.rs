@@ -249,6 +249,7 @@ impl RpcClient {
     ) -> Result<(), RpcError> {
         let entry = self.entry(target)?;
         let cfg = &self.inner.config;
+        let names = (service.clone(), method.clone());
         let frame = Frame::Notify {
             namespace,
             service,
@@ -281,8 +282,8 @@ impl RpcClient {
             Ok(r) => r,
             Err(_) => Err(RpcError::Timeout {
                 server_id: server_id.clone(),
-                service: "(notify)".into(),
-                method: String::new(),
+                service: names.0.to_string(),
+                method: names.1.to_string(),
                 after: cfg.call_timeout,
             }),
         }

@@ -721,6 +721,94 @@ mod tests {
         }
     }
 
+    fn arb_name() -> impl proptest::strategy::Strategy<Value = Name> {
+        use proptest::prelude::*;
+        "[a-zA-Z0-9_.]{1,40}".prop_map(|s| Name::new(s).unwrap())
+    }
+
+    fn arb_frame() -> impl proptest::strategy::Strategy<Value = Frame> {
+        use proptest::prelude::*;
+        let ns = prop_oneof![Just(Namespace::Sys), Just(Namespace::User)];
+        let payload = proptest::collection::vec(any::<u8>(), 0..200).prop_map(Bytes::from);
+        let kind = prop_oneof![
+            Just(ErrorKind::Handler),
+            Just(ErrorKind::UnknownService),
+            Just(ErrorKind::UnknownMethod),
+            Just(ErrorKind::BadPayload),
+            Just(ErrorKind::Internal),
+        ];
+        prop_oneof![
+            (
+                any::<u32>(),
+                ns.clone(),
+                arb_name(),
+                arb_name(),
+                payload.clone()
+            )
+                .prop_map(|(id, namespace, service, method, payload)| Frame::Request {
+                    id,
+                    namespace,
+                    service,
+                    method,
+                    payload
+                }),
+            (ns, arb_name(), arb_name(), payload.clone()).prop_map(
+                |(namespace, service, method, payload)| Frame::Notify {
+                    namespace,
+                    service,
+                    method,
+                    payload
+                }
+            ),
+            (any::<u32>(), payload).prop_map(|(id, p)| Frame::Response { id, result: Ok(p) }),
+            (any::<u32>(), kind, any::<u32>(), ".{0,60}").prop_map(|(id, kind, code, message)| {
+                Frame::Response {
+                    id,
+                    result: Err(WireError {
+                        kind,
+                        code,
+                        message,
+                    }),
+                }
+            }),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_split_of_encoded_frames_decodes_to_the_same_frames(
+            frames in proptest::collection::vec(arb_frame(), 1..8),
+            cuts in proptest::collection::vec(0usize..2000, 0..6),
+        ) {
+            let mut wire = BytesMut::new();
+            for f in &frames {
+                let before = wire.len();
+                f.encode(&mut wire, 1 << 16).unwrap();
+                proptest::prop_assert_eq!(wire.len() - before, f.encoded_len());
+            }
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (wire.len() + 1)).collect();
+            cuts.push(wire.len());
+            cuts.sort_unstable();
+            let mut src = BytesMut::new();
+            let mut got = Vec::new();
+            let mut at = 0;
+            for cut in cuts {
+                src.extend_from_slice(&wire[at..cut]);
+                at = cut;
+                while let Some(f) = Frame::decode(&mut src, 1 << 16).unwrap() {
+                    got.push(f);
+                }
+            }
+            proptest::prop_assert_eq!(got, frames);
+            proptest::prop_assert!(src.is_empty());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            fuzz_decode(&data);
+        }
+    }
+
     #[test]
     fn fuzz_body_survives_garbage() {
         let mut seed = 0x1234_5678u32;
