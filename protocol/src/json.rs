@@ -118,9 +118,9 @@ pub fn array_index(key: &str) -> Option<u32> {
 /// Append a number as JS writes it.
 pub fn write_number(n: &Number, out: &mut Vec<u8>) {
     if let Some(u) = n.as_u64() {
-        out.extend_from_slice(u.to_string().as_bytes());
+        write_display(u, out);
     } else if let Some(i) = n.as_i64() {
-        out.extend_from_slice(i.to_string().as_bytes());
+        write_display(i, out);
     } else if let Some(f) = n.as_f64() {
         write_f64(f, out);
     } else {
@@ -128,9 +128,17 @@ pub fn write_number(n: &Number, out: &mut Vec<u8>) {
     }
 }
 
+/// Append a `Display` value without an intermediate `String`.
+fn write_display(value: impl std::fmt::Display, out: &mut Vec<u8>) {
+    use std::io::Write as _;
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{value}");
+}
+
 /// Append an `f64` formatted as JS `Number#toString` (ECMA-262 Number::toString), with
 /// `JSON.stringify`'s `null` for NaN and the infinities.
 pub fn write_f64(f: f64, out: &mut Vec<u8>) {
+    use std::io::Write as _;
     if !f.is_finite() {
         out.extend_from_slice(b"null");
         return;
@@ -140,19 +148,41 @@ pub fn write_f64(f: f64, out: &mut Vec<u8>) {
         out.push(b'0');
         return;
     }
+    // Integral values below 2^53 print as integers: the common case, done without the
+    // digit generation below.
+    if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
+        write_display(f as i64, out);
+        return;
+    }
     if f < 0.0 {
         out.push(b'-');
     }
-    // Rust's `{:e}` gives the shortest digits that round-trip: "d[.ddd]e<exp>".
-    let sci = format!("{:e}", f.abs());
-    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
-    let exp: i32 = exp.parse().unwrap_or(0);
-    let digits: Vec<u8> = mantissa.bytes().filter(u8::is_ascii_digit).collect();
-    let k = digits.len() as i32;
+    // Rust's `{:e}` gives the shortest digits that round-trip: "d[.ddd]e<exp>". Format it
+    // into a stack buffer (at most 17 digits, a dot, "e-324").
+    let mut sci = [0u8; 32];
+    let mut cursor = std::io::Cursor::new(&mut sci[..]);
+    let _ = write!(cursor, "{:e}", f.abs());
+    let written = cursor.position() as usize;
+    let sci = &sci[..written];
+    let e_pos = sci.iter().position(|&b| b == b'e').unwrap_or(written);
+    let mut digits = [0u8; 24];
+    let mut k = 0usize;
+    for &b in &sci[..e_pos] {
+        if b.is_ascii_digit() && k < digits.len() {
+            digits[k] = b;
+            k += 1;
+        }
+    }
+    let digits = &digits[..k];
+    let exp: i32 = std::str::from_utf8(sci.get(e_pos + 1..).unwrap_or_default())
+        .ok()
+        .and_then(|e| e.parse().ok())
+        .unwrap_or(0);
+    let k = k as i32;
     // value = 0.d1d2..dk × 10^n
     let n = exp + 1;
     if k <= n && n <= 21 {
-        out.extend_from_slice(&digits);
+        out.extend_from_slice(digits);
         out.extend(std::iter::repeat_n(b'0', (n - k) as usize));
     } else if 0 < n && n <= 21 {
         out.extend_from_slice(&digits[..n as usize]);
@@ -161,7 +191,7 @@ pub fn write_f64(f: f64, out: &mut Vec<u8>) {
     } else if -6 < n && n <= 0 {
         out.extend_from_slice(b"0.");
         out.extend(std::iter::repeat_n(b'0', (-n) as usize));
-        out.extend_from_slice(&digits);
+        out.extend_from_slice(digits);
     } else {
         out.push(digits[0]);
         if k > 1 {
@@ -171,7 +201,7 @@ pub fn write_f64(f: f64, out: &mut Vec<u8>) {
         out.push(b'e');
         let e = n - 1;
         out.push(if e >= 0 { b'+' } else { b'-' });
-        out.extend_from_slice(e.unsigned_abs().to_string().as_bytes());
+        write_display(e.unsigned_abs(), out);
     }
 }
 
@@ -279,6 +309,12 @@ mod tests {
             (1.7976931348623157e308, "1.7976931348623157e+308"),
             (0.30000000000000004, "0.30000000000000004"),
             (123.456, "123.456"),
+            (-42.0, "-42"),
+            (9007199254740991.0, "9007199254740991"),
+            (9007199254740992.0, "9007199254740992"),
+            (1e16, "10000000000000000"),
+            (-1e-7, "-1e-7"),
+            (0.5, "0.5"),
             (f64::NAN, "null"),
             (f64::INFINITY, "null"),
         ];
