@@ -34,6 +34,8 @@ use tracing::{Instrument, debug, info, warn};
 #[derive(Clone)]
 pub struct RpcClient {
     inner: Arc<ClientInner>,
+    /// This handle's per-call timeout (see [`RpcClient::with_call_timeout`]).
+    call_timeout: std::time::Duration,
 }
 
 struct ClientInner {
@@ -61,6 +63,7 @@ impl RpcClient {
     /// use one client per directory (clone the client to share it).
     pub fn with_directory(directory: PeerDirectory, config: RpcConfig) -> Self {
         Self {
+            call_timeout: config.call_timeout,
             inner: Arc::new(ClientInner {
                 directory,
                 config: Arc::new(config),
@@ -68,6 +71,37 @@ impl RpcClient {
                 default_router: Arc::new(Crc32Router),
             }),
         }
+    }
+
+    /// A handle sharing this client's connections whose calls time out after `timeout`
+    /// instead of `RpcConfig::call_timeout` (stubs built from it inherit it).
+    pub fn with_call_timeout(&self, timeout: std::time::Duration) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            call_timeout: timeout,
+        }
+    }
+
+    /// The state of the connection to peer `id`, or `None` if the peer is unknown.
+    pub fn peer_state(&self, id: &str) -> Option<PeerState> {
+        let entry = self.inner.directory.entry(id)?;
+        let Some(link) = entry.link.get() else {
+            return Some(PeerState::Idle);
+        };
+        let state = match &*link.shared.state.borrow() {
+            LinkState::Idle { last_error: None } => PeerState::Idle,
+            LinkState::Idle {
+                last_error: Some(e),
+            } => PeerState::Down {
+                reason: e.to_string(),
+            },
+            LinkState::Connecting { .. } => PeerState::Connecting,
+            LinkState::Up(_) => PeerState::Up,
+            LinkState::Down { reason } => PeerState::Down {
+                reason: reason.to_string(),
+            },
+        };
+        Some(state)
     }
 
     /// The live peers; add and remove servers here.
@@ -179,7 +213,7 @@ impl RpcClient {
             .handle();
         let server_id = &entry.info.id.clone();
         drop(entry);
-        let deadline = tokio::time::Instant::now() + cfg.call_timeout;
+        let deadline = tokio::time::Instant::now() + self.call_timeout;
         let conn = link.conn().await?;
         let lost = || RpcError::ConnectionLost {
             server_id: server_id.clone(),
@@ -212,7 +246,7 @@ impl RpcClient {
                 server_id: server_id.clone(),
                 service: service.to_string(),
                 method: method.to_string(),
-                after: cfg.call_timeout,
+                after: self.call_timeout,
             }),
         }
     }
@@ -278,16 +312,33 @@ impl RpcClient {
                     server_id: server_id.clone(),
                 })
         };
-        match tokio::time::timeout(cfg.call_timeout, send).await {
+        match tokio::time::timeout(self.call_timeout, send).await {
             Ok(r) => r,
             Err(_) => Err(RpcError::Timeout {
                 server_id: server_id.clone(),
                 service: names.0.to_string(),
                 method: names.1.to_string(),
-                after: cfg.call_timeout,
+                after: self.call_timeout,
             }),
         }
     }
+}
+
+/// The client's view of one peer connection (see [`RpcClient::peer_state`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PeerState {
+    /// Not connected and not trying: never called yet, or gave up (the next call retries).
+    Idle,
+    /// A connect attempt is under way.
+    Connecting,
+    /// Connected; calls go out.
+    Up,
+    /// Down; calls fail fast while the client retries with backoff (or has given up).
+    Down {
+        /// The last connect or connection error.
+        reason: String,
+    },
 }
 
 /// Calls waiting for a response on one connection, by request id.

@@ -91,7 +91,7 @@ pub mod payload;
 pub mod server;
 pub mod service;
 
-pub use client::RpcClient;
+pub use client::{PeerState, RpcClient};
 pub use config::RpcConfig;
 pub use directory::{Crc32Router, PeerDirectory, Router, ServerId, ServerInfo, Target};
 pub use error::{RemoteError, RpcError};

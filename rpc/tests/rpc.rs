@@ -3,8 +3,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use shaddock_rpc::{
-    Frame, FrameCodec, Name, Namespace, Raw, Registry, RegistryError, RemoteError, Router,
-    RpcClient, RpcConfig, RpcError, RpcServer, ServerId, ServerInfo, Target, remote,
+    Frame, FrameCodec, Name, Namespace, PeerState, Raw, Registry, RegistryError, RemoteError,
+    Router, RpcClient, RpcConfig, RpcError, RpcServer, ServerId, ServerInfo, Target, remote,
 };
 use std::future::Future;
 use std::net::SocketAddr;
@@ -381,8 +381,19 @@ async fn a_slow_call_times_out_and_the_connection_keeps_working() {
         other => panic!("expected a timeout, got {other:?}"),
     }
     assert_eq!(t(peer.entered.recv()).await, Some(1));
-    // Let the abandoned call finish: its late reply must be ignored, not misdelivered.
-    peer.ctl.gate.add_permits(1);
+    // A handle with its own, shorter timeout shares the connection.
+    let quick = math::Client::new(&rpc.with_call_timeout(Duration::from_millis(50)));
+    let err = t(quick.hang(Target::server("math-1"), Num { n: 2 }))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RpcError::Timeout { after, .. } if after == Duration::from_millis(50)),
+        "{err:?}"
+    );
+    assert_eq!(t(peer.entered.recv()).await, Some(2));
+    assert_eq!(rpc.peer_state("math-1"), Some(PeerState::Up));
+    // Let the abandoned calls finish: their late replies must be ignored, not misdelivered.
+    peer.ctl.gate.add_permits(2);
     for n in 0..20 {
         assert_eq!(
             t(stub.double(Target::server("math-1"), Num { n }))
@@ -468,6 +479,15 @@ async fn a_peer_that_is_down_fails_fast_and_is_reached_once_it_comes_up() {
         }
         assert!(err.is_not_sent());
     }
+    assert!(
+        matches!(
+            rpc.peer_state("math-1"),
+            Some(PeerState::Down { .. } | PeerState::Connecting)
+        ),
+        "{:?}",
+        rpc.peer_state("math-1")
+    );
+    assert_eq!(rpc.peer_state("nobody"), None);
     let listener = t(TcpListener::bind(("127.0.0.1", port))).await.unwrap();
     let peer = start_on("math-1", listener, RpcConfig::default()).await;
     assert_eq!(eventually_double(&stub, 21).await, 42);
