@@ -642,6 +642,8 @@ async fn run_connection(stream: TcpStream, shared: &LinkShared) -> Arc<str> {
     let mut frames = FramedRead::new(rd, FrameCodec::new(cfg.max_frame_size));
     let reason: Arc<str> = loop {
         let next = tokio::select! {
+            // Socket first: the token is only registered on when no frame is ready.
+            biased;
             f = frames.next() => f,
             () = stop.cancelled() => break Arc::from("connection closed"),
         };

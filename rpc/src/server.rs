@@ -141,15 +141,26 @@ impl RpcServer {
         let mut frames = FramedRead::new(rd, FrameCodec::new(cfg.max_frame_size));
         debug!("rpc connection open");
         loop {
-            let permit = tokio::select! {
-                p = Arc::clone(&permits).acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
+            // Checked here as well as in the selects below, which poll the socket first: a
+            // peer that never stops sending must not keep the connection from shutting down.
+            if shutdown.is_cancelled() || writer_stop.is_cancelled() {
+                break;
+            }
+            // Fast paths first: registering on the cancellation tokens costs a lock, so
+            // only wait on them when the permit or the next frame is not ready.
+            let permit = match Arc::clone(&permits).try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => tokio::select! {
+                    p = Arc::clone(&permits).acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    () = shutdown.cancelled() => break,
+                    () = writer_stop.cancelled() => break,
                 },
-                () = shutdown.cancelled() => break,
-                () = writer_stop.cancelled() => break,
             };
             let next = tokio::select! {
+                biased;
                 f = frames.next() => f,
                 () = shutdown.cancelled() => break,
                 () = writer_stop.cancelled() => break,
