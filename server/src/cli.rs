@@ -166,13 +166,13 @@ async fn dispatch(app: App, cli: Cli) -> Result<(), String> {
             let stub = admin(&cli).await?;
             stub.stop(target(), ()).await.map_err(rpc_err)?;
             println!("stopping the cluster");
-            wait_gone(&stub).await
+            wait_gone(&master_addr(&cli)?).await
         }
         Some(Cmd::Kill) => {
             let stub = admin(&cli).await?;
             stub.kill(target(), ()).await.map_err(rpc_err)?;
             println!("killing the cluster");
-            wait_gone(&stub).await
+            wait_gone(&master_addr(&cli)?).await
         }
         Some(Cmd::Add { ref pairs }) => {
             let mut args = AddArgs::default();
@@ -210,31 +210,33 @@ fn rpc_err(e: RpcError) -> String {
     }
 }
 
-async fn admin(cli: &Cli) -> Result<master_remote::Client, String> {
-    let addr = match &cli.master {
-        Some(a) => a.clone(),
+fn master_addr(cli: &Cli) -> Result<String, String> {
+    match &cli.master {
+        Some(a) => Ok(a.clone()),
         None => {
             let c = load(cli)?;
-            format!("{}:{}", c.master.host, c.master.port)
+            Ok(format!("{}:{}", c.master.host, c.master.port))
         }
-    };
+    }
+}
+
+async fn admin(cli: &Cli) -> Result<master_remote::Client, String> {
+    let addr = master_addr(cli)?;
     let (host, port) = addr
         .rsplit_once(':')
         .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
         .ok_or_else(|| format!("bad master address `{addr}` (want host:port)"))?;
-    let mut cfg = RpcConfig::default();
-    cfg.reconnect_max_attempts = 1;
-    let rpc = RpcClient::new(cfg);
+    let rpc = RpcClient::new(RpcConfig::default());
     rpc.directory()
         .add(ServerInfo::new(MASTER, "__master", host, port));
     Ok(master_remote::Client::new(&rpc))
 }
 
-/// Waits (at most a minute) until the master no longer answers.
-async fn wait_gone(stub: &master_remote::Client) -> Result<(), String> {
+/// Waits (at most a minute) until the master's port is closed.
+async fn wait_gone(addr: &str) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while tokio::time::Instant::now() < deadline {
-        if stub.list(target(), ()).await.is_err() {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
             println!("cluster stopped");
             return Ok(());
         }

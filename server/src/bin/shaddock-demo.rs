@@ -3,7 +3,7 @@
 //! - `gate.gateHandler.queryEntry` → `{code, host, port}` of a connector (crc32 of the uid).
 //! - `connector.entryHandler.enter {uid, rid}` binds the uid cluster-wide and sets `rid`.
 //! - `chat.chatHandler.join` adds the user to channel `rid`; `send {msg}` pushes `onChat` to
-//!   the channel; `whoami` answers which chat server ran it; `slow {ms}` answers after a while.
+//!   the channel; `whoami` answers which chat server ran it; `slow {ms}` pushes `onSlow`, then answers after `ms`.
 //!
 //! Chat requests are routed by the session's `rid`, so a room lives on one chat server.
 
@@ -111,6 +111,8 @@ fn main() -> ExitCode {
             "chat.chatHandler.slow",
             |s: BackendSession, b: Value| async move {
                 let ms = b["ms"].as_u64().unwrap_or(100).min(10_000);
+                // Tells the client the request has reached the backend.
+                s.push("onSlow", &json!({"ms": ms})).await.map_err(err)?;
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 Ok::<_, HandlerError>(
                     json!({"code": 200, "slept": ms, "server": s.ctx().server_id()}),

@@ -1,0 +1,512 @@
+//! Multi-process cluster tests: the demo app's master is started from a temporary config
+//! (port 0 everywhere) with a gate, 2 connectors and 2 chat backends, and driven with a
+//! minimal pomelo client over raw TCP and the app's own CLI.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use serde_json::{Value, json};
+use shaddock_protocol::message::{Message, MessageRoute, MessageType};
+use shaddock_protocol::package::{Package, PackageDecoder, PackageType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const EXE: &str = env!("CARGO_BIN_EXE_shaddock-demo");
+const T: Duration = Duration::from_secs(20);
+
+async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
+    tokio::time::timeout(T, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// The master process; kills it and every server it listed on drop.
+struct Cluster {
+    master: Child,
+    addr: String,
+    dir: PathBuf,
+    lines: mpsc::Receiver<String>,
+    pids: Vec<u32>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self.master.kill();
+        let _ = self.master.wait();
+        for pid in &self.pids {
+            let _ = Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Row {
+    server_type: String,
+    pid: u32,
+    rss: String,
+    client_port: u16,
+    state: String,
+}
+
+impl Cluster {
+    fn start(name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("shaddock-cluster-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("servers.json"),
+            r#"{"development":{
+              "gate":[{"id":"gate-server-1","host":"127.0.0.1","clientPort":0,"frontend":true}],
+              "connector":[
+                {"id":"connector-server-1","host":"127.0.0.1","port":0,"clientPort":0,"frontend":true},
+                {"id":"connector-server-2","host":"127.0.0.1","port":0,"clientPort":0,"frontend":true}],
+              "chat":[
+                {"id":"chat-server-1","host":"127.0.0.1","port":0,"restart":true},
+                {"id":"chat-server-2","host":"127.0.0.1","port":0,"restart":true}]}}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("master.json"),
+            r#"{"development":{"id":"master-server-1","host":"127.0.0.1","port":0}}"#,
+        )
+        .unwrap();
+        let mut master = Command::new(EXE)
+            .args(["start", "--config"])
+            .arg(&dir)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start master");
+        let stdout = master.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut c = Self {
+            master,
+            addr: String::new(),
+            dir,
+            lines,
+            pids: Vec::new(),
+        };
+        let l = c.line_starting("SHADDOCK_MASTER_LISTENING");
+        c.addr = l.split_whitespace().nth(1).unwrap().to_owned();
+        c.line_starting("SHADDOCK_CLUSTER_READY");
+        c
+    }
+
+    fn line_starting(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + T;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|e| panic!("no `{prefix}` line from the master: {e}"));
+            if line.starts_with(prefix) {
+                return line;
+            }
+        }
+    }
+
+    /// Runs the CLI against this master: (success, stdout, stderr).
+    fn cli_full(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(EXE)
+            .args(args)
+            .args(["--master", &self.addr])
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run cli");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn cli(&self, args: &[&str]) -> (bool, String) {
+        let (ok, out, err) = self.cli_full(args);
+        (ok, out + &err)
+    }
+
+    fn list(&mut self) -> HashMap<String, Row> {
+        let (ok, text, err) = self.cli_full(&["list"]);
+        assert!(ok, "list failed: {text} {err}");
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        assert_eq!(
+            header,
+            [
+                "ID", "TYPE", "PID", "UPTIME", "RSS", "CONNS", "RPC", "CLIENT", "STATE"
+            ]
+        );
+        let mut rows = HashMap::new();
+        for l in lines {
+            let c: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(c.len(), 9, "{l}");
+            let row = Row {
+                server_type: c[1].into(),
+                pid: c[2].parse().unwrap(),
+                rss: c[4].into(),
+                client_port: c[7].parse().unwrap(),
+                state: c[8].into(),
+            };
+            if row.pid != 0 && !self.pids.contains(&row.pid) {
+                self.pids.push(row.pid);
+            }
+            rows.insert(c[0].to_owned(), row);
+        }
+        rows
+    }
+
+    /// Polls `list` until `ok` holds (bounded).
+    async fn until(
+        &mut self,
+        what: &str,
+        ok: impl Fn(&HashMap<String, Row>) -> bool,
+    ) -> HashMap<String, Row> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let rows = self.list();
+            if ok(&rows) {
+                return rows;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {rows:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// A minimal pomelo client over raw TCP.
+struct Client {
+    stream: TcpStream,
+    buf: BytesMut,
+    dec: PackageDecoder,
+    next_id: u32,
+    pushes: VecDeque<(String, Value)>,
+    responses: HashMap<u32, Value>,
+    kick: Option<String>,
+}
+
+impl Client {
+    async fn connect(port: u16) -> Self {
+        let stream = within("connect", TcpStream::connect(("127.0.0.1", port)))
+            .await
+            .unwrap();
+        let mut c = Self {
+            stream,
+            buf: BytesMut::new(),
+            dec: PackageDecoder::new(1 << 20),
+            next_id: 1,
+            pushes: VecDeque::new(),
+            responses: HashMap::new(),
+            kick: None,
+        };
+        let hs = br#"{"sys":{"type":"rust-test","version":"0.1.0"},"user":{}}"#;
+        c.send(Package::new(PackageType::Handshake, Bytes::from_static(hs)))
+            .await;
+        let p = c.package().await.expect("handshake reply");
+        assert_eq!(p.kind, PackageType::Handshake);
+        let reply: Value = serde_json::from_slice(&p.body).unwrap();
+        assert_eq!(reply["code"], 200, "{reply}");
+        c.send(Package::empty(PackageType::HandshakeAck)).await;
+        c
+    }
+
+    async fn send(&mut self, p: Package) {
+        let b = p.to_bytes().unwrap();
+        within("write", self.stream.write_all(&b)).await.unwrap();
+    }
+
+    /// The next package that is not a heartbeat (heartbeats are answered); None on close.
+    async fn package(&mut self) -> Option<Package> {
+        within("read", async {
+            loop {
+                if let Some(p) = self.dec.decode(&mut self.buf).unwrap() {
+                    if p.kind == PackageType::Heartbeat {
+                        let hb = Package::empty(PackageType::Heartbeat).to_bytes().unwrap();
+                        let _ = self.stream.write_all(&hb).await;
+                        continue;
+                    }
+                    return Some(p);
+                }
+                match self.stream.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+    }
+
+    /// Reads one package into the queues; false when the connection closed.
+    async fn pump(&mut self) -> bool {
+        let Some(p) = self.package().await else {
+            return false;
+        };
+        match p.kind {
+            PackageType::Data => {
+                let m = Message::decode(p.body).unwrap();
+                let body: Value = serde_json::from_slice(&m.body).unwrap();
+                match m.kind {
+                    MessageType::Response => {
+                        self.responses.insert(m.id, body);
+                    }
+                    MessageType::Push => {
+                        let route = m.route.as_str().unwrap_or_default().to_owned();
+                        self.pushes.push_back((route, body));
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            PackageType::Kick => {
+                let v: Value = serde_json::from_slice(&p.body).unwrap_or(Value::Null);
+                self.kick = Some(v["reason"].as_str().unwrap_or_default().to_owned());
+            }
+            other => panic!("unexpected package {other:?}"),
+        }
+        true
+    }
+
+    async fn send_request(&mut self, route: &str, body: Value) -> u32 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let m = Message::request(
+            id,
+            MessageRoute::name(route),
+            serde_json::to_vec(&body).unwrap(),
+        );
+        self.send(m.to_package().unwrap()).await;
+        id
+    }
+
+    async fn response(&mut self, id: u32) -> Value {
+        loop {
+            if let Some(v) = self.responses.remove(&id) {
+                return v;
+            }
+            assert!(
+                self.pump().await,
+                "closed before response {id} (kick: {:?})",
+                self.kick
+            );
+        }
+    }
+
+    async fn request(&mut self, route: &str, body: Value) -> Value {
+        let id = self.send_request(route, body).await;
+        self.response(id).await
+    }
+
+    async fn push(&mut self) -> (String, Value) {
+        loop {
+            if let Some(p) = self.pushes.pop_front() {
+                return p;
+            }
+            assert!(self.pump().await, "closed before a push");
+        }
+    }
+
+    /// Reads until the server kicks and closes; returns the kick reason.
+    async fn kicked(&mut self) -> Option<String> {
+        while self.kick.is_none() {
+            if !self.pump().await {
+                break;
+            }
+        }
+        self.kick.clone()
+    }
+}
+
+/// Finds a room name the default crc32 router sends to `want` among `n` servers.
+fn rid_for(index: usize, n: usize) -> String {
+    (0..10_000)
+        .map(|i| format!("room-{i}"))
+        .find(|r| crc32fast::hash(r.as_bytes()) as usize % n == index)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_routes_broadcasts_restarts_adds_and_stops() {
+    let mut cl = Cluster::start("e2e");
+
+    eprintln!("STEP 1: `list`: every configured server runs in ");
+    // `list`: every configured server runs in its own process.
+    let rows = cl.list();
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    assert!(
+        rows.values().all(|r| r.state == "running" && r.pid != 0),
+        "{rows:?}"
+    );
+    assert!(rows.values().all(|r| r.rss != "0K"), "{rows:?}");
+    let mut pids: Vec<u32> = rows.values().map(|r| r.pid).collect();
+    pids.dedup();
+    assert_eq!(pids.len(), 5);
+    assert_eq!(rows["chat-server-1"].server_type, "chat");
+    let c1 = rows["connector-server-1"].client_port;
+    let c2 = rows["connector-server-2"].client_port;
+
+    eprintln!("STEP 2: The gate hands out a live connector.");
+    // The gate hands out a live connector.
+    let mut gate = Client::connect(rows["gate-server-1"].client_port).await;
+    let entry = gate
+        .request("gate.gateHandler.queryEntry", json!({"uid": "alice"}))
+        .await;
+    assert_eq!(entry["code"], 200, "{entry}");
+    let port = entry["port"].as_u64().unwrap() as u16;
+    assert!(port == c1 || port == c2, "{entry}");
+
+    eprintln!("STEP 3: Two users on two connectors in one room;");
+    // Two users on two connectors in one room; a routed request and a channel push.
+    let room = rid_for(0, 2);
+    let mut alice = Client::connect(c1).await;
+    let mut bob = Client::connect(c2).await;
+    for (c, uid) in [(&mut alice, "alice"), (&mut bob, "bob")] {
+        let r = c
+            .request(
+                "connector.entryHandler.enter",
+                json!({"uid": uid, "rid": room}),
+            )
+            .await;
+        assert_eq!(r["code"], 200, "{r}");
+        let r = c.request("chat.chatHandler.join", json!({})).await;
+        assert_eq!(r["code"], 200, "{r}");
+    }
+    let who = bob.request("chat.chatHandler.whoami", json!({})).await;
+    assert_eq!(who["server"], "chat-server-1", "{who}");
+    assert_eq!(who["uid"], "bob");
+    assert_eq!(who["frontend"], "connector-server-2");
+    assert_eq!(who["rid"], json!(room));
+    let sent = alice
+        .request("chat.chatHandler.send", json!({"msg": "hello"}))
+        .await;
+    assert_eq!(sent["rpcs"], 2, "one rpc per connector: {sent}");
+    assert_eq!(sent["sent"], 2, "{sent}");
+    for c in [&mut alice, &mut bob] {
+        let (route, body) = c.push().await;
+        assert_eq!(route, "onChat");
+        assert_eq!(body, json!({"from": "alice", "msg": "hello"}));
+    }
+
+    eprintln!("STEP 4: Duplicate login on the other connector k");
+    // Duplicate login on the other connector kicks the old session.
+    let mut alice2 = Client::connect(c2).await;
+    let r = alice2
+        .request(
+            "connector.entryHandler.enter",
+            json!({"uid": "alice", "rid": room}),
+        )
+        .await;
+    assert_eq!(r["code"], 200, "{r}");
+    assert_eq!(alice.kicked().await.as_deref(), Some("logged in elsewhere"));
+
+    eprintln!("STEP 5: A crashed backend is restarted by the ma");
+    // A crashed backend is restarted by the master and serves the room again.
+    let old = cl.list()["chat-server-1"].pid;
+    let st = Command::new("kill")
+        .args(["-9", &old.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    cl.until("chat-server-1 restarted", |r| {
+        let s = &r["chat-server-1"];
+        s.state == "running" && s.pid != 0 && s.pid != old
+    })
+    .await;
+    let who = bob.request("chat.chatHandler.whoami", json!({})).await;
+    assert_eq!(who["server"], "chat-server-1", "{who}");
+
+    eprintln!("STEP 6: A server added at runtime becomes routab");
+    // A server added at runtime becomes routable without restarting anyone.
+    let (ok, out) = cl.cli(&[
+        "add",
+        "id=chat-server-3",
+        "serverType=chat",
+        "host=127.0.0.1",
+        "port=0",
+    ]);
+    assert!(ok, "{out}");
+    cl.until("chat-server-3 running", |r| {
+        r.get("chat-server-3").is_some_and(|s| s.state == "running")
+    })
+    .await;
+    let room3 = rid_for(2, 3);
+    let mut dave = Client::connect(c1).await;
+    let r = dave
+        .request(
+            "connector.entryHandler.enter",
+            json!({"uid": "dave", "rid": room3}),
+        )
+        .await;
+    assert_eq!(r["code"], 200, "{r}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let who = dave.request("chat.chatHandler.whoami", json!({})).await;
+        if who["server"] == "chat-server-3" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "chat-server-3 never routed to: {who}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (ok, out) = cl.cli(&["add", "id=chat-server-3", "serverType=chat", "port=0"]);
+    assert!(!ok && out.contains("already exists"), "{out}");
+
+    eprintln!("STEP 7: Graceful stop: a request in flight is an");
+    // Graceful stop: a request in flight is answered, then the client is kicked.
+    let id = bob
+        .send_request("chat.chatHandler.slow", json!({"ms": 1500}))
+        .await;
+    // The backend has the request once it pushed `onSlow`.
+    let (route, _) = bob.push().await;
+    assert_eq!(route, "onSlow");
+    let addr = cl.addr.clone();
+    let stop = tokio::task::spawn_blocking(move || {
+        Command::new(EXE)
+            .args(["stop", "--master", &addr])
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    });
+    let r = bob.response(id).await;
+    assert_eq!(r["code"], 200, "{r}");
+    assert_eq!(r["slept"], 1500);
+    assert_eq!(bob.kicked().await.as_deref(), Some("server stopping"));
+    let out = within("stop cli", stop).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = cl.master.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "master did not exit after stop");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status}");
+}
