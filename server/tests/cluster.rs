@@ -27,18 +27,22 @@ async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
 
 /// The master process; kills it and every server it listed on drop.
 struct Cluster {
-    master: Child,
+    /// The master as our child (foreground `start`); `None` for a daemon.
+    master: Option<Child>,
+    master_pid: u32,
     addr: String,
     dir: PathBuf,
-    lines: mpsc::Receiver<String>,
+    lines: Option<mpsc::Receiver<String>>,
     pids: Vec<u32>,
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = self.master.kill();
-        let _ = self.master.wait();
-        for pid in &self.pids {
+        if let Some(m) = &mut self.master {
+            let _ = m.kill();
+            let _ = m.wait();
+        }
+        for pid in std::iter::once(&self.master_pid).chain(&self.pids) {
             let _ = Command::new("kill")
                 .args(["-9", &pid.to_string()])
                 .stderr(Stdio::null())
@@ -58,7 +62,7 @@ struct Row {
 }
 
 impl Cluster {
-    fn start(name: &str) -> Self {
+    fn config_dir(name: &str) -> PathBuf {
         let dir =
             std::env::temp_dir().join(format!("shaddock-cluster-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -80,10 +84,19 @@ impl Cluster {
             r#"{"development":{"id":"master-server-1","host":"127.0.0.1","port":0}}"#,
         )
         .unwrap();
+        std::fs::create_dir_all(dir.join("life")).unwrap();
+        dir
+    }
+
+    /// Starts the master in the foreground, as our child.
+    fn start(name: &str, env: &[(&str, &str)]) -> Self {
+        let dir = Self::config_dir(name);
         let mut master = Command::new(EXE)
             .args(["start", "--config"])
             .arg(&dir)
             .env("RUST_LOG", "warn")
+            .env("SHADDOCK_DEMO_LIFECYCLE_DIR", dir.join("life"))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -99,10 +112,11 @@ impl Cluster {
             }
         });
         let mut c = Self {
-            master,
+            master_pid: master.id(),
+            master: Some(master),
             addr: String::new(),
             dir,
-            lines,
+            lines: Some(lines),
             pids: Vec::new(),
         };
         let l = c.line_starting("SHADDOCK_MASTER_LISTENING");
@@ -111,12 +125,72 @@ impl Cluster {
         c
     }
 
+    /// Starts the master with `start -D` (detached, logging to a file, writing a pid file).
+    fn start_daemon(name: &str, env: &[(&str, &str)]) -> Self {
+        let dir = Self::config_dir(name);
+        let (log, pid_file) = (dir.join("master.log"), dir.join("master.pid"));
+        let out = Command::new(EXE)
+            .args(["start", "-D", "--config"])
+            .arg(&dir)
+            .arg("--log")
+            .arg(&log)
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .env("RUST_LOG", "warn")
+            .env("SHADDOCK_DEMO_LIFECYCLE_DIR", dir.join("life"))
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .expect("start -D");
+        assert!(out.status.success(), "{out:?}");
+        let master_pid: u32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let mut c = Self {
+            master: None,
+            master_pid,
+            addr: String::new(),
+            dir,
+            lines: None,
+            pids: Vec::new(),
+        };
+        // No pipe to a daemon: poll its log file (bounded).
+        let deadline = Instant::now() + T;
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(l) = text
+                .lines()
+                .find(|l| l.starts_with("SHADDOCK_MASTER_LISTENING"))
+            {
+                c.addr = l.split_whitespace().nth(1).unwrap().to_owned();
+            }
+            if !c.addr.is_empty() && text.lines().any(|l| l == "SHADDOCK_CLUSTER_READY") {
+                return c;
+            }
+            assert!(Instant::now() < deadline, "daemon not ready: {text}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The lifecycle events the demo's component recorded for `server`.
+    fn lifecycle(&self, server: &str) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("life").join(server))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
     fn line_starting(&self, prefix: &str) -> String {
         let deadline = Instant::now() + T;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = self
                 .lines
+                .as_ref()
+                .unwrap()
                 .recv_timeout(left)
                 .unwrap_or_else(|e| panic!("no `{prefix}` line from the master: {e}"));
             if line.starts_with(prefix) {
@@ -348,7 +422,7 @@ fn rid_for(index: usize, n: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_routes_broadcasts_restarts_adds_and_stops() {
-    let mut cl = Cluster::start("e2e");
+    let mut cl = Cluster::start("e2e", &[]);
 
     eprintln!("STEP 1: `list`: every configured server runs in ");
     // `list`: every configured server runs in its own process.
@@ -502,11 +576,123 @@ async fn cluster_routes_broadcasts_restarts_adds_and_stops() {
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
-        if let Some(s) = cl.master.try_wait().unwrap() {
+        if let Some(s) = cl.master.as_mut().unwrap().try_wait().unwrap() {
             break s;
         }
         assert!(Instant::now() < deadline, "master did not exit after stop");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(status.success(), "{status}");
+    for id in [
+        "gate-server-1",
+        "connector-server-1",
+        "connector-server-2",
+        "chat-server-2",
+        "chat-server-3",
+    ] {
+        assert_eq!(cl.lifecycle(id), ["start", "after_start", "stop"], "{id}");
+    }
+    // chat-server-1 was killed once and restarted: its first life never reached `stop`.
+    assert_eq!(
+        cl.lifecycle("chat-server-1"),
+        ["start", "after_start", "start", "after_start", "stop"]
+    );
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie still has a /proc entry; its state letter is Z.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_cluster_refuses_duplicates_kicks_uids_and_is_killed() {
+    let mut cl = Cluster::start_daemon("daemon", &[("SHADDOCK_DEMO_DUPLICATE", "refuse")]);
+    assert!(alive(cl.master_pid));
+    let rows = cl.list();
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    let (c1, c2) = (
+        rows["connector-server-1"].client_port,
+        rows["connector-server-2"].client_port,
+    );
+    for id in rows.keys() {
+        assert_eq!(cl.lifecycle(id), ["start", "after_start"], "{id}");
+    }
+
+    // RefuseNew: a second login of a uid on another connector is refused, the first stays.
+    let mut alice = Client::connect(c1).await;
+    let r = alice
+        .request(
+            "connector.entryHandler.enter",
+            json!({"uid": "alice", "rid": "r"}),
+        )
+        .await;
+    assert_eq!(r["code"], 200, "{r}");
+    let mut again = Client::connect(c2).await;
+    let r = again
+        .request(
+            "connector.entryHandler.enter",
+            json!({"uid": "alice", "rid": "r"}),
+        )
+        .await;
+    assert_eq!(r["code"], 500, "{r}");
+    assert!(
+        r["msg"].as_str().unwrap().contains("already logged in"),
+        "{r}"
+    );
+
+    // Backend session settings reach the frontend session when the handler returns.
+    let who = alice.request("chat.chatHandler.whoami", json!({})).await;
+    assert_eq!(who["seen"], Value::Null, "{who}");
+    let who = alice.request("chat.chatHandler.whoami", json!({})).await;
+    assert_eq!(who["seen"], true, "{who}");
+
+    // A backend filter refuses a request with its own code.
+    let r = alice
+        .request("chat.chatHandler.whoami", json!({"forbidden": true}))
+        .await;
+    assert_eq!(r, json!({"code": 403, "msg": "forbidden by filter"}));
+
+    // kick_uid reaches the uid on the other connector.
+    let mut carol = Client::connect(c2).await;
+    let r = carol
+        .request(
+            "connector.entryHandler.enter",
+            json!({"uid": "carol", "rid": "r"}),
+        )
+        .await;
+    assert_eq!(r["code"], 200, "{r}");
+    let r = alice
+        .request("chat.chatHandler.kickUser", json!({"uid": "carol"}))
+        .await;
+    assert_eq!(r["kicked"], 1, "{r}");
+    assert_eq!(carol.kicked().await.as_deref(), Some("kicked by admin"));
+    // Her uid is free again: a new login of carol is accepted.
+    let mut carol2 = Client::connect(c1).await;
+    let r = carol2
+        .request(
+            "connector.entryHandler.enter",
+            json!({"uid": "carol", "rid": "r"}),
+        )
+        .await;
+    assert_eq!(r["code"], 200, "{r}");
+
+    // `kill`: every server and then the master are gone.
+    let pids: Vec<u32> = rows.values().map(|r| r.pid).collect();
+    let (ok, out) = cl.cli(&["kill"]);
+    assert!(ok, "{out}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::iter::once(&cl.master_pid)
+        .chain(&pids)
+        .any(|p| alive(*p))
+    {
+        assert!(Instant::now() < deadline, "processes survived kill");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(alice.kicked().await, None, "killed servers send no kick");
 }

@@ -5,6 +5,11 @@
 //! - `chat.chatHandler.join` adds the user to channel `rid`; `send {msg}` pushes `onChat` to
 //!   the channel; `whoami` answers which chat server ran it; `slow {ms}` pushes `onSlow`, then answers after `ms`.
 //!
+//! - `kickUser {uid}` kicks a uid wherever it is; a body with `"forbidden": true` is refused
+//!   by a backend filter; a `Lifecycle` component records start/after_start/stop per server
+//!   in `$SHADDOCK_DEMO_LIFECYCLE_DIR`; `SHADDOCK_DEMO_DUPLICATE=refuse` refuses duplicate
+//!   logins instead of kicking the old session.
+//!
 //! Chat requests are routed by the session's `rid`, so a room lives on one chat server.
 
 use std::process::ExitCode;
@@ -12,7 +17,43 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use shaddock_connector::HandlerError;
-use shaddock_server::{App, BackendSession, run};
+use shaddock_server::app::BoxFuture;
+use shaddock_server::{App, BackendSession, Component, DuplicateLogin, ServerContext, run};
+
+/// Appends `start`, `after_start` and `stop` to `$SHADDOCK_DEMO_LIFECYCLE_DIR/<server id>`.
+struct Lifecycle(Option<std::path::PathBuf>);
+
+impl Lifecycle {
+    fn note(&self, ctx: &ServerContext, what: &str) {
+        use std::io::Write;
+        let Some(dir) = &self.0 else { return };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(ctx.server_id()));
+        if let Ok(mut f) = file {
+            let _ = writeln!(f, "{what}");
+        }
+    }
+}
+
+impl Component for Lifecycle {
+    fn name(&self) -> &str {
+        "lifecycle"
+    }
+    fn start(&self, ctx: &ServerContext) -> BoxFuture<'static, Result<(), String>> {
+        self.note(ctx, "start");
+        Box::pin(async { Ok(()) })
+    }
+    fn after_start(&self, ctx: &ServerContext) -> BoxFuture<'static, ()> {
+        self.note(ctx, "after_start");
+        Box::pin(async {})
+    }
+    fn stop(&self, ctx: &ServerContext) -> BoxFuture<'static, ()> {
+        self.note(ctx, "stop");
+        Box::pin(async {})
+    }
+}
 
 fn err(e: impl std::fmt::Display) -> HandlerError {
     HandlerError::new(500, e.to_string())
@@ -25,7 +66,32 @@ fn room(s: &BackendSession) -> String {
 }
 
 fn main() -> ExitCode {
+    let policy = match std::env::var("SHADDOCK_DEMO_DUPLICATE").as_deref() {
+        Ok("refuse") => DuplicateLogin::RefuseNew,
+        _ => DuplicateLogin::KickOld,
+    };
+    let lifecycle = Lifecycle(std::env::var_os("SHADDOCK_DEMO_LIFECYCLE_DIR").map(Into::into));
     let app = App::new("shaddock-demo")
+        .duplicate_login(policy)
+        .component(lifecycle)
+        .before("chat", |_req, body, _s| {
+            if body["forbidden"] == json!(true) {
+                return Err(HandlerError::new(403, "forbidden by filter"));
+            }
+            Ok(())
+        })
+        .handler(
+            "chat.chatHandler.kickUser",
+            |s: BackendSession, b: Value| async move {
+                let uid = b["uid"].as_str().unwrap_or_default();
+                let n = s
+                    .ctx()
+                    .kick_uid(uid, "kicked by admin")
+                    .await
+                    .map_err(err)?;
+                Ok::<_, HandlerError>(json!({"code": 200, "kicked": n}))
+            },
+        )
         .frontend("gate", |ctx, b| {
             let ctx = ctx.clone();
             b.handler(
@@ -97,6 +163,8 @@ fn main() -> ExitCode {
         .handler(
             "chat.chatHandler.whoami",
             |s: BackendSession, _b: Value| async move {
+                // `seen` reaches the frontend session when this returns: the next call sees it.
+                let seen = s.get("seen");
                 s.set("seen", json!(true));
                 Ok::<_, HandlerError>(json!({
                     "code": 200,
@@ -104,6 +172,7 @@ fn main() -> ExitCode {
                     "uid": s.uid(),
                     "frontend": s.frontend_id(),
                     "rid": s.get("rid"),
+                "seen": seen,
                 }))
             },
         )
