@@ -77,6 +77,20 @@
 //! }
 //! ```
 //!
+//! # Guarantees and limits
+//! - Every call ends: with its reply, a typed [`RpcError`], or [`RpcError::Timeout`] after
+//!   `call_timeout` (per handle: [`RpcClient::with_call_timeout`]). Calls in flight when a
+//!   connection drops fail at once with [`RpcError::ConnectionLost`].
+//! - Queues are bounded ([`RpcConfig`]); a full queue makes callers (or replying handlers)
+//!   wait, it never drops a frame. The server stops reading a connection whose
+//!   `max_in_flight_per_connection` handlers are all busy.
+//! - A bad frame closes that connection only, logged with the peer and the reason.
+//! - There is no heartbeat: a peer that vanishes without closing its socket (host power-off,
+//!   network partition) is noticed only through call timeouts; the connection then stays
+//!   "up" until the OS gives up on it or the peer is removed from the directory.
+//! - [`RpcServer::serve`] waits for running handlers at shutdown; a handler that never
+//!   finishes keeps it waiting (bound it with a timeout around `serve` if needed).
+//!
 //! # Logging
 //! Through `tracing`: spans `rpc_server{local}`, `rpc_conn{peer}` on the server and
 //! `rpc_peer{server_id, addr}` on the client; a closed connection is logged with its reason.
