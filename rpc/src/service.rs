@@ -1,4 +1,4 @@
-//! Remote services: the [`Service`] trait the server dispatches to, the [`remote!`] macro that
+//! Remote services: the [`Service`] trait the server dispatches to, the [`remote!`](crate::remote!) macro that
 //! declares a typed remote once, and the registry built from them.
 //!
 //! # Why a declarative macro
