@@ -57,6 +57,7 @@ struct Row {
     server_type: String,
     pid: u32,
     rss: String,
+    connections: u64,
     client_port: u16,
     state: String,
 }
@@ -239,6 +240,7 @@ impl Cluster {
                 server_type: c[1].into(),
                 pid: c[2].parse().unwrap(),
                 rss: c[4].into(),
+                connections: c[5].parse().unwrap(),
                 client_port: c[7].parse().unwrap(),
                 state: c[8].into(),
             };
@@ -441,6 +443,14 @@ async fn cluster_routes_broadcasts_restarts_adds_and_stops() {
     let c2 = rows["connector-server-2"].client_port;
 
     eprintln!("STEP 2: The gate hands out a live connector.");
+    // Connection counts reach `list` (reported every second).
+    let gate_port = rows["gate-server-1"].client_port;
+    let _watcher = Client::connect(gate_port).await;
+    cl.until("the gate's connection counted", |r| {
+        r["gate-server-1"].connections >= 1
+    })
+    .await;
+
     // The gate hands out a live connector.
     let mut gate = Client::connect(rows["gate-server-1"].client_port).await;
     let entry = gate
@@ -597,6 +607,35 @@ async fn cluster_routes_broadcasts_restarts_adds_and_stops() {
         cl.lifecycle("chat-server-1"),
         ["start", "after_start", "start", "after_start", "stop"]
     );
+}
+
+#[test]
+fn a_bad_config_is_reported_with_file_and_field() {
+    let dir = Cluster::config_dir("bad");
+    std::fs::write(
+        dir.join("servers.json"),
+        r#"{"development":{"chat":[{"id":"chat-server-1","host":"127.0.0.1"}]}}"#,
+    )
+    .unwrap();
+    let out = Command::new(EXE)
+        .args(["start", "--config"])
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("servers.json"), "{err}");
+    assert!(err.contains("chat/chat-server-1, field `port`"), "{err}");
+    let out = Command::new(EXE)
+        .args(["start", "-e", "staging", "--config"])
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no environment `staging`"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn alive(pid: u32) -> bool {
