@@ -2,7 +2,8 @@
  * The Shaddock chat page: log in through the gate, enter a room on the connector it names,
  * then chat. Uses pomelo-client.js (global PomeloClient).
  *
- * Query string: ?gate=host:port  (default: this page's host name, port 3014)
+ * Query string: ?gate=host:port  (default: this page's host name, and the port in
+ *                                  <meta name="shaddock-gate-port">, else 3014)
  *               &connectorHost=h  (optional: use h instead of the host the gate answers)
  */
 (function () {
@@ -13,7 +14,10 @@
   var SEND_ROUTE = 'chat.chatHandler.send';
 
   var params = new URLSearchParams(window.location.search);
-  var gateAddr = params.get('gate') || (window.location.hostname || '127.0.0.1') + ':3014';
+  // The page server fills in the gate's real port; opened from disk, 3014 as in the tutorial.
+  var gateMeta = document.querySelector('meta[name="shaddock-gate-port"]');
+  var gatePort = (gateMeta && gateMeta.getAttribute('content')) || '3014';
+  var gateAddr = params.get('gate') || (window.location.hostname || '127.0.0.1') + ':' + gatePort;
   var connectorHost = params.get('connectorHost');
 
   var $ = function (id) {
@@ -273,6 +277,11 @@
     if (!reply || reply.error || (reply.code && reply.code !== 200) || !Array.isArray(reply.users)) {
       client.close();
       if (reply && reply.error) {
+        // Shaddock says why in `msg`; pomelo's chat only sends {code: 500, error: true}, which
+        // there means the name is taken.
+        if (reply.msg && !/already taken/.test(reply.msg)) {
+          throw new Error('Entering the room failed: ' + reply.msg);
+        }
         throw new Error('The name "' + name + '" is already taken in room "' + rid + '". Pick another one.');
       }
       throw new Error('Entering the room failed (code ' + (reply && reply.code) + ')');
@@ -318,7 +327,8 @@
       .request(SEND_ROUTE, { rid: state.rid, content: text, from: state.name, target: target })
       .then(function (reply) {
         if (reply && reply.code && reply.code !== 200) {
-          showError('Message not delivered (code ' + reply.code + ')' + (target !== '*' ? ': ' + target + ' is not in the room' : ''));
+          var why = reply.msg || (target !== '*' ? target + ' is not in the room' : '');
+          showError('Message not delivered (code ' + reply.code + ')' + (why ? ': ' + why : ''));
           return;
         }
         ui.input.value = '';

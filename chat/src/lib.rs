@@ -1,0 +1,40 @@
+//! Pomelo's distributed chat (the tutorial's `chatofpomelo-websocket`) on Shaddock.
+//!
+//! `cargo run --release -p shaddock-chat` starts the whole cluster of `config/servers.json`
+//! (a gate, three connectors, three chat servers, and the master that runs them) plus the web
+//! page on <http://127.0.0.1:3001>; Ctrl-C or SIGTERM stops everything through the master.
+//!
+//! # Routes (the same shapes as pomelo's chat demo)
+//! | route | request | answer / effect |
+//! |---|---|---|
+//! | `gate.gateHandler.queryEntry` | `{uid}` | `{code: 200, host, port}` of connector `crc32(uid) % n` (connectors sorted by id, ports as actually bound) |
+//! | `connector.entryHandler.enter` | `{username, rid}` | binds uid `username*rid`, sets session `rid`, `chat.chatRemote.add`; `{users: [names]}` |
+//! | `chat.chatHandler.send` | `{content, target}` (`rid`, `from` ignored) | `{}`; pushes `onChat {msg, from, target}` to the room (`target` `"*"`) or to the one user |
+//! | (disconnect) | | `chat.chatRemote.kick` → `onLeave {user}` to the room |
+//! | (join) | | `onAdd {user}` to the members already in the room |
+//!
+//! A room lives on one chat server: the `chat` router hashes the room name (`crc32(rid) %
+//! n` over the chat servers sorted by id), for forwarded requests and for the remotes alike.
+//!
+//! # Limits and errors
+//! Names are 1..=[`MAX_NAME_CHARS`] characters after trimming, without `*` or control
+//! characters; rooms 1..=[`MAX_ROOM_CHARS`]; messages 1..=[`MAX_CONTENT_CHARS`]. A bad or
+//! missing field, a name already in the room, a send before `enter`, an unknown target: the
+//! answer is `{code: 500, error: true, msg: "..."}` saying what is wrong. Nothing a client
+//! sends can crash a server.
+//!
+//! # Layout
+//! - [`app`]: the [`App`](shaddock_server::App): handlers, the chat remote, routing.
+//! - [`remote`]: `chatRemote` (`add`, `kick`) and its messages.
+//! - [`validate`]: the input rules.
+//! - [`page`]: the web page server (files of `chat/web`, embedded in the binary).
+//! - [`launcher`]: what the bare command runs: the master as a child, the page, signals.
+
+pub mod app;
+pub mod launcher;
+pub mod page;
+pub mod remote;
+pub mod validate;
+
+pub use app::app;
+pub use validate::{InputError, MAX_CONTENT_CHARS, MAX_NAME_CHARS, MAX_ROOM_CHARS};
