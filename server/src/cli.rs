@@ -107,7 +107,8 @@ pub fn run(app: App) -> ExitCode {
         }
     };
     let r = rt.block_on(dispatch(app, cli));
-    rt.shutdown_timeout(Duration::from_secs(1));
+    // Only the blocking stdin reader of a server can be left; do not wait for it long.
+    rt.shutdown_timeout(Duration::from_millis(250));
     report(r)
 }
 

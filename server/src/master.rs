@@ -194,6 +194,7 @@ impl Master {
                 };
                 st.uids.retain(|_, (fid, _)| fid != &id);
                 self.publish(&mut st);
+                self.rpc.directory().remove(&id);
                 restart
             };
             if restart {
@@ -673,11 +674,9 @@ pub(crate) async fn run_master(
     }
     tokio::select! {
         () = master.exit.cancelled() => {}
-        r = tokio::signal::ctrl_c() => {
-            if r.is_ok() {
-                tracing::info!("interrupted: stopping the cluster");
-                master.clone().stop_all().await;
-            }
+        () = crate::process::terminated() => {
+            tracing::info!("interrupted: stopping the cluster");
+            master.clone().stop_all().await;
         }
     }
     // Let the CLI's last call get its reply before the port closes.

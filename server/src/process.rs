@@ -384,11 +384,7 @@ pub(crate) async fn run_server(
 
     tokio::select! {
         () = stop.cancelled() => {}
-        r = tokio::signal::ctrl_c() => {
-            if r.is_ok() {
-                tracing::info!("interrupted");
-            }
-        }
+        () = terminated() => tracing::info!("interrupted"),
     }
     tracing::info!(server = %id, "stopping");
     bg.cancel();
@@ -432,6 +428,28 @@ pub(crate) async fn run_server(
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, rpc_task).await;
     tracing::info!(server = %id, "stopped");
     Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM (never, if neither handler can be installed).
+pub(crate) async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let sigterm = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => {
+            if r.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        () = sigterm => {}
+    }
 }
 
 /// Follows the master's cluster view with a long poll.
