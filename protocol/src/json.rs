@@ -1,6 +1,6 @@
 //! JSON bodies as pomelo writes and reads them.
 //!
-//! **Writing** ([`to_vec`], [`write`]) reproduces JavaScript's `JSON.stringify` byte for byte
+//! **Writing** ([`to_vec`], [`write()`]) reproduces JavaScript's `JSON.stringify` byte for byte
 //! for any `serde_json::Value`: no whitespace; object keys in insertion order, except that
 //! *integer-like* keys (`"0"`, `"17"`, ...) come first in ascending numeric order as in every
 //! JS object; non-ASCII characters written raw; numbers formatted like JS `Number#toString`
