@@ -100,20 +100,27 @@ impl InFlight {
     }
 
     fn enter(&self, info: &RequestInfo, s: &Session) {
+        self.enter_key(Self::key(info, s));
+    }
+
+    fn enter_key(&self, k: (u64, u32, String)) {
         let mut keys = self
             .keys
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *keys.entry(Self::key(info, s)).or_default() += 1;
+        *keys.entry(k).or_default() += 1;
         self.count.fetch_add(1, Ordering::SeqCst);
     }
 
     fn leave(&self, info: &RequestInfo, s: &Session) {
+        self.leave_key(Self::key(info, s));
+    }
+
+    fn leave_key(&self, k: (u64, u32, String)) {
         let mut keys = self
             .keys
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let k = Self::key(info, s);
         let Some(n) = keys.get_mut(&k) else {
             return; // refused before our filter ran
         };
@@ -520,4 +527,31 @@ async fn stdin_watch(ctx: ServerContext) {
     }
     tracing::warn!("master went away (stdin closed); stopping");
     ctx.request_stop();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn in_flight_counts_only_what_it_saw_enter() {
+        let f = Arc::new(InFlight::default());
+        let a = (7u64, 1u32, "chat.h.m".to_owned());
+        let b = (7u64, 2u32, "chat.h.m".to_owned());
+        f.enter_key(a.clone());
+        f.enter_key(b.clone());
+        let waiter = tokio::spawn({
+            let f = f.clone();
+            async move { f.wait_idle().await }
+        });
+        f.leave_key(a.clone());
+        f.leave_key(a); // refused before our filter ran: ignored
+        assert_eq!(f.count.load(Ordering::SeqCst), 1);
+        assert!(!waiter.is_finished());
+        f.leave_key(b);
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+    }
 }

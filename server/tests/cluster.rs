@@ -685,6 +685,18 @@ async fn daemon_cluster_refuses_duplicates_kicks_uids_and_is_killed() {
         "{r}"
     );
 
+    // A broadcast reaches every session of every connector (bound or not), one RPC each.
+    let r = alice
+        .request("chat.chatHandler.broadcast", json!({"news": 1}))
+        .await;
+    assert_eq!(r, json!({"code": 200, "rpcs": 2, "sent": 2}));
+    for c in [&mut alice, &mut again] {
+        assert_eq!(
+            c.push().await,
+            ("onBroadcast".to_owned(), json!({"news": 1}))
+        );
+    }
+
     // Backend session settings reach the frontend session when the handler returns.
     let who = alice.request("chat.chatHandler.whoami", json!({})).await;
     assert_eq!(who["seen"], Value::Null, "{who}");

@@ -5,7 +5,8 @@
 //! - `chat.chatHandler.join` adds the user to channel `rid`; `send {msg}` pushes `onChat` to
 //!   the channel; `whoami` answers which chat server ran it; `slow {ms}` pushes `onSlow`, then answers after `ms`.
 //!
-//! - `kickUser {uid}` kicks a uid wherever it is; a body with `"forbidden": true` is refused
+//! - `broadcast {..}` pushes `onBroadcast` to every session of every connector;
+//!   `kickUser {uid}` kicks a uid wherever it is; a body with `"forbidden": true` is refused
 //!   by a backend filter; a `Lifecycle` component records start/after_start/stop per server
 //!   in `$SHADDOCK_DEMO_LIFECYCLE_DIR`; `SHADDOCK_DEMO_DUPLICATE=refuse` refuses duplicate
 //!   logins instead of kicking the old session.
@@ -80,6 +81,18 @@ fn main() -> ExitCode {
             }
             Ok(())
         })
+        .handler(
+            "chat.chatHandler.broadcast",
+            |s: BackendSession, b: Value| async move {
+                let sum = s
+                    .ctx()
+                    .channels()
+                    .broadcast("connector", "onBroadcast", &b)
+                    .await
+                    .map_err(err)?;
+                Ok::<_, HandlerError>(json!({"code": 200, "rpcs": sum.rpcs, "sent": sum.sent}))
+            },
+        )
         .handler(
             "chat.chatHandler.kickUser",
             |s: BackendSession, b: Value| async move {
