@@ -214,17 +214,18 @@ impl RpcClient {
         let server_id = &entry.info.id.clone();
         drop(entry);
         let deadline = tokio::time::Instant::now() + self.call_timeout;
-        let conn = link.conn().await?;
         let lost = || RpcError::ConnectionLost {
             server_id: server_id.clone(),
         };
-        let (id, rx) = conn.pending.register().ok_or_else(lost)?;
-        let mut guard = PendingGuard {
-            pending: &conn.pending,
-            id,
-            armed: true,
-        };
+        // The connect wait counts against the call's deadline too.
         let exchange = async {
+            let conn = link.conn().await?;
+            let (id, rx) = conn.pending.register().ok_or_else(lost)?;
+            let mut guard = PendingGuard {
+                pending: &conn.pending,
+                id,
+                armed: true,
+            };
             let frame = Frame::Request {
                 id,
                 namespace,
@@ -510,6 +511,11 @@ impl LinkHandle {
         }
         let mut rx = self.shared.state.subscribe();
         let wait_limit = self.shared.config.connect_timeout + std::time::Duration::from_secs(1);
+        // A caller waits for one connect attempt at most. Once it has seen one under way, an
+        // `Idle` state means the driver gave up on it (`reconnect_max_attempts` reached): that
+        // is this call's answer, not a cue to start another driver (which would spin, as
+        // every driver with `reconnect_max_attempts = 1` gives up after one failure).
+        let mut attempted = false;
         loop {
             let start = {
                 let state = rx.borrow_and_update();
@@ -520,7 +526,14 @@ impl LinkHandle {
                         initial: false,
                         last_error,
                     } => return Err(self.down(&format!("reconnecting after: {last_error}"))),
-                    LinkState::Connecting { initial: true, .. } => false,
+                    LinkState::Connecting { initial: true, .. } => {
+                        attempted = true;
+                        false
+                    }
+                    LinkState::Idle { last_error } if attempted => {
+                        let reason = last_error.as_deref().unwrap_or("connect attempt failed");
+                        return Err(self.down(reason));
+                    }
                     LinkState::Idle { .. } => true,
                 }
             };
@@ -537,6 +550,7 @@ impl LinkHandle {
                     }
                 });
                 if won {
+                    attempted = true;
                     let shared = Arc::clone(&self.shared);
                     let span = tracing::info_span!(
                         "rpc_peer",

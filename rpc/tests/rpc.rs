@@ -494,6 +494,46 @@ async fn a_peer_that_is_down_fails_fast_and_is_reached_once_it_comes_up() {
     peer.shutdown.cancel();
 }
 
+/// Regression: with `reconnect_max_attempts = 1` the driver gives up after its one attempt,
+/// and the waiting call used to take that `Idle` state as "start a new driver" — forever,
+/// logging "giving up" many times per millisecond. Each call must make one attempt and fail.
+#[tokio::test]
+async fn one_attempt_per_call_when_max_attempts_is_one() {
+    let (logs, _guard) = capture_logs();
+    let port = {
+        let l = t(TcpListener::bind("127.0.0.1:0")).await.unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut config = quick_config();
+    config.reconnect_max_attempts = 1;
+    let rpc = RpcClient::new(config);
+    rpc.directory()
+        .add(ServerInfo::new("math-1", "math", "127.0.0.1", port));
+    let stub = math::Client::new(&rpc);
+    for call in 1..=2 {
+        let err = t(stub.double(Target::server("math-1"), Num { n: 1 }))
+            .await
+            .unwrap_err();
+        match &err {
+            RpcError::PeerDown { reason, .. } => {
+                assert!(reason.contains("connect failed"), "{reason}");
+            }
+            other => panic!("expected PeerDown, got {other:?}"),
+        }
+        let text = logs.text();
+        let attempts = text.matches("giving up until the next call").count();
+        assert_eq!(
+            attempts, call,
+            "one connect attempt per call; logs:\n{text}"
+        );
+        assert!(
+            matches!(rpc.peer_state("math-1"), Some(PeerState::Down { .. })),
+            "{:?}",
+            rpc.peer_state("math-1")
+        );
+    }
+}
+
 /// Calls until the peer answers; bounded in attempts (the backoff is at most 50 ms).
 async fn eventually_double(stub: &math::Client, n: u64) -> u64 {
     for _ in 0..200 {
