@@ -45,7 +45,8 @@ impl RpcServer {
 
     /// Accepts connections until `shutdown` fires; then stops accepting, lets every
     /// connection finish the calls it has read (their replies are written), closes them, and
-    /// returns.
+    /// returns. Replies to a peer that does not read them are written for at most
+    /// `call_timeout` after shutdown; then that connection is closed anyway.
     ///
     /// # Errors
     /// None at present (accept errors are logged and retried with a backoff); the `Result`
@@ -264,7 +265,21 @@ impl RpcServer {
         // writer ends when the last sender (held by those calls) is dropped.
         drop(tx);
         drop(frames);
-        match writer.await {
+        // At shutdown, a peer that stopped reading must not hold `serve` forever: its callers
+        // give up after `call_timeout`, so its replies get at most that long to go out.
+        let mut writer = writer;
+        let written = tokio::select! {
+            r = &mut writer => r,
+            () = shutdown.cancelled() => match tokio::time::timeout(cfg.call_timeout, &mut writer).await {
+                Ok(r) => r,
+                Err(_) => {
+                    warn!(timeout = ?cfg.call_timeout, "closing rpc connection at shutdown: the peer is not reading its replies");
+                    writer_stop.cancel();
+                    writer.await
+                }
+            },
+        };
+        match written {
             Ok(Ok(())) => debug!("rpc connection closed"),
             Ok(Err(e)) => debug!(cause = %e, "rpc connection write failed"),
             Err(e) => warn!(cause = %e, "rpc writer task failed"),
