@@ -325,6 +325,14 @@ pub struct PushReport {
     pub full: usize,
 }
 
+impl std::ops::AddAssign for PushReport {
+    fn add_assign(&mut self, other: Self) {
+        self.sent += other.sent;
+        self.missing += other.missing;
+        self.full += other.full;
+    }
+}
+
 impl Frontend {
     /// Starts building a frontend with `config`.
     pub fn builder(config: ConnectorConfig) -> FrontendBuilder {
@@ -401,17 +409,38 @@ impl Frontend {
         report
     }
 
+    /// Sends already encoded packages (one shared buffer) to every session bound to each uid
+    /// of `uids`; a uid with no session here counts as one `missing`.
+    pub fn push_encoded_to_uids(&self, uids: &[String], packages: &Bytes) -> PushReport {
+        let mut report = PushReport::default();
+        for uid in uids {
+            let sessions = self.inner.sessions.get_by_uid(uid);
+            if sessions.is_empty() {
+                report.missing += 1;
+            }
+            for s in sessions {
+                tally(&mut report, s.send_encoded(packages.clone()));
+            }
+        }
+        report
+    }
+
+    /// Sends already encoded packages (one shared buffer) to every open session.
+    pub fn broadcast_encoded(&self, packages: &Bytes) -> PushReport {
+        let mut report = PushReport::default();
+        for s in self.inner.sessions.all() {
+            tally(&mut report, s.send_encoded(packages.clone()));
+        }
+        report
+    }
+
     /// Pushes `body` on `route` to every open session, encoding it once.
     ///
     /// # Errors
     /// [`Error::Encode`].
     pub fn broadcast(&self, route: &str, body: &Value) -> Result<PushReport, Error> {
         let bytes = self.encode_push(route, body)?;
-        let mut report = PushReport::default();
-        for s in self.inner.sessions.all() {
-            tally(&mut report, s.send_encoded(bytes.clone()));
-        }
-        Ok(report)
+        Ok(self.broadcast_encoded(&bytes))
     }
 
     /// Serves clients on `listener` until `shutdown` is cancelled, then closes every

@@ -77,7 +77,7 @@ pub use config::ConnectorConfig;
 pub use frontend::{Error, ForwardRequest, Forwarder, Frontend, FrontendBuilder, PushReport};
 pub use handler::{AfterFilter, BeforeFilter, Handler, HandlerError, RequestInfo};
 pub use limit::{RateLimit, TokenBucket};
-pub use remote::{RpcForwarder, SessionRemote};
+pub use remote::{BindHook, RpcForwarder, SessionRemote};
 pub use session::{Session, SessionConfig, SessionError, SessionId, SessionService};
 pub use sniff::{Sniff, sniff};
 pub use stats::{ConnectorStats, StatsSnapshot};

@@ -1,5 +1,6 @@
 //! The frontend's RPC side: forwarding client messages of other server types to backends,
-//! and the `sys` remotes a frontend serves so backends can reach sessions.
+//! and the `sys` remotes a frontend serves so backends can reach sessions. This is the one
+//! definition of these remotes: the server crate registers and calls these same ones.
 //!
 //! # Forwarding
 //! A route `chat.chatHandler.send` on a `connector` frontend goes to a `chat` server over
@@ -8,15 +9,19 @@
 //! of the type, sorted by id; replace it per type with [`RpcClient::set_router`]) from a
 //! routing key that defaults to the session's uid (its id in decimal while unbound) and can be
 //! chosen per type with [`RpcForwarder::route_key`] (e.g. the room in the session settings).
-//! Backends implement [`msg_remote::Remote`]; the body travels as the JSON text the client
-//! sent, the reply as the JSON text of the response body. Any failure — no server of the
-//! type, backend down, timeout, backend error — becomes a `{"code":500,"msg":…}` response
-//! (or the backend's own code), and the client stays connected.
+//! Backends implement [`msg_remote::Remote`]; the message carries a [`SessionSnapshot`], the
+//! body travels as the JSON text the client sent, the reply as the JSON text of the response
+//! body plus, optionally, the session's settings after the handler (merged into the frontend
+//! session before the response is sent). Any failure — no server of the type, backend down,
+//! timeout, backend error — becomes a `{"code":500,"msg":…}` response (or the backend's own
+//! code), and the client stays connected.
 //!
 //! # The frontend's `sys` remotes
-//! [`session_remote`]: push to sessions (encoded once for all of them) or to everyone,
-//! bind/unbind a uid, push settings, kick by session id or uid. Register
-//! [`Frontend::session_remote`] on the frontend's [`shaddock_rpc::RpcServer`].
+//! [`session_remote`]: push to sessions by id and by uid, or to everyone — either a
+//! pre-encoded PUSH package (encoded once by the caller for every frontend) or a route and
+//! JSON body encoded here once; bind/unbind a uid, push settings, kick by session id or uid.
+//! Register [`Frontend::session_remote`] (or a [`SessionRemote`] with a bind hook, as a
+//! cluster does to claim uids cluster-wide) on the frontend's [`shaddock_rpc::RpcServer`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -70,20 +75,35 @@ pub struct ForwardReply {
     /// Response body JSON text (`{}` when empty).
     #[prost(bytes = "bytes", tag = "1")]
     pub body_json: Bytes,
+    /// The session's settings after the handler, as a JSON object text; its keys are merged
+    /// into the frontend session before the response goes out. Empty: nothing to merge.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub settings_json: Bytes,
 }
 
-/// Push `body_json` on `route` to sessions of this frontend.
+/// A push to sessions of this frontend: by session id and by uid (`push`), or to every
+/// session (`broadcast`, which ignores the targets).
+///
+/// The message is `package` when it is not empty (a whole encoded PUSH package, sent as is:
+/// the caller encoded it once for every frontend), else `body_json` on `route`, encoded here
+/// once (route compressed with the dictionary, body with protobuf when configured).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PushArgs {
-    /// Target session ids; ignored by `broadcast`.
+    /// Target session ids.
     #[prost(uint64, repeated, tag = "1")]
     pub sids: Vec<u64>,
-    /// Push route (compressed with the dictionary when possible).
+    /// Push route (compressed with the dictionary when possible); unused with `package`.
     #[prost(string, tag = "2")]
     pub route: String,
-    /// Body JSON text.
+    /// Body JSON text; unused with `package`.
     #[prost(bytes = "bytes", tag = "3")]
     pub body_json: Bytes,
+    /// Target uids: every session bound to each.
+    #[prost(string, repeated, tag = "4")]
+    pub uids: Vec<String>,
+    /// A whole encoded PUSH package (header included), sent as is when not empty.
+    #[prost(bytes = "bytes", tag = "5")]
+    pub package: Bytes,
 }
 
 /// How a push went.
@@ -92,7 +112,7 @@ pub struct PushResult {
     /// Sessions it was queued for.
     #[prost(uint32, tag = "1")]
     pub sent: u32,
-    /// Sessions not found or closed.
+    /// Sessions not found or closed (a uid with no session counts one).
     #[prost(uint32, tag = "2")]
     pub missing: u32,
     /// Sessions whose queue was full (kicked as slow consumers).
@@ -122,7 +142,7 @@ pub struct SettingsArgs {
     pub settings_json: Bytes,
 }
 
-/// Kick by session id (`sid`) or by uid (`uid`, when not empty).
+/// Kick by uid (`uid`, when not empty: all its sessions) or else by session id (`sid`).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct KickArgs {
     /// Session id (used when `uid` is empty).
@@ -155,7 +175,7 @@ remote! {
 remote! {
     /// Served by frontends: reach the sessions they hold.
     pub mod session_remote: sys "sessionRemote" {
-        /// Pushes to the listed sessions (encoded once).
+        /// Pushes to the listed sessions and uids (encoded once, or pre-encoded).
         fn push(PushArgs) -> PushResult;
         /// Pushes to every session of this frontend (encoded once).
         fn broadcast(PushArgs) -> PushResult;
@@ -265,6 +285,15 @@ impl Forwarder for RpcForwarder {
                 .forward_message(target, msg)
                 .await
                 .map_err(|e| rpc_error_to_handler(&request.info.route, &e))?;
+            if !reply.settings_json.is_empty() {
+                match shaddock_protocol::json::from_slice(&reply.settings_json) {
+                    Ok(Value::Object(m)) => request.session.merge_settings(m),
+                    _ => tracing::warn!(
+                        route = %request.info.route,
+                        "backend reply settings are not a JSON object; ignored"
+                    ),
+                }
+            }
             if reply.body_json.is_empty() {
                 return Ok(Value::Object(serde_json::Map::new()));
             }
@@ -292,34 +321,100 @@ fn report(r: crate::frontend::PushReport) -> PushResult {
     }
 }
 
+/// Binds a uid on a session for `sessionRemote.bind` (see [`SessionRemote::bind_with`]).
+pub type BindHook =
+    Arc<dyn Fn(Session, String) -> BoxFuture<'static, Result<(), RemoteError>> + Send + Sync>;
+
 /// The frontend's implementation of [`session_remote`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SessionRemote {
     frontend: Frontend,
+    bind: Option<BindHook>,
+}
+
+impl std::fmt::Debug for SessionRemote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionRemote")
+            .field("frontend", &self.frontend)
+            .field("bind_hook", &self.bind.is_some())
+            .finish()
+    }
+}
+
+impl SessionRemote {
+    /// The remote of `frontend`; `bind` calls [`Session::bind`].
+    pub fn new(frontend: Frontend) -> Self {
+        Self {
+            frontend,
+            bind: None,
+        }
+    }
+
+    /// Binds through `hook` instead of [`Session::bind`] (a cluster claims the uid with its
+    /// master first, applying its duplicate-login policy). The hook gets the session and the
+    /// uid; its error goes back to the caller.
+    #[must_use]
+    pub fn bind_with(
+        mut self,
+        hook: impl Fn(Session, String) -> BoxFuture<'static, Result<(), RemoteError>>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        self.bind = Some(Arc::new(hook));
+        self
+    }
+
+    /// The RPC service to register.
+    pub fn into_server(self) -> session_remote::Server<Self> {
+        session_remote::Server::new(self)
+    }
+
+    fn session(&self, sid: u64) -> Result<Session, RemoteError> {
+        self.frontend.sessions().get(sid).ok_or_else(|| {
+            RemoteError::new(
+                404,
+                format!(
+                    "no session {sid} on frontend `{}`",
+                    self.frontend.config().frontend_id
+                ),
+            )
+        })
+    }
+
+    /// The package to send: `args.package`, or `args.body_json` on `args.route` encoded once.
+    fn package(&self, args: &PushArgs) -> Result<Bytes, RemoteError> {
+        if !args.package.is_empty() {
+            return Ok(args.package.clone());
+        }
+        let body = parse_json("push body", &args.body_json)?;
+        self.frontend
+            .encode_push(&args.route, &body)
+            .map_err(|e| RemoteError::new(500, format!("push on `{}`: {e}", args.route)))
+    }
 }
 
 impl session_remote::Remote for SessionRemote {
     async fn push(&self, args: PushArgs) -> Result<PushResult, RemoteError> {
-        let body = parse_json("push body", &args.body_json)?;
-        let r = self
-            .frontend
-            .push_many(&args.sids, &args.route, &body)
-            .map_err(|e| RemoteError::new(500, e.to_string()))?;
+        let package = self.package(&args)?;
+        let mut r = self.frontend.push_encoded(&args.sids, &package);
+        if !args.uids.is_empty() {
+            r += self.frontend.push_encoded_to_uids(&args.uids, &package);
+        }
         Ok(report(r))
     }
 
     async fn broadcast(&self, args: PushArgs) -> Result<PushResult, RemoteError> {
-        let body = parse_json("push body", &args.body_json)?;
-        let r = self
-            .frontend
-            .broadcast(&args.route, &body)
-            .map_err(|e| RemoteError::new(500, e.to_string()))?;
-        Ok(report(r))
+        let package = self.package(&args)?;
+        Ok(report(self.frontend.broadcast_encoded(&package)))
     }
 
     async fn bind(&self, args: BindArgs) -> Result<(), RemoteError> {
         let s = self.session(args.sid)?;
-        s.bind(&args.uid).map_err(|e| remote_err(&e))
+        match &self.bind {
+            Some(hook) => hook(s, args.uid).await,
+            None => s.bind(&args.uid).map_err(|e| remote_err(&e)),
+        }
     }
 
     async fn unbind(&self, args: BindArgs) -> Result<(), RemoteError> {
@@ -355,20 +450,10 @@ impl session_remote::Remote for SessionRemote {
     }
 }
 
-impl SessionRemote {
-    fn session(&self, sid: u64) -> Result<Session, RemoteError> {
-        self.frontend
-            .sessions()
-            .get(sid)
-            .ok_or_else(|| RemoteError::new(404, format!("no session {sid} on this frontend")))
-    }
-}
-
 impl Frontend {
-    /// The `sys sessionRemote` service of this frontend, to register on its RPC server.
+    /// The `sys sessionRemote` service of this frontend, to register on its RPC server
+    /// (binds with [`Session::bind`]; see [`SessionRemote::bind_with`] for a hook).
     pub fn session_remote(&self) -> session_remote::Server<SessionRemote> {
-        session_remote::Server::new(SessionRemote {
-            frontend: self.clone(),
-        })
+        SessionRemote::new(self.clone()).into_server()
     }
 }

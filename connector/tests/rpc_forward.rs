@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use common::*;
 use serde_json::{Value, json};
 use shaddock_connector::remote::{
@@ -13,7 +13,7 @@ use shaddock_connector::remote::{
     session_remote,
 };
 use shaddock_connector::{Frontend, HandlerError, RpcForwarder, Session};
-use shaddock_protocol::message::MessageType;
+use shaddock_protocol::message::{Message, MessageRoute, MessageType};
 use shaddock_protocol::package::PackageType;
 use shaddock_rpc::{
     Crc32Router, Registry, RemoteError, Router, RpcClient, RpcConfig, RpcServer, ServerId,
@@ -63,6 +63,7 @@ impl msg_remote::Remote for Backend {
                             body_json: Bytes::from(
                                 json!({"msg": body["content"], "from": session.uid}).to_string(),
                             ),
+                            ..PushArgs::default()
                         },
                     )
                     .await
@@ -112,11 +113,43 @@ impl msg_remote::Remote for Backend {
                             sids: vec![],
                             route: "onShout".into(),
                             body_json: Bytes::from(body.to_string()),
+                            ..PushArgs::default()
                         },
                     )
                     .await
                     .map_err(|e| RemoteError::new(500, e.to_string()))?;
                 json!({"code": 200, "sent": r.sent})
+            }
+            "chat.chatHandler.tag" => {
+                // A package encoded once here (as a channel does for many frontends), sent
+                // by uid; the new setting comes back with the reply.
+                let msg = Message::push(
+                    MessageRoute::name("onTag".to_owned()),
+                    json!({"tag": body["tag"]}).to_string().into_bytes(),
+                );
+                let mut package = BytesMut::new();
+                msg.encode_package(&mut package)
+                    .map_err(|e| RemoteError::new(500, e.to_string()))?;
+                let r = session_remote::Client::new(&self.rpc)
+                    .push(
+                        Target::server(&session.frontend_id),
+                        PushArgs {
+                            uids: vec![session.uid.clone(), "nobody".into()],
+                            package: package.freeze(),
+                            ..PushArgs::default()
+                        },
+                    )
+                    .await
+                    .map_err(|e| RemoteError::new(500, e.to_string()))?;
+                let mut settings: serde_json::Map<String, Value> =
+                    serde_json::from_slice(&session.settings_json).unwrap_or_default();
+                settings.insert("tag".into(), body["tag"].clone());
+                return Ok(ForwardReply {
+                    body_json: Bytes::from(
+                        json!({"code": 200, "sent": r.sent, "missing": r.missing}).to_string(),
+                    ),
+                    settings_json: Bytes::from(Value::Object(settings).to_string()),
+                });
             }
             "chat.chatHandler.slow" => {
                 tokio::time::sleep(Duration::from_secs(10)).await;
@@ -127,6 +160,7 @@ impl msg_remote::Remote for Backend {
         };
         Ok(ForwardReply {
             body_json: Bytes::from(reply.to_string()),
+            settings_json: Bytes::new(),
         })
     }
 }
@@ -371,5 +405,39 @@ async fn backend_broadcasts_to_every_session_of_the_frontend() {
     let m = b.recv_message().await;
     assert_eq!(m.route.as_str(), Some("onShout"));
     assert_eq!(&m.body[..], br#"{"text":"all"}"#);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn backend_pushes_a_pre_encoded_package_by_uid_and_returns_settings() {
+    let c = cluster().await;
+    for ws in [false, true] {
+        let uid = if ws { "wsuser" } else { "tcpuser" };
+        let mut client = entered(&c, ws, uid).await;
+        client
+            .request(2, "chat.chatHandler.tag", &json!({"tag": "blue"}))
+            .await;
+        let (mut response, mut push) = (None, None);
+        while response.is_none() || push.is_none() {
+            let m = client.recv_message().await;
+            let body = serde_json::from_slice::<Value>(&m.body).unwrap();
+            match m.kind {
+                MessageType::Response => response = Some(body),
+                _ => {
+                    assert_eq!(m.route.as_str(), Some("onTag"));
+                    push = Some(body);
+                }
+            }
+        }
+        // Sent to the uid's one session; the uid with no session counts as missing.
+        assert_eq!(
+            response,
+            Some(json!({"code": 200, "sent": 1, "missing": 1}))
+        );
+        assert_eq!(push, Some(json!({"tag": "blue"})));
+        // The settings in the reply were merged into the frontend session.
+        let r = client.call(3, "chat.chatHandler.whoami", &json!({})).await;
+        assert_eq!(r["settings"], json!({"rid": "room-1", "tag": "blue"}));
+    }
     c.stop().await;
 }

@@ -1,26 +1,28 @@
 //! Requests that reach a backend, and the frontend's side of them.
 //!
-//! - The frontend's [`RpcForwarder`] (a connector `Forwarder`) sends a client request for
-//!   another server type over `msgRemote.forward` with a snapshot of the session; the type's
-//!   route key and router pick the server.
+//! - The frontend's connector [`RpcForwarder`](shaddock_connector::RpcForwarder) sends a
+//!   client request for another server type over `msgRemote.forward_message` with a snapshot
+//!   of the session; the type's route key ([`crate::App::route_key`]) and router pick the
+//!   server.
 //! - The backend runs the handler with a [`BackendSession`]; its `bind/set/push/kick` reach
-//!   the frontend session through `sessionRemote`, and settings changed with
+//!   the frontend session through the connector's `sessionRemote`, and settings changed with
 //!   [`BackendSession::set`] are applied to the frontend session when the handler returns.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use serde_json::{Map, Value};
-use shaddock_connector::{ForwardRequest, Forwarder, HandlerError, Session};
-use shaddock_rpc::{RemoteError, RpcError, Target};
-
-use crate::app::{BackendFilter, BackendRequest, BoxFuture, ErasedBackend, RouteKey, TypeDef};
-use crate::channel::{PushError, encode_push};
-use crate::context::{ServerContext, json_map};
-use crate::proto::{
-    BindArgs, Count, ForwardArgs, ForwardReply, KickArgs, PushArgs, SessionSnap, SetArgs,
+use shaddock_connector::remote::{
+    BindArgs, ForwardMessage, ForwardReply, KickArgs, PushArgs, SessionSnapshot, SettingsArgs,
     msg_remote, session_remote,
 };
+use shaddock_connector::{HandlerError, RpcForwarder, Session, SessionRemote};
+use shaddock_rpc::{RemoteError, RpcError, Target};
+
+use crate::app::{BackendFilter, BackendRequest, ErasedBackend, RouteKey, TypeDef};
+use crate::channel::{PushError, encode_push};
+use crate::context::ServerContext;
 
 /// A frontend session as a backend (or a route key function) sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,12 +39,16 @@ pub struct SessionInfo {
 }
 
 impl SessionInfo {
-    fn from_snap(s: SessionSnap) -> Self {
+    fn from_snapshot(s: SessionSnapshot) -> Self {
+        let settings = match shaddock_protocol::json::from_slice(&s.settings_json) {
+            Ok(Value::Object(m)) => m,
+            _ => Map::new(),
+        };
         Self {
             id: s.id,
             uid: Some(s.uid).filter(|u| !u.is_empty()),
             frontend_id: s.frontend_id,
-            settings: json_map(&s.settings_json),
+            settings,
         }
     }
 
@@ -54,15 +60,10 @@ impl SessionInfo {
             settings: session.settings(),
         }
     }
+}
 
-    fn to_snap(&self) -> SessionSnap {
-        SessionSnap {
-            id: self.id,
-            uid: self.uid.clone().unwrap_or_default(),
-            frontend_id: self.frontend_id.clone(),
-            settings_json: Value::Object(self.settings.clone()).to_string(),
-        }
-    }
+fn json_bytes(settings: Map<String, Value>) -> Bytes {
+    Bytes::from(shaddock_protocol::json::to_vec(&Value::Object(settings)))
 }
 
 struct BsInner {
@@ -147,12 +148,12 @@ impl BackendSession {
     /// # Errors
     /// The RPC failed (frontend gone, session closed).
     pub async fn push_settings(&self) -> Result<(), RpcError> {
-        let args = SetArgs {
-            session_id: self.inner.id,
-            settings_json: Value::Object(self.settings()).to_string(),
+        let args = SettingsArgs {
+            sid: self.inner.id,
+            settings_json: json_bytes(self.settings()),
         };
         self.stub()
-            .set(Target::server(&self.inner.frontend_id), args)
+            .push_settings(Target::server(&self.inner.frontend_id), args)
             .await
     }
 
@@ -162,7 +163,7 @@ impl BackendSession {
     /// The RPC failed, or the frontend refused the bind ([`RpcError::Remote`]).
     pub async fn bind(&self, uid: &str) -> Result<(), RpcError> {
         let args = BindArgs {
-            session_id: self.inner.id,
+            sid: self.inner.id,
             uid: uid.to_owned(),
         };
         self.stub()
@@ -180,9 +181,8 @@ impl BackendSession {
         let package = encode_push(self.inner.ctx.dictionary().map(|d| &**d), route, body)?;
         let args = PushArgs {
             package,
-            session_ids: vec![self.inner.id],
-            uids: Vec::new(),
-            all: false,
+            sids: vec![self.inner.id],
+            ..PushArgs::default()
         };
         self.stub()
             .push(Target::server(&self.inner.frontend_id), args)
@@ -200,7 +200,7 @@ impl BackendSession {
     /// The RPC failed.
     pub async fn kick(&self, reason: &str) -> Result<(), RpcError> {
         let args = KickArgs {
-            session_id: self.inner.id,
+            sid: self.inner.id,
             uid: String::new(),
             reason: reason.to_owned(),
         };
@@ -237,7 +237,7 @@ impl MsgRemote {
 }
 
 impl msg_remote::Remote for MsgRemote {
-    async fn forward(&self, args: ForwardArgs) -> Result<ForwardReply, RemoteError> {
+    async fn forward_message(&self, args: ForwardMessage) -> Result<ForwardReply, RemoteError> {
         let Some(handler) = self.handlers.get(&args.route).cloned() else {
             tracing::warn!(route = %args.route, "no backend handler for route");
             return Err(RemoteError::new(
@@ -245,9 +245,9 @@ impl msg_remote::Remote for MsgRemote {
                 format!("unknown route `{}`", args.route),
             ));
         };
-        let body = shaddock_protocol::json::from_slice(&args.body)
+        let body = shaddock_protocol::json::from_slice(&args.body_json)
             .map_err(|e| RemoteError::new(500, format!("invalid request body: {e}")))?;
-        let info = SessionInfo::from_snap(args.session.unwrap_or_default());
+        let info = SessionInfo::from_snapshot(args.session.unwrap_or_default());
         let session = BackendSession::new(info, self.ctx.clone());
         let req = BackendRequest {
             route: args.route.clone(),
@@ -261,118 +261,39 @@ impl msg_remote::Remote for MsgRemote {
             .await
             .map_err(remote_error)?;
         Ok(ForwardReply {
-            body: shaddock_protocol::json::to_vec(&reply).into(),
-            settings_json: Value::Object(session.settings()).to_string(),
+            body_json: shaddock_protocol::json::to_vec(&reply).into(),
+            settings_json: json_bytes(session.settings()),
         })
     }
 }
 
-/// The frontend's forwarder: client requests for other server types go over RPC.
-pub(crate) struct RpcForwarder {
-    pub(crate) ctx: ServerContext,
-    pub(crate) keys: HashMap<String, RouteKey>,
-}
-
-impl Forwarder for RpcForwarder {
-    fn forward(&self, request: ForwardRequest) -> BoxFuture<'static, Result<Value, HandlerError>> {
-        let ctx = self.ctx.clone();
-        let info = SessionInfo::of(&request.session);
-        let key = match self.keys.get(&request.server_type) {
-            Some(f) => f(&info),
-            None => info.uid.clone().unwrap_or_else(|| info.id.to_string()),
-        };
-        Box::pin(async move {
-            let args = ForwardArgs {
-                route: request.info.route.clone(),
-                body: shaddock_protocol::json::to_vec(&request.body).into(),
-                session: Some(info.to_snap()),
-                id: request.info.id,
-            };
-            let stub = msg_remote::Client::new(ctx.rpc());
-            match stub
-                .forward(Target::route(&request.server_type, &key), args)
-                .await
-            {
-                Ok(reply) => {
-                    let settings = json_map(&reply.settings_json);
-                    if !settings.is_empty() {
-                        request.session.merge_settings(settings);
-                    }
-                    shaddock_protocol::json::from_slice(&reply.body)
-                        .map_err(|e| HandlerError::internal(format!("bad backend reply: {e}")))
-                }
-                Err(RpcError::Remote { code, message }) => {
-                    Err(HandlerError::new(i64::from(code), message))
-                }
-                Err(e) => {
-                    tracing::warn!(route = %request.info.route, cause = %e, "forward failed");
-                    Err(HandlerError::internal(e.to_string()))
-                }
-            }
-        })
+/// The frontend's forwarder: the connector's [`RpcForwarder`] over this server's RPC client,
+/// with the app's route keys.
+pub(crate) fn forwarder(ctx: &ServerContext, keys: HashMap<String, RouteKey>) -> RpcForwarder {
+    let forwarder = RpcForwarder::new(ctx.rpc().clone());
+    for (server_type, key) in keys {
+        forwarder.route_key(server_type, move |s: &Session, _route: &str| {
+            key(&SessionInfo::of(s)).into_bytes()
+        });
     }
+    forwarder
 }
 
-/// `sessionRemote` on a frontend.
-pub(crate) struct SessionRemote {
-    pub(crate) ctx: ServerContext,
-}
-
-impl SessionRemote {
-    fn session(&self, id: u64) -> Result<Session, RemoteError> {
-        self.ctx
-            .frontend()
-            .and_then(|f| f.sessions().get(id))
-            .ok_or_else(|| {
-                RemoteError::new(404, format!("no session {id} on {}", self.ctx.server_id()))
+/// The frontend's `sessionRemote`: the connector's, binding uids cluster-wide through the
+/// master ([`ServerContext::bind`]).
+pub(crate) fn session_remote(
+    ctx: &ServerContext,
+    frontend: &shaddock_connector::Frontend,
+) -> session_remote::Server<SessionRemote> {
+    let ctx = ctx.clone();
+    SessionRemote::new(frontend.clone())
+        .bind_with(move |session, uid| {
+            let ctx = ctx.clone();
+            Box::pin(async move {
+                ctx.bind(&session, &uid)
+                    .await
+                    .map_err(|e| RemoteError::new(500, e.to_string()))
             })
-    }
-}
-
-impl session_remote::Remote for SessionRemote {
-    async fn bind(&self, args: BindArgs) -> Result<(), RemoteError> {
-        let s = self.session(args.session_id)?;
-        self.ctx
-            .bind(&s, &args.uid)
-            .await
-            .map_err(|e| RemoteError::new(500, e.to_string()))
-    }
-
-    async fn set(&self, args: SetArgs) -> Result<(), RemoteError> {
-        let s = self.session(args.session_id)?;
-        s.merge_settings(json_map(&args.settings_json));
-        Ok(())
-    }
-
-    async fn kick(&self, args: KickArgs) -> Result<Count, RemoteError> {
-        let Some(f) = self.ctx.frontend() else {
-            return Ok(Count { n: 0 });
-        };
-        let n = if args.session_id != 0 {
-            u64::from(f.sessions().kick_by_id(args.session_id, &args.reason))
-        } else {
-            f.sessions().kick_by_uid(&args.uid, &args.reason) as u64
-        };
-        Ok(Count { n })
-    }
-
-    async fn push(&self, args: PushArgs) -> Result<Count, RemoteError> {
-        let Some(f) = self.ctx.frontend() else {
-            return Ok(Count { n: 0 });
-        };
-        let mut n = 0u64;
-        if args.all {
-            for s in f.sessions().all() {
-                n += u64::from(s.send_encoded(args.package.clone()).is_ok());
-            }
-        } else {
-            n += f.push_encoded(&args.session_ids, &args.package).sent as u64;
-            for uid in &args.uids {
-                for s in f.sessions().get_by_uid(uid) {
-                    n += u64::from(s.send_encoded(args.package.clone()).is_ok());
-                }
-            }
-        }
-        Ok(Count { n })
-    }
+        })
+        .into_server()
 }

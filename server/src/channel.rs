@@ -16,7 +16,7 @@ use shaddock_protocol::message::{Message, MessageRoute};
 use shaddock_rpc::{RpcClient, RpcError, Target};
 
 use crate::context::ClusterView;
-use crate::proto::{PushArgs, session_remote};
+use shaddock_connector::remote::{PushArgs, session_remote};
 
 /// Why a push could not be sent at all.
 #[derive(Debug, thiserror::Error)]
@@ -87,13 +87,19 @@ impl Pusher {
         encode_push(self.dictionary.as_deref(), route, body)
     }
 
-    /// One RPC per frontend, concurrently.
-    async fn send(&self, per_frontend: Vec<(String, PushArgs)>) -> PushSummary {
+    /// One RPC per frontend, concurrently: `push` to the listed uids, or `broadcast` (to
+    /// every session of the frontend) when `all`.
+    async fn send(&self, per_frontend: Vec<(String, PushArgs)>, all: bool) -> PushSummary {
         let stub = session_remote::Client::new(&self.rpc);
         let calls = per_frontend.into_iter().map(|(fid, args)| {
             let stub = stub.clone();
             async move {
-                let r = stub.push(Target::server(&fid), args).await;
+                let target = Target::server(&fid);
+                let r = if all {
+                    stub.broadcast(target, args).await
+                } else {
+                    stub.push(target, args).await
+                };
                 (fid, r)
             }
         });
@@ -101,7 +107,7 @@ impl Pusher {
         for (fid, r) in futures_util::future::join_all(calls).await {
             summary.rpcs += 1;
             match r {
-                Ok(c) => summary.sent += c.n,
+                Ok(r) => summary.sent += u64::from(r.sent),
                 Err(e) => {
                     tracing::warn!(frontend = %fid, cause = %e, "channel push failed");
                     summary.failed.push((fid, e.to_string()));
@@ -129,14 +135,13 @@ impl Pusher {
                     fid,
                     PushArgs {
                         package: package.clone(),
-                        session_ids: Vec::new(),
                         uids,
-                        all: false,
+                        ..PushArgs::default()
                     },
                 )
             })
             .collect();
-        Ok(self.send(per).await)
+        Ok(self.send(per, false).await)
     }
 }
 
@@ -332,14 +337,12 @@ impl ChannelService {
                     s.id.clone(),
                     PushArgs {
                         package: package.clone(),
-                        session_ids: Vec::new(),
-                        uids: Vec::new(),
-                        all: true,
+                        ..PushArgs::default()
                     },
                 )
             })
             .collect();
-        Ok(self.pusher.send(per).await)
+        Ok(self.pusher.send(per, true).await)
     }
 }
 

@@ -3,7 +3,6 @@
 
 use std::sync::{Arc, OnceLock, RwLock};
 
-use serde_json::Value;
 use shaddock_connector::{Frontend, Session, SessionError};
 use shaddock_protocol::RouteDictionary;
 use shaddock_rpc::{RpcClient, RpcError, ServerInfo, Target};
@@ -295,13 +294,5 @@ impl ServerContext {
             )
             .await?;
         Ok(n.n)
-    }
-}
-
-/// Parses a JSON object sent as text; anything else is an empty map.
-pub(crate) fn json_map(text: &str) -> serde_json::Map<String, Value> {
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(m)) => m,
-        _ => serde_json::Map::new(),
     }
 }

@@ -17,9 +17,10 @@ use tokio_util::sync::CancellationToken;
 use crate::app::DuplicateLogin;
 use crate::config::{ClusterConfig, ServerConfig};
 use crate::proto::{
-    AddArgs, AddReply, Claim, Count, KickArgs, KickUid, ListReply, ListRow, ServerEntry, Snapshot,
-    StatsReport, StopArgs, WatchArgs, master_remote, server_remote, session_remote,
+    AddArgs, AddReply, Claim, Count, KickUid, ListReply, ListRow, ServerEntry, Snapshot,
+    StatsReport, StopArgs, WatchArgs, master_remote, server_remote,
 };
+use shaddock_connector::remote::{KickArgs, session_remote};
 
 /// How long `watch` holds a request when nothing changes (below the RPC call timeout).
 const WATCH_HOLD: Duration = Duration::from_secs(5);
@@ -552,7 +553,7 @@ impl master_remote::Remote for MasterRemote {
         if let (DuplicateLogin::KickOld, Some((fid, sid))) = (m.policy, old) {
             tracing::info!(uid = %c.uid, old = %fid, new = %c.frontend_id, "duplicate login: kicking the old session");
             let args = KickArgs {
-                session_id: sid,
+                sid,
                 uid: String::new(),
                 reason: "logged in elsewhere".into(),
             };
@@ -589,12 +590,12 @@ impl master_remote::Remote for MasterRemote {
         let mut n = 0;
         for fid in frontends {
             let args = KickArgs {
-                session_id: 0,
+                sid: 0,
                 uid: k.uid.clone(),
                 reason: k.reason.clone(),
             };
             match stub.kick(Target::server(&fid), args).await {
-                Ok(c) => n += c.n,
+                Ok(c) => n += u64::from(c.n),
                 Err(e) => tracing::warn!(frontend = %fid, cause = %e, "kick_uid failed there"),
             }
         }

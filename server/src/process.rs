@@ -13,12 +13,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
-use crate::backend::{MsgRemote, RpcForwarder, SessionRemote};
+use crate::backend::{MsgRemote, forwarder, session_remote};
 use crate::config::ServerConfig;
 use crate::context::ServerContext;
 use crate::proto::{
     Claim, ServerEntry, StatsReport, StopArgs, WatchArgs, master_remote, msg_remote, server_remote,
-    session_remote,
 };
 
 /// The type the master has in a server's peer directory.
@@ -259,13 +258,6 @@ pub(crate) async fn run_server(
     registry
         .add(server_remote::Server::new(StopRemote { ctx: ctx.clone() }))
         .map_err(reg_err)?;
-    if me.frontend {
-        registry
-            .add(session_remote::Server::new(SessionRemote {
-                ctx: ctx.clone(),
-            }))
-            .map_err(reg_err)?;
-    }
     if !def.handlers.is_empty() {
         registry
             .add(msg_remote::Server::new(MsgRemote::new(ctx.clone(), &def)))
@@ -297,10 +289,7 @@ pub(crate) async fn run_server(
             .collect();
         let (a, b) = (inflight.clone(), inflight.clone());
         let mut builder = Frontend::builder(connector_config(&actual))
-            .forwarder(Arc::new(RpcForwarder {
-                ctx: ctx.clone(),
-                keys,
-            }))
+            .forwarder(Arc::new(forwarder(&ctx, keys)))
             .before(
                 move |info: &RequestInfo, _: &serde_json::Value, s: &Session| {
                     a.enter(info, s);
@@ -325,6 +314,10 @@ pub(crate) async fn run_server(
             source,
         })?;
         ctx.set_frontend(frontend.clone());
+        // Registered before the RPC server starts below, so backends can reach sessions.
+        registry
+            .add(session_remote(&ctx, &frontend))
+            .map_err(reg_err)?;
         let hook_rpc = rpc.clone();
         let hook_master = master_id.clone();
         frontend.sessions().on_closed(move |s, _reason| {

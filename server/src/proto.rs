@@ -3,15 +3,18 @@
 //! - `master` (on the master): registration, the long-poll cluster watch, stats reports, the
 //!   admin calls of the CLI and the cluster-wide uid registry.
 //! - `server` (on every server): `stop`.
-//! - `sessionRemote` (on frontends): what a backend does to a client's session (bind, set,
-//!   push, kick) and the grouped channel pushes.
-//! - `msgRemote` (on backends): a client request forwarded by a frontend.
+//! - `sessionRemote` (on frontends) and `msgRemote` (on backends) are the connector's
+//!   ([`shaddock_connector::remote`], re-exported here): what a backend does to a client's
+//!   session (bind, settings, push by id or uid with pre-encoded packages, kick) and a client
+//!   request forwarded by a frontend.
 //!
 //! JSON values (settings, bodies, extra keys) travel as JSON text in `bytes`/`string` fields.
 
 #![allow(missing_docs)]
 
 use shaddock_rpc::remote;
+
+pub use shaddock_connector::remote::{msg_remote, session_remote};
 
 /// One server as the cluster knows it: its config plus the ports it actually bound.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -158,89 +161,6 @@ pub struct StopArgs {
     pub reason: String,
 }
 
-/// A session as a backend sees it.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct SessionSnap {
-    #[prost(uint64, tag = "1")]
-    pub id: u64,
-    #[prost(string, tag = "2")]
-    pub uid: String,
-    #[prost(string, tag = "3")]
-    pub frontend_id: String,
-    /// JSON object.
-    #[prost(string, tag = "4")]
-    pub settings_json: String,
-}
-
-/// `msgRemote.forward`: a client request for a backend.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ForwardArgs {
-    #[prost(string, tag = "1")]
-    pub route: String,
-    /// JSON text.
-    #[prost(bytes = "bytes", tag = "2")]
-    pub body: bytes::Bytes,
-    #[prost(message, optional, tag = "3")]
-    pub session: Option<SessionSnap>,
-    #[prost(uint32, tag = "4")]
-    pub id: u32,
-}
-
-/// `msgRemote.forward` reply.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ForwardReply {
-    /// JSON text of the response body.
-    #[prost(bytes = "bytes", tag = "1")]
-    pub body: bytes::Bytes,
-    /// The session's settings after the handler (JSON object), applied by the frontend.
-    #[prost(string, tag = "2")]
-    pub settings_json: String,
-}
-
-/// `sessionRemote.bind`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct BindArgs {
-    #[prost(uint64, tag = "1")]
-    pub session_id: u64,
-    #[prost(string, tag = "2")]
-    pub uid: String,
-}
-
-/// `sessionRemote.set`: merge settings into a session.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct SetArgs {
-    #[prost(uint64, tag = "1")]
-    pub session_id: u64,
-    #[prost(string, tag = "2")]
-    pub settings_json: String,
-}
-
-/// `sessionRemote.kick`: by session id (non-zero) or by uid.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct KickArgs {
-    #[prost(uint64, tag = "1")]
-    pub session_id: u64,
-    #[prost(string, tag = "2")]
-    pub uid: String,
-    #[prost(string, tag = "3")]
-    pub reason: String,
-}
-
-/// `sessionRemote.push`: one pre-encoded DATA package for many sessions of one frontend.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct PushArgs {
-    /// The whole encoded PUSH package, sent as is.
-    #[prost(bytes = "bytes", tag = "1")]
-    pub package: bytes::Bytes,
-    #[prost(uint64, repeated, tag = "2")]
-    pub session_ids: Vec<u64>,
-    #[prost(string, repeated, tag = "3")]
-    pub uids: Vec<String>,
-    /// Every session of the frontend.
-    #[prost(bool, tag = "4")]
-    pub all: bool,
-}
-
 remote! {
     /// The master's remote.
     pub mod master_remote: sys "master" {
@@ -272,27 +192,5 @@ remote! {
     pub mod server_remote: sys "server" {
         /// Graceful stop.
         fn stop(StopArgs) -> ();
-    }
-}
-
-remote! {
-    /// A frontend's session remote.
-    pub mod session_remote: sys "sessionRemote" {
-        /// Binds a session to a uid.
-        fn bind(BindArgs) -> ();
-        /// Merges settings into a session.
-        fn set(SetArgs) -> ();
-        /// Kicks a session or every session of a uid; returns how many.
-        fn kick(KickArgs) -> Count;
-        /// Sends a pre-encoded push; returns to how many sessions it was queued.
-        fn push(PushArgs) -> Count;
-    }
-}
-
-remote! {
-    /// A backend's message remote.
-    pub mod msg_remote: sys "msgRemote" {
-        /// Runs the handler of a forwarded client request.
-        fn forward(ForwardArgs) -> ForwardReply;
     }
 }
