@@ -49,21 +49,22 @@ GATE_PORT=$((3014 + OFFSET))
 CONNECTOR_PORTS="$((3050 + OFFSET)),$((3051 + OFFSET)),$((3052 + OFFSET))"
 GATE="127.0.0.1:$GATE_PORT"
 
-# Scenario arguments per profile. "full" is what the targets are stated for.
+# Scenario arguments per profile ("full" is what the targets are stated for);
+# CONNECT_ARGS, REQUEST_ARGS, BROADCAST_ARGS, IDLE_ARGS and DEADLINE in the environment win.
 case "$PROFILE" in
   quick)
-    CONNECT_ARGS="connect --clients 200"
-    REQUEST_ARGS="request --clients 50 --duration 3"
-    BROADCAST_ARGS="broadcast --rooms 1 --room-size 100 --senders 2 --rate 50 --duration 3"
-    IDLE_ARGS="idle --clients 300 --hold 5"
-    DEADLINE=120
+    CONNECT_ARGS="${CONNECT_ARGS:-connect --clients 200}"
+    REQUEST_ARGS="${REQUEST_ARGS:-request --clients 50 --duration 3}"
+    BROADCAST_ARGS="${BROADCAST_ARGS:-broadcast --rooms 1 --room-size 100 --senders 2 --rate 50 --duration 3}"
+    IDLE_ARGS="${IDLE_ARGS:-idle --clients 300 --hold 5}"
+    DEADLINE="${DEADLINE:-120}"
     ;;
   full)
-    CONNECT_ARGS="connect --clients 10000"
-    REQUEST_ARGS="request --clients 200 --duration 20"
-    BROADCAST_ARGS="broadcast --rooms 1 --room-size 1000 --senders 10 --rate 100 --duration 10"
-    IDLE_ARGS="idle --clients 50000 --hold 30"
-    DEADLINE=900
+    CONNECT_ARGS="${CONNECT_ARGS:-connect --clients 10000}"
+    REQUEST_ARGS="${REQUEST_ARGS:-request --clients 200 --duration 20}"
+    BROADCAST_ARGS="${BROADCAST_ARGS:-broadcast --rooms 1 --room-size 1000 --senders 10 --rate 100 --duration 10}"
+    IDLE_ARGS="${IDLE_ARGS:-idle --clients 50000 --hold 30}"
+    DEADLINE="${DEADLINE:-900}"
     ;;
   *) echo "compare.sh: --profile is quick or full" >&2; exit 2 ;;
 esac

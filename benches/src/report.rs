@@ -130,6 +130,8 @@ const PARAMS: &[&str] = &[
     "rate",
     "duration_s",
     "hold_s",
+    "intended",
+    "sent",
     "workers",
     "sources",
     "transport",

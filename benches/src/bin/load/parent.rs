@@ -447,6 +447,10 @@ pub(crate) async fn run(cli: Cli) -> Result<(), String> {
             put("rate", json!(rate));
             put("duration_s", json!(duration));
             put("max_messages", json!(max_messages));
+            // What the senders were asked to send: ticks the generator could not keep up
+            // with (it skips missed ticks) show as `sent` below `intended`.
+            let intended = ((*rooms * *senders) as f64 * rate * duration).floor() as u64;
+            put("intended", json!(intended.min(*max_messages)));
             put("sent", json!(sum(&result, "sent")));
             put("acked", json!(acked.values().sum::<u64>()));
             put("errors", json!(sum(&result, "errors")));
