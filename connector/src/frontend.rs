@@ -760,6 +760,10 @@ where
                 reason = self.session.kick_requested() => {
                     ConnectorStats::incr(&stats.kicked);
                     tracing::debug!(%reason, "kicking client");
+                    // What was queued before the kick (e.g. a response) goes out first.
+                    if let Err(reason) = self.flush_before_kick(&mut batch).await {
+                        return reason;
+                    }
                     conn.kick(&reason);
                 }
                 permit = self.inflight.clone().acquire_owned(), if !self.waiting.is_empty() => {
@@ -816,6 +820,42 @@ where
                 Err(_) => break,
             }
         }
+    }
+
+    /// Writes the messages queued when a kick is processed (not those queued after), all
+    /// within one `write_timeout`. A client too slow for that is closed without the KICK
+    /// (a write cut short may have left half a package on the wire).
+    async fn flush_before_kick(&mut self, batch: &mut Vec<Bytes>) -> Result<(), String> {
+        let mut left = self.rx.len();
+        let timeout = self.inner.config.write_timeout;
+        let deadline = Instant::now() + timeout;
+        while left > 0 {
+            let mut size: usize = batch.iter().map(Bytes::len).sum();
+            while left > 0 && size < self.inner.config.max_write_batch {
+                let Ok(b) = self.rx.try_recv() else {
+                    left = 0;
+                    break;
+                };
+                left -= 1;
+                size += b.len();
+                batch.push(b);
+            }
+            if batch.is_empty() {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, self.transport.write_batch(batch)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(cause = %e, "write failed, closing");
+                    return Err(format!("write failed: {e}"));
+                }
+                Err(_) => {
+                    tracing::warn!(peer = %self.session.peer_addr(), ?timeout, "queued messages not written before the kick in time, closing");
+                    return Err("write timeout while flushing before a kick".into());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Writes `batch` as one write (one WebSocket message); empties it.

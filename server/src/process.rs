@@ -399,10 +399,7 @@ pub(crate) async fn run_server(
                 "drain timed out"
             );
         }
-        // Responses are queued synchronously after the after-filter; give the connection
-        // tasks a moment to write them before the kick closes the connections (the
-        // connector does not flush a queue ahead of a kick).
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The connector writes what is queued (these responses) before the KICK.
         for s in frontend.sessions().all() {
             s.kick("server stopping");
         }
