@@ -123,9 +123,9 @@ write_shaddock_config() {
       {"id": "gate-server-1", "host": "127.0.0.1", "clientPort": $((3014 + o)), "frontend": true}
     ],
     "connector": [
-      {"id": "connector-server-1", "host": "127.0.0.1", "port": $((4050 + o)), "clientPort": $((3050 + o)), "frontend": true},
-      {"id": "connector-server-2", "host": "127.0.0.1", "port": $((4051 + o)), "clientPort": $((3051 + o)), "frontend": true},
-      {"id": "connector-server-3", "host": "127.0.0.1", "port": $((4052 + o)), "clientPort": $((3052 + o)), "frontend": true}
+      {"id": "connector-server-1", "host": "127.0.0.1", "port": $((4050 + o)), "clientPort": $((3050 + o)), "frontend": true, "heartbeat": 3, "max-connections": 20000},
+      {"id": "connector-server-2", "host": "127.0.0.1", "port": $((4051 + o)), "clientPort": $((3051 + o)), "frontend": true, "heartbeat": 3, "max-connections": 20000},
+      {"id": "connector-server-3", "host": "127.0.0.1", "port": $((4052 + o)), "clientPort": $((3052 + o)), "frontend": true, "heartbeat": 3, "max-connections": 20000}
     ],
     "chat": [
       {"id": "chat-server-1", "host": "127.0.0.1", "port": $((6050 + o))},
@@ -246,7 +246,9 @@ HEADER="$(mktemp -t load-header-XXXXXX.md)"
   echo "- Versions: $(rustc --version), node $(node --version),"
   echo "  pinus $(node -p "require('./benches/pinus-chat/node_modules/pinus/package.json').version" 2>/dev/null || echo '?')."
   echo "- Both stacks: gate $GATE_PORT, connectors ${CONNECTOR_PORTS//,/\/} (raw TCP clients), chat servers"
-  echo "  $((6050 + OFFSET))-$((6052 + OFFSET)), on 127.0.0.1; a fresh cluster per run."
+  echo "  $((6050 + OFFSET))-$((6052 + OFFSET)), on 127.0.0.1; heartbeat 3 s on the connectors (pinus-chat's"
+  echo "  default; Shaddock's config sets \"heartbeat\": 3 and \"max-connections\": 20000); a fresh"
+  echo "  cluster per run."
   echo "- Commands (\`load\` = \`$CARGO_TARGET_DIR/release/load\`, STACK = shaddock | pinus):"
   echo
   echo '```'
