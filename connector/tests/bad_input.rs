@@ -1006,3 +1006,39 @@ async fn a_request_flood_that_never_reads_is_kicked_as_a_slow_consumer() {
     assert!(good.finish().await > 0);
     server.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The `sniff` fuzz target's body over its seeds (stable CI runs it; `fuzz/` needs nightly)
+
+mod sniff_fuzz {
+    include!("../../fuzz/fuzz_targets/sniff_body.rs");
+}
+
+#[test]
+fn sniff_fuzz_body_over_seeds() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/sniff");
+    let mut ran = 0;
+    for entry in std::fs::read_dir(&dir).expect("fuzz/corpus/sniff exists") {
+        let path = entry.expect("readable corpus entry").path();
+        let is_seed = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("seed-"));
+        if is_seed {
+            sniff_fuzz::sniff_body(&std::fs::read(&path).expect("readable seed"));
+            ran += 1;
+        }
+    }
+    assert!(
+        ran >= 20,
+        "expected the committed seeds in {}",
+        dir.display()
+    );
+    // And every input of up to two bytes.
+    for a in 0..=255u8 {
+        sniff_fuzz::sniff_body(&[a]);
+        for b in 0..=255u8 {
+            sniff_fuzz::sniff_body(&[a, b]);
+        }
+    }
+}
