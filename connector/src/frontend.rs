@@ -276,6 +276,9 @@ impl FrontendBuilder {
                 codec,
                 forwarder: self.forwarder,
                 tracker: TaskTracker::new(),
+                requests: TaskTracker::new(),
+                stop_accepting: CancellationToken::new(),
+                listening: tokio::sync::watch::Sender::new(false),
             }),
         })
     }
@@ -295,6 +298,12 @@ struct Inner {
     forwarder: Option<Arc<dyn Forwarder>>,
     /// Connection tasks and in-flight handler tasks, waited for on shutdown.
     tracker: TaskTracker,
+    /// In-flight request and notify tasks only (also in `tracker`), for the graceful drain.
+    requests: TaskTracker,
+    /// Cancelled by [`Frontend::stop_accepting`]: `serve` closes its listener.
+    stop_accepting: CancellationToken,
+    /// Whether `serve` holds an open listener.
+    listening: tokio::sync::watch::Sender<bool>,
 }
 
 /// A frontend server's client port: connections, sessions, dispatch and pushes.
@@ -311,6 +320,18 @@ impl std::fmt::Debug for Frontend {
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
+}
+
+/// Outcome of [`Frontend::drain_and_kick`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DrainReport {
+    /// Requests still being handled when the drain gave up (0: all answered).
+    pub unfinished_requests: usize,
+    /// Sessions kicked.
+    pub kicked: usize,
+    /// Kicked sessions still open when the wait for them gave up (0: all closed).
+    pub still_connected: usize,
 }
 
 /// Outcome of a push to several sessions.
@@ -443,9 +464,66 @@ impl Frontend {
         Ok(self.broadcast_encoded(&bytes))
     }
 
+    /// Stops accepting connections: `serve` closes its listener (new connects are refused
+    /// by the OS) but keeps serving the connections it has until its `shutdown` token is
+    /// cancelled. Returns once the listener is closed (at once if `serve` is not running).
+    /// For good: a later `serve` on this frontend accepts nothing.
+    ///
+    /// A graceful stop is `stop_accepting` → [`Frontend::drain_and_kick`] → cancel `serve`'s
+    /// token.
+    pub async fn stop_accepting(&self) {
+        self.inner.stop_accepting.cancel();
+        let mut listening = self.inner.listening.subscribe();
+        // The sender lives in `self.inner`, so `wait_for` cannot fail while we hold `self`.
+        let _ = listening.wait_for(|open| !*open).await;
+    }
+
+    /// The graceful drain: waits until no request or notify of any client is being handled
+    /// (their responses are then queued), at most `timeout`; then kicks every session with
+    /// `reason` (each writes what is queued, then the KICK, then closes) and waits, at most
+    /// `timeout` again, for them to close. Clients stay connected and may send requests while
+    /// the drain runs; call [`Frontend::stop_accepting`] first so no new ones arrive.
+    pub async fn drain_and_kick(&self, reason: &str, timeout: Duration) -> DrainReport {
+        let requests = &self.inner.requests;
+        requests.close();
+        let drained = tokio::time::timeout(timeout, requests.wait()).await.is_ok();
+        let unfinished_requests = if drained { 0 } else { requests.len() };
+        requests.reopen();
+        if !drained {
+            tracing::warn!(
+                ?timeout,
+                left = unfinished_requests,
+                "drain: requests still being handled, kicking anyway"
+            );
+        }
+        let sessions = self.inner.sessions.all();
+        for s in &sessions {
+            s.kick(reason);
+        }
+        let all_closed = async {
+            for s in &sessions {
+                s.closed().await;
+            }
+        };
+        let still_connected = match tokio::time::timeout(timeout, all_closed).await {
+            Ok(()) => 0,
+            Err(_) => {
+                let n = sessions.iter().filter(|s| !s.is_closed()).count();
+                tracing::warn!(?timeout, left = n, "drain: kicked clients still connected");
+                n
+            }
+        };
+        DrainReport {
+            unfinished_requests,
+            kicked: sessions.len(),
+            still_connected,
+        }
+    }
+
     /// Serves clients on `listener` until `shutdown` is cancelled, then closes every
     /// connection and waits for connection and handler tasks to finish (at most
-    /// `drain_timeout`).
+    /// `drain_timeout`). After [`Frontend::stop_accepting`] it closes the listener at once
+    /// but keeps serving its connections until `shutdown`.
     ///
     /// At most `max_connections` connections are served at once: a permit is taken before
     /// `accept`. When none is left the listener still accepts and closes the new socket at
@@ -464,10 +542,13 @@ impl Frontend {
         let local = listener.local_addr().ok();
         tracing::info!(addr = ?local, frontend = %self.inner.config.frontend_id, "client port listening");
         let mut backoff = Duration::from_millis(1);
+        let stop_accepting = self.inner.stop_accepting.clone();
+        self.inner.listening.send_replace(true);
         loop {
             let permit = limit.clone().try_acquire_owned().ok();
             let accepted = tokio::select! {
                 () = shutdown.cancelled() => break,
+                () = stop_accepting.cancelled() => break,
                 r = listener.accept() => r,
             };
             match accepted {
@@ -494,6 +575,7 @@ impl Frontend {
                     tracing::error!(cause = %e, ?backoff, "accept failed, backing off");
                     tokio::select! {
                         () = shutdown.cancelled() => break,
+                        () = stop_accepting.cancelled() => break,
                         () = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -501,6 +583,11 @@ impl Frontend {
             }
         }
         drop(listener);
+        self.inner.listening.send_replace(false);
+        if !shutdown.is_cancelled() {
+            tracing::info!(addr = ?local, "client port no longer accepting; serving open connections");
+            shutdown.cancelled().await;
+        }
         self.inner.tracker.close();
         let drain = self.inner.config.drain_timeout;
         if tokio::time::timeout(drain, self.inner.tracker.wait())
@@ -899,10 +986,12 @@ where
     fn spawn_dispatch(&self, msg: Message, permit: OwnedSemaphorePermit) {
         let inner = self.inner.clone();
         let session = self.session.clone();
+        let request = self.inner.requests.token();
         self.inner.tracker.spawn(
             async move {
                 dispatch(inner, session, msg).await;
                 drop(permit);
+                drop(request);
             }
             .in_current_span(),
         );

@@ -74,7 +74,9 @@ pub mod stats;
 pub mod transport;
 
 pub use config::ConnectorConfig;
-pub use frontend::{Error, ForwardRequest, Forwarder, Frontend, FrontendBuilder, PushReport};
+pub use frontend::{
+    DrainReport, Error, ForwardRequest, Forwarder, Frontend, FrontendBuilder, PushReport,
+};
 pub use handler::{AfterFilter, BeforeFilter, Handler, HandlerError, RequestInfo};
 pub use limit::{RateLimit, TokenBucket};
 pub use remote::{BindHook, RpcForwarder, SessionRemote};

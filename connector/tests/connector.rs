@@ -937,3 +937,83 @@ async fn messages_queued_before_a_kick_are_written_before_it() {
     }
     server.stop().await;
 }
+
+/// The graceful stop: stop accepting (a connect is refused), drain the request in flight
+/// (its response arrives), then kick the client with a reason; `serve` returns on cancel.
+#[tokio::test]
+async fn graceful_stop_refuses_new_connections_and_answers_requests_in_flight() {
+    let (entered_tx, mut entered) = tokio::sync::mpsc::channel::<()>(1);
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let gate = release.clone();
+    let builder = app(test_config()).handler(
+        "connector.entryHandler.held",
+        move |_s: Session, v: Value| {
+            let (entered_tx, gate) = (entered_tx.clone(), gate.clone());
+            async move {
+                let _ = entered_tx.send(()).await;
+                let _permit = gate
+                    .acquire()
+                    .await
+                    .map_err(|e| HandlerError::internal(e.to_string()))?;
+                Ok::<_, HandlerError>(json!({"code": 200, "echo": v}))
+            }
+        },
+    );
+    let server = start(builder).await;
+    let mut c = Client::tcp(server.addr).await;
+    c.handshake().await;
+    c.request(7, "connector.entryHandler.held", &json!({"n": 1}))
+        .await;
+    within(entered.recv()).await.expect("handler entered");
+
+    within(server.frontend.stop_accepting()).await;
+    let refused = within(tokio::net::TcpStream::connect(server.addr)).await;
+    assert!(
+        refused.is_err(),
+        "a connect after stop_accepting was accepted"
+    );
+
+    let drain = tokio::spawn({
+        let frontend = server.frontend.clone();
+        async move {
+            frontend
+                .drain_and_kick("server stopping", Duration::from_secs(5))
+                .await
+        }
+    });
+    // The drain waits for the handler: let it run; nothing may be kicked yet (a kick now
+    // would also lose the response checked below).
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!drain.is_finished());
+    assert_eq!(server.frontend.sessions().count(), 1);
+    release.add_permits(1);
+
+    let mut response = None;
+    let kick = loop {
+        let p = c.recv_no_heartbeat().await.expect("response, then KICK");
+        match p.kind {
+            PackageType::Kick => break p,
+            PackageType::Data => {
+                let m = Message::decode(p.body).unwrap();
+                assert_eq!((m.kind, m.id), (MessageType::Response, 7));
+                response = Some(serde_json::from_slice::<Value>(&m.body).unwrap());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(response, Some(json!({"code": 200, "echo": {"n": 1}})));
+    assert_eq!(&kick.body[..], br#"{"reason":"server stopping"}"#);
+    c.expect_closed().await;
+    let report = within(drain).await.unwrap();
+    assert_eq!(
+        (
+            report.unfinished_requests,
+            report.kicked,
+            report.still_connected
+        ),
+        (0, 1, 0)
+    );
+    server.stop().await;
+}

@@ -1,15 +1,12 @@
 //! One server process: binds its ports, registers with the master, keeps its peer directory in
 //! line with the master's view, serves clients (frontends) and remotes, and stops gracefully.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use shaddock_connector::{ConnectorConfig, Frontend, HandlerError, RequestInfo, Session};
+use shaddock_connector::{ConnectorConfig, Frontend};
 use shaddock_rpc::{Registry, RemoteError, RpcClient, RpcConfig, RpcServer, ServerInfo, Target};
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
@@ -23,9 +20,10 @@ use crate::proto::{
 /// The type the master has in a server's peer directory.
 pub(crate) const MASTER_TYPE: &str = "__master";
 
-/// How long a frontend waits for in-flight requests on stop.
+/// How long a frontend waits for in-flight requests on stop, and then again for the kicked
+/// clients to go.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a frontend waits for kicked clients to go.
+/// How long a frontend's `serve` may take to finish once cancelled.
 const KICK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a server process failed to start.
@@ -83,64 +81,6 @@ pub enum StartError {
     /// The master address is not `host:port`.
     #[error("bad master address `{0}` (want host:port)")]
     MasterAddr(String),
-}
-
-/// Requests in flight on a frontend, counted by a before and an after filter.
-#[derive(Default)]
-struct InFlight {
-    keys: Mutex<HashMap<(u64, u32, String), usize>>,
-    count: AtomicUsize,
-    idle: Notify,
-}
-
-impl InFlight {
-    fn key(info: &RequestInfo, s: &Session) -> (u64, u32, String) {
-        (s.id(), info.id, info.route.clone())
-    }
-
-    fn enter(&self, info: &RequestInfo, s: &Session) {
-        self.enter_key(Self::key(info, s));
-    }
-
-    fn enter_key(&self, k: (u64, u32, String)) {
-        let mut keys = self
-            .keys
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *keys.entry(k).or_default() += 1;
-        self.count.fetch_add(1, Ordering::SeqCst);
-    }
-
-    fn leave(&self, info: &RequestInfo, s: &Session) {
-        self.leave_key(Self::key(info, s));
-    }
-
-    fn leave_key(&self, k: (u64, u32, String)) {
-        let mut keys = self
-            .keys
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(n) = keys.get_mut(&k) else {
-            return; // refused before our filter ran
-        };
-        *n -= 1;
-        if *n == 0 {
-            keys.remove(&k);
-        }
-        if self.count.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.idle.notify_waiters();
-        }
-    }
-
-    async fn wait_idle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            if self.count.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
 }
 
 struct StopRemote {
@@ -278,7 +218,6 @@ pub(crate) async fn run_server(
     }
 
     // The frontend, if any.
-    let inflight = Arc::new(InFlight::default());
     let client_token = CancellationToken::new();
     let mut client_task = None;
     if let Some(listener) = client_listener {
@@ -287,22 +226,8 @@ pub(crate) async fn run_server(
             .iter()
             .filter_map(|(t, d)| d.route_key.clone().map(|k| (t.clone(), k)))
             .collect();
-        let (a, b) = (inflight.clone(), inflight.clone());
-        let mut builder = Frontend::builder(connector_config(&actual))
-            .forwarder(Arc::new(forwarder(&ctx, keys)))
-            .before(
-                move |info: &RequestInfo, _: &serde_json::Value, s: &Session| {
-                    a.enter(info, s);
-                    Ok::<(), HandlerError>(())
-                },
-            )
-            .after(
-                move |info: &RequestInfo,
-                      s: &Session,
-                      _: &Result<serde_json::Value, HandlerError>| {
-                    b.leave(info, s);
-                },
-            );
+        let mut builder =
+            Frontend::builder(connector_config(&actual)).forwarder(Arc::new(forwarder(&ctx, keys)));
         if let Some(d) = &app.dictionary {
             builder = builder.dictionary(d.clone());
         }
@@ -390,31 +315,18 @@ pub(crate) async fn run_server(
     bg.cancel();
 
     if let (Some(task), Some(frontend)) = (client_task, ctx.frontend()) {
-        if tokio::time::timeout(DRAIN_TIMEOUT, inflight.wait_idle())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                left = inflight.count.load(Ordering::SeqCst),
-                "drain timed out"
-            );
-        }
-        // The connector writes what is queued (these responses) before the KICK.
-        for s in frontend.sessions().all() {
-            s.kick("server stopping");
-        }
-        let sessions = frontend.sessions().clone();
-        let all_gone = async {
-            for s in sessions.all() {
-                s.closed().await;
-            }
-        };
-        if tokio::time::timeout(KICK_TIMEOUT, all_gone).await.is_err() {
-            tracing::warn!(
-                left = sessions.count(),
-                "clients still connected after the kick"
-            );
-        }
+        // Refuse new clients, answer the requests in flight, then kick the rest (the
+        // connector writes their queued responses before the KICK).
+        frontend.stop_accepting().await;
+        let report = frontend
+            .drain_and_kick("server stopping", DRAIN_TIMEOUT)
+            .await;
+        tracing::info!(
+            kicked = report.kicked,
+            unfinished = report.unfinished_requests,
+            still_connected = report.still_connected,
+            "clients drained"
+        );
         client_token.cancel();
         let _ = tokio::time::timeout(KICK_TIMEOUT, task).await;
     }
@@ -517,31 +429,4 @@ async fn stdin_watch(ctx: ServerContext) {
     }
     tracing::warn!("master went away (stdin closed); stopping");
     ctx.request_stop();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn in_flight_counts_only_what_it_saw_enter() {
-        let f = Arc::new(InFlight::default());
-        let a = (7u64, 1u32, "chat.h.m".to_owned());
-        let b = (7u64, 2u32, "chat.h.m".to_owned());
-        f.enter_key(a.clone());
-        f.enter_key(b.clone());
-        let waiter = tokio::spawn({
-            let f = f.clone();
-            async move { f.wait_idle().await }
-        });
-        f.leave_key(a.clone());
-        f.leave_key(a); // refused before our filter ran: ignored
-        assert_eq!(f.count.load(Ordering::SeqCst), 1);
-        assert!(!waiter.is_finished());
-        f.leave_key(b);
-        tokio::time::timeout(Duration::from_secs(5), waiter)
-            .await
-            .unwrap()
-            .unwrap();
-    }
 }
