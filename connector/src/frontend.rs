@@ -25,8 +25,8 @@ use tracing::Instrument;
 use crate::codec::BodyCodec;
 use crate::config::ConnectorConfig;
 use crate::handler::{
-    AfterFilter, BeforeFilter, BoxFuture, Erased, ErasedHandler, ErrorHandler, Handler,
-    HandlerError, RequestInfo,
+    AfterFilter, BeforeFilter, BoxFuture, ErasedHandler, ErrorHandler, Handler, HandlerError,
+    RequestInfo,
 };
 use crate::handshake::{self, HandshakeConfig};
 use crate::limit::TokenBucket;
@@ -129,10 +129,7 @@ impl FrontendBuilder {
                 });
             }
             Ok(_) => {
-                let erased: Arc<dyn ErasedHandler> = Arc::new(Erased {
-                    handler,
-                    _t: std::marker::PhantomData,
-                });
+                let erased = crate::handler::erase::<H, T, Session>(handler);
                 if self.handlers.insert(route.to_owned(), erased).is_some() {
                     self.errors.push(Error::DuplicateRoute(route.to_owned()));
                 }

@@ -82,39 +82,29 @@ pub struct RequestInfo {
     pub kind: MessageType,
 }
 
-/// An erased handler: decoded JSON body in, JSON reply out.
-pub(crate) trait ErasedHandler: Send + Sync {
-    fn call(
-        &self,
-        session: Session,
-        body: Value,
-    ) -> BoxFuture<'static, Result<Value, HandlerError>>;
+/// A handler with its argument type erased: decoded JSON body in, JSON reply out. `S` is the
+/// session it gets: [`Session`] here, the server crate's backend session there.
+pub trait ErasedHandler<S = Session>: Send + Sync {
+    /// Decodes `body` into the handler's argument type, runs it, encodes the reply.
+    fn call(&self, session: S, body: Value) -> BoxFuture<'static, Result<Value, HandlerError>>;
 }
 
-/// A typed async handler; implemented for every `Fn(Session, T) -> impl Future<Output =
-/// Result<R, E>>` with the bounds below.
-pub trait Handler<T>: Clone + Send + Sync + 'static {
+/// A typed async handler; implemented for every `Fn(S, T) -> impl Future<Output =
+/// Result<R, E>>` with the bounds below (`S` defaults to the frontend's [`Session`]).
+pub trait Handler<T, S = Session>: Clone + Send + Sync + 'static {
     /// Runs the handler on a decoded body.
-    fn call(
-        &self,
-        session: Session,
-        body: Value,
-    ) -> BoxFuture<'static, Result<Value, HandlerError>>;
+    fn call(&self, session: S, body: Value) -> BoxFuture<'static, Result<Value, HandlerError>>;
 }
 
-impl<F, Fut, T, R, E> Handler<T> for F
+impl<F, Fut, T, R, E, S> Handler<T, S> for F
 where
-    F: Fn(Session, T) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(S, T) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<R, E>> + Send + 'static,
     T: DeserializeOwned + Send + 'static,
     R: Serialize,
     E: Into<HandlerError>,
 {
-    fn call(
-        &self,
-        session: Session,
-        body: Value,
-    ) -> BoxFuture<'static, Result<Value, HandlerError>> {
+    fn call(&self, session: S, body: Value) -> BoxFuture<'static, Result<Value, HandlerError>> {
         let arg = match serde_json::from_value::<T>(body) {
             Ok(arg) => arg,
             Err(e) => {
@@ -130,19 +120,28 @@ where
     }
 }
 
-pub(crate) struct Erased<H, T> {
-    pub(crate) handler: H,
-    pub(crate) _t: std::marker::PhantomData<fn() -> T>,
+struct Erased<H, T> {
+    handler: H,
+    _t: std::marker::PhantomData<fn() -> T>,
 }
 
-impl<H: Handler<T>, T: 'static> ErasedHandler for Erased<H, T> {
-    fn call(
-        &self,
-        session: Session,
-        body: Value,
-    ) -> BoxFuture<'static, Result<Value, HandlerError>> {
+impl<H: Handler<T, S>, T: 'static, S> ErasedHandler<S> for Erased<H, T> {
+    fn call(&self, session: S, body: Value) -> BoxFuture<'static, Result<Value, HandlerError>> {
         self.handler.call(session, body)
     }
+}
+
+/// Erases a typed handler's argument type, once, at registration.
+pub fn erase<H, T, S>(handler: H) -> Arc<dyn ErasedHandler<S>>
+where
+    H: Handler<T, S>,
+    T: 'static,
+    S: 'static,
+{
+    Arc::new(Erased {
+        handler,
+        _t: std::marker::PhantomData,
+    })
 }
 
 /// Runs before a message is handled; `Err` refuses it (the error becomes the response).

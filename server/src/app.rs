@@ -7,9 +7,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::Value;
+use shaddock_connector::handler::{ErasedHandler, Handler, erase};
 use shaddock_connector::{FrontendBuilder, HandlerError};
 use shaddock_protocol::{Route, RouteDictionary};
 use shaddock_rpc::{Registry, RegistryError, Router};
@@ -79,72 +78,19 @@ pub type FrontendSetup =
 pub type RemoteSetup =
     Arc<dyn Fn(&ServerContext, &mut Registry) -> Result<(), RegistryError> + Send + Sync>;
 
-/// A typed backend handler: `async fn(BackendSession, T) -> Result<R, E>`.
-pub trait BackendHandler<T>: Clone + Send + Sync + 'static {
-    /// Decodes `body` into `T`, runs, encodes the reply.
-    fn call(
-        &self,
-        session: BackendSession,
-        body: Value,
-    ) -> BoxFuture<'static, Result<Value, HandlerError>>;
-}
+/// A typed backend handler: `async fn(BackendSession, T) -> Result<R, E>` — the connector's
+/// [`Handler`] with a [`BackendSession`], so both erase the argument type the same way.
+pub trait BackendHandler<T>: Handler<T, BackendSession> {}
 
-impl<F, Fut, T, R, E> BackendHandler<T> for F
-where
-    F: Fn(BackendSession, T) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<R, E>> + Send + 'static,
-    T: DeserializeOwned + Send + 'static,
-    R: Serialize,
-    E: Into<HandlerError>,
-{
-    fn call(
-        &self,
-        session: BackendSession,
-        body: Value,
-    ) -> BoxFuture<'static, Result<Value, HandlerError>> {
-        let arg = match serde_json::from_value::<T>(body) {
-            Ok(arg) => arg,
-            Err(e) => {
-                let err = HandlerError::internal(format!("invalid request body: {e}"));
-                return Box::pin(async move { Err(err) });
-            }
-        };
-        let fut = (self)(session, arg);
-        Box::pin(async move {
-            let reply = fut.await.map_err(Into::into)?;
-            serde_json::to_value(reply).map_err(HandlerError::from)
-        })
-    }
-}
+impl<H: Handler<T, BackendSession>, T> BackendHandler<T> for H {}
 
 /// A backend handler with its argument type erased.
-pub(crate) trait ErasedBackend: Send + Sync {
-    fn call(
-        &self,
-        session: BackendSession,
-        body: Value,
-    ) -> BoxFuture<'static, Result<Value, HandlerError>>;
-}
-
-struct Erased<H, T> {
-    handler: H,
-    _t: std::marker::PhantomData<fn() -> T>,
-}
-
-impl<H: BackendHandler<T>, T: 'static> ErasedBackend for Erased<H, T> {
-    fn call(
-        &self,
-        session: BackendSession,
-        body: Value,
-    ) -> BoxFuture<'static, Result<Value, HandlerError>> {
-        self.handler.call(session, body)
-    }
-}
+pub(crate) type ErasedBackend = dyn ErasedHandler<BackendSession>;
 
 /// Everything one server type declares.
 #[derive(Default, Clone)]
 pub(crate) struct TypeDef {
-    pub(crate) handlers: HashMap<String, Arc<dyn ErasedBackend>>,
+    pub(crate) handlers: HashMap<String, Arc<ErasedBackend>>,
     pub(crate) before: Vec<BackendFilter>,
     pub(crate) frontend: Vec<FrontendSetup>,
     pub(crate) remotes: Vec<RemoteSetup>,
@@ -240,10 +186,7 @@ impl App {
                 reason: e.to_string(),
             }),
             Ok(r) => {
-                let erased: Arc<dyn ErasedBackend> = Arc::new(Erased {
-                    handler,
-                    _t: std::marker::PhantomData,
-                });
+                let erased: Arc<ErasedBackend> = erase::<H, T, BackendSession>(handler);
                 let server_type = r.server_type.to_owned();
                 if self
                     .ty(&server_type)

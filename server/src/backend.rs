@@ -222,7 +222,7 @@ fn remote_error(e: HandlerError) -> RemoteError {
 /// `msgRemote` on a backend: runs forwarded requests.
 pub(crate) struct MsgRemote {
     pub(crate) ctx: ServerContext,
-    pub(crate) handlers: HashMap<String, Arc<dyn ErasedBackend>>,
+    pub(crate) handlers: HashMap<String, Arc<ErasedBackend>>,
     pub(crate) before: Vec<BackendFilter>,
 }
 
