@@ -117,13 +117,7 @@ fn page_config(dir: &Path, env: &str) -> Result<(String, u16), String> {
 /// Parses the launcher's arguments (without the program name) and runs it.
 pub fn main(args: Vec<OsString>) -> ExitCode {
     let cli = LaunchArgs::parse_from(std::iter::once(OsString::from("shaddock-chat")).chain(args));
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .try_init();
+    shaddock_server::init_logging();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

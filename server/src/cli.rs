@@ -73,13 +73,7 @@ enum Cmd {
 /// Parses the command line and runs the command; the app's `main` calls this.
 pub fn run(app: App) -> ExitCode {
     let cli = Cli::parse();
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .try_init();
+    crate::init_logging();
     if let Err(e) = app.validate() {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;

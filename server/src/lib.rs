@@ -41,3 +41,18 @@ pub use backend::{BackendSession, SessionInfo};
 pub use channel::{Channel, ChannelService, PushError, PushSummary};
 pub use cli::run;
 pub use context::{BindError, LiveServer, ServerContext};
+
+/// Installs the `tracing` subscriber every Shaddock process uses: events to stderr, filtered by
+/// `RUST_LOG` (default `info`), with colours only when stderr is a terminal, so log files and
+/// captured test output stay plain text. Does nothing if a subscriber is already installed.
+pub fn init_logging() {
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
+}
