@@ -82,6 +82,11 @@ pub(crate) struct Common {
     /// Client setups (gate, connect, enter) in flight per worker.
     #[arg(long, global = true, default_value_t = 128)]
     pub(crate) concurrency: usize,
+    /// Client setups started per second, all workers together (default: no pacing, only
+    /// `--concurrency`). Pacing keeps a big setup from starving the heartbeats of the
+    /// clients already in.
+    #[arg(long, global = true)]
+    pub(crate) connect_rate: Option<f64>,
     /// Hard limit on the whole run, seconds; workers are killed past it.
     #[arg(long, global = true, default_value_t = 600)]
     pub(crate) deadline: u64,

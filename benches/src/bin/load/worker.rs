@@ -239,7 +239,19 @@ async fn run_inner(cli: Cli, id: WorkerId) -> Result<(), String> {
     let permits = Arc::new(Semaphore::new(cli.common.concurrency.max(1)));
     let setup_start = now_us();
     let mut set = JoinSet::new();
+    let mut pacer = cli
+        .common
+        .connect_rate
+        .filter(|r| r.is_finite() && *r > 0.0)
+        .map(|r| {
+            let mut iv = tokio::time::interval(Duration::from_secs_f64(id.count as f64 / r));
+            iv.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            iv
+        });
     for index in (id.index..total).step_by(id.count) {
+        if let Some(pacer) = &mut pacer {
+            pacer.tick().await;
+        }
         let (ctx, permits, hist, errors) = (
             ctx.clone(),
             permits.clone(),
