@@ -126,7 +126,8 @@ impl RpcClient {
     /// Which server a target resolves to now.
     ///
     /// # Errors
-    /// [`RpcError::UnknownPeer`] or [`RpcError::NoServer`].
+    /// [`RpcError::UnknownPeer`] (also when the router chose a server that is not in the
+    /// directory) or [`RpcError::NoServer`] (the router chose none).
     pub fn resolve(&self, target: Target<'_>) -> Result<ServerInfo, RpcError> {
         self.entry(target).map(|e| e.info.clone())
     }
@@ -151,7 +152,11 @@ impl RpcClient {
                     server_type: server_type.to_owned(),
                 };
                 let id = router.route(key, &servers).ok_or_else(no_server)?;
-                dir.entry(id.as_str()).ok_or_else(no_server)
+                // A router may keep a key on a server that is not live now (a stable
+                // placement over the configured servers): that call fails fast, naming it.
+                dir.entry(id.as_str()).ok_or_else(|| RpcError::UnknownPeer {
+                    server_id: id.to_string(),
+                })
             }
         }
     }
@@ -687,4 +692,39 @@ async fn run_connection(stream: TcpStream, shared: &LinkShared) -> Arc<str> {
         Ok(Ok(())) => {}
     }
     reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Always the server `chat-9`, live or not (a placement over configured servers).
+    struct Fixed;
+
+    impl Router for Fixed {
+        fn route(&self, _key: &[u8], _servers: &[ServerInfo]) -> Option<ServerId> {
+            Some(ServerId::from("chat-9"))
+        }
+    }
+
+    #[test]
+    fn a_routed_server_missing_from_the_directory_is_an_unknown_peer() {
+        let rpc = RpcClient::new(RpcConfig::default());
+        rpc.directory()
+            .add(ServerInfo::new("chat-1", "chat", "127.0.0.1", 1));
+        rpc.set_router("chat", Arc::new(Fixed));
+        let err = rpc.resolve(Target::route("chat", "room")).unwrap_err();
+        assert!(
+            matches!(&err, RpcError::UnknownPeer { server_id } if server_id == "chat-9"),
+            "{err:?}"
+        );
+        // The default router still picks among the live ones only.
+        assert_eq!(
+            rpc.resolve(Target::route("gate", "room"))
+                .map(|s| s.id.to_string())
+                .unwrap_err()
+                .to_string(),
+            "no live `gate` server to route to"
+        );
+    }
 }

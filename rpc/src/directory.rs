@@ -84,8 +84,10 @@ impl ServerInfo {
 
 /// Picks which server of a type serves a routing key (pomelo's per-type route function).
 pub trait Router: Send + Sync + 'static {
-    /// Chooses among `servers` (all live servers of the type, sorted by id) for `key`;
-    /// `None` if none fits.
+    /// Chooses the server for `key`, usually among `servers` (all live servers of the type,
+    /// sorted by id); `None` if none fits. A router may also return the id of a server that
+    /// is not live (to keep a key's placement stable while that server is down): the call
+    /// then fails fast with [`RpcError::UnknownPeer`](crate::RpcError::UnknownPeer).
     fn route(&self, key: &[u8], servers: &[ServerInfo]) -> Option<ServerId>;
 }
 
