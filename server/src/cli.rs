@@ -139,9 +139,16 @@ async fn dispatch(app: App, cli: Cli) -> Result<(), String> {
             .clone()
             .ok_or("--master is required with --server-id")?;
         let master_id = cli.master_id.clone().unwrap_or(cluster.master.id.clone());
-        return crate::process::run_server(app, cluster.env, me, master_id, master)
-            .await
-            .map_err(|e| e.to_string());
+        return crate::process::run_server(
+            app,
+            cluster.env,
+            me,
+            cluster.servers,
+            master_id,
+            master,
+        )
+        .await
+        .map_err(|e| e.to_string());
     }
     match cli.cmd {
         None | Some(Cmd::Start { .. }) => {

@@ -76,6 +76,7 @@ pub enum BindError {
 
 struct Inner {
     server: ServerConfig,
+    configured: Vec<ServerConfig>,
     env: String,
     rpc: RpcClient,
     master_id: String,
@@ -104,6 +105,7 @@ impl std::fmt::Debug for ServerContext {
 impl ServerContext {
     pub(crate) fn new(
         server: ServerConfig,
+        configured: Vec<ServerConfig>,
         env: String,
         rpc: RpcClient,
         master_id: String,
@@ -114,6 +116,7 @@ impl ServerContext {
         Self {
             inner: Arc::new(Inner {
                 server,
+                configured,
                 env,
                 rpc,
                 master_id,
@@ -164,6 +167,14 @@ impl ServerContext {
     /// The route dictionary of the app, if it has one.
     pub fn dictionary(&self) -> Option<&Arc<RouteDictionary>> {
         self.inner.dictionary.as_ref()
+    }
+
+    /// The servers of the cluster's configuration (`servers.json` of the environment, in file
+    /// order) as this process loaded it at start; servers added at runtime are not in it (see
+    /// [`ServerContext::servers`] for the live ones). For placements that must not move while a
+    /// server is down (route over the configured servers united with the live ones).
+    pub fn configured_servers(&self) -> &[ServerConfig] {
+        &self.inner.configured
     }
 
     /// Every live server, sorted by id.
@@ -294,5 +305,48 @@ impl ServerContext {
             )
             .await?;
         Ok(n.n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shaddock_rpc::RpcConfig;
+
+    #[test]
+    fn the_configured_servers_are_kept_in_file_order() {
+        let dir = std::env::temp_dir().join(format!("shaddock-ctx-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("servers.json"),
+            r#"{"development": {"chat": [
+                {"id": "chat-2", "host": "127.0.0.1", "port": 0},
+                {"id": "chat-1", "host": "127.0.0.1", "port": 0}]}}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("master.json"),
+            r#"{"development": {"id": "master", "host": "127.0.0.1", "port": 0}}"#,
+        )
+        .unwrap();
+        let cluster = crate::config::ClusterConfig::load(&dir, "development").unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let me = cluster.servers[0].clone();
+        let ctx = ServerContext::new(
+            me,
+            cluster.servers.clone(),
+            "development".into(),
+            RpcClient::new(RpcConfig::default()),
+            "master".into(),
+            None,
+        );
+        let ids: Vec<&str> = ctx
+            .configured_servers()
+            .iter()
+            .map(|s| s.id.as_str())
+            .collect();
+        assert_eq!(ids, ["chat-2", "chat-1"]);
+        // Nothing is live before the master's first snapshot.
+        assert!(ctx.servers_of_type("chat").is_empty());
     }
 }

@@ -151,6 +151,7 @@ pub(crate) async fn run_server(
     app: App,
     env: String,
     me: ServerConfig,
+    configured: Vec<ServerConfig>,
     master_id: String,
     master_addr: String,
 ) -> Result<(), StartError> {
@@ -183,6 +184,7 @@ pub(crate) async fn run_server(
     }
     let ctx = ServerContext::new(
         actual.clone(),
+        configured,
         env,
         rpc.clone(),
         master_id.clone(),
