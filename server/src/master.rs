@@ -56,6 +56,10 @@ struct State {
     version: u64,
     /// uid -> (frontend id, session id).
     uids: HashMap<String, (String, u64)>,
+    /// The view version at which every configured server had first registered.
+    all_registered_at: Option<u64>,
+    /// Server id -> the latest view version it has applied (from its `watch` calls).
+    applied: HashMap<String, u64>,
 }
 
 pub(crate) struct Master {
@@ -217,6 +221,24 @@ impl Master {
 
     fn all_registered(st: &State) -> bool {
         st.servers.values().all(|m| m.entry.is_some())
+    }
+
+    /// Prints the ready line once every configured server has registered *and* every
+    /// registered one has applied a view holding them all (its next `watch` says so): from
+    /// then on any server can route to any other, so a placement over the configured servers
+    /// (e.g. the chat's rooms) works for the first client.
+    fn announce_ready_when_views_complete(&self, st: &State) {
+        let Some(at) = st.all_registered_at else {
+            return;
+        };
+        let live = st
+            .servers
+            .values()
+            .filter_map(|m| m.entry.as_ref().map(|e| e.id.as_str()));
+        if views_complete(at, live, &st.applied) && !self.ready.swap(true, Ordering::SeqCst) {
+            println!("{READY_LINE}");
+            tracing::info!("every configured server is up and knows the others");
+        }
     }
 
     /// Stops a group of servers over RPC and waits for their processes to end.
@@ -457,14 +479,20 @@ impl master_remote::Remote for MasterRemote {
         }
         m.publish(&mut st);
         tracing::info!(server = %entry.id, port = entry.port, client_port = entry.client_port, "server registered");
-        if Master::all_registered(&st) && !m.ready.swap(true, Ordering::SeqCst) {
-            println!("{READY_LINE}");
-            tracing::info!("every configured server is up");
+        if st.all_registered_at.is_none() && Master::all_registered(&st) {
+            st.all_registered_at = Some(st.version);
         }
+        m.announce_ready_when_views_complete(&st);
         Ok((**m.snap.borrow()).clone())
     }
 
     async fn watch(&self, args: WatchArgs) -> Result<Snapshot, RemoteError> {
+        if !self.0.ready.load(Ordering::SeqCst) {
+            let mut st = lock(&self.0.state);
+            let v = st.applied.entry(args.server_id.clone()).or_default();
+            *v = (*v).max(args.version);
+            self.0.announce_ready_when_views_complete(&st);
+        }
         let mut rx = self.0.snap.subscribe();
         if rx.borrow_and_update().version == args.version {
             let _ = tokio::time::timeout(WATCH_HOLD, rx.changed()).await;
@@ -686,9 +714,31 @@ pub(crate) async fn run_master(
     Ok(())
 }
 
+/// Whether every server in `live` has applied a view of version `at` or later.
+fn views_complete<'a>(
+    at: u64,
+    mut live: impl Iterator<Item = &'a str>,
+    applied: &HashMap<String, u64>,
+) -> bool {
+    live.all(|id| applied.get(id).is_some_and(|&v| v >= at))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ready_waits_until_every_server_applied_the_full_view() {
+        let mut applied = HashMap::new();
+        let live = ["chat-1", "connector-1"];
+        assert!(!views_complete(7, live.into_iter(), &applied));
+        applied.insert("chat-1".to_owned(), 7);
+        applied.insert("connector-1".to_owned(), 6);
+        assert!(!views_complete(7, live.into_iter(), &applied));
+        applied.insert("connector-1".to_owned(), 9);
+        assert!(views_complete(7, live.into_iter(), &applied));
+        assert!(views_complete(7, std::iter::empty(), &HashMap::new()));
+    }
 
     #[test]
     fn server_definitions_round_trip_and_name_bad_fields() {
