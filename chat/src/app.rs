@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use shaddock_connector::{HandlerError, RequestInfo, Session};
 use shaddock_protocol::RouteDictionary;
-use shaddock_rpc::{RpcError, Target};
+use shaddock_rpc::{Router, RpcError, ServerId, ServerInfo, Target};
 use shaddock_server::app::BoxFuture;
 use shaddock_server::{
     App, BackendSession, BindError, Component, DuplicateLogin, LiveServer, ServerContext,
@@ -70,6 +70,68 @@ pub fn dictionary() -> Result<RouteDictionary, shaddock_protocol::Error> {
 /// [`Crc32Router`](shaddock_rpc::Crc32Router) applies the same rule). `None` when `n` is 0.
 pub fn pick_index(key: &str, n: usize) -> Option<usize> {
     (n > 0).then(|| crc32fast::hash(key.as_bytes()) as usize % n)
+}
+
+/// The `chat` router: a room stays on its chat server. It hashes (`crc32(room) % n`, as
+/// [`pick_index`]) over a stable set — the chat servers of the configuration united with the
+/// live ones (so a server added at runtime still becomes routable), sorted by id — and does
+/// not skip a server that is down: a call for one of its rooms then fails fast (the RPC
+/// client's `UnknownPeer` or `PeerDown`) instead of moving the room to a server that does not
+/// know it, and every other room stays where its members are.
+#[derive(Debug, Clone, Default)]
+pub struct RoomRouter {
+    configured: Vec<String>,
+}
+
+impl RoomRouter {
+    /// A router over these configured server ids (any order, duplicates ignored).
+    pub fn new(configured: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        let mut configured: Vec<String> = configured.into_iter().map(Into::into).collect();
+        configured.sort();
+        configured.dedup();
+        Self { configured }
+    }
+
+    /// The configured ids, sorted.
+    pub fn configured(&self) -> &[String] {
+        &self.configured
+    }
+}
+
+impl Router for RoomRouter {
+    fn route(&self, key: &[u8], servers: &[ServerInfo]) -> Option<ServerId> {
+        let mut ids: Vec<&str> = self.configured.iter().map(String::as_str).collect();
+        ids.extend(servers.iter().map(|s| s.id.as_str()));
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return None;
+        }
+        let i = crc32fast::hash(key) as usize % ids.len();
+        ids.get(i).map(|&id| ServerId::from(id))
+    }
+}
+
+/// On every server, before it serves: calls for `chat` use a [`RoomRouter`] over the
+/// configured chat servers.
+struct StablePlacement;
+
+impl Component for StablePlacement {
+    fn name(&self) -> &str {
+        "chat-room-placement"
+    }
+
+    fn start(&self, ctx: &ServerContext) -> BoxFuture<'static, Result<(), String>> {
+        let router = RoomRouter::new(
+            ctx.configured_servers()
+                .iter()
+                .filter(|s| s.server_type == "chat")
+                .map(|s| s.id.clone()),
+        );
+        tracing::debug!(configured = ?router.configured(), "chat rooms placed over");
+        ctx.rpc().set_router("chat", Arc::new(router));
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// `gate.gateHandler.queryEntry`: the connector for `uid`, with the client port it actually
@@ -269,6 +331,7 @@ pub fn app() -> App {
                 .add(chat_remote::Server::new(ChatRemote::new(ctx.clone())))
                 .map(drop)
         })
+        .component(StablePlacement)
         .component(LeaveOnClose);
     match dictionary() {
         Ok(d) => app = app.dictionary(Arc::new(d)),
@@ -303,6 +366,52 @@ mod tests {
         assert_eq!(pick_index("alice", 3), Some(2));
         assert_eq!(pick_index("bob", 3), Some(2));
         assert_eq!(pick_index("alice", 1), Some(0));
+    }
+
+    fn live(ids: &[&str]) -> Vec<ServerInfo> {
+        ids.iter()
+            .map(|id| ServerInfo::new(*id, "chat", "127.0.0.1", 1))
+            .collect()
+    }
+
+    #[test]
+    fn a_dead_chat_servers_rooms_do_not_move_the_others() {
+        let all = ["chat-server-1", "chat-server-2", "chat-server-3"];
+        let router = RoomRouter::new(all);
+        let rooms: Vec<String> = (0..300).map(|i| format!("room{i}")).collect();
+        let place = |servers: &[ServerInfo]| -> Vec<String> {
+            rooms
+                .iter()
+                .map(|r| router.route(r.as_bytes(), servers).unwrap().to_string())
+                .collect()
+        };
+        let healthy = place(&live(&all));
+        // With all up it is pomelo's rule: crc32 % 3 over the sorted ids.
+        for (room, id) in rooms.iter().zip(&healthy) {
+            assert_eq!(id, all[pick_index(room, 3).unwrap()], "{room}");
+        }
+        assert!(all.iter().all(|id| healthy.contains(&(*id).to_owned())));
+        // chat-server-1 is down: its rooms still name it (the call fails fast), no other
+        // room moves.
+        let outage = place(&live(&all[1..]));
+        assert_eq!(outage, healthy);
+        // Nothing is live at all: still the same placement.
+        assert_eq!(place(&[]), healthy);
+        // A server added at runtime joins the placement.
+        let mut grown = all.to_vec();
+        grown.push("chat-server-4");
+        let with_new = place(&live(&grown));
+        assert!(with_new.contains(&"chat-server-4".to_owned()));
+        for (room, id) in rooms.iter().zip(&with_new) {
+            assert_eq!(id, grown[pick_index(room, 4).unwrap()], "{room}");
+        }
+        // No configuration and nothing live: no server.
+        assert_eq!(RoomRouter::default().route(b"room", &[]), None);
+        // Duplicates in the configuration are ignored.
+        assert_eq!(
+            RoomRouter::new(["b", "a", "b"]).configured(),
+            ["a".to_owned(), "b".to_owned()]
+        );
     }
 
     #[test]

@@ -265,8 +265,6 @@ fn connector_pids(l: &ListReply) -> Vec<u32> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known issue: while a chat server is down, rooms of the healthy ones move (crc32 over the \
-            live servers) and their sends fail; see RELIABILITY.md. Run with --ignored."]
 async fn kill_9_of_a_chat_server_under_load() {
     let cluster = FaultCluster::start();
     let gate = cluster.gate();
