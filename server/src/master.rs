@@ -123,9 +123,15 @@ impl Master {
         let mut backoff = BACKOFF_BASE;
         loop {
             let (cfg, def_json, kill) = {
-                let st = lock(&self.state);
-                let Some(m) = st.servers.get(&id) else { return };
+                let mut st = lock(&self.state);
+                let Some(m) = st.servers.get_mut(&id) else {
+                    return;
+                };
                 if m.stopping {
+                    if m.state == "restarting" {
+                        m.state = "stopped";
+                        self.publish(&mut st);
+                    }
                     return;
                 }
                 (m.cfg.clone(), m.def_json.clone(), m.kill.clone())
@@ -213,7 +219,17 @@ impl Master {
             }
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
-                () = kill.cancelled() => return,
+                () = kill.cancelled() => {
+                    // Stopped while waiting to restart: say so, or `stop` waits for a
+                    // "restarting" server that never comes (STOP_WAIT twice).
+                    let mut st = lock(&self.state);
+                    if let Some(m) = st.servers.get_mut(&id) {
+                        m.state = "stopped";
+                    }
+                    self.publish(&mut st);
+                    tracing::info!(server = %id, "stopped while waiting to restart");
+                    return;
+                }
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
