@@ -173,6 +173,30 @@ fn spawn_kick(ctx: ServerContext, m: Member) {
     });
 }
 
+/// Kicks `m.uid` from its room on every connector id (configured or live, this one included:
+/// a connector restarted under its id leaves ghosts under it); `true` if every kick was answered.
+async fn remove_ghost(ctx: &ServerContext, stub: &chat_remote::Client, m: &Member) -> bool {
+    let mut connectors: Vec<String> = ctx
+        .configured_servers()
+        .iter()
+        .filter(|s| s.server_type == "connector")
+        .map(|s| s.id.clone())
+        .chain(ctx.servers_of_type("connector").into_iter().map(|s| s.id))
+        .collect();
+    connectors.sort();
+    connectors.dedup();
+    tracing::info!(uid = %m.uid, room = %m.rid, "name held by a ghost member (its connector died); removing it");
+    let mut ok = true;
+    for sid in connectors {
+        let ghost = Member { sid, ..m.clone() };
+        if let Err(e) = stub.kick(Target::route("chat", &m.rid), ghost).await {
+            tracing::warn!(uid = %m.uid, room = %m.rid, cause = %e, "ghost removal failed");
+            ok = false;
+        }
+    }
+    ok
+}
+
 /// `connector.entryHandler.enter`: binds `username*rid` (refused cluster-wide if that name is
 /// in the room), joins the room on its chat server, answers the room's user names.
 async fn enter(ctx: ServerContext, s: Session, body: Value) -> Result<Value, HandlerError> {
@@ -204,7 +228,20 @@ async fn enter(ctx: ServerContext, s: Session, body: Value) -> Result<Value, Han
         rid: rid.clone(),
     };
     let stub = chat_remote::Client::new(ctx.rpc());
-    match stub.add(Target::route("chat", &rid), member.clone()).await {
+    let mut added = stub.add(Target::route("chat", &rid), member.clone()).await;
+    if let Err(RpcError::Remote {
+        code: CODE_NAME_TAKEN,
+        ..
+    }) = &added
+    {
+        // The master granted the uid, so no live session holds it: the room's member of
+        // that name is a ghost of a connector that died (kill -9, crash) before it could
+        // leave. Remove it wherever it was, then join.
+        if remove_ghost(&ctx, &stub, &member).await {
+            added = stub.add(Target::route("chat", &rid), member.clone()).await;
+        }
+    }
+    match added {
         Ok(users) => {
             s.set("rid", Value::String(rid));
             // The connection may have ended while we were joining: the close hook saw no

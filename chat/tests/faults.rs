@@ -1,5 +1,7 @@
 //! Faults in a real chat cluster (launcher → master → gate, 3 connectors, 3 chat servers) on
-//! port-0 config with `"restart": true`: `kill -9` of a chat server under steady load.
+//! port-0 config with `"restart": true`: `kill -9` of a chat server under steady load,
+//! `kill -9` of a connector, a graceful `stop` under load, and a slow consumer in a room that
+//! gets 10,000 pushes.
 //!
 //! Only PIDs this test started are signalled: the servers' PIDs come from the master's `list`.
 
@@ -8,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use shaddock_client::{Client, ClientConfig, PushStream, Transport, query_entry};
+use shaddock_client::{Client, ClientConfig, Event, Events, PushStream, Transport, query_entry};
 use shaddock_rpc::{RpcClient, RpcConfig, ServerInfo, Target};
 use shaddock_server::proto::{ListReply, master_remote};
 use std::io::{BufRead, BufReader};
@@ -124,10 +126,12 @@ impl Drop for FaultCluster {
         let Some(mut child) = self.child.take() else {
             return;
         };
+        let t0 = Instant::now();
         signal(child.id(), "TERM");
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
+                eprintln!("cluster stopped in {:?}", t0.elapsed());
                 let _ = std::fs::remove_dir_all(&self.dir);
                 return;
             }
@@ -192,6 +196,9 @@ fn rooms_on(index: usize, count: usize) -> Vec<String> {
 struct User {
     client: Client,
     chat: PushStream,
+    events: Events,
+    /// The client port of the connector it entered through.
+    port: u16,
 }
 
 async fn join(gate: &str, name: &str, room: &str) -> User {
@@ -199,7 +206,7 @@ async fn join(gate: &str, name: &str, room: &str) -> User {
         .await
         .expect("queryEntry in time")
         .expect("queryEntry");
-    let (client, _events) = timeout(
+    let (client, events) = timeout(
         STEP,
         Client::connect(&entry.addr(), Transport::Tcp, config()),
     )
@@ -215,7 +222,12 @@ async fn join(gate: &str, name: &str, room: &str) -> User {
     .expect("enter in time")
     .expect("enter");
     assert!(r["users"].is_array(), "enter {name} in {room}: {r}");
-    User { client, chat }
+    User {
+        client,
+        chat,
+        events,
+        port: entry.port,
+    }
 }
 
 /// One request's outcome under load.
@@ -393,5 +405,240 @@ async fn kill_9_of_a_chat_server_under_load() {
     assert_eq!(
         spared_errors, 0,
         "rooms on other chat servers were disturbed"
+    );
+}
+
+/// Names that the gate places on connector `index` (0-based, sorted by id) with all three up.
+fn names_on(prefix: &str, index: usize, count: usize) -> Vec<String> {
+    (0..1000)
+        .map(|i| format!("{prefix}{i}"))
+        .filter(|n| shaddock_chat::app::pick_index(n, 3) == Some(index))
+        .take(count)
+        .collect()
+}
+
+/// Waits (bounded by STEP) for the connection's `Disconnected` event.
+async fn disconnected(events: &mut Events) -> shaddock_client::DisconnectReason {
+    loop {
+        match timeout(STEP, events.recv()).await {
+            Ok(Some(Event::Disconnected(reason))) => return reason,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("events ended without Disconnected"),
+            Err(_) => panic!("no Disconnected within {STEP:?}"),
+        }
+    }
+}
+
+/// Whether a `Disconnected` event is already queued (without waiting).
+async fn saw_disconnect(events: &mut Events) -> bool {
+    for _ in 0..1000 {
+        match timeout(Duration::from_millis(1), events.recv()).await {
+            Ok(Some(Event::Disconnected(_))) | Ok(None) => return true,
+            Ok(Some(_)) => {}
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// What a client does after its connector died: ask the gate again, connect, re-enter under
+/// the same name; retried (every 100 ms, at most 30 s) while the gate still hands out the dead
+/// connector or the cluster has not caught up. Returns the user and the attempts it took.
+async fn come_back(gate: &str, name: &str, room: &str) -> (User, usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let tried = async {
+            let entry = timeout(STEP, query_entry(gate, Transport::Tcp, name, &config()))
+                .await
+                .map_err(|_| "queryEntry timed out".to_owned())?
+                .map_err(|e| format!("queryEntry: {e}"))?;
+            let (client, events) = timeout(
+                STEP,
+                Client::connect(&entry.addr(), Transport::Tcp, config()),
+            )
+            .await
+            .map_err(|_| "connect timed out".to_owned())?
+            .map_err(|e| format!("connect {}: {e}", entry.addr()))?;
+            let chat = client.on("onChat");
+            let r = timeout(
+                STEP,
+                client.request(ENTER, &json!({"username": name, "rid": room})),
+            )
+            .await
+            .map_err(|_| "enter timed out".to_owned())?
+            .map_err(|e| format!("enter: {e}"))?;
+            if !r["users"].is_array() {
+                return Err(format!("enter refused: {r}"));
+            }
+            Ok::<_, String>(User {
+                client,
+                chat,
+                events,
+                port: entry.port,
+            })
+        }
+        .await;
+        match tried {
+            Ok(u) => return (u, attempts),
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "{name} could not come back in 30 s ({attempts} attempts): {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_connector() {
+    let cluster = FaultCluster::start();
+    let gate = cluster.gate();
+    let m = master(&cluster);
+    let before = list(&m).await;
+    let victim = row(&before, "connector-server-1").clone();
+    assert_ne!(victim.pid, 0);
+    let spared_pids: Vec<(String, u32)> = before
+        .rows
+        .iter()
+        .filter(|r| r.id != victim.id)
+        .map(|r| (r.id.clone(), r.pid))
+        .collect();
+
+    // One room; two users on the victim connector, a sender and a listener on the others.
+    let room = "kroom";
+    let victims = names_on("v", 0, 2);
+    let sender_name = names_on("s", 1, 1).remove(0);
+    let listener_name = names_on("l", 2, 1).remove(0);
+    let mut gone = Vec::new();
+    for n in &victims {
+        let u = join(&gate, n, room).await;
+        assert_eq!(
+            u32::from(u.port),
+            victim.client_port,
+            "{n} not on the victim"
+        );
+        gone.push(u);
+    }
+    let mut sender = join(&gate, &sender_name, room).await;
+    let mut listener = join(&gate, &listener_name, room).await;
+    assert_ne!(u32::from(sender.port), victim.client_port);
+    assert_ne!(u32::from(listener.port), victim.client_port);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = steady_load(sender.client.clone(), stop.clone(), 3000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    signal(victim.pid, "KILL");
+    // Its clients see the disconnect.
+    for u in &mut gone {
+        let reason = disconnected(&mut u.events).await;
+        eprintln!("victim client disconnected: {reason:?}");
+    }
+    // They come back through the gate under the same names and re-enter the room.
+    let mut back = Vec::new();
+    for n in &victims {
+        let (u, attempts) = come_back(&gate, n, room).await;
+        eprintln!("{n} back on port {} after {attempts} attempt(s)", u.port);
+        back.push(u);
+    }
+    // The listener hears a comeback's message.
+    let r = timeout(
+        STEP,
+        back[0]
+            .client
+            .request(SEND, &json!({"content": "back again", "target": "*"})),
+    )
+    .await
+    .expect("send in time")
+    .expect("send");
+    assert_eq!(r, json!({}));
+    // The master restarts the connector; the gate hands it out again and it serves.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let restarted = loop {
+        let l = list(&m).await;
+        let r = row(&l, "connector-server-1");
+        if r.pid != 0 && r.pid != victim.pid && r.state == "running" {
+            break r.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "connector-server-1 not restarted in 30 s: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let newcomer_name = names_on("n", 0, 1).remove(0);
+    let (newcomer, attempts) = come_back(&gate, &newcomer_name, room).await;
+    assert_eq!(
+        u32::from(newcomer.port),
+        restarted.client_port,
+        "the gate did not hand out the restarted connector"
+    );
+    let r = timeout(
+        STEP,
+        newcomer.client.request(
+            SEND,
+            &json!({"content": "via the restarted one", "target": "*"}),
+        ),
+    )
+    .await
+    .expect("send in time")
+    .expect("send");
+    assert_eq!(r, json!({}), "{newcomer_name} after {attempts} attempt(s)");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let outcomes = timeout(STEP * 4, load)
+        .await
+        .expect("load ended")
+        .expect("load task");
+
+    // The sender on another connector was never disturbed: every request answered with {}.
+    let errors = outcomes.iter().filter(|o| !o.ok).count();
+    assert!(!outcomes.is_empty());
+    assert_eq!(errors, 0, "the sender on a healthy connector got errors");
+    // The listener got every acknowledged message, and the comeback's.
+    let mut from_sender = 0;
+    let mut heard_back = false;
+    let mut heard_newcomer = false;
+    while from_sender < outcomes.len() || !heard_back || !heard_newcomer {
+        let p = timeout(STEP, listener.chat.recv())
+            .await
+            .expect("listener missed pushes")
+            .expect("listener's connection ended");
+        let v = p.value().expect("push body");
+        if v["from"] == sender_name.as_str() {
+            from_sender += 1;
+        } else if v["msg"] == "back again" {
+            heard_back = true;
+        } else if v["msg"] == "via the restarted one" {
+            heard_newcomer = true;
+        }
+    }
+    assert_eq!(from_sender, outcomes.len());
+    // Clients on the other connectors saw no disconnect.
+    assert!(
+        !saw_disconnect(&mut sender.events).await,
+        "sender disconnected"
+    );
+    assert!(
+        !saw_disconnect(&mut listener.events).await,
+        "listener disconnected"
+    );
+    assert!(!sender.client.is_closed() && !listener.client.is_closed());
+    // No other server restarted or died.
+    let after = list(&m).await;
+    for (id, pid) in &spared_pids {
+        assert_eq!(row(&after, id).pid, *pid, "{id} restarted");
+        assert!(alive(*pid), "{id} ({pid}) died");
+    }
+    eprintln!(
+        "kill -9 connector-server-1: sender {} requests, 0 errors; connector-server-1 now pid {} ({} restarts, {})",
+        outcomes.len(),
+        restarted.pid,
+        restarted.restarts,
+        restarted.state
     );
 }
