@@ -63,6 +63,11 @@ fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
+/// How many times the cluster is started on fresh ports before the test gives up. The ports come
+/// from binding 127.0.0.1:0 and letting go, so another process may take one before pinus binds it
+/// (its master then exits at once); a fresh set of ports is the remedy, not a longer wait.
+const START_ATTEMPTS: usize = 3;
+
 fn start_cluster() -> Cluster {
     let dir = pinus_chat_dir();
     assert!(
@@ -70,6 +75,22 @@ fn start_cluster() -> Cluster {
         "{}/node_modules is missing: run scripts/install-js-deps (from the repository root) first",
         dir.display()
     );
+    let mut failures = Vec::new();
+    for attempt in 1..=START_ATTEMPTS {
+        match try_start_cluster(&dir) {
+            Ok(cluster) => return cluster,
+            Err(why) => failures.push(format!("attempt {attempt}: {why}")),
+        }
+    }
+    panic!(
+        "pinus-chat did not start in {START_ATTEMPTS} attempts:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// Starts pinus-chat once on fresh ports; `Err` (with its stderr) when it does not print its ready
+/// line in time or exits first. The child is killed by `Cluster`'s `Drop` on failure.
+fn try_start_cluster(dir: &std::path::Path) -> Result<Cluster, String> {
     let join = |ports: &[u16]| {
         ports
             .iter()
@@ -80,7 +101,7 @@ fn start_cluster() -> Cluster {
     let ports = free_ports(11);
     let mut child = Command::new("node")
         .arg("start.js")
-        .current_dir(&dir)
+        .current_dir(dir)
         .env("PINUS_CHAT_MASTER_PORT", ports[0].to_string())
         .env("PINUS_CHAT_GATE_PORT", ports[1].to_string())
         .env("PINUS_CHAT_CONNECTOR_CLIENT_PORTS", join(&ports[2..5]))
@@ -132,19 +153,22 @@ fn start_cluster() -> Cluster {
         child,
         info: Value::Null,
     };
+    // The reader thread drops `tx` when stdout closes, so an early exit ends the wait at once.
     match rx.recv_timeout(START_TIMEOUT) {
         Ok(json) => cluster.info = serde_json::from_str(&json).expect("ready line JSON"),
-        Err(_) => panic!(
-            "pinus-chat did not print its ready line within {START_TIMEOUT:?}; stderr:\n{}",
-            stderr_tail.lock().unwrap()
-        ),
+        Err(_) => {
+            return Err(format!(
+                "no ready line within {START_TIMEOUT:?}; stderr:\n{}",
+                stderr_tail.lock().unwrap()
+            ));
+        }
     }
     assert_eq!(
         cluster.info["pid"].as_u64(),
         Some(u64::from(cluster.child.id())),
         "the ready line names start.js"
     );
-    cluster
+    Ok(cluster)
 }
 
 fn config() -> ClientConfig {
