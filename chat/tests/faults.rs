@@ -642,3 +642,180 @@ async fn kill_9_of_a_connector() {
         restarted.state
     );
 }
+
+impl FaultCluster {
+    /// Waits (bounded) for the launcher to exit by itself; its status.
+    fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+/// What became of one request while the cluster was stopping.
+#[derive(Debug)]
+enum Sent {
+    /// Answered `{}`: the message was acknowledged.
+    Acked(String),
+    /// Answered with an error response.
+    Refused,
+    /// The connection ended before an answer (the request was not acknowledged).
+    Closed,
+}
+
+/// Sends room messages `tag-i` every 10 ms until the connection ends (at most `max`, at most
+/// 60 s); no request may go unanswered past STEP.
+fn load_until_closed(
+    client: Client,
+    tag: String,
+    max: usize,
+) -> tokio::task::JoinHandle<Vec<Sent>> {
+    tokio::spawn(async move {
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for i in 0..max {
+            if Instant::now() > deadline {
+                break;
+            }
+            let content = format!("{tag}-{i}");
+            let r = timeout(
+                STEP,
+                client.request(SEND, &json!({"content": content, "target": "*"})),
+            )
+            .await
+            .expect("a request hung past 15 s while stopping");
+            match r {
+                Ok(v) if v == json!({}) => out.push(Sent::Acked(content)),
+                Ok(_) => out.push(Sent::Refused),
+                Err(_) => {
+                    out.push(Sent::Closed);
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        out
+    })
+}
+
+/// Collects the `msg` of every `onChat` until the connection ends (at most 60 s).
+fn collect_until_closed(mut chat: PushStream) -> tokio::task::JoinHandle<Vec<String>> {
+    tokio::spawn(async move {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            match timeout(STEP, chat.recv()).await {
+                Ok(Some(p)) => {
+                    if let Some(m) = p
+                        .value()
+                        .ok()
+                        .and_then(|v| v["msg"].as_str().map(str::to_owned))
+                    {
+                        got.push(m);
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        got
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_under_load_answers_everything_and_loses_nothing() {
+    let mut cluster = FaultCluster::start();
+    let gate = cluster.gate();
+    let m = master(&cluster);
+    let pids: Vec<u32> = list(&m).await.rows.iter().map(|r| r.pid).collect();
+
+    // Three rooms, one per chat server; each room's sender and listener on one connector
+    // (room k on connector k), so each connector drains a whole conversation.
+    let mut senders = Vec::new();
+    let mut listeners = Vec::new();
+    let mut rooms = Vec::new();
+    for k in 0..3 {
+        let room = rooms_on(k, 1).remove(0);
+        let names = names_on(&format!("g{k}-"), k, 2);
+        let s = join(&gate, &names[0], &room).await;
+        let l = join(&gate, &names[1], &room).await;
+        assert_eq!(
+            s.port, l.port,
+            "room {room}: sender and listener on one connector"
+        );
+        senders.push(load_until_closed(s.client.clone(), room.clone(), 5000));
+        listeners.push((collect_until_closed(l.chat), l.client, s.client));
+        rooms.push(room);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // `shaddock-chat stop` through the binary, as an operator would.
+    let dir = cluster.dir.clone();
+    let master_addr = cluster.info["master"].as_str().expect("master").to_owned();
+    let stop = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_shaddock-chat"))
+            .arg("--config")
+            .arg(&dir)
+            .args(["--master", &master_addr, "stop"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+    });
+    let out = timeout(Duration::from_secs(90), stop)
+        .await
+        .expect("stop returned in time")
+        .expect("stop task")
+        .expect("run stop");
+    assert!(out.status.success(), "stop failed: {out:?}");
+
+    let mut totals = (0, 0, 0);
+    for ((load, (collect, _l, _s)), room) in senders.into_iter().zip(listeners).zip(&rooms) {
+        let sent = timeout(STEP * 5, load)
+            .await
+            .expect("sender ended")
+            .expect("sender task");
+        let got = timeout(STEP * 5, collect)
+            .await
+            .expect("listener ended")
+            .expect("listener task");
+        let acked: Vec<&String> = sent
+            .iter()
+            .filter_map(|s| match s {
+                Sent::Acked(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        let refused = sent.iter().filter(|s| matches!(s, Sent::Refused)).count();
+        let closed = sent.iter().filter(|s| matches!(s, Sent::Closed)).count();
+        assert!(!acked.is_empty(), "room {room}: nothing acknowledged");
+        let got: std::collections::HashSet<&String> = got.iter().collect();
+        let lost: Vec<&&String> = acked.iter().filter(|c| !got.contains(**c)).collect();
+        assert!(
+            lost.is_empty(),
+            "room {room}: {} acknowledged messages never reached the listener: {lost:?}",
+            lost.len()
+        );
+        eprintln!(
+            "room {room}: {} acknowledged (all delivered), {refused} refused, {closed} ended by the close",
+            acked.len()
+        );
+        totals.0 += acked.len();
+        totals.1 += refused;
+        totals.2 += closed;
+    }
+    // The whole cluster is gone: the launcher exits by itself, every server process ended.
+    let status = cluster.wait_exit(Duration::from_secs(60));
+    assert!(status.is_some(), "the launcher did not exit after stop");
+    for pid in pids {
+        assert!(!alive(pid), "server {pid} still running after stop");
+    }
+    eprintln!(
+        "graceful stop: {} acknowledged and delivered, {} refused, {} ended by the close, 0 lost",
+        totals.0, totals.1, totals.2
+    );
+}
