@@ -819,3 +819,267 @@ async fn graceful_stop_under_load_answers_everything_and_loses_nothing() {
         totals.0, totals.1, totals.2
     );
 }
+
+/// A TCP stream whose reads stop for good once `paused` is set (a client that stops reading:
+/// the kernel buffers fill, then the connector's queue for it).
+struct StopsReading {
+    inner: tokio::net::TcpStream,
+    paused: Arc<AtomicBool>,
+}
+
+impl tokio::io::AsyncRead for StopsReading {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.paused.load(Ordering::SeqCst) {
+            // Never woken: this reader is done for good.
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for StopsReading {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// VmRSS of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_is_kicked_and_the_room_keeps_receiving() {
+    const PUSHES: usize = 10_000;
+    const SENDERS: usize = 4;
+    const IN_FLIGHT: usize = 10; // divides PUSHES / SENDERS
+    let cluster = FaultCluster::start();
+    let gate = cluster.gate();
+    let m = master(&cluster);
+    let room = rooms_on(1, 1).remove(0);
+
+    // The slow one: enters normally, then never reads again (4 KiB receive buffer).
+    let slow_name = names_on("slow", 0, 1).remove(0);
+    let entry = timeout(
+        STEP,
+        query_entry(&gate, Transport::Tcp, &slow_name, &config()),
+    )
+    .await
+    .expect("queryEntry in time")
+    .expect("queryEntry");
+    let l = list(&m).await;
+    let conn_row = l
+        .rows
+        .iter()
+        .find(|r| r.client_port == u32::from(entry.port))
+        .expect("the slow one's connector")
+        .clone();
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let stream = timeout(
+        STEP,
+        socket.connect(entry.addr().parse().expect("socket addr")),
+    )
+    .await
+    .expect("connect in time")
+    .expect("connect");
+    let paused = Arc::new(AtomicBool::new(false));
+    let io = StopsReading {
+        inner: stream,
+        paused: paused.clone(),
+    };
+    let (slow, _slow_events) = timeout(
+        STEP,
+        Client::connect_io(io, Transport::Tcp, &entry.addr(), config()),
+    )
+    .await
+    .expect("handshake in time")
+    .expect("handshake");
+    let r = timeout(
+        STEP,
+        slow.request(ENTER, &json!({"username": slow_name, "rid": room})),
+    )
+    .await
+    .expect("enter in time")
+    .expect("enter");
+    assert!(r["users"].is_array(), "{r}");
+    paused.store(true, Ordering::SeqCst);
+
+    // Two listeners that read everything, and the senders.
+    let mut big = config();
+    big.push_capacity = PUSHES + 1000;
+    let mut listeners = Vec::new();
+    let mut leaves = Vec::new();
+    for k in 0..2 {
+        let name = format!("listener{k}");
+        let entry = timeout(STEP, query_entry(&gate, Transport::Tcp, &name, &big))
+            .await
+            .expect("queryEntry in time")
+            .expect("queryEntry");
+        let (c, _ev) = timeout(
+            STEP,
+            Client::connect(&entry.addr(), Transport::Tcp, big.clone()),
+        )
+        .await
+        .expect("connect in time")
+        .expect("connect");
+        let chat = c.on("onChat");
+        leaves.push(c.on("onLeave"));
+        let r = timeout(
+            STEP,
+            c.request(ENTER, &json!({"username": name, "rid": room})),
+        )
+        .await
+        .expect("enter in time")
+        .expect("enter");
+        assert!(r["users"].is_array(), "{r}");
+        listeners.push((collect_until_closed(chat), c));
+    }
+    let mut senders = Vec::new();
+    for k in 0..SENDERS {
+        senders.push(join(&gate, &format!("sender{k}"), &room).await);
+    }
+    let rss_before = rss(conn_row.pid);
+    assert!(rss_before > 0, "no VmRSS for {}", conn_row.pid);
+
+    // RSS sampled while the pushes go out.
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        let pid = conn_row.pid;
+        tokio::spawn(async move {
+            let mut peak = 0;
+            for _ in 0..1200 {
+                peak = peak.max(rss(pid));
+                if done.load(Ordering::Relaxed) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            peak
+        })
+    };
+    let body = "x".repeat(500);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (k, s) in senders.iter().enumerate() {
+        let client = s.client.clone();
+        let body = body.clone();
+        tasks.spawn(async move {
+            let mut acked = 0;
+            let per = PUSHES / SENDERS;
+            for chunk in 0..per / IN_FLIGHT {
+                let mut batch = tokio::task::JoinSet::new();
+                for j in 0..IN_FLIGHT {
+                    let client = client.clone();
+                    let content = format!("{k}-{}-{body}", chunk * IN_FLIGHT + j);
+                    batch.spawn(async move {
+                        timeout(
+                            STEP,
+                            client.request(SEND, &json!({"content": content, "target": "*"})),
+                        )
+                        .await
+                    });
+                }
+                while let Some(r) = batch.join_next().await {
+                    let r = r.expect("request task").expect("a send hung past 15 s");
+                    assert_eq!(r.expect("send"), json!({}), "a send was refused");
+                    acked += 1;
+                }
+            }
+            acked
+        });
+    }
+    let mut acked = 0;
+    while let Some(r) = timeout(Duration::from_secs(120), tasks.join_next())
+        .await
+        .expect("senders finished in 120 s")
+    {
+        acked += r.expect("sender task");
+    }
+    assert_eq!(acked, PUSHES);
+    let sent_at = Instant::now();
+
+    // The slow one was kicked: the room heard it leave (the connector closed its session).
+    let mut left = false;
+    for leave in &mut leaves {
+        while let Ok(Some(p)) = timeout(STEP, leave.recv()).await {
+            if p.value().expect("onLeave body")["user"] == slow_name.as_str() {
+                left = true;
+                break;
+            }
+        }
+    }
+    assert!(left, "the slow consumer was never kicked");
+    let kicked_after = sent_at.elapsed();
+    let log = std::fs::read_to_string(cluster.dir.join("cluster.log")).unwrap_or_default();
+    let reason = log
+        .lines()
+        .find(|l| l.contains("queue full") || l.contains("write timed out"))
+        .unwrap_or("(no kick line in the log)")
+        .to_owned();
+    done.store(true, Ordering::Relaxed);
+    let peak = timeout(STEP * 5, sampler)
+        .await
+        .expect("sampler")
+        .expect("sampler task");
+    // The others received every push (their collectors end when their connections do).
+    for (collect, c) in listeners {
+        c.close().await;
+        let got = timeout(STEP * 5, collect)
+            .await
+            .expect("listener")
+            .expect("listener task");
+        assert_eq!(got.len(), PUSHES, "a listener missed pushes");
+    }
+    let growth = peak.saturating_sub(rss_before);
+    assert!(
+        growth < 64 << 20,
+        "connector {} RSS grew by {} MiB",
+        conn_row.id,
+        growth >> 20
+    );
+    let after = list(&m).await;
+    assert_eq!(
+        row(&after, &conn_row.id).pid,
+        conn_row.pid,
+        "the connector restarted"
+    );
+    assert!(alive(conn_row.pid));
+    drop(slow);
+    eprintln!(
+        "slow consumer on {}: kicked ({kicked_after:?} after the last ack): {reason}; {PUSHES} pushes acknowledged, every listener got all; connector RSS {} MiB before, peak {} MiB (+{} KiB)",
+        conn_row.id,
+        rss_before >> 20,
+        peak >> 20,
+        growth >> 10
+    );
+}
