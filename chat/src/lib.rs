@@ -13,8 +13,11 @@
 //! | (disconnect) | | `chat.chatRemote.kick` → `onLeave {user}` to the room |
 //! | (join) | | `onAdd {user}` to the members already in the room |
 //!
-//! A room lives on one chat server: the `chat` router hashes the room name (`crc32(rid) %
-//! n` over the chat servers sorted by id), for forwarded requests and for the remotes alike.
+//! A room lives on one chat server: the `chat` router ([`app::RoomRouter`]) hashes the room name
+//! (`crc32(rid) % n`) over a stable set, the chat servers of `servers.json` united with the live
+//! ones, sorted by id, for forwarded requests and for the remotes alike. A chat server that is down
+//! keeps its place in that set: its rooms get fast error responses until the master restarts it,
+//! and no other room moves.
 //!
 //! # Limits and errors
 //! Names are 1..=[`MAX_NAME_CHARS`] characters after trimming, without `*` or control
