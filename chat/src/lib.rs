@@ -27,7 +27,7 @@
 //! sends can crash a server.
 //!
 //! # Layout
-//! - [`app`]: the [`App`](shaddock_server::App): handlers, the chat remote, routing.
+//! - [`app`](mod@app): the [`App`](shaddock_server::App): handlers, the chat remote, routing.
 //! - [`remote`]: `chatRemote` (`add`, `kick`) and its messages.
 //! - [`validate`]: the input rules.
 //! - [`page`]: the web page server (files of `chat/web`, embedded in the binary).
