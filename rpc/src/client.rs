@@ -185,6 +185,30 @@ impl RpcClient {
         R::from_payload(reply).map_err(|e| RpcError::Decode { message: e.message })
     }
 
+    /// The link to the peer `target` resolves to, once a frame body of `body_len` bytes (length
+    /// prefix excluded) is known to fit `max_frame_size`. Returns the link's shared state, not
+    /// the directory entry: removing the peer must drop (and so close) the link even while calls
+    /// are waiting on it.
+    fn link_for(
+        &self,
+        target: Target<'_>,
+        body_len: usize,
+    ) -> Result<(LinkHandle, ServerId), RpcError> {
+        let entry = self.entry(target)?;
+        let cfg = &self.inner.config;
+        if body_len > cfg.max_frame_size {
+            return Err(RpcError::FrameTooLarge {
+                len: body_len,
+                max: cfg.max_frame_size,
+            });
+        }
+        let link = entry
+            .link
+            .get_or_init(|| Link::new(&entry.info, cfg))
+            .handle();
+        Ok((link, entry.info.id.clone()))
+    }
+
     /// Calls with raw payload bytes in and out (no copies; for forwarding pre-encoded data).
     ///
     /// # Errors
@@ -200,24 +224,9 @@ impl RpcClient {
         method: Name,
         payload: Bytes,
     ) -> Result<Bytes, RpcError> {
-        let entry = self.entry(target)?;
-        let cfg = &self.inner.config;
-        let frame_len =
-            1 + 4 + 1 + 1 + service.as_str().len() + 1 + method.as_str().len() + payload.len();
-        if frame_len > cfg.max_frame_size {
-            return Err(RpcError::FrameTooLarge {
-                len: frame_len,
-                max: cfg.max_frame_size,
-            });
-        }
-        // Hold the link's shared state, not the directory entry: removing the peer must drop
-        // (and so close) the link even while calls are waiting on it.
-        let link = entry
-            .link
-            .get_or_init(|| Link::new(&entry.info, cfg))
-            .handle();
-        let server_id = &entry.info.id.clone();
-        drop(entry);
+        let body_len = crate::frame::request_body_len(&service, &method, payload.len());
+        let (link, server_id) = self.link_for(target, body_len)?;
+        let server_id = &server_id;
         let deadline = tokio::time::Instant::now() + self.call_timeout;
         let lost = || RpcError::ConnectionLost {
             server_id: server_id.clone(),
@@ -287,8 +296,6 @@ impl RpcClient {
         method: Name,
         payload: Bytes,
     ) -> Result<(), RpcError> {
-        let entry = self.entry(target)?;
-        let cfg = &self.inner.config;
         let names = (service.clone(), method.clone());
         let frame = Frame::Notify {
             namespace,
@@ -296,19 +303,9 @@ impl RpcClient {
             method,
             payload,
         };
-        let len = frame.encoded_len() - crate::frame::LEN_PREFIX;
-        if len > cfg.max_frame_size {
-            return Err(RpcError::FrameTooLarge {
-                len,
-                max: cfg.max_frame_size,
-            });
-        }
-        let link = entry
-            .link
-            .get_or_init(|| Link::new(&entry.info, cfg))
-            .handle();
-        let server_id = &entry.info.id.clone();
-        drop(entry);
+        let (link, server_id) =
+            self.link_for(target, frame.encoded_len() - crate::frame::LEN_PREFIX)?;
+        let server_id = &server_id;
         let send = async {
             let conn = link.conn().await?;
             conn.tx

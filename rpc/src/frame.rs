@@ -260,6 +260,13 @@ pub enum FrameError {
     },
 }
 
+/// Body length (length prefix excluded) of a request frame with these names and payload size:
+/// kind, id, namespace, service length + service, method length + method, payload. The client
+/// checks it against `max_frame_size` before it has an id to build the frame with.
+pub(crate) fn request_body_len(service: &Name, method: &Name, payload_len: usize) -> usize {
+    1 + 4 + 1 + 1 + service.0.len() + 1 + method.0.len() + payload_len
+}
+
 impl Frame {
     /// Bytes this frame occupies on the wire, length prefix included.
     pub fn encoded_len(&self) -> usize {
@@ -273,7 +280,7 @@ impl Frame {
                 method,
                 payload,
                 ..
-            } => 1 + 4 + 1 + 1 + service.0.len() + 1 + method.0.len() + payload.len(),
+            } => request_body_len(service, method, payload.len()),
             Self::Notify {
                 service,
                 method,
