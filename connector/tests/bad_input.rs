@@ -14,8 +14,8 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,73 +26,11 @@ use shaddock_connector::{
 };
 use shaddock_protocol::message::{Message, MessageRoute};
 use shaddock_protocol::package::{Package, PackageType};
+use shaddock_test_support::logs::capture_logs;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-
-// ---------------------------------------------------------------------------------------------
-// Log capture
-
-/// A log sink for one test.
-#[derive(Clone, Default)]
-struct LogBuf(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl LogBuf {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
-    }
-
-    fn has(&self, peer: SocketAddr, what: &str) -> bool {
-        let tag = format!("peer={peer}");
-        self.text()
-            .lines()
-            .any(|l| l.contains(&tag) && l.contains(what))
-    }
-
-    /// Waits (bounded) until a log line of `peer`'s connection contains `what`. The server
-    /// logs the close after the socket is closed, so the line may come a moment after EOF.
-    async fn expect(&self, peer: SocketAddr, what: &str) {
-        let found = tokio::time::timeout(T, async {
-            while !self.has(peer, what) {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await;
-        if found.is_err() {
-            let text = self.text();
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            panic!(
-                "no log line for peer={peer} containing {what:?}; last lines:\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
-    }
-}
-
-fn capture_logs() -> (LogBuf, tracing::subscriber::DefaultGuard) {
-    let buf = LogBuf::default();
-    let writer = buf.clone();
-    let sub = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    (buf, tracing::subscriber::set_default(sub))
-}
 
 // ---------------------------------------------------------------------------------------------
 // The server under attack

@@ -1,0 +1,7 @@
+//! Helpers shared by the tests of several Shaddock crates. A dev-dependency only: no production
+//! crate depends on it (STYLE §1, like h2's `h2-support`).
+//!
+//! # Layout
+//! - [`logs`]: capture one test's `tracing` output and wait for a line about a peer.
+
+pub mod logs;
