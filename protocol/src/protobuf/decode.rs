@@ -7,8 +7,9 @@
 //! - Repeated numeric: varint element count, then the elements; other repeated types: one
 //!   element per occurrence. Fields keep the order in which they first appear.
 //! - Required fields are not checked (as pomelo); absent fields stay absent.
-//! - Strings: UTF-8; CESU-8 surrogate pairs from browser clients are joined into the real
-//!   character; other invalid bytes become U+FFFD, as Node's decoder does.
+//! - Strings: decoded by [`json::decode_text`], as JSON text is: UTF-8; CESU-8 surrogate
+//!   pairs from browser clients are joined into the real character; other invalid bytes
+//!   become U+FFFD, as Node's decoder does.
 //! - Floats come out as JSON numbers; integral values as JSON integers (as JavaScript prints
 //!   them), so `0.5f32` → `0.5`, `-2.0` → `-2` (but `-0.0` stays a float, to survive a
 //!   round trip).
@@ -19,6 +20,7 @@ use super::MAX_DEPTH;
 use super::error::ProtobufError;
 use super::schema::{FieldDef, Rule, Schema, Ty};
 use super::wire::{ReadError, Reader, unzigzag32, unzigzag64};
+use crate::json;
 
 impl Schema {
     /// Decode a body of `route` (pomelo's `protobuf.decode(route, buf)`). An empty body
@@ -143,7 +145,7 @@ impl Schema {
             Ty::String => {
                 let len = r.varint().map_err(err)?;
                 let len = usize::try_from(len).unwrap_or(usize::MAX);
-                Value::String(js_string(r.bytes(len).map_err(err)?))
+                Value::String(json::decode_text(r.bytes(len).map_err(err)?).into_owned())
             }
             Ty::Message(idx) => {
                 let len = r.varint().map_err(err)?;
@@ -204,59 +206,6 @@ fn js_number(ty: Ty, f: f64) -> Result<Value, ProtobufError> {
     Ok(Number::from_f64(f).map_or(Value::Null, Value::Number))
 }
 
-/// Decode string bytes the way a tolerant pomelo server should: UTF-8, with CESU-8 surrogate
-/// pairs (`ed a0..af xx ed b0..bf xx`, what browser clients send for non-BMP characters)
-/// joined into one character, and every other invalid sequence replaced by U+FFFD like Node
-/// (one per maximal invalid subpart).
-pub(super) fn js_string(bytes: &[u8]) -> String {
-    if let Ok(s) = std::str::from_utf8(bytes) {
-        return s.to_owned();
-    }
-    let mut out = String::with_capacity(bytes.len());
-    let mut rest = bytes;
-    while !rest.is_empty() {
-        match std::str::from_utf8(rest) {
-            Ok(s) => {
-                out.push_str(s);
-                break;
-            }
-            Err(e) => {
-                let (good, bad) = rest.split_at(e.valid_up_to());
-                // `good` was just validated.
-                out.push_str(std::str::from_utf8(good).unwrap_or_default());
-                if let Some(c) = cesu_pair(bad) {
-                    out.push(c);
-                    rest = &bad[6..];
-                } else {
-                    out.push('\u{fffd}');
-                    let skip = e.error_len().unwrap_or(bad.len()).max(1);
-                    rest = &bad[skip..];
-                }
-            }
-        }
-    }
-    out
-}
-
-/// A high + low surrogate, each as a 3-byte "UTF-8" sequence, at the start of `b`.
-fn cesu_pair(b: &[u8]) -> Option<char> {
-    let [
-        0xed,
-        h1 @ 0xa0..=0xaf,
-        h2 @ 0x80..=0xbf,
-        0xed,
-        l1 @ 0xb0..=0xbf,
-        l2 @ 0x80..=0xbf,
-        ..,
-    ] = *b
-    else {
-        return None;
-    };
-    let hi = 0xd000 | (u32::from(h1 & 0x3f) << 6) | u32::from(h2 & 0x3f);
-    let lo = 0xd000 | (u32::from(l1 & 0x3f) << 6) | u32::from(l2 & 0x3f);
-    char::from_u32(0x10000 + ((hi - 0xd800) << 10) + (lo - 0xdc00))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,15 +213,18 @@ mod tests {
     #[test]
     fn cesu8_pair_joined() {
         let bytes = hex::decode("61eda0bdedb88062").unwrap();
-        assert_eq!(js_string(&bytes), "a\u{1f600}b");
+        assert_eq!(json::decode_text(&bytes), "a\u{1f600}b");
     }
 
     #[test]
     fn lone_surrogate_and_garbage_replaced_like_node() {
         let bytes = hex::decode("61eda0bd62ff").unwrap();
-        assert_eq!(js_string(&bytes), "a\u{fffd}\u{fffd}\u{fffd}b\u{fffd}");
+        assert_eq!(
+            json::decode_text(&bytes),
+            "a\u{fffd}\u{fffd}\u{fffd}b\u{fffd}"
+        );
         // Truncated multi-byte sequence at the end: one replacement.
-        assert_eq!(js_string(&[0x61, 0xe4, 0xb8]), "a\u{fffd}");
+        assert_eq!(json::decode_text(&[0x61, 0xe4, 0xb8]), "a\u{fffd}");
     }
 
     #[test]
