@@ -267,6 +267,12 @@ pub(crate) fn request_body_len(service: &Name, method: &Name, payload_len: usize
     1 + 4 + 1 + 1 + service.0.len() + 1 + method.0.len() + payload_len
 }
 
+/// Body length (length prefix excluded) of an `ok` response carrying `payload_len` bytes: kind,
+/// id, payload. The server checks a reply against `max_frame_size` with it before framing it.
+pub(crate) fn ok_response_body_len(payload_len: usize) -> usize {
+    1 + 4 + payload_len
+}
+
 impl Frame {
     /// Bytes this frame occupies on the wire, length prefix included.
     pub fn encoded_len(&self) -> usize {
@@ -287,7 +293,7 @@ impl Frame {
                 payload,
                 ..
             } => 1 + 1 + 1 + service.0.len() + 1 + method.0.len() + payload.len(),
-            Self::Response { result: Ok(p), .. } => 1 + 4 + p.len(),
+            Self::Response { result: Ok(p), .. } => ok_response_body_len(p.len()),
             Self::Response { result: Err(e), .. } => {
                 1 + 4 + 1 + 4 + 2 + e.message.len().min(u16::MAX as usize)
             }

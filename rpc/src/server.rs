@@ -1,7 +1,9 @@
 //! [`RpcServer`]: accepts RPC connections and dispatches calls to registered services.
 
 use crate::config::RpcConfig;
-use crate::frame::{CodecError, ErrorKind, Frame, FrameCodec, Name, WireError};
+use crate::frame::{
+    CodecError, ErrorKind, Frame, FrameCodec, Name, WireError, ok_response_body_len,
+};
 use crate::io::write_frames;
 use crate::service::Registry;
 use futures_util::{FutureExt, StreamExt};
@@ -313,12 +315,12 @@ fn reply_frame(
     max: usize,
 ) -> Frame {
     let result = match result {
-        Ok(p) if p.len() + 1 + 4 > max => Err(WireError {
+        Ok(p) if ok_response_body_len(p.len()) > max => Err(WireError {
             kind: ErrorKind::Internal,
             code: 0,
             message: format!(
                 "{service}.{method} reply of {} bytes exceeds the frame limit of {max} bytes",
-                p.len() + 5
+                ok_response_body_len(p.len())
             ),
         }),
         other => other,
