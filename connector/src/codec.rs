@@ -31,16 +31,16 @@ impl BodyCodec {
     /// Encodes a body the server sends on `route` (push route, or request route for a
     /// response): protobuf when serverProtos has it — an empty body if that fails, as pomelo
     /// does (§8.3) — else JSON.
-    pub(crate) fn encode(&self, route: &str, body: &Value) -> Vec<u8> {
+    pub(crate) fn encode(&self, route: &str, body: &Value) -> Bytes {
         match &self.protos {
             Some(p) if p.has_server_route(route) => match p.server().encode(route, body) {
-                Ok(b) => b.to_vec(),
+                Ok(b) => b,
                 Err(e) => {
                     tracing::warn!(route, cause = %e, "protobuf encoding failed, sending an empty body");
-                    Vec::new()
+                    Bytes::new()
                 }
             },
-            _ => json::to_vec(body),
+            _ => Bytes::from(json::to_vec(body)),
         }
     }
 
@@ -54,10 +54,7 @@ impl BodyCodec {
             Some(code) => MessageRoute::Code(code),
             None => MessageRoute::name(route.to_owned()),
         };
-        let msg = Message::push(wire_route, self.encode(route, body));
-        let mut dst = BytesMut::with_capacity(msg.encoded_len() + 4);
-        msg.encode_package(&mut dst)?;
-        Ok(dst.freeze())
+        package_bytes(&Message::push(wire_route, self.encode(route, body)))
     }
 
     /// A whole DATA package holding the RESPONSE to request `id` on `route`.
@@ -67,9 +64,13 @@ impl BodyCodec {
         route: &str,
         body: &Value,
     ) -> Result<Bytes, shaddock_protocol::Error> {
-        let msg = Message::response(id, self.encode(route, body));
-        let mut dst = BytesMut::with_capacity(msg.encoded_len() + 4);
-        msg.encode_package(&mut dst)?;
-        Ok(dst.freeze())
+        package_bytes(&Message::response(id, self.encode(route, body)))
     }
+}
+
+/// `msg` as a whole DATA package (4-byte package header included), in one exact allocation.
+fn package_bytes(msg: &Message) -> Result<Bytes, shaddock_protocol::Error> {
+    let mut dst = BytesMut::with_capacity(msg.encoded_len() + 4);
+    msg.encode_package(&mut dst)?;
+    Ok(dst.freeze())
 }
