@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::handshake::Kick;
 use crate::package::{Package, PackageType};
 
 /// Timers of one connection.
@@ -216,10 +217,9 @@ impl ServerConnection {
             return;
         }
         if self.state == State::Working {
-            let body = serde_json::json!({ "reason": reason }).to_string();
             self.transmit.push_back(Package {
                 kind: PackageType::Kick,
-                body: Bytes::from(body),
+                body: Kick::new(reason).to_body(),
             });
         }
         self.close(CloseReason::Kicked(reason.to_owned()));
