@@ -21,9 +21,10 @@ use std::time::Duration;
 
 use clap::Parser;
 use serde_json::{Value, json};
-use shaddock_rpc::{RpcClient, RpcConfig, ServerInfo, Target};
+use shaddock_rpc::{RpcConfig, Target};
 use shaddock_server::config::{ClusterConfig, choose_env};
 use shaddock_server::master::{LISTENING_LINE, READY_LINE};
+use shaddock_server::process::master_client;
 use shaddock_server::proto::{ListReply, master_remote};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -176,16 +177,10 @@ async fn stop_signal() -> &'static str {
 }
 
 fn master_stub(addr: &str) -> Result<master_remote::Client, String> {
-    let (host, port) = addr
-        .rsplit_once(':')
-        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
-        .ok_or_else(|| format!("the master printed a bad address `{addr}`"))?;
     let mut cfg = RpcConfig::default();
     cfg.reconnect_max_attempts = 1;
-    let rpc = RpcClient::new(cfg);
-    rpc.directory()
-        .add(ServerInfo::new("master", "__master", host, port));
-    Ok(master_remote::Client::new(&rpc))
+    master_client("master", addr, cfg)
+        .ok_or_else(|| format!("the master printed a bad address `{addr}`"))
 }
 
 /// Asks the master to stop the cluster and waits for it (killing it after [`STOP_TIMEOUT`]).

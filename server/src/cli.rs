@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use shaddock_rpc::{RpcClient, RpcConfig, RpcError, ServerInfo, Target};
+use shaddock_rpc::{RpcConfig, RpcError, Target};
 
 use crate::app::App;
 use crate::config::{ClusterConfig, choose_env};
@@ -224,14 +224,8 @@ fn master_addr(cli: &Cli) -> Result<String, String> {
 
 async fn admin(cli: &Cli) -> Result<master_remote::Client, String> {
     let addr = master_addr(cli)?;
-    let (host, port) = addr
-        .rsplit_once(':')
-        .and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?)))
-        .ok_or_else(|| format!("bad master address `{addr}` (want host:port)"))?;
-    let rpc = RpcClient::new(RpcConfig::default());
-    rpc.directory()
-        .add(ServerInfo::new(MASTER, "__master", host, port));
-    Ok(master_remote::Client::new(&rpc))
+    crate::process::master_client(MASTER, &addr, RpcConfig::default())
+        .ok_or_else(|| format!("bad master address `{addr}` (want host:port)"))
 }
 
 /// Waits (at most a minute) until the master's port is closed.

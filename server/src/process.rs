@@ -100,6 +100,17 @@ fn split_addr(addr: &str) -> Option<(String, u16)> {
     Some((h.to_owned(), p.parse().ok()?))
 }
 
+/// A client of the `master` remote of the master listening on `addr` (`host:port`), which its
+/// calls reach as `Target::server(id)`: for tools outside the cluster (the CLI, a launcher).
+/// `None` if `addr` is not `host:port`.
+pub fn master_client(id: &str, addr: &str, cfg: RpcConfig) -> Option<master_remote::Client> {
+    let (host, port) = split_addr(addr)?;
+    let rpc = RpcClient::new(cfg);
+    rpc.directory()
+        .add(ServerInfo::new(id, MASTER_TYPE, host, port));
+    Some(master_remote::Client::new(&rpc))
+}
+
 fn entry_of(s: &ServerConfig) -> ServerEntry {
     ServerEntry {
         id: s.id.clone(),
