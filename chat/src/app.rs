@@ -68,8 +68,8 @@ pub fn dictionary() -> Result<RouteDictionary, shaddock_protocol::Error> {
 /// `crc32(key) % n`: which of `n` servers sorted by id serves `key`, the placement rule of the
 /// gate (key: uid) and of the chat router (key: room; the default
 /// [`Crc32Router`](shaddock_rpc::Crc32Router) applies the same rule). `None` when `n` is 0.
-pub fn pick_index(key: &str, n: usize) -> Option<usize> {
-    (n > 0).then(|| crc32fast::hash(key.as_bytes()) as usize % n)
+pub fn pick_index(key: impl AsRef<[u8]>, n: usize) -> Option<usize> {
+    (n > 0).then(|| crc32fast::hash(key.as_ref()) as usize % n)
 }
 
 /// The `chat` router: a room stays on its chat server. It hashes (`crc32(room) % n`, as
@@ -104,10 +104,7 @@ impl Router for RoomRouter {
         ids.extend(servers.iter().map(|s| s.id.as_str()));
         ids.sort_unstable();
         ids.dedup();
-        if ids.is_empty() {
-            return None;
-        }
-        let i = crc32fast::hash(key) as usize % ids.len();
+        let i = pick_index(key, ids.len())?;
         ids.get(i).map(|&id| ServerId::from(id))
     }
 }
