@@ -703,7 +703,7 @@ async fn run_connection(
         }
     };
     let (tx, rx) = mpsc::channel(inner.config.queue_capacity);
-    let session = inner.sessions.create(peer, tx, inner.config.queue_capacity);
+    let session = inner.sessions.create(peer, tx);
     tracing::debug!(
         sid = session.id(),
         ws = kind == Sniff::WebSocket,
@@ -1119,7 +1119,7 @@ mod tests {
         for i in 0..3u16 {
             let (tx, rx) = mpsc::channel(4);
             let peer = SocketAddr::from(([127, 0, 0, 1], 1000 + i));
-            sids.push(sessions.create(peer, tx, 4).id());
+            sids.push(sessions.create(peer, tx).id());
             receivers.push(rx);
         }
         let report = frontend

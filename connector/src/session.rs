@@ -90,7 +90,6 @@ pub(crate) struct SessionInner {
     settings: RwLock<Map<String, Value>>,
     /// Encoded packages for the client; bounded (`queue_capacity`).
     outbound: mpsc::Sender<Bytes>,
-    capacity: usize,
     /// A kick asked for by anyone but the connection task, read by that task.
     kick_reason: Mutex<Option<String>>,
     kick_notify: Notify,
@@ -207,7 +206,7 @@ impl Session {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(SessionError::Closed(self.id())),
             Err(mpsc::error::TrySendError::Full(_)) => {
-                let capacity = self.inner.capacity;
+                let capacity = self.inner.outbound.max_capacity();
                 if self.request_kick(format!(
                     "slow consumer: outbound queue full ({capacity} messages)"
                 )) {
@@ -359,12 +358,7 @@ impl SessionService {
     }
 
     /// Creates and registers the session of a new connection.
-    pub(crate) fn create(
-        &self,
-        peer: SocketAddr,
-        outbound: mpsc::Sender<Bytes>,
-        capacity: usize,
-    ) -> Session {
+    pub(crate) fn create(&self, peer: SocketAddr, outbound: mpsc::Sender<Bytes>) -> Session {
         let local = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let session = Session {
             inner: Arc::new(SessionInner {
@@ -374,7 +368,6 @@ impl SessionService {
                 uid: RwLock::new(None),
                 settings: RwLock::default(),
                 outbound,
-                capacity,
                 kick_reason: Mutex::new(None),
                 kick_notify: Notify::new(),
                 closed: CancellationToken::new(),
@@ -536,7 +529,7 @@ mod tests {
 
     fn session(svc: &SessionService, cap: usize) -> (Session, mpsc::Receiver<Bytes>) {
         let (tx, rx) = mpsc::channel(cap);
-        (svc.create("127.0.0.1:1".parse().unwrap(), tx, cap), rx)
+        (svc.create("127.0.0.1:1".parse().unwrap(), tx), rx)
     }
 
     #[test]
