@@ -1,5 +1,6 @@
-//! Base-128 varints for message ids: least significant 7-bit group first, high bit set on
-//! every byte except the last (the protobuf scheme), at most 5 bytes for a `u32`.
+//! Base-128 varints for message ids (and, as `u64`, the pomelo-protobuf writer): least
+//! significant 7-bit group first, high bit set on every byte except the last (the protobuf
+//! scheme), at most 5 bytes for a `u32`.
 //!
 //! ```text
 //!   1 -> 01          127 -> 7f          128 -> 80 01
@@ -19,14 +20,26 @@ pub const MAX_VARINT_LEN: usize = 5;
 /// Number of bytes [`encode_u32`] writes for `value` (1..=5).
 #[inline]
 pub fn encoded_len_u32(value: u32) -> usize {
-    // bits needed, rounded up to groups of 7; 0 still takes one byte.
-    let bits = 32 - (value | 1).leading_zeros() as usize;
-    bits.div_ceil(7)
+    encoded_len_u64(u64::from(value))
 }
 
 /// Append `value` as a varint.
 #[inline]
-pub fn encode_u32(mut value: u32, dst: &mut impl BufMut) {
+pub fn encode_u32(value: u32, dst: &mut impl BufMut) {
+    encode_u64(u64::from(value), dst);
+}
+
+/// Number of bytes [`encode_u64`] writes for `value` (1..=10).
+#[inline]
+pub(crate) fn encoded_len_u64(value: u64) -> usize {
+    // bits needed, rounded up to groups of 7; 0 still takes one byte.
+    let bits = 64 - (value | 1).leading_zeros() as usize;
+    bits.div_ceil(7)
+}
+
+/// Append `value` as a varint (also the pomelo-protobuf varint writer).
+#[inline]
+pub(crate) fn encode_u64(mut value: u64, dst: &mut impl BufMut) {
     while value >= 0x80 {
         dst.put_u8((value as u8) | 0x80);
         value >>= 7;

@@ -18,7 +18,8 @@ use serde_json::{Map, Value};
 use super::MAX_DEPTH;
 use super::error::ProtobufError;
 use super::schema::{FieldDef, Rule, Schema, Ty};
-use super::wire::{put_varint, varint_len, zigzag32, zigzag64};
+use super::wire::{zigzag32, zigzag64};
+use crate::varint::{encode_u64, encoded_len_u64};
 
 impl Schema {
     /// Encode `body` for `route` (pomelo's `protobuf.encode(route, msg)`).
@@ -113,7 +114,7 @@ impl Schema {
         depth: usize,
     ) -> Result<(), ProtobufError> {
         if field.rule != Rule::Repeated {
-            put_varint(dst, field.key);
+            encode_u64(field.key, dst);
             return self.encode_value(field.ty, value, dst, depth);
         }
         let Value::Array(items) = value else {
@@ -123,15 +124,15 @@ impl Schema {
             return Ok(());
         }
         if field.ty.is_packed() {
-            put_varint(dst, field.key);
-            put_varint(dst, items.len() as u64);
+            encode_u64(field.key, dst);
+            encode_u64(items.len() as u64, dst);
             for (i, item) in items.iter().enumerate() {
                 self.encode_value(field.ty, item, dst, depth)
                     .map_err(|e| e.within("", Some(i)))?;
             }
         } else {
             for (i, item) in items.iter().enumerate() {
-                put_varint(dst, field.key);
+                encode_u64(field.key, dst);
                 self.encode_value(field.ty, item, dst, depth)
                     .map_err(|e| e.within("", Some(i)))?;
             }
@@ -149,22 +150,22 @@ impl Schema {
         match ty {
             Ty::UInt32 => {
                 let n = integer(ty, value, 0, i128::from(u32::MAX))?;
-                put_varint(dst, n as u64);
+                encode_u64(n as u64, dst);
             }
             Ty::SInt32 | Ty::Int32 => {
                 let n = integer(ty, value, i128::from(i32::MIN), i128::from(i32::MAX))?;
-                put_varint(dst, u64::from(zigzag32(n as i32)));
+                encode_u64(u64::from(zigzag32(n as i32)), dst);
             }
             Ty::UInt64 => {
                 let n = integer(ty, value, 0, i128::from(u64::MAX))?;
-                put_varint(dst, n as u64);
+                encode_u64(n as u64, dst);
             }
             Ty::SInt64 => {
                 let n = integer(ty, value, i128::from(i64::MIN), i128::from(i64::MAX))?;
-                put_varint(dst, zigzag64(n as i64));
+                encode_u64(zigzag64(n as i64), dst);
             }
             Ty::Bool => match value {
-                Value::Bool(b) => put_varint(dst, u64::from(*b)),
+                Value::Bool(b) => encode_u64(u64::from(*b), dst),
                 other => return Err(mismatch("a boolean", other)),
             },
             Ty::Float => {
@@ -178,7 +179,7 @@ impl Schema {
             Ty::Double => dst.put_f64_le(number(value)?),
             Ty::String => match value {
                 Value::String(s) => {
-                    put_varint(dst, s.len() as u64);
+                    encode_u64(s.len() as u64, dst);
                     dst.extend_from_slice(s.as_bytes());
                 }
                 other => return Err(mismatch("a string", other)),
@@ -193,14 +194,14 @@ impl Schema {
                 dst.put_u8(0);
                 self.encode_message(idx, obj, dst, depth + 1)?;
                 let len = dst.len() - len_at - 1;
-                let n = varint_len(len as u64);
+                let n = encoded_len_u64(len as u64);
                 if n > 1 {
                     dst.resize(dst.len() + n - 1, 0);
                     dst.copy_within(len_at + 1..len_at + 1 + len, len_at + n);
                 }
                 let mut prefix = [0u8; 10];
                 let mut slot = &mut prefix[..];
-                put_varint(&mut slot, len as u64);
+                encode_u64(len as u64, &mut slot);
                 dst[len_at..len_at + n].copy_from_slice(&prefix[..n]);
             }
         }

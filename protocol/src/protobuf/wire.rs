@@ -1,25 +1,9 @@
 //! Varints, zig-zag and a bounds-checked reader for the pomelo-protobuf codec.
 //!
 //! Varints are base-128, least significant group first, high bit = "more bytes follow"
-//! (1 → `01`, 300 → `ac 02`); at most 10 bytes for 64 bits.
-
-use bytes::BufMut;
-
-/// Append `v` as a varint.
-pub(super) fn put_varint(dst: &mut impl BufMut, mut v: u64) {
-    while v >= 0x80 {
-        dst.put_u8((v as u8) | 0x80);
-        v >>= 7;
-    }
-    dst.put_u8(v as u8);
-}
-
-/// Number of bytes [`put_varint`] writes for `v`.
-pub(super) fn varint_len(v: u64) -> usize {
-    // 1 byte per started group of 7 bits; 0 still takes one byte.
-    let bits = 64 - (v | 1).leading_zeros() as usize;
-    bits.div_ceil(7)
-}
+//! (1 → `01`, 300 → `ac 02`); at most 10 bytes for 64 bits. They are written by
+//! [`crate::varint::encode_u64`], the writer of message ids too; the reader is here (its
+//! 10-byte limit and errors differ from the message id's).
 
 /// Zig-zag (pomelo `encodeSInt32`): n ≥ 0 → 2n, n < 0 → −2n − 1.
 pub(super) fn zigzag32(n: i32) -> u32 {
@@ -109,6 +93,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::varint;
 
     #[test]
     fn varint_examples() {
@@ -122,9 +107,9 @@ mod tests {
             (u64::MAX, "ffffffffffffffffff01"),
         ] {
             let mut out = Vec::new();
-            put_varint(&mut out, v);
+            varint::encode_u64(v, &mut out);
             assert_eq!(hex::encode(&out), hex);
-            assert_eq!(varint_len(v), out.len());
+            assert_eq!(varint::encoded_len_u64(v), out.len());
             assert_eq!(Reader::new(&out).varint(), Ok(v));
         }
     }
