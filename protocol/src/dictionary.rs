@@ -39,6 +39,14 @@ pub fn version_hash(text: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(Md5::digest(text))
 }
 
+/// `JSON.stringify(map)`, written from the map in place (no clone into a `Value`).
+fn object_text(map: &Map<String, Value>) -> String {
+    let mut out = Vec::new();
+    json::write_object(map, &mut out);
+    // `write_object` only produces UTF-8 (string contents come from `str`s).
+    String::from_utf8(out).unwrap_or_default()
+}
+
 /// Route ↔ code tables plus the exact JSON texts the handshake sends.
 #[derive(Debug, Clone, Default)]
 pub struct RouteDictionary {
@@ -149,8 +157,8 @@ impl RouteDictionary {
     }
 
     fn finish(&mut self) {
-        self.dict_json = json::to_string(&Value::Object(self.dict.clone()));
-        self.code_to_route_json = json::to_string(&Value::Object(self.code_to_route.clone()));
+        self.dict_json = object_text(&self.dict);
+        self.code_to_route_json = object_text(&self.code_to_route);
         self.version = version_hash(self.dict_json.as_bytes());
     }
 

@@ -64,7 +64,8 @@ pub fn write_str(s: &str, out: &mut Vec<u8>) {
     }
 }
 
-fn write_object(map: &Map<String, Value>, out: &mut Vec<u8>) {
+/// Append `JSON.stringify` of an object held as a bare map (no `Value` around it).
+pub(crate) fn write_object(map: &Map<String, Value>, out: &mut Vec<u8>) {
     out.push(b'{');
     let mut first = true;
     let mut put = |key: &str, value: &Value, out: &mut Vec<u8>| {
