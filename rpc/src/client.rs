@@ -6,7 +6,7 @@ use crate::directory::{
 };
 use crate::error::RpcError;
 use crate::frame::{CodecError, Frame, FrameCodec, Name, Namespace, WireError};
-use crate::io::write_frames;
+use crate::io::spawn_writer;
 use crate::payload::Payload;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -635,22 +635,11 @@ async fn drive(shared: Arc<LinkShared>) {
 /// Runs one connection until it ends; returns why. Calls in flight fail when it returns.
 async fn run_connection(stream: TcpStream, shared: &LinkShared) -> Arc<str> {
     let cfg = &shared.config;
-    let (rd, mut wr) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<Frame>(cfg.queue_capacity.max(1));
+    let (rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel::<Frame>(cfg.queue_capacity.max(1));
     let pending = Arc::new(Pending::new());
     let stop = shared.cancel.child_token();
-    let writer = {
-        let stop = stop.clone();
-        let (batch, max) = (cfg.write_batch, cfg.max_frame_size);
-        tokio::spawn(
-            async move {
-                let r = write_frames(&mut wr, &mut rx, batch, max, &stop).await;
-                stop.cancel();
-                r
-            }
-            .in_current_span(),
-        )
-    };
+    let writer = spawn_writer(wr, rx, cfg.write_batch, cfg.max_frame_size, stop.clone());
     shared.state.send_replace(LinkState::Up(Conn {
         tx,
         pending: Arc::clone(&pending),

@@ -5,15 +5,37 @@ use crate::frame::Frame;
 use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Flush the coalescing buffer early once it holds this many bytes.
 const FLUSH_AT: usize = 256 * 1024;
 
+/// Spawns the write side of a connection (client or server): [`write_frames`] in its own task,
+/// in the current span. When it ends it cancels `stop`, so the reader of that connection stops
+/// too if the socket died under it.
+pub(crate) fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(
+    mut w: W,
+    mut rx: mpsc::Receiver<Frame>,
+    batch: usize,
+    max_frame_size: usize,
+    stop: CancellationToken,
+) -> JoinHandle<std::io::Result<()>> {
+    tokio::spawn(
+        async move {
+            let r = write_frames(&mut w, &mut rx, batch, max_frame_size, &stop).await;
+            stop.cancel();
+            r
+        }
+        .in_current_span(),
+    )
+}
+
 /// Writes queued frames until every sender is gone (then shuts the write side down), a write
 /// fails, or `stop` fires. Encoding errors (frame too large; callers check first) drop that
 /// frame with a log line.
-pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
+async fn write_frames<W: AsyncWrite + Unpin>(
     w: &mut W,
     rx: &mut mpsc::Receiver<Frame>,
     batch: usize,

@@ -4,7 +4,7 @@ use crate::config::RpcConfig;
 use crate::frame::{
     CodecError, ErrorKind, Frame, FrameCodec, Name, WireError, ok_response_body_len,
 };
-use crate::io::write_frames;
+use crate::io::spawn_writer;
 use crate::service::Registry;
 use futures_util::{FutureExt, StreamExt};
 use std::panic::AssertUnwindSafe;
@@ -118,28 +118,22 @@ impl RpcServer {
         self.run_connection(rd, wr, shutdown).await;
     }
 
-    async fn run_connection<R, W>(&self, rd: R, mut wr: W, shutdown: CancellationToken)
+    async fn run_connection<R, W>(&self, rd: R, wr: W, shutdown: CancellationToken)
     where
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let cfg = &self.config;
-        let (tx, mut rx) = mpsc::channel::<Frame>(cfg.queue_capacity.max(1));
+        let (tx, rx) = mpsc::channel::<Frame>(cfg.queue_capacity.max(1));
+        // Cancelled by the writer when it ends: unblocks the reader if the socket died.
         let writer_stop = CancellationToken::new();
-        let writer = {
-            let stop = writer_stop.clone();
-            let batch = cfg.write_batch;
-            let max = cfg.max_frame_size;
-            tokio::spawn(
-                async move {
-                    let r = write_frames(&mut wr, &mut rx, batch, max, &stop).await;
-                    // Unblock the reader if the socket died under us.
-                    stop.cancel();
-                    r
-                }
-                .in_current_span(),
-            )
-        };
+        let writer = spawn_writer(
+            wr,
+            rx,
+            cfg.write_batch,
+            cfg.max_frame_size,
+            writer_stop.clone(),
+        );
         let permits = Arc::new(Semaphore::new(cfg.max_in_flight_per_connection.max(1)));
         let mut frames = FramedRead::new(rd, FrameCodec::new(cfg.max_frame_size));
         debug!("rpc connection open");
