@@ -134,19 +134,7 @@ impl Component for StablePlacement {
 /// `gate.gateHandler.queryEntry`: the connector for `uid`, with the client port it actually
 /// bound (from the live cluster view).
 async fn query_entry(ctx: ServerContext, body: Value) -> Result<Value, HandlerError> {
-    let uid = match body.get("uid") {
-        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
-        None | Some(Value::Null) => return Err(refuse("field `uid` is required")),
-        Some(Value::String(_)) => return Err(refuse("field `uid` must not be empty")),
-        Some(_) => return Err(refuse("field `uid` must be a string")),
-    };
-    let len = uid.chars().count();
-    if len > MAX_GATE_UID_CHARS {
-        return Err(refuse(format!(
-            "field `uid` is {len} characters long; the limit is {MAX_GATE_UID_CHARS}"
-        )));
-    }
+    let uid = validate::gate_uid(&body, "uid", MAX_GATE_UID_CHARS).map_err(refuse)?;
     let mut connectors: Vec<LiveServer> = ctx
         .servers_of_type("connector")
         .into_iter()

@@ -127,6 +127,25 @@ pub fn content(body: &Value, field: &'static str) -> Result<String, InputError> 
     bounded(string_field(body, field)?, field, MAX_CONTENT_CHARS, false)
 }
 
+/// The gate's uid: a string (1..=`limit` characters, not only white space, kept as sent) or a
+/// number (its text). A body that is not an object has no such field.
+///
+/// # Errors
+/// [`InputError`] naming the field.
+pub fn gate_uid(body: &Value, field: &'static str, limit: usize) -> Result<String, InputError> {
+    let number;
+    let text = match body.get(field) {
+        Some(Value::String(s)) => s.as_str(),
+        Some(Value::Number(n)) => {
+            number = n.to_string();
+            &number
+        }
+        None | Some(Value::Null) => return Err(InputError::Missing { field }),
+        Some(_) => return Err(InputError::NotAString { field }),
+    };
+    bounded(text, field, limit, false)
+}
+
 /// Where a message goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -240,5 +259,26 @@ mod tests {
         assert_eq!(uid("bob", "lobby"), "bob*lobby");
         assert_eq!(name_of("bob*lo*bby"), "bob");
         assert_eq!(name_of("plain"), "plain");
+    }
+
+    #[test]
+    fn gate_uids_are_kept_as_sent() {
+        let g = |v: Value| gate_uid(&v, "uid", 4).map_err(|e| e.to_string());
+        assert_eq!(g(json!({"uid": " ab "})), Ok(" ab ".to_owned()));
+        assert_eq!(g(json!({"uid": 42})), Ok("42".to_owned()));
+        assert_eq!(g(json!({})), Err("field `uid` is required".to_owned()));
+        assert_eq!(g(json!([1])), Err("field `uid` is required".to_owned()));
+        assert_eq!(
+            g(json!({"uid": "  "})),
+            Err("field `uid` must not be empty".to_owned())
+        );
+        assert_eq!(
+            g(json!({"uid": true})),
+            Err("field `uid` must be a string".to_owned())
+        );
+        assert_eq!(
+            g(json!({"uid": "abcde"})),
+            Err("field `uid` is 5 characters long; the limit is 4".to_owned())
+        );
     }
 }
