@@ -419,12 +419,7 @@ impl Message {
     pub fn to_package(&self) -> Result<Package, Error> {
         self.validate()?;
         let len = self.encoded_len();
-        if len > package::MAX_BODY_LEN {
-            return Err(Error::BodyTooLarge {
-                len,
-                max: package::MAX_BODY_LEN,
-            });
-        }
+        package::check_body_len(len, package::MAX_BODY_LEN)?;
         let mut body = BytesMut::with_capacity(len);
         self.write(&mut body);
         Ok(Package::new(PackageType::Data, body.freeze()))

@@ -146,12 +146,7 @@ impl Package {
 /// [`Error::BodyTooLarge`] when `body_len` > [`MAX_BODY_LEN`]; nothing is written.
 #[inline]
 pub fn encode_header(kind: PackageType, body_len: usize, dst: &mut BytesMut) -> Result<(), Error> {
-    if body_len > MAX_BODY_LEN {
-        return Err(Error::BodyTooLarge {
-            len: body_len,
-            max: MAX_BODY_LEN,
-        });
-    }
+    check_body_len(body_len, MAX_BODY_LEN)?;
     dst.reserve(HEADER_LEN + body_len);
     // type byte then the 24-bit big-endian length: one u32 write.
     dst.put_u32(((kind as u32) << 24) | body_len as u32);
@@ -163,13 +158,18 @@ pub fn encode_header(kind: PackageType, body_len: usize, dst: &mut BytesMut) -> 
 fn parse_header(header: [u8; 4], max_body_len: usize) -> Result<(PackageType, usize), Error> {
     let kind = PackageType::try_from(header[0])?;
     let len = usize::from(header[1]) << 16 | usize::from(header[2]) << 8 | usize::from(header[3]);
-    if len > max_body_len {
-        return Err(Error::BodyTooLarge {
-            len,
-            max: max_body_len,
-        });
-    }
+    check_body_len(len, max_body_len)?;
     Ok((kind, len))
+}
+
+/// The one body length check of encoders and decoders: [`Error::BodyTooLarge`] when `len`
+/// exceeds `max`.
+#[inline]
+pub(crate) fn check_body_len(len: usize, max: usize) -> Result<(), Error> {
+    if len > max {
+        return Err(Error::BodyTooLarge { len, max });
+    }
+    Ok(())
 }
 
 /// Incremental package decoder for a byte stream (raw TCP).
