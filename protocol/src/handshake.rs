@@ -21,7 +21,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use crate::dictionary::{RouteDictionary, version_hash};
+use crate::dictionary::RouteDictionary;
+use crate::protobuf::protos_version;
 use crate::{Error, json};
 
 /// The `code` of a handshake reply.
@@ -139,9 +140,7 @@ impl HandshakeProtos {
     /// HandshakeProtos with pomelo's version: base64 MD5 of
     /// `JSON.stringify(client) + JSON.stringify(server)`.
     pub fn new(server: Value, client: Value) -> Self {
-        let mut text = json::to_vec(&client);
-        json::write(&server, &mut text);
-        let version = version_hash(&text);
+        let version = protos_version(&client, &server);
         Self {
             server,
             client,

@@ -49,8 +49,6 @@ mod schema;
 mod typed;
 mod wire;
 
-use base64::Engine as _;
-use md5::{Digest as _, Md5};
 use serde_json::{Map, Value};
 
 pub use error::{ProtobufError, SchemaError};
@@ -181,9 +179,7 @@ pub fn protos_version(parsed_client: &Value, parsed_server: &Value) -> String {
     // `crate::json` writes exactly what JSON.stringify writes (key order, escapes, numbers).
     let mut text = crate::json::to_vec(parsed_client);
     crate::json::write(parsed_server, &mut text);
-    let mut hasher = Md5::new();
-    hasher.update(&text);
-    base64::engine::general_purpose::STANDARD.encode(hasher.finalize())
+    crate::dictionary::version_hash(&text)
 }
 
 /// The fixed schema of the fuzz target (a copy of the shared vector schema, without its
