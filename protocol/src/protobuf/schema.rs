@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 
 use super::MAX_DEPTH;
 use super::error::SchemaError;
+use crate::json::array_index;
 
 /// Largest tag number: pomelo computes `(tag << 3) | wire_type` in signed 32-bit arithmetic.
 pub(super) const MAX_TAG: u64 = (1 << 28) - 1;
@@ -516,25 +517,13 @@ fn parse_message(def: &Value) -> Value {
     Value::Object(js_reorder(proto))
 }
 
-/// Whether `key` is a JavaScript array index ("0", "1", … up to 2^32 - 2, canonical form):
-/// such keys come first in an object's own key order, ascending.
-fn js_index(key: &str) -> Option<u32> {
-    if key.is_empty() || key.len() > 10 || (key.len() > 1 && key.starts_with('0')) {
-        return None;
-    }
-    if !key.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let n: u64 = key.parse().ok()?;
-    (n < u64::from(u32::MAX)).then_some(n as u32)
-}
-
-/// The entries of `map` in JavaScript own-key order.
+/// The entries of `map` in JavaScript own-key order (array-index keys first, ascending:
+/// [`array_index`]).
 fn js_ordered(map: &Map<String, Value>) -> Vec<(&String, &Value)> {
     let mut idx: Vec<(u32, &String, &Value)> = Vec::new();
     let mut rest = Vec::with_capacity(map.len());
     for (k, v) in map {
-        match js_index(k) {
+        match array_index(k) {
             Some(n) => idx.push((n, k, v)),
             None => rest.push((k, v)),
         }
@@ -551,12 +540,12 @@ fn js_ordered(map: &Map<String, Value>) -> Vec<(&String, &Value)> {
 
 /// `map` rebuilt in JavaScript own-key order.
 pub(super) fn js_reorder(map: Map<String, Value>) -> Map<String, Value> {
-    if !map.keys().any(|k| js_index(k).is_some()) {
+    if !map.keys().any(|k| array_index(k).is_some()) {
         return map;
     }
     let mut entries: Vec<(String, Value)> = map.into_iter().collect();
     // Stable: non-index keys keep insertion order after all index keys.
-    entries.sort_by_key(|(k, _)| match js_index(k) {
+    entries.sort_by_key(|(k, _)| match array_index(k) {
         Some(n) => (0, n),
         None => (1, 0),
     });
