@@ -10,14 +10,32 @@ use shaddock_protocol::json;
 use shaddock_protocol::message::{Message, MessageRoute};
 use shaddock_protocol::protobuf::Protos;
 
-/// The dictionary and protobuf schemas of a frontend; cheap to clone.
+/// How a Shaddock server writes bodies and PUSH packages for clients: the app's route dictionary
+/// and pomelo-protobuf schemas. The frontend uses one; a backend builds the same value to encode
+/// a channel push once, so both write identical bytes. Cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct BodyCodec {
+pub struct BodyCodec {
     pub(crate) dictionary: Option<Arc<RouteDictionary>>,
     pub(crate) protos: Option<Arc<Protos>>,
 }
 
 impl BodyCodec {
+    /// A codec with this dictionary (routes compressed when they have a code) and these
+    /// schemas (bodies of serverProtos routes written as protobuf).
+    pub fn new(dictionary: Option<Arc<RouteDictionary>>, protos: Option<Arc<Protos>>) -> Self {
+        Self { dictionary, protos }
+    }
+
+    /// The route dictionary, if any.
+    pub fn dictionary(&self) -> Option<&Arc<RouteDictionary>> {
+        self.dictionary.as_ref()
+    }
+
+    /// The pomelo-protobuf schemas, if any.
+    pub fn protos(&self) -> Option<&Arc<Protos>> {
+        self.protos.as_ref()
+    }
+
     /// Decodes a client body on `route`: protobuf when clientProtos has the route, else JSON.
     pub(crate) fn decode(&self, route: &str, body: &[u8]) -> Result<Value, String> {
         match &self.protos {
@@ -44,8 +62,12 @@ impl BodyCodec {
         }
     }
 
-    /// A whole DATA package holding a PUSH, encoded once.
-    pub(crate) fn push_package(
+    /// A whole DATA package holding a PUSH, encoded once: the route as its dictionary code when
+    /// it has one, the body as protobuf when serverProtos has the route, else JSON.
+    ///
+    /// # Errors
+    /// A route over 255 bytes or a package over the size limit.
+    pub fn push_package(
         &self,
         route: &str,
         body: &Value,

@@ -73,6 +73,7 @@ pub mod sniff;
 pub mod stats;
 pub mod transport;
 
+pub use codec::BodyCodec;
 pub use config::ConnectorConfig;
 pub use frontend::{
     DrainReport, Error, ForwardRequest, Forwarder, Frontend, FrontendBuilder, PushReport,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use shaddock_connector::handler::{ErasedHandler, Handler, erase};
 use shaddock_connector::{FrontendBuilder, HandlerError};
+use shaddock_protocol::protobuf::Protos;
 use shaddock_protocol::{Route, RouteDictionary};
 use shaddock_rpc::{Registry, RegistryError, Router};
 
@@ -138,6 +139,7 @@ pub struct App {
     pub(crate) types: HashMap<String, TypeDef>,
     pub(crate) components: Vec<Arc<dyn Component>>,
     pub(crate) dictionary: Option<Arc<RouteDictionary>>,
+    pub(crate) protos: Option<Arc<Protos>>,
     pub(crate) duplicate_login: DuplicateLogin,
     pub(crate) errors: Vec<AppError>,
 }
@@ -271,6 +273,15 @@ impl App {
     #[must_use]
     pub fn dictionary(mut self, dictionary: Arc<RouteDictionary>) -> Self {
         self.dictionary = Some(dictionary);
+        self
+    }
+
+    /// The pomelo-protobuf schemas (`useProtobuf`): announced by every frontend's handshake,
+    /// used for the bodies of the routes they list, on frontends and for channel and backend
+    /// pushes alike.
+    #[must_use]
+    pub fn protos(mut self, protos: Arc<Protos>) -> Self {
+        self.protos = Some(protos);
         self
     }
 

@@ -178,7 +178,7 @@ impl BackendSession {
     /// # Errors
     /// [`PushError`].
     pub async fn push(&self, route: &str, body: &Value) -> Result<(), PushError> {
-        let package = encode_push(self.inner.ctx.dictionary().map(|d| &**d), route, body)?;
+        let package = encode_push(self.inner.ctx.codec(), route, body)?;
         let args = PushArgs {
             package,
             sids: vec![self.inner.id],

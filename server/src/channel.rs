@@ -9,13 +9,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use serde_json::Value;
-use shaddock_protocol::RouteDictionary;
-use shaddock_protocol::message::{Message, MessageRoute};
 use shaddock_rpc::{RpcClient, RpcError, Target};
 
 use crate::context::ClusterView;
+use shaddock_connector::BodyCodec;
 use shaddock_connector::remote::{PushArgs, session_remote};
 
 /// Why a push could not be sent at all.
@@ -52,39 +51,30 @@ pub struct PushSummary {
     pub failed: Vec<(String, String)>,
 }
 
-/// Encodes a PUSH package once, compressing the route when the dictionary has it.
+/// Encodes a PUSH package once with the app's codec (the same one its frontends use): the route
+/// compressed when the dictionary has it, the body as protobuf when serverProtos has the route.
 ///
 /// # Errors
 /// [`PushError::Encode`].
-pub fn encode_push(
-    dictionary: Option<&RouteDictionary>,
-    route: &str,
-    body: &Value,
-) -> Result<Bytes, PushError> {
-    let r = match dictionary.and_then(|d| d.code(route)) {
-        Some(code) => MessageRoute::Code(code),
-        None => MessageRoute::name(route.to_owned()),
-    };
-    let msg = Message::push(r, shaddock_protocol::json::to_vec(body));
-    let mut dst = BytesMut::with_capacity(msg.encoded_len() + 4);
-    msg.encode_package(&mut dst)
+pub fn encode_push(codec: &BodyCodec, route: &str, body: &Value) -> Result<Bytes, PushError> {
+    codec
+        .push_package(route, body)
         .map_err(|e| PushError::Encode {
             route: route.to_owned(),
             message: e.to_string(),
-        })?;
-    Ok(dst.freeze())
+        })
 }
 
 #[derive(Clone)]
 pub(crate) struct Pusher {
     rpc: RpcClient,
-    dictionary: Option<Arc<RouteDictionary>>,
+    codec: BodyCodec,
     cluster: ClusterView,
 }
 
 impl Pusher {
     fn encode(&self, route: &str, body: &Value) -> Result<Bytes, PushError> {
-        encode_push(self.dictionary.as_deref(), route, body)
+        encode_push(&self.codec, route, body)
     }
 
     /// One RPC per frontend, concurrently: `push` to the listed uids, or `broadcast` (to
@@ -248,16 +238,12 @@ impl std::fmt::Debug for ChannelService {
 }
 
 impl ChannelService {
-    pub(crate) fn new(
-        rpc: RpcClient,
-        dictionary: Option<Arc<RouteDictionary>>,
-        cluster: ClusterView,
-    ) -> Self {
+    pub(crate) fn new(rpc: RpcClient, codec: BodyCodec, cluster: ClusterView) -> Self {
         Self {
             channels: Arc::default(),
             pusher: Pusher {
                 rpc,
-                dictionary,
+                codec,
                 cluster,
             },
         }
@@ -349,10 +335,17 @@ impl ChannelService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shaddock_protocol::RouteDictionary;
+    use shaddock_protocol::message::{Message, MessageRoute};
+    use shaddock_protocol::protobuf::Protos;
     use shaddock_rpc::RpcConfig;
 
     fn service() -> ChannelService {
-        ChannelService::new(RpcClient::new(RpcConfig::default()), None, Arc::default())
+        ChannelService::new(
+            RpcClient::new(RpcConfig::default()),
+            BodyCodec::default(),
+            Arc::default(),
+        )
     }
 
     #[test]
@@ -373,7 +366,12 @@ mod tests {
 
     #[test]
     fn push_is_encoded_as_a_pomelo_push_package() {
-        let b = encode_push(None, "onChat", &serde_json::json!({"msg": "hi"})).unwrap();
+        let b = encode_push(
+            &BodyCodec::default(),
+            "onChat",
+            &serde_json::json!({"msg": "hi"}),
+        )
+        .unwrap();
         // DATA package type 4, then a PUSH message (flag 0x06) with a named route.
         assert_eq!(b[0], 4);
         let msg = Message::decode(b.slice(4..)).unwrap();
@@ -381,9 +379,32 @@ mod tests {
         assert_eq!(&msg.body[..], br#"{"msg":"hi"}"#);
         let long = "r".repeat(300);
         assert!(matches!(
-            encode_push(None, &long, &Value::Null),
+            encode_push(&BodyCodec::default(), &long, &Value::Null),
             Err(PushError::Encode { .. })
         ));
+    }
+
+    #[test]
+    fn push_uses_the_apps_dictionary_and_protobuf_schemas() {
+        // The same codec as the app's frontends: a dictionary route goes as its code, a route
+        // in serverProtos gets a protobuf body (before, backend pushes were always JSON).
+        let dict = RouteDictionary::new(Vec::<String>::new(), &["onChat".to_owned()]).unwrap();
+        let code = dict.code("onChat").unwrap();
+        let protos = Protos::from_files(
+            &serde_json::json!({"onChat": {"required string msg": 1}}),
+            &serde_json::json!({}),
+        )
+        .unwrap();
+        let codec = BodyCodec::new(Some(Arc::new(dict)), Some(Arc::new(protos)));
+        let b = encode_push(&codec, "onChat", &serde_json::json!({"msg": "hi"})).unwrap();
+        let msg = Message::decode(b.slice(4..)).unwrap();
+        assert_eq!(msg.route, MessageRoute::Code(code));
+        // field 1, wire type 2, length 2, "hi"
+        assert_eq!(&msg.body[..], b"\x0a\x02hi");
+        // A route without a schema stays JSON.
+        let b = encode_push(&codec, "onLeave", &serde_json::json!({"user": "a"})).unwrap();
+        let msg = Message::decode(b.slice(4..)).unwrap();
+        assert_eq!(&msg.body[..], br#"{"user":"a"}"#);
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, OnceLock, RwLock};
 
-use shaddock_connector::{Frontend, Session, SessionError};
+use shaddock_connector::{BodyCodec, Frontend, Session, SessionError};
 use shaddock_protocol::RouteDictionary;
 use shaddock_rpc::{RpcClient, RpcError, ServerInfo, Target};
 use tokio_util::sync::CancellationToken;
@@ -83,7 +83,7 @@ struct Inner {
     cluster: ClusterView,
     channels: ChannelService,
     frontend: OnceLock<Frontend>,
-    dictionary: Option<Arc<RouteDictionary>>,
+    codec: BodyCodec,
     stop: CancellationToken,
 }
 
@@ -109,10 +109,10 @@ impl ServerContext {
         env: String,
         rpc: RpcClient,
         master_id: String,
-        dictionary: Option<Arc<RouteDictionary>>,
+        codec: BodyCodec,
     ) -> Self {
         let cluster: ClusterView = Arc::default();
-        let channels = ChannelService::new(rpc.clone(), dictionary.clone(), cluster.clone());
+        let channels = ChannelService::new(rpc.clone(), codec.clone(), cluster.clone());
         Self {
             inner: Arc::new(Inner {
                 server,
@@ -123,7 +123,7 @@ impl ServerContext {
                 cluster,
                 channels,
                 frontend: OnceLock::new(),
-                dictionary,
+                codec,
                 stop: CancellationToken::new(),
             }),
         }
@@ -166,7 +166,12 @@ impl ServerContext {
 
     /// The route dictionary of the app, if it has one.
     pub fn dictionary(&self) -> Option<&Arc<RouteDictionary>> {
-        self.inner.dictionary.as_ref()
+        self.inner.codec.dictionary()
+    }
+
+    /// How this app writes PUSH packages: its dictionary and protobuf schemas.
+    pub fn codec(&self) -> &BodyCodec {
+        &self.inner.codec
     }
 
     /// The servers of the cluster's configuration (`servers.json` of the environment, in file
@@ -338,7 +343,7 @@ mod tests {
             "development".into(),
             RpcClient::new(RpcConfig::default()),
             "master".into(),
-            None,
+            BodyCodec::default(),
         );
         let ids: Vec<&str> = ctx
             .configured_servers()

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use shaddock_connector::{ConnectorConfig, Frontend};
+use shaddock_connector::{BodyCodec, ConnectorConfig, Frontend};
 use shaddock_rpc::{Registry, RemoteError, RpcClient, RpcConfig, RpcServer, ServerInfo, Target};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -199,7 +199,7 @@ pub(crate) async fn run_server(
         env,
         rpc.clone(),
         master_id.clone(),
-        app.dictionary.clone(),
+        BodyCodec::new(app.dictionary.clone(), app.protos.clone()),
     );
     let def = app.type_def(&me.server_type);
 
@@ -243,6 +243,9 @@ pub(crate) async fn run_server(
             Frontend::builder(connector_config(&actual)).forwarder(Arc::new(forwarder(&ctx, keys)));
         if let Some(d) = &app.dictionary {
             builder = builder.dictionary(d.clone());
+        }
+        if let Some(p) = &app.protos {
+            builder = builder.protos(p.clone());
         }
         for setup in &def.frontend {
             builder = setup(&ctx, builder);
