@@ -1,6 +1,6 @@
 //! Log capture for tests that assert *why* a connection was closed.
 //!
-//! ```ignore
+//! ```text
 //! let (logs, _guard) = capture_logs();
 //! // ... a hostile client at `me` is closed by the server ...
 //! logs.expect(me, "handshake timeout").await;
