@@ -57,6 +57,13 @@ pub struct ConnectorConfig {
     /// Clients whose handshake `sys.version` compares below this (dot-separated numbers) are
     /// refused with code 501. Default `None` (every version accepted).
     pub min_client_version: Option<String>,
+    /// Push scheduling (pomelo's push scheduler). `None` (the default): each connection writes
+    /// its queued pushes as soon as it can ("direct"). `Some(interval)`: pushes to a connection
+    /// wait up to `interval` and go out together in one write ("buffer", pomelo's
+    /// `flushInterval`), which costs a busy broadcast one write per connection per interval
+    /// instead of one per push. Responses are never delayed (they flush the pushes queued
+    /// before them). At most 1 s.
+    pub push_flush_interval: Option<Duration>,
 }
 
 impl Default for ConnectorConfig {
@@ -78,6 +85,7 @@ impl Default for ConnectorConfig {
             nodelay: true,
             close_on_early_data: false,
             min_client_version: None,
+            push_flush_interval: None,
         }
     }
 }

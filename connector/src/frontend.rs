@@ -13,9 +13,8 @@ use shaddock_protocol::connection::{CloseReason, ConnectionConfig, Event, Server
 use shaddock_protocol::handshake::{Flavor, HandshakeProtos, ServerHandshake};
 use shaddock_protocol::message::{Message, MessageRoute, MessageType, Route};
 use shaddock_protocol::protobuf::Protos;
-use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
@@ -215,6 +214,13 @@ impl FrontendBuilder {
                 "queue_capacity, max_connections, max_package_size and max_in_flight must be > 0"
                     .into(),
             ));
+        }
+        if let Some(f) = c.push_flush_interval
+            && (f.is_zero() || f > Duration::from_secs(1))
+        {
+            return Err(Error::InvalidConfig(format!(
+                "push_flush_interval {f:?} must be > 0 and at most 1 s"
+            )));
         }
         if let Some(h) = c.heartbeat_interval
             && (h.as_secs() == 0 || h.subsec_nanos() != 0)
@@ -638,7 +644,8 @@ async fn run_connection(
     }
     let deadline = Instant::now() + inner.config.handshake_timeout;
     // Sniff: read until the first bytes decide TCP or HTTP.
-    let mut first = BytesMut::with_capacity(1024);
+    // Grows by what arrives only (see `transport::read_some`): usually one small allocation.
+    let mut first = BytesMut::new();
     let kind = loop {
         match sniff(&first) {
             Sniff::NeedMore if first.len() < MAX_SNIFF_LEN => {}
@@ -647,7 +654,7 @@ async fn run_connection(
         }
         let read = tokio::select! {
             () = shutdown.cancelled() => return,
-            r = tokio::time::timeout_at(deadline, stream.read_buf(&mut first)) => r,
+            r = tokio::time::timeout_at(deadline, crate::transport::read_some(&mut stream, &mut first)) => r,
         };
         match read {
             Err(_) => {
@@ -674,9 +681,11 @@ async fn run_connection(
         let io = Rewind::new(first.freeze(), stream);
         let accept = tokio::select! {
             () = shutdown.cancelled() => return,
+            // Boxed: the upgrade future is large, and the connection task's future is as
+            // large as its largest phase for the connection's whole life.
             r = tokio::time::timeout_at(
                 deadline,
-                tokio_tungstenite::accept_async_with_config(io, Some(ws_config)),
+                Box::pin(tokio_tungstenite::accept_async_with_config(io, Some(ws_config))),
             ) => r,
         };
         match accept {
@@ -702,8 +711,7 @@ async fn run_connection(
             decoder: shaddock_protocol::package::PackageDecoder::new(max),
         }
     };
-    let (tx, rx) = mpsc::channel(inner.config.queue_capacity);
-    let session = inner.sessions.create(peer, tx);
+    let session = inner.sessions.create(peer, inner.config.queue_capacity);
     tracing::debug!(
         sid = session.id(),
         ws = kind == Sniff::WebSocket,
@@ -713,7 +721,6 @@ async fn run_connection(
         inner: inner.clone(),
         session: session.clone(),
         transport,
-        rx,
         shutdown,
         inflight: Arc::new(Semaphore::new(inner.config.max_in_flight)),
         waiting: VecDeque::new(),
@@ -728,7 +735,6 @@ struct Driver<S> {
     inner: Arc<Inner>,
     session: Session,
     transport: Transport<S>,
-    rx: mpsc::Receiver<Bytes>,
     shutdown: CancellationToken,
     /// Messages of this connection being handled at once (`max_in_flight` permits).
     inflight: Arc<Semaphore>,
@@ -768,6 +774,8 @@ where
         let mut inbound = VecDeque::new();
         let mut batch: Vec<Bytes> = Vec::new();
         let mut local_reason: Option<String> = None;
+        // With a push flush interval: when the queued pushes are due.
+        let mut flush_at: Option<Instant> = None;
         loop {
             // 1. Act on what the state machine reported.
             let mut closed: Option<CloseReason> = None;
@@ -802,8 +810,9 @@ where
                     Err(e) => tracing::error!(cause = %e, "cannot encode package"),
                 }
             }
+            let mut more = false;
             if closed.is_none() {
-                self.drain_queue(&mut batch);
+                more = self.take_due(&mut batch, &mut flush_at);
             }
             if !batch.is_empty()
                 && let Err(reason) = self.write(&mut batch).await
@@ -828,7 +837,17 @@ where
                         .await;
                 return local_reason.unwrap_or_else(|| describe(&reason));
             }
+            if more {
+                // The byte limit of one write left due messages queued: write them first.
+                continue;
+            }
             // 3. Wait for the next input.
+            let flush_sleep = async {
+                match flush_at {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
             let deadline = conn.poll_timeout().map(Instant::from_std);
             let sleep = async {
                 match deadline {
@@ -886,43 +905,57 @@ where
                         conn.close_local();
                     }
                 },
-                Some(first) = self.rx.recv() => batch.push(first),
+                () = self.session.outbox().woken() => {}
+                () = flush_sleep => {}
                 () = sleep => conn.handle_timeout(now_std()),
             }
         }
     }
 
-    /// Moves queued messages into `batch`, up to `max_write_batch` bytes.
-    fn drain_queue(&mut self, batch: &mut Vec<Bytes>) {
-        let mut size: usize = batch.iter().map(Bytes::len).sum();
-        while size < self.inner.config.max_write_batch {
-            match self.rx.try_recv() {
-                Ok(b) => {
-                    size += b.len();
-                    batch.push(b);
+    /// Moves the queued messages that are due into `batch`, up to `max_write_batch` bytes;
+    /// returns whether due messages are left. Without a push flush interval everything queued
+    /// is due. With one, queued messages become due `push_flush_interval` after the first
+    /// wake-up that found them (`flush_at`), or at once when a response is queued.
+    fn take_due(&mut self, batch: &mut Vec<Bytes>, flush_at: &mut Option<Instant>) -> bool {
+        let outbox = self.session.outbox();
+        let (queued, urgent) = outbox.peek();
+        if !queued {
+            *flush_at = None;
+            return false;
+        }
+        if let Some(interval) = self.inner.config.push_flush_interval
+            && !urgent
+        {
+            let now = Instant::now();
+            match *flush_at {
+                None => {
+                    *flush_at = Some(now + interval);
+                    return false;
                 }
-                Err(_) => break,
+                Some(at) if at > now => return false,
+                Some(_) => {}
             }
         }
+        let more = outbox.take(batch, self.inner.config.max_write_batch, usize::MAX);
+        if !more {
+            *flush_at = None;
+        }
+        more
     }
 
     /// Writes the messages queued when a kick is processed (not those queued after), all
     /// within one `write_timeout`. A client too slow for that is closed without the KICK
     /// (a write cut short may have left half a package on the wire).
     async fn flush_before_kick(&mut self, batch: &mut Vec<Bytes>) -> Result<(), String> {
-        let mut left = self.rx.len();
+        let outbox = self.session.outbox();
+        let mut left = outbox.len();
         let timeout = self.inner.config.write_timeout;
         let deadline = Instant::now() + timeout;
-        while left > 0 {
-            let mut size: usize = batch.iter().map(Bytes::len).sum();
-            while left > 0 && size < self.inner.config.max_write_batch {
-                let Ok(b) = self.rx.try_recv() else {
-                    left = 0;
-                    break;
-                };
-                left -= 1;
-                size += b.len();
-                batch.push(b);
+        loop {
+            let before = batch.len();
+            if left > 0 {
+                outbox.take(batch, self.inner.config.max_write_batch, left);
+                left -= batch.len() - before;
             }
             if batch.is_empty() {
                 break;
@@ -1095,7 +1128,7 @@ async fn run_request(
 fn reply(inner: &Inner, session: &Session, id: u32, route: &str, body: &Value) {
     match inner.codec.response_package(id, route, body) {
         Ok(bytes) => {
-            if let Err(e) = session.send_encoded(bytes) {
+            if let Err(e) = session.send_response(bytes) {
                 tracing::debug!(cause = %e, "response not queued");
             }
         }
@@ -1117,18 +1150,23 @@ mod tests {
         let mut receivers = Vec::new();
         let mut sids = Vec::new();
         for i in 0..3u16 {
-            let (tx, rx) = mpsc::channel(4);
             let peer = SocketAddr::from(([127, 0, 0, 1], 1000 + i));
-            sids.push(sessions.create(peer, tx).id());
-            receivers.push(rx);
+            let session = sessions.create(peer, 4);
+            sids.push(session.id());
+            receivers.push(session);
         }
         let report = frontend
             .push_many(&sids, "onChat", &json!({"msg": "once"}))
             .unwrap();
         assert_eq!(report.sent, 3);
         let got: Vec<Bytes> = receivers
-            .iter_mut()
-            .map(|rx| rx.try_recv().unwrap())
+            .iter()
+            .map(|session| {
+                let mut batch = Vec::new();
+                session.outbox().take(&mut batch, usize::MAX, usize::MAX);
+                assert_eq!(batch.len(), 1);
+                batch.remove(0)
+            })
             .collect();
         // Same bytes, same allocation: encoded once, shared by all three queues.
         assert!(

@@ -66,6 +66,7 @@ pub mod frontend;
 pub mod handler;
 mod handshake;
 pub mod limit;
+mod outbox;
 pub mod remote;
 pub mod rewind;
 pub mod session;

@@ -24,10 +24,11 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::BodyCodec;
+use crate::outbox::{Outbox, PushError};
 use crate::stats::ConnectorStats;
 
 /// Id of a session, unique across the cluster (see the [module docs](self)).
@@ -89,7 +90,7 @@ pub(crate) struct SessionInner {
     uid: RwLock<Option<String>>,
     settings: RwLock<Map<String, Value>>,
     /// Encoded packages for the client; bounded (`queue_capacity`).
-    outbound: mpsc::Sender<Bytes>,
+    outbound: Outbox,
     /// A kick asked for by anyone but the connection task, read by that task.
     kick_reason: Mutex<Option<String>>,
     kick_notify: Notify,
@@ -202,11 +203,25 @@ impl Session {
     /// [`SessionError::Closed`]; [`SessionError::QueueFull`], after which the client has been
     /// kicked as a slow consumer.
     pub fn send_encoded(&self, packages: Bytes) -> Result<(), SessionError> {
-        match self.inner.outbound.try_send(packages) {
+        self.enqueue(packages, false)
+    }
+
+    /// Queues a response: written without waiting for the push flush interval, after the
+    /// pushes queued before it.
+    pub(crate) fn send_response(&self, packages: Bytes) -> Result<(), SessionError> {
+        self.enqueue(packages, true)
+    }
+
+    pub(crate) fn outbox(&self) -> &Outbox {
+        &self.inner.outbound
+    }
+
+    fn enqueue(&self, packages: Bytes, urgent: bool) -> Result<(), SessionError> {
+        match self.inner.outbound.push(packages, urgent) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(SessionError::Closed(self.id())),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                let capacity = self.inner.outbound.max_capacity();
+            Err(PushError::Closed) => Err(SessionError::Closed(self.id())),
+            Err(PushError::Full) => {
+                let capacity = self.inner.outbound.capacity();
                 if self.request_kick(format!(
                     "slow consumer: outbound queue full ({capacity} messages)"
                 )) {
@@ -358,7 +373,7 @@ impl SessionService {
     }
 
     /// Creates and registers the session of a new connection.
-    pub(crate) fn create(&self, peer: SocketAddr, outbound: mpsc::Sender<Bytes>) -> Session {
+    pub(crate) fn create(&self, peer: SocketAddr, queue_capacity: usize) -> Session {
         let local = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let session = Session {
             inner: Arc::new(SessionInner {
@@ -367,7 +382,7 @@ impl SessionService {
                 peer,
                 uid: RwLock::new(None),
                 settings: RwLock::default(),
-                outbound,
+                outbound: Outbox::new(queue_capacity),
                 kick_reason: Mutex::new(None),
                 kick_notify: Notify::new(),
                 closed: CancellationToken::new(),
@@ -390,6 +405,7 @@ impl SessionService {
                 remove_uid(&mut maps, uid, session.id());
             }
         }
+        session.inner.outbound.close();
         session.inner.closed.cancel();
         let hooks = read(&self.inner.closed_hooks).clone();
         for hook in hooks {
@@ -527,16 +543,15 @@ mod tests {
         )
     }
 
-    fn session(svc: &SessionService, cap: usize) -> (Session, mpsc::Receiver<Bytes>) {
-        let (tx, rx) = mpsc::channel(cap);
-        (svc.create("127.0.0.1:1".parse().unwrap(), tx), rx)
+    fn session(svc: &SessionService, cap: usize) -> Session {
+        svc.create("127.0.0.1:1".parse().unwrap(), cap)
     }
 
     #[test]
     fn ids_unique_and_carry_frontend_prefix() {
         let svc = service(false);
-        let (a, _ra) = session(&svc, 1);
-        let (b, _rb) = session(&svc, 1);
+        let a = session(&svc, 1);
+        let b = session(&svc, 1);
         assert_ne!(a.id(), b.id());
         assert_eq!(a.id() >> 32, u64::from(crc32fast::hash(b"connector-1")));
         assert_eq!(svc.count(), 2);
@@ -546,8 +561,8 @@ mod tests {
     #[test]
     fn bind_policy() {
         let svc = service(false);
-        let (a, _ra) = session(&svc, 1);
-        let (b, _rb) = session(&svc, 1);
+        let a = session(&svc, 1);
+        let b = session(&svc, 1);
         a.bind("alice").unwrap();
         a.bind("alice").unwrap();
         assert!(matches!(
@@ -570,8 +585,8 @@ mod tests {
     #[test]
     fn single_session_kicks_older() {
         let svc = service(true);
-        let (a, _ra) = session(&svc, 1);
-        let (b, _rb) = session(&svc, 1);
+        let a = session(&svc, 1);
+        let b = session(&svc, 1);
         a.bind("u").unwrap();
         b.bind("u").unwrap();
         assert_eq!(lock(&a.inner.kick_reason).as_deref(), Some("kick"));
@@ -581,7 +596,7 @@ mod tests {
     #[test]
     fn settings_and_closed_hook() {
         let svc = service(false);
-        let (a, _ra) = session(&svc, 1);
+        let a = session(&svc, 1);
         a.set("rid", Value::from("room1"));
         assert_eq!(a.get("rid"), Some(Value::from("room1")));
         let mut m = Map::new();
@@ -603,7 +618,7 @@ mod tests {
     #[test]
     fn full_queue_kicks_and_counts_once() {
         let svc = service(false);
-        let (a, _ra) = session(&svc, 1);
+        let a = session(&svc, 1);
         a.send_encoded(Bytes::from_static(b"1")).unwrap();
         assert!(matches!(
             a.send_encoded(Bytes::from_static(b"2")),

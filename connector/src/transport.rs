@@ -1,12 +1,15 @@
 //! The two transports of the hybrid port behind one interface: whole packages in, bytes out.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
+use std::pin::Pin;
+use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use shaddock_protocol::package::{Package, PackageDecoder, decode_frame};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
@@ -14,6 +17,51 @@ use crate::rewind::Rewind;
 
 /// Buffers handed to one `writev` call.
 const MAX_IOVECS: usize = 64;
+
+/// Size of the per-thread buffer sockets are read into.
+const SCRATCH_LEN: usize = 64 * 1024;
+
+thread_local! {
+    /// Sockets are read into this per-thread buffer, then what arrived is copied to the
+    /// connection's own buffer: an idle connection holds no read buffer at all (a per-
+    /// connection buffer of a few KiB would be most of an idle connection's memory).
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_LEN].into_boxed_slice());
+}
+
+/// Reads once from `io` and appends what arrived to `buf`, which grows by that much only.
+/// `Ok(0)` means end of stream.
+///
+/// # Cancel safety
+/// Cancel safe: bytes are only taken from the socket when they are appended.
+pub(crate) async fn read_some<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+) -> io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        SCRATCH.with(|scratch| {
+            let mut fallback;
+            let mut borrowed = scratch.try_borrow_mut();
+            let space: &mut [u8] = match borrowed.as_deref_mut() {
+                Ok(s) => s,
+                // Only if a read re-entered this thread's scratch: use a buffer of its own.
+                Err(_) => {
+                    fallback = vec![0; 4096];
+                    &mut fallback
+                }
+            };
+            let mut rb = ReadBuf::new(space);
+            match Pin::new(&mut *io).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    buf.extend_from_slice(rb.filled());
+                    Poll::Ready(Ok(rb.filled().len()))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+    })
+    .await
+}
 
 /// Why a transport stopped.
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +103,8 @@ pub(crate) enum Transport<S> {
     /// Raw TCP: a byte stream of packages.
     Tcp {
         io: S,
-        /// Kept in the struct, not the read future, so a cancelled read loses nothing.
+        /// Kept in the struct, not the read future, so a cancelled read loses nothing. Holds
+        /// only the bytes of an incomplete package; empty (no allocation) between packages.
         rbuf: BytesMut,
         decoder: PackageDecoder,
     },
@@ -81,13 +130,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transport<S> {
                 while let Some(p) = decoder.decode(rbuf)? {
                     out.push_back(p);
                 }
+                if rbuf.is_empty() && rbuf.capacity() > 0 {
+                    // Nothing pending: give the buffer back (the packages keep what they use).
+                    *rbuf = BytesMut::new();
+                }
                 if !out.is_empty() {
                     return Ok(true);
                 }
-                if rbuf.capacity() - rbuf.len() < 1024 {
-                    rbuf.reserve(4096);
-                }
-                if io.read_buf(rbuf).await? == 0 {
+                if read_some(io, rbuf).await? == 0 {
                     return Ok(false);
                 }
             },
@@ -186,6 +236,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transport<S> {
 mod tests {
     use super::*;
     use std::time::Duration;
+    use tokio::io::AsyncReadExt;
 
     #[tokio::test]
     async fn vectored_batch_survives_partial_writes() {
