@@ -62,7 +62,7 @@ pub struct ConnectorConfig {
     /// wait up to `interval` and go out together in one write ("buffer", pomelo's
     /// `flushInterval`), which costs a busy broadcast one write per connection per interval
     /// instead of one per push. Responses are never delayed (they flush the pushes queued
-    /// before them). At most 1 s.
+    /// before them). At most 60 s; pomelo's default is 20 ms.
     pub push_flush_interval: Option<Duration>,
 }
 

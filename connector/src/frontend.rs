@@ -216,10 +216,10 @@ impl FrontendBuilder {
             ));
         }
         if let Some(f) = c.push_flush_interval
-            && (f.is_zero() || f > Duration::from_secs(1))
+            && (f.is_zero() || f > Duration::from_secs(60))
         {
             return Err(Error::InvalidConfig(format!(
-                "push_flush_interval {f:?} must be > 0 and at most 1 s"
+                "push_flush_interval {f:?} must be > 0 and at most 60 s"
             )));
         }
         if let Some(h) = c.heartbeat_interval

@@ -723,6 +723,84 @@ async fn many_pushes_are_coalesced_into_few_writes() {
     server.stop().await;
 }
 
+/// Buffered pushes (`push_flush_interval`): pushes queued within one interval leave in one
+/// write, even on a multi-thread runtime where the connection task could run between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_pushes_leave_together_when_the_interval_ends() {
+    let mut cfg = test_config();
+    cfg.heartbeat_interval = None;
+    cfg.push_flush_interval = Some(Duration::from_millis(300));
+    let server = start(app(cfg)).await;
+    let mut c = Client::ws(server.addr).await;
+    c.handshake().await;
+    let r = c
+        .call(1, "connector.entryHandler.enter", &json!({"uid": "buf"}))
+        .await;
+    let sid = r["sid"].as_u64().unwrap();
+    for round in 0..2 {
+        let encoded: Vec<Bytes> = (0..5)
+            .map(|i| {
+                server
+                    .frontend
+                    .encode_push("onTick", &json!({"round": round, "i": i}))
+                    .unwrap()
+            })
+            .collect();
+        for e in &encoded {
+            assert_eq!(server.frontend.push_encoded(&[sid], e).sent, 1);
+        }
+        let packages = c.recv_ws_message().await;
+        let bodies: Vec<Bytes> = packages.into_iter().map(|p| p.body).collect();
+        let want: Vec<Bytes> = encoded.iter().map(|e| e.slice(4..)).collect();
+        assert_eq!(
+            bodies, want,
+            "round {round}: the 5 pushes in one write, in order"
+        );
+    }
+    server.stop().await;
+}
+
+/// A response is not held back by the push flush interval: it goes out at once, after the
+/// pushes queued before it and in the same write. The interval is a minute, so a response
+/// that waited for it would time the test out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_flushes_buffered_pushes_at_once() {
+    let mut cfg = test_config();
+    cfg.heartbeat_interval = None;
+    cfg.push_flush_interval = Some(Duration::from_secs(60));
+    let server = start(app(cfg)).await;
+    let mut c = Client::ws(server.addr).await;
+    c.handshake().await;
+    // The response to `enter` itself is not delayed.
+    let r = c
+        .call(1, "connector.entryHandler.enter", &json!({"uid": "buf2"}))
+        .await;
+    let sid = r["sid"].as_u64().unwrap();
+    let encoded = server.frontend.encode_push("onTick", &json!({})).unwrap();
+    for _ in 0..3 {
+        assert_eq!(server.frontend.push_encoded(&[sid], &encoded).sent, 1);
+    }
+    c.request(2, "connector.entryHandler.echo", &json!({"text": "now"}))
+        .await;
+    let packages = c.recv_ws_message().await;
+    assert_eq!(packages.len(), 4, "3 pushes and the response in one write");
+    for p in &packages[..3] {
+        assert_eq!(p.body, encoded.slice(4..));
+    }
+    let m = Message::decode(packages[3].body.clone()).unwrap();
+    assert_eq!((m.kind, m.id), (MessageType::Response, 2));
+    server.stop().await;
+}
+
+#[test]
+fn push_flush_interval_is_validated() {
+    for bad in [Duration::ZERO, Duration::from_secs(61)] {
+        let mut cfg = test_config();
+        cfg.push_flush_interval = Some(bad);
+        assert!(app(cfg).build().is_err(), "{bad:?} accepted");
+    }
+}
+
 #[tokio::test]
 async fn protobuf_routes_in_handshake_bodies_and_pushes() {
     use shaddock_protocol::protobuf::{Protos, Schema};

@@ -124,6 +124,9 @@ fn entry_of(s: &ServerConfig) -> ServerEntry {
     }
 }
 
+/// The frontend options a server's entry in servers.json may set: `max-connections`,
+/// `heartbeat` (seconds, 0 = off) and `push-flush-interval` (milliseconds, 0 = off: pomelo's
+/// buffer push scheduler and its `flushInterval`, see `ConnectorConfig::push_flush_interval`).
 fn connector_config(s: &ServerConfig) -> ConnectorConfig {
     let mut c = ConnectorConfig::default();
     c.frontend_id = s.id.clone();
@@ -138,7 +141,47 @@ fn connector_config(s: &ServerConfig) -> ConnectorConfig {
     if let Some(n) = s.extra.get("heartbeat").and_then(serde_json::Value::as_u64) {
         c.heartbeat_interval = (n > 0).then(|| Duration::from_secs(n));
     }
+    if let Some(ms) = s
+        .extra
+        .get("push-flush-interval")
+        .and_then(serde_json::Value::as_u64)
+    {
+        c.push_flush_interval = (ms > 0).then(|| Duration::from_millis(ms));
+    }
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frontend_options_from_servers_json() {
+        let mut s = ServerConfig {
+            id: "connector-server-1".into(),
+            server_type: "connector".into(),
+            host: "127.0.0.1".into(),
+            port: Some(0),
+            client_port: Some(0),
+            frontend: true,
+            extra: serde_json::Map::new(),
+        };
+        let c = connector_config(&s);
+        assert_eq!(c.push_flush_interval, None);
+        assert_eq!(
+            c.heartbeat_interval,
+            ConnectorConfig::default().heartbeat_interval
+        );
+        let extra =
+            serde_json::json!({"max-connections": 7, "heartbeat": 3, "push-flush-interval": 20});
+        s.extra = extra.as_object().cloned().unwrap_or_default();
+        let c = connector_config(&s);
+        assert_eq!(c.max_connections, 7);
+        assert_eq!(c.heartbeat_interval, Some(Duration::from_secs(3)));
+        assert_eq!(c.push_flush_interval, Some(Duration::from_millis(20)));
+        s.extra.insert("push-flush-interval".into(), 0.into());
+        assert_eq!(connector_config(&s).push_flush_interval, None);
+    }
 }
 
 async fn bind(
