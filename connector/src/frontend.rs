@@ -717,16 +717,17 @@ async fn run_connection(
         ws = kind == Sniff::WebSocket,
         "connection open"
     );
-    let reason = Driver {
+    let mut driver = Driver {
         inner: inner.clone(),
         session: session.clone(),
         transport,
         shutdown,
         inflight: Arc::new(Semaphore::new(inner.config.max_in_flight)),
         waiting: VecDeque::new(),
-    }
-    .run()
-    .await;
+    };
+    // `run(&mut self)`: an `async fn` taking `self` by value keeps two copies of it.
+    let reason = driver.run().await;
+    drop(driver);
     tracing::debug!(sid = session.id(), %reason, "connection closed");
     inner.sessions.remove(&session, &reason);
 }
@@ -763,7 +764,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     /// Runs the connection to its end; returns the close reason.
-    async fn run(mut self) -> String {
+    async fn run(&mut self) -> String {
         let stats = self.inner.stats.clone();
         let mut conn = ServerConnection::new(self.inner.connection, now_std());
         let mut bucket = self
@@ -842,13 +843,13 @@ where
                 continue;
             }
             // 3. Wait for the next input.
-            let flush_sleep = async {
-                match flush_at {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
+            // One timer for both deadlines: the task's future holds every select branch for
+            // the connection's whole life, so each one costs memory per connection.
+            let conn_deadline = conn.poll_timeout().map(Instant::from_std);
+            let deadline = match (conn_deadline, flush_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
             };
-            let deadline = conn.poll_timeout().map(Instant::from_std);
             let sleep = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
@@ -906,8 +907,12 @@ where
                     }
                 },
                 () = self.session.outbox().woken() => {}
-                () = flush_sleep => {}
-                () = sleep => conn.handle_timeout(now_std()),
+                () = sleep => {
+                    // A due flush is taken at the top of the loop.
+                    if conn_deadline.is_some_and(|d| d <= Instant::now()) {
+                        conn.handle_timeout(now_std());
+                    }
+                }
             }
         }
     }
