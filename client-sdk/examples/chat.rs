@@ -135,7 +135,7 @@ fn print_push(push: &Push) {
         }
     };
     let text = |key: &str| body[key].as_str().unwrap_or("?").to_owned();
-    match push.route.as_str() {
+    match &*push.route {
         "onChat" if body["target"] == "*" => println!("{}: {}", text("from"), text("msg")),
         "onChat" => println!("{} (private): {}", text("from"), text("msg")),
         "onAdd" => println!("* {} joined", text("user")),

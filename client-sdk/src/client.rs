@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span, instrument};
 
-use crate::driver::{ClientDriver, Pending, PendingGuard, lock};
+use crate::driver::{ClientDriver, Pending, PendingGuard, RouteCache, lock};
 use crate::event::Events;
 use crate::push::{PushStream, Subscribers, decode_value, from_value};
 use crate::transport::{Conn, Io, ReadError, Transport};
@@ -188,7 +188,8 @@ impl Client {
             shutdown: shutdown.clone(),
             pending: pending.clone(),
             subscribers: subscribers.clone(),
-            dictionary: dictionary.clone(),
+            routes: RouteCache::new(dictionary.clone()),
+            pushes: Vec::new(),
             protos: protos.clone(),
             events: events_tx,
             closed: closed_tx,
@@ -301,7 +302,7 @@ impl Client {
     /// Subscribe to the pushes of `route` (e.g. `"onChat"`). See [`crate::push`] for what
     /// happens when the subscriber is slow.
     pub fn on(&self, route: &str) -> PushStream {
-        self.shared.subscribers.subscribe(Some(route.to_owned()))
+        self.shared.subscribers.subscribe(Some(route))
     }
 
     /// Subscribe to every push, whatever its route.

@@ -5,6 +5,12 @@
 //! HEARTBEAT every *H* from the handshake ack on (pomelo echoes each one) and considers the
 //! server dead when **nothing** (heartbeat or data) arrived for the heartbeat timeout
 //! (`ClientConfig::heartbeat_timeout`, default 2*H*), as the pomelo JS and Unity clients do.
+//!
+//! Receiving is done in batches: each wake-up for the socket takes every whole package the
+//! read brought, and the pushes among them reach each subscriber in one go (one lock, one
+//! wake-up), before any response or event that came after them. The timers and the close
+//! signal are futures kept across loop turns, and the dead-server deadline is moved lazily
+//! (only when it fires), so a busy connection does not touch the timer wheel per package.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -111,7 +117,6 @@ pub(crate) struct ClientDriver {
     pub(crate) shutdown: CancellationToken,
     pub(crate) pending: Arc<Mutex<Pending>>,
     pub(crate) subscribers: Arc<Subscribers>,
-    pub(crate) dictionary: Option<Arc<RouteDictionary>>,
     pub(crate) protos: Option<Arc<Protos>>,
     pub(crate) events: mpsc::Sender<Event>,
     pub(crate) closed: watch::Sender<Option<DisconnectReason>>,
@@ -122,39 +127,95 @@ pub(crate) struct ClientDriver {
     pub(crate) max_write_batch: usize,
     pub(crate) close_timeout: Duration,
     pub(crate) write_timeout: Duration,
+    /// The pushes of the current read, delivered together (kept to reuse its allocation).
+    pub(crate) pushes: Vec<Push>,
+    pub(crate) routes: RouteCache,
+}
+
+/// Most distinct uncompressed routes whose `Arc<str>` is kept for reuse (per connection).
+const NAME_CACHE: usize = 32;
+
+/// Route strings shared by the pushes of one connection: one `Arc<str>` per dictionary code
+/// (made the first time the code is seen) and per uncompressed route (up to [`NAME_CACHE`];
+/// later ones get their own allocation), so a push costs no route allocation.
+#[derive(Debug, Default)]
+pub(crate) struct RouteCache {
+    dictionary: Option<Arc<RouteDictionary>>,
+    /// Indexed by code.
+    codes: Vec<Option<Arc<str>>>,
+    names: Vec<Arc<str>>,
+}
+
+impl RouteCache {
+    pub(crate) fn new(dictionary: Option<Arc<RouteDictionary>>) -> Self {
+        Self {
+            dictionary,
+            ..Self::default()
+        }
+    }
+
+    /// The route of a push; `None` for a code the dictionary does not know (or no route).
+    fn resolve(&mut self, route: &MessageRoute) -> Option<Arc<str>> {
+        match route {
+            MessageRoute::Code(code) => {
+                let index = usize::from(*code);
+                if let Some(Some(route)) = self.codes.get(index) {
+                    return Some(route.clone());
+                }
+                let route: Arc<str> = Arc::from(self.dictionary.as_deref()?.route(*code)?.as_str());
+                if self.codes.len() <= index {
+                    self.codes.resize(index + 1, None);
+                }
+                self.codes[index] = Some(route.clone());
+                Some(route)
+            }
+            MessageRoute::Name(name) => {
+                let bytes = name.as_bytes();
+                if let Some(route) = self.names.iter().find(|r| r.as_bytes() == bytes) {
+                    return Some(route.clone());
+                }
+                let route: Arc<str> = Arc::from(name.as_str());
+                if self.names.len() < NAME_CACHE {
+                    self.names.push(route.clone());
+                }
+                Some(route)
+            }
+            MessageRoute::None => None,
+        }
+    }
 }
 
 impl ClientDriver {
     /// Run until the connection ends; then fail every waiter, end every stream and publish
     /// the reason.
     pub(crate) async fn run(mut self) {
+        let shutdown = self.shutdown.clone();
+        let cancelled = shutdown.cancelled();
         let now = Instant::now();
-        let mut next_ping = self.heartbeat.map(|h| now + h);
-        let mut deadline = self.heartbeat_timeout.map(|t| now + t);
+        let ping = tokio::time::sleep_until(now + self.heartbeat.unwrap_or(FAR));
+        let deadline = tokio::time::sleep_until(now + self.heartbeat_timeout.unwrap_or(FAR));
+        tokio::pin!(cancelled, ping, deadline);
+        // When something last arrived from the server: `deadline` is only moved when it fires.
+        let mut last_heard = now;
         let reason = loop {
             // Not `biased`: a flood of pushes must not starve writes and timers.
             tokio::select! {
-                () = self.shutdown.cancelled() => {
+                () = &mut cancelled => {
                     self.drain_outbound().await;
                     break DisconnectReason::Closed;
                 }
-                read = self.conn.read_package() => match read {
-                    Ok(Some(package)) => {
-                        if let Some(t) = self.heartbeat_timeout {
-                            deadline = Some(Instant::now() + t);
+                read = self.conn.fill() => match read {
+                    Ok(true) => {
+                        let (handled, end) = self.handle_read();
+                        if handled > 0 && self.heartbeat_timeout.is_some() {
+                            last_heard = Instant::now();
                         }
-                        if let Some(reason) = self.handle_package(package) {
+                        if let Some(reason) = end {
                             break reason;
                         }
                     }
-                    Ok(None) => break DisconnectReason::ServerClosed,
-                    Err(ReadError::Protocol(error)) => {
-                        warn!(peer = %self.peer, cause = %error, "malformed package from the server");
-                        let reason = DisconnectReason::Protocol { error: error.to_string() };
-                        self.emit(Event::ProtocolError { error, fatal: true });
-                        break reason;
-                    }
-                    Err(ReadError::Other(reason)) => break reason,
+                    Ok(false) => break DisconnectReason::ServerClosed,
+                    Err(error) => break self.read_failed(error),
                 },
                 first = self.outbound.recv() => match first {
                     Some(first) => {
@@ -165,15 +226,20 @@ impl ClientDriver {
                     // Every Client handle is gone: nobody can use this connection any more.
                     None => break DisconnectReason::Closed,
                 },
-                () = sleep_until(next_ping) => {
+                () = &mut ping, if self.heartbeat.is_some() => {
                     trace!(peer = %self.peer, "heartbeat");
                     if let Err(reason) = self.send(&[Bytes::from_static(HEARTBEAT)]).await {
                         break reason;
                     }
-                    next_ping = self.heartbeat.map(|h| Instant::now() + h);
+                    ping.as_mut().reset(Instant::now() + self.heartbeat.unwrap_or(FAR));
                 }
-                () = sleep_until(deadline) => {
-                    let after = self.heartbeat_timeout.unwrap_or_default();
+                () = &mut deadline, if self.heartbeat_timeout.is_some() => {
+                    let after = self.heartbeat_timeout.unwrap_or(FAR);
+                    let due = last_heard + after;
+                    if due > Instant::now() {
+                        deadline.as_mut().reset(due);
+                        continue;
+                    }
                     warn!(peer = %self.peer, ?after, "heartbeat timeout: the server is silent");
                     self.emit(Event::HeartbeatTimeout { after });
                     break DisconnectReason::HeartbeatTimeout { after };
@@ -181,6 +247,41 @@ impl ClientDriver {
             }
         };
         self.finish(reason).await;
+    }
+
+    /// Handle every whole package the last read brought. Returns how many were handled, and
+    /// the reason when one of them (or a framing error) ends the connection.
+    fn handle_read(&mut self) -> (usize, Option<DisconnectReason>) {
+        let mut handled = 0;
+        let end = loop {
+            match self.conn.next_package() {
+                Ok(Some(package)) => {
+                    handled += 1;
+                    if let Some(reason) = self.handle_package(package) {
+                        break Some(reason);
+                    }
+                }
+                Ok(None) => break None,
+                Err(error) => break Some(self.read_failed(error)),
+            }
+        };
+        self.flush_pushes();
+        (handled, end)
+    }
+
+    /// A read error: report it (after the pushes read before it) and say why we stop.
+    fn read_failed(&mut self, error: ReadError) -> DisconnectReason {
+        match error {
+            ReadError::Protocol(error) => {
+                warn!(peer = %self.peer, cause = %error, "malformed package from the server");
+                let reason = DisconnectReason::Protocol {
+                    error: error.to_string(),
+                };
+                self.emit(Event::ProtocolError { error, fatal: true });
+                reason
+            }
+            ReadError::Other(reason) => reason,
+        }
     }
 
     /// Write `first` and whatever else is queued, up to `max_write_batch` bytes.
@@ -224,7 +325,9 @@ impl ClientDriver {
         }
     }
 
-    fn emit(&self, event: Event) {
+    /// Send an event, after the pushes read before it.
+    fn emit(&mut self, event: Event) {
+        self.flush_pushes();
         if self.events.try_send(event).is_err() {
             trace!(peer = %self.peer, "event dropped: the events queue is full or gone");
         }
@@ -265,43 +368,59 @@ impl ClientDriver {
             }
         };
         match message.kind {
-            MessageType::Response => match lock(&self.pending).remove(message.id) {
-                Some(waiter) => {
-                    let _ = waiter.send(Ok(message.body));
-                }
-                None => debug!(
-                    peer = %self.peer, id = message.id,
-                    "response for no waiting request (timed out or cancelled) ignored"
-                ),
-            },
-            MessageType::Push => {
-                let code = message.route.as_code();
-                let route = match &message.route {
-                    MessageRoute::Name(name) => name.to_string(),
-                    MessageRoute::Code(code) => {
-                        match self.dictionary.as_deref().and_then(|d| d.route(*code)) {
-                            Some(route) => route.to_string(),
-                            None => {
-                                warn!(peer = %self.peer, code, "push with an unknown route code dropped");
-                                self.emit(Event::UnknownRouteCode { code: *code });
-                                return;
-                            }
-                        }
+            MessageType::Response => {
+                let waiter = lock(&self.pending).remove(message.id);
+                match waiter {
+                    Some(waiter) => {
+                        // Pushes that came before the response are queued before it completes.
+                        self.flush_pushes();
+                        let _ = waiter.send(Ok(message.body));
                     }
-                    MessageRoute::None => return,
-                };
-                let push = Push::new(route, code, message.body, self.protos.clone());
-                let delivery = self.subscribers.deliver(&push);
-                if delivery.dropped > 0 {
-                    debug!(peer = %self.peer, route = %push.route, "push dropped for a slow subscriber");
-                    self.emit(Event::PushDropped { route: push.route });
-                } else if delivery.delivered == 0 {
-                    trace!(peer = %self.peer, route = %push.route, "push with no subscriber");
+                    None => debug!(
+                        peer = %self.peer, id = message.id,
+                        "response for no waiting request (timed out or cancelled) ignored"
+                    ),
                 }
+            }
+            MessageType::Push => {
+                let Some(route) = self.routes.resolve(&message.route) else {
+                    if let MessageRoute::Code(code) = message.route {
+                        warn!(peer = %self.peer, code, "push with an unknown route code dropped");
+                        self.emit(Event::UnknownRouteCode { code });
+                    }
+                    return;
+                };
+                let code = message.route.as_code();
+                self.pushes
+                    .push(Push::new(route, code, message.body, self.protos.clone()));
             }
             MessageType::Request | MessageType::Notify => {
                 debug!(peer = %self.peer, kind = message.kind.name(), "client-bound request/notify ignored");
             }
+        }
+    }
+
+    /// Deliver the pushes read so far to their subscribers.
+    fn flush_pushes(&mut self) {
+        if self.pushes.is_empty() {
+            return;
+        }
+        let (peer, events) = (&self.peer, &self.events);
+        let delivery = self.subscribers.deliver(&mut self.pushes, |push| {
+            debug!(peer = %peer, route = %push.route, "push dropped for a slow subscriber");
+            // Allocate the event only when it can be queued.
+            if events.capacity() == 0
+                || events
+                    .try_send(Event::PushDropped {
+                        route: push.route.to_string(),
+                    })
+                    .is_err()
+            {
+                trace!(peer = %peer, "event dropped: the events queue is full or gone");
+            }
+        });
+        if delivery.delivered == 0 && delivery.dropped == 0 {
+            trace!(peer = %self.peer, "pushes with no subscriber");
         }
     }
 
@@ -323,12 +442,8 @@ impl ClientDriver {
     }
 }
 
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
+/// A timer that is never due (its `select!` branch is disabled anyway).
+const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 
 #[cfg(test)]
 mod tests {

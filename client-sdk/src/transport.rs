@@ -7,8 +7,11 @@
 //!   coalescing of the byte stream works.
 //! - WebSocket: each binary message may hold several packages (pomelo's batched pushes); the
 //!   client sends exactly one package per message, as pomelo and pinus require.
+//!
+//! Reading is split in two so that one socket read holding many packages is handled in one
+//! pass: [`Conn::fill`] waits for input, [`Conn::next_package`] takes the whole packages it
+//! brought without waiting. Package bodies are slices of the read buffer (no copy).
 
-use std::collections::VecDeque;
 use std::fmt;
 
 use bytes::{Bytes, BytesMut};
@@ -53,8 +56,14 @@ pub(crate) enum ReadError {
     Other(DisconnectReason),
 }
 
+/// Bytes the TCP read buffer grows by when it runs low. Package bodies share the buffer, so
+/// a block stays allocated until the last push read from it is dropped.
+const READ_CHUNK: usize = 16 * 1024;
+/// Grow the read buffer before a read when less than this is free (no tiny reads).
+const MIN_READ: usize = 4 * 1024;
+
 /// One connection's transport, with its read-side state kept here (not in futures) so that
-/// [`Conn::read_package`] is cancel safe.
+/// [`Conn::fill`] and [`Conn::read_package`] are cancel safe.
 pub(crate) enum Conn {
     Tcp {
         io: Box<dyn Io>,
@@ -63,9 +72,8 @@ pub(crate) enum Conn {
     },
     Ws {
         ws: Box<WebSocketStream<Box<dyn Io>>>,
-        pending: VecDeque<Package>,
-        /// A framing error found after the packages still in `pending`.
-        failed: Option<shaddock_protocol::Error>,
+        /// The packages of the last message not yet taken (they share its buffer).
+        pending: Option<FramePackages>,
         max_package_size: usize,
     },
 }
@@ -81,7 +89,7 @@ impl Conn {
         match transport {
             Transport::Tcp => Ok(Self::Tcp {
                 io,
-                buf: BytesMut::with_capacity(8 * 1024),
+                buf: BytesMut::with_capacity(READ_CHUNK),
                 decoder: PackageDecoder::new(config.max_package_size),
             }),
             Transport::WebSocket => {
@@ -98,8 +106,7 @@ impl Conn {
                         })?;
                 Ok(Self::Ws {
                     ws: Box::new(ws),
-                    pending: VecDeque::new(),
-                    failed: None,
+                    pending: None,
                     max_package_size: config.max_package_size,
                 })
             }
@@ -111,41 +118,64 @@ impl Conn {
     /// # Cancel safety
     /// Cancel safe: partial input stays in `self`.
     pub(crate) async fn read_package(&mut self) -> Result<Option<Package>, ReadError> {
+        loop {
+            if let Some(package) = self.next_package()? {
+                return Ok(Some(package));
+            }
+            if !self.fill().await? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// A whole package already read, without waiting; `Ok(None)` when [`fill`](Self::fill)
+    /// must read more. A framing error comes after the good packages before it.
+    pub(crate) fn next_package(&mut self) -> Result<Option<Package>, ReadError> {
         match self {
-            Self::Tcp { io, buf, decoder } => loop {
-                if let Some(package) = decoder.decode(buf).map_err(ReadError::Protocol)? {
-                    return Ok(Some(package));
-                }
-                match io.read_buf(buf).await {
-                    Ok(0) if buf.is_empty() => return Ok(None),
-                    Ok(0) => {
-                        return Err(ReadError::Other(DisconnectReason::Protocol {
-                            error: format!(
-                                "the server closed the connection inside a package ({} bytes pending)",
-                                buf.len()
-                            ),
-                        }));
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        return Err(ReadError::Other(DisconnectReason::Io {
-                            error: e.to_string(),
-                        }));
-                    }
+            Self::Tcp { buf, decoder, .. } => decoder.decode(buf).map_err(ReadError::Protocol),
+            Self::Ws { pending, .. } => match pending.as_mut().and_then(Iterator::next) {
+                Some(Ok(package)) => Ok(Some(package)),
+                Some(Err(e)) => Err(ReadError::Protocol(e)),
+                None => {
+                    *pending = None;
+                    Ok(None)
                 }
             },
+        }
+    }
+
+    /// Wait for more input (one socket read, or one WebSocket binary message); `Ok(false)`
+    /// when the server closed the connection cleanly. Call it only once
+    /// [`next_package`](Self::next_package) has returned `Ok(None)`.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: what was read stays in `self`.
+    pub(crate) async fn fill(&mut self) -> Result<bool, ReadError> {
+        match self {
+            Self::Tcp { io, buf, .. } => {
+                if buf.capacity() - buf.len() < MIN_READ {
+                    // Reuses the block in place when no push still holds a part of it.
+                    buf.reserve(READ_CHUNK);
+                }
+                match io.read_buf(buf).await {
+                    Ok(0) if buf.is_empty() => Ok(false),
+                    Ok(0) => Err(ReadError::Other(DisconnectReason::Protocol {
+                        error: format!(
+                            "the server closed the connection inside a package ({} bytes pending)",
+                            buf.len()
+                        ),
+                    })),
+                    Ok(_) => Ok(true),
+                    Err(e) => Err(ReadError::Other(DisconnectReason::Io {
+                        error: e.to_string(),
+                    })),
+                }
+            }
             Self::Ws {
                 ws,
                 pending,
-                failed,
                 max_package_size,
             } => loop {
-                if let Some(package) = pending.pop_front() {
-                    return Ok(Some(package));
-                }
-                if let Some(e) = failed.take() {
-                    return Err(ReadError::Protocol(e));
-                }
                 match ws.next().await {
                     Some(Ok(WsMessage::Binary(msg))) => {
                         if msg.is_empty() {
@@ -154,13 +184,9 @@ impl Conn {
                             }));
                         }
                         // A message holds whole packages; the good ones before a bad one
-                        // are delivered first, then the error ends the connection.
-                        for item in FramePackages::new(msg, *max_package_size) {
-                            match item {
-                                Ok(package) => pending.push_back(package),
-                                Err(e) => *failed = Some(e),
-                            }
-                        }
+                        // are taken first, then the error ends the connection.
+                        *pending = Some(FramePackages::new(msg, *max_package_size));
+                        return Ok(true);
                     }
                     Some(Ok(WsMessage::Text(_))) => {
                         return Err(ReadError::Other(DisconnectReason::Protocol {
@@ -168,7 +194,7 @@ impl Conn {
                                 .to_owned(),
                         }));
                     }
-                    Some(Ok(WsMessage::Close(_))) | None => return Ok(None),
+                    Some(Ok(WsMessage::Close(_))) | None => return Ok(false),
                     Some(Ok(_)) => {} // ping / pong / raw frame: tungstenite answers pings
                     Some(Err(e)) => {
                         return Err(ReadError::Other(DisconnectReason::Io {

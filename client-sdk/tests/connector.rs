@@ -179,7 +179,7 @@ async fn full_flow(transport: Transport) {
         .push(sid, "onChat", &json!({"msg": "hello"}))
         .unwrap();
     let p = within(on_chat.recv()).await.unwrap();
-    assert_eq!(p.route, "onChat");
+    assert_eq!(&*p.route, "onChat");
     assert_eq!(p.code, server.dict.code("onChat"));
     assert_eq!(p.decode::<Value>().unwrap()["msg"], "hello");
 

@@ -113,7 +113,7 @@ async fn malformed(transport: Transport) {
     let push = within(pushes.recv())
         .await
         .expect("push after the bad message");
-    assert_eq!(push.route, "onAfter");
+    assert_eq!(&*push.route, "onAfter");
     assert_eq!(push.value().unwrap(), json!({"n": 1}));
     match next_event(&mut events).await {
         Event::ProtocolError { error, fatal } => {
@@ -576,7 +576,7 @@ async fn slow_subscriber_loses_pushes_and_unknown_codes_are_reported() {
         Event::UnknownRouteCode { code: 99 }
     ));
     // The connection went on: the last push arrived, and the slow stream kept its first push.
-    assert_eq!(within(end.recv()).await.unwrap().route, "onEnd");
+    assert_eq!(&*within(end.recv()).await.unwrap().route, "onEnd");
     assert_eq!(slow.dropped(), 2);
     let first = within(slow.recv()).await.unwrap();
     assert_eq!(

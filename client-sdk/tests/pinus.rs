@@ -274,7 +274,7 @@ async fn chat_over(cluster: &Cluster, transport: Transport) {
     let expected = json!({"msg": "hello room", "from": "bob", "target": "*"});
     for stream in [&mut alice_chat, &mut bob_chat] {
         let push = within(stream.recv()).await.unwrap();
-        assert_eq!(push.route, "onChat");
+        assert_eq!(&*push.route, "onChat");
         assert_eq!(push.code, Some(5), "onChat comes compressed");
         assert_eq!(push.value().unwrap(), expected);
     }
