@@ -436,16 +436,37 @@ impl Frontend {
     /// Sends already encoded packages (one shared buffer) to every session bound to each uid
     /// of `uids`; a uid with no session here counts as one `missing`.
     pub fn push_encoded_to_uids(&self, uids: &[String], packages: &Bytes) -> PushReport {
+        self.push_to_uid_iter(uids.iter().map(String::as_str), packages)
+    }
+
+    /// As [`Frontend::push_encoded_to_uids`], with the uids packed in one buffer, each
+    /// followed by a NUL byte (`PushArgs::uid_list`, what a channel sends). A uid that is not
+    /// UTF-8 counts as `missing`.
+    pub fn push_encoded_to_uid_list(&self, uid_list: &[u8], packages: &Bytes) -> PushReport {
+        let mut bad = 0;
+        let uids = uid_list
+            .split(|b| *b == 0)
+            .filter(|u| !u.is_empty())
+            .filter_map(|u| {
+                let s = std::str::from_utf8(u).ok();
+                bad += usize::from(s.is_none());
+                s
+            });
+        let mut report = self.push_to_uid_iter(uids, packages);
+        report.missing += bad;
+        report
+    }
+
+    fn push_to_uid_iter<'a>(
+        &self,
+        uids: impl IntoIterator<Item = &'a str>,
+        packages: &Bytes,
+    ) -> PushReport {
         let mut report = PushReport::default();
-        for uid in uids {
-            let sessions = self.inner.sessions.get_by_uid(uid);
-            if sessions.is_empty() {
-                report.missing += 1;
-            }
-            for s in sessions {
-                tally(&mut report, s.send_encoded(packages.clone()));
-            }
-        }
+        let missing = self.inner.sessions.for_each_of_uids(uids, |s| {
+            tally(&mut report, s.send_encoded(packages.clone()));
+        });
+        report.missing += missing;
         report
     }
 
@@ -1181,6 +1202,27 @@ mod tests {
         let msg = Message::decode(got[0].slice(4..)).unwrap();
         assert_eq!(msg.kind, MessageType::Push);
         assert_eq!(&msg.body[..], br#"{"msg":"once"}"#);
+    }
+
+    #[test]
+    fn a_packed_uid_list_reaches_every_session_of_each_uid() {
+        let frontend = Frontend::builder(ConnectorConfig::default())
+            .build()
+            .unwrap();
+        let sessions = &frontend.inner.sessions;
+        let mut all = Vec::new();
+        for (i, uid) in ["alice", "bob", "alice", "carol"].into_iter().enumerate() {
+            let peer = SocketAddr::from(([127, 0, 0, 1], 2000 + i as u16));
+            let s = sessions.create(peer, 4);
+            s.bind(uid).unwrap();
+            all.push(s);
+        }
+        let package = Bytes::from_static(b"pkg");
+        // alice (2 sessions), bob, an unknown uid, and bytes that are not UTF-8.
+        let report = frontend.push_encoded_to_uid_list(b"alice\0nobody\0bob\0\xff\0", &package);
+        assert_eq!((report.sent, report.missing, report.full), (3, 2, 0));
+        let queued: Vec<usize> = all.iter().map(|s| s.outbox().len()).collect();
+        assert_eq!(queued, vec![1, 1, 1, 0], "carol was not a target");
     }
 
     #[test]

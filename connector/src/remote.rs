@@ -104,6 +104,11 @@ pub struct PushArgs {
     /// A whole encoded PUSH package (header included), sent as is when not empty.
     #[prost(bytes = "bytes", tag = "5")]
     pub package: Bytes,
+    /// More target uids, packed: each followed by a NUL byte. One buffer instead of a string
+    /// per uid, so a channel can keep it between membership changes and neither side
+    /// allocates per member on each push.
+    #[prost(bytes = "bytes", tag = "6")]
+    pub uid_list: Bytes,
 }
 
 /// How a push went.
@@ -400,6 +405,11 @@ impl session_remote::Remote for SessionRemote {
         let mut r = self.frontend.push_encoded(&args.sids, &package);
         if !args.uids.is_empty() {
             r += self.frontend.push_encoded_to_uids(&args.uids, &package);
+        }
+        if !args.uid_list.is_empty() {
+            r += self
+                .frontend
+                .push_encoded_to_uid_list(&args.uid_list, &package);
         }
         Ok(report(r))
     }

@@ -436,6 +436,33 @@ impl SessionService {
             .unwrap_or_default()
     }
 
+    /// Calls `f` with every session bound to each of `uids`, under one lock, without
+    /// collecting them; returns how many of the uids have no session here.
+    /// `f` must not call back into this service.
+    pub(crate) fn for_each_of_uids<'a>(
+        &self,
+        uids: impl IntoIterator<Item = &'a str>,
+        mut f: impl FnMut(&Session),
+    ) -> usize {
+        let maps = read(&self.inner.maps);
+        let mut missing = 0;
+        for uid in uids {
+            let mut any = false;
+            for s in maps
+                .by_uid
+                .get(uid)
+                .into_iter()
+                .flatten()
+                .filter_map(|id| maps.by_id.get(id))
+            {
+                any = true;
+                f(s);
+            }
+            missing += usize::from(!any);
+        }
+        missing
+    }
+
     /// Kicks one session; `false` if there is none with this id.
     pub fn kick_by_id(&self, id: SessionId, reason: &str) -> bool {
         match self.get(id) {

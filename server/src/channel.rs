@@ -133,12 +133,70 @@ impl Pusher {
             .collect();
         Ok(self.send(per, false).await)
     }
+
+    /// Like `to_members`, for a channel's cached groups.
+    async fn to_groups(
+        &self,
+        route: &str,
+        body: &Value,
+        groups: &[Group],
+    ) -> Result<PushSummary, PushError> {
+        let package = self.encode(route, body)?;
+        let per = groups
+            .iter()
+            .map(|g| {
+                (
+                    g.frontend_id.clone(),
+                    PushArgs {
+                        package: package.clone(),
+                        uid_list: g.uid_list.clone(),
+                        uids: g.unpacked.clone(),
+                        ..PushArgs::default()
+                    },
+                )
+            })
+            .collect();
+        Ok(self.send(per, false).await)
+    }
+}
+
+/// A channel's members on one frontend, ready to send.
+struct Group {
+    frontend_id: String,
+    /// The uids, each followed by NUL (`PushArgs::uid_list`): one shared buffer per push.
+    uid_list: Bytes,
+    /// Uids that contain NUL themselves, sent one string each (normally none).
+    unpacked: Vec<String>,
+}
+
+fn groups_of(members: &BTreeMap<String, String>) -> Arc<[Group]> {
+    let mut by_frontend: BTreeMap<&str, (Vec<u8>, Vec<String>)> = BTreeMap::new();
+    for (uid, fid) in members {
+        let (packed, unpacked) = by_frontend.entry(fid).or_default();
+        if uid.contains('\0') {
+            unpacked.push(uid.clone());
+        } else {
+            packed.extend_from_slice(uid.as_bytes());
+            packed.push(0);
+        }
+    }
+    by_frontend
+        .into_iter()
+        .map(|(fid, (packed, unpacked))| Group {
+            frontend_id: fid.to_owned(),
+            uid_list: Bytes::from(packed),
+            unpacked,
+        })
+        .collect()
 }
 
 struct ChannelInner {
     name: String,
     /// uid -> frontend id.
     members: Mutex<BTreeMap<String, String>>,
+    /// `members` grouped by frontend, built on the first push after a membership change:
+    /// pushes outnumber joins and leaves, and rebuilding costs a string copy per member.
+    groups: Mutex<Option<Arc<[Group]>>>,
     pusher: Pusher,
 }
 
@@ -169,8 +227,13 @@ impl Channel {
 
     /// Adds `uid` connected on `frontend_id`; `false` if it was already a member there.
     pub fn add(&self, uid: &str, frontend_id: &str) -> bool {
-        lock(&self.inner.members).insert(uid.to_owned(), frontend_id.to_owned())
-            != Some(frontend_id.to_owned())
+        let mut m = lock(&self.inner.members);
+        let changed =
+            m.insert(uid.to_owned(), frontend_id.to_owned()).as_deref() != Some(frontend_id);
+        if changed {
+            *lock(&self.inner.groups) = None;
+        }
+        changed
     }
 
     /// Removes `uid` (if it is a member on `frontend_id`); `false` if it was not.
@@ -178,6 +241,7 @@ impl Channel {
         let mut m = lock(&self.inner.members);
         if m.get(uid).map(String::as_str) == Some(frontend_id) {
             m.remove(uid);
+            *lock(&self.inner.groups) = None;
             true
         } else {
             false
@@ -217,8 +281,13 @@ impl Channel {
     /// # Errors
     /// [`PushError::Encode`]; unreachable frontends are reported in the summary.
     pub async fn push(&self, route: &str, body: &Value) -> Result<PushSummary, PushError> {
-        let members = self.members();
-        self.inner.pusher.to_members(route, body, members).await
+        let groups = {
+            // Lock order: members, then groups (as in `add` and `leave`).
+            let members = lock(&self.inner.members);
+            let mut cached = lock(&self.inner.groups);
+            cached.get_or_insert_with(|| groups_of(&members)).clone()
+        };
+        self.inner.pusher.to_groups(route, body, &groups).await
     }
 }
 
@@ -257,6 +326,7 @@ impl ChannelService {
                 inner: Arc::new(ChannelInner {
                     name: name.to_owned(),
                     members: Mutex::default(),
+                    groups: Mutex::default(),
                     pusher: self.pusher.clone(),
                 }),
             })
@@ -362,6 +432,55 @@ mod tests {
         assert!(s.destroy("room"));
         assert!(s.get("room").is_none());
         assert!(!s.destroy("room"));
+    }
+
+    #[test]
+    fn groups_follow_membership_changes() {
+        let s = service();
+        let c = s.get_or_create("room");
+        let groups = |c: &Channel| {
+            let members = lock(&c.inner.members);
+            let mut cached = lock(&c.inner.groups);
+            let g = cached.get_or_insert_with(|| groups_of(&members)).clone();
+            g.iter()
+                .map(|g| {
+                    (
+                        g.frontend_id.clone(),
+                        g.uid_list.clone(),
+                        g.unpacked.clone(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        c.add("alice", "conn-1");
+        c.add("bob", "conn-2");
+        c.add("carl", "conn-1");
+        c.add("nul\0uid", "conn-2");
+        assert_eq!(
+            groups(&c),
+            vec![
+                (
+                    "conn-1".into(),
+                    Bytes::from_static(b"alice\0carl\0"),
+                    vec![]
+                ),
+                (
+                    "conn-2".into(),
+                    Bytes::from_static(b"bob\0"),
+                    vec!["nul\0uid".to_owned()]
+                ),
+            ]
+        );
+        // Each change drops the cached groups.
+        c.leave("alice", "conn-1");
+        c.add("bob", "conn-1");
+        assert_eq!(
+            groups(&c),
+            vec![
+                ("conn-1".into(), Bytes::from_static(b"bob\0carl\0"), vec![]),
+                ("conn-2".into(), Bytes::new(), vec!["nul\0uid".to_owned()]),
+            ]
+        );
     }
 
     #[test]

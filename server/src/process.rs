@@ -151,39 +151,6 @@ fn connector_config(s: &ServerConfig) -> ConnectorConfig {
     c
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frontend_options_from_servers_json() {
-        let mut s = ServerConfig {
-            id: "connector-server-1".into(),
-            server_type: "connector".into(),
-            host: "127.0.0.1".into(),
-            port: Some(0),
-            client_port: Some(0),
-            frontend: true,
-            extra: serde_json::Map::new(),
-        };
-        let c = connector_config(&s);
-        assert_eq!(c.push_flush_interval, None);
-        assert_eq!(
-            c.heartbeat_interval,
-            ConnectorConfig::default().heartbeat_interval
-        );
-        let extra =
-            serde_json::json!({"max-connections": 7, "heartbeat": 3, "push-flush-interval": 20});
-        s.extra = extra.as_object().cloned().unwrap_or_default();
-        let c = connector_config(&s);
-        assert_eq!(c.max_connections, 7);
-        assert_eq!(c.heartbeat_interval, Some(Duration::from_secs(3)));
-        assert_eq!(c.push_flush_interval, Some(Duration::from_millis(20)));
-        s.extra.insert("push-flush-interval".into(), 0.into());
-        assert_eq!(connector_config(&s).push_flush_interval, None);
-    }
-}
-
 async fn bind(
     server: &str,
     what: &'static str,
@@ -488,4 +455,37 @@ async fn stdin_watch(ctx: ServerContext) {
     }
     tracing::warn!("master went away (stdin closed); stopping");
     ctx.request_stop();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frontend_options_from_servers_json() {
+        let mut s = ServerConfig {
+            id: "connector-server-1".into(),
+            server_type: "connector".into(),
+            host: "127.0.0.1".into(),
+            port: Some(0),
+            client_port: Some(0),
+            frontend: true,
+            extra: serde_json::Map::new(),
+        };
+        let c = connector_config(&s);
+        assert_eq!(c.push_flush_interval, None);
+        assert_eq!(
+            c.heartbeat_interval,
+            ConnectorConfig::default().heartbeat_interval
+        );
+        let extra =
+            serde_json::json!({"max-connections": 7, "heartbeat": 3, "push-flush-interval": 20});
+        s.extra = extra.as_object().cloned().unwrap_or_default();
+        let c = connector_config(&s);
+        assert_eq!(c.max_connections, 7);
+        assert_eq!(c.heartbeat_interval, Some(Duration::from_secs(3)));
+        assert_eq!(c.push_flush_interval, Some(Duration::from_millis(20)));
+        s.extra.insert("push-flush-interval".into(), 0.into());
+        assert_eq!(connector_config(&s).push_flush_interval, None);
+    }
 }
