@@ -1,12 +1,13 @@
 //! The client against scripted fake servers: silent server (heartbeat timeout), malformed
 //! packages, handshake refusal and timeout, request timeouts, split and batched input,
-//! pomelo-protobuf and prost bodies.
+//! pomelo-protobuf and prost bodies, bursts of pushes in one read.
 
 mod common;
 
 use std::time::Duration;
 
 use common::*;
+use futures_util::FutureExt;
 use serde_json::json;
 use shaddock_client::{Client, ClientConfig, DisconnectReason, Error, Event, Transport};
 use shaddock_protocol::message::{Message, MessageRoute, MessageType};
@@ -348,6 +349,89 @@ async fn tcp_split_and_coalesced_packages() {
 #[tokio::test]
 async fn ws_several_packages_per_message() {
     split_and_batched(Transport::WebSocket).await;
+}
+
+/// Many pushes in one write (as a coalescing connector sends them), an unknown route code
+/// among them and the response after them: every push reaches every subscriber in order, and
+/// the pushes sent before the response are queued by the time the request returns.
+async fn burst_in_one_read(transport: Transport) {
+    const N: u8 = 40;
+    let (addr, server) = fake_server(transport, |mut peer| async move {
+        peer.handshake(r#"{"code":200,"sys":{"dict":{"onA":3},"useDict":true}}"#)
+            .await;
+        let m = peer.recv_message().await;
+        let mut batch = Vec::new();
+        let mut add = |m: Message| {
+            batch.extend_from_slice(&m.to_package().unwrap().to_bytes().unwrap());
+        };
+        for n in 0..N {
+            let route = match n % 3 {
+                0 => MessageRoute::Code(3),
+                1 => MessageRoute::name("onA"),
+                _ => MessageRoute::name("onB"),
+            };
+            add(Message::push(route, vec![n]));
+            if n == N / 2 {
+                add(Message::push(MessageRoute::Code(9), &b"{}"[..]));
+            }
+        }
+        add(Message::response(m.id, &b"{}"[..]));
+        peer.send_raw(&batch).await;
+        peer.drain().await
+    })
+    .await;
+    let (client, mut events) = within(Client::connect(&addr.to_string(), transport, config()))
+        .await
+        .unwrap();
+    let mut a = client.on("onA");
+    let mut any = client.on_any();
+    within(client.request("a.b.c", &json!({}))).await.unwrap();
+    let mut got = Vec::new();
+    let n = any.recv_many(&mut got, 1000).now_or_never();
+    assert_eq!(
+        n,
+        Some(usize::from(N)),
+        "queued before the response completed"
+    );
+    let bodies: Vec<u8> = got.iter().map(|p| p.body[0]).collect();
+    assert_eq!(bodies, (0..N).collect::<Vec<_>>());
+    for p in &got {
+        let (route, code) = match p.body[0] % 3 {
+            0 => ("onA", Some(3)),
+            1 => ("onA", None),
+            _ => ("onB", None),
+        };
+        assert_eq!((&*p.route, p.code), (route, code));
+    }
+    // The same Arc for every push of a route.
+    assert!(std::sync::Arc::ptr_eq(&got[0].route, &got[3].route));
+    let mut only_a = Vec::new();
+    while let Some(Some(p)) = a.recv().now_or_never() {
+        only_a.push(p.body[0]);
+    }
+    let expected: Vec<u8> = (0..N).filter(|n| n % 3 != 2).collect();
+    assert_eq!(only_a, expected);
+    assert!(matches!(
+        within(events.recv()).await,
+        Some(Event::UnknownRouteCode { code: 9 })
+    ));
+    assert_eq!((a.dropped(), any.dropped()), (0, 0));
+    client.close().await;
+    assert!(
+        within(any.recv()).await.is_none(),
+        "the stream ends with the connection"
+    );
+    within(server).await.unwrap();
+}
+
+#[tokio::test]
+async fn tcp_burst_of_pushes_in_one_read() {
+    burst_in_one_read(Transport::Tcp).await;
+}
+
+#[tokio::test]
+async fn ws_burst_of_pushes_in_one_message() {
+    burst_in_one_read(Transport::WebSocket).await;
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
