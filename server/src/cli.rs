@@ -34,6 +34,12 @@ struct Cli {
     /// (internal) the server's definition, for servers added at runtime.
     #[arg(long, hide = true)]
     server_def: Option<String>,
+    /// (internal) tokio worker threads of this process, from the server's `worker-threads`
+    /// in servers.json. Default 1: a single-threaded runtime, like a pomelo process; a
+    /// cluster runs several processes per machine, and one thread per process saves the
+    /// cross-thread wake-ups of a multi-threaded runtime (BENCHMARKS.md).
+    #[arg(long, hide = true)]
+    worker_threads: Option<usize>,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -89,11 +95,15 @@ pub fn run(app: App) -> ExitCode {
     {
         return report(daemonize(log, pid_file));
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let threads = cli.worker_threads.unwrap_or(1);
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

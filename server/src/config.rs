@@ -97,6 +97,9 @@ pub struct ServerConfig {
     pub frontend: bool,
     /// Every other key of the server's object, kept for the application
     /// (pomelo passes such keys through too, e.g. `max-connections`, `args`).
+    /// The runtime itself reads: `worker-threads` (tokio worker threads of the process,
+    /// default 1) and, on frontends, `max-connections`, `heartbeat` (seconds, 0 = off) and
+    /// `push-flush-interval` (milliseconds, 0 = off: pomelo's buffer push scheduler).
     pub extra: Map<String, Value>,
 }
 

@@ -150,6 +150,14 @@ impl Master {
             if let Some(def) = &def_json {
                 cmd.arg("--server-def").arg(def);
             }
+            if let Some(n) = cfg
+                .extra
+                .get("worker-threads")
+                .and_then(serde_json::Value::as_u64)
+                .filter(|n| *n >= 1)
+            {
+                cmd.arg("--worker-threads").arg(n.to_string());
+            }
             cmd.stdin(Stdio::piped()).kill_on_drop(true);
             let started_at = Instant::now();
             let mut child = match cmd.spawn() {
