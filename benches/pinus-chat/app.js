@@ -23,6 +23,9 @@ process.on('disconnect', () => process.exit(0));
 
 const base = process.env.PINUS_CHAT_BASE || path.join(__dirname);
 const heartbeat = Number(process.env.PINUS_CHAT_HEARTBEAT || 3);
+// Push scheduler of the connectors: 0 (default) = pinus' direct scheduler; N > 0 = its buffer
+// scheduler flushing every N ms (the same setting as Shaddock's "push-flush-interval").
+const pushFlushMs = Number(process.env.PINUS_CHAT_PUSH_FLUSH_MS || 0);
 
 const app = pinus.createApp({ base });
 app.set('name', 'chatofpomelo-websocket');
@@ -35,6 +38,12 @@ app.configure('production|development', 'connector', () => {
     useProtobuf: false,
     setNoDelay: true,
   });
+  if (pushFlushMs > 0) {
+    app.set('pushSchedulerConfig', {
+      scheduler: pinus.pushSchedulers.buffer,
+      flushInterval: pushFlushMs,
+    });
+  }
 });
 
 app.configure('production|development', 'gate', () => {
