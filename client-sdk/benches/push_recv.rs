@@ -9,7 +9,9 @@
 //! runtime workers are parked.
 //!
 //! Cases: route as a dictionary code or as a string; a current-thread runtime (driver and
-//! subscriber on one thread) and a two-worker runtime (as the load generator runs).
+//! subscriber on one thread) and a two-worker runtime (as the load generator runs); the
+//! subscriber reads with `recv` (one `tokio::time::timeout` per push, as a typical consumer
+//! would), or with `recv_many` in bursts of up to 256.
 //!
 //! Run: `cargo bench -p shaddock-client --bench push_recv -- --warm-up-time 1
 //! --measurement-time 3`
@@ -133,7 +135,8 @@ fn start_server(compressed: bool) -> Server {
     }
 }
 
-fn bench_case(c: &mut Criterion, name: &str, compressed: bool, workers: usize) {
+/// `many`: read with `PushStream::recv_many` (bursts) instead of `recv` (one by one).
+fn bench_case(c: &mut Criterion, name: &str, compressed: bool, workers: usize, many: bool) {
     let rt = if workers == 0 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -164,6 +167,23 @@ fn bench_case(c: &mut Criterion, name: &str, compressed: bool, workers: usize) {
                 let start = Instant::now();
                 server.commands.send(per_iter).expect("server alive");
                 rt.block_on(async {
+                    if many {
+                        let (mut got, mut batch) = (0, Vec::with_capacity(256));
+                        while got < per_iter {
+                            let n = tokio::time::timeout(
+                                Duration::from_secs(10),
+                                chat.recv_many(&mut batch, 256),
+                            )
+                            .await
+                            .expect("pushes within 10 s");
+                            assert!(n > 0, "stream open");
+                            got += n as u64;
+                            for push in batch.drain(..) {
+                                black_box(&push.body);
+                            }
+                        }
+                        return;
+                    }
                     for _ in 0..per_iter {
                         let push = tokio::time::timeout(Duration::from_secs(10), chat.recv())
                             .await
@@ -185,19 +205,22 @@ fn bench_case(c: &mut Criterion, name: &str, compressed: bool, workers: usize) {
     let server_cpu = schedstat(&server.schedstat) - server0;
     let client_cpu = process_cpu_ns().saturating_sub(cpu0 + server_cpu);
     assert_eq!(chat.dropped(), 0, "the bench subscriber keeps up");
-    println!(
-        "push_recv/{name}: client CPU {:.0} ns/push over {pushes} pushes",
-        client_cpu as f64 / pushes.max(1) as f64
-    );
+    if pushes > 0 {
+        println!(
+            "push_recv/{name}: client CPU {:.0} ns/push over {pushes} pushes",
+            client_cpu as f64 / pushes as f64
+        );
+    }
     drop(chat);
     rt.block_on(client.close());
 }
 
 fn push_recv(c: &mut Criterion) {
-    bench_case(c, "code_current_thread", true, 0);
-    bench_case(c, "name_current_thread", false, 0);
-    bench_case(c, "code_2_workers", true, 2);
-    bench_case(c, "name_2_workers", false, 2);
+    bench_case(c, "code_current_thread", true, 0, false);
+    bench_case(c, "name_current_thread", false, 0, false);
+    bench_case(c, "code_2_workers", true, 2, false);
+    bench_case(c, "name_2_workers", false, 2, false);
+    bench_case(c, "code_2_workers_recv_many", true, 2, true);
 }
 
 criterion_group!(benches, push_recv);
