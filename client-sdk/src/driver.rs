@@ -189,6 +189,16 @@ impl ClientDriver {
     /// Run until the connection ends; then fail every waiter, end every stream and publish
     /// the reason.
     pub(crate) async fn run(mut self) {
+        // Packages that came in the same read as the handshake reply go first.
+        let reason = match self.handle_read().1 {
+            Some(reason) => reason,
+            None => self.drive().await,
+        };
+        self.finish(reason).await;
+    }
+
+    /// The connection's loop; returns why it ended.
+    async fn drive(&mut self) -> DisconnectReason {
         let shutdown = self.shutdown.clone();
         let cancelled = shutdown.cancelled();
         let now = Instant::now();
@@ -197,7 +207,7 @@ impl ClientDriver {
         tokio::pin!(cancelled, ping, deadline);
         // When something last arrived from the server: `deadline` is only moved when it fires.
         let mut last_heard = now;
-        let reason = loop {
+        loop {
             // Not `biased`: a flood of pushes must not starve writes and timers.
             tokio::select! {
                 () = &mut cancelled => {
@@ -245,8 +255,7 @@ impl ClientDriver {
                     break DisconnectReason::HeartbeatTimeout { after };
                 }
             }
-        };
-        self.finish(reason).await;
+        }
     }
 
     /// Handle every whole package the last read brought. Returns how many were handled, and

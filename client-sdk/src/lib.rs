@@ -54,8 +54,8 @@
 //! of the route (the request's route for a response), as the pomelo JS client does.
 //!
 //! # Cancel safety
-//! [`Client::closed`], [`Events::recv`] and [`PushStream::recv`] are cancel safe. Dropping a
-//! request future forgets the request (its waiter is removed).
+//! [`Client::closed`], [`Events::recv`], [`PushStream::recv`] and [`PushStream::recv_many`]
+//! are cancel safe. Dropping a request future forgets the request (its waiter is removed).
 
 pub mod client;
 pub mod config;

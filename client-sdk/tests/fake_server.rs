@@ -424,14 +424,47 @@ async fn burst_in_one_read(transport: Transport) {
     within(server).await.unwrap();
 }
 
-#[tokio::test]
+// Two workers: the requester can run while the connection task still handles the read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_burst_of_pushes_in_one_read() {
     burst_in_one_read(Transport::Tcp).await;
 }
 
-#[tokio::test]
+// Two workers: the requester can run while the connection task still handles the read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_burst_of_pushes_in_one_message() {
     burst_in_one_read(Transport::WebSocket).await;
+}
+
+/// What came in the same read as the handshake reply is handled at once, without waiting for
+/// more input: here a kick, after which the server says nothing.
+#[tokio::test]
+async fn kick_in_the_handshake_read() {
+    let (addr, server) = fake_server(Transport::Tcp, |mut peer| async move {
+        assert_eq!(peer.recv().await.unwrap().kind, PackageType::Handshake);
+        let mut both = Package::new(PackageType::Handshake, &b"{\"code\":200,\"sys\":{}}"[..])
+            .to_bytes()
+            .unwrap()
+            .to_vec();
+        both.extend_from_slice(
+            &Package::new(PackageType::Kick, &b"{\"reason\":\"full\"}"[..])
+                .to_bytes()
+                .unwrap(),
+        );
+        peer.send_raw(&both).await;
+        peer.drain().await
+    })
+    .await;
+    let (client, _events) = within(Client::connect(&addr.to_string(), Transport::Tcp, config()))
+        .await
+        .unwrap();
+    assert_eq!(
+        within(client.closed()).await,
+        DisconnectReason::Kicked {
+            reason: "full".to_owned()
+        }
+    );
+    within(server).await.unwrap();
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
