@@ -443,6 +443,10 @@ impl Frontend {
     /// followed by a NUL byte (`PushArgs::uid_list`, what a channel sends). A uid that is not
     /// UTF-8 counts as `missing`.
     pub fn push_encoded_to_uid_list(&self, uid_list: &[u8], packages: &Bytes) -> PushReport {
+        // Usually all of it is UTF-8: check it once, not uid by uid.
+        if let Ok(list) = std::str::from_utf8(uid_list) {
+            return self.push_to_uid_iter(list.split('\0').filter(|u| !u.is_empty()), packages);
+        }
         let mut bad = 0;
         let uids = uid_list
             .split(|b| *b == 0)
@@ -1223,6 +1227,11 @@ mod tests {
         assert_eq!((report.sent, report.missing, report.full), (3, 2, 0));
         let queued: Vec<usize> = all.iter().map(|s| s.outbox().len()).collect();
         assert_eq!(queued, vec![1, 1, 1, 0], "carol was not a target");
+        // All UTF-8 (the usual case, checked in one go).
+        let report = frontend.push_encoded_to_uid_list(b"carol\0nobody\0alice\0", &package);
+        assert_eq!((report.sent, report.missing, report.full), (3, 1, 0));
+        let queued: Vec<usize> = all.iter().map(|s| s.outbox().len()).collect();
+        assert_eq!(queued, vec![2, 1, 2, 1]);
     }
 
     #[test]
