@@ -362,10 +362,15 @@ fn main() -> ExitCode {
         eprintln!("load: {e}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // A worker process is single-threaded (run more workers to use more cores): on a machine
+    // shared with the cluster under test, a multi-threaded generator spends its CPU on
+    // cross-thread wake-ups that the stack under test then lacks.
+    let mut builder = if cli.common.worker.is_some() {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("load: cannot start the tokio runtime: {e}");
