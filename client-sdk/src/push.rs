@@ -143,6 +143,8 @@ impl PushStream {
     ///
     /// # Cancel safety
     /// Cancel safe: when the future is dropped before it completes, nothing was taken.
+    ///
+    /// Like [`recv`](Self::recv), it uses one unit of the tokio task's cooperative budget.
     pub async fn recv_many(&mut self, buf: &mut Vec<Push>, limit: usize) -> usize {
         if limit == 0 {
             return 0;
@@ -152,6 +154,8 @@ impl PushStream {
 
     /// Poll for the next push (the [`recv`](Self::recv) of manual futures and streams).
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Push>> {
+        // Like tokio's channels: a task receiving in a loop yields now and then.
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         if self.local.is_empty() {
             match self.refill(cx) {
                 Poll::Ready(true) => {}
@@ -159,6 +163,7 @@ impl PushStream {
                 Poll::Pending => return Poll::Pending,
             }
         }
+        coop.made_progress();
         let push = self.local.pop_front();
         if push.is_some() {
             self.queue.len.fetch_sub(1, Ordering::AcqRel);
@@ -172,6 +177,7 @@ impl PushStream {
         buf: &mut Vec<Push>,
         limit: usize,
     ) -> Poll<usize> {
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
         if self.local.is_empty() {
             match self.refill(cx) {
                 Poll::Ready(true) => {}
@@ -179,6 +185,7 @@ impl PushStream {
                 Poll::Pending => return Poll::Pending,
             }
         }
+        coop.made_progress();
         let n = limit.min(self.local.len());
         buf.extend(self.local.drain(..n));
         self.queue.len.fetch_sub(n, Ordering::AcqRel);
