@@ -592,7 +592,9 @@ impl Frontend {
                     };
                     ConnectorStats::incr(&self.inner.stats.accepted);
                     let inner = self.inner.clone();
-                    let token = shutdown.child_token();
+                    // A clone, not a child token: a child allocates a tree node per
+                    // connection, and connections are only ever cancelled all at once.
+                    let token = shutdown.clone();
                     let span = tracing::debug_span!("conn", %peer);
                     self.inner
                         .tracker
@@ -916,7 +918,8 @@ where
                             }
                             conn.handle_package(package, now);
                         }
-                        inbound.clear();
+                        // Not kept: an idle connection holds no package list.
+                        inbound = VecDeque::new();
                     }
                     Ok(false) => {
                         local_reason = Some("closed by client".into());
@@ -1013,7 +1016,11 @@ where
         )
         .await
         {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                // Not kept: an idle connection holds no batch list.
+                *batch = Vec::new();
+                Ok(())
+            }
             Ok(Err(e)) => {
                 tracing::debug!(cause = %e, "write failed, closing");
                 Err(format!("write failed: {e}"))

@@ -109,10 +109,8 @@ impl Outbox {
         }
         if state.items.is_empty() {
             state.urgent = false;
-            // A burst may have grown the ring; an idle connection gives the memory back.
-            if state.items.capacity() > 16 {
-                state.items = VecDeque::new();
-            }
+            // An idle connection holds no ring (one allocation per burst of pushes).
+            state.items = VecDeque::new();
             false
         } else {
             true

@@ -19,13 +19,12 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::codec::BodyCodec;
 use crate::outbox::{Outbox, PushError};
@@ -94,8 +93,10 @@ pub(crate) struct SessionInner {
     /// A kick asked for by anyone but the connection task, read by that task.
     kick_reason: Mutex<Option<String>>,
     kick_notify: Notify,
-    /// Cancelled when the connection has ended.
-    closed: CancellationToken,
+    /// Set when the connection has ended; `closed_notify` wakes the waiters. (Inline, unlike
+    /// a `CancellationToken`, which allocates a node per session.)
+    closed: AtomicBool,
+    closed_notify: Notify,
     service: std::sync::Weak<ServiceInner>,
     stats: Arc<ConnectorStats>,
 }
@@ -264,7 +265,7 @@ impl Session {
 
     /// Whether the connection has ended.
     pub fn is_closed(&self) -> bool {
-        self.inner.closed.is_cancelled()
+        self.inner.closed.load(Ordering::Acquire)
     }
 
     /// Completes when the connection has ended.
@@ -272,7 +273,16 @@ impl Session {
     /// # Cancel safety
     /// Cancel safe.
     pub async fn closed(&self) {
-        self.inner.closed.cancelled().await;
+        loop {
+            let notified = self.inner.closed_notify.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a close in between is not missed.
+            notified.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Records a kick; `false` if one was already pending.
@@ -385,7 +395,8 @@ impl SessionService {
                 outbound: Outbox::new(queue_capacity),
                 kick_reason: Mutex::new(None),
                 kick_notify: Notify::new(),
-                closed: CancellationToken::new(),
+                closed: AtomicBool::new(false),
+                closed_notify: Notify::new(),
                 service: Arc::downgrade(&self.inner),
                 stats: self.inner.stats.clone(),
             }),
@@ -406,7 +417,8 @@ impl SessionService {
             }
         }
         session.inner.outbound.close();
-        session.inner.closed.cancel();
+        session.inner.closed.store(true, Ordering::Release);
+        session.inner.closed_notify.notify_waiters();
         let hooks = read(&self.inner.closed_hooks).clone();
         for hook in hooks {
             hook(session, reason);
@@ -640,6 +652,28 @@ mod tests {
         assert!(svc.get_by_uid("alice").is_empty());
         assert_eq!(*lock(&seen), vec![(a.id(), "gone".to_owned())]);
         assert!(matches!(a.bind("x"), Err(SessionError::Closed(_))));
+    }
+
+    #[tokio::test]
+    async fn closed_completes_for_waiters_before_and_after_the_close() {
+        let svc = service(false);
+        let a = session(&svc, 1);
+        let waiter = tokio::spawn({
+            let a = a.clone();
+            async move { a.closed().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        assert!(!a.is_closed());
+        svc.remove(&a, "gone");
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("waiter woken")
+            .unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), a.closed())
+            .await
+            .expect("already closed");
+        assert!(a.is_closed());
     }
 
     #[test]
