@@ -493,7 +493,10 @@ async fn broadcast_phase(members: &mut [Member], run: &str, plan: BroadcastPlan)
         senders.spawn(async move {
             let permits = Arc::new(Semaphore::new(in_flight));
             let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+            // Open loop at the set rate: a tick the sender was late for is sent at once
+            // (catch-up), so a busy generator does not quietly offer less than asked; only
+            // a tick that finds `in_flight` requests unanswered is skipped, and counted.
+            tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
             let mut mine = 0_u64;
             let mut requests = JoinSet::new();
             loop {
