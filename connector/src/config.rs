@@ -64,6 +64,12 @@ pub struct ConnectorConfig {
     /// instead of one per push. Responses are never delayed (they flush the pushes queued
     /// before them). At most 60 s; pomelo's default is 20 ms.
     pub push_flush_interval: Option<Duration>,
+    /// Without a push flush interval: while requests of the connection are being handled,
+    /// its pushes wait up to this long for a response, so that both leave in one write (a
+    /// chat message to a room the sender is in: the room's push reaches the sender's
+    /// connector just before the reply). Saves a write and the client a read per such
+    /// request. Zero writes pushes at once. Default 2 ms.
+    pub push_linger: Duration,
 }
 
 impl Default for ConnectorConfig {
@@ -86,6 +92,7 @@ impl Default for ConnectorConfig {
             close_on_early_data: false,
             min_client_version: None,
             push_flush_interval: None,
+            push_linger: Duration::from_millis(2),
         }
     }
 }

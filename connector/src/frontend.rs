@@ -946,9 +946,10 @@ where
     }
 
     /// Moves the queued messages that are due into `batch`, up to `max_write_batch` bytes;
-    /// returns whether due messages are left. Without a push flush interval everything queued
-    /// is due. With one, queued messages become due `push_flush_interval` after the first
-    /// wake-up that found them (`flush_at`), or at once when a response is queued.
+    /// returns whether due messages are left. A queued response makes everything due. Else
+    /// queued pushes become due `push_flush_interval` after the first wake-up that found them
+    /// (`flush_at`); without an interval, `push_linger` after it while requests of this
+    /// connection are being handled, and at once otherwise.
     fn take_due(&mut self, batch: &mut Vec<Bytes>, flush_at: &mut Option<Instant>) -> bool {
         let outbox = self.session.outbox();
         let (queued, urgent) = outbox.peek();
@@ -956,7 +957,12 @@ where
             *flush_at = None;
             return false;
         }
-        if let Some(interval) = self.inner.config.push_flush_interval
+        let config = &self.inner.config;
+        let hold = config.push_flush_interval.or_else(|| {
+            let handling = self.inflight.available_permits() < config.max_in_flight;
+            (handling && !config.push_linger.is_zero()).then_some(config.push_linger)
+        });
+        if let Some(interval) = hold
             && !urgent
         {
             let now = Instant::now();

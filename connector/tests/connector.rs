@@ -792,6 +792,57 @@ async fn a_response_flushes_buffered_pushes_at_once() {
     server.stop().await;
 }
 
+/// `push_linger`: a push queued while a request is being handled waits for its response and
+/// leaves in the same write; with no request being handled a push is not held. The linger is
+/// a minute, so a push held without reason would time the test out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_made_while_handling_a_request_leaves_with_its_response() {
+    let mut cfg = test_config();
+    cfg.heartbeat_interval = None;
+    cfg.push_linger = Duration::from_secs(60);
+    let builder = app(cfg).handler(
+        "connector.entryHandler.pushThenReply",
+        |s: Session, _req: Value| async move {
+            s.push("onEcho", &json!({"first": true}))
+                .map_err(|e| HandlerError::internal(e.to_string()))?;
+            // The push is queued before the reply exists.
+            tokio::task::yield_now().await;
+            Ok::<_, HandlerError>(json!({"code": 200}))
+        },
+    );
+    let server = start(builder).await;
+    let mut c = Client::ws(server.addr).await;
+    c.handshake().await;
+    let r = c
+        .call(1, "connector.entryHandler.enter", &json!({"uid": "linger"}))
+        .await;
+    let sid = r["sid"].as_u64().unwrap();
+    for id in 2..5 {
+        c.request(id, "connector.entryHandler.pushThenReply", &json!({}))
+            .await;
+        let packages = c.recv_ws_message().await;
+        let kinds: Vec<(MessageType, u32)> = packages
+            .iter()
+            .map(|p| {
+                let m = Message::decode(p.body.clone()).unwrap();
+                (m.kind, m.id)
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![(MessageType::Push, 0), (MessageType::Response, id)],
+            "push and response in one write"
+        );
+    }
+    // Nothing being handled: a push goes out alone, at once.
+    let encoded = server.frontend.encode_push("onTick", &json!({})).unwrap();
+    assert_eq!(server.frontend.push_encoded(&[sid], &encoded).sent, 1);
+    let packages = c.recv_ws_message().await;
+    assert_eq!(packages.len(), 1);
+    assert_eq!(packages[0].body, encoded.slice(4..));
+    server.stop().await;
+}
+
 #[test]
 fn push_flush_interval_is_validated() {
     for bad in [Duration::ZERO, Duration::from_secs(61)] {

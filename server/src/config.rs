@@ -99,7 +99,8 @@ pub struct ServerConfig {
     /// (pomelo passes such keys through too, e.g. `max-connections`, `args`).
     /// The runtime itself reads: `worker-threads` (tokio worker threads of the process,
     /// default 1) and, on frontends, `max-connections`, `heartbeat` (seconds, 0 = off) and
-    /// `push-flush-interval` (milliseconds, 0 = off: pomelo's buffer push scheduler).
+    /// `push-flush-interval` (milliseconds, 0 = off: pomelo's buffer push scheduler) and
+    /// `push-linger` (milliseconds).
     pub extra: Map<String, Value>,
 }
 

@@ -125,8 +125,9 @@ fn entry_of(s: &ServerConfig) -> ServerEntry {
 }
 
 /// The frontend options a server's entry in servers.json may set: `max-connections`,
-/// `heartbeat` (seconds, 0 = off) and `push-flush-interval` (milliseconds, 0 = off: pomelo's
-/// buffer push scheduler and its `flushInterval`, see `ConnectorConfig::push_flush_interval`).
+/// `heartbeat` (seconds, 0 = off), `push-flush-interval` (milliseconds, 0 = off: pomelo's
+/// buffer push scheduler and its `flushInterval`, see `ConnectorConfig::push_flush_interval`)
+/// and `push-linger` (milliseconds, see `ConnectorConfig::push_linger`).
 fn connector_config(s: &ServerConfig) -> ConnectorConfig {
     let mut c = ConnectorConfig::default();
     c.frontend_id = s.id.clone();
@@ -147,6 +148,13 @@ fn connector_config(s: &ServerConfig) -> ConnectorConfig {
         .and_then(serde_json::Value::as_u64)
     {
         c.push_flush_interval = (ms > 0).then(|| Duration::from_millis(ms));
+    }
+    if let Some(ms) = s
+        .extra
+        .get("push-linger")
+        .and_then(serde_json::Value::as_u64)
+    {
+        c.push_linger = Duration::from_millis(ms);
     }
     c
 }
@@ -478,13 +486,13 @@ mod tests {
             c.heartbeat_interval,
             ConnectorConfig::default().heartbeat_interval
         );
-        let extra =
-            serde_json::json!({"max-connections": 7, "heartbeat": 3, "push-flush-interval": 20});
+        let extra = serde_json::json!({"max-connections": 7, "heartbeat": 3, "push-flush-interval": 20, "push-linger": 0});
         s.extra = extra.as_object().cloned().unwrap_or_default();
         let c = connector_config(&s);
         assert_eq!(c.max_connections, 7);
         assert_eq!(c.heartbeat_interval, Some(Duration::from_secs(3)));
         assert_eq!(c.push_flush_interval, Some(Duration::from_millis(20)));
+        assert_eq!(c.push_linger, Duration::ZERO);
         s.extra.insert("push-flush-interval".into(), 0.into());
         assert_eq!(connector_config(&s).push_flush_interval, None);
     }
