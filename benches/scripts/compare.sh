@@ -17,8 +17,8 @@
 #   BROADCAST_PUSH_FLUSH_MS  push scheduler of both stacks' connectors in the broadcast runs:
 #                      0 = direct (write each push at once), N > 0 = buffer, flushing each
 #                      session's pushes every N ms (pomelo/pinus pushSchedulers.buffer with
-#                      flushInterval N; Shaddock's "push-flush-interval": N). Default 20, pomelo's
-#                      default flushInterval. The other scenarios always run direct.
+#                      flushInterval N; Shaddock's "push-flush-interval": N). Default 0: both
+#                      stacks' default scheduler. The other scenarios always run direct.
 #   RESULTS            file the JSON result lines are appended to (default: a new
 #                      $CARGO_TARGET_DIR/load-results-<time>.jsonl per invocation, so the
 #                      table never mixes runs of different invocations)
@@ -75,7 +75,7 @@ case "$PROFILE" in
 esac
 
 log() { echo "== compare: $*" >&2; }
-BROADCAST_PUSH_FLUSH_MS="${BROADCAST_PUSH_FLUSH_MS:-20}"
+BROADCAST_PUSH_FLUSH_MS="${BROADCAST_PUSH_FLUSH_MS:-0}"
 # The push flush interval (ms, 0 = direct) of the stack being started; set per scenario.
 PUSH_FLUSH_MS=0
 
@@ -266,7 +266,8 @@ HEADER="$(mktemp -t load-header-XXXXXX.md)"
   echo "- Both stacks: gate $GATE_PORT, connectors ${CONNECTOR_PORTS//,/\/} (raw TCP clients), chat servers"
   echo "  $((6050 + OFFSET))-$((6052 + OFFSET)), on 127.0.0.1; heartbeat 3 s on the connectors (pinus-chat's"
   echo "  default; Shaddock's config sets \"heartbeat\": 3 and \"max-connections\": 20000); a fresh"
-  echo "  cluster per run. Push scheduler: direct, except in the broadcast runs: $SCHED_NOTE."
+  echo "  cluster per run. Push scheduler: direct (both stacks' default) in every scenario but"
+  echo "  broadcast, where it is: $SCHED_NOTE."
   echo "- Commands (\`load\` = \`$CARGO_TARGET_DIR/release/load\`, STACK = shaddock | pinus):"
   echo
   echo '```'
