@@ -165,14 +165,36 @@ async fn bind(
     host: &str,
     port: u16,
 ) -> Result<TcpListener, StartError> {
-    TcpListener::bind((host, port))
-        .await
-        .map_err(|source| StartError::Bind {
-            server: server.to_owned(),
-            what,
-            addr: format!("{host}:{port}"),
-            source,
-        })
+    let err = |source| StartError::Bind {
+        server: server.to_owned(),
+        what,
+        addr: format!("{host}:{port}"),
+        source,
+    };
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address for the host");
+    for addr in tokio::net::lookup_host((host, port)).await.map_err(err)? {
+        match listen(addr) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = e,
+        }
+    }
+    Err(err(last))
+}
+
+/// Accept queue of the listeners: connection bursts (a reconnect storm, a load test) overflow
+/// the default of 128 and the kernel then drops SYNs, which clients retry 1 s and 3 s later.
+const LISTEN_BACKLOG: u32 = 1024;
+
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std's and tokio's `bind` do on Unix: a restarted server can rebind its port at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Runs one server until it is told to stop (or its master goes away).
