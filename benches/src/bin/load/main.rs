@@ -20,8 +20,9 @@
 //! `--connector-ports`, or by asking the gate for a few uids and looking up who listens on the
 //! ports it names) and re-executes itself as `--workers` worker processes (`--worker i/n`),
 //! each driving every n-th client, so that no process needs more than the per-process
-//! open-files limit. Client sockets are bound to `--sources` source addresses
-//! 127.0.0.1..=127.0.0.k to spread the ephemeral ports. A worker talks to the parent in JSON
+//! open-files limit. Clients use `--sources` source addresses 127.0.0.1..=127.0.0.k in
+//! turn; those on 127.0.0.1 connect unbound (the kernel picks the port per destination at
+//! connect time, cheaply), the others are bound to their address first. A worker talks to the parent in JSON
 //! lines: `ready` after its clients are in, then (on `go` from the parent on stdin) the
 //! measured phase and `result`, then it waits for `stop` (or end of stdin) and exits. The
 //! parent aggregates the lines into the run's figures.
