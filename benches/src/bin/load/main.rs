@@ -76,7 +76,7 @@ pub(crate) struct Common {
     /// Worker processes (default: 1, or enough to stay under the open-files limit).
     #[arg(long, global = true)]
     pub(crate) workers: Option<usize>,
-    /// Source addresses 127.0.0.1..=127.0.0.k for client sockets (default: one per 12,000
+    /// Source addresses 127.0.0.1..=127.0.0.k for client sockets (default: one per 60,000
     /// clients).
     #[arg(long, global = true)]
     pub(crate) sources: Option<u8>,
