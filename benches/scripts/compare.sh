@@ -67,7 +67,7 @@ case "$PROFILE" in
   full)
     CONNECT_ARGS="${CONNECT_ARGS:-connect --clients 10000}"
     REQUEST_ARGS="${REQUEST_ARGS:-request --clients 200 --duration 20}"
-    BROADCAST_ARGS="${BROADCAST_ARGS:-broadcast --rooms 1 --room-size 1000 --senders 12 --rate 100 --duration 10 --workers 2}"
+    BROADCAST_ARGS="${BROADCAST_ARGS:-broadcast --rooms 1 --room-size 1000 --senders 15 --rate 100 --duration 10 --workers 2}"
     IDLE_ARGS="${IDLE_ARGS:-idle --clients 50000 --hold 30 --connect-rate 800}"
     DEADLINE="${DEADLINE:-900}"
     ;;
