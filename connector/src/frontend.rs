@@ -1184,20 +1184,28 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    #[test]
-    fn a_push_to_many_sessions_shares_one_buffer() {
+    /// A frontend with `uids.len()` sessions (no connections), bound to the given uids.
+    fn frontend_with_sessions(uids: &[Option<&str>]) -> (Frontend, Vec<Session>) {
         let frontend = Frontend::builder(ConnectorConfig::default())
             .build()
             .unwrap();
-        let sessions = &frontend.inner.sessions;
-        let mut receivers = Vec::new();
-        let mut sids = Vec::new();
-        for i in 0..3u16 {
-            let peer = SocketAddr::from(([127, 0, 0, 1], 1000 + i));
-            let session = sessions.create(peer, 4);
-            sids.push(session.id());
-            receivers.push(session);
-        }
+        let sessions = (0..uids.len())
+            .map(|i| {
+                let peer = SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16));
+                let s = frontend.inner.sessions.create(peer, 4);
+                if let Some(uid) = uids[i] {
+                    s.bind(uid).unwrap();
+                }
+                s
+            })
+            .collect();
+        (frontend, sessions)
+    }
+
+    #[test]
+    fn a_push_to_many_sessions_shares_one_buffer() {
+        let (frontend, receivers) = frontend_with_sessions(&[None, None, None]);
+        let sids: Vec<SessionId> = receivers.iter().map(Session::id).collect();
         let report = frontend
             .push_many(&sids, "onChat", &json!({"msg": "once"}))
             .unwrap();
@@ -1223,17 +1231,8 @@ mod tests {
 
     #[test]
     fn a_packed_uid_list_reaches_every_session_of_each_uid() {
-        let frontend = Frontend::builder(ConnectorConfig::default())
-            .build()
-            .unwrap();
-        let sessions = &frontend.inner.sessions;
-        let mut all = Vec::new();
-        for (i, uid) in ["alice", "bob", "alice", "carol"].into_iter().enumerate() {
-            let peer = SocketAddr::from(([127, 0, 0, 1], 2000 + i as u16));
-            let s = sessions.create(peer, 4);
-            s.bind(uid).unwrap();
-            all.push(s);
-        }
+        let (frontend, all) =
+            frontend_with_sessions(&[Some("alice"), Some("bob"), Some("alice"), Some("carol")]);
         let package = Bytes::from_static(b"pkg");
         // alice (2 sessions), bob, an unknown uid, and bytes that are not UTF-8.
         let report = frontend.push_encoded_to_uid_list(b"alice\0nobody\0bob\0\xff\0", &package);

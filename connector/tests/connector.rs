@@ -723,6 +723,19 @@ async fn many_pushes_are_coalesced_into_few_writes() {
     server.stop().await;
 }
 
+/// A server from `builder`, a WebSocket client that has shaken hands and entered as `uid`,
+/// and its session id.
+async fn entered_ws(builder: FrontendBuilder, uid: &str) -> (Server, Client, u64) {
+    let server = start(builder).await;
+    let mut c = Client::ws(server.addr).await;
+    c.handshake().await;
+    let r = c
+        .call(1, "connector.entryHandler.enter", &json!({ "uid": uid }))
+        .await;
+    let sid = r["sid"].as_u64().unwrap();
+    (server, c, sid)
+}
+
 /// Buffered pushes (`push_flush_interval`): pushes queued within one interval leave in one
 /// write, even on a multi-thread runtime where the connection task could run between them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -730,13 +743,7 @@ async fn buffered_pushes_leave_together_when_the_interval_ends() {
     let mut cfg = test_config();
     cfg.heartbeat_interval = None;
     cfg.push_flush_interval = Some(Duration::from_millis(300));
-    let server = start(app(cfg)).await;
-    let mut c = Client::ws(server.addr).await;
-    c.handshake().await;
-    let r = c
-        .call(1, "connector.entryHandler.enter", &json!({"uid": "buf"}))
-        .await;
-    let sid = r["sid"].as_u64().unwrap();
+    let (server, mut c, sid) = entered_ws(app(cfg), "buf").await;
     for round in 0..2 {
         let encoded: Vec<Bytes> = (0..5)
             .map(|i| {
@@ -768,14 +775,8 @@ async fn a_response_flushes_buffered_pushes_at_once() {
     let mut cfg = test_config();
     cfg.heartbeat_interval = None;
     cfg.push_flush_interval = Some(Duration::from_secs(60));
-    let server = start(app(cfg)).await;
-    let mut c = Client::ws(server.addr).await;
-    c.handshake().await;
     // The response to `enter` itself is not delayed.
-    let r = c
-        .call(1, "connector.entryHandler.enter", &json!({"uid": "buf2"}))
-        .await;
-    let sid = r["sid"].as_u64().unwrap();
+    let (server, mut c, sid) = entered_ws(app(cfg), "buf2").await;
     let encoded = server.frontend.encode_push("onTick", &json!({})).unwrap();
     for _ in 0..3 {
         assert_eq!(server.frontend.push_encoded(&[sid], &encoded).sent, 1);
@@ -810,13 +811,7 @@ async fn a_push_made_while_handling_a_request_leaves_with_its_response() {
             Ok::<_, HandlerError>(json!({"code": 200}))
         },
     );
-    let server = start(builder).await;
-    let mut c = Client::ws(server.addr).await;
-    c.handshake().await;
-    let r = c
-        .call(1, "connector.entryHandler.enter", &json!({"uid": "linger"}))
-        .await;
-    let sid = r["sid"].as_u64().unwrap();
+    let (server, mut c, sid) = entered_ws(builder, "linger").await;
     for id in 2..5 {
         c.request(id, "connector.entryHandler.pushThenReply", &json!({}))
             .await;
