@@ -1062,8 +1062,10 @@ where
         let request = self.inner.requests.token();
         self.inner.tracker.spawn(
             async move {
-                dispatch(inner, session, msg).await;
+                dispatch(inner, session.clone(), msg).await;
                 drop(permit);
+                // Pushes lingering for this request are due now (see `take_due`).
+                session.outbox().wake_if_queued();
                 drop(request);
             }
             .in_current_span(),

@@ -117,6 +117,14 @@ impl Outbox {
         }
     }
 
+    /// Wakes the consumer if anything is queued: a push held back by `push_linger` for a
+    /// request that has now been handled without leaving a response to flush it.
+    pub(crate) fn wake_if_queued(&self) {
+        if !self.lock().items.is_empty() {
+            self.notify.notify_one();
+        }
+    }
+
     /// Completes on the next wake-up (see the [module docs](self)); may complete spuriously.
     ///
     /// # Cancel safety
