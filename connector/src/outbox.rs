@@ -209,5 +209,11 @@ mod tests {
             q.woken().now_or_never().is_some(),
             "push after draining wakes"
         );
+        // `wake_if_queued` wakes only while something is queued.
+        q.wake_if_queued();
+        assert!(q.woken().now_or_never().is_some());
+        q.take(&mut batch, usize::MAX, usize::MAX);
+        q.wake_if_queued();
+        assert!(q.woken().now_or_never().is_none());
     }
 }
