@@ -794,23 +794,36 @@ async fn a_response_flushes_buffered_pushes_at_once() {
 }
 
 /// `push_linger`: a push queued while a request is being handled waits for its response and
-/// leaves in the same write; with no request being handled a push is not held. The linger is
-/// a minute, so a push held without reason would time the test out.
+/// leaves in the same write; a push made by a notify leaves when the notify has been handled;
+/// with nothing being handled a push is not held. The linger is a minute, so a push held
+/// without reason would time the test out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_made_while_handling_a_request_leaves_with_its_response() {
     let mut cfg = test_config();
     cfg.heartbeat_interval = None;
     cfg.push_linger = Duration::from_secs(60);
-    let builder = app(cfg).handler(
-        "connector.entryHandler.pushThenReply",
-        |s: Session, _req: Value| async move {
-            s.push("onEcho", &json!({"first": true}))
-                .map_err(|e| HandlerError::internal(e.to_string()))?;
-            // The push is queued before the reply exists.
-            tokio::task::yield_now().await;
-            Ok::<_, HandlerError>(json!({"code": 200}))
-        },
-    );
+    let builder = app(cfg)
+        .handler(
+            "connector.entryHandler.pushThenReply",
+            |s: Session, _req: Value| async move {
+                s.push("onEcho", &json!({"first": true}))
+                    .map_err(|e| HandlerError::internal(e.to_string()))?;
+                // The push is queued before the reply exists.
+                tokio::task::yield_now().await;
+                Ok::<_, HandlerError>(json!({"code": 200}))
+            },
+        )
+        .handler(
+            "connector.entryHandler.pushThenWork",
+            |s: Session, _req: Value| async move {
+                s.push("onEcho", &json!({"early": true}))
+                    .map_err(|e| HandlerError::internal(e.to_string()))?;
+                // Work after the push: the connection task sees the push while the message
+                // is still being handled.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok::<_, HandlerError>(())
+            },
+        );
     let (server, mut c, sid) = entered_ws(builder, "linger").await;
     for id in 2..5 {
         c.request(id, "connector.entryHandler.pushThenReply", &json!({}))
@@ -829,6 +842,14 @@ async fn a_push_made_while_handling_a_request_leaves_with_its_response() {
             "push and response in one write"
         );
     }
+    // A notify whose handler pushes: no response will flush the push, so it goes out when
+    // the handling ends, not after the linger.
+    c.notify("connector.entryHandler.pushThenWork", &json!({"n": 1}))
+        .await;
+    let packages = c.recv_ws_message().await;
+    assert_eq!(packages.len(), 1);
+    let m = Message::decode(packages[0].body.clone()).unwrap();
+    assert_eq!(m.kind, MessageType::Push);
     // Nothing being handled: a push goes out alone, at once.
     let encoded = server.frontend.encode_push("onTick", &json!({})).unwrap();
     assert_eq!(server.frontend.push_encoded(&[sid], &encoded).sent, 1);
