@@ -107,34 +107,7 @@ impl Pusher {
         summary
     }
 
-    async fn to_members(
-        &self,
-        route: &str,
-        body: &Value,
-        members: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<PushSummary, PushError> {
-        let package = self.encode(route, body)?;
-        let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (uid, fid) in members {
-            groups.entry(fid).or_default().push(uid);
-        }
-        let per = groups
-            .into_iter()
-            .map(|(fid, uids)| {
-                (
-                    fid,
-                    PushArgs {
-                        package: package.clone(),
-                        uids,
-                        ..PushArgs::default()
-                    },
-                )
-            })
-            .collect();
-        Ok(self.send(per, false).await)
-    }
-
-    /// Like `to_members`, for a channel's cached groups.
+    /// Encodes once and sends one `push` RPC per group (frontend).
     async fn to_groups(
         &self,
         route: &str,
@@ -169,12 +142,13 @@ struct Group {
     unpacked: Vec<String>,
 }
 
-fn groups_of(members: &BTreeMap<String, String>) -> Arc<[Group]> {
+/// `(uid, frontend id)` pairs grouped by frontend (in frontend id order).
+fn groups_of<'a>(members: impl IntoIterator<Item = (&'a str, &'a str)>) -> Arc<[Group]> {
     let mut by_frontend: BTreeMap<&str, (Vec<u8>, Vec<String>)> = BTreeMap::new();
     for (uid, fid) in members {
         let (packed, unpacked) = by_frontend.entry(fid).or_default();
         if uid.contains('\0') {
-            unpacked.push(uid.clone());
+            unpacked.push(uid.to_owned());
         } else {
             packed.extend_from_slice(uid.as_bytes());
             packed.push(0);
@@ -285,7 +259,11 @@ impl Channel {
             // Lock order: members, then groups (as in `add` and `leave`).
             let members = lock(&self.inner.members);
             let mut cached = lock(&self.inner.groups);
-            cached.get_or_insert_with(|| groups_of(&members)).clone()
+            cached
+                .get_or_insert_with(|| {
+                    groups_of(members.iter().map(|(u, f)| (u.as_str(), f.as_str())))
+                })
+                .clone()
         };
         self.inner.pusher.to_groups(route, body, &groups).await
     }
@@ -362,7 +340,11 @@ impl ChannelService {
         members: &[(String, String)],
     ) -> Result<PushSummary, PushError> {
         self.pusher
-            .to_members(route, body, members.iter().cloned())
+            .to_groups(
+                route,
+                body,
+                &groups_of(members.iter().map(|(u, f)| (u.as_str(), f.as_str()))),
+            )
             .await
     }
 
@@ -441,7 +423,11 @@ mod tests {
         let groups = |c: &Channel| {
             let members = lock(&c.inner.members);
             let mut cached = lock(&c.inner.groups);
-            let g = cached.get_or_insert_with(|| groups_of(&members)).clone();
+            let g = cached
+                .get_or_insert_with(|| {
+                    groups_of(members.iter().map(|(u, f)| (u.as_str(), f.as_str())))
+                })
+                .clone();
             g.iter()
                 .map(|g| {
                     (
