@@ -437,15 +437,9 @@ impl SessionService {
 
     /// The sessions bound to `uid` (oldest first).
     pub fn get_by_uid(&self, uid: &str) -> Vec<Session> {
-        let maps = read(&self.inner.maps);
-        maps.by_uid
-            .get(uid)
-            .map(|ids| {
-                ids.iter()
-                    .filter_map(|id| maps.by_id.get(id).cloned())
-                    .collect()
-            })
-            .unwrap_or_default()
+        let mut found = Vec::new();
+        self.for_each_of_uids([uid], |s| found.push(s.clone()));
+        found
     }
 
     /// Calls `f` with every session bound to each of `uids`, under one lock, without
