@@ -132,28 +132,17 @@ fn connector_config(s: &ServerConfig) -> ConnectorConfig {
     let mut c = ConnectorConfig::default();
     c.frontend_id = s.id.clone();
     c.server_type = s.server_type.clone();
-    if let Some(n) = s
-        .extra
-        .get("max-connections")
-        .and_then(serde_json::Value::as_u64)
-    {
+    let number = |key: &str| s.extra.get(key).and_then(serde_json::Value::as_u64);
+    if let Some(n) = number("max-connections") {
         c.max_connections = usize::try_from(n).unwrap_or(usize::MAX).max(1);
     }
-    if let Some(n) = s.extra.get("heartbeat").and_then(serde_json::Value::as_u64) {
+    if let Some(n) = number("heartbeat") {
         c.heartbeat_interval = (n > 0).then(|| Duration::from_secs(n));
     }
-    if let Some(ms) = s
-        .extra
-        .get("push-flush-interval")
-        .and_then(serde_json::Value::as_u64)
-    {
+    if let Some(ms) = number("push-flush-interval") {
         c.push_flush_interval = (ms > 0).then(|| Duration::from_millis(ms));
     }
-    if let Some(ms) = s
-        .extra
-        .get("push-linger")
-        .and_then(serde_json::Value::as_u64)
-    {
+    if let Some(ms) = number("push-linger") {
         c.push_linger = Duration::from_millis(ms);
     }
     c
