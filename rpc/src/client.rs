@@ -132,6 +132,16 @@ impl RpcClient {
         self.entry(target).map(|e| e.info.clone())
     }
 
+    fn router(&self, server_type: &str) -> Arc<dyn Router> {
+        self.inner
+            .routers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(server_type)
+            .cloned()
+            .unwrap_or_else(|| Arc::clone(&self.inner.default_router))
+    }
+
     fn entry(&self, target: Target<'_>) -> Result<Arc<PeerEntry>, RpcError> {
         let dir = &self.inner.directory;
         match target {
@@ -140,14 +150,7 @@ impl RpcClient {
             }),
             Target::Route { server_type, key } => {
                 let servers = dir.servers_of_type(server_type);
-                let router = self
-                    .inner
-                    .routers
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(server_type)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::clone(&self.inner.default_router));
+                let router = self.router(server_type);
                 let no_server = || RpcError::NoServer {
                     server_type: server_type.to_owned(),
                 };
@@ -225,9 +228,30 @@ impl RpcClient {
         payload: Bytes,
     ) -> Result<Bytes, RpcError> {
         let body_len = crate::frame::request_body_len(&service, &method, payload.len());
-        let (link, server_id) = self.link_for(target, body_len)?;
-        let server_id = &server_id;
         let deadline = tokio::time::Instant::now() + self.call_timeout;
+        let (link, server_id) = match self.link_for(target, body_len) {
+            // A key its router does not know yet: the router places it (bounded by the
+            // call's deadline), then the call goes to that server.
+            Err(RpcError::NoServer { server_type }) => {
+                let Target::Route { key, .. } = target else {
+                    return Err(RpcError::NoServer { server_type });
+                };
+                let Some(placing) = self.router(&server_type).place(key) else {
+                    return Err(RpcError::NoServer { server_type });
+                };
+                let id = tokio::time::timeout_at(deadline, placing)
+                    .await
+                    .map_err(|_| RpcError::Timeout {
+                        server_id: ServerId::from(format!("placement of a `{server_type}` key")),
+                        service: service.as_str().to_owned(),
+                        method: method.as_str().to_owned(),
+                        after: self.call_timeout,
+                    })??;
+                self.link_for(Target::Server(id.as_str()), body_len)?
+            }
+            r => r?,
+        };
+        let server_id = &server_id;
         let lost = || RpcError::ConnectionLost {
             server_id: server_id.clone(),
         };

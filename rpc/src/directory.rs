@@ -89,7 +89,21 @@ pub trait Router: Send + Sync + 'static {
     /// is not live (to keep a key's placement stable while that server is down): the call
     /// then fails fast with [`RpcError::UnknownPeer`](crate::RpcError::UnknownPeer).
     fn route(&self, key: &[u8], servers: &[ServerInfo]) -> Option<ServerId>;
+
+    /// Places a key that [`Router::route`] does not know yet (it returned `None`), for routers
+    /// whose placements live elsewhere (the cluster's placement table): the future answers the
+    /// server the key now lives on. `None` (the default): the key has no server, and the call
+    /// fails with [`RpcError::NoServer`](crate::RpcError::NoServer). The caller bounds the
+    /// future by the call's timeout.
+    fn place(&self, key: &[u8]) -> Option<PlaceFuture> {
+        let _ = key;
+        None
+    }
 }
+
+/// What [`Router::place`] returns: the server a key was placed on, or why not.
+pub type PlaceFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<ServerId, crate::RpcError>> + Send>>;
 
 /// Pomelo's default router: `crc32(key) % servers.len()` over the servers sorted by id, so
 /// every caller picks the same server for a key while the set is unchanged.

@@ -107,7 +107,9 @@ pub mod service;
 
 pub use client::{PeerState, RpcClient};
 pub use config::RpcConfig;
-pub use directory::{Crc32Router, PeerDirectory, Router, ServerId, ServerInfo, Target};
+pub use directory::{
+    Crc32Router, PeerDirectory, PlaceFuture, Router, ServerId, ServerInfo, Target,
+};
 pub use error::{RemoteError, RpcError};
 pub use frame::{ErrorKind, Frame, FrameCodec, FrameError, Name, Namespace, WireError};
 pub use payload::{Payload, PayloadError, Raw};
