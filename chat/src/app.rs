@@ -7,13 +7,13 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use shaddock_connector::{HandlerError, RequestInfo, Session};
 use shaddock_protocol::RouteDictionary;
-use shaddock_rpc::{Router, RpcError, ServerId, ServerInfo, Target};
+use shaddock_rpc::{RpcError, Target};
 use shaddock_server::app::BoxFuture;
 use shaddock_server::{
-    App, BackendSession, BindError, Component, DuplicateLogin, LiveServer, ServerContext,
+    App, BackendSession, BindError, Component, DuplicateLogin, LiveServer, Rejoin, ServerContext,
 };
 
-use crate::remote::{CODE_NAME_TAKEN, ChatRemote, Member, chat_remote};
+use crate::remote::{CODE_NAME_TAKEN, ChatRemote, Member, Members, chat_remote};
 use crate::validate::{self, name_of};
 
 /// The gate's route: `{uid}` → `{code: 200, host, port}`.
@@ -65,70 +65,45 @@ pub fn dictionary() -> Result<RouteDictionary, shaddock_protocol::Error> {
     )
 }
 
-/// `crc32(key) % n`: which of `n` servers sorted by id serves `key`, the placement rule of the
-/// gate (key: uid) and of the chat router (key: room; the default
-/// [`Crc32Router`](shaddock_rpc::Crc32Router) applies the same rule). `None` when `n` is 0.
+/// `crc32(key) % n`: which of `n` servers sorted by id serves `key`, the gate's rule for
+/// handing a uid a connector (pomelo's chat does the same). `None` when `n` is 0.
 pub fn pick_index(key: impl AsRef<[u8]>, n: usize) -> Option<usize> {
     (n > 0).then(|| crc32fast::hash(key.as_ref()) as usize % n)
 }
 
-/// The `chat` router: a room stays on its chat server. It hashes (`crc32(room) % n`, as
-/// [`pick_index`]) over a stable set — the chat servers of the configuration united with the
-/// live ones (so a server added at runtime still becomes routable), sorted by id — and does
-/// not skip a server that is down: a call for one of its rooms then fails fast (the RPC
-/// client's `UnknownPeer` or `PeerDown`) instead of moving the room to a server that does not
-/// know it, and every other room stays where its members are.
-#[derive(Debug, Clone, Default)]
-pub struct RoomRouter {
-    configured: Vec<String>,
-}
-
-impl RoomRouter {
-    /// A router over these configured server ids (any order, duplicates ignored).
-    pub fn new(configured: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        let mut configured: Vec<String> = configured.into_iter().map(Into::into).collect();
-        configured.sort();
-        configured.dedup();
-        Self { configured }
-    }
-
-    /// The configured ids, sorted.
-    pub fn configured(&self) -> &[String] {
-        &self.configured
-    }
-}
-
-impl Router for RoomRouter {
-    fn route(&self, key: &[u8], servers: &[ServerInfo]) -> Option<ServerId> {
-        let mut ids: Vec<&str> = self.configured.iter().map(String::as_str).collect();
-        ids.extend(servers.iter().map(|s| s.id.as_str()));
-        ids.sort_unstable();
-        ids.dedup();
-        let i = pick_index(key, ids.len())?;
-        ids.get(i).map(|&id| ServerId::from(id))
-    }
-}
-
-/// On every server, before it serves: calls for `chat` use a [`RoomRouter`] over the
-/// configured chat servers.
-struct StablePlacement;
-
-impl Component for StablePlacement {
-    fn name(&self) -> &str {
-        "chat-room-placement"
-    }
-
-    fn start(&self, ctx: &ServerContext) -> BoxFuture<'static, Result<(), String>> {
-        let router = RoomRouter::new(
-            ctx.configured_servers()
-                .iter()
-                .filter(|s| s.server_type == "chat")
-                .map(|s| s.id.clone()),
-        );
-        tracing::debug!(configured = ?router.configured(), "chat rooms placed over");
-        ctx.rpc().set_router("chat", Arc::new(router));
-        Box::pin(async { Ok(()) })
-    }
+/// On each connector, for its sessions in a room that was placed again (its chat server was
+/// lost past the grace period, or came back as a new process with no rooms): re-join them on
+/// the room's server now, without telling the room (they never left it).
+fn rejoin_room(ctx: ServerContext, r: Rejoin) -> BoxFuture<'static, ()> {
+    Box::pin(async move {
+        let members: Vec<Member> = r
+            .sessions
+            .iter()
+            .filter_map(|s| {
+                Some(Member {
+                    uid: s.uid()?,
+                    sid: s.frontend_id().to_owned(),
+                    rid: r.key.clone(),
+                })
+            })
+            .collect();
+        if members.is_empty() {
+            return;
+        }
+        let n = members.len();
+        let stub = chat_remote::Client::new(ctx.rpc());
+        match stub
+            .rejoin(Target::server(&r.server_id), Members { members })
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(room = %r.key, server = %r.server_id, members = n, "room members re-joined");
+            }
+            Err(e) => {
+                tracing::warn!(room = %r.key, server = %r.server_id, cause = %e, "room members not re-joined");
+            }
+        }
+    })
 }
 
 /// `gate.gateHandler.queryEntry`: the connector for `uid`, with the client port it actually
@@ -348,12 +323,15 @@ pub fn app() -> App {
                 .map_or_else(|| s.id.to_string(), str::to_owned)
         })
         .handler(SEND, send)
+        // A room stays on the chat server that first got it; only a lost server's rooms
+        // move, with their members.
+        .placement("chat")
+        .rejoin("chat", rejoin_room)
         .remotes("chat", |ctx, registry| {
             registry
                 .add(chat_remote::Server::new(ChatRemote::new(ctx.clone())))
                 .map(drop)
         })
-        .component(StablePlacement)
         .component(LeaveOnClose);
     match dictionary() {
         Ok(d) => app = app.dictionary(Arc::new(d)),
@@ -388,52 +366,6 @@ mod tests {
         assert_eq!(pick_index("alice", 3), Some(2));
         assert_eq!(pick_index("bob", 3), Some(2));
         assert_eq!(pick_index("alice", 1), Some(0));
-    }
-
-    fn live(ids: &[&str]) -> Vec<ServerInfo> {
-        ids.iter()
-            .map(|id| ServerInfo::new(*id, "chat", "127.0.0.1", 1))
-            .collect()
-    }
-
-    #[test]
-    fn a_dead_chat_servers_rooms_do_not_move_the_others() {
-        let all = ["chat-server-1", "chat-server-2", "chat-server-3"];
-        let router = RoomRouter::new(all);
-        let rooms: Vec<String> = (0..300).map(|i| format!("room{i}")).collect();
-        let place = |servers: &[ServerInfo]| -> Vec<String> {
-            rooms
-                .iter()
-                .map(|r| router.route(r.as_bytes(), servers).unwrap().to_string())
-                .collect()
-        };
-        let healthy = place(&live(&all));
-        // With all up it is pomelo's rule: crc32 % 3 over the sorted ids.
-        for (room, id) in rooms.iter().zip(&healthy) {
-            assert_eq!(id, all[pick_index(room, 3).unwrap()], "{room}");
-        }
-        assert!(all.iter().all(|id| healthy.contains(&(*id).to_owned())));
-        // chat-server-1 is down: its rooms still name it (the call fails fast), no other
-        // room moves.
-        let outage = place(&live(&all[1..]));
-        assert_eq!(outage, healthy);
-        // Nothing is live at all: still the same placement.
-        assert_eq!(place(&[]), healthy);
-        // A server added at runtime joins the placement.
-        let mut grown = all.to_vec();
-        grown.push("chat-server-4");
-        let with_new = place(&live(&grown));
-        assert!(with_new.contains(&"chat-server-4".to_owned()));
-        for (room, id) in rooms.iter().zip(&with_new) {
-            assert_eq!(id, grown[pick_index(room, 4).unwrap()], "{room}");
-        }
-        // No configuration and nothing live: no server.
-        assert_eq!(RoomRouter::default().route(b"room", &[]), None);
-        // Duplicates in the configuration are ignored.
-        assert_eq!(
-            RoomRouter::new(["b", "a", "b"]).configured(),
-            ["a".to_owned(), "b".to_owned()]
-        );
     }
 
     #[test]

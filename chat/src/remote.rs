@@ -29,6 +29,13 @@ pub struct Member {
     pub rid: String,
 }
 
+/// `chatRemote.rejoin`: members of rooms on one frontend, coming back to a room's new server.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Members {
+    #[prost(message, repeated, tag = "1")]
+    pub members: Vec<Member>,
+}
+
 /// `chatRemote.add` reply: the user names in the room, the newcomer included.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Users {
@@ -44,6 +51,9 @@ shaddock_rpc::remote! {
         fn add(Member) -> Users;
         /// Removes a user from a room and tells the others with `onLeave`.
         fn kick(Member) -> ();
+        /// Puts members back in their rooms, silently, after a room moved here (its server
+        /// was lost) or this server restarted: they never left.
+        fn rejoin(Members) -> ();
     }
 }
 
@@ -100,6 +110,16 @@ impl chat_remote::Remote for ChatRemote {
                 .map(|u| name_of(u).to_owned())
                 .collect(),
         })
+    }
+
+    async fn rejoin(&self, ms: Members) -> Result<(), RemoteError> {
+        for m in ms.members {
+            let channel = self.ctx.channels().get_or_create(&m.rid);
+            if channel.member(&m.uid).is_none() {
+                channel.add(&m.uid, &m.sid);
+            }
+        }
+        Ok(())
     }
 
     async fn kick(&self, m: Member) -> Result<(), RemoteError> {

@@ -82,6 +82,10 @@ pub struct SessionConfig {
 /// The closed hook: called once per session when its connection ends, with the reason.
 pub type ClosedHook = Arc<dyn Fn(&Session, &str) + Send + Sync>;
 
+/// The unbound hook: called when a session's uid is unbound (not when the session closes),
+/// with that uid.
+pub type UnboundHook = Arc<dyn Fn(&Session, &str) + Send + Sync>;
+
 pub(crate) struct SessionInner {
     id: SessionId,
     frontend_id: Arc<str>,
@@ -341,6 +345,7 @@ struct ServiceInner {
     config: SessionConfig,
     maps: RwLock<Maps>,
     closed_hooks: RwLock<Vec<ClosedHook>>,
+    unbound_hooks: RwLock<Vec<UnboundHook>>,
     stats: Arc<ConnectorStats>,
     /// For encoding pushes (dictionary, protobuf).
     codec: BodyCodec,
@@ -376,6 +381,7 @@ impl SessionService {
                 config,
                 maps: RwLock::default(),
                 closed_hooks: RwLock::default(),
+                unbound_hooks: RwLock::default(),
                 stats,
                 codec,
             }),
@@ -423,6 +429,12 @@ impl SessionService {
         for hook in hooks {
             hook(session, reason);
         }
+    }
+
+    /// Registers a hook called whenever a session's uid is unbound (`Session::unbind`, also
+    /// when a backend asks for it); a closing session runs the closed hooks instead.
+    pub fn on_unbound(&self, hook: impl Fn(&Session, &str) + Send + Sync + 'static) {
+        write(&self.inner.unbound_hooks).push(Arc::new(hook));
     }
 
     /// Registers a hook called once for every session whose connection ends.
@@ -548,6 +560,11 @@ impl SessionService {
         *bound = None;
         drop(bound);
         remove_uid(&mut maps, uid, session.id());
+        drop(maps);
+        let hooks = read(&self.inner.unbound_hooks).clone();
+        for hook in hooks {
+            hook(session, uid);
+        }
         Ok(())
     }
 }
@@ -589,6 +606,22 @@ mod tests {
         assert_eq!(a.id() >> 32, u64::from(crc32fast::hash(b"connector-1")));
         assert_eq!(svc.count(), 2);
         assert_eq!(a.frontend_id(), "connector-1");
+    }
+
+    #[test]
+    fn unbind_runs_the_unbound_hooks_once_with_the_uid() {
+        let svc = service(false);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        svc.on_unbound(move |s, uid| lock(&log).push((s.id(), uid.to_owned())));
+        let a = session(&svc, 1);
+        a.bind("alice").unwrap();
+        assert!(a.unbind("bob").is_err());
+        assert!(lock(&seen).is_empty());
+        a.unbind("alice").unwrap();
+        assert_eq!(*lock(&seen), [(a.id(), "alice".to_owned())]);
+        assert!(a.unbind("alice").is_err());
+        assert_eq!(lock(&seen).len(), 1);
     }
 
     #[test]

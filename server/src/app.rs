@@ -71,6 +71,24 @@ pub type BackendFilter =
 /// `app.route(serverType, fn)`); the type's [`Router`] then picks a server from it.
 pub type RouteKey = Arc<dyn Fn(&crate::backend::SessionInfo) -> String + Send + Sync>;
 
+/// Re-joins sessions whose key moved (see [`App::rejoin`]).
+pub type RejoinHook = Arc<dyn Fn(ServerContext, Rejoin) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// Sessions of one frontend whose routing key was placed again: their server (a new one, or
+/// the same one as a new process) has lost whatever it held for them.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Rejoin {
+    /// The placed server type, e.g. `chat`.
+    pub server_type: String,
+    /// The routing key (a room).
+    pub key: String,
+    /// The server that holds the key now.
+    pub server_id: String,
+    /// This frontend's sessions whose route key is `key`.
+    pub sessions: Vec<shaddock_connector::Session>,
+}
+
 /// Adds a frontend's local handlers and filters.
 pub type FrontendSetup =
     Arc<dyn Fn(&ServerContext, FrontendBuilder) -> FrontendBuilder + Send + Sync>;
@@ -97,6 +115,9 @@ pub(crate) struct TypeDef {
     pub(crate) remotes: Vec<RemoteSetup>,
     pub(crate) router: Option<Arc<dyn Router>>,
     pub(crate) route_key: Option<RouteKey>,
+    /// Keys are placed by the cluster's placement table ([`App::placement`]).
+    pub(crate) placed: bool,
+    pub(crate) rejoin: Option<RejoinHook>,
 }
 
 /// Errors of declaring an app.
@@ -247,6 +268,30 @@ impl App {
     #[must_use]
     pub fn router(mut self, server_type: &str, router: Arc<dyn Router>) -> Self {
         self.ty(server_type).router = Some(router);
+        self
+    }
+
+    /// Places the keys of `server_type` (its route key: a room) with the cluster's placement
+    /// table instead of a hash: a key stays on the server that first got it while that server
+    /// lives, also when servers are added; a server added later takes new keys; the keys of a
+    /// server lost for longer than master.json's `placementGraceMs` move to survivors, and
+    /// frontends then run the type's [`App::rejoin`] hook. Replaces any [`App::router`].
+    #[must_use]
+    pub fn placement(mut self, server_type: &str) -> Self {
+        self.ty(server_type).placed = true;
+        self
+    }
+
+    /// Runs on each frontend for its sessions whose `server_type` key was placed again (see
+    /// [`App::placement`]): re-create there what the lost server held for them (the chat
+    /// re-joins the room's members).
+    #[must_use]
+    pub fn rejoin(
+        mut self,
+        server_type: &str,
+        hook: impl Fn(ServerContext, Rejoin) -> BoxFuture<'static, ()> + Send + Sync + 'static,
+    ) -> Self {
+        self.ty(server_type).rejoin = Some(Arc::new(hook));
         self
     }
 

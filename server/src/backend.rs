@@ -52,7 +52,7 @@ impl SessionInfo {
         }
     }
 
-    fn of(session: &Session) -> Self {
+    pub(crate) fn of(session: &Session) -> Self {
         Self {
             id: session.id(),
             uid: session.uid(),

@@ -126,7 +126,13 @@ pub struct MasterConfig {
     /// The port servers register on and the CLI talks to (`0`: any free port, which the master
     /// then passes to the servers it starts).
     pub port: u16,
+    /// How long a lost server's placed keys (the chat's rooms) wait for it to come back before
+    /// they are placed on a survivor (`placementGraceMs`, default 5000).
+    pub placement_grace: std::time::Duration,
 }
+
+/// [`MasterConfig::placement_grace`] when master.json does not set it.
+pub const DEFAULT_PLACEMENT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The whole cluster for one environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -398,7 +404,25 @@ fn parse_master(file: &Path, text: &str, env: &str) -> Result<MasterConfig, Conf
     let port = ctx
         .port(&id, "port", m.remove("port"))?
         .ok_or_else(|| ctx.invalid(&id, "port", "is missing".into()))?;
-    Ok(MasterConfig { id, host, port })
+    let placement_grace = match m.remove("placementGraceMs") {
+        None => DEFAULT_PLACEMENT_GRACE,
+        Some(v) => v
+            .as_u64()
+            .map(std::time::Duration::from_millis)
+            .ok_or_else(|| {
+                ctx.invalid(
+                    &id,
+                    "placementGraceMs",
+                    "must be a whole number of milliseconds".into(),
+                )
+            })?,
+    };
+    Ok(MasterConfig {
+        id,
+        host,
+        port,
+        placement_grace,
+    })
 }
 
 #[cfg(test)]

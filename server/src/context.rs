@@ -8,9 +8,12 @@ use shaddock_protocol::RouteDictionary;
 use shaddock_rpc::{RpcClient, RpcError, ServerInfo, Target};
 use tokio_util::sync::CancellationToken;
 
+use crate::app::{Rejoin, RejoinHook, RouteKey};
+use crate::backend::SessionInfo;
 use crate::channel::ChannelService;
 use crate::config::ServerConfig;
-use crate::proto::{Claim, KickUid, ServerEntry, Snapshot, master_remote};
+use crate::placement::Placements;
+use crate::proto::{Claim, KickUid, MovesArgs, PlaceArgs, ServerEntry, Snapshot, master_remote};
 
 /// The live servers, shared by the context and the channel service.
 pub(crate) type ClusterView = Arc<RwLock<Arc<Snapshot>>>;
@@ -85,6 +88,16 @@ struct Inner {
     frontend: OnceLock<Frontend>,
     codec: BodyCodec,
     stop: CancellationToken,
+    placements: Placements,
+    /// On frontends: the placed types whose sessions re-join when their keys move.
+    rejoins: OnceLock<Vec<RejoinSpec>>,
+}
+
+/// A placed type's route key and re-join hook, on a frontend.
+pub(crate) struct RejoinSpec {
+    pub(crate) server_type: String,
+    pub(crate) key: RouteKey,
+    pub(crate) hook: RejoinHook,
 }
 
 /// The running server's view of itself and of the cluster. Cheap to clone.
@@ -125,6 +138,8 @@ impl ServerContext {
                 frontend: OnceLock::new(),
                 codec,
                 stop: CancellationToken::new(),
+                placements: Placements::default(),
+                rejoins: OnceLock::new(),
             }),
         }
     }
@@ -219,6 +234,14 @@ impl ServerContext {
             .clone()
     }
 
+    pub(crate) fn placements(&self) -> &Placements {
+        &self.inner.placements
+    }
+
+    pub(crate) fn set_rejoins(&self, specs: Vec<RejoinSpec>) {
+        let _ = self.inner.rejoins.set(specs);
+    }
+
     pub(crate) fn set_frontend(&self, frontend: Frontend) {
         let _ = self.inner.frontend.set(frontend);
     }
@@ -249,11 +272,86 @@ impl ServerContext {
                 dir.remove(known.id.as_str());
             }
         }
+        let generation = snap.placement_generation;
         *self
             .inner
             .cluster
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(snap);
+        if let Some(since) = self.inner.placements.advance(generation)
+            && self.frontend().is_some()
+            && self.inner.rejoins.get().is_some_and(|r| !r.is_empty())
+        {
+            tokio::spawn(self.clone().rejoin_moved(since));
+        }
+    }
+
+    /// Runs the re-join hooks for this frontend's sessions whose keys moved after `since`.
+    async fn rejoin_moved(self, since: u64) {
+        let master = master_remote::Client::new(&self.inner.rpc);
+        let target = Target::server(&self.inner.master_id);
+        let reply = match master.moves(target, MovesArgs { since }).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(since, cause = %e, "cannot ask the master which keys moved; sessions not re-joined");
+                return;
+            }
+        };
+        let (Some(frontend), Some(specs)) = (self.frontend(), self.inner.rejoins.get()) else {
+            return;
+        };
+        let sessions = frontend.sessions().all();
+        for spec in specs {
+            let mut by_key: std::collections::HashMap<String, Vec<Session>> =
+                std::collections::HashMap::new();
+            for s in sessions.iter().filter(|s| !s.is_closed()) {
+                by_key
+                    .entry((spec.key)(&SessionInfo::of(s)))
+                    .or_default()
+                    .push(s.clone());
+            }
+            // Where each of those keys lives now: from the moves (the last move of a key
+            // wins), or, when the master no longer has all of them, asked key by key.
+            let mut now: Vec<(String, String)> = Vec::new();
+            if reply.complete {
+                let mut last = std::collections::HashMap::new();
+                for m in reply
+                    .moves
+                    .iter()
+                    .filter(|m| m.server_type == spec.server_type)
+                {
+                    last.insert(
+                        String::from_utf8_lossy(&m.key).into_owned(),
+                        m.server_id.clone(),
+                    );
+                }
+                now.extend(last.into_iter().filter(|(k, _)| by_key.contains_key(k)));
+            } else {
+                for key in by_key.keys() {
+                    let args = PlaceArgs {
+                        server_type: spec.server_type.clone(),
+                        key: key.clone().into_bytes(),
+                        lookup_only: true,
+                    };
+                    if let Ok(r) = master.place(target, args).await {
+                        now.push((key.clone(), r.server_id));
+                    }
+                }
+            }
+            tracing::info!(server_type = %spec.server_type, keys = now.len(), "re-joining sessions whose keys moved");
+            for (key, server_id) in now {
+                let Some(sessions) = by_key.remove(&key) else {
+                    continue;
+                };
+                let rejoin = Rejoin {
+                    server_type: spec.server_type.clone(),
+                    key,
+                    server_id,
+                    sessions,
+                };
+                (spec.hook)(self.clone(), rejoin).await;
+            }
+        }
     }
 
     /// Binds a frontend session to `uid` cluster-wide: the master applies the duplicate-login
@@ -272,6 +370,12 @@ impl ServerContext {
             session_id: session.id(),
         };
         let master = master_remote::Client::new(&self.inner.rpc);
+        // Until the session is bound, a claim the master may have granted is released if this
+        // bind fails or is abandoned (its future dropped): the close hook would not see it.
+        let mut pending = PendingClaim {
+            ctx: self,
+            claim: Some(claim.clone()),
+        };
         match master
             .claim(Target::server(&self.inner.master_id), claim)
             .await
@@ -291,7 +395,21 @@ impl ServerContext {
             }
         }
         session.bind(uid)?;
+        pending.claim = None;
         Ok(())
+    }
+
+    /// Tells the master this claim is no longer held (it drops it only if it is still this
+    /// frontend's and session's).
+    pub(crate) fn release_claim(&self, claim: Claim) {
+        let rpc = self.inner.rpc.clone();
+        let master = self.inner.master_id.clone();
+        tokio::spawn(async move {
+            let stub = master_remote::Client::new(&rpc);
+            if let Err(e) = stub.notify().release(Target::server(&master), claim).await {
+                tracing::debug!(cause = %e, "uid release not sent");
+            }
+        });
     }
 
     /// Kicks `uid` on every frontend it is connected to; returns how many sessions.
@@ -310,6 +428,21 @@ impl ServerContext {
             )
             .await?;
         Ok(n.n)
+    }
+}
+
+/// A uid claim asked for by [`ServerContext::bind`] and not yet bound to its session.
+struct PendingClaim<'a> {
+    ctx: &'a ServerContext,
+    claim: Option<Claim>,
+}
+
+impl Drop for PendingClaim<'_> {
+    fn drop(&mut self) {
+        if let Some(claim) = self.claim.take() {
+            tracing::debug!(uid = %claim.uid, session = claim.session_id, "bind failed or abandoned: releasing its uid claim");
+            self.ctx.release_claim(claim);
+        }
     }
 }
 

@@ -33,10 +33,13 @@ pub mod config;
 pub mod context;
 mod init;
 pub mod master;
+pub mod placement;
 pub mod process;
 pub mod proto;
 
-pub use app::{App, AppError, BackendHandler, BackendRequest, Component, DuplicateLogin};
+pub use app::{
+    App, AppError, BackendHandler, BackendRequest, Component, DuplicateLogin, Rejoin, RejoinHook,
+};
 pub use backend::{BackendSession, SessionInfo};
 pub use channel::{Channel, ChannelService, PushError, PushSummary};
 pub use cli::run;

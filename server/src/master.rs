@@ -16,9 +16,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::DuplicateLogin;
 use crate::config::{ClusterConfig, ServerConfig};
+use crate::placement::PlacementTable;
 use crate::proto::{
-    AddArgs, AddReply, Claim, Count, KickUid, ListReply, ListRow, ServerEntry, Snapshot,
-    StatsReport, StopArgs, WatchArgs, master_remote, server_remote,
+    AddArgs, AddReply, Claim, ClaimSet, Count, KickUid, ListReply, ListRow, MovesArgs, MovesReply,
+    PlaceArgs, PlaceReply, ServerEntry, Snapshot, StatsReport, StopArgs, WatchArgs, master_remote,
+    server_remote,
 };
 use shaddock_connector::remote::{KickArgs, session_remote};
 
@@ -48,6 +50,10 @@ struct Managed {
     /// Told to stop or be killed: never restarted.
     stopping: bool,
     kill: CancellationToken,
+    /// Grows each time its process ends (a grace timer moves its keys only if it is unchanged).
+    down_epoch: u64,
+    /// It registered before: its next registration is a new process whose state is gone.
+    registered_once: bool,
 }
 
 #[derive(Default)]
@@ -60,6 +66,8 @@ struct State {
     all_registered_at: Option<u64>,
     /// Server id -> the latest view version it has applied (from its `watch` calls).
     applied: HashMap<String, u64>,
+    /// Where the keys of placed server types live.
+    placements: PlacementTable,
 }
 
 pub(crate) struct Master {
@@ -72,6 +80,8 @@ pub(crate) struct Master {
     master_id: String,
     addr: Mutex<String>,
     policy: DuplicateLogin,
+    /// How long a lost server's placed keys wait for it before they move.
+    placement_grace: Duration,
     /// Cancelled when the master should exit.
     exit: CancellationToken,
     ready: AtomicBool,
@@ -111,6 +121,7 @@ impl Master {
         self.snap.send_replace(Arc::new(Snapshot {
             version: st.version,
             servers,
+            placement_generation: st.placements.generation(),
         }));
     }
 
@@ -211,9 +222,14 @@ impl Master {
                 } else {
                     "exited"
                 };
+                m.down_epoch += 1;
+                let epoch = m.down_epoch;
                 st.uids.retain(|_, (fid, _)| fid != &id);
                 self.publish(&mut st);
                 self.rpc.directory().remove(&id);
+                if !self.stopping.load(Ordering::SeqCst) {
+                    self.move_keys_after_grace(id.clone(), epoch);
+                }
                 restart
             };
             if restart {
@@ -241,6 +257,41 @@ impl Master {
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
+    }
+
+    /// After the grace period, moves the placed keys of `id` to its type's live servers if
+    /// it is still down in the same way (not back, not down again since).
+    fn move_keys_after_grace(self: &Arc<Self>, id: String, epoch: u64) {
+        let m = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(m.placement_grace).await;
+            let mut st = lock(&m.state);
+            let Some(server) = st.servers.get(&id) else {
+                return;
+            };
+            if server.entry.is_some()
+                || server.down_epoch != epoch
+                || m.stopping.load(Ordering::SeqCst)
+                || st.placements.load_of(&id) == 0
+            {
+                return;
+            }
+            let server_type = server.cfg.server_type.clone();
+            let survivors: Vec<String> = st
+                .servers
+                .values()
+                .filter(|s| s.cfg.server_type == server_type && s.entry.is_some())
+                .map(|s| s.cfg.id.clone())
+                .collect();
+            let survivors: Vec<&str> = survivors.iter().map(String::as_str).collect();
+            let moves = st.placements.move_from(&server_type, &id, &survivors);
+            if moves.is_empty() {
+                tracing::warn!(server = %id, grace = ?m.placement_grace, "server still down and no survivor of its type: its keys stay");
+                return;
+            }
+            tracing::info!(server = %id, moved = moves.len(), grace = ?m.placement_grace, generation = st.placements.generation(), "server still down: its keys are placed on survivors");
+            m.publish(&mut st);
+        });
     }
 
     fn all_registered(st: &State) -> bool {
@@ -389,6 +440,8 @@ impl Master {
                 entry: None,
                 stopping: false,
                 kill: CancellationToken::new(),
+                down_epoch: 0,
+                registered_once: false,
             },
         );
         drop(st);
@@ -493,6 +546,14 @@ impl master_remote::Remote for MasterRemote {
                 s.state = "running";
                 s.pid = entry.pid;
                 s.entry = Some(entry.clone());
+                let again = std::mem::replace(&mut s.registered_once, true);
+                if again {
+                    // A new process of a known server: its keys stay, their state is gone.
+                    let moves = st.placements.restarted(&entry.id);
+                    if !moves.is_empty() {
+                        tracing::info!(server = %entry.id, keys = moves.len(), "server is back as a new process: its keys are re-joined there");
+                    }
+                }
             }
             None => {
                 return Err(RemoteError::new(
@@ -653,6 +714,57 @@ impl master_remote::Remote for MasterRemote {
         }
         Ok(Count { n })
     }
+
+    async fn place(&self, a: PlaceArgs) -> Result<PlaceReply, RemoteError> {
+        let mut st = lock(&self.0.state);
+        let live: Vec<String> = st
+            .servers
+            .values()
+            .filter(|s| s.cfg.server_type == a.server_type && s.entry.is_some())
+            .map(|s| s.cfg.id.clone())
+            .collect();
+        let live: Vec<&str> = live.iter().map(String::as_str).collect();
+        let generation = st.placements.generation();
+        let placed = if a.lookup_only {
+            st.placements.get(&a.server_type, &a.key).map(str::to_owned)
+        } else {
+            st.placements.place(&a.server_type, &a.key, &live)
+        };
+        match placed {
+            Some(server_id) => Ok(PlaceReply {
+                server_id,
+                generation,
+            }),
+            None => Err(RemoteError::new(
+                503,
+                format!("no live `{}` server to place a key on", a.server_type),
+            )),
+        }
+    }
+
+    async fn moves(&self, a: MovesArgs) -> Result<MovesReply, RemoteError> {
+        Ok(lock(&self.0.state).placements.moves_since(a.since))
+    }
+
+    async fn reconcile(&self, set: ClaimSet) -> Result<(), RemoteError> {
+        let mut st = lock(&self.0.state);
+        let before = st.uids.len();
+        st.uids.retain(|_, (fid, _)| *fid != set.frontend_id);
+        let dropped = before - st.uids.len();
+        let mut kept = 0usize;
+        for c in set.claims {
+            if c.frontend_id != set.frontend_id {
+                continue;
+            }
+            // A claim another frontend took meanwhile wins: that session is the live one.
+            if let std::collections::hash_map::Entry::Vacant(v) = st.uids.entry(c.uid) {
+                v.insert((c.frontend_id, c.session_id));
+                kept += 1;
+            }
+        }
+        tracing::debug!(frontend = %set.frontend_id, dropped, kept, "uid claims reconciled");
+        Ok(())
+    }
 }
 
 /// Runs the master until the cluster is stopped or killed.
@@ -685,6 +797,7 @@ pub(crate) async fn run_master(
         master_id: cluster.master.id.clone(),
         addr: Mutex::new(addr.clone()),
         policy,
+        placement_grace: cluster.master.placement_grace,
         exit: CancellationToken::new(),
         ready: AtomicBool::new(false),
         stopping: AtomicBool::new(false),
@@ -705,6 +818,8 @@ pub(crate) async fn run_master(
                     entry: None,
                     stopping: false,
                     kill: CancellationToken::new(),
+                    down_epoch: 0,
+                    registered_once: false,
                 },
             );
         }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use shaddock_connector::{BodyCodec, ConnectorConfig, Frontend};
+use shaddock_connector::{BodyCodec, ConnectorConfig, Frontend, Session};
 use shaddock_rpc::{Registry, RemoteError, RpcClient, RpcConfig, RpcServer, ServerInfo, Target};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -12,9 +12,10 @@ use tokio_util::sync::CancellationToken;
 use crate::app::App;
 use crate::backend::{MsgRemote, forwarder, session_remote};
 use crate::config::ServerConfig;
-use crate::context::ServerContext;
+use crate::context::{RejoinSpec, ServerContext};
 use crate::proto::{
-    Claim, ServerEntry, StatsReport, StopArgs, WatchArgs, master_remote, msg_remote, server_remote,
+    Claim, ClaimSet, ServerEntry, StatsReport, StopArgs, WatchArgs, master_remote, msg_remote,
+    server_remote,
 };
 
 /// The type the master has in a server's peer directory.
@@ -230,6 +231,23 @@ pub(crate) async fn run_server(
         master_id.clone(),
         BodyCodec::new(app.dictionary.clone(), app.protos.clone()),
     );
+    let mut rejoins = Vec::new();
+    for (t, d) in &app.types {
+        if d.placed {
+            let router = ctx.placements().router(t, &rpc, &master_id);
+            rpc.set_router(t.clone(), Arc::new(router));
+            if let (Some(key), Some(hook)) = (&d.route_key, &d.rejoin) {
+                rejoins.push(RejoinSpec {
+                    server_type: t.clone(),
+                    key: key.clone(),
+                    hook: hook.clone(),
+                });
+            }
+        }
+    }
+    if me.frontend {
+        ctx.set_rejoins(rejoins);
+    }
     let def = app.type_def(&me.server_type);
 
     let mut registry = Registry::new();
@@ -288,23 +306,16 @@ pub(crate) async fn run_server(
         registry
             .add(session_remote(&ctx, &frontend))
             .map_err(reg_err)?;
-        let hook_rpc = rpc.clone();
-        let hook_master = master_id.clone();
+        // A uid's claim at the master ends with its session, and with an unbind.
+        let hook_ctx = ctx.clone();
         frontend.sessions().on_closed(move |s, _reason| {
-            let Some(uid) = s.uid() else { return };
-            let claim = Claim {
-                uid,
-                frontend_id: s.frontend_id().to_owned(),
-                session_id: s.id(),
-            };
-            let rpc = hook_rpc.clone();
-            let master = hook_master.clone();
-            tokio::spawn(async move {
-                let stub = master_remote::Client::new(&rpc);
-                if let Err(e) = stub.notify().release(Target::server(&master), claim).await {
-                    tracing::debug!(cause = %e, "uid release not sent");
-                }
-            });
+            if let Some(uid) = s.uid() {
+                hook_ctx.release_claim(claim_of_session(s, uid));
+            }
+        });
+        let hook_ctx = ctx.clone();
+        frontend.sessions().on_unbound(move |s, uid| {
+            hook_ctx.release_claim(claim_of_session(s, uid.to_owned()));
         });
         let token = client_token.clone();
         client_task = Some(tokio::spawn(async move {
@@ -341,6 +352,23 @@ pub(crate) async fn run_server(
         }
     };
     ctx.apply_snapshot(snap);
+    if let Some(frontend) = ctx.frontend() {
+        // The master's claims under this id become exactly what its sessions hold: none
+        // left from an earlier process of this id.
+        let claims = frontend
+            .sessions()
+            .all()
+            .iter()
+            .filter_map(|s| s.uid().map(|uid| claim_of_session(s, uid)))
+            .collect();
+        let set = ClaimSet {
+            frontend_id: id.clone(),
+            claims,
+        };
+        if let Err(e) = master.reconcile(Target::server(&master_id), set).await {
+            tracing::warn!(cause = %e, "uid claims not reconciled with the master");
+        }
+    }
     tracing::info!(server = %id, rpc = ?actual.port, client = ?actual.client_port, "server registered with the master");
     for c in &app.components {
         c.after_start(&ctx).await;
@@ -382,6 +410,15 @@ pub(crate) async fn run_server(
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, rpc_task).await;
     tracing::info!(server = %id, "stopped");
     Ok(())
+}
+
+/// The master's claim of `uid` by this session.
+fn claim_of_session(s: &Session, uid: String) -> Claim {
+    Claim {
+        uid,
+        frontend_id: s.frontend_id().to_owned(),
+        session_id: s.id(),
+    }
 }
 
 /// Completes on SIGINT or SIGTERM (never, if neither handler can be installed).

@@ -47,6 +47,74 @@ pub struct Snapshot {
     pub version: u64,
     #[prost(message, repeated, tag = "2")]
     pub servers: Vec<ServerEntry>,
+    /// Grows whenever placed keys move (their server was lost past the grace period, or came
+    /// back as a new process): cached placements are dropped and frontends re-join their
+    /// sessions (see `master.moves`).
+    #[prost(uint64, tag = "3")]
+    pub placement_generation: u64,
+}
+
+/// `master.place`: the server a key of a placed server type lives on.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PlaceArgs {
+    #[prost(string, tag = "1")]
+    pub server_type: String,
+    #[prost(bytes = "vec", tag = "2")]
+    pub key: Vec<u8>,
+    /// Only look the key up: a key never placed is an error instead of being placed now.
+    #[prost(bool, tag = "3")]
+    pub lookup_only: bool,
+}
+
+/// `master.place` reply.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PlaceReply {
+    #[prost(string, tag = "1")]
+    pub server_id: String,
+    /// The placement generation the answer belongs to.
+    #[prost(uint64, tag = "2")]
+    pub generation: u64,
+}
+
+/// `master.moves`: the keys moved after generation `since`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MovesArgs {
+    #[prost(uint64, tag = "1")]
+    pub since: u64,
+}
+
+/// One key placed again (on another server, or on its own server's new process).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Moved {
+    #[prost(string, tag = "1")]
+    pub server_type: String,
+    #[prost(bytes = "vec", tag = "2")]
+    pub key: Vec<u8>,
+    #[prost(string, tag = "3")]
+    pub server_id: String,
+}
+
+/// `master.moves` reply.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MovesReply {
+    /// The generation these moves bring the caller to.
+    #[prost(uint64, tag = "1")]
+    pub generation: u64,
+    #[prost(message, repeated, tag = "2")]
+    pub moves: Vec<Moved>,
+    /// False when `since` is older than the moves the master keeps: the caller must treat
+    /// every key as possibly moved.
+    #[prost(bool, tag = "3")]
+    pub complete: bool,
+}
+
+/// `master.reconcile`: every uid a frontend's sessions hold now (sent when it registers).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ClaimSet {
+    #[prost(string, tag = "1")]
+    pub frontend_id: String,
+    #[prost(message, repeated, tag = "2")]
+    pub claims: Vec<Claim>,
 }
 
 /// `master.watch`: wait for a version other than this one.
@@ -184,6 +252,13 @@ remote! {
         fn release(Claim) -> ();
         /// Kicks a uid wherever it is connected.
         fn kick_uid(KickUid) -> Count;
+        /// The server a key of a placed type lives on (placed now if it is new).
+        fn place(PlaceArgs) -> PlaceReply;
+        /// The keys placed again since a generation.
+        fn moves(MovesArgs) -> MovesReply;
+        /// A frontend's uid claims as its sessions hold them: the master's claims of that
+        /// frontend become exactly these.
+        fn reconcile(ClaimSet) -> ();
     }
 }
 
