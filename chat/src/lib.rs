@@ -13,11 +13,16 @@
 //! | (disconnect) | | `chat.chatRemote.kick` → `onLeave {user}` to the room |
 //! | (join) | | `onAdd {user}` to the members already in the room |
 //!
-//! A room lives on one chat server: the `chat` router ([`app::RoomRouter`]) hashes the room name
-//! (`crc32(rid) % n`) over a stable set, the chat servers of `servers.json` united with the live
-//! ones, sorted by id, for forwarded requests and for the remotes alike. A chat server that is down
-//! keeps its place in that set: its rooms get fast error responses until the master restarts it,
-//! and no other room moves.
+//! A room lives on one chat server, placed by the cluster ([`App::placement`]): the first
+//! time anybody routes to it, the master puts it on the chat server with the fewest rooms, and
+//! every server routes there from then on, forwarded requests and remotes alike. Adding a chat
+//! server moves no room (it takes new ones). A chat server that dies is restarted by the master;
+//! its rooms fail fast meanwhile, and when it is back (or, if it stays down past master.json's
+//! `placementGraceMs`, default 5 s, once its rooms are placed on the survivors) the connectors
+//! re-join the rooms' members there (`chatRemote.rejoin`), so they chat on without entering
+//! again. No other room moves.
+//!
+//! [`App::placement`]: shaddock_server::App::placement
 //!
 //! # Limits and errors
 //! Names are 1..=[`MAX_NAME_CHARS`] characters after trimming, without `*` or control
@@ -28,7 +33,7 @@
 //!
 //! # Layout
 //! - [`app`](mod@app): the [`App`](shaddock_server::App): handlers, the chat remote, routing.
-//! - [`remote`]: `chatRemote` (`add`, `kick`) and its messages.
+//! - [`remote`]: `chatRemote` (`add`, `kick`, `rejoin`) and its messages.
 //! - [`validate`]: the input rules.
 //! - [`page`]: the web page server (files of `chat/web`, embedded in the binary).
 //! - [`launcher`]: what the bare command runs: the master as a child, the page, signals.

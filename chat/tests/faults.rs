@@ -5,8 +5,10 @@
 //!
 //! Only PIDs this test started are signalled: the servers' PIDs come from the master's `list`.
 
+mod common;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -183,8 +185,9 @@ fn row<'a>(l: &'a ListReply, id: &str) -> &'a shaddock_server::proto::ListRow {
     l.rows.iter().find(|r| r.id == id).expect("server in list")
 }
 
-/// Room names placed on chat server `index` (0-based, servers sorted by id) by the chat's
-/// crc32 placement with all three up.
+/// Room names, distinct for distinct `index`es (those crc32 would put on server `index` of
+/// three). The master places each new room on the chat server with the fewest rooms, so in a
+/// fresh cluster rooms of three indexes land on three different servers.
 fn rooms_on(index: usize, count: usize) -> Vec<String> {
     (0..1000)
         .map(|i| format!("room{i}"))
@@ -235,14 +238,40 @@ async fn join(gate: &str, name: &str, room: &str) -> User {
 struct Outcome {
     ok: bool,
     took: Duration,
+    /// The message sent.
+    text: String,
 }
 
-/// Sends a room message every 20 ms until `stop`, at most `max` times; records outcomes.
-/// A request that gets no answer at all within STEP (15 s) fails the task.
+/// How far a [`steady_load`] got: requests answered, and answered with success.
+#[derive(Default)]
+struct Progress {
+    answered: AtomicUsize,
+    ok: AtomicUsize,
+}
+
+impl Progress {
+    /// Waits (at most 45 s) until `ok` reaches `at_least`: a signal, not a sleep.
+    async fn ok_reaches(&self, at_least: usize, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(45);
+        while self.ok.load(Ordering::SeqCst) < at_least {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {} of {at_least} requests succeeded in 45 s",
+                self.ok.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Sends a room message every 20 ms until `stop`, at most `max` times; records outcomes and
+/// counts them in `progress` as they come. A request that gets no answer at all within STEP
+/// (15 s) fails the task.
 fn steady_load(
     client: Client,
     stop: Arc<AtomicBool>,
     max: usize,
+    progress: Arc<Progress>,
 ) -> tokio::task::JoinHandle<Vec<Outcome>> {
     tokio::spawn(async move {
         let mut out = Vec::new();
@@ -251,16 +280,23 @@ fn steady_load(
                 break;
             }
             let t0 = Instant::now();
+            let text = format!("m{i}");
             let r = timeout(
                 STEP,
-                client.request(SEND, &json!({"content": format!("m{i}"), "target": "*"})),
+                client.request(SEND, &json!({"content": text, "target": "*"})),
             )
             .await
             .expect("a request hung past 15 s")
             .expect("the connection failed");
+            let ok = r == json!({});
+            progress.answered.fetch_add(1, Ordering::SeqCst);
+            if ok {
+                progress.ok.fetch_add(1, Ordering::SeqCst);
+            }
             out.push(Outcome {
-                ok: r == json!({}),
+                ok,
                 took: t0.elapsed(),
+                text,
             });
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -286,23 +322,49 @@ async fn kill_9_of_a_chat_server_under_load() {
     assert_ne!(victim.pid, 0);
     let frontends = connector_pids(&before);
 
-    // A room on the victim and a room on each other chat server, two users in each.
-    let hit = rooms_on(0, 1).remove(0);
-    let spared: Vec<String> = [1, 2].iter().map(|&i| rooms_on(i, 1).remove(0)).collect();
+    // A room on each chat server (as the master placed them), two users in each; the
+    // victim's room first.
+    let placements = common::master_at(cluster.info["master"].as_str().expect("master"));
+    let mut rooms: Vec<(String, String)> = Vec::new();
     let mut senders = Vec::new();
     let mut listeners = Vec::new();
-    for room in std::iter::once(&hit).chain(spared.iter()) {
-        senders.push(join(&gate, &format!("s-{room}"), room).await);
-        listeners.push(join(&gate, &format!("l-{room}"), room).await);
+    for i in 0..30 {
+        let room = format!("room{i}");
+        let s = join(&gate, &format!("s-{room}"), &room).await;
+        let l = join(&gate, &format!("l-{room}"), &room).await;
+        let on = common::server_of(&placements, &room).await;
+        if rooms.iter().any(|(_, o)| *o == on) {
+            continue;
+        }
+        let at = if on == "chat-server-1" {
+            0
+        } else {
+            rooms.len()
+        };
+        rooms.insert(at, (room, on));
+        senders.insert(at, s);
+        listeners.insert(at, l);
+        if rooms.len() == 3 {
+            break;
+        }
     }
+    assert_eq!(rooms.len(), 3, "rooms did not reach every chat server");
+    assert_eq!(rooms[0].1, "chat-server-1");
+    let hit = rooms[0].0.clone();
+    let spared: Vec<String> = rooms[1..].iter().map(|(r, _)| r.clone()).collect();
 
-    // Steady load in every room.
+    // Steady load in every room, running before the kill.
     let stop = Arc::new(AtomicBool::new(false));
+    let progress: Vec<Arc<Progress>> = senders.iter().map(|_| Arc::default()).collect();
     let loads: Vec<_> = senders
         .iter()
-        .map(|u| steady_load(u.client.clone(), stop.clone(), 3000))
+        .zip(&progress)
+        .map(|(u, p)| steady_load(u.client.clone(), stop.clone(), 3000, p.clone()))
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (p, room) in progress.iter().zip(std::iter::once(&hit).chain(&spared)) {
+        p.ok_reaches(10, &format!("room {room} before the kill"))
+            .await;
+    }
 
     // kill -9 the chat server of `hit`, then wait (bounded) until the master restarted it.
     signal(victim.pid, "KILL");
@@ -320,7 +382,12 @@ async fn kill_9_of_a_chat_server_under_load() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(restarted.restarts >= 1);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The restarted server lost the room's members; the connectors re-join them, so the
+    // same sender gets through again without entering again.
+    let ok_at_restart = progress[0].ok.load(Ordering::SeqCst);
+    progress[0]
+        .ok_reaches(ok_at_restart + 20, "the hit room after the restart")
+        .await;
     stop.store(true, Ordering::Relaxed);
     let mut results = Vec::new();
     for l in loads {
@@ -352,19 +419,29 @@ async fn kill_9_of_a_chat_server_under_load() {
             outcomes.len()
         );
     }
-    // Their listeners received the messages sent in their rooms.
-    for (i, room) in spared.iter().enumerate() {
-        let l = &mut listeners[i + 1];
-        let oks = results[i + 1].iter().filter(|o| o.ok).count();
-        let mut got = 0;
-        while got < oks {
+    // Every listener received every message acknowledged in its room, in order (the hit
+    // room's listener too: it was re-joined with the sender).
+    for (i, room) in std::iter::once(&hit).chain(&spared).enumerate() {
+        let l = &mut listeners[i];
+        let acked: Vec<&str> = results[i]
+            .iter()
+            .filter(|o| o.ok)
+            .map(|o| o.text.as_str())
+            .collect();
+        let mut got = Vec::new();
+        while got.len() < acked.len() {
             match timeout(STEP, l.chat.recv()).await {
-                Ok(Some(_)) => got += 1,
+                Ok(Some(p)) => got.push(
+                    p.value().expect("body")["msg"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                ),
                 _ => break,
             }
         }
         assert_eq!(
-            got, oks,
+            got, acked,
             "room {room}: listener missed acknowledged messages"
         );
     }
@@ -529,7 +606,12 @@ async fn kill_9_of_a_connector() {
     assert_ne!(u32::from(listener.port), victim.client_port);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let load = steady_load(sender.client.clone(), stop.clone(), 3000);
+    let load = steady_load(
+        sender.client.clone(),
+        stop.clone(),
+        3000,
+        Arc::new(Progress::default()),
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     signal(victim.pid, "KILL");

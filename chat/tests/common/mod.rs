@@ -10,6 +10,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use shaddock_rpc::{RpcClient, RpcConfig, ServerInfo, Target};
+use shaddock_server::proto::{PlaceArgs, master_remote};
 
 /// How long the cluster may take to come up.
 pub const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -39,19 +41,25 @@ fn tmp_dir() -> PathBuf {
     d
 }
 
-fn write_config(dir: &std::path::Path) {
+/// Edits the generated `servers.json` and `master.json` (the `development` sections' roots)
+/// before the cluster starts.
+pub type ConfigEdit<'a> = &'a dyn Fn(&mut Value, &mut Value);
+
+fn write_config(dir: &std::path::Path, edit: ConfigEdit<'_>) {
     let conns: Vec<Value> = (1..=3)
         .map(|i| json!({"id": format!("connector-server-{i}"), "host": "127.0.0.1", "port": 0, "clientPort": 0, "frontend": true}))
         .collect();
     let chats: Vec<Value> = (1..=3)
         .map(|i| json!({"id": format!("chat-server-{i}"), "host": "127.0.0.1", "port": 0}))
         .collect();
-    let servers = json!({"development": {
+    let mut servers = json!({"development": {
         "gate": [{"id": "gate-server-1", "host": "127.0.0.1", "clientPort": 0, "frontend": true}],
         "connector": conns,
         "chat": chats,
     }});
-    let master = json!({"development": {"id": "master-server-1", "host": "127.0.0.1", "port": 0}});
+    let mut master =
+        json!({"development": {"id": "master-server-1", "host": "127.0.0.1", "port": 0}});
+    edit(&mut servers["development"], &mut master["development"]);
     let page = json!({"development": {"host": "127.0.0.1", "port": 0}});
     for (name, v) in [
         ("servers.json", servers),
@@ -105,8 +113,13 @@ fn wait_within(child: Child, within: Duration) -> Result<ExitStatus, Child> {
 impl Cluster {
     /// Starts the chat and waits for its ready line.
     pub fn start() -> Self {
+        Self::start_with(&|_, _| {})
+    }
+
+    /// Starts the chat on a config changed by `edit` and waits for its ready line.
+    pub fn start_with(edit: ConfigEdit<'_>) -> Self {
         let dir = tmp_dir();
-        write_config(&dir);
+        write_config(&dir, edit);
         let log = std::fs::File::create(dir.join("cluster.log")).expect("log file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_shaddock-chat"))
             .arg("--config")
@@ -185,6 +198,11 @@ impl Cluster {
             .collect()
     }
 
+    /// The master's RPC `host:port`.
+    pub fn master_addr(&self) -> String {
+        self.str("master")
+    }
+
     /// The launcher's pid.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
@@ -232,4 +250,31 @@ impl Drop for Cluster {
             eprintln!("cluster files kept in {}", self.dir.display());
         }
     }
+}
+
+/// A stub for the master at `addr` (`host:port`), as server id `master`.
+pub fn master_at(addr: &str) -> master_remote::Client {
+    let (host, port) = addr.rsplit_once(':').expect("master host:port");
+    let rpc = RpcClient::new(RpcConfig::default());
+    rpc.directory().add(ServerInfo::new(
+        "master",
+        "__master",
+        host,
+        port.parse::<u16>().expect("port"),
+    ));
+    master_remote::Client::new(&rpc)
+}
+
+/// The chat server that holds `room` now, from the master's placement table.
+pub async fn server_of(m: &master_remote::Client, room: &str) -> String {
+    let args = PlaceArgs {
+        server_type: "chat".into(),
+        key: room.as_bytes().to_vec(),
+        lookup_only: true,
+    };
+    tokio::time::timeout(STEP, m.place(Target::server("master"), args))
+        .await
+        .expect("place in time")
+        .unwrap_or_else(|e| panic!("room {room} is not placed: {e}"))
+        .server_id
 }
