@@ -733,6 +733,56 @@ async fn daemon_cluster_refuses_duplicates_kicks_uids_and_is_killed() {
         .await;
     assert_eq!(r["code"], 200, "{r}");
 
+    // A login abandoned during its bind (the client left) does not hold the uid: the master
+    // granted the claim, the closed session could not take it, and the claim is released.
+    let mut gone = Client::connect(c1).await;
+    gone.send_request(
+        "connector.entryHandler.enterWhenClosed",
+        json!({"uid": "dave"}),
+    )
+    .await;
+    drop(gone);
+    let deadline = Instant::now() + T;
+    let late = loop {
+        if let Some(l) = cl
+            .lifecycle("connector-server-1")
+            .into_iter()
+            .find(|l| l.starts_with("late-bind dave"))
+        {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "the late bind did not run");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        late.contains("is closed"),
+        "the claim was not granted first: {late}"
+    );
+    let mut dave = Client::connect(c2).await;
+    let r = dave
+        .request(
+            "connector.entryHandler.enter",
+            json!({"uid": "dave", "rid": "r"}),
+        )
+        .await;
+    assert_eq!(
+        r["code"], 200,
+        "an abandoned login locked the name out: {r}"
+    );
+    // An unbound uid is free at once, while its old session is still connected.
+    let r = dave
+        .request("connector.entryHandler.leave", json!({"uid": "dave"}))
+        .await;
+    assert_eq!(r["code"], 200, "{r}");
+    let mut dave2 = Client::connect(c1).await;
+    let r = dave2
+        .request(
+            "connector.entryHandler.enter",
+            json!({"uid": "dave", "rid": "r"}),
+        )
+        .await;
+    assert_eq!(r["code"], 200, "an unbound uid stayed claimed: {r}");
+
     // `kill`: every server and then the master are gone.
     let pids: Vec<u32> = rows.values().map(|r| r.pid).collect();
     let (ok, out) = cl.cli(&["kill"]);

@@ -1,7 +1,9 @@
 //! The demo app the cluster tests run: a gate, connectors and chat backends.
 //!
 //! - `gate.gateHandler.queryEntry` → `{code, host, port}` of a connector (crc32 of the uid).
-//! - `connector.entryHandler.enter {uid, rid}` binds the uid cluster-wide and sets `rid`.
+//! - `connector.entryHandler.enter {uid, rid}` binds the uid cluster-wide and sets `rid`;
+//!   `leave {uid}` unbinds it; `enterWhenClosed {uid}` binds only once the client is gone and
+//!   notes the outcome (`late-bind <uid>: ...`) in the lifecycle file.
 //! - `chat.chatHandler.join` adds the user to channel `rid`; `send {msg}` pushes `onChat` to
 //!   the channel; `whoami` answers which chat server ran it; `slow {ms}` pushes `onSlow`, then answers after `ms`.
 //!
@@ -124,6 +126,7 @@ fn main() -> ExitCode {
             )
         })
         .frontend("connector", |ctx, b| {
+            let late_ctx = ctx.clone();
             let ctx = ctx.clone();
             b.handler(
                 "connector.entryHandler.enter",
@@ -140,6 +143,33 @@ fn main() -> ExitCode {
                     }
                 },
             )
+            .handler(
+                "connector.entryHandler.leave",
+                |s: shaddock_connector::Session, body: Value| async move {
+                    let uid = body["uid"].as_str().unwrap_or_default();
+                    s.unbind(uid).map_err(err)?;
+                    Ok::<_, HandlerError>(json!({"code": 200}))
+                },
+            )
+            .handler("connector.entryHandler.enterWhenClosed", {
+                let ctx = late_ctx;
+                move |s: shaddock_connector::Session, body: Value| {
+                    let ctx = ctx.clone();
+                    async move {
+                        // A login whose client is gone before the bind completes: the master
+                        // grants the claim, the closed session cannot take it.
+                        let uid = body["uid"].as_str().unwrap_or_default().to_owned();
+                        let _ = tokio::time::timeout(Duration::from_secs(10), s.closed()).await;
+                        let outcome = match ctx.bind(&s, &uid).await {
+                            Ok(()) => "bound".to_owned(),
+                            Err(e) => e.to_string(),
+                        };
+                        Lifecycle(std::env::var_os("SHADDOCK_DEMO_LIFECYCLE_DIR").map(Into::into))
+                            .note(&ctx, &format!("late-bind {uid}: {outcome}"));
+                        Ok::<_, HandlerError>(json!({"code": 200}))
+                    }
+                }
+            })
         })
         .route_key("chat", |s| {
             s.settings
