@@ -41,6 +41,16 @@ fn hex_field(v: &Value, key: &str) -> Option<Vec<u8>> {
         .map(|h| hex::decode(h).unwrap_or_else(|e| panic!("bad hex in `{key}`: {e}")))
 }
 
+/// `JSON.stringify` of both sides must be the same text: numbers print as JavaScript prints
+/// the double it read (the vectors hold the JS generator's text, parsed exactly).
+fn assert_same_json_text(ours: &Value, want: &Value, ctx: &str) {
+    assert_eq!(
+        shaddock_protocol::json::to_string(ours),
+        shaddock_protocol::json::to_string(want),
+        "{ctx}: JSON.stringify"
+    );
+}
+
 fn quirk(v: &Value) -> &str {
     v.get("quirk").and_then(Value::as_str).unwrap_or("")
 }
@@ -159,7 +169,9 @@ fn vectors_encode_and_decode() {
             "js_parseint_coercion" => {
                 let err = encoded.expect_err(&name);
                 assert_eq!(err.code(), "value_type_mismatch", "{name}: {err}");
-                assert!(json_eq(&decoded.unwrap(), &v["decoded"]), "{name}");
+                let decoded = decoded.unwrap();
+                assert!(json_eq(&decoded, &v["decoded"]), "{name}");
+                assert_same_json_text(&decoded, &v["decoded"], &name);
             }
             // A "32-bit" field with a larger value: refused both ways.
             "value_exceeds_32_bits" => {
@@ -177,6 +189,7 @@ fn vectors_encode_and_decode() {
                     "{name}: decoded {decoded}, expected {}",
                     v["decoded"]
                 );
+                assert_same_json_text(&decoded, &v["decoded"], &name);
                 // Decoded keys keep the order of the bytes (= the input's key order).
                 let keys: Vec<&String> = decoded.as_object().unwrap().keys().collect();
                 let want: Vec<&String> = v["decoded"].as_object().unwrap().keys().collect();
@@ -230,6 +243,7 @@ fn browser_encoder_bytes_decode() {
             &v["server_decodes_browser_bytes_to"]
         };
         assert!(json_eq(&value, want), "{name}: got {value}, want {want}");
+        assert_same_json_text(&value, want, &name);
         checked += 1;
     }
     assert!(checked > 0);
@@ -268,6 +282,7 @@ fn decode_malformed() {
         } else {
             let value = result.unwrap_or_else(|e| panic!("{name}: {e}"));
             assert!(json_eq(&value, &expected["value"]), "{name}: {value}");
+            assert_same_json_text(&value, &expected["value"], &name);
         }
     }
 }
@@ -453,6 +468,181 @@ fn from_handshake_rejects_bad_shapes() {
     ));
     let p = Protos::from_handshake(&json!({"server": {}, "client": {}})).unwrap();
     assert_eq!(p.version(), Protos::default().version());
+}
+
+// ---- floats as JavaScript has them ----------------------------------------------------------
+
+/// `(input, float (hex, decoded), double hex, double decoded)`.
+type JsFloat = (
+    &'static str,
+    Option<(&'static str, &'static str)>,
+    &'static str,
+    &'static str,
+);
+
+/// What pinus-protobuf 1.7.4 (node v20) does with these JSON numbers in a `float` and in a
+/// `double` field: the bytes it writes (Float32 / Float64 little endian: the nearest f32 /
+/// f64 of the parsed number) and `JSON.stringify` of what its decoder reads back (the f32
+/// widened to a double). `None`: JS writes Infinity for a `float`, which we refuse.
+/// Several inputs are parsed one ulp off by serde_json's fast float parser.
+const JS_FLOATS: &[JsFloat] = &[
+    (
+        "3.4e38",
+        Some(("9ec97f7f", "3.3999999521443642e+38")),
+        "addf8cc733f9ef47",
+        "3.4e+38",
+    ),
+    (
+        "1e21",
+        Some(("27d75862", "1.0000000200408773e+21")),
+        "50efe2d6e41a4b44",
+        "1e+21",
+    ),
+    (
+        "-1e21",
+        Some(("27d758e2", "-1.0000000200408773e+21")),
+        "50efe2d6e41a4bc4",
+        "-1e+21",
+    ),
+    (
+        "1e20",
+        Some(("ec78ad60", "100000002004087730000")),
+        "408cb5781daf1544",
+        "100000000000000000000",
+    ),
+    (
+        "1e-7",
+        Some(("95bfd633", "1.0000000116860974e-7")),
+        "48afbc9af2d77a3e",
+        "1e-7",
+    ),
+    (
+        "1.5e-7",
+        Some(("b00f2134", "1.500000053056283e-7")),
+        "76830df4f521843e",
+        "1.5e-7",
+    ),
+    (
+        "1e-6",
+        Some(("bd378635", "9.999999974752427e-7")),
+        "8dedb5a0f7c6b03e",
+        "0.000001",
+    ),
+    (
+        "0.1",
+        Some(("cdcccc3d", "0.10000000149011612")),
+        "9a9999999999b93f",
+        "0.1",
+    ),
+    (
+        "0.30000000000000004",
+        Some(("9a99993e", "0.30000001192092896")),
+        "343333333333d33f",
+        "0.30000000000000004",
+    ),
+    (
+        "5e-324",
+        Some(("00000000", "0")),
+        "0100000000000000",
+        "5e-324",
+    ),
+    (
+        "1.7976931348623157e308",
+        None,
+        "ffffffffffffef7f",
+        "1.7976931348623157e+308",
+    ),
+    ("-0", Some(("00000080", "0")), "0000000000000080", "0"),
+    ("100", Some(("0000c842", "100")), "0000000000005940", "100"),
+    ("2.5", Some(("00002040", "2.5")), "0000000000000440", "2.5"),
+    (
+        "123456789012345680000",
+        Some(("d429d660", "123456789557014430000")),
+        "dabc047e3ac51a44",
+        "123456789012345680000",
+    ),
+    (
+        "2.2250738585072011e-308",
+        Some(("00000000", "0")),
+        "ffffffffffff0f00",
+        "2.225073858507201e-308",
+    ),
+    (
+        "9007199254740993",
+        Some(("0000005a", "9007199254740992")),
+        "0000000000004043",
+        "9007199254740992",
+    ),
+    (
+        "15.655247211456299",
+        Some(("e47b7a41", "15.65524673461914")),
+        "000000907c4f2f40",
+        "15.655247211456299",
+    ),
+    (
+        "4.685853588089302e-32",
+        Some(("ae4d730b", "4.685853735026096e-32")),
+        "000000b0b5696e39",
+        "4.685853588089302e-32",
+    ),
+    (
+        "1.0920605041889695e34",
+        Some(("5a9b0678", "1.0920604422919675e+34")),
+        "000000506bd30047",
+        "1.0920605041889695e+34",
+    ),
+    (
+        "3.3999999521443642e38",
+        Some(("9ec97f7f", "3.3999999521443642e+38")),
+        "000000c033f9ef47",
+        "3.3999999521443642e+38",
+    ),
+];
+
+#[test]
+fn floats_like_javascript() {
+    let schema = Schema::from_file_json(&json!({
+        "scalars.float": {"required float v": 1},
+        "scalars.double": {"required double v": 1}
+    }))
+    .unwrap();
+    for &(input, float, double_hex, double_text) in JS_FLOATS {
+        // The body arrives as JSON text, as from a client or a handler.
+        let body = shaddock_protocol::json::from_slice(format!("{{\"v\":{input}}}").as_bytes())
+            .unwrap_or_else(|e| panic!("{input}: {e}"));
+        let bytes = schema.encode("scalars.double", &body).unwrap();
+        assert_eq!(
+            hex::encode(&bytes),
+            format!("09{double_hex}"),
+            "double {input}"
+        );
+        let back = schema.decode("scalars.double", &bytes).unwrap();
+        assert_eq!(
+            shaddock_protocol::json::to_string(&back),
+            format!("{{\"v\":{double_text}}}"),
+            "double {input}"
+        );
+        match float {
+            Some((float_hex, float_text)) => {
+                let bytes = schema.encode("scalars.float", &body).unwrap();
+                assert_eq!(
+                    hex::encode(&bytes),
+                    format!("0d{float_hex}"),
+                    "float {input}"
+                );
+                let back = schema.decode("scalars.float", &bytes).unwrap();
+                assert_eq!(
+                    shaddock_protocol::json::to_string(&back),
+                    format!("{{\"v\":{float_text}}}"),
+                    "float {input}"
+                );
+            }
+            None => {
+                let err = schema.encode("scalars.float", &body).unwrap_err();
+                assert_eq!(err.code(), "value_out_of_range", "float {input}: {err}");
+            }
+        }
+    }
 }
 
 // ---- prost cross-check (§11.6) -------------------------------------------------------------

@@ -1196,6 +1196,63 @@ fn check_pinus_packages(
 }
 
 // ---------------------------------------------------------------------------------------
+// numbers: every number the JS generator wrote reads back to the same double and prints the
+// same way (`JSON.stringify` / `Number#toString`)
+
+/// The number literals of a JSON text (outside strings), in order.
+fn number_literals(text: &str) -> Vec<&str> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < bytes.len()
+                    && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                out.push(&text[start..i]);
+            }
+            _ => i += 1,
+        }
+    }
+    out
+}
+
+#[test]
+fn every_number_in_the_vectors_prints_back_as_written() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(vectors_dir()).expect("vector directory") {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for literal in number_literals(&text) {
+            let value = json::from_slice(literal.as_bytes())
+                .unwrap_or_else(|e| panic!("{}: {literal}: {e}", path.display()));
+            assert_eq!(
+                json::to_string(&value),
+                literal,
+                "{}: the number {literal} as JSON.stringify writes it",
+                path.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 0);
+}
+
+// ---------------------------------------------------------------------------------------
 // manifest.json and coverage
 
 /// Which top-level arrays of each file are the "vectors" that manifest.json counts.
