@@ -349,7 +349,7 @@ fn check_server_package(p: &Package, ctx: &str) {
         }
         PackageType::Kick => {
             check_stringify(&p.body, ctx);
-            let kick = Kick::parse(&p.body).unwrap();
+            let kick = Kick::parse(&p.body);
             assert_eq!(kick.to_body(), p.body, "{ctx}: kick body");
         }
         PackageType::Data => {
@@ -1044,8 +1044,8 @@ fn browser_client() {
             assert!(err.is_none(), "{ctx}: {err:?}");
             for p in &packages {
                 if p.kind == PackageType::Kick && p.body.is_empty() {
-                    // the JS client throws on it; so do we (typed error)
-                    assert_eq!(Kick::parse(&p.body).unwrap_err().kind(), "invalid_json");
+                    // the JS client throws on it; we accept it: a kick without a reason
+                    assert_eq!(Kick::parse(&p.body), Kick::new(""));
                 } else {
                     check_server_package(p, &ctx);
                 }
