@@ -1,8 +1,8 @@
 //! pomelo-protobuf bodies against the golden vectors (`protobuf.json`, `handshake.json`), the
 //! prost cross-check, property tests and the fuzz seeds.
 //!
-//! Vectors are read from `$SHADDOCK_VECTORS` (default `<manifest>/../../shared/vectors`); the
-//! tests read whatever the files contain and hard-code no vector values.
+//! Vectors are read from `$SHADDOCK_VECTORS` (default: the repository's copy, `<repo>/vectors`);
+//! the tests read whatever the files contain and hard-code no vector values.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -18,7 +18,7 @@ use shaddock_protocol::protobuf::{
 fn vectors_dir() -> PathBuf {
     match std::env::var_os("SHADDOCK_VECTORS") {
         Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors"),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../vectors"),
     }
 }
 

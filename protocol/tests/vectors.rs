@@ -1,8 +1,9 @@
 //! Golden vectors from the real pomelo / pinus JavaScript codecs, checked byte for byte.
 //!
-//! Reads the directory named by `SHADDOCK_VECTORS` (default `../../shared/vectors` from this
-//! crate), so the same tests run on any vector set of the same format. Every `*.json` file
-//! in the directory must be covered by some test (see `every_vector_file_is_covered`).
+//! Reads the directory named by `SHADDOCK_VECTORS` (default: the repository's copy,
+//! `vectors/` at the top of the checkout), so the same tests run on any vector set of the same
+//! format. Every `*.json` file in the directory must be covered by some test (see
+//! `every_vector_file_is_covered`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -23,10 +24,16 @@ use shaddock_protocol::{
 // ---------------------------------------------------------------------------------------
 // helpers
 
+/// The repository's copy of the golden vectors (`<repo>/vectors`).
+fn repo_vectors_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../vectors")
+}
+
+/// `$SHADDOCK_VECTORS` when set (another vector set), else [`repo_vectors_dir`].
 fn vectors_dir() -> PathBuf {
     match std::env::var_os("SHADDOCK_VECTORS") {
         Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors"),
+        None => repo_vectors_dir(),
     }
 }
 
@@ -1284,6 +1291,27 @@ fn manifest_counts_match() {
             "{file_name}: vector count"
         );
     }
+}
+
+/// Which vector set this run reads: `$SHADDOCK_VECTORS`, or the repository's copy — never a
+/// folder outside the checkout by default (a fresh clone tests itself).
+#[test]
+fn vectors_come_from_the_repository_unless_told_otherwise() {
+    let dir = vectors_dir();
+    eprintln!("golden vectors read from {}", dir.display());
+    match std::env::var_os("SHADDOCK_VECTORS") {
+        Some(set) => assert_eq!(dir, PathBuf::from(set)),
+        None => {
+            let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("the crate sits in the repository")
+                .canonicalize()
+                .unwrap();
+            let dir = dir.canonicalize().expect("the repository has vectors/");
+            assert_eq!(dir, repo.join("vectors"), "default vector folder");
+        }
+    }
+    assert!(dir.join("manifest.json").is_file(), "{}", dir.display());
 }
 
 /// Every `*.json` file of the vector directory must be read by some test.
