@@ -180,7 +180,9 @@ fn vectors_encode_and_decode() {
                 let err = decoded.expect_err(&name);
                 assert_eq!(err.code(), "value_out_of_range", "{name}: {err}");
             }
-            _ => {
+            // no quirk; or JS's buffer heuristic failed where ours encodes (expected_hex is
+            // pinus' output with a big buffer)
+            "" | "js_encode_buffer_heuristic" => {
                 let encoded = encoded.unwrap_or_else(|e| panic!("{name}: {e}"));
                 assert_eq!(hex::encode(&encoded), hex::encode(&expected), "{name}");
                 let decoded = decoded.unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -195,10 +197,160 @@ fn vectors_encode_and_decode() {
                 let want: Vec<&String> = v["decoded"].as_object().unwrap().keys().collect();
                 assert_eq!(keys, want, "{name}");
             }
+            other => panic!("{name}: quirk {other:?} is not one the tests know"),
         }
+        check_js_columns(&schema, v, &name);
         checked += 1;
     }
     assert!(checked > 0, "no vectors checked");
+}
+
+/// What one JS function did: `{"returns": …}` or `{"throws": "…"}`, plus `console` lines.
+fn js_observed(v: &Value, ctx: &str) -> Vec<(String, Result<Value, String>)> {
+    let Some(observed) = v.get("js_observed") else {
+        return Vec::new();
+    };
+    observed
+        .as_object()
+        .unwrap_or_else(|| panic!("{ctx}: js_observed"))
+        .iter()
+        .map(|(function, o)| {
+            for key in o.as_object().unwrap().keys() {
+                assert!(
+                    ["returns", "throws", "console"].contains(&key.as_str()),
+                    "{ctx}: js_observed {function}: `{key}`"
+                );
+            }
+            for line in o
+                .get("console")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                assert!(line.is_string(), "{ctx}: console");
+            }
+            let outcome = match (o.get("returns"), o.get("throws").and_then(Value::as_str)) {
+                (Some(r), None) => Ok(r.clone()),
+                (None, Some(t)) => Err(t.to_owned()),
+                _ => panic!("{ctx}: js_observed {function} must return or throw"),
+            };
+            (function.clone(), outcome)
+        })
+        .collect()
+}
+
+/// The columns of a `vectors[]` entry beside `expected_hex` / `decoded`: the other JS
+/// encoders and decoders and the protobufjs cross-check (README, protobuf.json).
+fn check_js_columns(schema: &Schema, v: &Value, name: &str) {
+    let route = v["route"].as_str().unwrap();
+    let expected = v["expected_hex"].as_str().unwrap();
+    let q = quirk(v);
+    // pinus-protobuf writes what pomelo-protobuf writes
+    if let Some(pinus) = v.get("pinus_protobuf_hex").and_then(Value::as_str) {
+        assert_eq!(pinus, expected, "{name}: pinus-protobuf");
+    }
+    if let Some(browser) = v.get("browser_encoder_hex").and_then(Value::as_str) {
+        assert_eq!(
+            v["browser_encoder_matches"].as_bool(),
+            Some(browser == expected),
+            "{name}: browser_encoder_matches"
+        );
+    }
+    // The browser decoder reading the server's bytes: what we read, except where §11.7 says
+    // it cannot (4-byte UTF-8) or the vector has a quirk.
+    if let Some(browser) = v
+        .get("browser_decoder_reads_expected_as")
+        .filter(|b| !b.is_null())
+    {
+        let four_byte_utf8 = hex::decode(expected).unwrap().iter().any(|&b| b >= 0xf0);
+        if q.is_empty() && !four_byte_utf8 {
+            assert!(
+                json_eq(browser, &v["decoded"]),
+                "{name}: browser decoder read {browser}"
+            );
+        }
+    }
+    // protobufjs, a standard decoder: where it reads the bytes, it reads our values (§11.6);
+    // where it fails, the bytes use pomelo's own encodings, which we read.
+    if let Some(pbjs) = v.get("protobufjs_decode").filter(|p| !p.is_null()) {
+        assert!(
+            pbjs["equal_to_input"].is_boolean() || pbjs["ok"] == false,
+            "{name}"
+        );
+        match pbjs["ok"].as_bool() {
+            Some(true) if !["value_exceeds_32_bits", "unresolved_nested_type"].contains(&q) => {
+                let ours = schema
+                    .decode(route, &hex::decode(expected).unwrap())
+                    .unwrap();
+                assert!(
+                    json_eq(&ours, &pbjs["value"]),
+                    "{name}: protobufjs read {}",
+                    pbjs["value"]
+                );
+            }
+            Some(true) => {}
+            Some(false) => assert!(pbjs["error"].is_string(), "{name}: protobufjs error"),
+            None => panic!("{name}: protobufjs_decode.ok"),
+        }
+    }
+    // expected_source: only where the JS encoders could not produce the bytes
+    if let Some(source) = v.get("expected_source") {
+        assert!(source.is_string(), "{name}");
+        assert_eq!(
+            q, "js_encode_buffer_heuristic",
+            "{name}: expected_source without the quirk"
+        );
+    }
+    // js_encode_buffer_heuristic: the JS encoders throw, or (browser build) silently cut
+    // the output short; ours encodes all of it
+    for (function, outcome) in js_observed(v, name) {
+        match outcome {
+            Err(_) => {}
+            Ok(r) => {
+                let hex = r
+                    .get("hex")
+                    .and_then(Value::as_str)
+                    .unwrap_or_else(|| panic!("{name}: {function}"));
+                assert!(
+                    q == "js_encode_buffer_heuristic"
+                        && expected.starts_with(hex)
+                        && hex.len() < expected.len(),
+                    "{name}: {function} returned {hex}"
+                );
+                let cut = schema.decode(route, &hex::decode(hex).unwrap());
+                assert!(
+                    cut.is_err() || !json_eq(&cut.unwrap(), &v["decoded"]),
+                    "{name}: the cut bytes are not the value"
+                );
+            }
+        }
+    }
+}
+
+/// manifest.json counts protobuf.json's vectors like the other files'.
+#[test]
+fn manifest_counts_protobuf_vectors() {
+    let pb = load("protobuf.json");
+    let manifest = load("manifest.json");
+    let total = ["vectors", "encode_failures", "decode_malformed"]
+        .iter()
+        .map(|k| arr(&pb, k).len() as u64)
+        .sum::<u64>();
+    assert_eq!(manifest["files"]["protobuf.json"].as_u64(), Some(total));
+}
+
+#[test]
+fn proto2_equivalent_names_every_route() {
+    let pb = load("protobuf.json");
+    let text = pb["proto2_equivalent"].as_str().expect("proto2_equivalent");
+    assert!(text.starts_with("syntax = \"proto2\";"), "{text:.40}");
+    for route in pb["schema_json"].as_object().unwrap().keys() {
+        let message = match route.strip_prefix("message ") {
+            Some(top_level) => format!("message {top_level} {{"),
+            None => format!("message M_{} {{", route.replace('.', "_")),
+        };
+        assert!(text.contains(&message), "{route}: {message}");
+    }
 }
 
 /// Whether `bytes` hold a CESU-8 surrogate (`ed a0..bf`), which we decode to the real
@@ -262,6 +414,12 @@ fn encode_failures() {
         assert_eq!(err.code(), want, "{route}: {err}");
         let text = err.to_string();
         assert!(text.contains(route), "error names the route: {text}");
+        // the JS encoders gave nothing (null) or threw: no bytes either way
+        for (function, outcome) in js_observed(v, route) {
+            if let Ok(r) = outcome {
+                assert!(r.is_null(), "{route}: {function} returned {r}");
+            }
+        }
     }
 }
 
@@ -275,6 +433,13 @@ fn decode_malformed() {
         let name = format!("{route} {}", hex::encode(&input));
         let result = schema.decode(route, &input);
         let expected = &v["expected"];
+        // What the JS decoders did: where we refuse they throw or read garbage; where we
+        // accept, what they return is the accepted value.
+        for (function, outcome) in js_observed(v, &name) {
+            if let (Ok(r), Some(value)) = (outcome, expected.get("value")) {
+                assert!(json_eq(&r, value), "{name}: {function} read {r}");
+            }
+        }
         if let Some(want) = expected.get("error").and_then(Value::as_str) {
             let err = result.expect_err(&name);
             assert_eq!(err.code(), want, "{name}: {err}");
