@@ -546,9 +546,7 @@ async fn handshake(
                 return Ok(reply);
             }
             PackageType::Kick => {
-                let reason = shaddock_protocol::Kick::parse(&package.body)
-                    .map(|k| k.reason)
-                    .unwrap_or_default();
+                let reason = shaddock_protocol::Kick::parse(&package.body).reason;
                 return Err(closed(DisconnectReason::Kicked { reason }));
             }
             other => debug!(

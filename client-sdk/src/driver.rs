@@ -18,11 +18,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use shaddock_protocol::RouteDictionary;
 use shaddock_protocol::handshake::Kick;
 use shaddock_protocol::message::{Message, MessageRoute, MessageType};
 use shaddock_protocol::package::{Package, PackageType};
 use shaddock_protocol::protobuf::Protos;
-use shaddock_protocol::{RouteDictionary, json};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -348,9 +348,8 @@ impl ClientDriver {
             PackageType::Heartbeat => trace!(peer = %self.peer, "heartbeat from the server"),
             PackageType::Data => self.handle_data(package.body),
             PackageType::Kick => {
-                let reason = Kick::parse(&package.body)
-                    .map(|k| k.reason)
-                    .unwrap_or_else(|_| json::decode_text(&package.body).into_owned());
+                // pomelo's `{"reason":…}`, pitaya's empty body, plain text: all kicks.
+                let reason = Kick::parse(&package.body).reason;
                 debug!(peer = %self.peer, %reason, "kicked by the server");
                 self.emit(Event::Kicked {
                     reason: reason.clone(),

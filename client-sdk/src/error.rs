@@ -14,7 +14,8 @@ pub enum DisconnectReason {
     Closed,
     /// The server sent a KICK package.
     Kicked {
-        /// The kick's `reason` (`"kick"` by default in pomelo).
+        /// The kick's `reason` (`"kick"` by default in pomelo; empty when the server gave
+        /// none, the body's text when it was not JSON).
         reason: String,
     },
     /// Nothing arrived from the server within the heartbeat timeout.

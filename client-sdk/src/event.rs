@@ -17,7 +17,8 @@ use crate::DisconnectReason;
 pub enum Event {
     /// The server kicked this client (package KICK); the connection then ends.
     Kicked {
-        /// The kick's `reason`.
+        /// The kick's `reason`; empty when the server gave none (pitaya's empty body), the
+        /// body's text when it was not JSON.
         reason: String,
     },
     /// Nothing arrived from the server within the heartbeat timeout; the connection then

@@ -467,6 +467,106 @@ async fn kick_in_the_handshake_read() {
     within(server).await.unwrap();
 }
 
+/// A kick whose body is not pomelo's JSON: empty (pitaya) or plain text (other servers).
+/// The client reports it as a kick with no reason / the text as the reason, then closes the
+/// connection itself (the server sees the close) and reports nothing else.
+async fn kick_body_not_json(transport: Transport, body: &'static [u8], reason: &'static str) {
+    let (addr, server) = fake_server(transport, move |mut peer| async move {
+        peer.handshake(r#"{"code":200,"sys":{}}"#).await;
+        // Wait until the client is up (it sends a notify), then kick it.
+        assert_eq!(peer.recv_message().await.kind, MessageType::Notify);
+        peer.send(&Package::new(PackageType::Kick, body)).await;
+        // The client closes the connection: `drain` ends (bounded by `within`).
+        peer.drain().await
+    })
+    .await;
+    let (client, mut events) = within(Client::connect(&addr.to_string(), transport, config()))
+        .await
+        .unwrap();
+    client.notify("a.b.ready", &json!({})).await.unwrap();
+    let kicked = DisconnectReason::Kicked {
+        reason: reason.to_owned(),
+    };
+    match next_event(&mut events).await {
+        Event::Kicked { reason: got } => assert_eq!(got, reason, "{body:?}"),
+        other => panic!("{body:?}: expected Kicked, got {other:?}"),
+    }
+    match next_event(&mut events).await {
+        Event::Disconnected(got) => assert_eq!(got, kicked, "{body:?}"),
+        other => panic!("{body:?}: expected Disconnected, got {other:?}"),
+    }
+    assert!(within(events.recv()).await.is_none(), "events end");
+    assert_eq!(within(client.closed()).await, kicked);
+    assert!(matches!(
+        within(client.request("a.b.c", &json!({}))).await,
+        Err(Error::Disconnected(r)) if r == kicked
+    ));
+    within(server).await.unwrap();
+}
+
+#[tokio::test]
+async fn tcp_empty_kick_body_is_a_kick_without_reason() {
+    kick_body_not_json(Transport::Tcp, b"", "").await;
+}
+
+#[tokio::test]
+async fn ws_empty_kick_body_is_a_kick_without_reason() {
+    kick_body_not_json(Transport::WebSocket, b"", "").await;
+}
+
+#[tokio::test]
+async fn tcp_plain_text_kick_body_is_the_reason() {
+    kick_body_not_json(
+        Transport::Tcp,
+        b"server full, try later",
+        "server full, try later",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn ws_plain_text_kick_body_is_the_reason() {
+    kick_body_not_json(
+        Transport::WebSocket,
+        b"server full, try later",
+        "server full, try later",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn ws_json_string_kick_body_is_the_reason() {
+    kick_body_not_json(Transport::WebSocket, br#""maintenance""#, "maintenance").await;
+}
+
+/// The same bodies arriving before the handshake reply: the connect fails with the kick.
+async fn kick_before_the_handshake_reply(body: &'static [u8], reason: &'static str) {
+    let (addr, server) = fake_server(Transport::Tcp, move |mut peer| async move {
+        assert_eq!(peer.recv().await.unwrap().kind, PackageType::Handshake);
+        peer.send(&Package::new(PackageType::Kick, body)).await;
+        peer.drain().await
+    })
+    .await;
+    match within(Client::connect(&addr.to_string(), Transport::Tcp, config())).await {
+        Err(Error::HandshakeClosed { reason: got, .. }) => assert_eq!(
+            got,
+            DisconnectReason::Kicked {
+                reason: reason.to_owned()
+            },
+            "{body:?}"
+        ),
+        other => panic!("{body:?}: expected the kick, got {other:?}"),
+    }
+    within(server).await.unwrap();
+}
+
+#[tokio::test]
+async fn kick_before_the_handshake_reply_empty_or_text() {
+    kick_before_the_handshake_reply(b"", "").await;
+    kick_before_the_handshake_reply(b"maintenance", "maintenance").await;
+    kick_before_the_handshake_reply(br#"{"reason":"full"}"#, "full").await;
+}
+
 #[derive(Clone, PartialEq, prost::Message)]
 struct Move {
     #[prost(string, required, tag = "1")]

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use shaddock_client::{Client, ClientConfig, PushStream, Transport, connect_via_gate, query_entry};
 
 /// The pinus-chat route dictionary and its version, as recorded in
-/// `shared/vectors/pinus-session.json`.
+/// `vectors/pinus-session.json`.
 const DICT_VERSION: &str = "dUjEYvQGKXFbhvPxAzG8Qw==";
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 

@@ -3,7 +3,7 @@
 //! Every variant documents whether it is *fatal* (the byte stream can no longer be trusted,
 //! close the connection) or *per message* (drop or answer that one message, keep the
 //! connection). [`Error::kind`] gives the snake-case name used by the golden vectors'
-//! `error` fields (`../shared/vectors/README.md`), so tests can compare with them.
+//! `error` fields (`vectors/README.md` at the top of the repository), so tests can compare with them.
 //!
 //! The pomelo-protobuf body codec has its own error type in [`crate::protobuf`].
 

@@ -89,5 +89,5 @@ pub fn handshake(data: &[u8]) {
         assert_eq!(parsed.code, 200);
     }
     let _ = HandshakeResponse::parse(data).map(|r| r.dictionary());
-    let _ = Kick::parse(data);
+    let _ = Kick::parse(data).reason;
 }

@@ -443,7 +443,8 @@ impl HandshakeResponse {
     }
 }
 
-/// The body of a KICK package: `{"reason": ...}`.
+/// The body of a KICK package: `{"reason": ...}` from pomelo and pinus, empty from pitaya,
+/// plain text from some others (see [`Kick::parse`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Kick {
     /// Why the server closes the connection (`kick` by default in pomelo).
@@ -466,20 +467,34 @@ impl Kick {
         Bytes::from(out)
     }
 
-    /// Read a kick body (client side). A body that is JSON but has no string `reason`
-    /// gives an empty reason (pitaya sends an empty body: that is an error here, as in the
-    /// JS client).
+    /// Read a kick body (client side). Every body is a kick — the package type says so, and
+    /// the connection ends either way; only the reason depends on the body:
     ///
-    /// # Errors
-    /// [`Error::InvalidJson`] when the body is not JSON.
-    pub fn parse(body: &[u8]) -> Result<Self, Error> {
-        let value = json::from_slice(body)?;
-        let reason = value
-            .get("reason")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        Ok(Self { reason })
+    /// | body | reason |
+    /// |---|---|
+    /// | empty or blank (pitaya sends an empty body) | none: `""` |
+    /// | a JSON object (pomelo, pinus) | its `reason` if that is a string, else `""` |
+    /// | a JSON string | that string |
+    /// | anything else: plain text (some servers), other JSON | the text itself, decoded as [`json::decode_text`] |
+    ///
+    /// (The stock JS client throws on an empty or non-JSON kick body and never reports the
+    /// kick; a client built on this reports it.)
+    pub fn parse(body: &[u8]) -> Self {
+        let text = json::decode_text(body);
+        let trimmed = text.trim_matches([' ', '\t', '\n', '\r']);
+        if trimmed.is_empty() {
+            return Self::new("");
+        }
+        let reason = match serde_json::from_str::<Value>(trimmed) {
+            Ok(Value::Object(map)) => map
+                .get("reason")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            Ok(Value::String(reason)) => reason,
+            _ => text.into_owned(),
+        };
+        Self { reason }
     }
 }
 
@@ -570,7 +585,31 @@ mod tests {
     fn kick_body() {
         let kick = Kick::new("kick");
         assert_eq!(&kick.to_body()[..], br#"{"reason":"kick"}"#);
-        assert_eq!(Kick::parse(&kick.to_body()).unwrap(), kick);
-        assert_eq!(Kick::parse(b"").unwrap_err().kind(), "invalid_json");
+        assert_eq!(Kick::parse(&kick.to_body()), kick);
+    }
+
+    /// pitaya kicks with an empty body, other servers with plain text: both are kicks.
+    #[test]
+    fn kick_bodies_that_are_not_pomelo_json() {
+        let table: &[(&[u8], &str)] = &[
+            // pitaya: no body, no reason
+            (b"", ""),
+            (b" \r\n\t", ""),
+            // plain text: the text is the reason (read as Node reads text)
+            (b"server shutting down", "server shutting down"),
+            (b"bye \xff", "bye \u{fffd}"),
+            (b"{\"reason\":", "{\"reason\":"),
+            (b"42", "42"),
+            (b"null", "null"),
+            // JSON
+            (br#"{"reason":"full"}"#, "full"),
+            (br#"{"reason":"caf\u00e9"}"#, "café"),
+            (br#"{}"#, ""),
+            (br#"{"reason":5}"#, ""),
+            (br#""maintenance""#, "maintenance"),
+        ];
+        for &(body, reason) in table {
+            assert_eq!(Kick::parse(body), Kick::new(reason), "{body:?}");
+        }
     }
 }

@@ -10,8 +10,10 @@
 //! **Reading** ([`from_slice`]) decodes the bytes leniently first ([`decode_text`]): invalid
 //! UTF-8 becomes U+FFFD as in Node, and a surrogate pair sent as two 3-byte sequences (the
 //! CESU-8 that browser clients produce for emoji, PROTOCOL.md §10) becomes the real
-//! character. Text that is not JSON is a typed error; pomelo would use `{}` instead, and the
-//! caller decides.
+//! character. Numbers are parsed to the nearest double, as `JSON.parse` does (serde_json's
+//! `float_roundtrip` feature, set in the workspace; its default fast path is often one ulp
+//! off), so `JSON.stringify(JSON.parse(text))` and `to_vec(from_slice(text))` agree. Text that
+//! is not JSON is a typed error; pomelo would use `{}` instead, and the caller decides.
 
 use std::borrow::Cow;
 
@@ -322,6 +324,60 @@ mod tests {
         for &(x, want) in table {
             assert_eq!(f(x), want, "{x:e}");
         }
+    }
+
+    /// `JSON.stringify(JSON.parse(text))` as node v20 prints it. Several of these are parsed
+    /// one ulp off by serde_json's default (fast, inexact) float parser; the
+    /// `float_roundtrip` feature makes the parse exact, as JavaScript's is.
+    #[test]
+    fn parse_then_stringify_like_js() {
+        let table: &[(&str, &str)] = &[
+            ("3.4e38", "3.4e+38"),
+            ("1e21", "1e+21"),
+            ("-1e21", "-1e+21"),
+            ("1e20", "100000000000000000000"),
+            ("1e-7", "1e-7"),
+            ("1.5e-7", "1.5e-7"),
+            ("1e-6", "0.000001"),
+            ("0.0000012345", "0.0000012345"),
+            ("0.30000000000000004", "0.30000000000000004"),
+            ("5e-324", "5e-324"),
+            ("1.7976931348623157e308", "1.7976931348623157e+308"),
+            ("-0", "0"),
+            ("-0.0", "0"),
+            ("1E+2", "100"),
+            ("2.5", "2.5"),
+            ("123456789012345680000", "123456789012345680000"),
+            ("2.2250738585072011e-308", "2.225073858507201e-308"),
+            ("2.2250738585072012e-308", "2.2250738585072014e-308"),
+            ("9007199254740993.0", "9007199254740992"),
+            ("9.007199254740993e15", "9007199254740992"),
+            ("15.655247211456299", "15.655247211456299"),
+            ("4.685853588089302e-32", "4.685853588089302e-32"),
+            ("1.0920605041889695e34", "1.0920605041889695e+34"),
+            ("3.3999999521443642e38", "3.3999999521443642e+38"),
+            ("5.809632407259761e-113", "5.809632407259761e-113"),
+            ("5.332638378877033e75", "5.332638378877033e+75"),
+            ("1.0710285813364267e-73", "1.0710285813364267e-73"),
+        ];
+        for &(text, js) in table {
+            let value = from_slice(text.as_bytes()).unwrap();
+            assert_eq!(
+                to_string(&value),
+                js,
+                "JSON.stringify(JSON.parse({text:?}))"
+            );
+            // and inside a body
+            let body = format!("{{\"v\":[{text}]}}");
+            let value = from_slice(body.as_bytes()).unwrap();
+            assert_eq!(to_string(&value), format!("{{\"v\":[{js}]}}"), "{body}");
+        }
+        // Integers that fit 64 bits are kept exactly (JavaScript would round this one to
+        // 9007199254740992; a JS client's JSON.parse still does, other clients get the value).
+        assert_eq!(
+            to_string(&from_slice(b"9007199254740993").unwrap()),
+            "9007199254740993"
+        );
     }
 
     #[test]

@@ -193,7 +193,7 @@ proptest! {
         let _ = Message::decode(Bytes::from(data.clone()));
         let _ = HandshakeRequest::parse(&data).has_sys();
         let _ = HandshakeResponse::parse(&data);
-        let _ = Kick::parse(&data);
+        let _ = Kick::parse(&data).reason;
         let _ = json::from_slice(&data);
         shaddock_protocol::fuzzing::package(&data);
         shaddock_protocol::fuzzing::message(&data);

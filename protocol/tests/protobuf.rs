@@ -1,8 +1,8 @@
 //! pomelo-protobuf bodies against the golden vectors (`protobuf.json`, `handshake.json`), the
 //! prost cross-check, property tests and the fuzz seeds.
 //!
-//! Vectors are read from `$SHADDOCK_VECTORS` (default `<manifest>/../../shared/vectors`); the
-//! tests read whatever the files contain and hard-code no vector values.
+//! Vectors are read from `$SHADDOCK_VECTORS` (default: the repository's copy, `<repo>/vectors`);
+//! the tests read whatever the files contain and hard-code no vector values.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -18,7 +18,7 @@ use shaddock_protocol::protobuf::{
 fn vectors_dir() -> PathBuf {
     match std::env::var_os("SHADDOCK_VECTORS") {
         Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors"),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../vectors"),
     }
 }
 
@@ -39,6 +39,16 @@ fn hex_field(v: &Value, key: &str) -> Option<Vec<u8>> {
     v.get(key)
         .and_then(Value::as_str)
         .map(|h| hex::decode(h).unwrap_or_else(|e| panic!("bad hex in `{key}`: {e}")))
+}
+
+/// `JSON.stringify` of both sides must be the same text: numbers print as JavaScript prints
+/// the double it read (the vectors hold the JS generator's text, parsed exactly).
+fn assert_same_json_text(ours: &Value, want: &Value, ctx: &str) {
+    assert_eq!(
+        shaddock_protocol::json::to_string(ours),
+        shaddock_protocol::json::to_string(want),
+        "{ctx}: JSON.stringify"
+    );
 }
 
 fn quirk(v: &Value) -> &str {
@@ -159,7 +169,9 @@ fn vectors_encode_and_decode() {
             "js_parseint_coercion" => {
                 let err = encoded.expect_err(&name);
                 assert_eq!(err.code(), "value_type_mismatch", "{name}: {err}");
-                assert!(json_eq(&decoded.unwrap(), &v["decoded"]), "{name}");
+                let decoded = decoded.unwrap();
+                assert!(json_eq(&decoded, &v["decoded"]), "{name}");
+                assert_same_json_text(&decoded, &v["decoded"], &name);
             }
             // A "32-bit" field with a larger value: refused both ways.
             "value_exceeds_32_bits" => {
@@ -168,7 +180,9 @@ fn vectors_encode_and_decode() {
                 let err = decoded.expect_err(&name);
                 assert_eq!(err.code(), "value_out_of_range", "{name}: {err}");
             }
-            _ => {
+            // no quirk; or JS's buffer heuristic failed where ours encodes (expected_hex is
+            // pinus' output with a big buffer)
+            "" | "js_encode_buffer_heuristic" => {
                 let encoded = encoded.unwrap_or_else(|e| panic!("{name}: {e}"));
                 assert_eq!(hex::encode(&encoded), hex::encode(&expected), "{name}");
                 let decoded = decoded.unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -177,15 +191,166 @@ fn vectors_encode_and_decode() {
                     "{name}: decoded {decoded}, expected {}",
                     v["decoded"]
                 );
+                assert_same_json_text(&decoded, &v["decoded"], &name);
                 // Decoded keys keep the order of the bytes (= the input's key order).
                 let keys: Vec<&String> = decoded.as_object().unwrap().keys().collect();
                 let want: Vec<&String> = v["decoded"].as_object().unwrap().keys().collect();
                 assert_eq!(keys, want, "{name}");
             }
+            other => panic!("{name}: quirk {other:?} is not one the tests know"),
         }
+        check_js_columns(&schema, v, &name);
         checked += 1;
     }
     assert!(checked > 0, "no vectors checked");
+}
+
+/// What one JS function did: `{"returns": …}` or `{"throws": "…"}`, plus `console` lines.
+fn js_observed(v: &Value, ctx: &str) -> Vec<(String, Result<Value, String>)> {
+    let Some(observed) = v.get("js_observed") else {
+        return Vec::new();
+    };
+    observed
+        .as_object()
+        .unwrap_or_else(|| panic!("{ctx}: js_observed"))
+        .iter()
+        .map(|(function, o)| {
+            for key in o.as_object().unwrap().keys() {
+                assert!(
+                    ["returns", "throws", "console"].contains(&key.as_str()),
+                    "{ctx}: js_observed {function}: `{key}`"
+                );
+            }
+            for line in o
+                .get("console")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                assert!(line.is_string(), "{ctx}: console");
+            }
+            let outcome = match (o.get("returns"), o.get("throws").and_then(Value::as_str)) {
+                (Some(r), None) => Ok(r.clone()),
+                (None, Some(t)) => Err(t.to_owned()),
+                _ => panic!("{ctx}: js_observed {function} must return or throw"),
+            };
+            (function.clone(), outcome)
+        })
+        .collect()
+}
+
+/// The columns of a `vectors[]` entry beside `expected_hex` / `decoded`: the other JS
+/// encoders and decoders and the protobufjs cross-check (README, protobuf.json).
+fn check_js_columns(schema: &Schema, v: &Value, name: &str) {
+    let route = v["route"].as_str().unwrap();
+    let expected = v["expected_hex"].as_str().unwrap();
+    let q = quirk(v);
+    // pinus-protobuf writes what pomelo-protobuf writes
+    if let Some(pinus) = v.get("pinus_protobuf_hex").and_then(Value::as_str) {
+        assert_eq!(pinus, expected, "{name}: pinus-protobuf");
+    }
+    if let Some(browser) = v.get("browser_encoder_hex").and_then(Value::as_str) {
+        assert_eq!(
+            v["browser_encoder_matches"].as_bool(),
+            Some(browser == expected),
+            "{name}: browser_encoder_matches"
+        );
+    }
+    // The browser decoder reading the server's bytes: what we read, except where §11.7 says
+    // it cannot (4-byte UTF-8) or the vector has a quirk.
+    if let Some(browser) = v
+        .get("browser_decoder_reads_expected_as")
+        .filter(|b| !b.is_null())
+    {
+        let four_byte_utf8 = hex::decode(expected).unwrap().iter().any(|&b| b >= 0xf0);
+        if q.is_empty() && !four_byte_utf8 {
+            assert!(
+                json_eq(browser, &v["decoded"]),
+                "{name}: browser decoder read {browser}"
+            );
+        }
+    }
+    // protobufjs, a standard decoder: where it reads the bytes, it reads our values (§11.6);
+    // where it fails, the bytes use pomelo's own encodings, which we read.
+    if let Some(pbjs) = v.get("protobufjs_decode").filter(|p| !p.is_null()) {
+        assert!(
+            pbjs["equal_to_input"].is_boolean() || pbjs["ok"] == false,
+            "{name}"
+        );
+        match pbjs["ok"].as_bool() {
+            Some(true) if !["value_exceeds_32_bits", "unresolved_nested_type"].contains(&q) => {
+                let ours = schema
+                    .decode(route, &hex::decode(expected).unwrap())
+                    .unwrap();
+                assert!(
+                    json_eq(&ours, &pbjs["value"]),
+                    "{name}: protobufjs read {}",
+                    pbjs["value"]
+                );
+            }
+            Some(true) => {}
+            Some(false) => assert!(pbjs["error"].is_string(), "{name}: protobufjs error"),
+            None => panic!("{name}: protobufjs_decode.ok"),
+        }
+    }
+    // expected_source: only where the JS encoders could not produce the bytes
+    if let Some(source) = v.get("expected_source") {
+        assert!(source.is_string(), "{name}");
+        assert_eq!(
+            q, "js_encode_buffer_heuristic",
+            "{name}: expected_source without the quirk"
+        );
+    }
+    // js_encode_buffer_heuristic: the JS encoders throw, or (browser build) silently cut
+    // the output short; ours encodes all of it
+    for (function, outcome) in js_observed(v, name) {
+        match outcome {
+            Err(_) => {}
+            Ok(r) => {
+                let hex = r
+                    .get("hex")
+                    .and_then(Value::as_str)
+                    .unwrap_or_else(|| panic!("{name}: {function}"));
+                assert!(
+                    q == "js_encode_buffer_heuristic"
+                        && expected.starts_with(hex)
+                        && hex.len() < expected.len(),
+                    "{name}: {function} returned {hex}"
+                );
+                let cut = schema.decode(route, &hex::decode(hex).unwrap());
+                assert!(
+                    cut.is_err() || !json_eq(&cut.unwrap(), &v["decoded"]),
+                    "{name}: the cut bytes are not the value"
+                );
+            }
+        }
+    }
+}
+
+/// manifest.json counts protobuf.json's vectors like the other files'.
+#[test]
+fn manifest_counts_protobuf_vectors() {
+    let pb = load("protobuf.json");
+    let manifest = load("manifest.json");
+    let total = ["vectors", "encode_failures", "decode_malformed"]
+        .iter()
+        .map(|k| arr(&pb, k).len() as u64)
+        .sum::<u64>();
+    assert_eq!(manifest["files"]["protobuf.json"].as_u64(), Some(total));
+}
+
+#[test]
+fn proto2_equivalent_names_every_route() {
+    let pb = load("protobuf.json");
+    let text = pb["proto2_equivalent"].as_str().expect("proto2_equivalent");
+    assert!(text.starts_with("syntax = \"proto2\";"), "{text:.40}");
+    for route in pb["schema_json"].as_object().unwrap().keys() {
+        let message = match route.strip_prefix("message ") {
+            Some(top_level) => format!("message {top_level} {{"),
+            None => format!("message M_{} {{", route.replace('.', "_")),
+        };
+        assert!(text.contains(&message), "{route}: {message}");
+    }
 }
 
 /// Whether `bytes` hold a CESU-8 surrogate (`ed a0..bf`), which we decode to the real
@@ -230,6 +395,7 @@ fn browser_encoder_bytes_decode() {
             &v["server_decodes_browser_bytes_to"]
         };
         assert!(json_eq(&value, want), "{name}: got {value}, want {want}");
+        assert_same_json_text(&value, want, &name);
         checked += 1;
     }
     assert!(checked > 0);
@@ -248,6 +414,12 @@ fn encode_failures() {
         assert_eq!(err.code(), want, "{route}: {err}");
         let text = err.to_string();
         assert!(text.contains(route), "error names the route: {text}");
+        // the JS encoders gave nothing (null) or threw: no bytes either way
+        for (function, outcome) in js_observed(v, route) {
+            if let Ok(r) = outcome {
+                assert!(r.is_null(), "{route}: {function} returned {r}");
+            }
+        }
     }
 }
 
@@ -261,6 +433,13 @@ fn decode_malformed() {
         let name = format!("{route} {}", hex::encode(&input));
         let result = schema.decode(route, &input);
         let expected = &v["expected"];
+        // What the JS decoders did: where we refuse they throw or read garbage; where we
+        // accept, what they return is the accepted value.
+        for (function, outcome) in js_observed(v, &name) {
+            if let (Ok(r), Some(value)) = (outcome, expected.get("value")) {
+                assert!(json_eq(&r, value), "{name}: {function} read {r}");
+            }
+        }
         if let Some(want) = expected.get("error").and_then(Value::as_str) {
             let err = result.expect_err(&name);
             assert_eq!(err.code(), want, "{name}: {err}");
@@ -268,6 +447,7 @@ fn decode_malformed() {
         } else {
             let value = result.unwrap_or_else(|e| panic!("{name}: {e}"));
             assert!(json_eq(&value, &expected["value"]), "{name}: {value}");
+            assert_same_json_text(&value, &expected["value"], &name);
         }
     }
 }
@@ -453,6 +633,181 @@ fn from_handshake_rejects_bad_shapes() {
     ));
     let p = Protos::from_handshake(&json!({"server": {}, "client": {}})).unwrap();
     assert_eq!(p.version(), Protos::default().version());
+}
+
+// ---- floats as JavaScript has them ----------------------------------------------------------
+
+/// `(input, float (hex, decoded), double hex, double decoded)`.
+type JsFloat = (
+    &'static str,
+    Option<(&'static str, &'static str)>,
+    &'static str,
+    &'static str,
+);
+
+/// What pinus-protobuf 1.7.4 (node v20) does with these JSON numbers in a `float` and in a
+/// `double` field: the bytes it writes (Float32 / Float64 little endian: the nearest f32 /
+/// f64 of the parsed number) and `JSON.stringify` of what its decoder reads back (the f32
+/// widened to a double). `None`: JS writes Infinity for a `float`, which we refuse.
+/// Several inputs are parsed one ulp off by serde_json's fast float parser.
+const JS_FLOATS: &[JsFloat] = &[
+    (
+        "3.4e38",
+        Some(("9ec97f7f", "3.3999999521443642e+38")),
+        "addf8cc733f9ef47",
+        "3.4e+38",
+    ),
+    (
+        "1e21",
+        Some(("27d75862", "1.0000000200408773e+21")),
+        "50efe2d6e41a4b44",
+        "1e+21",
+    ),
+    (
+        "-1e21",
+        Some(("27d758e2", "-1.0000000200408773e+21")),
+        "50efe2d6e41a4bc4",
+        "-1e+21",
+    ),
+    (
+        "1e20",
+        Some(("ec78ad60", "100000002004087730000")),
+        "408cb5781daf1544",
+        "100000000000000000000",
+    ),
+    (
+        "1e-7",
+        Some(("95bfd633", "1.0000000116860974e-7")),
+        "48afbc9af2d77a3e",
+        "1e-7",
+    ),
+    (
+        "1.5e-7",
+        Some(("b00f2134", "1.500000053056283e-7")),
+        "76830df4f521843e",
+        "1.5e-7",
+    ),
+    (
+        "1e-6",
+        Some(("bd378635", "9.999999974752427e-7")),
+        "8dedb5a0f7c6b03e",
+        "0.000001",
+    ),
+    (
+        "0.1",
+        Some(("cdcccc3d", "0.10000000149011612")),
+        "9a9999999999b93f",
+        "0.1",
+    ),
+    (
+        "0.30000000000000004",
+        Some(("9a99993e", "0.30000001192092896")),
+        "343333333333d33f",
+        "0.30000000000000004",
+    ),
+    (
+        "5e-324",
+        Some(("00000000", "0")),
+        "0100000000000000",
+        "5e-324",
+    ),
+    (
+        "1.7976931348623157e308",
+        None,
+        "ffffffffffffef7f",
+        "1.7976931348623157e+308",
+    ),
+    ("-0", Some(("00000080", "0")), "0000000000000080", "0"),
+    ("100", Some(("0000c842", "100")), "0000000000005940", "100"),
+    ("2.5", Some(("00002040", "2.5")), "0000000000000440", "2.5"),
+    (
+        "123456789012345680000",
+        Some(("d429d660", "123456789557014430000")),
+        "dabc047e3ac51a44",
+        "123456789012345680000",
+    ),
+    (
+        "2.2250738585072011e-308",
+        Some(("00000000", "0")),
+        "ffffffffffff0f00",
+        "2.225073858507201e-308",
+    ),
+    (
+        "9007199254740993",
+        Some(("0000005a", "9007199254740992")),
+        "0000000000004043",
+        "9007199254740992",
+    ),
+    (
+        "15.655247211456299",
+        Some(("e47b7a41", "15.65524673461914")),
+        "000000907c4f2f40",
+        "15.655247211456299",
+    ),
+    (
+        "4.685853588089302e-32",
+        Some(("ae4d730b", "4.685853735026096e-32")),
+        "000000b0b5696e39",
+        "4.685853588089302e-32",
+    ),
+    (
+        "1.0920605041889695e34",
+        Some(("5a9b0678", "1.0920604422919675e+34")),
+        "000000506bd30047",
+        "1.0920605041889695e+34",
+    ),
+    (
+        "3.3999999521443642e38",
+        Some(("9ec97f7f", "3.3999999521443642e+38")),
+        "000000c033f9ef47",
+        "3.3999999521443642e+38",
+    ),
+];
+
+#[test]
+fn floats_like_javascript() {
+    let schema = Schema::from_file_json(&json!({
+        "scalars.float": {"required float v": 1},
+        "scalars.double": {"required double v": 1}
+    }))
+    .unwrap();
+    for &(input, float, double_hex, double_text) in JS_FLOATS {
+        // The body arrives as JSON text, as from a client or a handler.
+        let body = shaddock_protocol::json::from_slice(format!("{{\"v\":{input}}}").as_bytes())
+            .unwrap_or_else(|e| panic!("{input}: {e}"));
+        let bytes = schema.encode("scalars.double", &body).unwrap();
+        assert_eq!(
+            hex::encode(&bytes),
+            format!("09{double_hex}"),
+            "double {input}"
+        );
+        let back = schema.decode("scalars.double", &bytes).unwrap();
+        assert_eq!(
+            shaddock_protocol::json::to_string(&back),
+            format!("{{\"v\":{double_text}}}"),
+            "double {input}"
+        );
+        match float {
+            Some((float_hex, float_text)) => {
+                let bytes = schema.encode("scalars.float", &body).unwrap();
+                assert_eq!(
+                    hex::encode(&bytes),
+                    format!("0d{float_hex}"),
+                    "float {input}"
+                );
+                let back = schema.decode("scalars.float", &bytes).unwrap();
+                assert_eq!(
+                    shaddock_protocol::json::to_string(&back),
+                    format!("{{\"v\":{float_text}}}"),
+                    "float {input}"
+                );
+            }
+            None => {
+                let err = schema.encode("scalars.float", &body).unwrap_err();
+                assert_eq!(err.code(), "value_out_of_range", "float {input}: {err}");
+            }
+        }
+    }
 }
 
 // ---- prost cross-check (§11.6) -------------------------------------------------------------

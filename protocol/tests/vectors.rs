@@ -1,8 +1,15 @@
 //! Golden vectors from the real pomelo / pinus JavaScript codecs, checked byte for byte.
 //!
-//! Reads the directory named by `SHADDOCK_VECTORS` (default `../../shared/vectors` from this
-//! crate), so the same tests run on any vector set of the same format. Every `*.json` file
-//! in the directory must be covered by some test (see `every_vector_file_is_covered`).
+//! Reads the directory named by `SHADDOCK_VECTORS` (default: the repository's copy,
+//! `vectors/` at the top of the checkout), so the same tests run on any vector set of the same
+//! format. Every `*.json` file in the directory must be covered by some test (see
+//! `every_vector_file_is_covered`), and every field and kind of step in them too
+//! (`every_field_and_step_kind_is_covered`, table in `vectors/coverage.rs`).
+//!
+//! Besides the codec vectors: the live transcripts are replayed through our server side
+//! (`vectors/replay.rs`), the stock JS client's session is walked as our client would read it,
+//! the steps where the JS client threw included (`vectors/browser.rs`), and the `js_observed`
+//! outputs of the JS codecs are checked against what the README says they do.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -10,6 +17,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use serde_json::Value;
+use shaddock_protocol::connection::{
+    ConnectionConfig, Event as ConnEvent, ServerConnection, State as ConnState,
+};
 use shaddock_protocol::dictionary::version_hash;
 use shaddock_protocol::handshake::{HandshakeCode, HandshakeProtos, handshake_error_body};
 use shaddock_protocol::message::RouteName;
@@ -20,13 +30,68 @@ use shaddock_protocol::{
     ServerHandshake, json,
 };
 
+#[path = "vectors/browser.rs"]
+mod browser;
+#[path = "vectors/coverage.rs"]
+mod coverage;
+#[path = "vectors/replay.rs"]
+mod replay;
+
+/// The `error` vocabulary of the vector README (one `Error` variant each).
+const ERROR_VOCABULARY: &[&str] = &[
+    "invalid_package_type",
+    "truncated_header",
+    "truncated_body",
+    "body_too_large",
+    "empty_message",
+    "invalid_message_type",
+    "truncated_id",
+    "id_too_long",
+    "id_overflow",
+    "id_out_of_range",
+    "truncated_route_code",
+    "truncated_route",
+    "invalid_route_utf8",
+    "route_too_long",
+    "route_code_out_of_range",
+    "invalid_json",
+];
+
+/// `direction` of handshake.json vectors, wire.json frames and pinus-session frames.
+const DIRECTIONS: &[&str] = &["client->server", "server->client"];
+
+/// handshake.json `then`: what the server does after its reply (`handshake_replies` drives a
+/// `ServerConnection` to the same state).
+const HANDSHAKE_THEN: &[&str] = &["waits for HANDSHAKE_ACK", "server disconnects"];
+
+/// handshake.json `version_hashes[].algorithm`.
+const HASH_ALGORITHMS: &[&str] = &[
+    "base64(md5(utf8(JSON.stringify(dict))))",
+    "base64(md5(utf8(JSON.stringify(parsedClientProtos) + JSON.stringify(parsedServerProtos))))",
+];
+
+/// protobuf.json `quirk`s; protocol/tests/protobuf.rs has one branch for each (and fails on
+/// any other).
+const PROTOBUF_QUIRKS: &[&str] = &[
+    "js_parseint_coercion",
+    "value_exceeds_32_bits",
+    "unresolved_nested_type",
+    "js_encode_buffer_heuristic",
+];
+
 // ---------------------------------------------------------------------------------------
 // helpers
 
+/// The repository's copy of the golden vectors (`<repo>/vectors`).
+fn repo_vectors_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../vectors")
+}
+
+/// `$SHADDOCK_VECTORS` when set (another vector set), else [`repo_vectors_dir`].
 fn vectors_dir() -> PathBuf {
     match std::env::var_os("SHADDOCK_VECTORS") {
         Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors"),
+        None => repo_vectors_dir(),
     }
 }
 
@@ -147,9 +212,78 @@ fn expected_packages(list: &[Value]) -> Vec<Package> {
     list.iter()
         .map(|p| {
             let kind = PackageType::try_from(u64_field(p, "type") as u8).expect("valid type");
+            if let Some(type_name) = p.get("type_name").and_then(Value::as_str) {
+                assert_eq!(kind.name(), type_name, "type_name of type {}", kind as u8);
+            }
             Package::new(kind, unhex(str_field(p, "body_hex")))
         })
         .collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// What one JS function did (`js_observed` entry): `{"returns": …}` or `{"throws": "…"}`,
+/// plus the `console` lines it printed.
+#[derive(Debug)]
+enum Js<'a> {
+    Returns(&'a Value),
+    Throws(#[allow(dead_code, reason = "shown in failure messages")] &'a str),
+}
+
+/// The `js_observed` entries of a vector, checked for shape (README: "`{"returns": …}` or
+/// `{"throws": "…"}` (plus `console` lines it printed)").
+fn js_observed<'a>(v: &'a Value, ctx: &str) -> Vec<(String, Js<'a>)> {
+    let Some(observed) = v.get("js_observed") else {
+        return Vec::new();
+    };
+    let observed = observed
+        .as_object()
+        .unwrap_or_else(|| panic!("{ctx}: js_observed is not an object"));
+    observed
+        .iter()
+        .map(|(function, o)| {
+            let o = o
+                .as_object()
+                .unwrap_or_else(|| panic!("{ctx}: js_observed {function}"));
+            for line in o
+                .get("console")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                assert!(line.is_string(), "{ctx}: {function} console line {line}");
+            }
+            for key in o.keys() {
+                assert!(
+                    ["returns", "throws", "console"].contains(&key.as_str()),
+                    "{ctx}: js_observed {function}: `{key}` is not an outcome the tests know"
+                );
+            }
+            let outcome = match (o.get("returns"), o.get("throws")) {
+                (Some(r), None) => Js::Returns(r),
+                (None, Some(t)) => {
+                    Js::Throws(t.as_str().unwrap_or_else(|| panic!("{ctx}: throws")))
+                }
+                _ => panic!("{ctx}: js_observed {function} must return or throw"),
+            };
+            (function.clone(), outcome)
+        })
+        .collect()
+}
+
+/// A JS buffer as the vectors record it (`{hex}` or, over 4 KiB, `{hex_prefix, length,
+/// sha256}`) matches `bytes`.
+fn js_buffer_matches(b: &Value, bytes: &[u8]) -> bool {
+    if let Some(hex) = b.get("hex").and_then(Value::as_str) {
+        return hex == hex::encode(bytes);
+    }
+    let prefix = str_field(b, "hex_prefix");
+    hex::encode(&bytes[..(prefix.len() / 2).min(bytes.len())]) == prefix
+        && u64_field(b, "length") == bytes.len() as u64
+        && str_field(b, "sha256") == sha256_hex(bytes)
 }
 
 /// Check a decoded message against the vectors' field set
@@ -349,7 +483,7 @@ fn check_server_package(p: &Package, ctx: &str) {
         }
         PackageType::Kick => {
             check_stringify(&p.body, ctx);
-            let kick = Kick::parse(&p.body).unwrap();
+            let kick = Kick::parse(&p.body);
             assert_eq!(kick.to_body(), p.body, "{ctx}: kick body");
         }
         PackageType::Data => {
@@ -406,6 +540,14 @@ fn packages_encode() {
                 u64_field(v, "expected_length"),
                 "{ctx}: length"
             );
+            assert_eq!(
+                sha256_hex(&out),
+                str_field(v, "expected_sha256"),
+                "{ctx}: sha256"
+            );
+        }
+        if let Some(text) = v.get("body_utf8").and_then(Value::as_str) {
+            assert_eq!(text.as_bytes(), &package.body[..], "{ctx}: body_utf8");
         }
         // the encoding is one WebSocket message with exactly this package
         let (packages, err) = frame_decode(&out);
@@ -437,7 +579,167 @@ fn packages_encode_errors() {
             }
         };
         assert_eq!(err.kind(), want, "{ctx}");
+        // What the JS codecs did instead (README: "writing a wrapped length or an invalid
+        // type byte"): the type byte as given, the low 24 bits of the length, the body.
+        let body = match v.get("body_fill") {
+            Some(fill) => {
+                vec![unhex(str_field(fill, "byte_hex"))[0]; u64_field(fill, "length") as usize]
+            }
+            None => unhex(str_field(v, "body_hex")),
+        };
+        let len = body.len() as u32 & 0x00ff_ffff;
+        let mut js_would = vec![
+            u64_field(v, "type") as u8,
+            (len >> 16) as u8,
+            (len >> 8) as u8,
+            len as u8,
+        ];
+        js_would.extend_from_slice(&body);
+        for (function, outcome) in js_observed(v, &ctx) {
+            match outcome {
+                Js::Throws(_) => {}
+                Js::Returns(r) => {
+                    let ok = match r.get("bytes_hex").and_then(Value::as_str) {
+                        Some(hex) => hex == hex::encode(&js_would),
+                        None => {
+                            str_field(r, "bytes_prefix_hex")
+                                == hex::encode(
+                                    &js_would[..str_field(r, "bytes_prefix_hex").len() / 2],
+                                )
+                                && u64_field(r, "bytes_length") == js_would.len() as u64
+                                && str_field(r, "bytes_sha256") == sha256_hex(&js_would)
+                        }
+                    };
+                    assert!(
+                        ok,
+                        "{ctx}: {function} wrote something else than the README says"
+                    );
+                }
+            }
+        }
     }
+}
+
+/// `js_observed` of packages.json `decode[]`: where the input is whole packages the JS
+/// decoders return exactly ours; where we refuse it, they return what PROTOCOL.md §3 says
+/// they do — the packages before, then for a truncated body the body padded with zeros
+/// (pinus: only `{type}` when the length exceeds the whole buffer), for a cut header a
+/// package of length 0, for an invalid type byte that type (pomelo passes the body on,
+/// pinus stops at `{type}`).
+#[test]
+fn packages_decode_js_observed() {
+    let file = load("packages.json");
+    let mut checked = 0;
+    for v in arr(&file, "decode") {
+        let ctx = name(v);
+        let input = unhex(str_field(v, "input_hex"));
+        let frame = field(v, "expected_frame");
+        let ok = field(frame, "ok").as_bool().unwrap();
+        let before = expected_packages(arr(
+            frame,
+            if ok {
+                "packages"
+            } else {
+                "packages_before_error"
+            },
+        ));
+        for (function, outcome) in js_observed(v, &ctx) {
+            let ctx = format!("{ctx} {function}");
+            let Js::Returns(r) = outcome else {
+                assert!(!ok, "{ctx}: JS threw on whole packages");
+                continue;
+            };
+            // one package is returned bare, several as a list
+            let list: Vec<&Value> = match r {
+                Value::Array(items) => items.iter().collect(),
+                one => vec![one],
+            };
+            let same = |js: &Value, p: &Package| {
+                u64_field(js, "type") == p.kind as u64
+                    && match js.get("body") {
+                        Some(Value::Null) => p.body.is_empty(),
+                        Some(b) => js_buffer_matches(b, &p.body),
+                        None => false,
+                    }
+            };
+            if ok {
+                assert_eq!(list.len(), before.len(), "{ctx}: package count");
+                for (js, p) in list.iter().zip(&before) {
+                    assert!(same(js, p), "{ctx}: {js} vs {p:?}");
+                }
+                checked += 1;
+                continue;
+            }
+            let error = str_field(frame, "error");
+            let at: usize = before.iter().map(|p| 4 + p.body.len()).sum();
+            // pinus "stops and returns only {type}" (dropping what came before)
+            if let [only] = list[..]
+                && only.get("body").is_none()
+            {
+                assert_eq!(
+                    u64_field(only, "type"),
+                    u64::from(input[at]),
+                    "{ctx}: type byte"
+                );
+                let rest = &input[at..];
+                match error {
+                    "invalid_package_type" => {}
+                    "truncated_body" => {
+                        let declared = (usize::from(rest[1]) << 16)
+                            | (usize::from(rest[2]) << 8)
+                            | usize::from(rest[3]);
+                        assert!(
+                            declared > input.len(),
+                            "{ctx}: pinus stops only when the length exceeds the buffer"
+                        );
+                    }
+                    other => panic!("{ctx}: pinus stopped on `{other}`"),
+                }
+                checked += 1;
+                continue;
+            }
+            for (js, p) in list.iter().zip(&before) {
+                assert!(same(js, p), "{ctx}: {js} before the error");
+            }
+            let Some(failed) = list.get(before.len()) else {
+                continue;
+            };
+            assert_eq!(
+                list.len(),
+                before.len() + 1,
+                "{ctx}: nothing after the bad package"
+            );
+            assert_eq!(
+                u64_field(failed, "type"),
+                u64::from(input[at]),
+                "{ctx}: type byte"
+            );
+            let rest = &input[at..];
+            match (error, failed.get("body")) {
+                ("truncated_header", body) => {
+                    assert!(
+                        body.is_none_or(Value::is_null),
+                        "{ctx}: a cut header is a length-0 package"
+                    )
+                }
+                ("truncated_body", Some(body)) => {
+                    let declared = (usize::from(rest[1]) << 16)
+                        | (usize::from(rest[2]) << 8)
+                        | usize::from(rest[3]);
+                    let mut padded = rest[4..].to_vec();
+                    padded.resize(declared, 0);
+                    assert!(js_buffer_matches(body, &padded), "{ctx}: zero-padded body");
+                }
+                // pinus: "only {type} for a length greater than the whole buffer"
+                ("invalid_package_type", Some(_)) => {}
+                (other, _) => {
+                    panic!("{ctx}: JS output for a `{other}` input is not a kind the test knows")
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 0);
 }
 
 #[test]
@@ -563,6 +865,45 @@ fn messages_encode_and_decode_back() {
             expected,
             "{ctx}: encode_package"
         );
+        if let Some(varint) = v.get("varint_hex").and_then(Value::as_str) {
+            let mut out = Vec::new();
+            shaddock_protocol::varint::encode_u32(msg.id, &mut out);
+            assert_eq!(hex::encode(&out), varint, "{ctx}: id varint");
+            assert_eq!(
+                shaddock_protocol::varint::decode_u32(&out).unwrap(),
+                (msg.id, out.len()),
+                "{ctx}: id varint back"
+            );
+        }
+        // README: "`js_differs` lists JS outputs that differ (ids ≥ 2^31, 4-byte UTF-8 routes
+        // in browser mode)": each differs from ours, for one of those reasons.
+        for (codec, js) in v
+            .get("js_differs")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            let js = js
+                .as_str()
+                .unwrap_or_else(|| panic!("{ctx}: js_differs {codec}"));
+            assert_ne!(js, expected, "{ctx}: {codec} is listed as differing");
+            let big_id = msg.id >= 1 << 31;
+            let non_bmp = msg
+                .route
+                .as_str()
+                .is_some_and(|r| r.chars().any(|c| c > '\u{ffff}'));
+            assert!(
+                big_id || (non_bmp && codec.contains("browser")),
+                "{ctx}: {codec} differs for no documented reason"
+            );
+            if big_id {
+                // the JS buffer is 4 bytes short: our bytes, cut
+                assert!(
+                    expected.starts_with(js) && js.len() + 8 == expected.len(),
+                    "{ctx}: {codec}"
+                );
+            }
+        }
     }
 }
 
@@ -584,6 +925,9 @@ fn messages_encode_errors() {
             }
         };
         assert_eq!(err.kind(), want, "{ctx}: {err}");
+        // the JS encoders threw, or (README) wrote what they should have refused: either way
+        // we refuse with the typed error above
+        let _ = js_observed(v, &ctx);
     }
 }
 
@@ -609,6 +953,47 @@ fn messages_decode() {
             let err = result.expect_err(&ctx);
             assert_eq!(err.kind(), str_field(want, "error"), "{ctx}: {err}");
         }
+        // Where JS threw or read garbage, we give the documented result (checked above).
+        // Where we accept, the JS decoders read the same fields, except what PROTOCOL.md §12
+        // documents: ids ≥ 2^31 decode wrongly in JS, and the browser build misreads
+        // non-BMP route characters.
+        for (function, outcome) in js_observed(v, &ctx) {
+            let (Js::Returns(js), Ok(msg)) = (outcome, Message::decode(Bytes::from(input.clone())))
+            else {
+                continue;
+            };
+            let ctx = format!("{ctx} {function}");
+            assert_eq!(u64_field(js, "type"), msg.kind as u64, "{ctx}: type");
+            assert_eq!(
+                u64_field(js, "compressRoute"),
+                u64::from(msg.compress_route()),
+                "{ctx}"
+            );
+            assert_eq!(
+                u64_field(js, "compressGzip"),
+                u64::from(msg.gzip),
+                "{ctx}: gzip"
+            );
+            assert_eq!(
+                str_field(field(js, "body"), "hex"),
+                hex::encode(&msg.body),
+                "{ctx}: body"
+            );
+            if msg.id < 1 << 31 {
+                assert_eq!(u64_field(js, "id"), u64::from(msg.id), "{ctx}: id");
+            }
+            match (&msg.route, field(js, "route")) {
+                (MessageRoute::None, r) => assert!(r.is_null(), "{ctx}: route {r}"),
+                (MessageRoute::Code(code), r) => {
+                    assert_eq!(r.as_u64(), Some(u64::from(*code)), "{ctx}")
+                }
+                (MessageRoute::Name(name), r) => {
+                    if !(function.contains("browser") && name.chars().any(|c| c > '\u{ffff}')) {
+                        assert_eq!(r.as_str(), Some(name.as_str()), "{ctx}: route");
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -628,6 +1013,32 @@ fn wire_frames() {
         let (streamed, rest) = stream_decode_all_splits(&package_hex, 3);
         assert_eq!(streamed, packages, "{ctx}: stream = frame");
         assert_eq!(rest, Ok(Vec::new()), "{ctx}");
+        // the stock JS client's split of the same bytes
+        if let Some(split) = v.get("js_client_split") {
+            let returns = split
+                .get("returns")
+                .and_then(Value::as_array)
+                .unwrap_or_else(|| panic!("{ctx}: js_client_split must return a list"));
+            assert_eq!(returns.len(), packages.len(), "{ctx}: JS split");
+            for (js, p) in returns.iter().zip(&packages) {
+                assert_eq!(u64_field(js, "type"), p.kind as u64, "{ctx}: JS split type");
+                match field(js, "body") {
+                    Value::Null => assert!(p.body.is_empty(), "{ctx}"),
+                    b => assert!(js_buffer_matches(b, &p.body), "{ctx}: JS split body"),
+                }
+            }
+        }
+        // who sends it: clients send requests and notifies, servers responses and pushes
+        let direction = str_field(v, "direction");
+        for p in packages.iter().filter(|p| p.kind == PackageType::Data) {
+            let kind = Message::decode(p.body.clone()).unwrap().kind;
+            let client = matches!(kind, MessageType::Request | MessageType::Notify);
+            match direction {
+                "client->server" => assert!(client, "{ctx}: a client sends no {}", kind.name()),
+                "server->client" => assert!(!client, "{ctx}: a server sends no {}", kind.name()),
+                other => panic!("{ctx}: direction {other:?} is not a kind the tests know"),
+            }
+        }
         if let Some(parts) = v.get("parts_hex").and_then(Value::as_array) {
             assert_eq!(packages.len(), parts.len(), "{ctx}: batch split");
             for (p, part) in packages.iter().zip(parts) {
@@ -727,18 +1138,31 @@ fn handshake_dictionary_and_versions() {
             str_field(v, "expected"),
             "{ctx}"
         );
-        match ctx.as_str() {
-            "dict_version" => {
+        // what the live servers computed
+        for server in ["observed_pomelo", "observed_pinus"] {
+            if let Some(observed) = v.get(server) {
+                assert_eq!(
+                    observed.as_str(),
+                    Some(str_field(v, "expected")),
+                    "{ctx}: {server}"
+                );
+            }
+        }
+        // the algorithm says over what text the hash runs; we build that text
+        match str_field(v, "algorithm") {
+            a if a == HASH_ALGORITHMS[0] => {
                 let dict = setup.dictionary.as_ref().expect("dictionary configured");
                 assert_eq!(dict.dict_json(), input, "{ctx}: JSON.stringify(dict)");
+                assert_eq!(dict.version(), str_field(v, "expected"), "{ctx}");
             }
-            "protos_version" => {
+            a if a == HASH_ALGORITHMS[1] => {
                 let protos = setup.protos.as_ref().expect("protobuf configured");
                 let mut text = json::to_vec(&protos.client);
                 text.extend(json::to_vec(&protos.server));
                 assert_eq!(String::from_utf8(text).unwrap(), input, "{ctx}");
+                assert_eq!(protos.version, str_field(v, "expected"), "{ctx}");
             }
-            _ => {}
+            other => panic!("{ctx}: hash algorithm {other:?} is not one the tests know"),
         }
     }
 }
@@ -770,7 +1194,13 @@ fn handshake_replies() {
                 "{ctx}: JSON.stringify(body_json)"
             );
         }
-        if v.get("direction").and_then(Value::as_str) == Some("client->server") {
+        let direction = str_field(v, "direction");
+        assert!(
+            DIRECTIONS.contains(&direction),
+            "{ctx}: direction {direction:?}"
+        );
+        let source = str_field(v, "source");
+        if direction == "client->server" {
             let client = client_handshake_from_json(field(v, "body_json"));
             assert_eq!(
                 hex::encode(package_bytes(PackageType::Handshake, client.to_body())),
@@ -781,9 +1211,11 @@ fn handshake_replies() {
             continue;
         }
         replies += 1;
-        let flavor = if ctx.starts_with("pinus") {
+        // `source`: the server that produced the reply
+        let flavor = if source.starts_with("pinus") {
             Flavor::Pinus
         } else {
+            assert!(source.starts_with("pomelo"), "{ctx}: source {source:?}");
             Flavor::Pomelo
         };
         let server = if ctx.ends_with("plain_server") {
@@ -822,6 +1254,29 @@ fn handshake_replies() {
             u64_field(want_body, "code"),
             "{ctx}"
         );
+        // `then`: what the server does next, as our connection state machine does it
+        let now = std::time::Instant::now();
+        let mut conn = ServerConnection::new(ConnectionConfig::default(), now);
+        conn.handle_package(request[0].clone(), now);
+        assert!(
+            matches!(conn.poll_event(), Some(ConnEvent::HandshakeRequest(_))),
+            "{ctx}"
+        );
+        if parsed.code == 200 {
+            conn.accept_handshake(reply.clone());
+        } else {
+            conn.reject_handshake(parsed.code, reply.clone());
+        }
+        assert_eq!(
+            conn.poll_transmit().map(|p| p.body),
+            Some(reply.clone()),
+            "{ctx}"
+        );
+        match str_field(v, "then") {
+            t if t == HANDSHAKE_THEN[0] => assert_eq!(conn.state(), ConnState::WaitingAck, "{ctx}"),
+            t if t == HANDSHAKE_THEN[1] => assert!(conn.is_closed(), "{ctx}: {t}"),
+            other => panic!("{ctx}: `then` {other:?} is not a kind the tests know"),
+        }
         if let Some(dict) = parsed.dictionary().unwrap() {
             let ours = setup.dictionary.as_ref().unwrap();
             assert_eq!(dict.dict_json(), ours.dict_json(), "{ctx}");
@@ -889,6 +1344,8 @@ fn check_transcripts(file_name: &str) {
                 }
             }
         }
+        // and the whole conversation through our server side
+        replay::scenario(file_name, config, &setup, scenario);
         if tcp {
             let (packages, rest) = stream_decode_all_splits(&server_bytes, n as u64 + 1);
             assert_eq!(packages, server_packages, "{ctx}: server stream split");
@@ -993,69 +1450,10 @@ fn transcripts_client_faults_are_errors() {
 // ---------------------------------------------------------------------------------------
 // browser_client.json
 
+/// Every step, the ones where the JS client threw included (see `browser`).
 #[test]
 fn browser_client() {
-    let file = load("browser_client.json");
-    let steps = arr(&file, "steps");
-    assert!(!steps.is_empty());
-    let mut checked_handshake = false;
-    let mut check_sent = |step: &Value, ctx: &str| {
-        for sent in arr(step, "sent_hex") {
-            let bytes = unhex(sent.as_str().unwrap());
-            let (packages, err) = frame_decode(&bytes);
-            assert!(
-                err.is_none() && packages.len() == 1,
-                "{ctx}: one package per message"
-            );
-            let p = &packages[0];
-            match p.kind {
-                PackageType::Handshake => {
-                    let hs = field(step, "handshake_json");
-                    let client = client_handshake_from_json(hs);
-                    assert_eq!(
-                        package_bytes(PackageType::Handshake, client.to_body()),
-                        bytes,
-                        "{ctx}: client handshake"
-                    );
-                    assert!(HandshakeRequest::parse(&p.body).has_sys());
-                    checked_handshake = true;
-                }
-                PackageType::Data => {
-                    let msg = Message::decode(p.body.clone()).unwrap();
-                    assert!(matches!(
-                        msg.kind,
-                        MessageType::Request | MessageType::Notify
-                    ));
-                    // JSON bodies from the browser (protobuf ones are not JSON)
-                    let _ = json::from_slice(&msg.body);
-                    let mut out = BytesMut::new();
-                    msg.encode_package(&mut out).unwrap();
-                    assert_eq!(out.to_vec(), bytes, "{ctx}: re-encode");
-                }
-                _ => assert!(p.body.is_empty(), "{ctx}"),
-            }
-        }
-    };
-    for step in steps {
-        let ctx = name(step);
-        check_sent(step, &ctx);
-        if let Some(received) = step.get("received_hex").and_then(Value::as_str) {
-            let (packages, err) = frame_decode(&unhex(received));
-            assert!(err.is_none(), "{ctx}: {err:?}");
-            for p in &packages {
-                if p.kind == PackageType::Kick && p.body.is_empty() {
-                    // the JS client throws on it; so do we (typed error)
-                    assert_eq!(Kick::parse(&p.body).unwrap_err().kind(), "invalid_json");
-                } else {
-                    check_server_package(p, &ctx);
-                }
-            }
-        }
-    }
-    if let Some(reconnect) = file.get("reconnect_with_cached_protos") {
-        check_sent(reconnect, "reconnect_with_cached_protos");
-    }
-    assert!(checked_handshake);
+    browser::walk(&load("browser_client.json"));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1069,22 +1467,76 @@ fn pinus_session() {
     };
     let sessions = arr(&file, "sessions");
     assert!(!sessions.is_empty());
+    // prose and provenance
+    for key in ["description", "captured_at"] {
+        assert!(field(&file, key).is_string(), "{key}");
+    }
+    for note in arr(&file, "notes") {
+        assert!(note.is_string());
+    }
+    for (package, version) in field(&file, "versions").as_object().unwrap() {
+        assert!(version.is_string(), "version of {package}");
+    }
     let mut checked = 0;
+    let mut replies = Vec::new();
     for session in sessions {
         // TCP: one stream per connection and direction
         let mut streams: HashMap<(String, String), (Vec<u8>, Vec<Value>)> = HashMap::new();
         let mut routes_by_id: HashMap<(String, u64), String> = HashMap::new();
+        let mut last: Option<(u64, u64)> = None;
+        let transport = str_field(session, "transport");
+        // The dictionary each connection got, and the route of each request id (TCP streams
+        // are checked per direction, so collect both first).
+        let mut dicts: HashMap<String, RouteDictionary> = HashMap::new();
+        for frame in arr(session, "frames") {
+            let conn = str_field(frame, "conn").to_owned();
+            for d in arr(frame, "decoded") {
+                if let Some(dict) = d
+                    .get("json")
+                    .and_then(|j| j.get("sys"))
+                    .and_then(|s| s.get("dict"))
+                {
+                    dicts.insert(
+                        conn.clone(),
+                        RouteDictionary::from_handshake(dict.as_object().unwrap(), None).unwrap(),
+                    );
+                }
+                if let Some(m) = d.get("message").filter(|m| m["type"] == "request") {
+                    let route = m
+                        .get("route_name")
+                        .or_else(|| m.get("route"))
+                        .and_then(Value::as_str);
+                    routes_by_id.insert(
+                        (conn.clone(), u64_field(m, "id")),
+                        route.unwrap_or("").to_owned(),
+                    );
+                }
+            }
+        }
         for frame in arr(session, "frames") {
             let ctx = format!(
                 "pinus-session seq {}",
                 frame.get("seq").unwrap_or(&Value::Null)
             );
+            // frames in capture order
+            let at = (u64_field(frame, "seq"), u64_field(frame, "t_ms"));
+            if let Some((seq, t)) = last {
+                assert!(at.0 > seq && at.1 >= t, "{ctx}: out of order");
+            }
+            last = Some(at);
+            assert_eq!(str_field(frame, "transport"), transport, "{ctx}");
+            assert!(DIRECTIONS.contains(&str_field(frame, "direction")), "{ctx}");
+            for decoded in arr(frame, "decoded") {
+                if decoded["package"] == "handshake" && decoded["json"].get("code").is_some() {
+                    replies.push(decoded["json"].clone());
+                }
+            }
             let bytes = unhex(str_field(frame, "hex"));
             let decoded = arr(frame, "decoded").to_vec();
             if str_field(frame, "transport") == "ws" {
                 let (packages, err) = frame_decode(&bytes);
                 assert!(err.is_none(), "{ctx}: {err:?}");
-                check_pinus_packages(&packages, &decoded, &mut routes_by_id, frame, &ctx);
+                check_pinus_packages(&packages, &decoded, &routes_by_id, &dicts, frame, &ctx);
                 checked += packages.len();
             } else {
                 let key = (
@@ -1101,11 +1553,57 @@ fn pinus_session() {
             let (packages, rest) = stream_decode_all_splits(&bytes, bytes.len() as u64);
             assert_eq!(rest, Ok(Vec::new()), "{ctx}");
             let frame = serde_json::json!({"conn": conn});
-            check_pinus_packages(&packages, &decoded, &mut routes_by_id, &frame, &ctx);
+            check_pinus_packages(&packages, &decoded, &routes_by_id, &dicts, &frame, &ctx);
             checked += packages.len();
+        }
+        // the gate's answer is one of the session's responses
+        if let Some(answer) = session.get("gate_answer") {
+            let responses: Vec<&Value> = arr(session, "frames")
+                .iter()
+                .flat_map(|f| arr(f, "decoded"))
+                .filter_map(|d| d.get("message"))
+                .filter(|m| m["type"] == "response")
+                .filter_map(|m| m.get("body_json"))
+                .collect();
+            assert!(
+                responses.contains(&answer),
+                "gate_answer {answer} is no response of the session"
+            );
         }
     }
     assert!(checked > 0);
+    // server_config: every handshake answer comes from one of the configured servers
+    let config = field(&file, "server_config");
+    let servers: Vec<&Value> = config
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|v| v.get("connector").is_some())
+        .collect();
+    for reply in &replies {
+        let sys = &reply["sys"];
+        let from_a_server = servers.iter().any(|server| {
+            let heartbeat_ok = match server.get("heartbeat").and_then(Value::as_f64) {
+                Some(h) => sys.get("heartbeat").and_then(Value::as_f64) == Some(h),
+                None => sys.get("heartbeat").is_none(),
+            };
+            heartbeat_ok
+                && server["useDict"].as_bool().unwrap_or(false) == sys.get("dict").is_some()
+                && server["useProtobuf"].as_bool().unwrap_or(false) == sys.get("protos").is_some()
+        });
+        assert!(
+            from_a_server,
+            "handshake answer {reply} matches no server_config entry"
+        );
+        if let Some(dict) = sys.get("dict") {
+            for route in arr(config, "dictionary_json") {
+                assert!(
+                    dict.get(route.as_str().unwrap()).is_some(),
+                    "dictionary.json route {route}"
+                );
+            }
+        }
+    }
     if let Some(reply) = file.get("connector_handshake_response") {
         // the dictVersion is the MD5 of JSON.stringify(dict), whatever generated it
         let sys = field(reply, "sys");
@@ -1123,7 +1621,8 @@ fn pinus_session() {
 fn check_pinus_packages(
     packages: &[Package],
     decoded: &[Value],
-    routes_by_id: &mut HashMap<(String, u64), String>,
+    routes_by_id: &HashMap<(String, u64), String>,
+    dicts: &HashMap<String, RouteDictionary>,
     frame: &Value,
     ctx: &str,
 ) {
@@ -1144,6 +1643,7 @@ fn check_pinus_packages(
         if let Some(body_json) = want.get("json") {
             let value = check_stringify(&p.body, ctx);
             assert_eq!(&value, body_json, "{ctx}");
+
             if p.kind == PackageType::Handshake && value.get("code").is_none() {
                 let client = client_handshake_from_json(body_json);
                 assert_eq!(client.to_body(), p.body, "{ctx}: client handshake");
@@ -1176,14 +1676,26 @@ fn check_pinus_packages(
             Value::String(route) => assert_eq!(msg.route.as_str(), Some(route.as_str()), "{ctx}"),
             other => panic!("{ctx}: route {other}"),
         }
-        if msg.kind == MessageType::Request {
-            let route = m
-                .get("route_name")
-                .or_else(|| m.get("route"))
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned();
-            routes_by_id.insert((conn.clone(), u64::from(msg.id)), route);
+        if let Some(code) = msg.route.as_code() {
+            // route_name: the code through the dictionary this connection got
+            let dict = dicts
+                .get(&conn)
+                .unwrap_or_else(|| panic!("{ctx}: code without a dictionary"));
+            assert_eq!(
+                dict.route(code).map(RouteName::as_str),
+                m.get("route_name").and_then(Value::as_str),
+                "{ctx}: route_name"
+            );
+        }
+        if msg.kind == MessageType::Response {
+            // response_to: the route of the request with this id on this connection
+            assert_eq!(
+                routes_by_id
+                    .get(&(conn.clone(), u64::from(msg.id)))
+                    .map(String::as_str),
+                m.get("response_to").and_then(Value::as_str),
+                "{ctx}: response_to"
+            );
         }
         if let Some(body_json) = m.get("body_json") {
             let value = check_stringify(&msg.body, ctx);
@@ -1193,6 +1705,63 @@ fn check_pinus_packages(
         msg.encode(&mut out).unwrap();
         assert_eq!(out, p.body, "{ctx}: message re-encode");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// numbers: every number the JS generator wrote reads back to the same double and prints the
+// same way (`JSON.stringify` / `Number#toString`)
+
+/// The number literals of a JSON text (outside strings), in order.
+fn number_literals(text: &str) -> Vec<&str> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while i < bytes.len()
+                    && matches!(bytes[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                out.push(&text[start..i]);
+            }
+            _ => i += 1,
+        }
+    }
+    out
+}
+
+#[test]
+fn every_number_in_the_vectors_prints_back_as_written() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(vectors_dir()).expect("vector directory") {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for literal in number_literals(&text) {
+            let value = json::from_slice(literal.as_bytes())
+                .unwrap_or_else(|e| panic!("{}: {literal}: {e}", path.display()));
+            assert_eq!(
+                json::to_string(&value),
+                literal,
+                "{}: the number {literal} as JSON.stringify writes it",
+                path.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 0);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1227,6 +1796,105 @@ fn manifest_counts_match() {
             "{file_name}: vector count"
         );
     }
+}
+
+/// `extra_observations`: JS calls that did not finish (`terminated: false`). The only kind
+/// of input the tests know is `Message.encode(id=…, type=…)`: our message ids are `u32`, so
+/// an id outside 0..=2^32-1 cannot be given to our encoder at all, and every id it can be
+/// given encodes at once.
+#[test]
+fn manifest_extra_observations() {
+    let manifest = load("manifest.json");
+    for o in arr(&manifest, "extra_observations") {
+        let input = str_field(o, "input");
+        assert!(field(o, "terminated").is_boolean(), "{input}");
+        let args = input
+            .strip_prefix("Message.encode(")
+            .and_then(|a| a.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("extra observation {input:?} is not a kind the tests know"));
+        let mut id = None;
+        let mut kind = None;
+        for arg in args.split(", ") {
+            match arg.split_once('=') {
+                Some(("id", v)) => id = Some(v.parse::<i128>().unwrap()),
+                Some(("type", v)) => {
+                    kind = [
+                        MessageType::Request,
+                        MessageType::Notify,
+                        MessageType::Response,
+                        MessageType::Push,
+                    ]
+                    .into_iter()
+                    .find(|k| k.name() == v)
+                }
+                _ => panic!("{input}: argument {arg:?}"),
+            }
+        }
+        let (Some(id), Some(kind)) = (id, kind) else {
+            panic!("{input}: id and type");
+        };
+        match u32::try_from(id) {
+            Err(_) => {} // unrepresentable: refused by the type
+            Ok(id) => {
+                let msg = Message {
+                    kind,
+                    id,
+                    route: if kind.has_route() {
+                        MessageRoute::name("a.b.c")
+                    } else {
+                        MessageRoute::None
+                    },
+                    gzip: false,
+                    error: false,
+                    response_route_bit: false,
+                    body: Bytes::new(),
+                };
+                let mut out = BytesMut::new();
+                msg.encode(&mut out).unwrap();
+                assert_eq!(Message::decode(out.freeze()).unwrap().id, id, "{input}");
+            }
+        }
+    }
+}
+
+/// Every field of every vector file is read by some test, and every kind of step (event
+/// direction, transport, handshake outcome, observation, quirk...) is one the tests walk
+/// (see `coverage`).
+#[test]
+fn every_field_and_step_kind_is_covered() {
+    let mut problems = Vec::new();
+    let mut files = 0;
+    for entry in std::fs::read_dir(vectors_dir()).expect("vector directory") {
+        let file_name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if !file_name.ends_with(".json") {
+            continue;
+        }
+        files += 1;
+        problems.extend(coverage::uncovered(&file_name, &load(&file_name)));
+    }
+    assert!(files > 0);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Which vector set this run reads: `$SHADDOCK_VECTORS`, or the repository's copy — never a
+/// folder outside the checkout by default (a fresh clone tests itself).
+#[test]
+fn vectors_come_from_the_repository_unless_told_otherwise() {
+    let dir = vectors_dir();
+    eprintln!("golden vectors read from {}", dir.display());
+    match std::env::var_os("SHADDOCK_VECTORS") {
+        Some(set) => assert_eq!(dir, PathBuf::from(set)),
+        None => {
+            let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("the crate sits in the repository")
+                .canonicalize()
+                .unwrap();
+            let dir = dir.canonicalize().expect("the repository has vectors/");
+            assert_eq!(dir, repo.join("vectors"), "default vector folder");
+        }
+    }
+    assert!(dir.join("manifest.json").is_file(), "{}", dir.display());
 }
 
 /// Every `*.json` file of the vector directory must be read by some test.

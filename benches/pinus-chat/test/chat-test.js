@@ -77,7 +77,7 @@ test('two users chat in one room through the gate (WebSocket and raw TCP)', asyn
     'gate.gateHandler.queryEntry',
     'onChat',
   ]);
-  // Same dictionary, hence the same version hash, as the recorded pinus session in shared/vectors.
+  // Same dictionary, hence the same version hash, as the recorded pinus session in vectors/.
   assert.equal(alice.hs.sys.dictVersion, 'dUjEYvQGKXFbhvPxAzG8Qw==');
   assert.deepEqual(alice.reply, { users: ['alice'] });
 

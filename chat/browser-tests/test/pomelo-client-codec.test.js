@@ -1,7 +1,8 @@
 'use strict';
 /**
  * chat/web/pomelo-client.js codec against the golden vectors of the real JS codecs
- * (shared/vectors, or SHADDOCK_VECTORS): packages, messages, complete wire frames.
+ * (the repository's vectors/ folder, or SHADDOCK_VECTORS): packages, messages, complete wire
+ * frames.
  */
 const test = require('node:test');
 const assert = require('node:assert/strict');
@@ -11,7 +12,7 @@ const path = require('path');
 const { REPO_ROOT, WEB_DIR } = require('../support/harness');
 
 const { codec } = require(path.join(WEB_DIR, 'pomelo-client.js'));
-const VECTORS = process.env.SHADDOCK_VECTORS || path.resolve(REPO_ROOT, '..', 'shared', 'vectors');
+const VECTORS = process.env.SHADDOCK_VECTORS || path.resolve(REPO_ROOT, 'vectors');
 
 const load = (name) => JSON.parse(fs.readFileSync(path.join(VECTORS, name), 'utf8'));
 const bytes = (hex) => new Uint8Array(Buffer.from(hex, 'hex'));

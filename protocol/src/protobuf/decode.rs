@@ -12,7 +12,8 @@
 //!   become U+FFFD, as Node's decoder does.
 //! - Floats come out as JSON numbers; integral values as JSON integers (as JavaScript prints
 //!   them), so `0.5f32` → `0.5`, `-2.0` → `-2` (but `-0.0` stays a float, to survive a
-//!   round trip).
+//!   round trip). A `float` is widened to the double it stands for, as pomelo-protobuf's
+//!   `readFloatLE` does: `3.4e38` written as a float reads back as `3.3999999521443642e+38`.
 
 use serde_json::{Map, Number, Value};
 

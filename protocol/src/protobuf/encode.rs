@@ -170,6 +170,8 @@ impl Schema {
             },
             Ty::Float => {
                 let f = number(value)?;
+                // The nearest f32, ties to even: what Float32Array / DataView#setFloat32 store
+                // (JS too rounds the decimal text to a double first, then to a float).
                 let x = f as f32;
                 if !x.is_finite() {
                     return Err(out_of_range(ty, format!("{f} does not fit a 32-bit float")));

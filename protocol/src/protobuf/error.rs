@@ -8,7 +8,7 @@
 /// A body that could not be encoded or decoded with a pomelo-protobuf schema.
 ///
 /// Never fatal for the connection: only the one message is affected. [`ProtobufError::code`]
-/// gives the snake-case name used in the golden vectors (`../shared/vectors/protobuf.json`).
+/// gives the snake-case name used in the golden vectors (`vectors/protobuf.json` at the top of the repository).
 ///
 /// `field` is the path of the offending field inside the body, e.g. `members[1].items[0].id`;
 /// it is empty when the problem is the body itself.
