@@ -511,6 +511,100 @@ async fn package_split_byte_by_byte_and_coalesced() {
     server.stop().await;
 }
 
+fn handshake_package() -> Vec<u8> {
+    Package::new(
+        PackageType::Handshake,
+        Bytes::from_static(br#"{"sys":{"type":"rust-test","version":"0.1.0"}}"#),
+    )
+    .to_bytes()
+    .unwrap()
+    .to_vec()
+}
+
+fn echo_request(id: u32, text: &str) -> Vec<u8> {
+    Message::request(
+        id,
+        MessageRoute::name("connector.entryHandler.echo"),
+        Bytes::from(format!(r#"{{"text":"{text}"}}"#)),
+    )
+    .to_package()
+    .unwrap()
+    .to_bytes()
+    .unwrap()
+    .to_vec()
+}
+
+/// Handshake, ack and a request in one write (one WebSocket message): the client gets the
+/// handshake reply, the heartbeat the ack starts, and the response, in that order.
+async fn handshake_ack_and_request_in_one_read(ws: bool) {
+    let server = start(app(test_config())).await;
+    let mut c = Client::connect(ws, server.addr).await;
+    let mut all = handshake_package();
+    all.extend_from_slice(
+        &Package::empty(PackageType::HandshakeAck)
+            .to_bytes()
+            .unwrap(),
+    );
+    all.extend_from_slice(&echo_request(1, "first"));
+    c.send_raw(&all).await;
+    let p = c.recv().await.expect("handshake reply");
+    assert_eq!(p.kind, PackageType::Handshake, "{p:?}");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&p.body).unwrap()["code"],
+        200
+    );
+    let p = c.recv().await.expect("heartbeat after the ack");
+    assert_eq!(p.kind, PackageType::Heartbeat, "{p:?}");
+    let m = c.recv_message().await;
+    assert_eq!((m.kind, m.id), (MessageType::Response, 1));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&m.body).unwrap(),
+        json!({"code": 200, "text": "first"})
+    );
+    // Established: the next request is served too.
+    let r = c
+        .call(2, "connector.entryHandler.echo", &json!({"text": "second"}))
+        .await;
+    assert_eq!(r["text"], "second");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn tcp_handshake_ack_and_request_in_one_write_are_all_handled() {
+    handshake_ack_and_request_in_one_read(false).await;
+}
+
+#[tokio::test]
+async fn ws_handshake_ack_and_request_in_one_message_are_all_handled() {
+    handshake_ack_and_request_in_one_read(true).await;
+}
+
+/// After a separate handshake, the ack and a request in one write (one WebSocket message).
+#[tokio::test]
+async fn ack_and_request_in_one_read_after_the_handshake_are_both_handled() {
+    let server = start(app(test_config())).await;
+    for ws in [false, true] {
+        let mut c = Client::connect(ws, server.addr).await;
+        let reply = c.handshake_only(r#"{"sys":{"type":"rust-test"}}"#).await;
+        assert_eq!(reply["code"], 200);
+        let mut all = Package::empty(PackageType::HandshakeAck)
+            .to_bytes()
+            .unwrap()
+            .to_vec();
+        all.extend_from_slice(&echo_request(1, "after ack"));
+        c.send_raw(&all).await;
+        let p = c.recv().await.expect("heartbeat after the ack");
+        assert_eq!(p.kind, PackageType::Heartbeat, "ws={ws}: {p:?}");
+        let m = c.recv_message().await;
+        assert_eq!((m.kind, m.id), (MessageType::Response, 1), "ws={ws}");
+        assert_eq!(
+            serde_json::from_slice::<Value>(&m.body).unwrap()["text"],
+            "after ack"
+        );
+    }
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn max_connections_refuses_and_counts() {
     let mut cfg = test_config();

@@ -87,33 +87,12 @@ where
         let mut local_reason: Option<String> = None;
         // With a push flush interval: when the queued pushes are due.
         let mut flush_at: Option<Instant> = None;
+        // Set by the state machine's `Closed` event; the loop then writes what is left and ends.
+        let mut closed: Option<CloseReason> = None;
         loop {
-            // 1. Act on what the state machine reported.
-            let mut closed: Option<CloseReason> = None;
-            while let Some(event) = conn.poll_event() {
-                match event {
-                    Event::HandshakeRequest(body) => {
-                        let (code, reply) = handshake::respond(&self.inner.handshake, &body);
-                        if code == 200 {
-                            conn.accept_handshake(reply);
-                        } else {
-                            tracing::debug!(code, "handshake refused");
-                            conn.reject_handshake(code, reply);
-                        }
-                    }
-                    Event::Established => tracing::trace!("handshake acknowledged"),
-                    Event::Data(body) => {
-                        if let Err(reason) = self.on_data(body) {
-                            ConnectorStats::incr(&stats.protocol_errors);
-                            tracing::debug!(%reason, "malformed message, closing");
-                            local_reason = Some(reason);
-                            conn.close_local();
-                        }
-                    }
-                    Event::Closed(reason) => closed = Some(reason),
-                    _ => {}
-                }
-            }
+            // 1. Act on what the state machine reported (kicks, timeouts, closes; the events
+            // of packages read are handled as each package is fed, below).
+            self.handle_events(&mut conn, &mut closed, &mut local_reason);
             // 2. Write: state-machine packages first, then queued messages, coalesced.
             while let Some(p) = conn.poll_transmit() {
                 match p.to_bytes() {
@@ -200,6 +179,10 @@ where
                                 break;
                             }
                             conn.handle_package(package, now);
+                            // In order, before the next package of the same read: a handshake
+                            // is answered here, so the ack read with it finds the connection
+                            // waiting for it, and the request after the ack is handled.
+                            self.handle_events(&mut conn, &mut closed, &mut local_reason);
                         }
                         // Not kept: an idle connection holds no package list.
                         inbound = VecDeque::new();
@@ -224,6 +207,40 @@ where
                         conn.handle_timeout(now_std());
                     }
                 }
+            }
+        }
+    }
+
+    /// Acts on the events the state machine has queued: answers a handshake at once, hands
+    /// messages to dispatch (or parks them), notes the close (and its reason when local).
+    fn handle_events(
+        &mut self,
+        conn: &mut ServerConnection,
+        closed: &mut Option<CloseReason>,
+        local_reason: &mut Option<String>,
+    ) {
+        while let Some(event) = conn.poll_event() {
+            match event {
+                Event::HandshakeRequest(body) => {
+                    let (code, reply) = handshake::respond(&self.inner.handshake, &body);
+                    if code == 200 {
+                        conn.accept_handshake(reply);
+                    } else {
+                        tracing::debug!(code, "handshake refused");
+                        conn.reject_handshake(code, reply);
+                    }
+                }
+                Event::Established => tracing::trace!("handshake acknowledged"),
+                Event::Data(body) => {
+                    if let Err(reason) = self.on_data(body) {
+                        ConnectorStats::incr(&self.inner.stats.protocol_errors);
+                        tracing::debug!(%reason, "malformed message, closing");
+                        *local_reason = Some(reason);
+                        conn.close_local();
+                    }
+                }
+                Event::Closed(reason) => *closed = Some(reason),
+                _ => {}
             }
         }
     }
