@@ -155,18 +155,28 @@ async fn errors_keep_connection(ws: bool) {
     let r = c
         .call(1, "connector.entryHandler.missing", &json!({}))
         .await;
-    assert_eq!(r["code"], 500);
+    let msg = assert_client_error(&r, 500);
+    assert!(msg.contains("connector.entryHandler.missing"), "{msg}");
     // Another server type with no forwarder: no server of that type.
     let r = c.call(2, "chat.chatHandler.send", &json!({})).await;
-    assert_eq!(r["code"], 500);
+    let msg = assert_client_error(&r, 500);
+    assert!(msg.contains("`chat`"), "{msg}");
     // Not serverType.handler.method.
     let r = c.call(3, "onlyonepart", &json!({})).await;
-    assert_eq!(r["code"], 500);
-    // Body that does not decode into the handler's type.
+    assert_client_error(&r, 500);
+    // Body that does not decode into the handler's type: a missing field is named ...
     let r = c
         .call(4, "connector.entryHandler.echo", &json!({"wrong": 1}))
         .await;
-    assert_eq!(r["code"], 500);
+    let msg = assert_client_error(&r, 500);
+    assert!(msg.contains("`text`"), "{msg}");
+    // ... and a body of the wrong shape does not name the handler's Rust type (serde says
+    // "expected struct Echo").
+    let r = c
+        .call(40, "connector.entryHandler.echo", &json!("not an object"))
+        .await;
+    let msg = assert_client_error(&r, 500);
+    assert!(!msg.contains("Echo"), "{msg}");
     // Body that is not JSON.
     c.send_message(Message::request(
         5,
@@ -176,10 +186,8 @@ async fn errors_keep_connection(ws: bool) {
     .await;
     let m = c.recv_message().await;
     assert_eq!(m.id, 5);
-    assert_eq!(
-        serde_json::from_slice::<Value>(&m.body).unwrap()["code"],
-        500
-    );
+    let msg = assert_client_error(&serde_json::from_slice::<Value>(&m.body).unwrap(), 500);
+    assert!(msg.contains("not valid JSON"), "{msg}");
     // Handler error with its own code.
     let r = c.call(6, "connector.entryHandler.fail", &json!({})).await;
     assert_eq!(r, json!({"code": 503, "msg": "nope"}));
@@ -192,6 +200,8 @@ async fn errors_keep_connection(ws: bool) {
     .await;
     let m = c.recv_message().await;
     assert_eq!(m.id, 7);
+    let msg = assert_client_error(&serde_json::from_slice::<Value>(&m.body).unwrap(), 500);
+    assert!(msg.contains("route code 3"), "{msg}");
     // Still connected.
     let r = c
         .call(8, "connector.entryHandler.echo", &json!({"text": "ok"}))
@@ -303,6 +313,19 @@ async fn filters_and_error_handler() {
         .call(2, "connector.entryHandler.echo", &json!({"text": "y"}))
         .await;
     assert_eq!(r["text"], "y");
+    // A route code this server does not know is answered in the app's error shape too.
+    c.send_message(Message::request(
+        3,
+        MessageRoute::Code(9),
+        Bytes::from_static(b"{}"),
+    ))
+    .await;
+    let m = c.recv_message().await;
+    assert_eq!(m.id, 3);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&m.body).unwrap(),
+        json!({"code": 500, "error": true})
+    );
     let seen = seen.lock().unwrap().clone();
     assert_eq!(
         seen,

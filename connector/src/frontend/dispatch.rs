@@ -12,6 +12,9 @@ use crate::handler::{HandlerError, RequestInfo};
 use crate::session::Session;
 
 /// Handles one request or notify and queues its response.
+///
+/// Every failure answers a message the client's developer can act on; the detail (route,
+/// cause) is logged, in the connection's span (which names the peer).
 pub(super) async fn dispatch(inner: Arc<Inner>, session: Session, msg: Message) {
     // "An id of 0 means no response wanted" (§4.2).
     let wants_reply = msg.kind == MessageType::Request && msg.id != 0;
@@ -21,15 +24,24 @@ pub(super) async fn dispatch(inner: Arc<Inner>, session: Session, msg: Message) 
             match inner.codec.dictionary.as_ref().and_then(|d| d.route(*code)) {
                 Some(r) => r.as_str().to_owned(),
                 None => {
-                    tracing::warn!(code, "unknown route code");
+                    tracing::warn!(
+                        code,
+                        id = msg.id,
+                        dictionary = inner.codec.dictionary.is_some(),
+                        "message on a route code this server's dictionary does not have"
+                    );
                     if wants_reply {
-                        reply(
-                            &inner,
-                            &session,
-                            msg.id,
-                            "",
-                            &HandlerError::internal(format!("unknown route code {code}")).to_body(),
-                        );
+                        let info = RequestInfo {
+                            route: String::new(),
+                            id: msg.id,
+                            kind: msg.kind,
+                        };
+                        let e = HandlerError::internal(format!(
+                            "route code {code} is not in this server's route dictionary: \
+                             send the route by name, or reconnect to get the current dictionary"
+                        ));
+                        let body = error_body(&inner, &info, &session, &e);
+                        reply(&inner, &session, msg.id, "", &body);
                     }
                     return;
                 }
@@ -53,12 +65,17 @@ pub(super) async fn dispatch(inner: Arc<Inner>, session: Session, msg: Message) 
         let body = match outcome {
             Ok(Value::Null) => Value::Object(serde_json::Map::new()),
             Ok(v) => v,
-            Err(e) => match &inner.error_handler {
-                Some(h) => h(&info, &session, &e),
-                None => e.to_body(),
-            },
+            Err(e) => error_body(&inner, &info, &session, &e),
         };
         reply(&inner, &session, info.id, &info.route, &body);
+    }
+}
+
+/// The response body of a failed request: the app's error handler's, else `{code, msg}`.
+fn error_body(inner: &Inner, info: &RequestInfo, session: &Session, e: &HandlerError) -> Value {
+    match &inner.error_handler {
+        Some(h) => h(info, session, e),
+        None => e.to_body(),
     }
 }
 
@@ -68,14 +85,17 @@ async fn run_request(
     info: &RequestInfo,
     raw: &Bytes,
 ) -> Result<Value, HandlerError> {
-    let parsed = Route::parse(&info.route).map_err(|_| {
-        tracing::warn!(route = %info.route, "route is not serverType.handler.method");
-        HandlerError::internal(format!("invalid route `{}`", info.route))
+    let parsed = Route::parse(&info.route).map_err(|e| {
+        tracing::warn!(route = %info.route, cause = %e, "route is not serverType.handler.method");
+        HandlerError::internal(format!(
+            "route `{}` is not of the form serverType.handler.method",
+            info.route
+        ))
     })?;
     let body = inner
         .codec
         .decode(&info.route, raw)
-        .map_err(|e| HandlerError::internal(format!("invalid request body: {e}")))?;
+        .map_err(HandlerError::internal)?;
     for f in &inner.before {
         f.before(info, &body, session)?;
     }
@@ -83,17 +103,17 @@ async fn run_request(
         let Some(handler) = inner.handlers.get(&info.route) else {
             tracing::warn!(route = %info.route, "no handler for route");
             return Err(HandlerError::internal(format!(
-                "unknown route `{}`",
-                info.route
+                "route `{}` does not exist on `{}` servers: check its handler and method names",
+                info.route, parsed.server_type
             )));
         };
         handler.call(session.clone(), body).await
     } else {
         let Some(forwarder) = &inner.forwarder else {
-            tracing::warn!(route = %info.route, "no forwarder for a remote route");
+            tracing::warn!(route = %info.route, "no forwarder for a route of another server type");
             return Err(HandlerError::internal(format!(
-                "no server of type `{}`",
-                parsed.server_type
+                "route `{}` is not served here: this server cannot reach `{}` servers",
+                info.route, parsed.server_type
             )));
         };
         let server_type = parsed.server_type.to_owned();
@@ -108,13 +128,24 @@ async fn run_request(
     }
 }
 
+/// Queues the response to request `id`. A body that cannot be encoded (over the package
+/// size limit) is answered with a short error instead, so the client is not left waiting.
 fn reply(inner: &Inner, session: &Session, id: u32, route: &str, body: &Value) {
-    match inner.codec.response_package(id, route, body) {
-        Ok(bytes) => {
-            if let Err(e) = session.send_response(bytes) {
-                tracing::debug!(cause = %e, "response not queued");
+    let bytes = match inner.codec.response_package(id, route, body) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            tracing::error!(cause = %e, id, route, "cannot encode response, answering an error");
+            let e = HandlerError::internal("the response is too large to send");
+            match inner.codec.response_package(id, route, &e.to_body()) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    tracing::error!(cause = %e, id, route, "cannot encode the error response either");
+                    return;
+                }
             }
         }
-        Err(e) => tracing::error!(cause = %e, id, "cannot encode response"),
+    };
+    if let Err(e) = session.send_response(bytes) {
+        tracing::debug!(cause = %e, "response not queued");
     }
 }
