@@ -37,12 +37,26 @@ impl BodyCodec {
     }
 
     /// Decodes a client body on `route`: protobuf when clientProtos has the route, else JSON.
+    /// The error is the client's message; the decoder's own is logged at debug level.
     pub(crate) fn decode(&self, route: &str, body: &[u8]) -> Result<Value, String> {
         match &self.protos {
-            Some(p) if p.has_client_route(route) => {
-                p.client().decode(route, body).map_err(|e| e.to_string())
-            }
-            _ => json::from_slice(body).map_err(|e| e.to_string()),
+            Some(p) if p.has_client_route(route) => p.client().decode(route, body).map_err(|e| {
+                tracing::debug!(route, cause = %e, "request body does not decode as protobuf");
+                format!(
+                    "the request body does not decode with the protobuf schema of route `{route}`"
+                )
+            }),
+            _ => json::from_slice(body).map_err(|e| {
+                tracing::debug!(route, cause = %e, "request body is not JSON");
+                match e {
+                    // serde_json's syntax message: what and where ("expected value at line 1
+                    // column 2"), no server internals.
+                    shaddock_protocol::Error::InvalidJson { reason } => {
+                        format!("the request body is not valid JSON: {reason}")
+                    }
+                    _ => "the request body is not valid JSON".to_owned(),
+                }
+            }),
         }
     }
 

@@ -64,9 +64,40 @@ impl HandlerError {
     }
 }
 
+/// A JSON error as a client may see it: what is wrong with the body it sent, without the
+/// server's type names (serde writes `expected struct Echo` and the like). The full error is
+/// logged at debug level.
 impl From<serde_json::Error> for HandlerError {
     fn from(e: serde_json::Error) -> Self {
-        Self::internal(e.to_string())
+        tracing::debug!(cause = %e, "JSON error answered with a generic message");
+        Self::internal(body_error_message(&e))
+    }
+}
+
+/// The client's message for a body that does not fit a handler: the field it lacks or
+/// should not have when serde says so, else a generic sentence (serde's other messages name
+/// Rust types).
+pub(crate) fn body_error_message(e: &serde_json::Error) -> String {
+    if e.is_syntax() || e.is_eof() {
+        return format!(
+            "the request body is not valid JSON (line {}, column {})",
+            e.line(),
+            e.column()
+        );
+    }
+    let text = e.to_string();
+    let field = |prefix: &str| {
+        let rest = text.split_once(prefix)?.1;
+        Some(rest.split_once('`')?.0.to_owned())
+    };
+    if let Some(f) = field("missing field `") {
+        format!("the request body has no field `{f}`, which this route requires")
+    } else if let Some(f) = field("unknown field `") {
+        format!("the request body has a field `{f}`, which this route does not accept")
+    } else if let Some(f) = field("duplicate field `") {
+        format!("the request body has the field `{f}` twice")
+    } else {
+        "the request body does not have the fields and types this route expects".to_owned()
     }
 }
 
@@ -108,14 +139,26 @@ where
         let arg = match serde_json::from_value::<T>(body) {
             Ok(arg) => arg,
             Err(e) => {
-                let err = HandlerError::internal(format!("invalid request body: {e}"));
+                tracing::debug!(
+                    cause = %e,
+                    argument = std::any::type_name::<T>(),
+                    "request body does not decode into the handler's argument"
+                );
+                let err = HandlerError::internal(body_error_message(&e));
                 return Box::pin(async move { Err(err) });
             }
         };
         let fut = (self)(session, arg);
         Box::pin(async move {
             let reply = fut.await.map_err(Into::into)?;
-            serde_json::to_value(reply).map_err(HandlerError::from)
+            serde_json::to_value(reply).map_err(|e| {
+                tracing::error!(
+                    cause = %e,
+                    reply = std::any::type_name::<R>(),
+                    "handler reply does not encode as JSON"
+                );
+                HandlerError::internal("the server could not encode its response")
+            })
         })
     }
 }

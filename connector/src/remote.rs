@@ -14,7 +14,8 @@
 //! body plus, optionally, the session's settings after the handler (merged into the frontend
 //! session before the response is sent). Any failure — no server of the type, backend down,
 //! timeout, backend error — becomes a `{"code":500,"msg":…}` response (or the backend's own
-//! code), and the client stays connected.
+//! code and message) whose message tells the client's developer what to do, never RPC
+//! internals (see [`rpc_error_to_handler`]); the client stays connected.
 //!
 //! # The frontend's `sys` remotes
 //! [`session_remote`]: push to sessions by id and by uid, or to everyone — either a
@@ -262,15 +263,45 @@ impl RpcForwarder {
     }
 }
 
-/// Maps an RPC failure to the client's error response.
+/// Maps an RPC failure of forwarding `route` to the client's error response.
+///
+/// A backend handler's own error ([`RpcError::Remote`]) is passed on as it is (its code and
+/// message are the app's). Every other failure is answered with a sentence for the client's
+/// developer — which server type, and what to do — and never with RPC service, method or
+/// server names; the RPC error itself is logged (`warn`) with the route.
 pub fn rpc_error_to_handler(route: &str, e: &RpcError) -> HandlerError {
-    match e {
-        RpcError::Remote { code, message } => HandlerError::new(i64::from(*code), message.clone()),
-        other => {
-            tracing::warn!(route, cause = %other, "forwarding failed");
-            HandlerError::new(i64::from(other.pomelo_code()), other.to_string())
-        }
+    if let RpcError::Remote { code, message } = e {
+        return HandlerError::new(i64::from(*code), message.clone());
     }
+    let server_type = route.split('.').next().unwrap_or(route);
+    tracing::warn!(route, server_type, cause = %e, "forwarding failed");
+    let message = match e {
+        // The servers of the type do not take forwarded requests: they are frontends (a gate
+        // or connector), which clients must connect to themselves.
+        RpcError::UnknownService { .. } | RpcError::UnknownMethod { .. } => {
+            format!("route `{route}` is not served here: send it to a {server_type} server")
+        }
+        RpcError::NoServer { .. } => format!(
+            "no `{server_type}` server is available: check the route's server type, or try \
+             again later"
+        ),
+        RpcError::UnknownPeer { .. } | RpcError::PeerDown { .. } => {
+            format!("server type `{server_type}` is unavailable, try again later")
+        }
+        RpcError::ConnectionLost { .. } => format!(
+            "the `{server_type}` server went away while handling the request (it may have \
+             been handled), try again later"
+        ),
+        RpcError::Timeout { .. } => format!(
+            "the `{server_type}` server did not answer in time (the request may still be \
+             handled), try again later"
+        ),
+        RpcError::FrameTooLarge { .. } => {
+            format!("the request is too large to forward to a `{server_type}` server")
+        }
+        _ => format!("the `{server_type}` server could not handle route `{route}`"),
+    };
+    HandlerError::new(i64::from(e.pomelo_code()), message)
 }
 
 impl Forwarder for RpcForwarder {
@@ -302,8 +333,13 @@ impl Forwarder for RpcForwarder {
             if reply.body_json.is_empty() {
                 return Ok(Value::Object(serde_json::Map::new()));
             }
-            shaddock_protocol::json::from_slice(&reply.body_json)
-                .map_err(|e| HandlerError::internal(format!("backend reply is not JSON: {e}")))
+            shaddock_protocol::json::from_slice(&reply.body_json).map_err(|e| {
+                tracing::warn!(route = %request.info.route, cause = %e, "backend reply body is not JSON");
+                HandlerError::internal(format!(
+                    "the `{}` server sent an invalid response to route `{}`",
+                    request.server_type, request.info.route
+                ))
+            })
         })
     }
 }

@@ -177,8 +177,8 @@ async fn raw_send(addr: SocketAddr, bytes: &[u8]) -> (TcpStream, SocketAddr) {
 
 /// Connects over raw TCP and completes the handshake as a pomelo client does (HANDSHAKE,
 /// wait for the reply, ACK, wait for the first HEARTBEAT); returns the stream and its local
-/// address. (An ACK pipelined with the HANDSHAKE, before the reply, is ignored like any ACK
-/// outside the waiting-for-ack state, PROTOCOL.md §5.4.)
+/// address. (An ACK written with the HANDSHAKE works too: the packages of one read are handled
+/// in order, see `tcp_handshake_ack_and_request_in_one_write_are_all_handled`.)
 async fn raw_established(addr: SocketAddr) -> (TcpStream, SocketAddr) {
     let (mut s, me) = raw_send(addr, &handshake_bytes()).await;
     let want = handshake_reply_len();

@@ -155,18 +155,28 @@ async fn errors_keep_connection(ws: bool) {
     let r = c
         .call(1, "connector.entryHandler.missing", &json!({}))
         .await;
-    assert_eq!(r["code"], 500);
+    let msg = assert_client_error(&r, 500);
+    assert!(msg.contains("connector.entryHandler.missing"), "{msg}");
     // Another server type with no forwarder: no server of that type.
     let r = c.call(2, "chat.chatHandler.send", &json!({})).await;
-    assert_eq!(r["code"], 500);
+    let msg = assert_client_error(&r, 500);
+    assert!(msg.contains("`chat`"), "{msg}");
     // Not serverType.handler.method.
     let r = c.call(3, "onlyonepart", &json!({})).await;
-    assert_eq!(r["code"], 500);
-    // Body that does not decode into the handler's type.
+    assert_client_error(&r, 500);
+    // Body that does not decode into the handler's type: a missing field is named ...
     let r = c
         .call(4, "connector.entryHandler.echo", &json!({"wrong": 1}))
         .await;
-    assert_eq!(r["code"], 500);
+    let msg = assert_client_error(&r, 500);
+    assert!(msg.contains("`text`"), "{msg}");
+    // ... and a body of the wrong shape does not name the handler's Rust type (serde says
+    // "expected struct Echo").
+    let r = c
+        .call(40, "connector.entryHandler.echo", &json!("not an object"))
+        .await;
+    let msg = assert_client_error(&r, 500);
+    assert!(!msg.contains("Echo"), "{msg}");
     // Body that is not JSON.
     c.send_message(Message::request(
         5,
@@ -176,10 +186,8 @@ async fn errors_keep_connection(ws: bool) {
     .await;
     let m = c.recv_message().await;
     assert_eq!(m.id, 5);
-    assert_eq!(
-        serde_json::from_slice::<Value>(&m.body).unwrap()["code"],
-        500
-    );
+    let msg = assert_client_error(&serde_json::from_slice::<Value>(&m.body).unwrap(), 500);
+    assert!(msg.contains("not valid JSON"), "{msg}");
     // Handler error with its own code.
     let r = c.call(6, "connector.entryHandler.fail", &json!({})).await;
     assert_eq!(r, json!({"code": 503, "msg": "nope"}));
@@ -192,6 +200,8 @@ async fn errors_keep_connection(ws: bool) {
     .await;
     let m = c.recv_message().await;
     assert_eq!(m.id, 7);
+    let msg = assert_client_error(&serde_json::from_slice::<Value>(&m.body).unwrap(), 500);
+    assert!(msg.contains("route code 3"), "{msg}");
     // Still connected.
     let r = c
         .call(8, "connector.entryHandler.echo", &json!({"text": "ok"}))
@@ -303,6 +313,19 @@ async fn filters_and_error_handler() {
         .call(2, "connector.entryHandler.echo", &json!({"text": "y"}))
         .await;
     assert_eq!(r["text"], "y");
+    // A route code this server does not know is answered in the app's error shape too.
+    c.send_message(Message::request(
+        3,
+        MessageRoute::Code(9),
+        Bytes::from_static(b"{}"),
+    ))
+    .await;
+    let m = c.recv_message().await;
+    assert_eq!(m.id, 3);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&m.body).unwrap(),
+        json!({"code": 500, "error": true})
+    );
     let seen = seen.lock().unwrap().clone();
     assert_eq!(
         seen,
@@ -508,6 +531,100 @@ async fn package_split_byte_by_byte_and_coalesced() {
     let mut ids = vec![c.recv_message().await.id, c.recv_message().await.id];
     ids.sort_unstable();
     assert_eq!(ids, vec![1, 2]);
+    server.stop().await;
+}
+
+fn handshake_package() -> Vec<u8> {
+    Package::new(
+        PackageType::Handshake,
+        Bytes::from_static(br#"{"sys":{"type":"rust-test","version":"0.1.0"}}"#),
+    )
+    .to_bytes()
+    .unwrap()
+    .to_vec()
+}
+
+fn echo_request(id: u32, text: &str) -> Vec<u8> {
+    Message::request(
+        id,
+        MessageRoute::name("connector.entryHandler.echo"),
+        Bytes::from(format!(r#"{{"text":"{text}"}}"#)),
+    )
+    .to_package()
+    .unwrap()
+    .to_bytes()
+    .unwrap()
+    .to_vec()
+}
+
+/// Handshake, ack and a request in one write (one WebSocket message): the client gets the
+/// handshake reply, the heartbeat the ack starts, and the response, in that order.
+async fn handshake_ack_and_request_in_one_read(ws: bool) {
+    let server = start(app(test_config())).await;
+    let mut c = Client::connect(ws, server.addr).await;
+    let mut all = handshake_package();
+    all.extend_from_slice(
+        &Package::empty(PackageType::HandshakeAck)
+            .to_bytes()
+            .unwrap(),
+    );
+    all.extend_from_slice(&echo_request(1, "first"));
+    c.send_raw(&all).await;
+    let p = c.recv().await.expect("handshake reply");
+    assert_eq!(p.kind, PackageType::Handshake, "{p:?}");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&p.body).unwrap()["code"],
+        200
+    );
+    let p = c.recv().await.expect("heartbeat after the ack");
+    assert_eq!(p.kind, PackageType::Heartbeat, "{p:?}");
+    let m = c.recv_message().await;
+    assert_eq!((m.kind, m.id), (MessageType::Response, 1));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&m.body).unwrap(),
+        json!({"code": 200, "text": "first"})
+    );
+    // Established: the next request is served too.
+    let r = c
+        .call(2, "connector.entryHandler.echo", &json!({"text": "second"}))
+        .await;
+    assert_eq!(r["text"], "second");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn tcp_handshake_ack_and_request_in_one_write_are_all_handled() {
+    handshake_ack_and_request_in_one_read(false).await;
+}
+
+#[tokio::test]
+async fn ws_handshake_ack_and_request_in_one_message_are_all_handled() {
+    handshake_ack_and_request_in_one_read(true).await;
+}
+
+/// After a separate handshake, the ack and a request in one write (one WebSocket message).
+#[tokio::test]
+async fn ack_and_request_in_one_read_after_the_handshake_are_both_handled() {
+    let server = start(app(test_config())).await;
+    for ws in [false, true] {
+        let mut c = Client::connect(ws, server.addr).await;
+        let reply = c.handshake_only(r#"{"sys":{"type":"rust-test"}}"#).await;
+        assert_eq!(reply["code"], 200);
+        let mut all = Package::empty(PackageType::HandshakeAck)
+            .to_bytes()
+            .unwrap()
+            .to_vec();
+        all.extend_from_slice(&echo_request(1, "after ack"));
+        c.send_raw(&all).await;
+        let p = c.recv().await.expect("heartbeat after the ack");
+        assert_eq!(p.kind, PackageType::Heartbeat, "ws={ws}: {p:?}");
+        let m = c.recv_message().await;
+        assert_eq!((m.kind, m.id), (MessageType::Response, 1), "ws={ws}");
+        assert_eq!(
+            serde_json::from_slice::<Value>(&m.body).unwrap()["text"],
+            "after ack"
+        );
+    }
     server.stop().await;
 }
 

@@ -19,6 +19,7 @@ use shaddock_rpc::{
     Crc32Router, Registry, RemoteError, Router, RpcClient, RpcConfig, RpcServer, ServerId,
     ServerInfo, Target,
 };
+use shaddock_test_support::logs::capture_logs;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -348,31 +349,62 @@ async fn backend_pushes_settings_bind_and_kick_through_sys_remotes() {
 
 #[tokio::test]
 async fn backend_errors_missing_types_down_and_slow_backends_answer_500() {
+    let (logs, _g) = capture_logs();
     let c = cluster().await;
-    // A gate server that is registered but not running.
+    // An `area` server that is registered but not running.
     let (l, port) = rpc_listener().await;
     drop(l);
     c.rpc
         .directory()
-        .add(ServerInfo::new("gate-1", "gate", "127.0.0.1", port));
+        .add(ServerInfo::new("area-1", "area", "127.0.0.1", port));
+    // A gate: a frontend, whose RPC server has no `msgRemote` (it takes no forwarded requests).
+    let (gl, gport) = rpc_listener().await;
+    let gate = Frontend::builder(test_config()).build().unwrap();
+    let mut registry = Registry::new();
+    registry.add(gate.session_remote()).unwrap();
+    tokio::spawn(RpcServer::new(registry, RpcConfig::default()).serve(gl, c.shutdown.clone()));
+    c.rpc
+        .directory()
+        .add(ServerInfo::new("gate-1", "gate", "127.0.0.1", gport));
     for ws in [false, true] {
         let mut client = entered(&c, ws, if ws { "w" } else { "t" }).await;
+        let me = client.local_addr();
         // The backend's own error code travels back.
         let r = client.call(2, "chat.chatHandler.fail", &json!({})).await;
         assert_eq!(r, json!({"code": 503, "msg": "backend says no"}));
-        // No server of the type.
-        let r = client.call(3, "area.playerHandler.move", &json!({})).await;
-        assert_eq!(r["code"], 500);
-        // Backend down.
+        // No server of the type at all.
+        let r = client
+            .call(3, "nothere.playerHandler.move", &json!({}))
+            .await;
+        let msg = assert_client_error(&r, 500);
+        assert!(msg.contains("`nothere`"), "{msg}");
+        // A route of a frontend type, sent to a connector: the gate does not take forwarded
+        // requests. The client learns where to send it, not which RPC service was missing.
         let r = client
             .call(4, "gate.gateHandler.queryEntry", &json!({}))
             .await;
-        assert_eq!(r["code"], 500);
+        let msg = assert_client_error(&r, 500);
+        assert_eq!(
+            msg,
+            "route `gate.gateHandler.queryEntry` is not served here: send it to a gate server"
+        );
+        // ... and the server's log has the detail: route, peer (the span) and the RPC error.
+        logs.expect(me, "forwarding failed").await;
+        assert!(
+            logs.has(me, "route=gate.gateHandler.queryEntry") && logs.has(me, "msgRemote"),
+            "{}",
+            logs.text()
+        );
+        // Backend down.
+        let r = client.call(5, "area.playerHandler.move", &json!({})).await;
+        let msg = assert_client_error(&r, 500);
+        assert_eq!(msg, "server type `area` is unavailable, try again later");
         // Backend too slow (call timeout 2 s).
-        let r = client.call(5, "chat.chatHandler.slow", &json!({})).await;
-        assert_eq!(r["code"], 500);
+        let r = client.call(6, "chat.chatHandler.slow", &json!({})).await;
+        let msg = assert_client_error(&r, 500);
+        assert!(msg.contains("did not answer in time"), "{msg}");
         // Still connected and served.
-        let r = client.call(6, "chat.chatHandler.whoami", &json!({})).await;
+        let r = client.call(7, "chat.chatHandler.whoami", &json!({})).await;
         assert!(r["server"].as_str().unwrap().starts_with("chat-"));
     }
     c.stop().await;

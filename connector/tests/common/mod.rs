@@ -108,6 +108,17 @@ impl Client {
         }
     }
 
+    /// The client's own address (the server's `peer` for it).
+    pub fn local_addr(&self) -> SocketAddr {
+        match self {
+            Self::Tcp { stream, .. } => stream.local_addr().unwrap(),
+            Self::Ws { ws, .. } => match ws.get_ref() {
+                MaybeTlsStream::Plain(s) => s.local_addr().unwrap(),
+                _ => unreachable!("plain ws:// only"),
+            },
+        }
+    }
+
     /// Sends raw bytes (one write / one binary message).
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         match self {
@@ -254,4 +265,40 @@ impl Client {
         assert_eq!(m.id, id);
         serde_json::from_slice(&m.body).unwrap()
     }
+}
+
+/// Words of server internals a client must never see in an error message: RPC service and
+/// method names, Rust type names and paths, debug formatting.
+const INTERNAL_WORDS: &[&str] = &[
+    "rpc",
+    "RPC",
+    "msgRemote",
+    "sessionRemote",
+    "forward_message",
+    "sys.",
+    "service `",
+    "method `",
+    "struct ",
+    "enum ",
+    "::",
+    "Error",
+    "Some(",
+    "127.0.0.1",
+];
+
+/// Asserts an error response body is `{"code": code, "msg": …}` with a message that names
+/// none of [`INTERNAL_WORDS`]; returns the message.
+pub fn assert_client_error(body: &Value, code: i64) -> String {
+    assert_eq!(body["code"], code, "{body}");
+    let msg = body["msg"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no msg in {body}"));
+    assert!(!msg.is_empty(), "{body}");
+    for w in INTERNAL_WORDS {
+        assert!(
+            !msg.contains(w),
+            "error message shows internals ({w:?}): {msg}"
+        );
+    }
+    msg.to_owned()
 }

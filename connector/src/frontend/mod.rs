@@ -1,0 +1,136 @@
+//! The frontend: builder, listener, per-connection driver, dispatch and pushes.
+//!
+//! - [`builder`](FrontendBuilder): handlers, filters, dictionary, forwarder; validation.
+//! - `push`: pushes to sessions by id, by uid, to everyone ([`PushReport`]).
+//! - `serve`: the listener, the graceful stop ([`DrainReport`]), a new connection's
+//!   sniffing and WebSocket upgrade.
+//! - `driver`: one connection's loop (reads, writes, timers, kicks).
+//! - `dispatch`: one request or notify: route, decode, filters, handler or forwarder, reply.
+
+mod builder;
+mod dispatch;
+mod driver;
+mod push;
+mod serve;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+use shaddock_protocol::connection::ConnectionConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::codec::BodyCodec;
+use crate::config::ConnectorConfig;
+use crate::handler::{
+    AfterFilter, BeforeFilter, BoxFuture, ErasedHandler, ErrorHandler, HandlerError, RequestInfo,
+};
+use crate::handshake::HandshakeConfig;
+use crate::session::{Session, SessionService};
+use crate::stats::{ConnectorStats, StatsSnapshot};
+
+pub use builder::FrontendBuilder;
+pub use push::PushReport;
+pub use serve::DrainReport;
+
+/// Errors of building a [`Frontend`] or encoding a push.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A handler route is not `serverType.handler.method` or not of this server's type.
+    #[error("invalid handler route `{route}`: {reason}")]
+    InvalidRoute {
+        /// The route as registered.
+        route: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Two handlers for one route.
+    #[error("duplicate handler route `{0}`")]
+    DuplicateRoute(String),
+    /// A configuration value out of range.
+    #[error("invalid config: {0}")]
+    InvalidConfig(String),
+    /// Encoding a message failed (route too long, body too large).
+    #[error("encoding message: {0}")]
+    Encode(#[from] shaddock_protocol::Error),
+}
+
+/// A request or notify for another server type, handed to the [`Forwarder`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ForwardRequest {
+    /// Route info (route string, id, kind).
+    pub info: RequestInfo,
+    /// The target server type (first part of the route).
+    pub server_type: String,
+    /// The client's session.
+    pub session: Session,
+    /// The decoded JSON body.
+    pub body: Value,
+}
+
+/// Sends routes of other server types to a backend (over RPC, see [`crate::remote`]).
+pub trait Forwarder: Send + Sync + 'static {
+    /// Forwards one message; the `Ok` value is the response body.
+    ///
+    /// # Errors
+    /// A [`HandlerError`] for the client (no server of the type, backend down or slow ...).
+    fn forward(&self, request: ForwardRequest) -> BoxFuture<'static, Result<Value, HandlerError>>;
+}
+
+struct Inner {
+    config: ConnectorConfig,
+    connection: ConnectionConfig,
+    stats: Arc<ConnectorStats>,
+    sessions: SessionService,
+    handshake: HandshakeConfig,
+    handlers: HashMap<String, Arc<dyn ErasedHandler>>,
+    before: Vec<Arc<dyn BeforeFilter>>,
+    after: Vec<Arc<dyn AfterFilter>>,
+    error_handler: Option<ErrorHandler>,
+    codec: BodyCodec,
+    forwarder: Option<Arc<dyn Forwarder>>,
+    /// Connection tasks and in-flight handler tasks, waited for on shutdown.
+    tracker: TaskTracker,
+    /// In-flight request and notify tasks only (also in `tracker`), for the graceful drain.
+    requests: TaskTracker,
+    /// Cancelled by [`Frontend::stop_accepting`]: `serve` closes its listener.
+    stop_accepting: CancellationToken,
+    /// Whether `serve` holds an open listener.
+    listening: tokio::sync::watch::Sender<bool>,
+}
+
+/// A frontend server's client port: connections, sessions, dispatch and pushes.
+/// Cheap to clone (all clones share everything).
+#[derive(Clone)]
+pub struct Frontend {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Frontend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frontend")
+            .field("frontend_id", &self.inner.config.frontend_id)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Frontend {
+    /// The configuration.
+    pub fn config(&self) -> &ConnectorConfig {
+        &self.inner.config
+    }
+
+    /// The session service.
+    pub fn sessions(&self) -> &SessionService {
+        &self.inner.sessions
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+}

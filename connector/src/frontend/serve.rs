@@ -1,0 +1,283 @@
+//! The listener, the graceful stop, and a new connection up to its driver: the connection
+//! limit, sniffing TCP or HTTP, the WebSocket upgrade.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::{Frontend, Inner, driver};
+use crate::rewind::Rewind;
+use crate::sniff::{MAX_SNIFF_LEN, Sniff, sniff};
+use crate::stats::ConnectorStats;
+use crate::transport::Transport;
+
+/// Outcome of [`Frontend::drain_and_kick`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DrainReport {
+    /// Requests still being handled when the drain gave up (0: all answered).
+    pub unfinished_requests: usize,
+    /// Sessions kicked.
+    pub kicked: usize,
+    /// Kicked sessions still open when the wait for them gave up (0: all closed).
+    pub still_connected: usize,
+}
+
+impl Frontend {
+    /// Stops accepting connections: `serve` closes its listener (new connects are refused
+    /// by the OS) but keeps serving the connections it has until its `shutdown` token is
+    /// cancelled. Returns once the listener is closed (at once if `serve` is not running).
+    /// For good: a later `serve` on this frontend accepts nothing.
+    ///
+    /// A graceful stop is `stop_accepting` → [`Frontend::drain_and_kick`] → cancel `serve`'s
+    /// token.
+    pub async fn stop_accepting(&self) {
+        self.inner.stop_accepting.cancel();
+        let mut listening = self.inner.listening.subscribe();
+        // The sender lives in `self.inner`, so `wait_for` cannot fail while we hold `self`.
+        let _ = listening.wait_for(|open| !*open).await;
+    }
+
+    /// The graceful drain: waits until no request or notify of any client is being handled
+    /// (their responses are then queued), at most `timeout`; then kicks every session with
+    /// `reason` (each writes what is queued, then the KICK, then closes) and waits, at most
+    /// `timeout` again, for them to close. Clients stay connected and may send requests while
+    /// the drain runs; call [`Frontend::stop_accepting`] first so no new ones arrive.
+    pub async fn drain_and_kick(&self, reason: &str, timeout: Duration) -> DrainReport {
+        let requests = &self.inner.requests;
+        requests.close();
+        let drained = tokio::time::timeout(timeout, requests.wait()).await.is_ok();
+        let unfinished_requests = if drained { 0 } else { requests.len() };
+        requests.reopen();
+        if !drained {
+            tracing::warn!(
+                ?timeout,
+                left = unfinished_requests,
+                "drain: requests still being handled, kicking anyway"
+            );
+        }
+        let sessions = self.inner.sessions.all();
+        for s in &sessions {
+            s.kick(reason);
+        }
+        let all_closed = async {
+            for s in &sessions {
+                s.closed().await;
+            }
+        };
+        let still_connected = match tokio::time::timeout(timeout, all_closed).await {
+            Ok(()) => 0,
+            Err(_) => {
+                let n = sessions.iter().filter(|s| !s.is_closed()).count();
+                tracing::warn!(?timeout, left = n, "drain: kicked clients still connected");
+                n
+            }
+        };
+        DrainReport {
+            unfinished_requests,
+            kicked: sessions.len(),
+            still_connected,
+        }
+    }
+
+    /// Serves clients on `listener` until `shutdown` is cancelled, then closes every
+    /// connection and waits for connection and handler tasks to finish (at most
+    /// `drain_timeout`). After [`Frontend::stop_accepting`] it closes the listener at once
+    /// but keeps serving its connections until `shutdown`.
+    ///
+    /// At most `max_connections` connections are served at once: a permit is taken before
+    /// `accept`. When none is left the listener still accepts and closes the new socket at
+    /// once (counted as `refused`), so an over-limit client sees a prompt close rather than
+    /// hanging in the kernel backlog. Accept errors (e.g. out of file descriptors) are
+    /// logged and retried with an exponential back-off of 1 ms to 1 s.
+    ///
+    /// # Errors
+    /// None at present; `Result` leaves room for fatal listener errors.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> io::Result<()> {
+        let limit = Arc::new(Semaphore::new(self.inner.config.max_connections));
+        let local = listener.local_addr().ok();
+        tracing::info!(addr = ?local, frontend = %self.inner.config.frontend_id, "client port listening");
+        let mut backoff = Duration::from_millis(1);
+        let stop_accepting = self.inner.stop_accepting.clone();
+        self.inner.listening.send_replace(true);
+        loop {
+            let permit = limit.clone().try_acquire_owned().ok();
+            let accepted = tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = stop_accepting.cancelled() => break,
+                r = listener.accept() => r,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    backoff = Duration::from_millis(1);
+                    // A slot may have been freed while we waited in accept.
+                    let permit = permit.or_else(|| limit.clone().try_acquire_owned().ok());
+                    let Some(permit) = permit else {
+                        ConnectorStats::incr(&self.inner.stats.refused);
+                        tracing::warn!(%peer, max = self.inner.config.max_connections, "connection refused: max connections reached");
+                        drop(stream);
+                        continue;
+                    };
+                    ConnectorStats::incr(&self.inner.stats.accepted);
+                    let inner = self.inner.clone();
+                    // A clone, not a child token: a child allocates a tree node per
+                    // connection, and connections are only ever cancelled all at once.
+                    let token = shutdown.clone();
+                    let span = tracing::debug_span!("conn", %peer);
+                    self.inner
+                        .tracker
+                        .spawn(run_connection(inner, stream, peer, token, permit).instrument(span));
+                }
+                Err(e) => {
+                    ConnectorStats::incr(&self.inner.stats.accept_errors);
+                    tracing::error!(cause = %e, ?backoff, "accept failed, backing off");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = stop_accepting.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+        drop(listener);
+        self.inner.listening.send_replace(false);
+        if !shutdown.is_cancelled() {
+            tracing::info!(addr = ?local, "client port no longer accepting; serving open connections");
+            shutdown.cancelled().await;
+        }
+        self.inner.tracker.close();
+        let drain = self.inner.config.drain_timeout;
+        if tokio::time::timeout(drain, self.inner.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?drain,
+                left = self.inner.tracker.len(),
+                "shutdown: tasks still running after the drain timeout, not waiting longer"
+            );
+        }
+        self.inner.tracker.reopen();
+        tracing::info!(addr = ?local, "client port closed");
+        Ok(())
+    }
+}
+
+/// Decrements the active-connection count when a connection task ends.
+struct ActiveGuard(Arc<ConnectorStats>);
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0
+            .active
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+async fn run_connection(
+    inner: Arc<Inner>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) {
+    inner
+        .stats
+        .active
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _active = ActiveGuard(inner.stats.clone());
+    if inner.config.nodelay {
+        let _ = stream.set_nodelay(true);
+    }
+    let deadline = Instant::now() + inner.config.handshake_timeout;
+    // Sniff: read until the first bytes decide TCP or HTTP.
+    // Grows by what arrives only (see `transport::read_some`): usually one small allocation.
+    let mut first = BytesMut::new();
+    let kind = loop {
+        match sniff(&first) {
+            Sniff::NeedMore if first.len() < MAX_SNIFF_LEN => {}
+            Sniff::NeedMore => break Sniff::Tcp,
+            decided => break decided,
+        }
+        let read = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = tokio::time::timeout_at(deadline, crate::transport::read_some(&mut stream, &mut first)) => r,
+        };
+        match read {
+            Err(_) => {
+                ConnectorStats::incr(&inner.stats.handshake_timeouts);
+                tracing::debug!("closed: no bytes to sniff before the handshake timeout");
+                return;
+            }
+            Ok(Ok(0)) => return,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(cause = %e, "read error while sniffing");
+                return;
+            }
+        }
+    };
+    let max = inner.config.max_package_size;
+    let transport = if kind == Sniff::WebSocket {
+        let ws_config = WebSocketConfig::default()
+            // Max message = max package size (plus its 4-byte header); bounded write buffer.
+            .max_message_size(Some(max + 4))
+            .max_frame_size(Some(max + 4))
+            .write_buffer_size(0)
+            .max_write_buffer_size(inner.config.max_write_batch.max(max + 4) * 2);
+        let io = Rewind::new(first.freeze(), stream);
+        let accept = tokio::select! {
+            () = shutdown.cancelled() => return,
+            // Boxed: the upgrade future is large, and the connection task's future is as
+            // large as its largest phase for the connection's whole life.
+            r = tokio::time::timeout_at(
+                deadline,
+                Box::pin(tokio_tungstenite::accept_async_with_config(io, Some(ws_config))),
+            ) => r,
+        };
+        match accept {
+            Ok(Ok(ws)) => Transport::Ws {
+                ws: Box::new(ws),
+                max_body_len: max,
+            },
+            Ok(Err(e)) => {
+                ConnectorStats::incr(&inner.stats.protocol_errors);
+                tracing::debug!(cause = %e, "websocket upgrade failed");
+                return;
+            }
+            Err(_) => {
+                ConnectorStats::incr(&inner.stats.handshake_timeouts);
+                tracing::debug!("closed: websocket upgrade not done before the handshake timeout");
+                return;
+            }
+        }
+    } else {
+        Transport::Tcp {
+            io: stream,
+            rbuf: first,
+            decoder: shaddock_protocol::package::PackageDecoder::new(max),
+        }
+    };
+    let session = inner.sessions.create(peer, inner.config.queue_capacity);
+    tracing::debug!(
+        sid = session.id(),
+        ws = kind == Sniff::WebSocket,
+        "connection open"
+    );
+    let reason = driver::run(inner.clone(), session.clone(), transport, shutdown).await;
+    tracing::debug!(sid = session.id(), %reason, "connection closed");
+    inner.sessions.remove(&session, &reason);
+}
