@@ -38,7 +38,7 @@ pub mod proto;
 
 pub use app::{App, AppError, BackendHandler, BackendRequest, Component, DuplicateLogin};
 pub use backend::{BackendSession, SessionInfo};
-pub use channel::{Channel, ChannelService, PushError, PushSummary};
+pub use channel::{AlreadyMember, Channel, ChannelService, PushError, PushSummary};
 pub use cli::run;
 pub use context::{BindError, LiveServer, ServerContext};
 
