@@ -33,7 +33,8 @@
 //!
 //! # Layout
 //! - [`app`](mod@app): the [`App`](shaddock_server::App): handlers, the chat remote, routing.
-//! - [`remote`]: `chatRemote` (`add`, `kick`, `rejoin`) and its messages.
+//! - [`remote`]: `chatRemote` (`add`, `kick`, `rejoin`, `rooms`) and its messages; a room is
+//!   removed with its last member.
 //! - [`validate`]: the input rules.
 //! - [`page`]: the web page server (files of `chat/web`, embedded in the binary).
 //! - [`launcher`]: what the bare command runs: the master as a child, the page, signals.

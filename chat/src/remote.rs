@@ -3,7 +3,10 @@
 //!
 //! Rooms are [`Channel`](shaddock_server::Channel)s of the chat server's
 //! [`ChannelService`](shaddock_server::ChannelService), one per room name; a push to a room is
-//! encoded once and sent as one RPC per connector that has members.
+//! encoded once and sent as one RPC per connector that has members. A room exists while it
+//! has members: the first `add` creates it, the last `kick` removes it (a join and a leave of
+//! the same room are ordered by the channel service's lock, so a join never lands in a room
+//! that was just removed). `rooms` counts them.
 
 #![allow(missing_docs)] // prost fields
 
@@ -43,17 +46,31 @@ pub struct Users {
     pub names: Vec<String>,
 }
 
+/// `chatRemote.rooms` reply.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RoomCount {
+    /// Rooms with at least one member.
+    #[prost(uint64, tag = "1")]
+    pub rooms: u64,
+    /// Members over all rooms.
+    #[prost(uint64, tag = "2")]
+    pub members: u64,
+}
+
 shaddock_rpc::remote! {
     /// The chat server's remote.
     pub mod chat_remote: user "chatRemote" {
         /// Adds a user to a room (telling the members already there with `onAdd`); returns
         /// the room's user names. A uid already in the room: error [`CODE_NAME_TAKEN`].
         fn add(Member) -> Users;
-        /// Removes a user from a room and tells the others with `onLeave`.
+        /// Removes a user from a room and tells the others with `onLeave`; the room is
+        /// removed with its last member.
         fn kick(Member) -> ();
         /// Puts members back in their rooms, silently, after a room moved here (its server
         /// was lost) or this server restarted: they never left.
         fn rejoin(Members) -> ();
+        /// How many rooms and members this chat server holds (for operators and tests).
+        fn rooms(()) -> RoomCount;
     }
 }
 
@@ -72,8 +89,10 @@ impl ChatRemote {
 
 impl chat_remote::Remote for ChatRemote {
     async fn add(&self, m: Member) -> Result<Users, RemoteError> {
-        let channel = self.ctx.channels().get_or_create(&m.rid);
-        if channel.member(&m.uid).is_some() {
+        let channels = self.ctx.channels();
+        // Check and join in one step: a room is removed with its last member, and this join
+        // can never land in a room a concurrent kick has just removed.
+        if channels.try_join(&m.rid, &m.uid, &m.sid).is_err() {
             return Err(RemoteError::new(
                 CODE_NAME_TAKEN,
                 format!(
@@ -83,17 +102,18 @@ impl chat_remote::Remote for ChatRemote {
                 ),
             ));
         }
-        // Tell the members already there (a snapshot taken before the join, so the newcomer
-        // never gets its own onAdd), then add.
-        let before = channel.members();
-        if !before.is_empty() {
+        tracing::debug!(room = %m.rid, uid = %m.uid, frontend = %m.sid, "user joined");
+        let members = channels.get_or_create(&m.rid).members();
+        // Tell the others (never the newcomer itself). The connector sends no kick for this
+        // user before this call has answered, so onAdd always precedes its onLeave.
+        let others: Vec<(String, String)> = members
+            .iter()
+            .filter(|(uid, _)| *uid != m.uid)
+            .cloned()
+            .collect();
+        if !others.is_empty() {
             let body = json!({"user": name_of(&m.uid)});
-            match self
-                .ctx
-                .channels()
-                .push_to_uids("onAdd", &body, &before)
-                .await
-            {
+            match channels.push_to_uids("onAdd", &body, &others).await {
                 Ok(sum) if !sum.failed.is_empty() => {
                     tracing::warn!(room = %m.rid, failed = ?sum.failed, "onAdd not delivered everywhere");
                 }
@@ -101,43 +121,48 @@ impl chat_remote::Remote for ChatRemote {
                 Err(e) => tracing::warn!(room = %m.rid, cause = %e, "onAdd push failed"),
             }
         }
-        channel.add(&m.uid, &m.sid);
-        tracing::debug!(room = %m.rid, uid = %m.uid, frontend = %m.sid, "user joined");
         Ok(Users {
-            names: channel
-                .uids()
-                .iter()
-                .map(|u| name_of(u).to_owned())
-                .collect(),
+            names: members.iter().map(|(u, _)| name_of(u).to_owned()).collect(),
         })
     }
 
     async fn rejoin(&self, ms: Members) -> Result<(), RemoteError> {
         for m in ms.members {
-            let channel = self.ctx.channels().get_or_create(&m.rid);
-            if channel.member(&m.uid).is_none() {
-                channel.add(&m.uid, &m.sid);
-            }
+            // Already there (entered again meanwhile): nothing to do.
+            let _ = self.ctx.channels().try_join(&m.rid, &m.uid, &m.sid);
         }
         Ok(())
     }
 
     async fn kick(&self, m: Member) -> Result<(), RemoteError> {
-        let Some(channel) = self.ctx.channels().get(&m.rid) else {
-            return Ok(());
-        };
-        if !channel.leave(&m.uid, &m.sid) {
+        let channels = self.ctx.channels();
+        // The last member's leave removes the room.
+        let Some(left) = channels.leave(&m.rid, &m.uid, &m.sid) else {
             return Ok(()); // not there (already left, or on another connector)
-        }
-        tracing::debug!(room = %m.rid, uid = %m.uid, "user left");
-        // Empty rooms are kept: removing one could race with a join (see the crate docs).
-        if !channel.is_empty()
-            && let Err(e) = channel
+        };
+        tracing::debug!(room = %m.rid, uid = %m.uid, remaining = left, "user left");
+        if left > 0
+            && let Err(e) = channels
+                .get_or_create(&m.rid)
                 .push("onLeave", &json!({"user": name_of(&m.uid)}))
                 .await
         {
             tracing::warn!(room = %m.rid, cause = %e, "onLeave push failed");
         }
         Ok(())
+    }
+
+    async fn rooms(&self, (): ()) -> Result<RoomCount, RemoteError> {
+        let channels = self.ctx.channels();
+        let names = channels.names();
+        let members = names
+            .iter()
+            .filter_map(|n| channels.get(n))
+            .map(|c| c.len() as u64)
+            .sum();
+        Ok(RoomCount {
+            rooms: names.len() as u64,
+            members,
+        })
     }
 }

@@ -5,6 +5,11 @@
 //! sends one `sessionRemote.push` RPC per frontend that has members, carrying those bytes and
 //! the member uids there; the frontend queues the same buffer to each session. A broadcast to
 //! 10 000 members on 2 connectors is 2 RPCs.
+//!
+//! A channel exists from its first member's join to its last member's leave: the service
+//! removes it when it empties, so a backend's memory follows the channels in use, not every
+//! channel ever used. Joins and leaves hold the service's lock for the map lookup and the
+//! member change, so a join never lands in a channel a concurrent leave has just removed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -164,26 +169,75 @@ fn groups_of<'a>(members: impl IntoIterator<Item = (&'a str, &'a str)>) -> Arc<[
         .collect()
 }
 
-struct ChannelInner {
-    name: String,
+/// One channel's members and their grouping by frontend.
+#[derive(Default)]
+struct Members {
     /// uid -> frontend id.
-    members: Mutex<BTreeMap<String, String>>,
-    /// `members` grouped by frontend, built on the first push after a membership change:
+    by_uid: BTreeMap<String, String>,
+    /// `by_uid` grouped by frontend, built on the first push after a membership change:
     /// pushes outnumber joins and leaves, and rebuilding costs a string copy per member.
-    groups: Mutex<Option<Arc<[Group]>>>,
+    groups: Option<Arc<[Group]>>,
+}
+
+impl Members {
+    fn groups(&mut self) -> Arc<[Group]> {
+        let by_uid = &self.by_uid;
+        self.groups
+            .get_or_insert_with(|| groups_of(by_uid.iter().map(|(u, f)| (u.as_str(), f.as_str()))))
+            .clone()
+    }
+
+    /// Inserts or moves `uid` to `frontend_id`; `true` if that changed anything.
+    fn insert(&mut self, uid: &str, frontend_id: &str) -> bool {
+        if self.by_uid.get(uid).map(String::as_str) == Some(frontend_id) {
+            return false;
+        }
+        self.by_uid.insert(uid.to_owned(), frontend_id.to_owned());
+        self.groups = None;
+        true
+    }
+}
+
+/// The channels of a service. Lock order: this map, then a channel's [`Members`].
+///
+/// Invariant: a name is in the map exactly while its channel has members (or since
+/// [`ChannelService::create`]). Every change of membership holds the map's lock, so a join
+/// can never land in a channel that a concurrent leave has just removed.
+type Rooms = HashMap<String, Arc<Mutex<Members>>>;
+
+/// The map keeps at least this many slots; below, it is not shrunk.
+const MIN_CAPACITY: usize = 1024;
+
+struct Shared {
+    channels: Mutex<Rooms>,
     pusher: Pusher,
 }
 
-/// A named group of users (pomelo's channel). Cheap to clone.
+impl Shared {
+    /// The members of `name` right now (`None`: no such channel). The map's lock is released
+    /// before the caller locks the members.
+    fn find(&self, name: &str) -> Option<Arc<Mutex<Members>>> {
+        lock(&self.channels).get(name).cloned()
+    }
+}
+
+/// A named group of users (pomelo's channel): a handle on the channel `name` of a
+/// [`ChannelService`]. Cheap to clone.
+///
+/// The handle names the channel, it does not own it: a channel exists (in
+/// [`ChannelService::get`] and [`ChannelService::names`]) from its first member's join to its
+/// last member's leave, and an [`add`](Self::add) through an old handle after the channel was
+/// removed joins the channel of that name again — never a removed one.
 #[derive(Clone)]
 pub struct Channel {
-    inner: Arc<ChannelInner>,
+    name: Arc<str>,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Channel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Channel")
-            .field("name", &self.inner.name)
+            .field("name", &self.name)
             .field("members", &self.len())
             .finish()
     }
@@ -196,53 +250,59 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Channel {
     /// Its name.
     pub fn name(&self) -> &str {
-        &self.inner.name
+        &self.name
     }
 
-    /// Adds `uid` connected on `frontend_id`; `false` if it was already a member there.
+    fn service(&self) -> ChannelService {
+        ChannelService {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Reads the members (none if the channel does not exist right now).
+    fn read<R>(&self, f: impl FnOnce(&mut Members) -> R) -> R {
+        match self.shared.find(&self.name) {
+            Some(m) => f(&mut lock(&m)),
+            None => f(&mut Members::default()),
+        }
+    }
+
+    /// Adds `uid` connected on `frontend_id` (moves it there if it was a member on another
+    /// frontend); `false` if it was already a member there. The same as
+    /// [`ChannelService::join`].
     pub fn add(&self, uid: &str, frontend_id: &str) -> bool {
-        let mut m = lock(&self.inner.members);
-        let changed =
-            m.insert(uid.to_owned(), frontend_id.to_owned()).as_deref() != Some(frontend_id);
-        if changed {
-            *lock(&self.inner.groups) = None;
-        }
-        changed
+        self.service().join(&self.name, uid, frontend_id)
     }
 
-    /// Removes `uid` (if it is a member on `frontend_id`); `false` if it was not.
+    /// Removes `uid` (if it is a member on `frontend_id`); `false` if it was not. The last
+    /// member's leave removes the channel (see [`ChannelService::leave`]).
     pub fn leave(&self, uid: &str, frontend_id: &str) -> bool {
-        let mut m = lock(&self.inner.members);
-        if m.get(uid).map(String::as_str) == Some(frontend_id) {
-            m.remove(uid);
-            *lock(&self.inner.groups) = None;
-            true
-        } else {
-            false
-        }
+        self.service().leave(&self.name, uid, frontend_id).is_some()
     }
 
     /// The member uids, sorted.
     pub fn uids(&self) -> Vec<String> {
-        lock(&self.inner.members).keys().cloned().collect()
+        self.read(|m| m.by_uid.keys().cloned().collect())
     }
 
     /// The members as `(uid, frontend id)`, sorted by uid.
     pub fn members(&self) -> Vec<(String, String)> {
-        lock(&self.inner.members)
-            .iter()
-            .map(|(u, f)| (u.clone(), f.clone()))
-            .collect()
+        self.read(|m| {
+            m.by_uid
+                .iter()
+                .map(|(u, f)| (u.clone(), f.clone()))
+                .collect()
+        })
     }
 
     /// The frontend `uid` is on, if it is a member.
     pub fn member(&self, uid: &str) -> Option<String> {
-        lock(&self.inner.members).get(uid).cloned()
+        self.read(|m| m.by_uid.get(uid).cloned())
     }
 
     /// Number of members.
     pub fn len(&self) -> usize {
-        lock(&self.inner.members).len()
+        self.read(|m| m.by_uid.len())
     }
 
     /// True if it has no members.
@@ -255,31 +315,40 @@ impl Channel {
     /// # Errors
     /// [`PushError::Encode`]; unreachable frontends are reported in the summary.
     pub async fn push(&self, route: &str, body: &Value) -> Result<PushSummary, PushError> {
-        let groups = {
-            // Lock order: members, then groups (as in `add` and `leave`).
-            let members = lock(&self.inner.members);
-            let mut cached = lock(&self.inner.groups);
-            cached
-                .get_or_insert_with(|| {
-                    groups_of(members.iter().map(|(u, f)| (u.as_str(), f.as_str())))
-                })
-                .clone()
-        };
-        self.inner.pusher.to_groups(route, body, &groups).await
+        let groups = self.read(Members::groups);
+        self.shared.pusher.to_groups(route, body, &groups).await
     }
 }
 
+/// [`ChannelService::try_join`] refused: the uid is already a member.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{uid}` is already a member of channel `{channel}` (on frontend `{frontend_id}`)")]
+#[non_exhaustive]
+pub struct AlreadyMember {
+    /// The channel.
+    pub channel: String,
+    /// The uid.
+    pub uid: String,
+    /// The frontend it is a member on.
+    pub frontend_id: String,
+}
+
 /// The channels of one backend process (pomelo's `channelService`). Cheap to clone.
+///
+/// A channel is created by its first member's join and removed by its last member's leave,
+/// so memory follows the channels in use, not every channel ever used. Joins and leaves of
+/// every channel go through one lock (held for a map lookup and a member insert or removal,
+/// never across an await), which is what makes "remove the channel when it empties" safe
+/// against a concurrent join of that channel.
 #[derive(Clone)]
 pub struct ChannelService {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
-    pusher: Pusher,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for ChannelService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChannelService")
-            .field("channels", &lock(&self.channels).len())
+            .field("channels", &self.len())
             .finish()
     }
 }
@@ -287,45 +356,122 @@ impl std::fmt::Debug for ChannelService {
 impl ChannelService {
     pub(crate) fn new(rpc: RpcClient, codec: BodyCodec, cluster: ClusterView) -> Self {
         Self {
-            channels: Arc::default(),
-            pusher: Pusher {
-                rpc,
-                codec,
-                cluster,
-            },
+            shared: Arc::new(Shared {
+                channels: Mutex::default(),
+                pusher: Pusher {
+                    rpc,
+                    codec,
+                    cluster,
+                },
+            }),
         }
     }
 
-    /// The channel `name`, created empty if it does not exist.
+    /// A handle on the channel `name`. It creates nothing: the channel comes into being with
+    /// its first member ([`join`](Self::join) or [`Channel::add`]). Use
+    /// [`create`](Self::create) for an empty channel that stays until destroyed.
     pub fn get_or_create(&self, name: &str) -> Channel {
-        lock(&self.channels)
+        Channel {
+            name: Arc::from(name),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Creates the channel `name` empty if it does not exist (pomelo's `createChannel`): it
+    /// stays until [`destroy`](Self::destroy)ed or until a member joins and the last member
+    /// leaves.
+    pub fn create(&self, name: &str) -> Channel {
+        lock(&self.shared.channels)
             .entry(name.to_owned())
-            .or_insert_with(|| Channel {
-                inner: Arc::new(ChannelInner {
-                    name: name.to_owned(),
-                    members: Mutex::default(),
-                    groups: Mutex::default(),
-                    pusher: self.pusher.clone(),
-                }),
-            })
-            .clone()
+            .or_default();
+        self.get_or_create(name)
     }
 
-    /// The channel `name`, if it exists.
+    /// The channel `name`, if it exists (has members, or was [`create`](Self::create)d).
     pub fn get(&self, name: &str) -> Option<Channel> {
-        lock(&self.channels).get(name).cloned()
+        lock(&self.shared.channels)
+            .contains_key(name)
+            .then(|| self.get_or_create(name))
     }
 
-    /// Removes the channel `name`; `false` if there was none.
+    /// Adds `uid` connected on `frontend_id` to the channel `name`, creating the channel if
+    /// needed (moves it there if it was a member on another frontend); `false` if it was
+    /// already a member there.
+    pub fn join(&self, name: &str, uid: &str, frontend_id: &str) -> bool {
+        let mut rooms = lock(&self.shared.channels);
+        if let Some(m) = rooms.get(name) {
+            return lock(m).insert(uid, frontend_id);
+        }
+        let mut m = Members::default();
+        m.insert(uid, frontend_id);
+        rooms.insert(name.to_owned(), Arc::new(Mutex::new(m)));
+        true
+    }
+
+    /// Adds `uid` on `frontend_id` to the channel `name` (created if needed) unless it is
+    /// already a member there or on another frontend; check and insert are one step.
+    ///
+    /// # Errors
+    /// [`AlreadyMember`], naming the frontend it is a member on.
+    pub fn try_join(&self, name: &str, uid: &str, frontend_id: &str) -> Result<(), AlreadyMember> {
+        let mut rooms = lock(&self.shared.channels);
+        let members = rooms.entry(name.to_owned()).or_default();
+        let mut m = lock(members);
+        if let Some(fid) = m.by_uid.get(uid) {
+            return Err(AlreadyMember {
+                channel: name.to_owned(),
+                uid: uid.to_owned(),
+                frontend_id: fid.clone(),
+            });
+        }
+        m.insert(uid, frontend_id);
+        Ok(())
+    }
+
+    /// Removes `uid` (if it is a member on `frontend_id`) from the channel `name`, and removes
+    /// the channel when that was its last member. `None` if it was not a member there;
+    /// otherwise the number of members left (0: the channel is gone).
+    pub fn leave(&self, name: &str, uid: &str, frontend_id: &str) -> Option<usize> {
+        let mut rooms = lock(&self.shared.channels);
+        let left = {
+            let mut m = lock(rooms.get(name)?);
+            if m.by_uid.get(uid).map(String::as_str) != Some(frontend_id) {
+                return None;
+            }
+            m.by_uid.remove(uid);
+            m.groups = None;
+            m.by_uid.len()
+        };
+        if left == 0 {
+            rooms.remove(name);
+            shrink(&mut rooms);
+        }
+        Some(left)
+    }
+
+    /// Removes the channel `name` and all its members; `false` if there was none.
     pub fn destroy(&self, name: &str) -> bool {
-        lock(&self.channels).remove(name).is_some()
+        let mut rooms = lock(&self.shared.channels);
+        let found = rooms.remove(name).is_some();
+        shrink(&mut rooms);
+        found
     }
 
-    /// The names of every channel.
+    /// The names of every channel, sorted.
     pub fn names(&self) -> Vec<String> {
-        let mut v: Vec<String> = lock(&self.channels).keys().cloned().collect();
+        let mut v: Vec<String> = lock(&self.shared.channels).keys().cloned().collect();
         v.sort();
         v
+    }
+
+    /// Number of channels.
+    pub fn len(&self) -> usize {
+        lock(&self.shared.channels).len()
+    }
+
+    /// True if there is no channel.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Pushes to a list of `(uid, frontend id)`: encoded once, one RPC per frontend
@@ -339,7 +485,8 @@ impl ChannelService {
         body: &Value,
         members: &[(String, String)],
     ) -> Result<PushSummary, PushError> {
-        self.pusher
+        self.shared
+            .pusher
             .to_groups(
                 route,
                 body,
@@ -359,8 +506,9 @@ impl ChannelService {
         route: &str,
         body: &Value,
     ) -> Result<PushSummary, PushError> {
-        let package = self.pusher.encode(route, body)?;
+        let package = self.shared.pusher.encode(route, body)?;
         let snap = self
+            .shared
             .pusher
             .cluster
             .read()
@@ -380,7 +528,15 @@ impl ChannelService {
                 )
             })
             .collect();
-        Ok(self.pusher.send(per, true).await)
+        Ok(self.shared.pusher.send(per, true).await)
+    }
+}
+
+/// Gives memory back after many channels were removed: the map is shrunk when it uses less
+/// than a quarter of its slots (to twice its size, so shrinking stays rare).
+fn shrink(rooms: &mut Rooms) {
+    if rooms.capacity() > MIN_CAPACITY && rooms.len() * 4 < rooms.capacity() {
+        rooms.shrink_to((rooms.len() * 2).max(MIN_CAPACITY));
     }
 }
 
@@ -404,6 +560,7 @@ mod tests {
     fn members_add_leave_destroy() {
         let s = service();
         let c = s.get_or_create("room");
+        assert!(s.get("room").is_none(), "a handle alone creates nothing");
         assert!(c.add("alice", "conn-1"));
         assert!(!c.add("alice", "conn-1"));
         assert!(c.add("bob", "conn-2"));
@@ -413,7 +570,181 @@ mod tests {
         assert_eq!(c.members(), [("alice".to_owned(), "conn-1".to_owned())]);
         assert!(s.destroy("room"));
         assert!(s.get("room").is_none());
+        assert!(c.is_empty());
         assert!(!s.destroy("room"));
+        // `create` makes an empty channel that stays until destroyed or emptied by a leave.
+        s.create("lobby");
+        assert_eq!(s.names(), ["lobby"]);
+        assert!(s.destroy("lobby"));
+    }
+
+    #[test]
+    fn the_last_leave_removes_the_channel_and_an_old_handle_joins_it_again() {
+        let s = service();
+        let c = s.get_or_create("room");
+        assert!(s.join("room", "alice", "conn-1"));
+        assert!(s.join("room", "bob", "conn-2"));
+        assert_eq!(s.leave("room", "bob", "conn-1"), None, "wrong frontend");
+        assert_eq!(s.leave("room", "carl", "conn-1"), None, "not a member");
+        assert_eq!(s.leave("nowhere", "bob", "conn-2"), None, "no such channel");
+        assert_eq!(s.leave("room", "bob", "conn-2"), Some(1));
+        assert_eq!(s.names(), ["room"]);
+        assert_eq!(s.leave("room", "alice", "conn-1"), Some(0));
+        assert!(s.get("room").is_none(), "the empty channel is removed");
+        assert!(s.is_empty());
+        // The handle taken before the removal: its add lands in the map's channel.
+        assert!(c.add("dora", "conn-1"));
+        assert_eq!(
+            s.get("room").and_then(|c| c.member("dora")),
+            Some("conn-1".to_owned())
+        );
+        assert!(c.leave("dora", "conn-1"));
+        assert!(s.is_empty(), "a leave through a handle removes it too");
+    }
+
+    #[test]
+    fn try_join_refuses_a_member_on_any_frontend() {
+        let s = service();
+        assert_eq!(s.try_join("room", "alice", "conn-1"), Ok(()));
+        let e = s.try_join("room", "alice", "conn-2").unwrap_err();
+        assert_eq!(e.frontend_id, "conn-1");
+        assert_eq!(e.uid, "alice");
+        assert_eq!(
+            s.try_join("room", "alice", "conn-1")
+                .unwrap_err()
+                .frontend_id,
+            "conn-1"
+        );
+        assert_eq!(s.get("room").unwrap().members().len(), 1);
+        // `join` moves instead.
+        assert!(s.join("room", "alice", "conn-2"));
+        assert_eq!(
+            s.get("room").unwrap().member("alice").as_deref(),
+            Some("conn-2")
+        );
+    }
+
+    #[test]
+    fn many_channels_used_once_leave_a_small_map() {
+        let s = service();
+        for i in 0..20_000 {
+            let name = format!("room{i}");
+            assert!(s.join(&name, "alice", "conn-1"));
+            assert_eq!(s.leave(&name, "alice", "conn-1"), Some(0));
+        }
+        assert!(s.is_empty());
+        // All live at once, then all left: the map gives its slots back.
+        for i in 0..20_000 {
+            s.join(&format!("room{i}"), "alice", "conn-1");
+        }
+        assert_eq!(s.len(), 20_000);
+        let full = lock(&s.shared.channels).capacity();
+        for i in 0..20_000 {
+            s.leave(&format!("room{i}"), "alice", "conn-1");
+        }
+        let after = lock(&s.shared.channels).capacity();
+        assert!(s.is_empty());
+        assert!(
+            after <= 2 * MIN_CAPACITY && after < full,
+            "capacity {full} -> {after}"
+        );
+    }
+
+    /// A small xorshift: deterministic per thread, no dependency.
+    fn next(x: &mut u64) -> u64 {
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        *x
+    }
+
+    #[test]
+    fn concurrent_joins_and_leaves_lose_no_member_and_keep_no_empty_channel() {
+        const THREADS: u64 = 8;
+        const ROUNDS: usize = 4_000;
+        const ROOMS: u64 = 3;
+        let s = service();
+        // Handles taken up front: by the time they are used their channel has been removed
+        // and re-created many times.
+        let old: Vec<Channel> = (0..ROOMS)
+            .map(|r| s.get_or_create(&format!("room{r}")))
+            .collect();
+        let removals = std::sync::atomic::AtomicUsize::new(0);
+        let kept: Vec<(String, String, String)> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let (s, old, removals) = (&s, &old, &removals);
+                    scope.spawn(move || {
+                        let fid = format!("conn-{}", t % 2);
+                        let mut rng = 0x9E37_79B9_7F4A_7C15 ^ (t + 1);
+                        // (room, uid) joined by this thread and not left.
+                        let mut mine: Vec<(String, String)> = Vec::new();
+                        for i in 0..ROUNDS {
+                            let r = next(&mut rng);
+                            let room_ix = usize::try_from(r % ROOMS).unwrap();
+                            let room = format!("room{room_ix}");
+                            let uid = format!("t{t}-u{i}");
+                            let added = match r >> 8 & 3 {
+                                0 => old[room_ix].add(&uid, &fid),
+                                1 => s.try_join(&room, &uid, &fid).is_ok(),
+                                _ => s.join(&room, &uid, &fid),
+                            };
+                            assert!(added, "{uid} joins {room}");
+                            // Right after its join the member is in the map's channel.
+                            assert_eq!(
+                                s.get(&room).and_then(|c| c.member(&uid)),
+                                Some(fid.clone()),
+                                "{uid} lost from {room}"
+                            );
+                            mine.push((room, uid));
+                            // Keep 0..=2 members: channels empty (and are removed) often.
+                            let keep = usize::try_from(r >> 16 & 3).unwrap().min(2);
+                            while mine.len() > keep {
+                                let ix = usize::try_from(next(&mut rng)).unwrap() % mine.len();
+                                let (room, uid) = mine.swap_remove(ix);
+                                let left = if r >> 20 & 1 == 0 {
+                                    s.leave(&room, &uid, &fid)
+                                } else {
+                                    old[room[4..].parse::<usize>().unwrap()]
+                                        .leave(&uid, &fid)
+                                        .then_some(1)
+                                };
+                                assert!(left.is_some(), "{uid} was in {room}");
+                                if left == Some(0) {
+                                    removals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                }
+                            }
+                        }
+                        mine.into_iter()
+                            .map(|(room, uid)| (room, uid, fid.clone()))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("worker"))
+                .collect()
+        });
+        // Every member joined and not left is in its channel, and nothing else is.
+        for (room, uid, fid) in &kept {
+            assert_eq!(s.get(room).and_then(|c| c.member(uid)).as_ref(), Some(fid));
+        }
+        let mut total = 0;
+        for name in s.names() {
+            let n = s.get(&name).expect("listed").len();
+            assert!(n > 0, "empty channel {name} kept");
+            total += n;
+        }
+        assert_eq!(total, kept.len());
+        assert!(
+            removals.into_inner() > 0,
+            "the test never emptied a channel"
+        );
+        for (room, uid, fid) in &kept {
+            assert!(s.leave(room, uid, fid).is_some());
+        }
+        assert!(s.is_empty(), "left: {:?}", s.names());
     }
 
     #[test]
@@ -421,14 +752,8 @@ mod tests {
         let s = service();
         let c = s.get_or_create("room");
         let groups = |c: &Channel| {
-            let members = lock(&c.inner.members);
-            let mut cached = lock(&c.inner.groups);
-            let g = cached
-                .get_or_insert_with(|| {
-                    groups_of(members.iter().map(|(u, f)| (u.as_str(), f.as_str())))
-                })
-                .clone();
-            g.iter()
+            c.read(Members::groups)
+                .iter()
                 .map(|g| {
                     (
                         g.frontend_id.clone(),

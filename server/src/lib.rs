@@ -41,7 +41,7 @@ pub use app::{
     App, AppError, BackendHandler, BackendRequest, Component, DuplicateLogin, Rejoin, RejoinHook,
 };
 pub use backend::{BackendSession, SessionInfo};
-pub use channel::{Channel, ChannelService, PushError, PushSummary};
+pub use channel::{AlreadyMember, Channel, ChannelService, PushError, PushSummary};
 pub use cli::run;
 pub use context::{BindError, LiveServer, ServerContext};
 
