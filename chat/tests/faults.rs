@@ -865,16 +865,9 @@ impl tokio::io::AsyncWrite for StopsReading {
     }
 }
 
-/// VmRSS of a process, in bytes.
+/// VmRSS of a process, in bytes (0 once it is gone).
 fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+    shaddock_server::procfs::rss_bytes(pid).unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,6 +24,7 @@
 //! - [`channel`]: [`ChannelService`] and [`Channel`], pushes grouped by frontend.
 //! - [`proto`]: the framework's `sys` remotes and their messages.
 //! - [`master`], [`process`], `cli`, `init`: the processes and the command line.
+//! - [`procfs`]: a process's resident memory from `/proc`.
 
 pub mod app;
 pub mod backend;
@@ -34,6 +35,7 @@ pub mod context;
 mod init;
 pub mod master;
 pub mod process;
+pub mod procfs;
 pub mod proto;
 
 pub use app::{App, AppError, BackendHandler, BackendRequest, Component, DuplicateLogin};
