@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::DuplicateLogin;
-use crate::config::{ClusterConfig, ServerConfig};
+use crate::config::{ClusterConfig, ServerConfig, parse_server_def};
 use crate::proto::{
     AddArgs, AddReply, Claim, Count, KickUid, ListReply, ListRow, ServerEntry, Snapshot,
     StatsReport, StopArgs, WatchArgs, master_remote, server_remote,
@@ -83,10 +83,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn restart_enabled(cfg: &ServerConfig) -> bool {
-    ["restart", "auto-restart", "autoRestart"].iter().any(|k| {
-        matches!(cfg.extra.get(*k), Some(Value::Bool(true)))
-            || cfg.extra.get(*k).and_then(Value::as_str) == Some("true")
-    })
+    cfg.restart() == Some(true)
 }
 
 impl Master {
@@ -348,7 +345,10 @@ impl Master {
     fn add_server(self: &Arc<Self>, args: AddArgs) -> Result<String, String> {
         let mut obj = Map::new();
         for kv in args.pairs {
+            // Names stay text (`id=7` is the id "7"); other values become what they look like.
+            let text = ["id", "serverType", "type", "host"].contains(&kv.key.as_str());
             let v = match kv.value.as_str() {
+                s if text => Value::String(s.to_owned()),
                 "true" => Value::Bool(true),
                 "false" => Value::Bool(false),
                 s => s
@@ -358,7 +358,7 @@ impl Master {
             };
             obj.insert(kv.key, v);
         }
-        let cfg = server_from_def(&Value::Object(obj.clone()))?;
+        let cfg = parse_server_def(Value::Object(obj), None).map_err(|e| e.to_string())?;
         let mut st = lock(&self.state);
         if st.servers.contains_key(&cfg.id) {
             return Err(format!("a server with id `{}` already exists", cfg.id));
@@ -400,65 +400,6 @@ pub(crate) fn server_def_json(cfg: &ServerConfig) -> String {
     }
     o.insert("frontend".into(), cfg.frontend.into());
     Value::Object(o).to_string()
-}
-
-/// Parses a server definition (`add` arguments or `--server-def`). Errors name the field.
-pub(crate) fn server_from_def(v: &Value) -> Result<ServerConfig, String> {
-    let Value::Object(o) = v else {
-        return Err("server definition must be an object".into());
-    };
-    let mut extra = o.clone();
-    let mut take_str = |k: &str| -> Option<String> {
-        match extra.remove(k) {
-            Some(Value::String(s)) if !s.is_empty() => Some(s),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            _ => None,
-        }
-    };
-    let id = take_str("id").ok_or("field `id` is missing")?;
-    let server_type = take_str("serverType")
-        .or_else(|| take_str("type"))
-        .ok_or_else(|| format!("server `{id}`: field `serverType` is missing"))?;
-    if server_type.contains('.') {
-        return Err(format!(
-            "server `{id}`: field `serverType` must contain no `.`"
-        ));
-    }
-    let host = take_str("host").unwrap_or_else(|| "127.0.0.1".into());
-    let port_of = |s: Option<String>, field: &str| -> Result<Option<u16>, String> {
-        s.map(|s| {
-            s.parse::<u16>().map_err(|_| {
-                format!("server `{id}`: field `{field}` must be a port number from 0 to 65535")
-            })
-        })
-        .transpose()
-    };
-    let port = port_of(take_str("port"), "port")?;
-    let client_port = port_of(take_str("clientPort"), "clientPort")?;
-    let frontend = match extra.remove("frontend") {
-        Some(Value::Bool(b)) => b,
-        Some(Value::String(s)) => s == "true",
-        _ => false,
-    };
-    if frontend && client_port.is_none() {
-        return Err(format!(
-            "server `{id}`: field `clientPort` is required for a frontend server"
-        ));
-    }
-    if !frontend && port.is_none() {
-        return Err(format!(
-            "server `{id}`: field `port` is required for a backend server"
-        ));
-    }
-    Ok(ServerConfig {
-        id,
-        server_type,
-        host,
-        port,
-        client_port,
-        frontend,
-        extra,
-    })
 }
 
 struct MasterRemote(Arc<Master>);
@@ -758,34 +699,15 @@ mod tests {
     }
 
     #[test]
-    fn server_definitions_round_trip_and_name_bad_fields() {
+    fn server_definitions_round_trip() {
         let v: Value = serde_json::from_str(
-            r#"{"id":"chat-3","serverType":"chat","host":"127.0.0.1","port":"0","restart":true}"#,
+            r#"{"id":"chat-3","serverType":"chat","host":"127.0.0.1","port":"0","restart":"true"}"#,
         )
         .unwrap();
-        let cfg = server_from_def(&v).unwrap();
+        let cfg = parse_server_def(v, None).unwrap();
         assert_eq!(cfg.port, Some(0));
         assert!(restart_enabled(&cfg));
         let back: Value = serde_json::from_str(&server_def_json(&cfg)).unwrap();
-        assert_eq!(server_from_def(&back).unwrap(), cfg);
-        for (def, want) in [
-            (r#"{"serverType":"chat","port":1}"#, "field `id`"),
-            (r#"{"id":"x","port":1}"#, "field `serverType`"),
-            (
-                r#"{"id":"x","serverType":"chat"}"#,
-                "field `port` is required",
-            ),
-            (
-                r#"{"id":"x","serverType":"chat","port":"99999"}"#,
-                "field `port` must be",
-            ),
-            (
-                r#"{"id":"x","serverType":"c","frontend":true}"#,
-                "field `clientPort`",
-            ),
-        ] {
-            let e = server_from_def(&serde_json::from_str(def).unwrap()).unwrap_err();
-            assert!(e.contains(want), "{def}: {e}");
-        }
+        assert_eq!(parse_server_def(back, None).unwrap(), cfg);
     }
 }
