@@ -11,7 +11,14 @@
 //!     "chat":      [{"id": "chat-server-1", "host": "127.0.0.1", "port": 6050}] } }
 //! ```
 //!
-//! `master.json` holds one `{"id", "host", "port"}` object per environment.
+//! `master.json` holds one `{"id", "host", "port"}` object per environment, and optionally
+//! what the master does when a server exits without being told to ([`RestartPolicy`]):
+//!
+//! ```json
+//! { "production": { "id": "master-server-1", "host": "127.0.0.1", "port": 3005,
+//!     "restart": {"enabled": true, "backoffMs": 500, "maxBackoffMs": 10000,
+//!                 "crashLoop": {"max": 5, "windowSecs": 60}} } }
+//! ```
 //!
 //! The files are read with serde into raw structs, then validated once into [`ClusterConfig`].
 //! Every error names the file, the environment, the server id (or its index) and the field, so a
@@ -20,6 +27,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 
@@ -134,6 +142,47 @@ pub struct MasterConfig {
     /// The port servers register on and the CLI talks to (`0`: any free port, which the master
     /// then passes to the servers it starts).
     pub port: u16,
+    /// What it does when a server exits without being told to (`restart`).
+    pub restart: RestartPolicy,
+}
+
+/// What the master does when a server exits without being told to (a crash, a `kill -9`, an
+/// exit of its own): master.json's `restart`, every field optional.
+///
+/// | field | default | meaning |
+/// |---|---|---|
+/// | `enabled` | `true` | restart such servers; a server's own `"restart": false` / `true` in servers.json wins |
+/// | `backoffMs` | 500 | wait before the first restart; doubled after each quick crash |
+/// | `maxBackoffMs` | 10000 | the most it waits; a server that ran a whole crash-loop window starts over at `backoffMs` |
+/// | `crashLoop.max` | 5 | a server that crashes more than this many times within `crashLoop.windowSecs` is not restarted again (`list` shows `crash-loop`, the master logs an ERROR) |
+/// | `crashLoop.windowSecs` | 60 | the window |
+///
+/// `"restart": false` is short for `{"enabled": false}`. A server stopped with `stop` or
+/// `kill` is never restarted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// Whether servers are restarted by default.
+    pub enabled: bool,
+    /// The first restart delay.
+    pub backoff: Duration,
+    /// The longest restart delay.
+    pub max_backoff: Duration,
+    /// The most crashes within [`RestartPolicy::crash_loop_window`] that are still restarted.
+    pub crash_loop_max: u32,
+    /// The crash-loop window.
+    pub crash_loop_window: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(10),
+            crash_loop_max: 5,
+            crash_loop_window: Duration::from_secs(60),
+        }
+    }
 }
 
 /// The whole cluster for one environment.
@@ -474,7 +523,94 @@ fn parse_master(file: &Path, text: &str, env: &str) -> Result<MasterConfig, Conf
     let port = def_port(&id, "port", m.remove("port"))
         .map_err(|e| ctx.def(e))?
         .ok_or_else(|| ctx.invalid(&id, "port", "is missing".into()))?;
-    Ok(MasterConfig { id, host, port })
+    let restart = parse_restart(&ctx, &id, m.remove("restart"))?;
+    Ok(MasterConfig {
+        id,
+        host,
+        port,
+        restart,
+    })
+}
+
+/// master.json's `restart` (see [`RestartPolicy`]); unknown keys are refused, so a typo does
+/// not silently keep a default.
+fn parse_restart(ctx: &Ctx<'_>, id: &str, v: Option<Value>) -> Result<RestartPolicy, ConfigError> {
+    let mut p = RestartPolicy::default();
+    let mut o = match v {
+        None | Some(Value::Null) => return Ok(p),
+        Some(Value::Bool(b)) => {
+            p.enabled = b;
+            return Ok(p);
+        }
+        Some(Value::Object(o)) => o,
+        Some(other) => {
+            return Err(ctx.invalid(
+                id,
+                "restart",
+                format!("must be true, false or an object, found {other}"),
+            ));
+        }
+    };
+    let number = |field: &'static str, v: Value, min: u64| -> Result<u64, ConfigError> {
+        v.as_u64().filter(|n| *n >= min).ok_or_else(|| {
+            ctx.invalid(
+                id,
+                field,
+                format!("must be a whole number of at least {min}, found {v}"),
+            )
+        })
+    };
+    if let Some(v) = o.remove("enabled") {
+        p.enabled = def_bool(id, "restart.enabled", &v).map_err(|e| ctx.def(e))?;
+    }
+    if let Some(v) = o.remove("backoffMs") {
+        p.backoff = Duration::from_millis(number("restart.backoffMs", v, 1)?);
+    }
+    if let Some(v) = o.remove("maxBackoffMs") {
+        p.max_backoff = Duration::from_millis(number("restart.maxBackoffMs", v, 1)?);
+    }
+    if p.max_backoff < p.backoff {
+        return Err(ctx.invalid(
+            id,
+            "restart.maxBackoffMs",
+            format!("must be at least backoffMs ({} ms)", p.backoff.as_millis()),
+        ));
+    }
+    match o.remove("crashLoop") {
+        None => {}
+        Some(Value::Object(mut c)) => {
+            if let Some(v) = c.remove("max") {
+                let n = number("restart.crashLoop.max", v, 1)?;
+                p.crash_loop_max = u32::try_from(n).unwrap_or(u32::MAX);
+            }
+            if let Some(v) = c.remove("windowSecs") {
+                p.crash_loop_window =
+                    Duration::from_secs(number("restart.crashLoop.windowSecs", v, 1)?);
+            }
+            if let Some(k) = c.keys().next() {
+                return Err(ctx.invalid(
+                    id,
+                    "restart.crashLoop",
+                    format!("unknown field `{k}` (known: max, windowSecs)"),
+                ));
+            }
+        }
+        Some(other) => {
+            return Err(ctx.invalid(
+                id,
+                "restart.crashLoop",
+                format!("must be an object {{max, windowSecs}}, found {other}"),
+            ));
+        }
+    }
+    if let Some(k) = o.keys().next() {
+        return Err(ctx.invalid(
+            id,
+            "restart",
+            format!("unknown field `{k}` (known: enabled, backoffMs, maxBackoffMs, crashLoop)"),
+        ));
+    }
+    Ok(p)
 }
 
 #[cfg(test)]
@@ -658,6 +794,73 @@ mod tests {
         let c = ClusterConfig::load(&d, "development").unwrap();
         assert_eq!(c.servers[1].port, Some(0));
         assert_eq!(c.master.port, 0);
+    }
+
+    #[test]
+    fn master_restart_policy_defaults_overrides_and_errors() {
+        let load = |restart: &str| {
+            let d = tmp("restart");
+            write(
+                &d,
+                r#"{"development":{"chat":[{"id":"c","host":"h","port":0}]}}"#,
+                &format!(r#"{{"development":{{"id":"m","host":"h","port":0{restart}}}}}"#),
+            );
+            ClusterConfig::load(&d, "development").map(|c| c.master.restart)
+        };
+        assert_eq!(load("").unwrap(), RestartPolicy::default());
+        assert!(RestartPolicy::default().enabled);
+        assert!(!load(r#","restart":false"#).unwrap().enabled);
+        let p = load(
+            r#","restart":{"backoffMs":50,"maxBackoffMs":200,"crashLoop":{"max":2,"windowSecs":9}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            p,
+            RestartPolicy {
+                enabled: true,
+                backoff: Duration::from_millis(50),
+                max_backoff: Duration::from_millis(200),
+                crash_loop_max: 2,
+                crash_loop_window: Duration::from_secs(9),
+            }
+        );
+        for (restart, want) in [
+            (
+                r#","restart":"yes""#,
+                "field `restart`: must be true, false or an object",
+            ),
+            (
+                r#","restart":{"backoffMs":0}"#,
+                "field `restart.backoffMs`: must be a whole number of at least 1",
+            ),
+            (
+                r#","restart":{"backoffMs":900,"maxBackoffMs":800}"#,
+                "field `restart.maxBackoffMs`: must be at least backoffMs",
+            ),
+            (
+                r#","restart":{"enable":true}"#,
+                "field `restart`: unknown field `enable`",
+            ),
+            (
+                r#","restart":{"crashLoop":{"max":-1}}"#,
+                "field `restart.crashLoop.max`",
+            ),
+            (
+                r#","restart":{"crashLoop":{"window":3}}"#,
+                "unknown field `window`",
+            ),
+            (
+                r#","restart":{"enabled":"no"}"#,
+                "field `restart.enabled`: must be true or false",
+            ),
+        ] {
+            let got = load(restart).unwrap_err().to_string();
+            assert!(got.contains(want), "{restart}\n got: {got}\nwant: {want}");
+            assert!(
+                got.contains("master.json: environment `development`, m,"),
+                "{got}"
+            );
+        }
     }
 
     #[test]

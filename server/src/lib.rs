@@ -12,8 +12,9 @@
 //! ```
 //!
 //! The master ([`master`]) starts every server of `servers.json` as a process of the same
-//! binary (hidden flags `--server-id ID --master HOST:PORT`), restarts crashed ones when
-//! configured (`"restart": true`), and keeps the cluster view every server follows with a
+//! binary (hidden flags `--server-id ID --master HOST:PORT`), restarts crashed ones (with
+//! backoff, and not after a crash loop: master.json's `restart`, a server's own
+//! `"restart": false`; see [`config::RestartPolicy`]), and keeps the cluster view every server follows with a
 //! long poll, so a server added at runtime becomes routable everywhere.
 //!
 //! # Layout

@@ -2,7 +2,7 @@
 //! and restarts them, keeps the cluster view servers follow, answers the CLI, and owns the
 //! cluster-wide uid registry.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::DuplicateLogin;
-use crate::config::{ClusterConfig, ServerConfig, parse_server_def};
+use crate::config::{ClusterConfig, RestartPolicy, ServerConfig, parse_server_def};
 use crate::proto::{
     AddArgs, AddReply, Claim, Count, KickUid, ListReply, ListRow, ServerEntry, Snapshot,
     StatsReport, StopArgs, WatchArgs, master_remote, server_remote,
@@ -24,9 +24,6 @@ use shaddock_connector::remote::{KickArgs, session_remote};
 
 /// How long `watch` holds a request when nothing changes (below the RPC call timeout).
 const WATCH_HOLD: Duration = Duration::from_secs(5);
-/// First restart delay; doubled per quick crash, up to [`BACKOFF_MAX`].
-const BACKOFF_BASE: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How long a graceful stop waits for one group of servers.
 const STOP_WAIT: Duration = Duration::from_secs(20);
 
@@ -72,6 +69,7 @@ pub(crate) struct Master {
     master_id: String,
     addr: Mutex<String>,
     policy: DuplicateLogin,
+    restart: RestartPolicy,
     /// Cancelled when the master should exit.
     exit: CancellationToken,
     ready: AtomicBool,
@@ -82,8 +80,35 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn restart_enabled(cfg: &ServerConfig) -> bool {
-    cfg.restart() == Some(true)
+/// Whether the master restarts `cfg`'s server when it exits on its own: its own setting in
+/// servers.json, else master.json's `restart.enabled`.
+fn restart_enabled(cfg: &ServerConfig, policy: &RestartPolicy) -> bool {
+    cfg.restart().unwrap_or(policy.enabled)
+}
+
+/// The crashes of one server within the crash-loop window.
+struct CrashLog {
+    at: VecDeque<Instant>,
+}
+
+impl CrashLog {
+    /// Notes a crash at `now`; true if the server crashed more than `policy.crash_loop_max`
+    /// times within `policy.crash_loop_window` (a crash loop: do not restart it again).
+    fn crashed(&mut self, now: Instant, policy: &RestartPolicy) -> bool {
+        self.at.push_back(now);
+        while self
+            .at
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > policy.crash_loop_window)
+        {
+            self.at.pop_front();
+        }
+        self.at.len() > policy.crash_loop_max as usize
+    }
+
+    fn count(&self) -> usize {
+        self.at.len()
+    }
 }
 
 impl Master {
@@ -106,7 +131,11 @@ impl Master {
     }
 
     async fn supervise(self: Arc<Self>, id: String) {
-        let mut backoff = BACKOFF_BASE;
+        let policy = self.restart.clone();
+        let mut backoff = policy.backoff;
+        let mut crashes = CrashLog {
+            at: VecDeque::new(),
+        };
         loop {
             let (cfg, def_json, kill) = {
                 let mut st = lock(&self.state);
@@ -179,7 +208,14 @@ impl Master {
             };
             drop(stdin);
             let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
-            let restart = {
+            let ran = started_at.elapsed();
+            enum Next {
+                Stopped,
+                Exited,
+                CrashLoop(usize),
+                Restart,
+            }
+            let next = {
                 let mut st = lock(&self.state);
                 let Some(m) = st.servers.get_mut(&id) else {
                     return;
@@ -187,30 +223,56 @@ impl Master {
                 m.entry = None;
                 m.pid = 0;
                 m.connections = 0;
-                let stopping = m.stopping;
-                let restart = !stopping && restart_enabled(&m.cfg);
-                m.state = if stopping {
-                    "stopped"
-                } else if restart {
-                    m.restarts += 1;
-                    "restarting"
+                let next = if m.stopping {
+                    Next::Stopped
+                } else if !restart_enabled(&m.cfg, &policy) {
+                    Next::Exited
+                } else if crashes.crashed(Instant::now(), &policy) {
+                    Next::CrashLoop(crashes.count())
                 } else {
-                    "exited"
+                    Next::Restart
+                };
+                m.state = match next {
+                    Next::Stopped => "stopped",
+                    Next::Exited => "exited",
+                    Next::CrashLoop(_) => "crash-loop",
+                    Next::Restart => {
+                        m.restarts += 1;
+                        "restarting"
+                    }
                 };
                 st.uids.retain(|_, (fid, _)| fid != &id);
                 self.publish(&mut st);
                 self.rpc.directory().remove(&id);
-                restart
+                next
             };
-            if restart {
-                tracing::warn!(server = %id, %status, ?backoff, "server exited; restarting");
-            } else {
-                tracing::info!(server = %id, %status, "server exited");
-                return;
+            match next {
+                Next::Stopped => {
+                    tracing::info!(server = %id, %status, "server stopped");
+                    return;
+                }
+                Next::Exited => {
+                    tracing::warn!(server = %id, %status, "server exited; not restarted (its restart is off)");
+                    return;
+                }
+                Next::CrashLoop(n) => {
+                    tracing::error!(
+                        server = %id,
+                        crashes = n,
+                        window_secs = policy.crash_loop_window.as_secs(),
+                        last_status = %status,
+                        "server crashed {n} times within {} s; not restarting it again (crash-loop)",
+                        policy.crash_loop_window.as_secs()
+                    );
+                    return;
+                }
+                Next::Restart => {}
             }
-            if started_at.elapsed() > BACKOFF_MAX * 3 {
-                backoff = BACKOFF_BASE;
+            // A server that ran a whole window was healthy: its next restart is quick again.
+            if ran >= policy.crash_loop_window {
+                backoff = policy.backoff;
             }
+            tracing::warn!(server = %id, %status, ?backoff, "server exited; restarting");
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
                 () = kill.cancelled() => {
@@ -225,7 +287,7 @@ impl Master {
                     return;
                 }
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            backoff = (backoff * 2).min(policy.max_backoff);
         }
     }
 
@@ -619,6 +681,7 @@ pub(crate) async fn run_master(
         master_id: cluster.master.id.clone(),
         addr: Mutex::new(addr.clone()),
         policy,
+        restart: cluster.master.restart.clone(),
         exit: CancellationToken::new(),
         ready: AtomicBool::new(false),
         stopping: AtomicBool::new(false),
@@ -699,6 +762,27 @@ mod tests {
     }
 
     #[test]
+    fn a_crash_loop_is_more_than_max_crashes_within_the_window() {
+        let policy = RestartPolicy {
+            crash_loop_max: 2,
+            crash_loop_window: Duration::from_secs(10),
+            ..RestartPolicy::default()
+        };
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut log = CrashLog {
+            at: VecDeque::new(),
+        };
+        assert!(!log.crashed(at(0), &policy));
+        assert!(!log.crashed(at(5), &policy));
+        // The crash at 0 s is out of the window by 11 s: still two within 10 s.
+        assert!(!log.crashed(at(11), &policy));
+        assert_eq!(log.count(), 2);
+        assert!(log.crashed(at(12), &policy));
+        assert_eq!(log.count(), 3);
+    }
+
+    #[test]
     fn server_definitions_round_trip() {
         let v: Value = serde_json::from_str(
             r#"{"id":"chat-3","serverType":"chat","host":"127.0.0.1","port":"0","restart":"true"}"#,
@@ -706,7 +790,7 @@ mod tests {
         .unwrap();
         let cfg = parse_server_def(v, None).unwrap();
         assert_eq!(cfg.port, Some(0));
-        assert!(restart_enabled(&cfg));
+        assert!(restart_enabled(&cfg, &RestartPolicy::default()));
         let back: Value = serde_json::from_str(&server_def_json(&cfg)).unwrap();
         assert_eq!(parse_server_def(back, None).unwrap(), cfg);
     }
