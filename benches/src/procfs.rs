@@ -6,30 +6,8 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 
-/// Resident set size of `pid` in bytes (`VmRSS` of `/proc/<pid>/status`).
-///
-/// # Errors
-/// The file cannot be read (the process is gone) or has no `VmRSS` line.
-pub fn rss_bytes(pid: u32) -> io::Result<u64> {
-    let text = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    parse_vm_rss(&text).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("/proc/{pid}/status has no VmRSS line"),
-        )
-    })
-}
-
-/// The `VmRSS:  1234 kB` line of a `/proc/<pid>/status` text, in bytes.
-pub fn parse_vm_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let mut words = line["VmRSS:".len()..].split_whitespace();
-    let n: u64 = words.next()?.parse().ok()?;
-    match words.next() {
-        Some("kB") | None => Some(n * 1024),
-        Some(_) => None,
-    }
-}
+/// The resident-memory reader the master's `list` uses too (one reader of `VmRSS`).
+pub use shaddock_server::procfs::{parse_vm_rss, rss_bytes};
 
 /// Socket inodes in LISTEN state on local `port` in a `/proc/net/tcp` or `/proc/net/tcp6`
 /// text.
@@ -128,14 +106,6 @@ pub fn load_average() -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn vm_rss() {
-        let status = "Name:\tnode\nVmPeak:\t  999 kB\nVmRSS:\t   51234 kB\nThreads:\t7\n";
-        assert_eq!(parse_vm_rss(status), Some(51234 * 1024));
-        assert_eq!(parse_vm_rss("Name:\tx\n"), None);
-        assert_eq!(parse_vm_rss("VmRSS:\t12 MB\n"), None);
-    }
 
     #[test]
     fn listen_inodes() {

@@ -1,7 +1,7 @@
 //! Faults in a real chat cluster (launcher → master → gate, 3 connectors, 3 chat servers) on
-//! port-0 config with `"restart": true`: `kill -9` of a chat server under steady load,
-//! `kill -9` of a connector, a graceful `stop` under load, and a slow consumer in a room that
-//! gets 10,000 pushes.
+//! port-0 config with no `restart` setting (the master restarts crashed servers by default):
+//! `kill -9` of a chat server under steady load, `kill -9` of a connector, a graceful `stop`
+//! under load, and a slow consumer in a room that gets 10,000 pushes.
 //!
 //! Only PIDs this test started are signalled: the servers' PIDs come from the master's `list`.
 
@@ -44,7 +44,8 @@ fn alive(pid: u32) -> bool {
     })
 }
 
-/// The chat binary on a temporary port-0 config where every server has `"restart": true`;
+/// The chat binary on a temporary port-0 config with no `restart` anywhere (so crashed
+/// servers come back by master.json's default);
 /// stopped with SIGTERM (then SIGKILL of the launcher and the PIDs it reported) on drop.
 struct FaultCluster {
     child: Option<Child>,
@@ -62,7 +63,7 @@ impl FaultCluster {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
         let server = |id: String, frontend: bool| {
-            let mut v = json!({"id": id, "host": "127.0.0.1", "port": 0, "restart": true});
+            let mut v = json!({"id": id, "host": "127.0.0.1", "port": 0});
             if frontend {
                 v["clientPort"] = json!(0);
                 v["frontend"] = json!(true);
@@ -70,7 +71,7 @@ impl FaultCluster {
             v
         };
         let servers = json!({"development": {
-            "gate": [{"id": "gate-server-1", "host": "127.0.0.1", "clientPort": 0, "frontend": true, "restart": true}],
+            "gate": [{"id": "gate-server-1", "host": "127.0.0.1", "clientPort": 0, "frontend": true}],
             "connector": (1..=3).map(|i| server(format!("connector-server-{i}"), true)).collect::<Vec<_>>(),
             "chat": (1..=3).map(|i| server(format!("chat-server-{i}"), false)).collect::<Vec<_>>(),
         }});
@@ -947,16 +948,9 @@ impl tokio::io::AsyncWrite for StopsReading {
     }
 }
 
-/// VmRSS of a process, in bytes.
+/// VmRSS of a process, in bytes (0 once it is gone).
 fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+    shaddock_server::procfs::rss_bytes(pid).unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -137,7 +137,8 @@ async fn dispatch(app: App, cli: Cli) -> Result<(), String> {
         let me = match &cli.server_def {
             Some(def) => {
                 let v = serde_json::from_str(def).map_err(|e| format!("--server-def: {e}"))?;
-                crate::master::server_from_def(&v)?
+                crate::config::parse_server_def(v, None)
+                    .map_err(|e| format!("--server-def: {e}"))?
             }
             None => cluster
                 .server(id)

@@ -11,7 +11,14 @@
 //!     "chat":      [{"id": "chat-server-1", "host": "127.0.0.1", "port": 6050}] } }
 //! ```
 //!
-//! `master.json` holds one `{"id", "host", "port"}` object per environment.
+//! `master.json` holds one `{"id", "host", "port"}` object per environment, and optionally
+//! what the master does when a server exits without being told to ([`RestartPolicy`]):
+//!
+//! ```json
+//! { "production": { "id": "master-server-1", "host": "127.0.0.1", "port": 3005,
+//!     "restart": {"enabled": true, "backoffMs": 500, "maxBackoffMs": 10000,
+//!                 "crashLoop": {"max": 5, "windowSecs": 60}} } }
+//! ```
 //!
 //! The files are read with serde into raw structs, then validated once into [`ClusterConfig`].
 //! Every error names the file, the environment, the server id (or its index) and the field, so a
@@ -20,8 +27,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
 /// Environment variable that chooses the environment when `-e` is not given (pomelo's `NODE_ENV`
@@ -100,11 +107,20 @@ pub struct ServerConfig {
     /// The runtime itself reads: `worker-threads` (tokio worker threads of the process,
     /// default 1) and, on frontends, `max-connections`, `heartbeat` (seconds, 0 = off) and
     /// `push-flush-interval` (milliseconds, 0 = off: pomelo's buffer push scheduler) and
-    /// `push-linger` (milliseconds).
+    /// `push-linger` (milliseconds). The master reads `restart` (see [`ServerConfig::restart`]).
     pub extra: Map<String, Value>,
 }
 
 impl ServerConfig {
+    /// The server's own restart setting, if it has one (`"restart": false` in servers.json,
+    /// or pomelo's `auto-restart` / `autoRestart`): it wins over master.json's
+    /// `restart.enabled`.
+    pub fn restart(&self) -> Option<bool> {
+        RESTART_KEYS
+            .iter()
+            .find_map(|k| self.extra.get(*k).and_then(Value::as_bool))
+    }
+
     /// `host:port` of the RPC listener, if the server has one.
     pub fn rpc_addr(&self) -> Option<String> {
         self.port.map(|p| format!("{}:{p}", self.host))
@@ -129,6 +145,47 @@ pub struct MasterConfig {
     /// How long a lost server's placed keys (the chat's rooms) wait for it to come back before
     /// they are placed on a survivor (`placementGraceMs`, default 5000).
     pub placement_grace: std::time::Duration,
+    /// What it does when a server exits without being told to (`restart`).
+    pub restart: RestartPolicy,
+}
+
+/// What the master does when a server exits without being told to (a crash, a `kill -9`, an
+/// exit of its own): master.json's `restart`, every field optional.
+///
+/// | field | default | meaning |
+/// |---|---|---|
+/// | `enabled` | `true` | restart such servers; a server's own `"restart": false` / `true` in servers.json wins |
+/// | `backoffMs` | 500 | wait before the first restart; doubled after each quick crash |
+/// | `maxBackoffMs` | 10000 | the most it waits; a server that ran a whole crash-loop window starts over at `backoffMs` |
+/// | `crashLoop.max` | 5 | a server that crashes more than this many times within `crashLoop.windowSecs` is not restarted again (`list` shows `crash-loop`, the master logs an ERROR) |
+/// | `crashLoop.windowSecs` | 60 | the window |
+///
+/// `"restart": false` is short for `{"enabled": false}`. A server stopped with `stop` or
+/// `kill` is never restarted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// Whether servers are restarted by default.
+    pub enabled: bool,
+    /// The first restart delay.
+    pub backoff: Duration,
+    /// The longest restart delay.
+    pub max_backoff: Duration,
+    /// The most crashes within [`RestartPolicy::crash_loop_window`] that are still restarted.
+    pub crash_loop_max: u32,
+    /// The crash-loop window.
+    pub crash_loop_window: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(10),
+            crash_loop_max: 5,
+            crash_loop_window: Duration::from_secs(60),
+        }
+    }
 }
 
 /// [`MasterConfig::placement_grace`] when master.json does not set it.
@@ -224,19 +281,6 @@ fn read(file: &Path) -> Result<String, ConfigError> {
     })
 }
 
-/// A server object as written in the file. Unknown keys go to `extra`.
-#[derive(Deserialize)]
-struct RawServer {
-    id: Option<Value>,
-    host: Option<Value>,
-    port: Option<Value>,
-    #[serde(rename = "clientPort")]
-    client_port: Option<Value>,
-    frontend: Option<Value>,
-    #[serde(flatten)]
-    extra: Map<String, Value>,
-}
-
 /// Picks one environment's section out of an env-keyed file.
 fn env_section(file: &Path, text: &str, env: &str) -> Result<Value, ConfigError> {
     let mut root: Map<String, Value> =
@@ -273,41 +317,9 @@ impl Ctx<'_> {
         }
     }
 
-    fn string(
-        &self,
-        who: &str,
-        field: &'static str,
-        v: Option<Value>,
-    ) -> Result<String, ConfigError> {
-        match v {
-            Some(Value::String(s)) if !s.trim().is_empty() => Ok(s),
-            Some(Value::String(_)) => Err(self.invalid(who, field, "must not be empty".into())),
-            Some(other) => {
-                Err(self.invalid(who, field, format!("must be a string, found {other}")))
-            }
-            None => Err(self.invalid(who, field, "is missing".into())),
-        }
-    }
-
-    /// Ports may be written as numbers or, as pomelo tolerates, numeric strings. Port `0` means
-    /// "any free port": the server binds an ephemeral port and reports the real one to the master
-    /// (tests use this so they never depend on fixed ports).
-    fn port(
-        &self,
-        who: &str,
-        field: &'static str,
-        v: Option<Value>,
-    ) -> Result<Option<u16>, ConfigError> {
-        let n = match v {
-            None | Some(Value::Null) => return Ok(None),
-            Some(Value::Number(n)) => n.as_u64(),
-            Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
-            Some(_) => None,
-        };
-        match n {
-            Some(p @ 0..=65535) => Ok(Some(p as u16)),
-            _ => Err(self.invalid(who, field, "must be a port number from 0 to 65535".into())),
-        }
+    /// The file's error for a problem found by the definition parser.
+    fn def(&self, e: DefError) -> ConfigError {
+        self.invalid(e.server, e.field, e.problem)
     }
 }
 
@@ -324,69 +336,182 @@ fn parse_servers(file: &Path, text: &str, env: &str) -> Result<Vec<ServerConfig>
     let mut out = Vec::new();
     let mut ids = HashSet::new();
     for (server_type, list) in types {
-        if server_type.is_empty() || server_type.contains('.') {
-            return Err(ctx.invalid(
-                format!("server type `{server_type}`"),
-                "type",
-                "must be non-empty and contain no `.` (it is the first part of a route)".into(),
-            ));
-        }
+        check_server_type(&server_type).map_err(|problem| {
+            ctx.invalid(format!("server type `{server_type}`"), "type", problem)
+        })?;
         let Value::Array(list) = list else {
             return Err(ctx.invalid(&server_type, "type", "must be a list of servers".into()));
         };
         for (i, raw) in list.into_iter().enumerate() {
-            let at = format!("{server_type}[{i}]");
-            let raw: RawServer = serde_json::from_value(raw)
-                .map_err(|e| ctx.invalid(&at, "server", format!("must be an object ({e})")))?;
-            let id = ctx.string(&at, "id", raw.id)?;
-            let who = format!("{server_type}/{id}");
-            if !ids.insert(id.clone()) {
-                return Err(ctx.invalid(&who, "id", "is used by another server".into()));
-            }
-            let host = ctx.string(&who, "host", raw.host)?;
-            let port = ctx.port(&who, "port", raw.port)?;
-            let client_port = ctx.port(&who, "clientPort", raw.client_port)?;
-            let frontend = match raw.frontend {
-                None | Some(Value::Null) => false,
-                Some(Value::Bool(b)) => b,
-                Some(Value::String(s)) if s == "true" || s == "false" => s == "true",
-                Some(other) => {
-                    return Err(ctx.invalid(
-                        &who,
-                        "frontend",
-                        format!("must be true or false, found {other}"),
-                    ));
-                }
-            };
-            if frontend && client_port.is_none() {
+            let s = parse_server_def(raw, Some((&server_type, i))).map_err(|e| ctx.def(e))?;
+            if !ids.insert(s.id.clone()) {
                 return Err(ctx.invalid(
-                    &who,
-                    "clientPort",
-                    "is required for a frontend server".into(),
+                    format!("{server_type}/{}", s.id),
+                    "id",
+                    "is used by another server".into(),
                 ));
             }
-            if !frontend && client_port.is_some() {
-                return Err(ctx.invalid(
-                    &who,
-                    "clientPort",
-                    "is only for frontend servers (set \"frontend\": true)".into(),
-                ));
-            }
-            if !frontend && port.is_none() {
-                return Err(ctx.invalid(&who, "port", "is required for a backend server".into()));
-            }
-            out.push(ServerConfig {
-                id,
-                server_type: server_type.clone(),
-                host,
-                port,
-                client_port,
-                frontend,
-                extra: raw.extra,
-            });
+            out.push(s);
         }
     }
     Ok(out)
+}
+
+/// What is wrong with one server definition (an entry of servers.json, the arguments of
+/// `add`, a `--server-def`): which server, which field, what.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{server}, field `{field}`: {problem}")]
+pub struct DefError {
+    /// `server type/id`, or `server type[index]` (servers.json) / `server definition` (`add`)
+    /// while the id is not known yet.
+    pub server: String,
+    /// The offending field, in the file's spelling (`clientPort`, not `client_port`).
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+fn check_server_type(t: &str) -> Result<(), String> {
+    if t.is_empty() || t.contains('.') {
+        Err("must be non-empty and contain no `.` (it is the first part of a route)".into())
+    } else {
+        Ok(())
+    }
+}
+
+/// The keys that set whether the master restarts a server that exits on its own:
+/// `restart`, and pomelo's spellings `auto-restart` / `autoRestart`.
+pub const RESTART_KEYS: [&str; 3] = ["restart", "auto-restart", "autoRestart"];
+
+/// Parses one server definition; the one parser behind servers.json, `add` and `--server-def`.
+///
+/// `listed`: `Some((server type, index))` for an entry of servers.json (its type is the key it
+/// is listed under, `host` is required); `None` for a definition made at runtime (`add`, the
+/// `--server-def` the master passes to a server it added), which names its type in
+/// `serverType` (or `type`) and whose `host` defaults to `127.0.0.1`. Unknown keys go to
+/// [`ServerConfig::extra`]; the restart keys ([`RESTART_KEYS`]) must be booleans.
+///
+/// # Errors
+/// [`DefError`] naming the server and field of the first problem.
+pub fn parse_server_def(
+    def: Value,
+    listed: Option<(&str, usize)>,
+) -> Result<ServerConfig, DefError> {
+    let at = match listed {
+        Some((t, i)) => format!("{t}[{i}]"),
+        None => "server definition".to_owned(),
+    };
+    let bad = |server: &str, field: &'static str, problem: String| DefError {
+        server: server.to_owned(),
+        field,
+        problem,
+    };
+    let Value::Object(mut extra) = def else {
+        return Err(bad(
+            &at,
+            "server",
+            format!("must be an object, found {def}"),
+        ));
+    };
+    let id = def_string(&at, "id", extra.remove("id"))?;
+    let server_type = match listed {
+        Some((t, _)) => t.to_owned(),
+        None => {
+            let v = extra.remove("serverType").or_else(|| extra.remove("type"));
+            let t = def_string(&format!("(server type)/{id}"), "serverType", v)?;
+            check_server_type(&t).map_err(|p| bad(&format!("{t}/{id}"), "serverType", p))?;
+            t
+        }
+    };
+    let who = format!("{server_type}/{id}");
+    let host = match (extra.remove("host"), listed) {
+        (None, None) => "127.0.0.1".to_owned(),
+        (v, _) => def_string(&who, "host", v)?,
+    };
+    let port = def_port(&who, "port", extra.remove("port"))?;
+    let client_port = def_port(&who, "clientPort", extra.remove("clientPort"))?;
+    let frontend = match extra.remove("frontend") {
+        None | Some(Value::Null) => false,
+        Some(v) => def_bool(&who, "frontend", &v)?,
+    };
+    if frontend && client_port.is_none() {
+        return Err(bad(
+            &who,
+            "clientPort",
+            "is required for a frontend server".into(),
+        ));
+    }
+    if !frontend && client_port.is_some() {
+        return Err(bad(
+            &who,
+            "clientPort",
+            "is only for frontend servers (set \"frontend\": true)".into(),
+        ));
+    }
+    if !frontend && port.is_none() {
+        return Err(bad(&who, "port", "is required for a backend server".into()));
+    }
+    for key in RESTART_KEYS {
+        if let Some(v) = extra.get_mut(key) {
+            *v = Value::Bool(def_bool(&who, key, v)?);
+        }
+    }
+    Ok(ServerConfig {
+        id,
+        server_type,
+        host,
+        port,
+        client_port,
+        frontend,
+        extra,
+    })
+}
+
+fn def_string(who: &str, field: &'static str, v: Option<Value>) -> Result<String, DefError> {
+    let problem = match v {
+        Some(Value::String(s)) if !s.trim().is_empty() => return Ok(s),
+        Some(Value::String(_)) => "must not be empty".to_owned(),
+        Some(other) => format!("must be a string, found {other}"),
+        None => "is missing".to_owned(),
+    };
+    Err(DefError {
+        server: who.to_owned(),
+        field,
+        problem,
+    })
+}
+
+/// Ports may be written as numbers or, as pomelo tolerates, numeric strings. Port `0` means
+/// "any free port": the server binds an ephemeral port and reports the real one to the master
+/// (tests use this so they never depend on fixed ports).
+fn def_port(who: &str, field: &'static str, v: Option<Value>) -> Result<Option<u16>, DefError> {
+    let n = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
+        Some(_) => None,
+    };
+    match n.map(u16::try_from) {
+        Some(Ok(p)) => Ok(Some(p)),
+        _ => Err(DefError {
+            server: who.to_owned(),
+            field,
+            problem: "must be a port number from 0 to 65535".into(),
+        }),
+    }
+}
+
+/// `true` / `false`, or (as pomelo's files and `add key=value` write them) `"true"` / `"false"`.
+fn def_bool(who: &str, field: &'static str, v: &Value) -> Result<bool, DefError> {
+    match v {
+        Value::Bool(b) => Ok(*b),
+        Value::String(s) if s == "true" || s == "false" => Ok(s == "true"),
+        other => Err(DefError {
+            server: who.to_owned(),
+            field,
+            problem: format!("must be true or false, found {other}"),
+        }),
+    }
 }
 
 fn parse_master(file: &Path, text: &str, env: &str) -> Result<MasterConfig, ConfigError> {
@@ -399,10 +524,10 @@ fn parse_master(file: &Path, text: &str, env: &str) -> Result<MasterConfig, Conf
             "must be an object {id, host, port}".into(),
         ));
     };
-    let id = ctx.string("master", "id", m.remove("id"))?;
-    let host = ctx.string(&id, "host", m.remove("host"))?;
-    let port = ctx
-        .port(&id, "port", m.remove("port"))?
+    let id = def_string("master", "id", m.remove("id")).map_err(|e| ctx.def(e))?;
+    let host = def_string(&id, "host", m.remove("host")).map_err(|e| ctx.def(e))?;
+    let port = def_port(&id, "port", m.remove("port"))
+        .map_err(|e| ctx.def(e))?
         .ok_or_else(|| ctx.invalid(&id, "port", "is missing".into()))?;
     let placement_grace = match m.remove("placementGraceMs") {
         None => DEFAULT_PLACEMENT_GRACE,
@@ -417,12 +542,95 @@ fn parse_master(file: &Path, text: &str, env: &str) -> Result<MasterConfig, Conf
                 )
             })?,
     };
+    let restart = parse_restart(&ctx, &id, m.remove("restart"))?;
     Ok(MasterConfig {
         id,
         host,
         port,
         placement_grace,
+        restart,
     })
+}
+
+/// master.json's `restart` (see [`RestartPolicy`]); unknown keys are refused, so a typo does
+/// not silently keep a default.
+fn parse_restart(ctx: &Ctx<'_>, id: &str, v: Option<Value>) -> Result<RestartPolicy, ConfigError> {
+    let mut p = RestartPolicy::default();
+    let mut o = match v {
+        None | Some(Value::Null) => return Ok(p),
+        Some(Value::Bool(b)) => {
+            p.enabled = b;
+            return Ok(p);
+        }
+        Some(Value::Object(o)) => o,
+        Some(other) => {
+            return Err(ctx.invalid(
+                id,
+                "restart",
+                format!("must be true, false or an object, found {other}"),
+            ));
+        }
+    };
+    let number = |field: &'static str, v: Value, min: u64| -> Result<u64, ConfigError> {
+        v.as_u64().filter(|n| *n >= min).ok_or_else(|| {
+            ctx.invalid(
+                id,
+                field,
+                format!("must be a whole number of at least {min}, found {v}"),
+            )
+        })
+    };
+    if let Some(v) = o.remove("enabled") {
+        p.enabled = def_bool(id, "restart.enabled", &v).map_err(|e| ctx.def(e))?;
+    }
+    if let Some(v) = o.remove("backoffMs") {
+        p.backoff = Duration::from_millis(number("restart.backoffMs", v, 1)?);
+    }
+    if let Some(v) = o.remove("maxBackoffMs") {
+        p.max_backoff = Duration::from_millis(number("restart.maxBackoffMs", v, 1)?);
+    }
+    if p.max_backoff < p.backoff {
+        return Err(ctx.invalid(
+            id,
+            "restart.maxBackoffMs",
+            format!("must be at least backoffMs ({} ms)", p.backoff.as_millis()),
+        ));
+    }
+    match o.remove("crashLoop") {
+        None => {}
+        Some(Value::Object(mut c)) => {
+            if let Some(v) = c.remove("max") {
+                let n = number("restart.crashLoop.max", v, 1)?;
+                p.crash_loop_max = u32::try_from(n).unwrap_or(u32::MAX);
+            }
+            if let Some(v) = c.remove("windowSecs") {
+                p.crash_loop_window =
+                    Duration::from_secs(number("restart.crashLoop.windowSecs", v, 1)?);
+            }
+            if let Some(k) = c.keys().next() {
+                return Err(ctx.invalid(
+                    id,
+                    "restart.crashLoop",
+                    format!("unknown field `{k}` (known: max, windowSecs)"),
+                ));
+            }
+        }
+        Some(other) => {
+            return Err(ctx.invalid(
+                id,
+                "restart.crashLoop",
+                format!("must be an object {{max, windowSecs}}, found {other}"),
+            ));
+        }
+    }
+    if let Some(k) = o.keys().next() {
+        return Err(ctx.invalid(
+            id,
+            "restart",
+            format!("unknown field `{k}` (known: enabled, backoffMs, maxBackoffMs, crashLoop)"),
+        ));
+    }
+    Ok(p)
 }
 
 #[cfg(test)]
@@ -517,6 +725,19 @@ mod tests {
                 "no environment `development` (found: production)",
             ),
             (r#"{"development": ["#, "servers.json: EOF while parsing"),
+            (
+                r#"{"development":{"chat":[{"id":"c1","host":"h","port":1,"restart":"yes"}]}}"#,
+                "chat/c1, field `restart`: must be true or false",
+            ),
+            (
+                r#"{"development":{"chat":[{"id":"c1","host":"h","port":1,"frontend":1}]}}"#,
+                "chat/c1, field `frontend`: must be true or false",
+            ),
+            (
+                r#"{"development":{"chat":[{"id":"c1","port":1}]}}"#,
+                "chat/c1, field `host`: is missing",
+            ),
+            (r#"{"development":{"chat":[7]}}"#, "chat[0], field `server`"),
         ];
         for (input, want) in cases {
             let got = err(input);
@@ -525,6 +746,60 @@ mod tests {
                 "input {input}\n got: {got}\nwant: {want}"
             );
             assert!(got.contains("servers.json"), "{got}");
+        }
+    }
+
+    #[test]
+    fn runtime_definitions_use_the_same_rules_and_name_server_and_field() {
+        let def = |t: &str| parse_server_def(serde_json::from_str(t).unwrap(), None);
+        let c = def(r#"{"id":"chat-3","serverType":"chat","port":"0","restart":false}"#).unwrap();
+        assert_eq!((c.host.as_str(), c.port), ("127.0.0.1", Some(0)));
+        assert_eq!(c.restart(), Some(false));
+        let c = def(r#"{"id":"c","type":"chat","port":1,"auto-restart":"true"}"#).unwrap();
+        assert_eq!((c.server_type.as_str(), c.restart()), ("chat", Some(true)));
+        assert_eq!(
+            def(r#"{"id":"c","type":"chat","port":1}"#)
+                .unwrap()
+                .restart(),
+            None
+        );
+        for (input, want) in [
+            (
+                r#"{"serverType":"chat","port":1}"#,
+                "server definition, field `id`: is missing",
+            ),
+            (r#"{"id":"x","port":1}"#, "field `serverType`: is missing"),
+            (
+                r#"{"id":"x","serverType":"a.b","port":1}"#,
+                "a.b/x, field `serverType`: must be non-empty and contain no `.`",
+            ),
+            (
+                r#"{"id":"x","serverType":"chat"}"#,
+                "chat/x, field `port`: is required for a backend server",
+            ),
+            (
+                r#"{"id":"x","serverType":"chat","port":"99999"}"#,
+                "chat/x, field `port`: must be a port number",
+            ),
+            (
+                r#"{"id":"x","serverType":"c","frontend":true}"#,
+                "c/x, field `clientPort`: is required for a frontend",
+            ),
+            (
+                r#"{"id":"x","serverType":"chat","port":1,"clientPort":2}"#,
+                "chat/x, field `clientPort`: is only for frontend servers",
+            ),
+            (
+                r#"{"id":"x","serverType":"chat","port":1,"restart":3}"#,
+                "chat/x, field `restart`: must be true or false",
+            ),
+            ("[]", "server definition, field `server`: must be an object"),
+        ] {
+            let got = def(input).unwrap_err().to_string();
+            assert!(
+                got.contains(want),
+                "input {input}\n got: {got}\nwant: {want}"
+            );
         }
     }
 
@@ -539,6 +814,73 @@ mod tests {
         let c = ClusterConfig::load(&d, "development").unwrap();
         assert_eq!(c.servers[1].port, Some(0));
         assert_eq!(c.master.port, 0);
+    }
+
+    #[test]
+    fn master_restart_policy_defaults_overrides_and_errors() {
+        let load = |restart: &str| {
+            let d = tmp("restart");
+            write(
+                &d,
+                r#"{"development":{"chat":[{"id":"c","host":"h","port":0}]}}"#,
+                &format!(r#"{{"development":{{"id":"m","host":"h","port":0{restart}}}}}"#),
+            );
+            ClusterConfig::load(&d, "development").map(|c| c.master.restart)
+        };
+        assert_eq!(load("").unwrap(), RestartPolicy::default());
+        assert!(RestartPolicy::default().enabled);
+        assert!(!load(r#","restart":false"#).unwrap().enabled);
+        let p = load(
+            r#","restart":{"backoffMs":50,"maxBackoffMs":200,"crashLoop":{"max":2,"windowSecs":9}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            p,
+            RestartPolicy {
+                enabled: true,
+                backoff: Duration::from_millis(50),
+                max_backoff: Duration::from_millis(200),
+                crash_loop_max: 2,
+                crash_loop_window: Duration::from_secs(9),
+            }
+        );
+        for (restart, want) in [
+            (
+                r#","restart":"yes""#,
+                "field `restart`: must be true, false or an object",
+            ),
+            (
+                r#","restart":{"backoffMs":0}"#,
+                "field `restart.backoffMs`: must be a whole number of at least 1",
+            ),
+            (
+                r#","restart":{"backoffMs":900,"maxBackoffMs":800}"#,
+                "field `restart.maxBackoffMs`: must be at least backoffMs",
+            ),
+            (
+                r#","restart":{"enable":true}"#,
+                "field `restart`: unknown field `enable`",
+            ),
+            (
+                r#","restart":{"crashLoop":{"max":-1}}"#,
+                "field `restart.crashLoop.max`",
+            ),
+            (
+                r#","restart":{"crashLoop":{"window":3}}"#,
+                "unknown field `window`",
+            ),
+            (
+                r#","restart":{"enabled":"no"}"#,
+                "field `restart.enabled`: must be true or false",
+            ),
+        ] {
+            let got = load(restart).unwrap_err().to_string();
+            assert!(got.contains(want), "{restart}\n got: {got}\nwant: {want}");
+            assert!(
+                got.contains("master.json: environment `development`, m,"),
+                "{got}"
+            );
+        }
     }
 
     #[test]

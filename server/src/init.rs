@@ -140,12 +140,12 @@ const SERVERS_JSON: &str = r#"{
   "development": {
     "gate": [{"id": "gate-server-1", "host": "127.0.0.1", "clientPort": 3014, "frontend": true}],
     "connector": [{"id": "connector-server-1", "host": "127.0.0.1", "port": 4050, "clientPort": 3050, "frontend": true}],
-    "chat": [{"id": "chat-server-1", "host": "127.0.0.1", "port": 6050, "restart": true}]
+    "chat": [{"id": "chat-server-1", "host": "127.0.0.1", "port": 6050}]
   },
   "production": {
     "gate": [{"id": "gate-server-1", "host": "127.0.0.1", "clientPort": 3014, "frontend": true}],
     "connector": [{"id": "connector-server-1", "host": "127.0.0.1", "port": 4050, "clientPort": 3050, "frontend": true}],
-    "chat": [{"id": "chat-server-1", "host": "127.0.0.1", "port": 6050, "restart": true}]
+    "chat": [{"id": "chat-server-1", "host": "127.0.0.1", "port": 6050}]
   }
 }
 "#;

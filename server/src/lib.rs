@@ -12,8 +12,9 @@
 //! ```
 //!
 //! The master ([`master`]) starts every server of `servers.json` as a process of the same
-//! binary (hidden flags `--server-id ID --master HOST:PORT`), restarts crashed ones when
-//! configured (`"restart": true`), and keeps the cluster view every server follows with a
+//! binary (hidden flags `--server-id ID --master HOST:PORT`), restarts crashed ones (with
+//! backoff, and not after a crash loop: master.json's `restart`, a server's own
+//! `"restart": false`; see [`config::RestartPolicy`]), and keeps the cluster view every server follows with a
 //! long poll, so a server added at runtime becomes routable everywhere.
 //!
 //! # Layout
@@ -24,6 +25,7 @@
 //! - [`channel`]: [`ChannelService`] and [`Channel`], pushes grouped by frontend.
 //! - [`proto`]: the framework's `sys` remotes and their messages.
 //! - [`master`], [`process`], `cli`, `init`: the processes and the command line.
+//! - [`procfs`]: a process's resident memory from `/proc`.
 
 pub mod app;
 pub mod backend;
@@ -35,6 +37,7 @@ mod init;
 pub mod master;
 pub mod placement;
 pub mod process;
+pub mod procfs;
 pub mod proto;
 
 pub use app::{

@@ -2,7 +2,7 @@
 //! and restarts them, keeps the cluster view servers follow, answers the CLI, and owns the
 //! cluster-wide uid registry.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::DuplicateLogin;
-use crate::config::{ClusterConfig, ServerConfig};
+use crate::config::{ClusterConfig, RestartPolicy, ServerConfig, parse_server_def};
 use crate::placement::PlacementTable;
 use crate::proto::{
     AddArgs, AddReply, Claim, ClaimSet, Count, KickUid, ListReply, ListRow, MovesArgs, MovesReply,
@@ -26,9 +26,6 @@ use shaddock_connector::remote::{KickArgs, session_remote};
 
 /// How long `watch` holds a request when nothing changes (below the RPC call timeout).
 const WATCH_HOLD: Duration = Duration::from_secs(5);
-/// First restart delay; doubled per quick crash, up to [`BACKOFF_MAX`].
-const BACKOFF_BASE: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How long a graceful stop waits for one group of servers.
 const STOP_WAIT: Duration = Duration::from_secs(20);
 
@@ -82,6 +79,7 @@ pub(crate) struct Master {
     policy: DuplicateLogin,
     /// How long a lost server's placed keys wait for it before they move.
     placement_grace: Duration,
+    restart: RestartPolicy,
     /// Cancelled when the master should exit.
     exit: CancellationToken,
     ready: AtomicBool,
@@ -92,22 +90,35 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn restart_enabled(cfg: &ServerConfig) -> bool {
-    ["restart", "auto-restart", "autoRestart"].iter().any(|k| {
-        matches!(cfg.extra.get(*k), Some(Value::Bool(true)))
-            || cfg.extra.get(*k).and_then(Value::as_str) == Some("true")
-    })
+/// Whether the master restarts `cfg`'s server when it exits on its own: its own setting in
+/// servers.json, else master.json's `restart.enabled`.
+fn restart_enabled(cfg: &ServerConfig, policy: &RestartPolicy) -> bool {
+    cfg.restart().unwrap_or(policy.enabled)
 }
 
-/// Resident set size of `pid` in bytes, from `/proc/<pid>/status` (0 if unknown).
-pub(crate) fn rss_bytes(pid: u32) -> u64 {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return 0;
-    };
-    text.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+/// The crashes of one server within the crash-loop window.
+struct CrashLog {
+    at: VecDeque<Instant>,
+}
+
+impl CrashLog {
+    /// Notes a crash at `now`; true if the server crashed more than `policy.crash_loop_max`
+    /// times within `policy.crash_loop_window` (a crash loop: do not restart it again).
+    fn crashed(&mut self, now: Instant, policy: &RestartPolicy) -> bool {
+        self.at.push_back(now);
+        while self
+            .at
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > policy.crash_loop_window)
+        {
+            self.at.pop_front();
+        }
+        self.at.len() > policy.crash_loop_max as usize
+    }
+
+    fn count(&self) -> usize {
+        self.at.len()
+    }
 }
 
 impl Master {
@@ -131,7 +142,11 @@ impl Master {
     }
 
     async fn supervise(self: Arc<Self>, id: String) {
-        let mut backoff = BACKOFF_BASE;
+        let policy = self.restart.clone();
+        let mut backoff = policy.backoff;
+        let mut crashes = CrashLog {
+            at: VecDeque::new(),
+        };
         loop {
             let (cfg, def_json, kill) = {
                 let mut st = lock(&self.state);
@@ -204,7 +219,14 @@ impl Master {
             };
             drop(stdin);
             let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
-            let restart = {
+            let ran = started_at.elapsed();
+            enum Next {
+                Stopped,
+                Exited,
+                CrashLoop(usize),
+                Restart,
+            }
+            let next = {
                 let mut st = lock(&self.state);
                 let Some(m) = st.servers.get_mut(&id) else {
                     return;
@@ -212,15 +234,23 @@ impl Master {
                 m.entry = None;
                 m.pid = 0;
                 m.connections = 0;
-                let stopping = m.stopping;
-                let restart = !stopping && restart_enabled(&m.cfg);
-                m.state = if stopping {
-                    "stopped"
-                } else if restart {
-                    m.restarts += 1;
-                    "restarting"
+                let next = if m.stopping {
+                    Next::Stopped
+                } else if !restart_enabled(&m.cfg, &policy) {
+                    Next::Exited
+                } else if crashes.crashed(Instant::now(), &policy) {
+                    Next::CrashLoop(crashes.count())
                 } else {
-                    "exited"
+                    Next::Restart
+                };
+                m.state = match next {
+                    Next::Stopped => "stopped",
+                    Next::Exited => "exited",
+                    Next::CrashLoop(_) => "crash-loop",
+                    Next::Restart => {
+                        m.restarts += 1;
+                        "restarting"
+                    }
                 };
                 m.down_epoch += 1;
                 let epoch = m.down_epoch;
@@ -230,17 +260,35 @@ impl Master {
                 if !self.stopping.load(Ordering::SeqCst) {
                     self.move_keys_after_grace(id.clone(), epoch);
                 }
-                restart
+                next
             };
-            if restart {
-                tracing::warn!(server = %id, %status, ?backoff, "server exited; restarting");
-            } else {
-                tracing::info!(server = %id, %status, "server exited");
-                return;
+            match next {
+                Next::Stopped => {
+                    tracing::info!(server = %id, %status, "server stopped");
+                    return;
+                }
+                Next::Exited => {
+                    tracing::warn!(server = %id, %status, "server exited; not restarted (its restart is off)");
+                    return;
+                }
+                Next::CrashLoop(n) => {
+                    tracing::error!(
+                        server = %id,
+                        crashes = n,
+                        window_secs = policy.crash_loop_window.as_secs(),
+                        last_status = %status,
+                        "server crashed {n} times within {} s; not restarting it again (crash-loop)",
+                        policy.crash_loop_window.as_secs()
+                    );
+                    return;
+                }
+                Next::Restart => {}
             }
-            if started_at.elapsed() > BACKOFF_MAX * 3 {
-                backoff = BACKOFF_BASE;
+            // A server that ran a whole window was healthy: its next restart is quick again.
+            if ran >= policy.crash_loop_window {
+                backoff = policy.backoff;
             }
+            tracing::warn!(server = %id, %status, ?backoff, "server exited; restarting");
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
                 () = kill.cancelled() => {
@@ -255,7 +303,7 @@ impl Master {
                     return;
                 }
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            backoff = (backoff * 2).min(policy.max_backoff);
         }
     }
 
@@ -410,7 +458,10 @@ impl Master {
     fn add_server(self: &Arc<Self>, args: AddArgs) -> Result<String, String> {
         let mut obj = Map::new();
         for kv in args.pairs {
+            // Names stay text (`id=7` is the id "7"); other values become what they look like.
+            let text = ["id", "serverType", "type", "host"].contains(&kv.key.as_str());
             let v = match kv.value.as_str() {
+                s if text => Value::String(s.to_owned()),
                 "true" => Value::Bool(true),
                 "false" => Value::Bool(false),
                 s => s
@@ -420,7 +471,7 @@ impl Master {
             };
             obj.insert(kv.key, v);
         }
-        let cfg = server_from_def(&Value::Object(obj.clone()))?;
+        let cfg = parse_server_def(Value::Object(obj), None).map_err(|e| e.to_string())?;
         let mut st = lock(&self.state);
         if st.servers.contains_key(&cfg.id) {
             return Err(format!("a server with id `{}` already exists", cfg.id));
@@ -464,65 +515,6 @@ pub(crate) fn server_def_json(cfg: &ServerConfig) -> String {
     }
     o.insert("frontend".into(), cfg.frontend.into());
     Value::Object(o).to_string()
-}
-
-/// Parses a server definition (`add` arguments or `--server-def`). Errors name the field.
-pub(crate) fn server_from_def(v: &Value) -> Result<ServerConfig, String> {
-    let Value::Object(o) = v else {
-        return Err("server definition must be an object".into());
-    };
-    let mut extra = o.clone();
-    let mut take_str = |k: &str| -> Option<String> {
-        match extra.remove(k) {
-            Some(Value::String(s)) if !s.is_empty() => Some(s),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            _ => None,
-        }
-    };
-    let id = take_str("id").ok_or("field `id` is missing")?;
-    let server_type = take_str("serverType")
-        .or_else(|| take_str("type"))
-        .ok_or_else(|| format!("server `{id}`: field `serverType` is missing"))?;
-    if server_type.contains('.') {
-        return Err(format!(
-            "server `{id}`: field `serverType` must contain no `.`"
-        ));
-    }
-    let host = take_str("host").unwrap_or_else(|| "127.0.0.1".into());
-    let port_of = |s: Option<String>, field: &str| -> Result<Option<u16>, String> {
-        s.map(|s| {
-            s.parse::<u16>().map_err(|_| {
-                format!("server `{id}`: field `{field}` must be a port number from 0 to 65535")
-            })
-        })
-        .transpose()
-    };
-    let port = port_of(take_str("port"), "port")?;
-    let client_port = port_of(take_str("clientPort"), "clientPort")?;
-    let frontend = match extra.remove("frontend") {
-        Some(Value::Bool(b)) => b,
-        Some(Value::String(s)) => s == "true",
-        _ => false,
-    };
-    if frontend && client_port.is_none() {
-        return Err(format!(
-            "server `{id}`: field `clientPort` is required for a frontend server"
-        ));
-    }
-    if !frontend && port.is_none() {
-        return Err(format!(
-            "server `{id}`: field `port` is required for a backend server"
-        ));
-    }
-    Ok(ServerConfig {
-        id,
-        server_type,
-        host,
-        port,
-        client_port,
-        frontend,
-        extra,
-    })
 }
 
 struct MasterRemote(Arc<Master>);
@@ -606,7 +598,11 @@ impl master_remote::Remote for MasterRemote {
                 } else {
                     m.started.map_or(0, |s| s.elapsed().as_secs())
                 },
-                rss_bytes: if m.pid == 0 { 0 } else { rss_bytes(m.pid) },
+                rss_bytes: if m.pid == 0 {
+                    0
+                } else {
+                    crate::procfs::rss_bytes(m.pid).unwrap_or(0)
+                },
                 connections: m.connections,
                 host: m.cfg.host.clone(),
                 port: m.entry.as_ref().map_or(0, |e| e.port),
@@ -798,6 +794,7 @@ pub(crate) async fn run_master(
         addr: Mutex::new(addr.clone()),
         policy,
         placement_grace: cluster.master.placement_grace,
+        restart: cluster.master.restart.clone(),
         exit: CancellationToken::new(),
         ready: AtomicBool::new(false),
         stopping: AtomicBool::new(false),
@@ -880,40 +877,36 @@ mod tests {
     }
 
     #[test]
-    fn server_definitions_round_trip_and_name_bad_fields() {
-        let v: Value = serde_json::from_str(
-            r#"{"id":"chat-3","serverType":"chat","host":"127.0.0.1","port":"0","restart":true}"#,
-        )
-        .unwrap();
-        let cfg = server_from_def(&v).unwrap();
-        assert_eq!(cfg.port, Some(0));
-        assert!(restart_enabled(&cfg));
-        let back: Value = serde_json::from_str(&server_def_json(&cfg)).unwrap();
-        assert_eq!(server_from_def(&back).unwrap(), cfg);
-        for (def, want) in [
-            (r#"{"serverType":"chat","port":1}"#, "field `id`"),
-            (r#"{"id":"x","port":1}"#, "field `serverType`"),
-            (
-                r#"{"id":"x","serverType":"chat"}"#,
-                "field `port` is required",
-            ),
-            (
-                r#"{"id":"x","serverType":"chat","port":"99999"}"#,
-                "field `port` must be",
-            ),
-            (
-                r#"{"id":"x","serverType":"c","frontend":true}"#,
-                "field `clientPort`",
-            ),
-        ] {
-            let e = server_from_def(&serde_json::from_str(def).unwrap()).unwrap_err();
-            assert!(e.contains(want), "{def}: {e}");
-        }
+    fn a_crash_loop_is_more_than_max_crashes_within_the_window() {
+        let policy = RestartPolicy {
+            crash_loop_max: 2,
+            crash_loop_window: Duration::from_secs(10),
+            ..RestartPolicy::default()
+        };
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut log = CrashLog {
+            at: VecDeque::new(),
+        };
+        assert!(!log.crashed(at(0), &policy));
+        assert!(!log.crashed(at(5), &policy));
+        // The crash at 0 s is out of the window by 11 s: still two within 10 s.
+        assert!(!log.crashed(at(11), &policy));
+        assert_eq!(log.count(), 2);
+        assert!(log.crashed(at(12), &policy));
+        assert_eq!(log.count(), 3);
     }
 
     #[test]
-    fn rss_of_this_process_is_read() {
-        assert!(rss_bytes(std::process::id()) > 0);
-        assert_eq!(rss_bytes(u32::MAX), 0);
+    fn server_definitions_round_trip() {
+        let v: Value = serde_json::from_str(
+            r#"{"id":"chat-3","serverType":"chat","host":"127.0.0.1","port":"0","restart":"true"}"#,
+        )
+        .unwrap();
+        let cfg = parse_server_def(v, None).unwrap();
+        assert_eq!(cfg.port, Some(0));
+        assert!(restart_enabled(&cfg, &RestartPolicy::default()));
+        let back: Value = serde_json::from_str(&server_def_json(&cfg)).unwrap();
+        assert_eq!(parse_server_def(back, None).unwrap(), cfg);
     }
 }

@@ -156,7 +156,8 @@ pub struct ListRow {
     pub port: u32,
     #[prost(uint32, tag = "9")]
     pub client_port: u32,
-    /// `starting`, `running`, `restarting`, `stopped`, `failed`.
+    /// `starting`, `running`, `restarting`, `stopped`, `exited` (ended on its own, restart
+    /// off), `crash-loop` (crashed too often, not restarted again), `failed`.
     #[prost(string, tag = "10")]
     pub state: String,
     #[prost(uint32, tag = "11")]

@@ -48,7 +48,11 @@ impl Drop for Cluster {
                 .stderr(Stdio::null())
                 .status();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::thread::panicking() {
+            eprintln!("cluster files kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -62,36 +66,53 @@ struct Row {
     state: String,
 }
 
-impl Cluster {
-    fn config_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("shaddock-cluster-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("servers.json"),
-            r#"{"development":{
+/// servers.json of most tests: a gate, 2 connectors, 2 chat servers that restart.
+const SERVERS: &str = r#"{"development":{
               "gate":[{"id":"gate-server-1","host":"127.0.0.1","clientPort":0,"frontend":true}],
               "connector":[
                 {"id":"connector-server-1","host":"127.0.0.1","port":0,"clientPort":0,"frontend":true},
                 {"id":"connector-server-2","host":"127.0.0.1","port":0,"clientPort":0,"frontend":true}],
               "chat":[
                 {"id":"chat-server-1","host":"127.0.0.1","port":0,"restart":true},
-                {"id":"chat-server-2","host":"127.0.0.1","port":0,"restart":true}]}}"#,
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join("master.json"),
-            r#"{"development":{"id":"master-server-1","host":"127.0.0.1","port":0}}"#,
-        )
-        .unwrap();
+                {"id":"chat-server-2","host":"127.0.0.1","port":0,"restart":true}]}}"#;
+/// master.json of most tests.
+const MASTER: &str = r#"{"development":{"id":"master-server-1","host":"127.0.0.1","port":0}}"#;
+
+impl Cluster {
+    fn config_dir(name: &str) -> PathBuf {
+        Self::config_dir_with(name, SERVERS, MASTER)
+    }
+
+    fn config_dir_with(name: &str, servers: &str, master: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("shaddock-cluster-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("servers.json"), servers).unwrap();
+        std::fs::write(dir.join("master.json"), master).unwrap();
         std::fs::create_dir_all(dir.join("life")).unwrap();
         dir
     }
 
     /// Starts the master in the foreground, as our child.
     fn start(name: &str, env: &[(&str, &str)]) -> Self {
-        let dir = Self::config_dir(name);
+        Self::start_in(Self::config_dir(name), env, Stdio::inherit())
+    }
+
+    /// Starts the master in the foreground on this config, its log (stderr) in `master.log`
+    /// of the config dir (see [`Cluster::log`]).
+    fn start_with(name: &str, servers: &str, master: &str, env: &[(&str, &str)]) -> Self {
+        let dir = Self::config_dir_with(name, servers, master);
+        let log = std::fs::File::create(dir.join("master.log")).unwrap();
+        Self::start_in(dir, env, Stdio::from(log))
+    }
+
+    /// The master's log, when it was started with [`Cluster::start_with`].
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("master.log")).unwrap_or_default()
+    }
+
+    fn start_in(dir: PathBuf, env: &[(&str, &str)], stderr: Stdio) -> Self {
         let mut master = Command::new(EXE)
             .args(["start", "--config"])
             .arg(&dir)
@@ -100,6 +121,7 @@ impl Cluster {
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
+            .stderr(stderr)
             .spawn()
             .expect("start master");
         let stdout = master.stdout.take().unwrap();
@@ -796,4 +818,90 @@ async fn daemon_cluster_refuses_duplicates_kicks_uids_and_is_killed() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(alice.kicked().await, None, "killed servers send no kick");
+}
+
+/// With no `restart` in servers.json, a crashed server comes back (master.json's
+/// `restart.enabled` defaults to true); one with `"restart": false` stays down; one that fails
+/// at once on every start after its first is restarted `crashLoop.max` times and then left
+/// down as `crash-loop`, with an ERROR naming it, the count and its last exit status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_servers_restart_by_default_and_a_crash_loop_stays_down() {
+    let servers = r#"{"development":{
+      "connector":[{"id":"connector-server-1","host":"127.0.0.1","port":0,"clientPort":0,"frontend":true}],
+      "chat":[
+        {"id":"chat-server-1","host":"127.0.0.1","port":0},
+        {"id":"chat-server-2","host":"127.0.0.1","port":0},
+        {"id":"chat-server-3","host":"127.0.0.1","port":0,"restart":false}]}}"#;
+    let master = r#"{"development":{"id":"master-server-1","host":"127.0.0.1","port":0,
+      "restart":{"backoffMs":50,"maxBackoffMs":200,"crashLoop":{"max":3,"windowSecs":60}}}}"#;
+    let mut cl = Cluster::start_with(
+        "restart",
+        servers,
+        master,
+        &[("SHADDOCK_DEMO_FAIL_AGAIN", "chat-server-2")],
+    );
+    let rows = cl.list();
+    assert!(rows.values().all(|r| r.state == "running"), "{rows:?}");
+    let kill9 = |pid: u32| {
+        let st = Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+
+    // Restarted by default.
+    let old = rows["chat-server-1"].pid;
+    kill9(old);
+    cl.until("chat-server-1 restarted", |r| {
+        let s = &r["chat-server-1"];
+        s.state == "running" && s.pid != 0 && s.pid != old
+    })
+    .await;
+
+    // Its own "restart": false wins.
+    kill9(rows["chat-server-3"].pid);
+    cl.until("chat-server-3 exited", |r| {
+        r["chat-server-3"].state == "exited" && r["chat-server-3"].pid == 0
+    })
+    .await;
+
+    // Every restart fails at once: after max (3) restarts, the 4th crash within the window
+    // leaves it down.
+    kill9(rows["chat-server-2"].pid);
+    let rows = cl
+        .until("chat-server-2 in crash-loop", |r| {
+            r["chat-server-2"].state == "crash-loop"
+        })
+        .await;
+    assert_eq!(rows["chat-server-2"].pid, 0);
+    assert_eq!(
+        cl.lifecycle("chat-server-2"),
+        ["start", "after_start", "refused", "refused", "refused"]
+    );
+    let log = cl.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("ERROR") && l.contains("crash-loop"))
+        .unwrap_or_else(|| panic!("no crash-loop ERROR in the log:\n{log}"));
+    for want in [
+        "server=chat-server-2",
+        "crashes=4",
+        "last_status=exit status: 1",
+    ] {
+        assert!(line.contains(want), "`{want}` not in: {line}");
+    }
+    // It stays down, and chat-server-3 stays exited (the other two are untouched).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rows = cl.list();
+    assert_eq!(rows["chat-server-2"].state, "crash-loop");
+    assert_eq!(rows["chat-server-3"].state, "exited");
+    assert_eq!(rows["connector-server-1"].state, "running");
+    assert_eq!(cl.lifecycle("chat-server-2").len(), 5);
+
+    // `stop` still stops the cluster cleanly.
+    let (ok, out) = cl.cli(&["stop"]);
+    assert!(ok, "{out}");
+    let status = tokio::task::block_in_place(|| cl.master.as_mut().unwrap().wait()).unwrap();
+    assert!(status.success(), "{status}");
 }

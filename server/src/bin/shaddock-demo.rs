@@ -11,7 +11,9 @@
 //!   `kickUser {uid}` kicks a uid wherever it is; a body with `"forbidden": true` is refused
 //!   by a backend filter; a `Lifecycle` component records start/after_start/stop per server
 //!   in `$SHADDOCK_DEMO_LIFECYCLE_DIR`; `SHADDOCK_DEMO_DUPLICATE=refuse` refuses duplicate
-//!   logins instead of kicking the old session.
+//!   logins instead of kicking the old session; `SHADDOCK_DEMO_FAIL_AGAIN=<server id>` makes
+//!   that server's every start after its first fail at once (it records `refused`), to test
+//!   crash loops.
 //!
 //! Chat requests are routed by the session's `rid`, so a room lives on one chat server.
 
@@ -45,6 +47,17 @@ impl Component for Lifecycle {
         "lifecycle"
     }
     fn start(&self, ctx: &ServerContext) -> BoxFuture<'static, Result<(), String>> {
+        let started_before = self.0.as_ref().is_some_and(|d| {
+            std::fs::read_to_string(d.join(ctx.server_id()))
+                .is_ok_and(|t| t.lines().any(|l| l == "start"))
+        });
+        let fail = std::env::var("SHADDOCK_DEMO_FAIL_AGAIN").is_ok_and(|id| id == ctx.server_id());
+        if fail && started_before {
+            self.note(ctx, "refused");
+            return Box::pin(async {
+                Err("SHADDOCK_DEMO_FAIL_AGAIN: refusing to start again".to_owned())
+            });
+        }
         self.note(ctx, "start");
         Box::pin(async { Ok(()) })
     }
