@@ -132,34 +132,19 @@ fn load(cli: &Cli) -> Result<ClusterConfig, String> {
 }
 
 async fn dispatch(app: App, cli: Cli) -> Result<(), String> {
-    if let Some(id) = &cli.server_id {
-        let cluster = load(&cli)?;
-        let me = match &cli.server_def {
-            Some(def) => {
-                let v = serde_json::from_str(def).map_err(|e| format!("--server-def: {e}"))?;
-                crate::config::parse_server_def(v, None)
-                    .map_err(|e| format!("--server-def: {e}"))?
-            }
-            None => cluster
-                .server(id)
-                .cloned()
-                .ok_or_else(|| format!("no server `{id}` in {}", cli.config.display()))?,
-        };
-        let master = cli
-            .master
-            .clone()
-            .ok_or("--master is required with --server-id")?;
-        let master_id = cli.master_id.clone().unwrap_or(cluster.master.id.clone());
-        return crate::process::run_server(
-            app,
-            cluster.env,
-            me,
-            cluster.servers,
-            master_id,
-            master,
-        )
-        .await
-        .map_err(|e| e.to_string());
+    if let Some(id) = cli.server_id.clone() {
+        let r = run_server_mode(app, &cli, &id).await;
+        if let Err(e) = &r {
+            // For the master (our stdout is its pipe): why this server ends. Without the
+            // `server `id`: ` the errors start with, since the master names the server.
+            use std::io::Write;
+            let prefix = format!("server `{id}`: ");
+            let cause = e.strip_prefix(&prefix).unwrap_or(e);
+            let mut out = std::io::stdout().lock();
+            let _ =
+                writeln!(out, "{} {cause}", crate::process::FAILED_LINE).and_then(|()| out.flush());
+        }
+        return r;
     }
     match cli.cmd {
         None | Some(Cmd::Start { .. }) => {
@@ -208,6 +193,29 @@ async fn dispatch(app: App, cli: Cli) -> Result<(), String> {
         }
         Some(Cmd::Init { .. }) => Ok(()),
     }
+}
+
+/// The hidden mode the master starts each server in (`--server-id ID --master HOST:PORT`).
+async fn run_server_mode(app: App, cli: &Cli, id: &str) -> Result<(), String> {
+    let cluster = load(cli)?;
+    let me = match &cli.server_def {
+        Some(def) => {
+            let v = serde_json::from_str(def).map_err(|e| format!("--server-def: {e}"))?;
+            crate::config::parse_server_def(v, None).map_err(|e| format!("--server-def: {e}"))?
+        }
+        None => cluster
+            .server(id)
+            .cloned()
+            .ok_or_else(|| format!("no server `{id}` in {}", cli.config.display()))?,
+    };
+    let master = cli
+        .master
+        .clone()
+        .ok_or("--master is required with --server-id")?;
+    let master_id = cli.master_id.clone().unwrap_or(cluster.master.id.clone());
+    crate::process::run_server(app, cluster.env, me, cluster.servers, master_id, master)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 const MASTER: &str = "master";

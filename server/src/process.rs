@@ -17,6 +17,11 @@ use crate::proto::{
     Claim, ServerEntry, StatsReport, StopArgs, WatchArgs, master_remote, msg_remote, server_remote,
 };
 
+/// The line a server process prints on its standard output (which the master reads) when it
+/// ends with an error, followed by the error: how the master, and the launcher after it, learn
+/// why a server could not start.
+pub const FAILED_LINE: &str = "SHADDOCK_SERVER_FAILED";
+
 /// The type the master has in a server's peer directory.
 pub(crate) const MASTER_TYPE: &str = "__master";
 

@@ -855,3 +855,100 @@ async fn crashed_servers_restart_by_default_and_a_crash_loop_stays_down() {
     let status = tokio::task::block_in_place(|| cl.master.as_mut().unwrap().wait()).unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// Runs `cmd` (stdout and stderr captured) and waits at most `within`; SIGKILL after that.
+fn output_within(mut cmd: Command, within: Duration) -> Option<std::process::Output> {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(within) {
+        Ok(out) => Some(out.expect("output")),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            let _ = rx.recv_timeout(Duration::from_secs(10));
+            None
+        }
+    }
+}
+
+/// The pids the master logged for `server process started` (at RUST_LOG=info).
+fn started_pids(log: &str) -> Vec<u32> {
+    log.lines()
+        .filter(|l| l.contains("server process started"))
+        .filter_map(|l| {
+            l.split("pid=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// A server that exits while the cluster starts (here: the gate's client port is taken)
+/// fails the start at once: the master says which server and why, stops what it started and
+/// exits 1 with that cause as its last line, instead of running on without it.
+#[test]
+fn a_server_that_cannot_start_fails_the_cluster_start_at_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let servers = format!(
+        r#"{{"development":{{
+          "gate":[{{"id":"gate-server-1","host":"127.0.0.1","clientPort":{port},"frontend":true}}],
+          "connector":[{{"id":"connector-server-1","host":"127.0.0.1","port":0,"clientPort":0,"frontend":true}}],
+          "chat":[{{"id":"chat-server-1","host":"127.0.0.1","port":0}}]}}}}"#
+    );
+    let dir = Cluster::config_dir_with("taken", &servers, MASTER);
+    let mut cmd = Command::new(EXE);
+    cmd.args(["start", "--config"])
+        .arg(&dir)
+        .env("RUST_LOG", "info,shaddock_rpc=warn")
+        .env("SHADDOCK_DEMO_LIFECYCLE_DIR", dir.join("life"));
+    let t0 = Instant::now();
+    // Without the fix the master runs on (the gate just "exited"): this bound ends it.
+    let out = output_within(cmd, Duration::from_secs(60)).expect("the master did not exit");
+    let took = t0.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    let last = stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    for want in [
+        "error: gate-server-1 could not start: cannot bind client port",
+        &format!("127.0.0.1:{port}"),
+        "in use",
+    ] {
+        assert!(
+            last.contains(want),
+            "`{want}` not in the last line: {last}\n{stderr}"
+        );
+    }
+    assert!(
+        stdout.contains("SHADDOCK_CLUSTER_FAILED gate-server-1 could not start: cannot bind"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("SHADDOCK_CLUSTER_READY"), "{stdout}");
+    // Every server process it started is gone.
+    let pids = started_pids(&stderr);
+    assert!(pids.len() >= 3, "{stderr}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pids.iter().any(|p| alive(*p)) {
+        assert!(Instant::now() < deadline, "servers left running: {pids:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(taken);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -26,7 +26,8 @@ pub struct Cluster {
     lines: mpsc::Receiver<String>,
 }
 
-fn tmp_dir() -> PathBuf {
+/// A fresh temporary directory for one cluster.
+pub fn tmp_dir() -> PathBuf {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static N: AtomicUsize = AtomicUsize::new(0);
     let d = std::env::temp_dir().join(format!(
@@ -39,7 +40,8 @@ fn tmp_dir() -> PathBuf {
     d
 }
 
-fn write_config(dir: &std::path::Path) {
+/// Writes the port-0 config (servers.json, master.json, page.json) of the test cluster.
+pub fn write_config(dir: &std::path::Path) {
     let conns: Vec<Value> = (1..=3)
         .map(|i| json!({"id": format!("connector-server-{i}"), "host": "127.0.0.1", "port": 0, "clientPort": 0, "frontend": true}))
         .collect();
