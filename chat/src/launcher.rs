@@ -13,6 +13,8 @@
 //!    If a server cannot start, the master says why, stops what it started and exits; the
 //!    launcher then exits 1 with that cause as its last line (`shaddock-chat: gate-server-1
 //!    could not start: cannot bind client port 127.0.0.1:3014: Address already in use`).
+//!    The master runs with `--exit-with-parent` on a pipe from the launcher: if the launcher
+//!    dies (even by SIGKILL), the master stops the cluster and exits, leaving no process.
 //! 4. On SIGINT or SIGTERM asks the master to stop the cluster (frontends first, then the
 //!    chat servers), waits for it, and exits 0. If the master ends on its own (`shaddock-chat
 //!    stop`), so does the launcher.
@@ -272,7 +274,10 @@ async fn run(cli: LaunchArgs) -> Result<(), String> {
         .arg("-e")
         .arg(&env)
         .arg("start")
-        .stdin(Stdio::null())
+        // The master stops the cluster when this pipe closes: when we exit, however we die
+        // (SIGKILL included), it and its servers go too.
+        .arg("--exit-with-parent")
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         // Its own process group: a Ctrl-C in the terminal (or a signal to our group) reaches
         // only this launcher, which stops the cluster through the master, frontends first.
@@ -281,6 +286,8 @@ async fn run(cli: LaunchArgs) -> Result<(), String> {
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot start the master: {e}"))?;
+    // Held (never written) until we return: its end of file is the master's signal to stop.
+    let _parent_pipe = child.stdin.take();
     let (tx, mut rx) = mpsc::unbounded_channel();
     if let Some(out) = child.stdout.take() {
         relay(out, tx);

@@ -1,13 +1,26 @@
 //! The chat's processes start and end together: a server that cannot start fails the launch at
-//! once with its cause as the launcher's last line.
+//! once with its cause as the launcher's last line, and a SIGKILLed launcher leaves no master
+//! or server behind.
 
 mod common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::signal;
+use common::{Cluster, alive, signal};
 use serde_json::{Value, json};
+
+/// Waits (bounded) until none of `pids` is alive; the ones still alive after `within`.
+fn still_alive_after(pids: &[u32], within: Duration) -> Vec<u32> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left: Vec<u32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
 
 #[test]
 fn a_gate_that_cannot_listen_fails_the_launch_at_once_and_says_why() {
@@ -74,4 +87,24 @@ fn a_gate_that_cannot_listen_fails_the_launch_at_once_and_says_why() {
     assert!(!output.contains("SHADDOCK_CHAT_READY"), "{output}");
     drop(taken);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_sigkilled_launcher_leaves_no_master_and_no_server() {
+    let cluster = Cluster::start();
+    let pids = cluster.cluster_pids();
+    // The master and 7 servers.
+    assert_eq!(pids.len(), 8, "{:?}", cluster.info);
+    assert!(pids.iter().all(|p| alive(*p)), "{pids:?}");
+    signal(cluster.pid(), "KILL");
+    let left = still_alive_after(&pids, Duration::from_secs(60));
+    // Do not leave them behind if the test fails.
+    for pid in &left {
+        signal(*pid, "KILL");
+    }
+    assert!(
+        left.is_empty(),
+        "left running after the launcher was killed: {left:?}\n{}",
+        cluster.log()
+    );
 }

@@ -57,6 +57,11 @@ enum Cmd {
         /// Pid file of a daemon.
         #[arg(long, default_value = "shaddock-master.pid")]
         pid_file: PathBuf,
+        /// Stop the cluster and exit when standard input reaches end of file: for a parent
+        /// process that holds a pipe to it (the chat's launcher), so the cluster ends with
+        /// its parent however the parent dies.
+        #[arg(long, conflicts_with = "daemon")]
+        exit_with_parent: bool,
     },
     /// Lists the servers: id, type, pid, uptime, RSS, connections.
     List,
@@ -91,6 +96,7 @@ pub fn run(app: App) -> ExitCode {
         daemon: true,
         log,
         pid_file,
+        ..
     }) = &cli.cmd
     {
         return report(daemonize(log, pid_file));
@@ -149,7 +155,20 @@ async fn dispatch(app: App, cli: Cli) -> Result<(), String> {
     match cli.cmd {
         None | Some(Cmd::Start { .. }) => {
             let cluster = load(&cli)?;
-            crate::master::run_master(cluster, cli.config.clone(), app.duplicate_login).await
+            let exit_with_parent = matches!(
+                cli.cmd,
+                Some(Cmd::Start {
+                    exit_with_parent: true,
+                    ..
+                })
+            );
+            crate::master::run_master(
+                cluster,
+                cli.config.clone(),
+                app.duplicate_login,
+                exit_with_parent,
+            )
+            .await
         }
         Some(Cmd::List) => {
             let list = admin(&cli)
@@ -376,6 +395,16 @@ mod tests {
         let c = Cli::try_parse_from(["app", "start", "-e", "production", "-D"]).unwrap();
         assert_eq!(c.env.as_deref(), Some("production"));
         assert!(matches!(c.cmd, Some(Cmd::Start { daemon: true, .. })));
+        let c = Cli::try_parse_from(["app", "start", "--exit-with-parent"]).unwrap();
+        assert!(matches!(
+            c.cmd,
+            Some(Cmd::Start {
+                exit_with_parent: true,
+                daemon: false,
+                ..
+            })
+        ));
+        assert!(Cli::try_parse_from(["app", "start", "-D", "--exit-with-parent"]).is_err());
         let c = Cli::try_parse_from(["app", "add", "id=x", "serverType=chat"]).unwrap();
         assert!(matches!(c.cmd, Some(Cmd::Add { ref pairs }) if pairs.len() == 2));
         let c = Cli::try_parse_from(["app", "--server-id", "s1", "--master", "h:1"]).unwrap();

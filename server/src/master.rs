@@ -742,6 +742,7 @@ pub(crate) async fn run_master(
     cluster: ClusterConfig,
     config_dir: PathBuf,
     policy: DuplicateLogin,
+    exit_with_parent: bool,
 ) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
     let listener =
@@ -809,10 +810,21 @@ pub(crate) async fn run_master(
     for s in &cluster.servers {
         master.spawn_supervisor(s.id.clone());
     }
+    let parent_gone = async {
+        if exit_with_parent {
+            crate::process::stdin_closed().await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
     tokio::select! {
         () = master.exit.cancelled() => {}
         () = crate::process::terminated() => {
             tracing::info!("interrupted: stopping the cluster");
+            master.clone().stop_all().await;
+        }
+        () = parent_gone => {
+            tracing::warn!("the parent went away (stdin closed): stopping the cluster");
             master.clone().stop_all().await;
         }
     }

@@ -468,17 +468,23 @@ async fn stats_loop(ctx: ServerContext, stop: CancellationToken) {
 
 /// The master holds our stdin open; end of file means the master is gone: stop.
 async fn stdin_watch(ctx: ServerContext) {
+    stdin_closed().await;
+    tracing::warn!("master went away (stdin closed); stopping");
+    ctx.request_stop();
+}
+
+/// Completes when standard input reaches end of file (or cannot be read): the parent that
+/// holds the other end of the pipe is gone, however it died (even SIGKILL closes its end).
+pub(crate) async fn stdin_closed() {
     use tokio::io::AsyncReadExt;
     let mut stdin = tokio::io::stdin();
     let mut buf = [0u8; 64];
     loop {
         match stdin.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
+            Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
     }
-    tracing::warn!("master went away (stdin closed); stopping");
-    ctx.request_stop();
 }
 
 #[cfg(test)]

@@ -952,3 +952,90 @@ fn a_server_that_cannot_start_fails_the_cluster_start_at_once() {
     drop(taken);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Waits (bounded) until none of `pids` is alive.
+fn all_gone(pids: &[u32], within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while pids.iter().any(|p| alive(*p)) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+/// A SIGKILLed master leaves no server behind: each reads end of file on the stdin pipe the
+/// master held and stops gracefully (its components' `stop` runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_stop_when_their_master_is_sigkilled() {
+    let mut cl = Cluster::start("orphans", &[]);
+    let rows = cl.list();
+    let pids: Vec<u32> = rows.values().map(|r| r.pid).collect();
+    assert_eq!(pids.len(), 5, "{rows:?}");
+    let st = Command::new("kill")
+        .args(["-9", &cl.master_pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _ = cl.master.as_mut().unwrap().wait();
+    let left: Vec<u32> = pids.clone();
+    assert!(
+        tokio::task::block_in_place(|| all_gone(&left, Duration::from_secs(30))),
+        "servers outlived their master: {:?}",
+        pids.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
+    );
+    for id in rows.keys() {
+        assert_eq!(cl.lifecycle(id), ["start", "after_start", "stop"], "{id}");
+    }
+}
+
+/// `start --exit-with-parent`: when the master's stdin closes (its parent died), it stops
+/// the cluster gracefully and exits 0.
+#[test]
+fn exit_with_parent_stops_the_cluster_when_stdin_closes() {
+    let dir = Cluster::config_dir("parent");
+    let mut master = Command::new(EXE)
+        .args(["start", "--exit-with-parent", "--config"])
+        .arg(&dir)
+        .env("RUST_LOG", "info,shaddock_rpc=warn")
+        .env("SHADDOCK_DEMO_LIFECYCLE_DIR", dir.join("life"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join("master.log")).unwrap(),
+        ))
+        .spawn()
+        .unwrap();
+    let pipe = master.stdin.take().unwrap();
+    let lines = std::io::BufReader::new(master.stdout.take().unwrap()).lines();
+    let mut ready = false;
+    for line in lines {
+        if line.unwrap() == "SHADDOCK_CLUSTER_READY" {
+            ready = true;
+            break;
+        }
+    }
+    assert!(ready, "no ready line");
+    let log = std::fs::read_to_string(dir.join("master.log")).unwrap();
+    let pids = started_pids(&log);
+    assert_eq!(pids.len(), 5, "{log}");
+    drop(pipe);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(master.wait());
+    });
+    let status = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the master did not exit when its stdin closed")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(all_gone(&pids, Duration::from_secs(10)), "{pids:?}");
+    for id in ["gate-server-1", "connector-server-1", "chat-server-2"] {
+        let life = std::fs::read_to_string(dir.join("life").join(id)).unwrap_or_default();
+        assert_eq!(life.lines().last(), Some("stop"), "{id}: {life}");
+    }
+    let log = std::fs::read_to_string(dir.join("master.log")).unwrap();
+    assert!(log.contains("the parent went away"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
