@@ -1039,3 +1039,57 @@ fn exit_with_parent_stops_the_cluster_when_stdin_closes() {
     assert!(log.contains("the parent went away"), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `init` writes an app that builds and passes its own tests (a unit test of its handlers and
+/// a cluster test that chats through the Rust client): built offline from the checkout's
+/// Cargo.lock, in this workspace's target dir so the dependencies are reused.
+#[test]
+fn init_writes_an_app_that_builds_and_passes_its_own_tests() {
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let target_dir = tmp.parent().expect("target dir").to_owned();
+    let dir = tmp.join(format!("init-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let app = dir.join("hello-app");
+    let out = Command::new(EXE)
+        .arg("init")
+        .arg(&app)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let toml = std::fs::read_to_string(app.join("Cargo.toml")).unwrap();
+    // Relative paths only: the app keeps building when it moves with the checkout.
+    let paths: Vec<&str> = toml
+        .lines()
+        .filter_map(|l| l.split("path = \"").nth(1)?.split('"').next())
+        .collect();
+    assert_eq!(paths.len(), 3, "{toml}");
+    assert!(paths.iter().all(|p| p.starts_with("..")), "{toml}");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    for args in [&["build", "--offline"][..], &["test", "--offline"]] {
+        let mut cmd = Command::new(&cargo);
+        cmd.args(args)
+            .current_dir(&app)
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .env("RUST_LOG", "error");
+        let out = output_within(cmd, Duration::from_secs(600))
+            .unwrap_or_else(|| panic!("cargo {args:?} took over 10 minutes"));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "cargo {args:?} in {}:\n{text}",
+            app.display()
+        );
+        if args[0] == "test" {
+            for t in [
+                "requests_without_their_field_get_an_error ... ok",
+                "a_client_enters_and_chats_and_wrong_requests_get_errors ... ok",
+            ] {
+                assert!(text.contains(t), "`{t}` not in:\n{text}");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
