@@ -10,6 +10,11 @@
 //!    with the gate's real port, prints the URL and one machine-readable line:
 //!    `SHADDOCK_CHAT_READY {"page": ..., "gate": ..., "master": ..., "master_pid": ...,
 //!    "pids": [...], "connectors": [...]}`.
+//!    If a server cannot start, the master says why, stops what it started and exits; the
+//!    launcher then exits 1 with that cause as its last line (`shaddock-chat: gate-server-1
+//!    could not start: cannot bind client port 127.0.0.1:3014: Address already in use`).
+//!    The master runs with `--exit-with-parent` on a pipe from the launcher: if the launcher
+//!    dies (even by SIGKILL), the master stops the cluster and exits, leaving no process.
 //! 4. On SIGINT or SIGTERM asks the master to stop the cluster (frontends first, then the
 //!    chat servers), waits for it, and exits 0. If the master ends on its own (`shaddock-chat
 //!    stop`), so does the launcher.
@@ -23,7 +28,7 @@ use clap::Parser;
 use serde_json::{Value, json};
 use shaddock_rpc::{RpcConfig, Target};
 use shaddock_server::config::{ClusterConfig, choose_env};
-use shaddock_server::master::{LISTENING_LINE, READY_LINE};
+use shaddock_server::master::{LISTENING_LINE, READY_LINE, START_FAILED_LINE};
 use shaddock_server::process::master_client;
 use shaddock_server::proto::{ListReply, master_remote};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -141,9 +146,11 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
 enum MasterEvent {
     Listening(String),
     Ready,
+    /// A server could not start: `<id> could not start: <cause>`.
+    Failed(String),
 }
 
-/// Relays the master's standard output and reports its two signal lines.
+/// Relays the master's standard output and reports its signal lines.
 fn relay(stdout: tokio::process::ChildStdout, tx: mpsc::UnboundedSender<MasterEvent>) {
     tokio::spawn(async move {
         let mut lines = BufReader::new(stdout).lines();
@@ -153,6 +160,8 @@ fn relay(stdout: tokio::process::ChildStdout, tx: mpsc::UnboundedSender<MasterEv
                 let _ = tx.send(MasterEvent::Listening(addr.trim().to_owned()));
             } else if line.trim() == READY_LINE {
                 let _ = tx.send(MasterEvent::Ready);
+            } else if let Some(why) = line.strip_prefix(START_FAILED_LINE) {
+                let _ = tx.send(MasterEvent::Failed(why.trim().to_owned()));
             }
         }
     });
@@ -265,7 +274,10 @@ async fn run(cli: LaunchArgs) -> Result<(), String> {
         .arg("-e")
         .arg(&env)
         .arg("start")
-        .stdin(Stdio::null())
+        // The master stops the cluster when this pipe closes: when we exit, however we die
+        // (SIGKILL included), it and its servers go too.
+        .arg("--exit-with-parent")
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         // Its own process group: a Ctrl-C in the terminal (or a signal to our group) reaches
         // only this launcher, which stops the cluster through the master, frontends first.
@@ -274,6 +286,8 @@ async fn run(cli: LaunchArgs) -> Result<(), String> {
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot start the master: {e}"))?;
+    // Held (never written) until we return: its end of file is the master's signal to stop.
+    let _parent_pipe = child.stdin.take();
     let (tx, mut rx) = mpsc::unbounded_channel();
     if let Some(out) = child.stdout.take() {
         relay(out, tx);
@@ -287,6 +301,12 @@ async fn run(cli: LaunchArgs) -> Result<(), String> {
     let mut stub = None;
     let mut master_addr = String::new();
     let mut ready = false;
+    // Why the cluster could not start, once the master said so (it then stops what it
+    // started and exits: we wait for that, then repeat the cause as our last line).
+    let mut failure: Option<String> = None;
+    let not_up = |failure: Option<String>, status: ExitStatus| {
+        failure.unwrap_or_else(|| format!("the master exited before the cluster was up ({status})"))
+    };
     while !ready {
         tokio::select! {
             ev = rx.recv() => match ev {
@@ -295,18 +315,31 @@ async fn run(cli: LaunchArgs) -> Result<(), String> {
                     master_addr = addr;
                 }
                 Some(MasterEvent::Ready) => ready = true,
+                Some(MasterEvent::Failed(why)) => {
+                    tracing::error!(cause = %why, "the cluster could not start; the master stops it");
+                    failure.get_or_insert(why);
+                }
                 None => {
                     let status = child.wait().await.map_err(|e| e.to_string())?;
-                    return Err(format!("the master exited before the cluster was up ({status})"));
+                    return Err(not_up(failure, status));
                 }
             },
             status = child.wait() => {
                 let status = status.map_err(|e| e.to_string())?;
-                return Err(format!("the master exited before the cluster was up ({status})"));
+                // Its last lines may still be in the pipe: read them (bounded).
+                let drain = async {
+                    while let Some(ev) = rx.recv().await {
+                        if let MasterEvent::Failed(why) = ev {
+                            failure.get_or_insert(why);
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+                return Err(not_up(failure, status));
             }
             () = tokio::time::sleep_until(deadline) => {
                 stop_cluster(stub.as_ref(), &mut child).await;
-                return Err(format!("the cluster was not up after {} s", cli.start_timeout));
+                return Err(failure.unwrap_or_else(|| format!("the cluster was not up after {} s", cli.start_timeout)));
             }
             name = &mut signal => {
                 tracing::info!(signal = name, "stopping before the cluster was up");

@@ -57,6 +57,11 @@ enum Cmd {
         /// Pid file of a daemon.
         #[arg(long, default_value = "shaddock-master.pid")]
         pid_file: PathBuf,
+        /// Stop the cluster and exit when standard input reaches end of file: for a parent
+        /// process that holds a pipe to it (the chat's launcher), so the cluster ends with
+        /// its parent however the parent dies.
+        #[arg(long, conflicts_with = "daemon")]
+        exit_with_parent: bool,
     },
     /// Lists the servers: id, type, pid, uptime, RSS, connections.
     List,
@@ -91,6 +96,7 @@ pub fn run(app: App) -> ExitCode {
         daemon: true,
         log,
         pid_file,
+        ..
     }) = &cli.cmd
     {
         return report(daemonize(log, pid_file));
@@ -132,39 +138,37 @@ fn load(cli: &Cli) -> Result<ClusterConfig, String> {
 }
 
 async fn dispatch(app: App, cli: Cli) -> Result<(), String> {
-    if let Some(id) = &cli.server_id {
-        let cluster = load(&cli)?;
-        let me = match &cli.server_def {
-            Some(def) => {
-                let v = serde_json::from_str(def).map_err(|e| format!("--server-def: {e}"))?;
-                crate::config::parse_server_def(v, None)
-                    .map_err(|e| format!("--server-def: {e}"))?
-            }
-            None => cluster
-                .server(id)
-                .cloned()
-                .ok_or_else(|| format!("no server `{id}` in {}", cli.config.display()))?,
-        };
-        let master = cli
-            .master
-            .clone()
-            .ok_or("--master is required with --server-id")?;
-        let master_id = cli.master_id.clone().unwrap_or(cluster.master.id.clone());
-        return crate::process::run_server(
-            app,
-            cluster.env,
-            me,
-            cluster.servers,
-            master_id,
-            master,
-        )
-        .await
-        .map_err(|e| e.to_string());
+    if let Some(id) = cli.server_id.clone() {
+        let r = run_server_mode(app, &cli, &id).await;
+        if let Err(e) = &r {
+            // For the master (our stdout is its pipe): why this server ends. Without the
+            // `server `id`: ` the errors start with, since the master names the server.
+            use std::io::Write;
+            let prefix = format!("server `{id}`: ");
+            let cause = e.strip_prefix(&prefix).unwrap_or(e);
+            let mut out = std::io::stdout().lock();
+            let _ =
+                writeln!(out, "{} {cause}", crate::process::FAILED_LINE).and_then(|()| out.flush());
+        }
+        return r;
     }
     match cli.cmd {
         None | Some(Cmd::Start { .. }) => {
             let cluster = load(&cli)?;
-            crate::master::run_master(cluster, cli.config.clone(), app.duplicate_login).await
+            let exit_with_parent = matches!(
+                cli.cmd,
+                Some(Cmd::Start {
+                    exit_with_parent: true,
+                    ..
+                })
+            );
+            crate::master::run_master(
+                cluster,
+                cli.config.clone(),
+                app.duplicate_login,
+                exit_with_parent,
+            )
+            .await
         }
         Some(Cmd::List) => {
             let list = admin(&cli)
@@ -208,6 +212,29 @@ async fn dispatch(app: App, cli: Cli) -> Result<(), String> {
         }
         Some(Cmd::Init { .. }) => Ok(()),
     }
+}
+
+/// The hidden mode the master starts each server in (`--server-id ID --master HOST:PORT`).
+async fn run_server_mode(app: App, cli: &Cli, id: &str) -> Result<(), String> {
+    let cluster = load(cli)?;
+    let me = match &cli.server_def {
+        Some(def) => {
+            let v = serde_json::from_str(def).map_err(|e| format!("--server-def: {e}"))?;
+            crate::config::parse_server_def(v, None).map_err(|e| format!("--server-def: {e}"))?
+        }
+        None => cluster
+            .server(id)
+            .cloned()
+            .ok_or_else(|| format!("no server `{id}` in {}", cli.config.display()))?,
+    };
+    let master = cli
+        .master
+        .clone()
+        .ok_or("--master is required with --server-id")?;
+    let master_id = cli.master_id.clone().unwrap_or(cluster.master.id.clone());
+    crate::process::run_server(app, cluster.env, me, cluster.servers, master_id, master)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 const MASTER: &str = "master";
@@ -368,6 +395,16 @@ mod tests {
         let c = Cli::try_parse_from(["app", "start", "-e", "production", "-D"]).unwrap();
         assert_eq!(c.env.as_deref(), Some("production"));
         assert!(matches!(c.cmd, Some(Cmd::Start { daemon: true, .. })));
+        let c = Cli::try_parse_from(["app", "start", "--exit-with-parent"]).unwrap();
+        assert!(matches!(
+            c.cmd,
+            Some(Cmd::Start {
+                exit_with_parent: true,
+                daemon: false,
+                ..
+            })
+        ));
+        assert!(Cli::try_parse_from(["app", "start", "-D", "--exit-with-parent"]).is_err());
         let c = Cli::try_parse_from(["app", "add", "id=x", "serverType=chat"]).unwrap();
         assert!(matches!(c.cmd, Some(Cmd::Add { ref pairs }) if pairs.len() == 2));
         let c = Cli::try_parse_from(["app", "--server-id", "s1", "--master", "h:1"]).unwrap();

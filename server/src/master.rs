@@ -33,6 +33,43 @@ const STOP_WAIT: Duration = Duration::from_secs(20);
 pub const LISTENING_LINE: &str = "SHADDOCK_MASTER_LISTENING";
 /// The line the master prints once every configured server has registered.
 pub const READY_LINE: &str = "SHADDOCK_CLUSTER_READY";
+/// The line the master prints when a server exits before the cluster is up, followed by
+/// `<server id> could not start: <its error>`; it then stops what it started and exits 1.
+pub const START_FAILED_LINE: &str = "SHADDOCK_CLUSTER_FAILED";
+
+/// Writes one line to standard output, ignoring a closed pipe (the launcher may be gone).
+fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}
+
+/// Relays a server's standard output to the master's, line by line, and returns the error it
+/// reported with [`crate::process::FAILED_LINE`] before exiting, if it did.
+fn relay_server_output(
+    id: String,
+    out: tokio::process::ChildStdout,
+) -> tokio::task::JoinHandle<Option<String>> {
+    use tokio::io::AsyncBufReadExt;
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(out).lines();
+        let mut failure = None;
+        loop {
+            match lines.next_line().await {
+                Ok(Some(line)) => match line.strip_prefix(crate::process::FAILED_LINE) {
+                    Some(cause) => failure = Some(cause.trim().to_owned()),
+                    None => say(&line),
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(server = %id, cause = %e, "server output not readable");
+                    break;
+                }
+            }
+        }
+        failure
+    })
+}
 
 struct Managed {
     cfg: ServerConfig,
@@ -84,6 +121,8 @@ pub(crate) struct Master {
     exit: CancellationToken,
     ready: AtomicBool,
     stopping: AtomicBool,
+    /// Set when a server could not start: the cluster start failed (`run_master`'s error).
+    start_failure: Mutex<Option<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -184,22 +223,34 @@ impl Master {
             {
                 cmd.arg("--worker-threads").arg(n.to_string());
             }
-            cmd.stdin(Stdio::piped()).kill_on_drop(true);
+            // stdout: relayed, and where a server that cannot start says why.
+            cmd.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .kill_on_drop(true);
             let started_at = Instant::now();
             let mut child = match cmd.spawn() {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::error!(server = %id, cause = %e, exe = %self.exe.display(), "cannot start server process");
-                    let mut st = lock(&self.state);
-                    if let Some(m) = st.servers.get_mut(&id) {
-                        m.state = "failed";
+                    {
+                        let mut st = lock(&self.state);
+                        if let Some(m) = st.servers.get_mut(&id) {
+                            m.state = "failed";
+                        }
+                        self.publish(&mut st);
                     }
-                    self.publish(&mut st);
+                    if !self.ready.load(Ordering::SeqCst) {
+                        self.start_failed(&id, &format!("cannot run {}: {e}", self.exe.display()));
+                    }
                     return;
                 }
             };
             // Held open for the child's life: the child stops when it reads end of file.
             let stdin = child.stdin.take();
+            let output = child
+                .stdout
+                .take()
+                .map(|out| relay_server_output(id.clone(), out));
             {
                 let mut st = lock(&self.state);
                 if let Some(m) = st.servers.get_mut(&id) {
@@ -220,8 +271,18 @@ impl Master {
             drop(stdin);
             let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
             let ran = started_at.elapsed();
+            // Its output ends with it (unless it left a child holding the pipe: bounded).
+            let failure = match output {
+                Some(task) => tokio::time::timeout(Duration::from_secs(2), task)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .flatten(),
+                None => None,
+            };
             enum Next {
                 Stopped,
+                StartFailed,
                 Exited,
                 CrashLoop(usize),
                 Restart,
@@ -236,6 +297,8 @@ impl Master {
                 m.connections = 0;
                 let next = if m.stopping {
                     Next::Stopped
+                } else if !self.ready.load(Ordering::SeqCst) {
+                    Next::StartFailed
                 } else if !restart_enabled(&m.cfg, &policy) {
                     Next::Exited
                 } else if crashes.crashed(Instant::now(), &policy) {
@@ -245,6 +308,7 @@ impl Master {
                 };
                 m.state = match next {
                     Next::Stopped => "stopped",
+                    Next::StartFailed => "failed",
                     Next::Exited => "exited",
                     Next::CrashLoop(_) => "crash-loop",
                     Next::Restart => {
@@ -267,8 +331,13 @@ impl Master {
                     tracing::info!(server = %id, %status, "server stopped");
                     return;
                 }
+                Next::StartFailed => {
+                    let cause = failure.unwrap_or_else(|| format!("it exited ({status})"));
+                    self.start_failed(&id, &cause);
+                    return;
+                }
                 Next::Exited => {
-                    tracing::warn!(server = %id, %status, "server exited; not restarted (its restart is off)");
+                    tracing::warn!(server = %id, %status, error = failure.as_deref().unwrap_or("-"), "server exited; not restarted (its restart is off)");
                     return;
                 }
                 Next::CrashLoop(n) => {
@@ -277,6 +346,7 @@ impl Master {
                         crashes = n,
                         window_secs = policy.crash_loop_window.as_secs(),
                         last_status = %status,
+                        last_error = failure.as_deref().unwrap_or("-"),
                         "server crashed {n} times within {} s; not restarting it again (crash-loop)",
                         policy.crash_loop_window.as_secs()
                     );
@@ -288,7 +358,7 @@ impl Master {
             if ran >= policy.crash_loop_window {
                 backoff = policy.backoff;
             }
-            tracing::warn!(server = %id, %status, ?backoff, "server exited; restarting");
+            tracing::warn!(server = %id, %status, error = failure.as_deref().unwrap_or("-"), ?backoff, "server exited; restarting");
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
                 () = kill.cancelled() => {
@@ -359,9 +429,25 @@ impl Master {
             .values()
             .filter_map(|m| m.entry.as_ref().map(|e| e.id.as_str()));
         if views_complete(at, live, &st.applied) && !self.ready.swap(true, Ordering::SeqCst) {
-            println!("{READY_LINE}");
+            say(READY_LINE);
             tracing::info!("every configured server is up and knows the others");
         }
+    }
+
+    /// A server ended before the cluster was up: say why, stop what was started, and make
+    /// the master exit with that error (once, for the first server that failed).
+    fn start_failed(self: &Arc<Self>, id: &str, cause: &str) {
+        let message = format!("{id} could not start: {cause}");
+        {
+            let mut failure = lock(&self.start_failure);
+            if failure.is_some() || self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            *failure = Some(message.clone());
+        }
+        tracing::error!(server = %id, %cause, "a server could not start; stopping the cluster");
+        say(&format!("{START_FAILED_LINE} {message}"));
+        tokio::spawn(self.clone().stop_all());
     }
 
     /// Stops a group of servers over RPC and waits for their processes to end.
@@ -768,6 +854,7 @@ pub(crate) async fn run_master(
     cluster: ClusterConfig,
     config_dir: PathBuf,
     policy: DuplicateLogin,
+    exit_with_parent: bool,
 ) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
     let listener =
@@ -798,6 +885,7 @@ pub(crate) async fn run_master(
         exit: CancellationToken::new(),
         ready: AtomicBool::new(false),
         stopping: AtomicBool::new(false),
+        start_failure: Mutex::new(None),
     });
     {
         let mut st = lock(&master.state);
@@ -829,25 +917,42 @@ pub(crate) async fn run_master(
     let server = tokio::spawn(
         RpcServer::new(registry, RpcConfig::default()).serve(listener, rpc_token.clone()),
     );
-    println!("{LISTENING_LINE} {addr}");
+    say(&format!("{LISTENING_LINE} {addr}"));
     tracing::info!(master = %cluster.master.id, %addr, env = %cluster.env, servers = cluster.servers.len(), "master listening");
     if cluster.servers.is_empty() && !master.ready.swap(true, Ordering::SeqCst) {
-        println!("{READY_LINE}");
+        say(READY_LINE);
     }
     for s in &cluster.servers {
         master.spawn_supervisor(s.id.clone());
     }
+    let parent_gone = async {
+        if exit_with_parent {
+            crate::process::stdin_closed().await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
     tokio::select! {
         () = master.exit.cancelled() => {}
         () = crate::process::terminated() => {
             tracing::info!("interrupted: stopping the cluster");
             master.clone().stop_all().await;
         }
+        () = parent_gone => {
+            tracing::warn!("the parent went away (stdin closed): stopping the cluster");
+            master.clone().stop_all().await;
+        }
     }
+    // A stop already under way (`stop`, `kill`, a failed start) finishes first: leaving now
+    // would kill the servers it is stopping gracefully.
+    master.exit.cancelled().await;
     // Let the CLI's last call get its reply before the port closes.
     rpc_token.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
-    Ok(())
+    match lock(&master.start_failure).take() {
+        Some(failure) => Err(failure),
+        None => Ok(()),
+    }
 }
 
 /// Whether every server in `live` has applied a view of version `at` or later.

@@ -18,6 +18,11 @@ use crate::proto::{
     server_remote,
 };
 
+/// The line a server process prints on its standard output (which the master reads) when it
+/// ends with an error, followed by the error: how the master, and the launcher after it, learn
+/// why a server could not start.
+pub const FAILED_LINE: &str = "SHADDOCK_SERVER_FAILED";
+
 /// The type the master has in a server's peer directory.
 pub(crate) const MASTER_TYPE: &str = "__master";
 
@@ -500,17 +505,23 @@ async fn stats_loop(ctx: ServerContext, stop: CancellationToken) {
 
 /// The master holds our stdin open; end of file means the master is gone: stop.
 async fn stdin_watch(ctx: ServerContext) {
+    stdin_closed().await;
+    tracing::warn!("master went away (stdin closed); stopping");
+    ctx.request_stop();
+}
+
+/// Completes when standard input reaches end of file (or cannot be read): the parent that
+/// holds the other end of the pipe is gone, however it died (even SIGKILL closes its end).
+pub(crate) async fn stdin_closed() {
     use tokio::io::AsyncReadExt;
     let mut stdin = tokio::io::stdin();
     let mut buf = [0u8; 64];
     loop {
         match stdin.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
+            Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
     }
-    tracing::warn!("master went away (stdin closed); stopping");
-    ctx.request_stop();
 }
 
 #[cfg(test)]

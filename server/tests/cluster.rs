@@ -905,3 +905,241 @@ async fn crashed_servers_restart_by_default_and_a_crash_loop_stays_down() {
     let status = tokio::task::block_in_place(|| cl.master.as_mut().unwrap().wait()).unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// Runs `cmd` (stdout and stderr captured) and waits at most `within`; SIGKILL after that.
+fn output_within(mut cmd: Command, within: Duration) -> Option<std::process::Output> {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(within) {
+        Ok(out) => Some(out.expect("output")),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            let _ = rx.recv_timeout(Duration::from_secs(10));
+            None
+        }
+    }
+}
+
+/// The pids the master logged for `server process started` (at RUST_LOG=info).
+fn started_pids(log: &str) -> Vec<u32> {
+    log.lines()
+        .filter(|l| l.contains("server process started"))
+        .filter_map(|l| {
+            l.split("pid=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// A server that exits while the cluster starts (here: the gate's client port is taken)
+/// fails the start at once: the master says which server and why, stops what it started and
+/// exits 1 with that cause as its last line, instead of running on without it.
+#[test]
+fn a_server_that_cannot_start_fails_the_cluster_start_at_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let servers = format!(
+        r#"{{"development":{{
+          "gate":[{{"id":"gate-server-1","host":"127.0.0.1","clientPort":{port},"frontend":true}}],
+          "connector":[{{"id":"connector-server-1","host":"127.0.0.1","port":0,"clientPort":0,"frontend":true}}],
+          "chat":[{{"id":"chat-server-1","host":"127.0.0.1","port":0}}]}}}}"#
+    );
+    let dir = Cluster::config_dir_with("taken", &servers, MASTER);
+    let mut cmd = Command::new(EXE);
+    cmd.args(["start", "--config"])
+        .arg(&dir)
+        .env("RUST_LOG", "info,shaddock_rpc=warn")
+        .env("SHADDOCK_DEMO_LIFECYCLE_DIR", dir.join("life"));
+    let t0 = Instant::now();
+    // Without the fix the master runs on (the gate just "exited"): this bound ends it.
+    let out = output_within(cmd, Duration::from_secs(60)).expect("the master did not exit");
+    let took = t0.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    let last = stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    for want in [
+        "error: gate-server-1 could not start: cannot bind client port",
+        &format!("127.0.0.1:{port}"),
+        "in use",
+    ] {
+        assert!(
+            last.contains(want),
+            "`{want}` not in the last line: {last}\n{stderr}"
+        );
+    }
+    assert!(
+        stdout.contains("SHADDOCK_CLUSTER_FAILED gate-server-1 could not start: cannot bind"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("SHADDOCK_CLUSTER_READY"), "{stdout}");
+    // Every server process it started is gone.
+    let pids = started_pids(&stderr);
+    assert!(pids.len() >= 3, "{stderr}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pids.iter().any(|p| alive(*p)) {
+        assert!(Instant::now() < deadline, "servers left running: {pids:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(taken);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Waits (bounded) until none of `pids` is alive.
+fn all_gone(pids: &[u32], within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while pids.iter().any(|p| alive(*p)) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+/// A SIGKILLed master leaves no server behind: each reads end of file on the stdin pipe the
+/// master held and stops gracefully (its components' `stop` runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_stop_when_their_master_is_sigkilled() {
+    let mut cl = Cluster::start("orphans", &[]);
+    let rows = cl.list();
+    let pids: Vec<u32> = rows.values().map(|r| r.pid).collect();
+    assert_eq!(pids.len(), 5, "{rows:?}");
+    let st = Command::new("kill")
+        .args(["-9", &cl.master_pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _ = cl.master.as_mut().unwrap().wait();
+    let left: Vec<u32> = pids.clone();
+    assert!(
+        tokio::task::block_in_place(|| all_gone(&left, Duration::from_secs(30))),
+        "servers outlived their master: {:?}",
+        pids.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
+    );
+    for id in rows.keys() {
+        assert_eq!(cl.lifecycle(id), ["start", "after_start", "stop"], "{id}");
+    }
+}
+
+/// `start --exit-with-parent`: when the master's stdin closes (its parent died), it stops
+/// the cluster gracefully and exits 0.
+#[test]
+fn exit_with_parent_stops_the_cluster_when_stdin_closes() {
+    let dir = Cluster::config_dir("parent");
+    let mut master = Command::new(EXE)
+        .args(["start", "--exit-with-parent", "--config"])
+        .arg(&dir)
+        .env("RUST_LOG", "info,shaddock_rpc=warn")
+        .env("SHADDOCK_DEMO_LIFECYCLE_DIR", dir.join("life"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join("master.log")).unwrap(),
+        ))
+        .spawn()
+        .unwrap();
+    let pipe = master.stdin.take().unwrap();
+    let lines = std::io::BufReader::new(master.stdout.take().unwrap()).lines();
+    let mut ready = false;
+    for line in lines {
+        if line.unwrap() == "SHADDOCK_CLUSTER_READY" {
+            ready = true;
+            break;
+        }
+    }
+    assert!(ready, "no ready line");
+    let log = std::fs::read_to_string(dir.join("master.log")).unwrap();
+    let pids = started_pids(&log);
+    assert_eq!(pids.len(), 5, "{log}");
+    drop(pipe);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(master.wait());
+    });
+    let status = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the master did not exit when its stdin closed")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(all_gone(&pids, Duration::from_secs(10)), "{pids:?}");
+    for id in ["gate-server-1", "connector-server-1", "chat-server-2"] {
+        let life = std::fs::read_to_string(dir.join("life").join(id)).unwrap_or_default();
+        assert_eq!(life.lines().last(), Some("stop"), "{id}: {life}");
+    }
+    let log = std::fs::read_to_string(dir.join("master.log")).unwrap();
+    assert!(log.contains("the parent went away"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `init` writes an app that builds and passes its own tests (a unit test of its handlers and
+/// a cluster test that chats through the Rust client): built offline from the checkout's
+/// Cargo.lock, in this workspace's target dir so the dependencies are reused.
+#[test]
+fn init_writes_an_app_that_builds_and_passes_its_own_tests() {
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let target_dir = tmp.parent().expect("target dir").to_owned();
+    let dir = tmp.join(format!("init-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let app = dir.join("hello-app");
+    let out = Command::new(EXE)
+        .arg("init")
+        .arg(&app)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let toml = std::fs::read_to_string(app.join("Cargo.toml")).unwrap();
+    // Relative paths only: the app keeps building when it moves with the checkout.
+    let paths: Vec<&str> = toml
+        .lines()
+        .filter_map(|l| l.split("path = \"").nth(1)?.split('"').next())
+        .collect();
+    assert_eq!(paths.len(), 3, "{toml}");
+    assert!(paths.iter().all(|p| p.starts_with("..")), "{toml}");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    for args in [&["build", "--offline"][..], &["test", "--offline"]] {
+        let mut cmd = Command::new(&cargo);
+        cmd.args(args)
+            .current_dir(&app)
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .env("RUST_LOG", "error");
+        let out = output_within(cmd, Duration::from_secs(600))
+            .unwrap_or_else(|| panic!("cargo {args:?} took over 10 minutes"));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "cargo {args:?} in {}:\n{text}",
+            app.display()
+        );
+        if args[0] == "test" {
+            for t in [
+                "requests_without_their_field_get_an_error ... ok",
+                "a_client_enters_and_chats_and_wrong_requests_get_errors ... ok",
+            ] {
+                assert!(text.contains(t), "`{t}` not in:\n{text}");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -28,7 +28,8 @@ pub struct Cluster {
     lines: mpsc::Receiver<String>,
 }
 
-fn tmp_dir() -> PathBuf {
+/// A fresh temporary directory for one cluster.
+pub fn tmp_dir() -> PathBuf {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static N: AtomicUsize = AtomicUsize::new(0);
     let d = std::env::temp_dir().join(format!(
@@ -45,7 +46,13 @@ fn tmp_dir() -> PathBuf {
 /// before the cluster starts.
 pub type ConfigEdit<'a> = &'a dyn Fn(&mut Value, &mut Value);
 
-fn write_config(dir: &std::path::Path, edit: ConfigEdit<'_>) {
+/// Writes the port-0 config (servers.json, master.json, page.json) of the test cluster.
+pub fn write_config(dir: &std::path::Path) {
+    write_config_with(dir, &|_, _| {});
+}
+
+/// [`write_config`], changed by `edit`.
+pub fn write_config_with(dir: &std::path::Path, edit: ConfigEdit<'_>) {
     let conns: Vec<Value> = (1..=3)
         .map(|i| json!({"id": format!("connector-server-{i}"), "host": "127.0.0.1", "port": 0, "clientPort": 0, "frontend": true}))
         .collect();
@@ -119,7 +126,7 @@ impl Cluster {
     /// Starts the chat on a config changed by `edit` and waits for its ready line.
     pub fn start_with(edit: ConfigEdit<'_>) -> Self {
         let dir = tmp_dir();
-        write_config(&dir, edit);
+        write_config_with(&dir, edit);
         let log = std::fs::File::create(dir.join("cluster.log")).expect("log file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_shaddock-chat"))
             .arg("--config")
