@@ -368,7 +368,6 @@ async fn backend_errors_missing_types_down_and_slow_backends_answer_500() {
         .add(ServerInfo::new("gate-1", "gate", "127.0.0.1", gport));
     for ws in [false, true] {
         let mut client = entered(&c, ws, if ws { "w" } else { "t" }).await;
-        let me = client.local_addr();
         // The backend's own error code travels back.
         let r = client.call(2, "chat.chatHandler.fail", &json!({})).await;
         assert_eq!(r, json!({"code": 503, "msg": "backend says no"}));
