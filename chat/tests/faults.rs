@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use shaddock_client::{Client, ClientConfig, Event, Events, PushStream, Transport, query_entry};
-use shaddock_rpc::{RpcClient, RpcConfig, ServerInfo, Target};
+use shaddock_rpc::Target;
 use shaddock_server::proto::{ListReply, master_remote};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -163,16 +163,7 @@ fn config() -> ClientConfig {
 
 /// The master's admin stub (address from the ready line).
 fn master(cluster: &FaultCluster) -> master_remote::Client {
-    let addr = cluster.info["master"].as_str().expect("master addr");
-    let (host, port) = addr.rsplit_once(':').expect("host:port");
-    let rpc = RpcClient::new(RpcConfig::default());
-    rpc.directory().add(ServerInfo::new(
-        "master",
-        "__master",
-        host,
-        port.parse::<u16>().expect("port"),
-    ));
-    master_remote::Client::new(&rpc)
+    common::master_at(cluster.info["master"].as_str().expect("master addr"))
 }
 
 async fn list(m: &master_remote::Client) -> ListReply {
@@ -325,7 +316,7 @@ async fn kill_9_of_a_chat_server_under_load() {
 
     // A room on each chat server (as the master placed them), two users in each; the
     // victim's room first.
-    let placements = common::master_at(cluster.info["master"].as_str().expect("master"));
+    let placements = master(&cluster);
     let mut rooms: Vec<(String, String)> = Vec::new();
     let mut senders = Vec::new();
     let mut listeners = Vec::new();
