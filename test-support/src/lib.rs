@@ -3,5 +3,9 @@
 //!
 //! # Layout
 //! - [`logs`]: capture one test's `tracing` output and wait for a line about a peer.
+//! - [`netns`]: several hosts on one machine (network namespaces on a bridge), torn down on drop.
+//! - [`nats`]: a JetStream nats-server cluster across such hosts.
 
 pub mod logs;
+pub mod nats;
+pub mod netns;
