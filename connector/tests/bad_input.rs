@@ -287,16 +287,6 @@ fn request_bytes(id: u32, route: &str, body: &[u8]) -> Bytes {
         .unwrap()
 }
 
-/// Resident set size of this test process, in KiB (Linux).
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Garbage
 
@@ -803,12 +793,18 @@ async fn tiny_package_flood_with_rate_limit_is_kicked_and_counted() {
     server.stop().await;
 }
 
+/// What the connector reads from a TCP socket at once (its read buffer).
+const TCP_READ: usize = 64 * 1024;
+
+/// The flood's memory is bounded by the connection's own queues, checked on this test's
+/// frontend (not the test process's RSS, which other tests share): messages are parked for a
+/// handler slot only up to one read's worth (`peak_parked`), none is lost, and nothing is
+/// kicked or counted as an error.
 #[tokio::test]
 async fn tiny_package_flood_without_rate_limit_is_served_in_bounded_memory() {
     let (logs, _g) = capture_logs();
     let (server, counted) = start_hostile(hostile_config()).await;
     let good = Alongside::start(true, server.addr).await;
-    let rss_before = rss_kib();
 
     // 100 000 notifies as fast as the socket takes them, then one request: every notify is
     // handled (none lost), the request is answered, the connection stays.
@@ -835,6 +831,33 @@ async fn tiny_package_flood_without_rate_limit_is_served_in_bounded_memory() {
     })
     .await;
     assert_eq!(counted.load(Ordering::Relaxed), N);
+    // Parked messages (beyond the `max_in_flight` being handled) never exceed what one read
+    // holds: the connection stops reading while it has parked messages. Without that
+    // backpressure the whole flood piles up here.
+    let st = server.frontend.stats();
+    // One read is at most TCP_READ bytes after a partial package (shorter than a notify) left
+    // from the read before.
+    let one_read = (TCP_READ + note.len()) / note.len();
+    eprintln!("flood: peak parked {} (bound {one_read})", st.peak_parked);
+    assert!(
+        st.peak_parked > 0,
+        "the flood never filled the handler slots: {st:?}"
+    );
+    assert!(
+        st.peak_parked <= one_read as u64,
+        "{} messages parked at once, more than one read ({one_read}): {st:?}",
+        st.peak_parked
+    );
+    assert_eq!(
+        (
+            st.kicked,
+            st.protocol_errors,
+            st.slow_consumers,
+            st.rate_limited
+        ),
+        (0, 0, 0, 0),
+        "{st:?}"
+    );
     good.served_now().await;
 
     // 200 000 heartbeats, read concurrently: every one is echoed.
@@ -862,11 +885,16 @@ async fn tiny_package_flood_without_rate_limit_is_served_in_bounded_memory() {
         within(reader).await.unwrap(),
         "not every heartbeat was echoed"
     );
-    let rss_after = rss_kib();
-    // Generous: the whole test process (other tests run alongside) may not grow by 256 MiB.
-    assert!(
-        rss_after < rss_before + 256 * 1024,
-        "RSS grew from {rss_before} KiB to {rss_after} KiB"
+    let st = server.frontend.stats();
+    assert_eq!(
+        (
+            st.kicked,
+            st.protocol_errors,
+            st.slow_consumers,
+            st.heartbeat_timeouts
+        ),
+        (0, 0, 0, 0),
+        "{st:?}"
     );
     drop(wr);
 

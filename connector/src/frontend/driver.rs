@@ -365,6 +365,7 @@ where
             self.spawn_dispatch(msg, permit);
         } else {
             self.waiting.push_back(msg);
+            ConnectorStats::raise(&self.inner.stats.peak_parked, self.waiting.len());
         }
         Ok(())
     }
