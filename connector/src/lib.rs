@@ -77,7 +77,8 @@ pub mod transport;
 pub use codec::BodyCodec;
 pub use config::ConnectorConfig;
 pub use frontend::{
-    DrainReport, Error, ForwardRequest, Forwarder, Frontend, FrontendBuilder, PushReport,
+    DrainReport, Error, ForwardRequest, Forwarder, Frontend, FrontendBuilder, GAVE_UP_MESSAGE,
+    PushReport, STOPPING_MESSAGE,
 };
 pub use handler::{AfterFilter, BeforeFilter, Handler, HandlerError, RequestInfo};
 pub use limit::{RateLimit, TokenBucket};

@@ -11,8 +11,9 @@
 //! chosen per type with [`RpcForwarder::route_key`] (e.g. the room in the session settings).
 //! Backends implement [`msg_remote::Remote`]; the message carries a [`SessionSnapshot`], the
 //! body travels as the JSON text the client sent, the reply as the JSON text of the response
-//! body plus, optionally, the session's settings after the handler (merged into the frontend
-//! session before the response is sent). Any failure — no server of the type, backend down,
+//! body plus the settings the handler changed — only those keys, set or removed on the
+//! frontend session before the response is sent; keys the handler did not touch keep the
+//! frontend's value (see [`ForwardReply`]). Any failure — no server of the type, backend down,
 //! timeout, backend error — becomes a `{"code":500,"msg":…}` response (or the backend's own
 //! code and message) whose message tells the client's developer what to do, never RPC
 //! internals (see [`rpc_error_to_handler`]); the client stays connected.
@@ -70,16 +71,26 @@ pub struct ForwardMessage {
     pub session: Option<SessionSnapshot>,
 }
 
-/// The backend's answer: the response body as JSON text.
+/// The backend's answer: the response body as JSON text, and the settings the handler
+/// changed.
+///
+/// Only the changed keys travel (pomelo's `session.set` + `session.push(key)`): the
+/// frontend sets the keys of `settings_json` and removes those of `removed_settings`, and
+/// leaves every other key as it is, so a key set on the frontend, or by a concurrent
+/// request, while this one was on the backend keeps its new value.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ForwardReply {
     /// Response body JSON text (`{}` when empty).
     #[prost(bytes = "bytes", tag = "1")]
     pub body_json: Bytes,
-    /// The session's settings after the handler, as a JSON object text; its keys are merged
-    /// into the frontend session before the response goes out. Empty: nothing to merge.
+    /// The settings the handler set, as a JSON object text (only those keys); set on the
+    /// frontend session before the response goes out. Empty (or `{}`): none set.
     #[prost(bytes = "bytes", tag = "2")]
     pub settings_json: Bytes,
+    /// The settings the handler removed; removed from the frontend session before the
+    /// response goes out. Empty: none removed.
+    #[prost(string, repeated, tag = "3")]
+    pub removed_settings: Vec<String>,
 }
 
 /// A push to sessions of this frontend: by session id and by uid (`push`), or to every
@@ -137,15 +148,19 @@ pub struct BindArgs {
     pub uid: String,
 }
 
-/// Merge settings into session `sid` (pomelo `BackendSession.pushAll`).
+/// Change settings of session `sid` (pomelo `BackendSession.push`): set the keys of
+/// `settings_json`, remove those of `removed`; every other key keeps its value.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SettingsArgs {
     /// Session id.
     #[prost(uint64, tag = "1")]
     pub sid: u64,
-    /// A JSON object text whose keys are set on the session.
+    /// A JSON object text whose keys are set on the session (empty: none).
     #[prost(bytes = "bytes", tag = "2")]
     pub settings_json: Bytes,
+    /// Keys removed from the session.
+    #[prost(string, repeated, tag = "3")]
+    pub removed: Vec<String>,
 }
 
 /// Kick by uid (`uid`, when not empty: all its sessions) or else by session id (`sid`).
@@ -189,7 +204,7 @@ remote! {
         fn bind(BindArgs) -> ();
         /// Unbinds a uid from a session.
         fn unbind(BindArgs) -> ();
-        /// Merges settings into a session.
+        /// Sets and removes settings of a session (only the keys named).
         fn push_settings(SettingsArgs) -> ();
         /// Kicks a session, or every session of a uid.
         fn kick(KickArgs) -> Count;
@@ -321,14 +336,12 @@ impl Forwarder for RpcForwarder {
                 .forward_message(target, msg)
                 .await
                 .map_err(|e| rpc_error_to_handler(&request.info.route, &e))?;
-            if !reply.settings_json.is_empty() {
-                match shaddock_protocol::json::from_slice(&reply.settings_json) {
-                    Ok(Value::Object(m)) => request.session.merge_settings(m),
-                    _ => tracing::warn!(
-                        route = %request.info.route,
-                        "backend reply settings are not a JSON object; ignored"
-                    ),
-                }
+            match settings_object(&reply.settings_json) {
+                Ok(set) => request.session.apply_settings(set, &reply.removed_settings),
+                Err(()) => tracing::warn!(
+                    route = %request.info.route,
+                    "backend reply settings are not a JSON object; ignored"
+                ),
             }
             if reply.body_json.is_empty() {
                 return Ok(Value::Object(serde_json::Map::new()));
@@ -341,6 +354,17 @@ impl Forwarder for RpcForwarder {
                 ))
             })
         })
+    }
+}
+
+/// The settings object of a reply or `push_settings` (empty bytes: no keys).
+fn settings_object(json: &[u8]) -> Result<serde_json::Map<String, Value>, ()> {
+    if json.is_empty() {
+        return Ok(serde_json::Map::new());
+    }
+    match shaddock_protocol::json::from_slice(json) {
+        Ok(Value::Object(m)) => Ok(m),
+        _ => Err(()),
     }
 }
 
@@ -470,13 +494,14 @@ impl session_remote::Remote for SessionRemote {
 
     async fn push_settings(&self, args: SettingsArgs) -> Result<(), RemoteError> {
         let s = self.session(args.sid)?;
-        match parse_json("settings", &args.settings_json)? {
-            Value::Object(m) => {
-                s.merge_settings(m);
-                Ok(())
-            }
-            _ => Err(RemoteError::new(500, "settings must be a JSON object")),
-        }
+        let set = settings_object(&args.settings_json).map_err(|()| {
+            RemoteError::new(
+                500,
+                format!("settings for session {} must be a JSON object", args.sid),
+            )
+        })?;
+        s.apply_settings(set, &args.removed);
+        Ok(())
     }
 
     async fn kick(&self, args: KickArgs) -> Result<Count, RemoteError> {

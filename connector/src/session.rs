@@ -196,9 +196,20 @@ impl Session {
 
     /// Merges `settings` into this session's settings (pomelo `pushAll` from a backend).
     pub fn merge_settings(&self, settings: Map<String, Value>) {
+        self.apply_settings(settings, &[]);
+    }
+
+    /// Applies a change of settings made elsewhere (a backend's [`crate::remote`] reply or
+    /// `push_settings`): sets the keys of `set`, then removes the keys of `removed`, under
+    /// one lock. Keys in neither keep their value here, so a key set on this frontend (or by
+    /// a concurrent request) while a backend held an older copy is not reverted.
+    pub fn apply_settings(&self, set: Map<String, Value>, removed: &[String]) {
         let mut mine = write(&self.inner.settings);
-        for (k, v) in settings {
+        for (k, v) in set {
             mine.insert(k, v);
+        }
+        for k in removed {
+            mine.remove(k);
         }
     }
 

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Live counters, shared by the listener and every connection task.
 ///
-/// All counts are monotonic except `active`.
+/// All counts are monotonic except `active`; `peak_parked` is a high-water mark.
 #[derive(Debug, Default)]
 pub struct ConnectorStats {
     pub(crate) accepted: AtomicU64,
@@ -17,6 +17,7 @@ pub struct ConnectorStats {
     pub(crate) heartbeat_timeouts: AtomicU64,
     pub(crate) protocol_errors: AtomicU64,
     pub(crate) accept_errors: AtomicU64,
+    pub(crate) peak_parked: AtomicU64,
 }
 
 /// A point-in-time copy of [`ConnectorStats`].
@@ -43,6 +44,11 @@ pub struct StatsSnapshot {
     pub protocol_errors: u64,
     /// Errors returned by `accept` (the listener backs off and retries).
     pub accept_errors: u64,
+    /// The most messages one connection has had parked at once, waiting for a handler slot
+    /// (`max_in_flight` being handled). A connection does not read while it has parked
+    /// messages, so this is at most the messages of one read: 64 KiB over TCP (plus a
+    /// partial package left from the read before), one WebSocket message.
+    pub peak_parked: u64,
 }
 
 impl ConnectorStats {
@@ -60,10 +66,16 @@ impl ConnectorStats {
             heartbeat_timeouts: r(&self.heartbeat_timeouts),
             protocol_errors: r(&self.protocol_errors),
             accept_errors: r(&self.accept_errors),
+            peak_parked: r(&self.peak_parked),
         }
     }
 
     pub(crate) fn incr(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Raises the high-water mark `peak` to `value`.
+    pub(crate) fn raise(peak: &AtomicU64, value: usize) {
+        peak.fetch_max(u64::try_from(value).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 }

@@ -10,7 +10,8 @@ use common::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use shaddock_connector::{
-    Frontend, FrontendBuilder, HandlerError, RateLimit, RequestInfo, Session,
+    Frontend, FrontendBuilder, GAVE_UP_MESSAGE, HandlerError, RateLimit, RequestInfo,
+    STOPPING_MESSAGE, Session,
 };
 use shaddock_protocol::RouteDictionary;
 use shaddock_protocol::message::{Message, MessageRoute, MessageType};
@@ -1277,5 +1278,197 @@ async fn graceful_stop_refuses_new_connections_and_answers_requests_in_flight() 
         ),
         (0, 1, 0)
     );
+    server.stop().await;
+}
+
+/// Packages up to the KICK, as (response id, body) for responses; panics on anything else
+/// and on a close without a KICK.
+async fn responses_then_kick(c: &mut Client) -> (Vec<(u32, Value)>, Bytes) {
+    let mut responses = Vec::new();
+    loop {
+        let p = within(c.recv_no_heartbeat())
+            .await
+            .expect("responses, then a KICK, before the close");
+        match p.kind {
+            PackageType::Kick => return (responses, p.body),
+            PackageType::Data => {
+                let m = Message::decode(p.body).unwrap();
+                assert_eq!(m.kind, MessageType::Response, "{m:?}");
+                responses.push((m.id, serde_json::from_slice::<Value>(&m.body).unwrap()));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// A frontend whose `held` handler signals `entered` and waits for a `release` permit, and
+/// whose `count` handler counts its calls.
+fn stopping_app(
+    config: shaddock_connector::ConnectorConfig,
+) -> (
+    FrontendBuilder,
+    tokio::sync::mpsc::Receiver<()>,
+    Arc<tokio::sync::Semaphore>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let (entered_tx, entered) = tokio::sync::mpsc::channel::<()>(4);
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let counted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (gate, count) = (release.clone(), counted.clone());
+    let builder = app(config)
+        .handler(
+            "connector.entryHandler.held",
+            move |_s: Session, v: Value| {
+                let (entered_tx, gate) = (entered_tx.clone(), gate.clone());
+                async move {
+                    let _ = entered_tx.send(()).await;
+                    let _permit = gate
+                        .acquire()
+                        .await
+                        .map_err(|e| HandlerError::internal(e.to_string()))?;
+                    Ok::<_, HandlerError>(json!({"code": 200, "echo": v}))
+                }
+            },
+        )
+        .handler(
+            "connector.entryHandler.count",
+            move |_s: Session, _v: Value| {
+                let count = count.clone();
+                async move {
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    Ok::<_, HandlerError>(json!({"code": 200}))
+                }
+            },
+        );
+    (builder, entered, release, counted)
+}
+
+/// During a graceful stop, a request that arrives is not handled: it is answered at once
+/// with code 500 and the "reconnect" message (while the request already in flight is still
+/// running), a notify is dropped, and the request in flight gets its real response; all
+/// before the KICK.
+#[tokio::test]
+async fn a_request_during_a_graceful_stop_is_answered_with_an_error_before_the_kick() {
+    let (builder, mut entered, release, counted) = stopping_app(test_config());
+    let server = start(builder).await;
+    let mut c = Client::tcp(server.addr).await;
+    c.handshake().await;
+    c.request(7, "connector.entryHandler.held", &json!({"n": 1}))
+        .await;
+    within(entered.recv()).await.expect("handler entered");
+
+    within(server.frontend.stop_accepting()).await;
+    assert!(!server.frontend.is_stopping());
+    let drain = tokio::spawn({
+        let frontend = server.frontend.clone();
+        async move {
+            frontend
+                .drain_and_kick("server stopping", Duration::from_secs(5))
+                .await
+        }
+    });
+    within(async {
+        while !server.frontend.is_stopping() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+
+    // Sent after the stop began: refused, not handled. The answer comes while request 7
+    // is still held (the drain cannot have ended, so this is not the kick's doing).
+    c.notify("connector.entryHandler.count", &json!({})).await;
+    c.request(8, "connector.entryHandler.count", &json!({}))
+        .await;
+    let m = within(c.recv_message()).await;
+    assert_eq!((m.kind, m.id), (MessageType::Response, 8));
+    let body: Value = serde_json::from_slice(&m.body).unwrap();
+    let msg = assert_client_error(&body, 500);
+    assert_eq!(msg, STOPPING_MESSAGE);
+    assert!(msg.contains("reconnect"), "{msg}");
+    assert!(!drain.is_finished());
+    assert_eq!(
+        counted.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a message sent during the stop was handled"
+    );
+
+    release.add_permits(1);
+    let (responses, kick) = responses_then_kick(&mut c).await;
+    assert_eq!(
+        responses,
+        [(7, json!({"code": 200, "echo": {"n": 1}}))],
+        "the request in flight lost its response"
+    );
+    assert_eq!(&kick[..], br#"{"reason":"server stopping"}"#);
+    c.expect_closed().await;
+    let report = within(drain).await.unwrap();
+    assert_eq!(
+        (
+            report.unfinished_requests,
+            report.kicked,
+            report.still_connected
+        ),
+        (0, 1, 0)
+    );
+    assert_eq!(counted.load(std::sync::atomic::Ordering::SeqCst), 0);
+    server.stop().await;
+}
+
+/// A request still running when the drain gives up, and one parked behind it for a handler
+/// slot, are both answered with code 500 before the KICK (they used to be cut off by it
+/// with no answer at all).
+#[tokio::test]
+async fn requests_the_drain_gives_up_on_are_answered_with_an_error_before_the_kick() {
+    let mut config = test_config();
+    config.max_in_flight = 1;
+    let (builder, mut entered, release, counted) = stopping_app(config);
+    let server = start(builder).await;
+    let mut c = Client::tcp(server.addr).await;
+    c.handshake().await;
+    // 7 is held until the end; 8, in the same write (so read with it), is parked for 7's
+    // handler slot.
+    let mut both = Vec::new();
+    for (id, route) in [
+        (7, "connector.entryHandler.held"),
+        (8, "connector.entryHandler.count"),
+    ] {
+        let m = Message::request(id, MessageRoute::name(route.to_owned()), b"{}".to_vec());
+        both.extend_from_slice(&m.to_package().unwrap().to_bytes().unwrap());
+    }
+    c.send_raw(&both).await;
+    within(entered.recv()).await.expect("handler entered");
+
+    within(server.frontend.stop_accepting()).await;
+    let report = within(
+        server
+            .frontend
+            .drain_and_kick("server stopping", Duration::from_millis(300)),
+    )
+    .await;
+    let (responses, kick) = responses_then_kick(&mut c).await;
+    let mut ids: Vec<u32> = responses.iter().map(|(id, _)| *id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [7, 8], "{responses:?}");
+    for (id, body) in &responses {
+        let expected = if *id == 7 {
+            GAVE_UP_MESSAGE
+        } else {
+            STOPPING_MESSAGE
+        };
+        assert_eq!(assert_client_error(body, 500), expected, "request {id}");
+    }
+    assert_eq!(&kick[..], br#"{"reason":"server stopping"}"#);
+    c.expect_closed().await;
+    assert_eq!(
+        (
+            report.unfinished_requests,
+            report.kicked,
+            report.still_connected
+        ),
+        (1, 1, 0)
+    );
+    assert_eq!(counted.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // The handler given up on runs on; let it end so the shutdown does not wait for it.
+    release.add_permits(1);
     server.stop().await;
 }

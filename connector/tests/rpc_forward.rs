@@ -51,6 +51,7 @@ impl msg_remote::Remote for Backend {
                     SettingsArgs {
                         sid: session.id,
                         settings_json: Bytes::from(r#"{"rid":"room-9"}"#),
+                        removed: Vec::new(),
                     },
                 )
                 .await
@@ -142,14 +143,32 @@ impl msg_remote::Remote for Backend {
                     )
                     .await
                     .map_err(|e| RemoteError::new(500, e.to_string()))?;
-                let mut settings: serde_json::Map<String, Value> =
-                    serde_json::from_slice(&session.settings_json).unwrap_or_default();
-                settings.insert("tag".into(), body["tag"].clone());
+                // Only the changed key travels back.
                 return Ok(ForwardReply {
                     body_json: Bytes::from(
                         json!({"code": 200, "sent": r.sent, "missing": r.missing}).to_string(),
                     ),
-                    settings_json: Bytes::from(Value::Object(settings).to_string()),
+                    settings_json: Bytes::from(json!({"tag": body["tag"]}).to_string()),
+                    removed_settings: Vec::new(),
+                });
+            }
+            "chat.chatHandler.untag" => {
+                // Removes `rid` at once, and `tag` with the reply; nothing else changes.
+                session_remote::Client::new(&self.rpc)
+                    .push_settings(
+                        Target::server(&session.frontend_id),
+                        SettingsArgs {
+                            sid: session.id,
+                            settings_json: Bytes::new(),
+                            removed: vec!["rid".into()],
+                        },
+                    )
+                    .await
+                    .map_err(|e| RemoteError::new(500, e.to_string()))?;
+                return Ok(ForwardReply {
+                    body_json: Bytes::from(json!({"code": 200}).to_string()),
+                    settings_json: Bytes::new(),
+                    removed_settings: vec!["tag".into()],
                 });
             }
             "chat.chatHandler.slow" => {
@@ -162,6 +181,7 @@ impl msg_remote::Remote for Backend {
         Ok(ForwardReply {
             body_json: Bytes::from(reply.to_string()),
             settings_json: Bytes::new(),
+            removed_settings: Vec::new(),
         })
     }
 }
@@ -197,6 +217,15 @@ async fn cluster() -> Cluster {
                 s.bind(&uid)
                     .map_err(|e| HandlerError::new(500, e.to_string()))?;
                 s.set("rid", json!(req["rid"]));
+                Ok::<_, HandlerError>(json!({"code": 200}))
+            },
+        )
+        .handler(
+            "connector.entryHandler.set",
+            |s: Session, req: Value| async move {
+                for (k, v) in req.as_object().cloned().unwrap_or_default() {
+                    s.set(k, v);
+                }
                 Ok::<_, HandlerError>(json!({"code": 200}))
             },
         )
@@ -471,6 +500,14 @@ async fn backend_pushes_a_pre_encoded_package_by_uid_and_returns_settings() {
         // The settings in the reply were merged into the frontend session.
         let r = client.call(3, "chat.chatHandler.whoami", &json!({})).await;
         assert_eq!(r["settings"], json!({"rid": "room-1", "tag": "blue"}));
+        // Removals travel by name (push_settings and the reply); other keys stay.
+        client
+            .call(4, "connector.entryHandler.set", &json!({"kept": true}))
+            .await;
+        let r = client.call(5, "chat.chatHandler.untag", &json!({})).await;
+        assert_eq!(r["code"], 200);
+        let r = client.call(6, "chat.chatHandler.whoami", &json!({})).await;
+        assert_eq!(r["settings"], json!({"kept": true}));
     }
     c.stop().await;
 }

@@ -6,7 +6,15 @@
 //!   server.
 //! - The backend runs the handler with a [`BackendSession`]; its `bind/set/push/kick` reach
 //!   the frontend session through the connector's `sessionRemote`, and settings changed with
-//!   [`BackendSession::set`] are applied to the frontend session when the handler returns.
+//!   [`BackendSession::set`] or [`BackendSession::remove`] are applied to the frontend session
+//!   when the handler returns (or at once with [`BackendSession::push_settings`]).
+//!
+//! # Settings: only what the handler changed
+//! The backend session starts with a copy of the frontend session's settings. The frontend
+//! gets back only the keys the handler set or removed (pomelo's `session.set` then
+//! `session.push(key)`), never the whole copy: a key set on the frontend, or by a concurrent
+//! request, while this handler ran keeps its new value unless this handler changed it too
+//! (then the last change to reach the frontend wins).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -63,14 +71,71 @@ impl SessionInfo {
 }
 
 fn json_bytes(settings: Map<String, Value>) -> Bytes {
+    if settings.is_empty() {
+        return Bytes::new();
+    }
     Bytes::from(shaddock_protocol::json::to_vec(&Value::Object(settings)))
+}
+
+/// The settings of a backend session and which keys the handler changed.
+#[derive(Default)]
+struct Settings {
+    values: Map<String, Value>,
+    /// Keys set or removed here and not yet applied on the frontend, each with the sequence
+    /// number of its last change (so a successful `push_settings` clears only the changes it
+    /// carried, not one made while it was on the wire).
+    dirty: HashMap<String, u64>,
+    seq: u64,
+}
+
+/// The changes to send: keys set (with their values), keys removed, and what to clear once
+/// they are applied.
+struct Changes {
+    set: Map<String, Value>,
+    removed: Vec<String>,
+    sent: Vec<(String, u64)>,
+}
+
+impl Settings {
+    fn mark(&mut self, key: String) {
+        self.seq += 1;
+        self.dirty.insert(key, self.seq);
+    }
+
+    fn changes(&self) -> Changes {
+        let mut c = Changes {
+            set: Map::new(),
+            removed: Vec::new(),
+            sent: Vec::with_capacity(self.dirty.len()),
+        };
+        for (key, seq) in &self.dirty {
+            match self.values.get(key) {
+                Some(v) => {
+                    c.set.insert(key.clone(), v.clone());
+                }
+                None => c.removed.push(key.clone()),
+            }
+            c.sent.push((key.clone(), *seq));
+        }
+        c.removed.sort_unstable();
+        c
+    }
+
+    /// Forgets the changes in `sent` that were not changed again since.
+    fn applied(&mut self, sent: &[(String, u64)]) {
+        for (key, seq) in sent {
+            if self.dirty.get(key) == Some(seq) {
+                self.dirty.remove(key);
+            }
+        }
+    }
 }
 
 struct BsInner {
     id: u64,
     frontend_id: String,
     uid: Mutex<Option<String>>,
-    settings: Mutex<Map<String, Value>>,
+    settings: Mutex<Settings>,
     ctx: ServerContext,
 }
 
@@ -101,7 +166,10 @@ impl BackendSession {
                 id: info.id,
                 frontend_id: info.frontend_id,
                 uid: Mutex::new(info.uid),
-                settings: Mutex::new(info.settings),
+                settings: Mutex::new(Settings {
+                    values: info.settings,
+                    ..Settings::default()
+                }),
                 ctx,
             }),
         }
@@ -127,34 +195,62 @@ impl BackendSession {
         &self.inner.ctx
     }
 
-    /// A setting.
+    /// A setting (the frontend's value when the request was forwarded, unless changed here).
     pub fn get(&self, key: &str) -> Option<Value> {
-        lock(&self.inner.settings).get(key).cloned()
+        lock(&self.inner.settings).values.get(key).cloned()
     }
 
-    /// Sets a setting here; it reaches the frontend session when the handler returns (or at
-    /// once with [`BackendSession::push_settings`]).
+    /// Sets a setting here (pomelo's `session.set`); the key reaches the frontend session
+    /// when the handler returns (or at once with [`BackendSession::push_settings`]). Only
+    /// keys set or removed here are sent (see the [module docs](self)).
     pub fn set(&self, key: impl Into<String>, value: Value) {
-        lock(&self.inner.settings).insert(key.into(), value);
+        let key = key.into();
+        let mut s = lock(&self.inner.settings);
+        s.values.insert(key.clone(), value);
+        s.mark(key);
+    }
+
+    /// Removes a setting here; it is removed from the frontend session when the handler
+    /// returns (or at once with [`BackendSession::push_settings`]). Returns the value it had.
+    pub fn remove(&self, key: &str) -> Option<Value> {
+        let mut s = lock(&self.inner.settings);
+        let old = s.values.remove(key);
+        s.mark(key.to_owned());
+        old
     }
 
     /// Every setting.
     pub fn settings(&self) -> Map<String, Value> {
-        lock(&self.inner.settings).clone()
+        lock(&self.inner.settings).values.clone()
     }
 
-    /// Sends the settings to the frontend session now (pomelo's `session.push`).
+    /// Whether keys were set or removed here and not yet applied on the frontend.
+    pub fn has_changes(&self) -> bool {
+        !lock(&self.inner.settings).dirty.is_empty()
+    }
+
+    /// Sends the settings set or removed here since the last successful push to the
+    /// frontend session now (pomelo's `session.push`); nothing else. No RPC when nothing
+    /// changed. After success those keys are not sent again with the handler's reply
+    /// (unless changed again meanwhile); after a failure they still are.
     ///
     /// # Errors
     /// The RPC failed (frontend gone, session closed).
     pub async fn push_settings(&self) -> Result<(), RpcError> {
+        let changes = lock(&self.inner.settings).changes();
+        if changes.sent.is_empty() {
+            return Ok(());
+        }
         let args = SettingsArgs {
             sid: self.inner.id,
-            settings_json: json_bytes(self.settings()),
+            settings_json: json_bytes(changes.set),
+            removed: changes.removed,
         };
         self.stub()
             .push_settings(Target::server(&self.inner.frontend_id), args)
-            .await
+            .await?;
+        lock(&self.inner.settings).applied(&changes.sent);
+        Ok(())
     }
 
     /// Binds the frontend session to `uid` (cluster-wide duplicate-login policy applies).
@@ -260,9 +356,12 @@ impl msg_remote::Remote for MsgRemote {
             .call(session.clone(), body)
             .await
             .map_err(remote_error)?;
+        // Only the keys the handler changed (and did not push already).
+        let changes = lock(&session.inner.settings).changes();
         Ok(ForwardReply {
             body_json: shaddock_protocol::json::to_vec(&reply).into(),
-            settings_json: json_bytes(session.settings()),
+            settings_json: json_bytes(changes.set),
+            removed_settings: changes.removed,
         })
     }
 }
@@ -296,4 +395,237 @@ pub(crate) fn session_remote(
             })
         })
         .into_server()
+}
+
+#[cfg(test)]
+mod tests {
+    //! Settings over real sockets and real RPC: a client on a connector frontend, the
+    //! frontend's `RpcForwarder` and `sessionRemote`, and this crate's `msgRemote` backend
+    //! running `BackendSession` handlers.
+
+    use std::time::Duration;
+
+    use serde_json::json;
+    use shaddock_client::{Client, ClientConfig, Transport};
+    use shaddock_connector::{ConnectorConfig, Frontend};
+    use shaddock_rpc::{Registry, RpcClient, RpcConfig, RpcServer, ServerInfo};
+    use tokio::net::TcpListener;
+    use tokio::sync::{Semaphore, mpsc};
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::App;
+    use crate::config::ServerConfig;
+
+    const STEP: Duration = Duration::from_secs(10);
+
+    async fn within<F: std::future::Future>(f: F) -> F::Output {
+        tokio::time::timeout(STEP, f).await.expect("timed out")
+    }
+
+    struct Setup {
+        frontend: Frontend,
+        client: Client,
+        entered: mpsc::Receiver<()>,
+        release: Arc<Semaphore>,
+        shutdown: CancellationToken,
+    }
+
+    /// A connector frontend (`connector-1`) forwarding `chat.*` to one chat backend whose
+    /// handlers are:
+    /// - `chat.h.held`: signals `entered`, waits for a `release` permit, then sets the keys
+    ///   of its body's `set` object and removes those of its `remove` list;
+    /// - `chat.h.push`: sets `p`, pushes it, and answers what the frontend session then has.
+    async fn setup() -> Setup {
+        let shutdown = CancellationToken::new();
+        let rpc_cfg = RpcConfig::default();
+        let (entered_tx, entered) = mpsc::channel::<()>(4);
+        let release = Arc::new(Semaphore::new(0));
+
+        // The frontend, with a frontend handler that sets one setting.
+        let mut config = ConnectorConfig::default();
+        config.frontend_id = "connector-1".into();
+        let front_rpc = RpcClient::new(rpc_cfg.clone());
+        let frontend = Frontend::builder(config)
+            .handler(
+                "connector.entryHandler.set",
+                |s: Session, v: Value| async move {
+                    for (k, v) in v.as_object().cloned().unwrap_or_default() {
+                        s.set(k, v);
+                    }
+                    Ok::<_, HandlerError>(json!({"code": 200}))
+                },
+            )
+            .forwarder(Arc::new(RpcForwarder::new(front_rpc.clone())))
+            .build()
+            .expect("frontend");
+        let client_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client_addr = client_l.local_addr().unwrap();
+        tokio::spawn({
+            let (f, s) = (frontend.clone(), shutdown.clone());
+            async move { f.serve(client_l, s).await }
+        });
+        let front_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let front_port = front_l.local_addr().unwrap().port();
+        let mut registry = Registry::new();
+        registry.add(frontend.session_remote()).unwrap();
+        tokio::spawn(RpcServer::new(registry, rpc_cfg.clone()).serve(front_l, shutdown.clone()));
+
+        // The backend.
+        let back_rpc = RpcClient::new(rpc_cfg.clone());
+        back_rpc.directory().add(ServerInfo::new(
+            "connector-1",
+            "connector",
+            "127.0.0.1",
+            front_port,
+        ));
+        let me = ServerConfig {
+            id: "chat-1".into(),
+            server_type: "chat".into(),
+            host: "127.0.0.1".into(),
+            port: Some(0),
+            client_port: None,
+            frontend: false,
+            extra: Map::new(),
+        };
+        let ctx = ServerContext::new(
+            me,
+            Vec::new(),
+            "test".into(),
+            back_rpc,
+            "master".into(),
+            shaddock_connector::BodyCodec::default(),
+        );
+        let gate = release.clone();
+        let observer = frontend.clone();
+        let app = App::new("settings-test")
+            .handler("chat.h.held", move |s: BackendSession, v: Value| {
+                let (entered_tx, gate) = (entered_tx.clone(), gate.clone());
+                async move {
+                    let _ = entered_tx.send(()).await;
+                    let _permit = gate
+                        .acquire()
+                        .await
+                        .map_err(|e| HandlerError::internal(e.to_string()))?;
+                    for (k, v) in v["set"].as_object().cloned().unwrap_or_default() {
+                        s.set(k, v);
+                    }
+                    for k in v["remove"].as_array().cloned().unwrap_or_default() {
+                        s.remove(k.as_str().unwrap_or_default());
+                    }
+                    Ok::<_, HandlerError>(json!({"code": 200}))
+                }
+            })
+            .handler("chat.h.push", move |s: BackendSession, _v: Value| {
+                let observer = observer.clone();
+                async move {
+                    s.set("p", json!(1));
+                    s.push_settings()
+                        .await
+                        .map_err(|e| HandlerError::internal(e.to_string()))?;
+                    let pushed = !s.has_changes();
+                    let on_frontend = observer.sessions().get(s.id()).and_then(|f| f.get("p"));
+                    // Pushed already: the reply does not carry it again (the frontend's
+                    // later value must survive, see the test).
+                    if let Some(f) = observer.sessions().get(s.id()) {
+                        f.set("p", json!("frontend"));
+                    }
+                    Ok::<_, HandlerError>(json!({"pushed": pushed, "p": on_frontend}))
+                }
+            });
+        let def = app.types.get("chat").expect("chat type");
+        let back_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let back_port = back_l.local_addr().unwrap().port();
+        let mut registry = Registry::new();
+        registry
+            .add(msg_remote::Server::new(MsgRemote::new(ctx, def)))
+            .unwrap();
+        tokio::spawn(RpcServer::new(registry, rpc_cfg).serve(back_l, shutdown.clone()));
+        front_rpc
+            .directory()
+            .add(ServerInfo::new("chat-1", "chat", "127.0.0.1", back_port));
+
+        let (client, _events) = within(Client::connect(
+            &client_addr.to_string(),
+            Transport::Tcp,
+            ClientConfig::default().with_request_timeout(STEP),
+        ))
+        .await
+        .expect("connect");
+        Setup {
+            frontend,
+            client,
+            entered,
+            release,
+            shutdown,
+        }
+    }
+
+    fn frontend_settings(f: &Frontend) -> Map<String, Value> {
+        let all = f.sessions().all();
+        assert_eq!(all.len(), 1);
+        all[0].settings()
+    }
+
+    /// A key set on the frontend while a backend handler holds an older copy of the
+    /// settings keeps its new value when the handler returns without touching it; the keys
+    /// the handler sets and removes are applied.
+    #[tokio::test]
+    async fn a_backend_reply_carries_only_the_keys_its_handler_changed() {
+        let mut t = setup().await;
+        let r = within(t.client.request(
+            "connector.entryHandler.set",
+            &json!({"x": "old", "z": "doomed", "keep": 1}),
+        ))
+        .await
+        .unwrap();
+        assert_eq!(r["code"], 200);
+
+        let held = tokio::spawn({
+            let c = t.client.clone();
+            async move {
+                c.request(
+                    "chat.h.held",
+                    &json!({"set": {"y": "from backend"}, "remove": ["z"]}),
+                )
+                .await
+            }
+        });
+        within(t.entered.recv())
+            .await
+            .expect("backend handler entered");
+        // While the backend holds x = "old": x changes on the frontend.
+        let r = within(
+            t.client
+                .request("connector.entryHandler.set", &json!({"x": "new"})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r["code"], 200);
+        t.release.add_permits(1);
+        let r = within(held).await.unwrap().unwrap();
+        assert_eq!(r["code"], 200);
+
+        let settings = frontend_settings(&t.frontend);
+        assert_eq!(
+            Value::Object(settings),
+            json!({"x": "new", "y": "from backend", "keep": 1}),
+            "x reverted, y not merged or z not removed"
+        );
+        t.shutdown.cancel();
+    }
+
+    /// `push_settings` sends the changed keys at once and they are not sent again with the
+    /// reply (which would overwrite a later frontend value).
+    #[tokio::test]
+    async fn push_settings_applies_the_changes_at_once_and_only_once() {
+        let t = setup().await;
+        let r = within(t.client.request("chat.h.push", &json!({})))
+            .await
+            .unwrap();
+        assert_eq!(r, json!({"pushed": true, "p": 1}));
+        let settings = frontend_settings(&t.frontend);
+        assert_eq!(settings.get("p"), Some(&json!("frontend")));
+        t.shutdown.cancel();
+    }
 }

@@ -111,16 +111,10 @@ pub fn pids_of(rows: &[ListRow], server_type: &str) -> Vec<(String, u32)> {
     v
 }
 
-/// VmRSS of a process in KiB, from `/proc/<pid>/status` (0 if it cannot be read).
+/// VmRSS of a process in KiB (0 if it cannot be read), by the framework's one reader,
+/// [`shaddock_server::procfs::rss_bytes`].
 pub fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+    shaddock_server::procfs::rss_bytes(pid).map_or(0, |b| b / 1024)
 }
 
 /// KiB as MiB with one decimal, for messages.

@@ -223,6 +223,8 @@ impl FrontendBuilder {
                 tracker: TaskTracker::new(),
                 requests: TaskTracker::new(),
                 stop_accepting: CancellationToken::new(),
+                stopping: std::sync::atomic::AtomicBool::new(false),
+                give_up: CancellationToken::new(),
                 listening: tokio::sync::watch::Sender::new(false),
             }),
         })

@@ -7,15 +7,55 @@ use bytes::Bytes;
 use serde_json::Value;
 use shaddock_protocol::message::{Message, MessageRoute, MessageType, Route};
 
-use super::{ForwardRequest, Inner};
+use tokio_util::task::task_tracker::TaskTrackerToken;
+
+use super::{ForwardRequest, GAVE_UP_MESSAGE, Inner, STOPPING_MESSAGE};
 use crate::handler::{HandlerError, RequestInfo};
 use crate::session::Session;
 
-/// Handles one request or notify and queues its response.
+/// Answers a message that arrived while the frontend is stopping, without handling it: a
+/// request gets a code-500 [`STOPPING_MESSAGE`] response (queued now, so it is written
+/// before the coming KICK); a notify is dropped. Called by the connection's own task.
+pub(super) fn refuse_stopping(inner: &Inner, session: &Session, msg: &Message) {
+    let route = match &msg.route {
+        MessageRoute::Name(name) => name.as_str().to_owned(),
+        MessageRoute::Code(code) => inner
+            .codec
+            .dictionary
+            .as_ref()
+            .and_then(|d| d.route(*code))
+            .map(|r| r.as_str().to_owned())
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
+    tracing::debug!(%route, id = msg.id, "server stopping: message refused");
+    if msg.kind == MessageType::Request && msg.id != 0 {
+        let info = RequestInfo {
+            route,
+            id: msg.id,
+            kind: msg.kind,
+        };
+        let e = HandlerError::internal(STOPPING_MESSAGE);
+        let body = error_body(inner, &info, session, &e);
+        reply(inner, session, info.id, &info.route, &body);
+    }
+}
+
+/// Handles one request or notify and queues its response; drops `answered` once the
+/// response is queued (or when there is none to send).
+///
+/// When the graceful drain gives up on it (`give_up`), the request is answered with a
+/// code-500 [`GAVE_UP_MESSAGE`] at once and its handler runs on; its result then goes to the
+/// after filters only.
 ///
 /// Every failure answers a message the client's developer can act on; the detail (route,
 /// cause) is logged, in the connection's span (which names the peer).
-pub(super) async fn dispatch(inner: Arc<Inner>, session: Session, msg: Message) {
+pub(super) async fn dispatch(
+    inner: Arc<Inner>,
+    session: Session,
+    msg: Message,
+    answered: TaskTrackerToken,
+) {
     // "An id of 0 means no response wanted" (§4.2).
     let wants_reply = msg.kind == MessageType::Request && msg.id != 0;
     let route: String = match &msg.route {
@@ -54,14 +94,29 @@ pub(super) async fn dispatch(inner: Arc<Inner>, session: Session, msg: Message) 
         id: msg.id,
         kind: msg.kind,
     };
-    let outcome = run_request(&inner, &session, &info, &msg.body).await;
+    let run = run_request(&inner, &session, &info, &msg.body);
+    tokio::pin!(run);
+    let (outcome, answered) = tokio::select! {
+        biased;
+        outcome = &mut run => (outcome, Some(answered)),
+        () = inner.give_up.cancelled() => {
+            tracing::warn!(route = %info.route, id = info.id, "server stopping: request not finished within the drain, answered with an error");
+            if wants_reply {
+                let e = HandlerError::internal(GAVE_UP_MESSAGE);
+                let body = error_body(&inner, &info, &session, &e);
+                reply(&inner, &session, info.id, &info.route, &body);
+            }
+            drop(answered);
+            (run.await, None)
+        }
+    };
     for f in &inner.after {
         f.after(&info, &session, &outcome);
     }
     if let Err(e) = &outcome {
         tracing::debug!(route = %info.route, code = e.code, error = %e.message, "request failed");
     }
-    if wants_reply {
+    if wants_reply && answered.is_some() {
         let body = match outcome {
             Ok(Value::Null) => Value::Object(serde_json::Map::new()),
             Ok(v) => v,
@@ -69,6 +124,7 @@ pub(super) async fn dispatch(inner: Arc<Inner>, session: Session, msg: Message) 
         };
         reply(&inner, &session, info.id, &info.route, &body);
     }
+    drop(answered);
 }
 
 /// The response body of a failed request: the app's error handler's, else `{code, msg}`.

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::Inner;
-use super::dispatch::dispatch;
+use super::dispatch::{dispatch, refuse_stopping};
 use crate::handshake;
 use crate::limit::TokenBucket;
 use crate::session::Session;
@@ -153,6 +153,11 @@ where
                 reason = self.session.kick_requested() => {
                     ConnectorStats::incr(&stats.kicked);
                     tracing::debug!(%reason, "kicking client");
+                    // Stopping: the messages parked for a handler slot are answered before
+                    // the KICK, not cut off by it.
+                    if self.stopping() {
+                        self.refuse_waiting();
+                    }
                     // What was queued before the kick (e.g. a response) goes out first.
                     if let Err(reason) = self.flush_before_kick(&mut batch).await {
                         return reason;
@@ -160,7 +165,9 @@ where
                     conn.kick(&reason);
                 }
                 permit = self.inflight.clone().acquire_owned(), if !self.waiting.is_empty() => {
-                    if let (Ok(permit), Some(msg)) = (permit, self.waiting.pop_front()) {
+                    if self.stopping() {
+                        self.refuse_waiting();
+                    } else if let (Ok(permit), Some(msg)) = (permit, self.waiting.pop_front()) {
                         self.spawn_dispatch(msg, permit);
                     }
                 }
@@ -346,27 +353,58 @@ where
             MessageType::Request | MessageType::Notify => {}
             other => return Err(format!("client sent a {} message", other.name())),
         }
+        if self.stopping() {
+            // Answered here, by the connection's task, so the answer is queued before the
+            // drain's KICK is processed (a spawned dispatch could lose that race).
+            refuse_stopping(&self.inner, &self.session, &msg);
+            return Ok(());
+        }
         if self.waiting.is_empty()
             && let Ok(permit) = self.inflight.clone().try_acquire_owned()
         {
             self.spawn_dispatch(msg, permit);
         } else {
             self.waiting.push_back(msg);
+            ConnectorStats::raise(&self.inner.stats.peak_parked, self.waiting.len());
         }
         Ok(())
+    }
+
+    /// Whether the frontend's graceful stop has begun (see `Frontend::drain_and_kick`).
+    fn stopping(&self) -> bool {
+        self.inner
+            .stopping
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Answers every parked message with the stopping error (see `refuse_stopping`).
+    fn refuse_waiting(&mut self) {
+        for msg in self.waiting.drain(..) {
+            refuse_stopping(&self.inner, &self.session, &msg);
+        }
+        // Not kept: an idle connection holds no queue.
+        self.waiting = VecDeque::new();
     }
 
     fn spawn_dispatch(&self, msg: Message, permit: OwnedSemaphorePermit) {
         let inner = self.inner.clone();
         let session = self.session.clone();
-        let request = self.inner.requests.token();
+        // Held until the response is queued: the graceful drain waits for these.
+        let answered = self.inner.requests.token();
+        // Pairs with the fence in `drain_and_kick`: either its wait counts this token, or
+        // this load sees `stopping` (a request cannot slip in after the drain ended).
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        if self.stopping() {
+            drop(answered);
+            refuse_stopping(&self.inner, &self.session, &msg);
+            return;
+        }
         self.inner.tracker.spawn(
             async move {
-                dispatch(inner, session.clone(), msg).await;
+                dispatch(inner, session.clone(), msg, answered).await;
                 drop(permit);
                 // Pushes lingering for this request are due now (see `take_due`).
                 session.outbox().wake_if_queued();
-                drop(request);
             }
             .in_current_span(),
         );

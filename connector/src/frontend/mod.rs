@@ -57,6 +57,15 @@ pub enum Error {
     Encode(#[from] shaddock_protocol::Error),
 }
 
+/// The message (code 500) answering a request that arrives while the frontend is stopping
+/// (after [`Frontend::drain_and_kick`] started): it was not handled.
+pub const STOPPING_MESSAGE: &str = "server is stopping; reconnect and send the request again";
+
+/// The message (code 500) answering a request still being handled when the graceful drain
+/// gave up waiting for it: the client is kicked next, and the request may still complete.
+pub const GAVE_UP_MESSAGE: &str = "server is stopping and did not finish this request in time (it may \
+     still complete); reconnect";
+
 /// A request or notify for another server type, handed to the [`Forwarder`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -98,6 +107,12 @@ struct Inner {
     requests: TaskTracker,
     /// Cancelled by [`Frontend::stop_accepting`]: `serve` closes its listener.
     stop_accepting: CancellationToken,
+    /// Set when [`Frontend::drain_and_kick`] starts (for good): requests that arrive are
+    /// answered with [`STOPPING_MESSAGE`] instead of being handled.
+    stopping: std::sync::atomic::AtomicBool,
+    /// Cancelled when the drain gives up waiting: the requests still being handled are
+    /// answered with [`GAVE_UP_MESSAGE`] at once (their handlers run on, their results unsent).
+    give_up: CancellationToken,
     /// Whether `serve` holds an open listener.
     listening: tokio::sync::watch::Sender<bool>,
 }

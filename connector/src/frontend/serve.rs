@@ -33,6 +33,14 @@ pub struct DrainReport {
 }
 
 impl Frontend {
+    /// Whether [`Frontend::drain_and_kick`] has begun: requests are answered with
+    /// [`crate::STOPPING_MESSAGE`] instead of being handled.
+    pub fn is_stopping(&self) -> bool {
+        self.inner
+            .stopping
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Stops accepting connections: `serve` closes its listener (new connects are refused
     /// by the OS) but keeps serving the connections it has until its `shutdown` token is
     /// cancelled. Returns once the listener is closed (at once if `serve` is not running).
@@ -47,24 +55,50 @@ impl Frontend {
         let _ = listening.wait_for(|open| !*open).await;
     }
 
-    /// The graceful drain: waits until no request or notify of any client is being handled
-    /// (their responses are then queued), at most `timeout`; then kicks every session with
-    /// `reason` (each writes what is queued, then the KICK, then closes) and waits, at most
-    /// `timeout` again, for them to close. Clients stay connected and may send requests while
-    /// the drain runs; call [`Frontend::stop_accepting`] first so no new ones arrive.
+    /// The graceful drain: every request gets a response before its client is kicked.
+    ///
+    /// 1. From now on (for good) a request that arrives is not handled but answered at once
+    ///    with code 500 and [`crate::STOPPING_MESSAGE`] ("server is stopping; reconnect …"); a
+    ///    notify is dropped.
+    /// 2. Waits until every request or notify already being handled is answered, at most
+    ///    `timeout`. Those still running then are answered with code 500 and
+    ///    [`crate::GAVE_UP_MESSAGE`] (their handlers run on; their results are not sent).
+    /// 3. Kicks every session with `reason`: each writes what is queued (those responses
+    ///    included), then the KICK, then closes; waits, at most `timeout` again, for them to
+    ///    close.
+    ///
+    /// A request that reaches the socket after its connection's KICK was written crossed it
+    /// on the wire and is not answered. Call [`Frontend::stop_accepting`] first so no new
+    /// clients arrive.
     pub async fn drain_and_kick(&self, reason: &str, timeout: Duration) -> DrainReport {
+        self.inner
+            .stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Pairs with the fence in the driver's `spawn_dispatch`.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         let requests = &self.inner.requests;
         requests.close();
         let drained = tokio::time::timeout(timeout, requests.wait()).await.is_ok();
         let unfinished_requests = if drained { 0 } else { requests.len() };
-        requests.reopen();
         if !drained {
             tracing::warn!(
                 ?timeout,
                 left = unfinished_requests,
-                "drain: requests still being handled, kicking anyway"
+                "drain: requests still being handled, answering them with an error and kicking"
             );
+            // Each of them queues its error response at once.
+            self.inner.give_up.cancel();
+            if tokio::time::timeout(timeout, requests.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    left = requests.len(),
+                    "drain: requests not answered after giving up on them"
+                );
+            }
         }
+        requests.reopen();
         let sessions = self.inner.sessions.all();
         for s in &sessions {
             s.kick(reason);
