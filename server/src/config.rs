@@ -527,7 +527,9 @@ fn check_ssl(who: &str, v: &Value) -> Result<SslConfig, DefError> {
     let Value::Object(m) = v else {
         return Err(bad(
             "ssl",
-            format!("must be an object {{\"cert\": file, \"key\": file, \"mode\": \"optional\" or \"required\"}}, found {v}"),
+            format!(
+                "must be an object {{\"cert\": file, \"key\": file, \"mode\": \"optional\" or \"required\"}}, found {v}"
+            ),
         ));
     };
     if let Some(k) = m.keys().find(|k| !SSL_KEYS.contains(&k.as_str())) {

@@ -311,8 +311,7 @@ pub(crate) async fn run_server(
             tokio::spawn(reload_on_sighup(tls.clone(), client_token.clone()));
             config.tls = Some(tls);
         }
-        let mut builder =
-            Frontend::builder(config).forwarder(Arc::new(forwarder(&ctx, keys)));
+        let mut builder = Frontend::builder(config).forwarder(Arc::new(forwarder(&ctx, keys)));
         if let Some(d) = &app.dictionary {
             builder = builder.dictionary(d.clone());
         }
