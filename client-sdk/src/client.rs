@@ -23,7 +23,7 @@ use crate::driver::{ClientDriver, Pending, PendingGuard, RouteCache, lock};
 use crate::event::Events;
 use crate::push::{PushStream, Subscribers, decode_value, from_value};
 use crate::transport::{Conn, Io, ReadError, Transport};
-use crate::{ClientConfig, DisconnectReason, Error};
+use crate::{ClientConfig, ClientTls, DisconnectReason, Error};
 
 /// A connection to a pomelo-protocol server. Cheap to clone; every clone drives the same
 /// connection. The connection ends on [`close`](Self::close), when the server ends it, or when
@@ -79,6 +79,7 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// Connect to `addr` (`host:port`) over `transport`, handshake (with `config.user`),
     /// ack, and start the connection task. Returns the handle and the connection's events.
+    /// With `config.tls` set, the socket speaks TLS first (and a WebSocket goes to `wss://`).
     ///
     /// # Errors
     /// [`Error::Io`] / [`Error::WebSocket`] when the connection fails;
@@ -106,9 +107,54 @@ impl Client {
         Self::connect_with_deadline(Box::new(stream), transport, addr, config, deadline).await
     }
 
+    /// Connect to a URL: `tcp://host:port` (raw TCP), `tls://host:port` (raw TCP over TLS),
+    /// `ws://host:port[/path]` or `wss://host:port[/path]` (WebSocket, over TLS for `wss`).
+    /// A path replaces `config.ws_path`. For `tls://` and `wss://` the certificate is checked
+    /// with `config.tls` if set, else with Mozilla's roots ([`ClientTls::webpki_roots`]);
+    /// for `tcp://` and `ws://`, `config.tls` is ignored.
+    ///
+    /// # Errors
+    /// [`Error::Url`] for a URL of another shape; otherwise as [`connect`](Self::connect)
+    /// (and [`Error::Tls`] when the TLS handshake fails).
+    pub async fn connect_url(url: &str, mut config: ClientConfig) -> Result<(Self, Events), Error> {
+        let bad = |problem: &str| Error::Url {
+            url: url.to_owned(),
+            problem: problem.to_owned(),
+        };
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| bad("no scheme (tcp://, tls://, ws:// or wss://)"))?;
+        let (transport, secure) = match scheme {
+            "tcp" => (Transport::Tcp, false),
+            "tls" => (Transport::Tcp, true),
+            "ws" => (Transport::WebSocket, false),
+            "wss" => (Transport::WebSocket, true),
+            _ => return Err(bad("unknown scheme (tcp://, tls://, ws:// or wss://)")),
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if authority.is_empty() {
+            return Err(bad("no host:port"));
+        }
+        if !path.is_empty() {
+            if transport == Transport::Tcp {
+                return Err(bad("a path is only for ws:// and wss://"));
+            }
+            path.clone_into(&mut config.ws_path);
+        }
+        if !secure {
+            config.tls = None;
+        } else if config.tls.is_none() {
+            config.tls = Some(ClientTls::webpki_roots());
+        }
+        Self::connect(authority, transport, config).await
+    }
+
     /// Like [`connect`](Self::connect) over an already connected byte stream (a TLS stream,
     /// `tokio::io::duplex` in tests, ...). `authority` (`host:port`) names the peer in errors
-    /// and in the WebSocket request URL.
+    /// and in the WebSocket request URL. With `config.tls` set, TLS runs over `io` first.
     ///
     /// # Errors
     /// As [`connect`](Self::connect).
@@ -137,9 +183,25 @@ impl Client {
             peer: peer.to_owned(),
             after: config.handshake_timeout,
         };
-        let mut conn = tokio::time::timeout_at(deadline, Conn::open(io, transport, peer, &config))
-            .await
-            .map_err(|_| timeout())??;
+        let (io, secure): (Box<dyn Io>, bool) = match &config.tls {
+            None => (io, false),
+            Some(tls) => {
+                let tls_err = |reason: String| Error::Tls {
+                    peer: peer.to_owned(),
+                    reason,
+                };
+                let name = tls.name_for(peer).map_err(tls_err)?;
+                let stream = tokio::time::timeout_at(deadline, tls.connector().connect(name, io))
+                    .await
+                    .map_err(|_| timeout())?
+                    .map_err(|e| tls_err(e.to_string()))?;
+                (Box::new(stream), true)
+            }
+        };
+        let mut conn =
+            tokio::time::timeout_at(deadline, Conn::open(io, transport, peer, secure, &config))
+                .await
+                .map_err(|_| timeout())??;
         let reply = tokio::time::timeout_at(deadline, handshake(&mut conn, peer, &config))
             .await
             .map_err(|_| timeout())??;

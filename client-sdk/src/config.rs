@@ -7,6 +7,8 @@ use serde_json::Value;
 use shaddock_protocol::RouteDictionary;
 use shaddock_protocol::protobuf::Protos;
 
+use crate::tls::ClientTls;
+
 /// Settings of one client connection. Build it with [`ClientConfig::default`] and change the
 /// fields you need (the struct is `#[non_exhaustive]`), or use the `with_*` helpers.
 #[derive(Debug, Clone)]
@@ -67,6 +69,9 @@ pub struct ClientConfig {
     /// A write to the server that makes no progress for this long ends the connection
     /// ([`DisconnectReason::Io`](crate::DisconnectReason::Io)). Default 10 s.
     pub write_timeout: Duration,
+    /// TLS to the server: raw TCP over TLS, or WebSocket over TLS (`wss://`), checked
+    /// against the [`ClientTls`] root store. Default `None` (plain TCP or `ws://`).
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for ClientConfig {
@@ -90,6 +95,7 @@ impl Default for ClientConfig {
             close_timeout: Duration::from_secs(2),
             max_write_batch: 64 * 1024,
             write_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -110,6 +116,12 @@ impl ClientConfig {
     /// This config with another handshake timeout.
     pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
+        self
+    }
+
+    /// This config with TLS (TLS + TCP, or `wss://` for [`Transport::WebSocket`](crate::Transport::WebSocket)).
+    pub fn with_tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
         self
     }
 

@@ -77,6 +77,25 @@ pub enum Error {
         /// The underlying error.
         source: Box<tokio_tungstenite::tungstenite::Error>,
     },
+    /// The TLS handshake with `peer` failed (certificate not trusted or not for the name,
+    /// no TLS on the port, ...), or the name to verify is not a valid server name. Fatal for
+    /// the connection attempt.
+    #[error("TLS error with {peer}: {reason}")]
+    Tls {
+        /// The server address.
+        peer: String,
+        /// What failed (rustls' alert or certificate error, or the bad name).
+        reason: String,
+    },
+    /// A URL given to [`Client::connect_url`](crate::Client::connect_url) is not
+    /// `tcp://`, `tls://`, `ws://` or `wss://` followed by `host:port`.
+    #[error("invalid server URL `{url}`: {problem}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// A wire rule was broken (while encoding a request, or in the server's handshake reply).
     #[error(transparent)]
     Protocol(#[from] shaddock_protocol::Error),

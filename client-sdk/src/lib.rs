@@ -17,6 +17,7 @@
 //!   pushes, never memory).
 //! - [`event`]: [`Event`]s (kick, heartbeat timeout, protocol error, disconnect) on
 //!   [`Events`].
+//! - [`tls`]: [`ClientTls`], TLS + TCP and `wss://` with a configurable root store.
 //! - [`gate`]: query a gate, then connect to the connector it names.
 //! - [`error`]: [`Error`] and [`DisconnectReason`].
 //!
@@ -64,6 +65,7 @@ pub mod error;
 pub mod event;
 pub mod gate;
 pub mod push;
+pub mod tls;
 pub mod transport;
 
 pub use client::Client;
@@ -72,4 +74,5 @@ pub use error::{DisconnectReason, Error};
 pub use event::{Event, Events};
 pub use gate::{GateEntry, connect_via_gate, query_entry};
 pub use push::{Push, PushStream};
+pub use tls::{ClientTls, TlsConfigError};
 pub use transport::Transport;

@@ -1,7 +1,8 @@
 //! Raw TCP and WebSocket behind one package interface.
 //!
 //! Both transports are generic over any `AsyncRead + AsyncWrite + Unpin + Send` stream (boxed),
-//! so tests can use `tokio::io::duplex` and TLS could be added without touching the client.
+//! so tests can use `tokio::io::duplex`, and TLS ([`ClientTls`](crate::ClientTls)) is a
+//! stream wrapped around the socket before either transport starts.
 //!
 //! - TCP: a [`PackageDecoder`] keeps partial packages between reads, so any split or
 //!   coalescing of the byte stream works.
@@ -79,11 +80,13 @@ pub(crate) enum Conn {
 }
 
 impl Conn {
-    /// Wrap a connected stream; for WebSocket, run the upgrade with `ws://{authority}{path}`.
+    /// Wrap a connected stream; for WebSocket, run the upgrade with `ws://{authority}{path}`
+    /// (`wss://` when `io` is a TLS stream, `secure`).
     pub(crate) async fn open(
         io: Box<dyn Io>,
         transport: Transport,
         authority: &str,
+        secure: bool,
         config: &ClientConfig,
     ) -> Result<Self, Error> {
         match transport {
@@ -93,7 +96,8 @@ impl Conn {
                 decoder: PackageDecoder::new(config.max_package_size),
             }),
             Transport::WebSocket => {
-                let url = format!("ws://{authority}{}", config.ws_path);
+                let scheme = if secure { "wss" } else { "ws" };
+                let url = format!("{scheme}://{authority}{}", config.ws_path);
                 let ws_config = WebSocketConfig::default()
                     .max_message_size(Some(config.max_message_size))
                     .max_frame_size(Some(config.max_message_size));

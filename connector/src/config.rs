@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::limit::RateLimit;
+use crate::tls::ServerTls;
 
 /// Settings of one frontend's client port. Every field has a documented default.
 #[derive(Debug, Clone)]
@@ -70,6 +71,9 @@ pub struct ConnectorConfig {
     /// connector just before the reply). Saves a write and the client a read per such
     /// request. Zero writes pushes at once. Default 2 ms.
     pub push_linger: Duration,
+    /// TLS on this port ([`ServerTls`]: certificate, key, optional or required, reloadable).
+    /// `None` (the default): plain clients only.
+    pub tls: Option<ServerTls>,
 }
 
 impl Default for ConnectorConfig {
@@ -93,6 +97,7 @@ impl Default for ConnectorConfig {
             min_client_version: None,
             push_flush_interval: None,
             push_linger: Duration::from_millis(2),
+            tls: None,
         }
     }
 }

@@ -15,9 +15,11 @@
 //! - [`frontend`]: [`Frontend`] — builder, listener, per-connection driver, dispatch, pushes.
 //! - [`remote`]: forwarding to backends over RPC and the frontend's `sys` remotes.
 //! - [`transport`]: raw TCP and WebSocket behind one package interface.
+//! - [`tls`]: TLS on the client port ([`ServerTls`]), reloadable certificates.
 //!
 //! # Connection life
-//! accept (a permit of `max_connections`, else refused) → sniff the first bytes → WebSocket
+//! accept (a permit of `max_connections`, else refused) → sniff the first bytes (with TLS
+//! configured, a ClientHello → TLS handshake → sniff again inside) → WebSocket
 //! upgrade (limits: max message = max package size, bounded write buffer) or raw TCP → the
 //! per-connection driver `select!`s over socket reads, the session's outbound queue, kick
 //! requests, the state machine's next deadline
@@ -72,6 +74,7 @@ pub mod rewind;
 pub mod session;
 pub mod sniff;
 pub mod stats;
+pub mod tls;
 pub mod transport;
 
 pub use codec::BodyCodec;
@@ -86,3 +89,4 @@ pub use remote::{BindHook, RpcForwarder, SessionRemote};
 pub use session::{Session, SessionConfig, SessionError, SessionId, SessionService};
 pub use sniff::{Sniff, sniff};
 pub use stats::{ConnectorStats, StatsSnapshot};
+pub use tls::{ServerTls, TlsError, TlsMode};

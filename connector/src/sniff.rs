@@ -16,7 +16,14 @@ pub enum Sniff {
     Tcp,
     /// An HTTP request line (`GET `, `POST ` ...): hand the connection to the WebSocket server.
     WebSocket,
+    /// A TLS handshake record (first byte `0x16`, a ClientHello): TLS clients, when the port
+    /// has TLS configured. A port without TLS treats it as [`Sniff::Tcp`] (and the package
+    /// decoder refuses type `0x16`).
+    Tls,
 }
+
+/// First byte of a TLS record carrying a handshake message (the ClientHello).
+const TLS_HANDSHAKE: u8 = 0x16;
 
 /// HTTP request methods, each with the space that ends it in a request line.
 const METHODS: [&[u8]; 9] = [
@@ -36,6 +43,8 @@ pub const MAX_SNIFF_LEN: usize = 8;
 
 /// Classifies a connection from the bytes read from it so far.
 ///
+/// A first byte of `0x16` is a TLS ClientHello ([`Sniff::Tls`]; never a pomelo package, whose
+/// type is 1..=5, nor an HTTP method).
 /// A method name followed by a space means HTTP; bytes that are still a prefix of such a method
 /// (`"G"`, `"GE"`, `"DELE"`) need more input; anything else is a raw TCP client, whose first
 /// package header is validated by the package decoder (an invalid type byte closes the
@@ -44,6 +53,9 @@ pub const MAX_SNIFF_LEN: usize = 8;
 pub fn sniff(first: &[u8]) -> Sniff {
     if first.is_empty() {
         return Sniff::NeedMore;
+    }
+    if first[0] == TLS_HANDSHAKE {
+        return Sniff::Tls;
     }
     let mut prefix_of_some = false;
     for method in METHODS {
@@ -90,6 +102,8 @@ mod tests {
             (b"HEAD /", Sniff::WebSocket),
             (b"get /", Sniff::Tcp),
             (b"X", Sniff::Tcp),
+            (b"\x16", Sniff::Tls),
+            (b"\x16\x03\x01\x02\x00", Sniff::Tls),
         ];
         for (input, want) in cases {
             assert_eq!(sniff(input), *want, "input {input:?}");
@@ -113,7 +127,9 @@ mod tests {
         for a in 0..=255u8 {
             for b in 0..=255u8 {
                 let r = sniff(&[a, b]);
-                if !a.is_ascii_uppercase() {
+                if a == TLS_HANDSHAKE {
+                    assert_eq!(r, Sniff::Tls);
+                } else if !a.is_ascii_uppercase() {
                     assert_eq!(r, Sniff::Tcp);
                 }
             }

@@ -106,8 +106,9 @@ pub struct ServerConfig {
     /// (pomelo passes such keys through too, e.g. `max-connections`, `args`).
     /// The runtime itself reads: `worker-threads` (tokio worker threads of the process,
     /// default 1) and, on frontends, `max-connections`, `heartbeat` (seconds, 0 = off) and
-    /// `push-flush-interval` (milliseconds, 0 = off: pomelo's buffer push scheduler) and
-    /// `push-linger` (milliseconds). The master reads `restart` (see [`ServerConfig::restart`]).
+    /// `push-flush-interval` (milliseconds, 0 = off: pomelo's buffer push scheduler),
+    /// `push-linger` (milliseconds) and `ssl` (TLS on the client port, see
+    /// [`ServerConfig::ssl`]). The master reads `restart` (see [`ServerConfig::restart`]).
     pub extra: Map<String, Value>,
 }
 
@@ -124,6 +125,20 @@ impl ServerConfig {
     /// `host:port` of the RPC listener, if the server has one.
     pub fn rpc_addr(&self) -> Option<String> {
         self.port.map(|p| format!("{}:{p}", self.host))
+    }
+
+    /// TLS on the client port: the `ssl` object of the entry ([`SslConfig`]; its paths
+    /// already made relative to the config directory when loaded from servers.json).
+    /// `Ok(None)` when the entry has none (plain clients only).
+    ///
+    /// # Errors
+    /// A [`DefError`] on `ssl` (or `ssl.cert` ...) if the object is malformed; entries parsed
+    /// by [`parse_server_def`] were checked already, so only a hand-changed `extra` fails.
+    pub fn ssl(&self) -> Result<Option<SslConfig>, DefError> {
+        self.extra
+            .get("ssl")
+            .map(|v| check_ssl(&format!("{}/{}", self.server_type, self.id), v))
+            .transpose()
     }
 
     /// `host:clientPort` of the client listener, if the server is a frontend.
@@ -343,7 +358,8 @@ fn parse_servers(file: &Path, text: &str, env: &str) -> Result<Vec<ServerConfig>
             return Err(ctx.invalid(&server_type, "type", "must be a list of servers".into()));
         };
         for (i, raw) in list.into_iter().enumerate() {
-            let s = parse_server_def(raw, Some((&server_type, i))).map_err(|e| ctx.def(e))?;
+            let mut s = parse_server_def(raw, Some((&server_type, i))).map_err(|e| ctx.def(e))?;
+            resolve_ssl_paths(&mut s, file.parent().unwrap_or(Path::new(".")));
             if !ids.insert(s.id.clone()) {
                 return Err(ctx.invalid(
                     format!("{server_type}/{}", s.id),
@@ -451,6 +467,16 @@ pub fn parse_server_def(
     if !frontend && port.is_none() {
         return Err(bad(&who, "port", "is required for a backend server".into()));
     }
+    if let Some(v) = extra.get("ssl") {
+        if !frontend {
+            return Err(bad(
+                &who,
+                "ssl",
+                "is only for frontend servers (it is TLS on the client port)".into(),
+            ));
+        }
+        check_ssl(&who, v)?;
+    }
     for key in RESTART_KEYS {
         if let Some(v) = extra.get_mut(key) {
             *v = Value::Bool(def_bool(&who, key, v)?);
@@ -465,6 +491,90 @@ pub fn parse_server_def(
         frontend,
         extra,
     })
+}
+
+/// TLS on a frontend's client port, from the `ssl` object of its servers.json entry
+/// (pomelo's connector `ssl` option, with file paths instead of file contents):
+///
+/// ```json
+/// "ssl": {"cert": "tls/server.crt", "key": "tls/server.key", "mode": "optional"}
+/// ```
+///
+/// `cert` is a PEM file with the certificate chain (leaf first), `key` a PEM file with its
+/// private key (PKCS#8, PKCS#1 or SEC1); relative paths are relative to the directory of
+/// servers.json. `mode` is `"optional"` (the default: plain and TLS clients on the same port)
+/// or `"required"` (plain clients are closed). The running server re-reads both files on
+/// SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SslConfig {
+    /// The certificate chain file.
+    pub cert: PathBuf,
+    /// The private key file.
+    pub key: PathBuf,
+    /// Whether plain clients are served too.
+    pub mode: shaddock_connector::TlsMode,
+}
+
+/// The keys of the `ssl` object.
+const SSL_KEYS: [&str; 3] = ["cert", "key", "mode"];
+
+fn check_ssl(who: &str, v: &Value) -> Result<SslConfig, DefError> {
+    let bad = |field: &'static str, problem: String| DefError {
+        server: who.to_owned(),
+        field,
+        problem,
+    };
+    let Value::Object(m) = v else {
+        return Err(bad(
+            "ssl",
+            format!(
+                "must be an object {{\"cert\": file, \"key\": file, \"mode\": \"optional\" or \"required\"}}, found {v}"
+            ),
+        ));
+    };
+    if let Some(k) = m.keys().find(|k| !SSL_KEYS.contains(&k.as_str())) {
+        return Err(bad(
+            "ssl",
+            format!("unknown key `{k}` (known: cert, key, mode)"),
+        ));
+    }
+    let cert = def_string(who, "ssl.cert", m.get("cert").cloned())?;
+    let key = def_string(who, "ssl.key", m.get("key").cloned())?;
+    let mode = match m.get("mode") {
+        None | Some(Value::Null) => shaddock_connector::TlsMode::Optional,
+        Some(Value::String(s)) => shaddock_connector::TlsMode::parse(s).ok_or_else(|| {
+            bad(
+                "ssl.mode",
+                format!("must be \"optional\" or \"required\", found \"{s}\""),
+            )
+        })?,
+        Some(other) => {
+            return Err(bad(
+                "ssl.mode",
+                format!("must be \"optional\" or \"required\", found {other}"),
+            ));
+        }
+    };
+    Ok(SslConfig {
+        cert: PathBuf::from(cert),
+        key: PathBuf::from(key),
+        mode,
+    })
+}
+
+/// Makes the relative `ssl` file paths of `s` relative to `base` (the directory of
+/// servers.json), so that every process of the cluster finds the same files.
+fn resolve_ssl_paths(s: &mut ServerConfig, base: &Path) {
+    let Some(Value::Object(ssl)) = s.extra.get_mut("ssl") else {
+        return;
+    };
+    for key in ["cert", "key"] {
+        if let Some(Value::String(p)) = ssl.get_mut(key)
+            && Path::new(p.as_str()).is_relative()
+        {
+            *p = base.join(&*p).to_string_lossy().into_owned();
+        }
+    }
 }
 
 fn def_string(who: &str, field: &'static str, v: Option<Value>) -> Result<String, DefError> {
@@ -900,6 +1010,62 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("servers.json: cannot read"), "{e}");
+    }
+
+    #[test]
+    fn ssl_of_a_frontend_is_parsed_and_its_paths_resolved_against_the_config_dir() {
+        let d = tmp("ssl");
+        write(
+            &d,
+            r#"{"development":{
+                "connector":[
+                  {"id":"c1","host":"127.0.0.1","port":0,"clientPort":0,"frontend":true,
+                   "ssl":{"cert":"tls/server.crt","key":"/abs/server.key","mode":"required"}},
+                  {"id":"c2","host":"127.0.0.1","port":0,"clientPort":0,"frontend":true,
+                   "ssl":{"cert":"a.crt","key":"a.key"}},
+                  {"id":"c3","host":"127.0.0.1","port":0,"clientPort":0,"frontend":true}]}}"#,
+            MASTER,
+        );
+        let c = ClusterConfig::load(&d, "development").unwrap();
+        let ssl = c.server("c1").unwrap().ssl().unwrap().unwrap();
+        assert_eq!(ssl.cert, d.join("tls/server.crt"));
+        assert_eq!(ssl.key, PathBuf::from("/abs/server.key"));
+        assert_eq!(ssl.mode, shaddock_connector::TlsMode::Required);
+        let ssl = c.server("c2").unwrap().ssl().unwrap().unwrap();
+        assert_eq!(ssl.mode, shaddock_connector::TlsMode::Optional);
+        assert_eq!(ssl.key, d.join("a.key"));
+        assert_eq!(c.server("c3").unwrap().ssl().unwrap(), None);
+    }
+
+    #[test]
+    fn bad_ssl_is_reported_with_its_field() {
+        let front = |ssl: &str| {
+            format!(
+                r#"{{"development":{{"connector":[{{"id":"c1","host":"127.0.0.1","clientPort":0,"frontend":true,"ssl":{ssl}}}]}}}}"#
+            )
+        };
+        let cases = [
+            (front(r#""x.pem""#), "field `ssl`: must be an object"),
+            (front(r#"{"key":"k.pem"}"#), "field `ssl.cert`: is missing"),
+            (front(r#"{"cert":"c.pem","key":""}"#), "field `ssl.key`: must not be empty"),
+            (
+                front(r#"{"cert":"c.pem","key":"k.pem","mode":"always"}"#),
+                "field `ssl.mode`: must be \"optional\" or \"required\"",
+            ),
+            (
+                front(r#"{"cert":"c.pem","key":"k.pem","ca":"x"}"#),
+                "field `ssl`: unknown key `ca`",
+            ),
+            (
+                r#"{"development":{"chat":[{"id":"b1","host":"127.0.0.1","port":0,"ssl":{"cert":"c","key":"k"}}]}}"#.to_owned(),
+                "chat/b1, field `ssl`: is only for frontend servers",
+            ),
+        ];
+        for (servers, want) in cases {
+            let got = err(&servers);
+            assert!(got.contains(want), "want `{want}` in: {got}");
+            assert!(got.contains("servers.json"), "{got}");
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use shaddock_connector::{BodyCodec, ConnectorConfig, Frontend, Session};
+use shaddock_connector::{BodyCodec, ConnectorConfig, Frontend, ServerTls, Session};
 use shaddock_rpc::{Registry, RemoteError, RpcClient, RpcConfig, RpcServer, ServerInfo, Target};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -82,6 +82,14 @@ pub enum StartError {
         /// The master's address.
         master: String,
         /// The error.
+        message: String,
+    },
+    /// The `ssl` certificate or key of the frontend could not be loaded.
+    #[error("server `{server}`: TLS on the client port: {message}")]
+    Tls {
+        /// The server id.
+        server: String,
+        /// What failed, naming the file (or the servers.json field).
         message: String,
     },
     /// The master address is not `host:port`.
@@ -291,8 +299,19 @@ pub(crate) async fn run_server(
             .iter()
             .filter_map(|(t, d)| d.route_key.clone().map(|k| (t.clone(), k)))
             .collect();
-        let mut builder =
-            Frontend::builder(connector_config(&actual)).forwarder(Arc::new(forwarder(&ctx, keys)));
+        let mut config = connector_config(&actual);
+        let tls_err = |message: String| StartError::Tls {
+            server: id.clone(),
+            message,
+        };
+        if let Some(ssl) = actual.ssl().map_err(|e| tls_err(e.to_string()))? {
+            let tls = ServerTls::from_pem_files(&ssl.cert, &ssl.key, ssl.mode)
+                .map_err(|e| tls_err(e.to_string()))?;
+            tracing::info!(server = %id, cert = %ssl.cert.display(), mode = %ssl.mode, "TLS on the client port; SIGHUP reloads the certificate");
+            tokio::spawn(reload_on_sighup(tls.clone(), client_token.clone()));
+            config.tls = Some(tls);
+        }
+        let mut builder = Frontend::builder(config).forwarder(Arc::new(forwarder(&ctx, keys)));
         if let Some(d) = &app.dictionary {
             builder = builder.dictionary(d.clone());
         }
@@ -423,6 +442,32 @@ fn claim_of_session(s: &Session, uid: String) -> Claim {
         uid,
         frontend_id: s.frontend_id().to_owned(),
         session_id: s.id(),
+    }
+}
+
+/// Re-reads the client port's certificate and key on every SIGHUP until `stop`; a bad file is
+/// logged by [`ServerTls::reload`] and the certificate in use stays.
+async fn reload_on_sighup(tls: ServerTls, stop: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(cause = %e, "no SIGHUP handler: the TLS certificate cannot be reloaded");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            got = hup.recv() => {
+                if got.is_none() {
+                    return;
+                }
+                tracing::info!(cert = %tls.cert_path().display(), "SIGHUP: reloading the TLS certificate");
+                // Errors are logged by `reload`, naming the file.
+                let _ = tls.reload();
+            }
+        }
     }
 }
 

@@ -94,8 +94,11 @@ function pageWithGate(pageUrl, gate) {
   return url.toString();
 }
 
-/** Launches Debian's chromium headless with a fresh profile; returns {browser, close}. */
-async function launchBrowser() {
+/**
+ * Launches Debian's chromium headless with a fresh profile; returns {browser, close}.
+ * `options.args`: more command-line flags (e.g. --ignore-certificate-errors-spki-list=...).
+ */
+async function launchBrowser(options = {}) {
   const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'shaddock-chromium-'));
   const executablePath = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
   if (!fs.existsSync(executablePath)) {
@@ -118,6 +121,7 @@ async function launchBrowser() {
           '--disable-background-networking',
           '--disable-component-update',
           '--disable-sync',
+          ...(options.args || []),
         ],
         timeout: 30000,
       }),

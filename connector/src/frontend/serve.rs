@@ -1,5 +1,5 @@
 //! The listener, the graceful stop, and a new connection up to its driver: the connection
-//! limit, sniffing TCP or HTTP, the WebSocket upgrade.
+//! limit, sniffing TCP, HTTP or TLS, the TLS handshake, the WebSocket upgrade.
 
 use std::io;
 use std::net::SocketAddr;
@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -18,6 +19,7 @@ use super::{Frontend, Inner, driver};
 use crate::rewind::Rewind;
 use crate::sniff::{MAX_SNIFF_LEN, Sniff, sniff};
 use crate::stats::ConnectorStats;
+use crate::tls::TlsMode;
 use crate::transport::Transport;
 
 /// Outcome of [`Frontend::drain_and_kick`].
@@ -237,7 +239,55 @@ async fn run_connection(
         let _ = stream.set_nodelay(true);
     }
     let deadline = Instant::now() + inner.config.handshake_timeout;
-    // Sniff: read until the first bytes decide TCP or HTTP.
+    let Some((kind, first)) = sniff_stream(&inner, &mut stream, deadline, &shutdown).await else {
+        return;
+    };
+    match (kind, inner.config.tls.clone()) {
+        (Sniff::Tls, Some(tls)) => {
+            let io = Rewind::new(first.freeze(), stream);
+            let accept = tokio::select! {
+                () = shutdown.cancelled() => return,
+                // Boxed, as the WebSocket upgrade below: it is large and short-lived.
+                r = tokio::time::timeout_at(deadline, Box::pin(tls.acceptor().accept(io))) => r,
+            };
+            let mut io = match accept {
+                Ok(Ok(io)) => io,
+                Ok(Err(e)) => {
+                    ConnectorStats::incr(&inner.stats.protocol_errors);
+                    tracing::info!(%peer, cause = %e, "closed: TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    ConnectorStats::incr(&inner.stats.handshake_timeouts);
+                    tracing::debug!("closed: TLS handshake not done before the handshake timeout");
+                    return;
+                }
+            };
+            // Inside TLS: raw pomelo packages or a WebSocket upgrade, as on a plain socket.
+            let Some((kind, first)) = sniff_stream(&inner, &mut io, deadline, &shutdown).await
+            else {
+                return;
+            };
+            serve_transport(inner, io, first, kind, true, peer, deadline, shutdown).await;
+        }
+        (_, Some(tls)) if tls.mode() == TlsMode::Required => {
+            ConnectorStats::incr(&inner.stats.protocol_errors);
+            tracing::info!(%peer, "closed: plain connection on a port that requires TLS");
+        }
+        (kind, _) => {
+            serve_transport(inner, stream, first, kind, false, peer, deadline, shutdown).await
+        }
+    }
+}
+
+/// Reads until the first bytes decide TCP, HTTP or TLS; `None` when the connection ended
+/// (peer closed, read error, handshake timeout, shutdown) first.
+async fn sniff_stream<S: AsyncRead + Unpin>(
+    inner: &Inner,
+    stream: &mut S,
+    deadline: Instant,
+    shutdown: &CancellationToken,
+) -> Option<(Sniff, BytesMut)> {
     // Grows by what arrives only (see `transport::read_some`): usually one small allocation.
     let mut first = BytesMut::new();
     let kind = loop {
@@ -247,23 +297,41 @@ async fn run_connection(
             decided => break decided,
         }
         let read = tokio::select! {
-            () = shutdown.cancelled() => return,
-            r = tokio::time::timeout_at(deadline, crate::transport::read_some(&mut stream, &mut first)) => r,
+            () = shutdown.cancelled() => return None,
+            r = tokio::time::timeout_at(deadline, crate::transport::read_some(stream, &mut first)) => r,
         };
         match read {
             Err(_) => {
                 ConnectorStats::incr(&inner.stats.handshake_timeouts);
                 tracing::debug!("closed: no bytes to sniff before the handshake timeout");
-                return;
+                return None;
             }
-            Ok(Ok(0)) => return,
+            Ok(Ok(0)) => return None,
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 tracing::debug!(cause = %e, "read error while sniffing");
-                return;
+                return None;
             }
         }
     };
+    Some((kind, first))
+}
+
+/// The WebSocket upgrade (for an HTTP start) or raw TCP framing over `stream`, then the
+/// connection's session and driver until it closes.
+#[allow(clippy::too_many_arguments)]
+async fn serve_transport<S>(
+    inner: Arc<Inner>,
+    stream: S,
+    first: BytesMut,
+    kind: Sniff,
+    tls: bool,
+    peer: SocketAddr,
+    deadline: Instant,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let max = inner.config.max_package_size;
     let transport = if kind == Sniff::WebSocket {
         let ws_config = WebSocketConfig::default()
@@ -299,6 +367,8 @@ async fn run_connection(
             }
         }
     } else {
+        // `Sniff::Tls` here (a ClientHello on a port without TLS, or a second one inside TLS)
+        // goes to the package decoder too, which refuses type 0x16.
         Transport::Tcp {
             io: stream,
             rbuf: first,
@@ -309,6 +379,7 @@ async fn run_connection(
     tracing::debug!(
         sid = session.id(),
         ws = kind == Sniff::WebSocket,
+        tls,
         "connection open"
     );
     let reason = driver::run(inner.clone(), session.clone(), transport, shutdown).await;
