@@ -40,6 +40,8 @@ const KIND_REQUEST: u8 = 0x01;
 const KIND_NOTIFY: u8 = 0x02;
 const KIND_OK: u8 = 0x03;
 const KIND_ERROR: u8 = 0x04;
+/// Most bytes [`Frame::decode`] reserves ahead of data that has not arrived yet.
+pub const RESERVE_CHUNK: usize = 64 * 1024;
 /// Frames up to this many bytes are copied out of the read buffer when decoded (see
 /// [`Frame::decode`]); larger ones are sliced from it.
 const COPY_BELOW: usize = 1024;
@@ -362,7 +364,8 @@ impl Frame {
     /// Decodes one frame from the front of `src`.
     ///
     /// Returns `Ok(None)` when `src` does not yet hold a whole frame (and reserves room for
-    /// it); the length is checked against `max_frame_size` as soon as the prefix is in, before
+    /// the next [`RESERVE_CHUNK`] bytes of it at most, so a declared length costs memory only
+    /// as its bytes arrive); the length is checked against `max_frame_size` as soon as the prefix is in, before
     /// any body is buffered. On success the frame's bytes are split off `src`; payloads and
     /// names are slices of them, not copies.
     ///
@@ -385,7 +388,10 @@ impl Frame {
             });
         }
         if src.len() < LEN_PREFIX + len {
-            src.reserve(LEN_PREFIX + len - src.len());
+            // Room for the next chunk only, not the whole declared frame: a peer that sends a
+            // 4-byte header declaring 8 MiB must not cost 8 MiB. The buffer grows (doubling)
+            // as the bytes actually arrive.
+            src.reserve((LEN_PREFIX + len - src.len()).min(RESERVE_CHUNK));
             return Ok(None);
         }
         src.advance(LEN_PREFIX);
@@ -654,6 +660,48 @@ mod tests {
         assert_eq!(b.len(), 4 * COPY_BELOW);
         assert!(within(&b), "a large frame is a slice of the read buffer");
         assert!(src.is_empty());
+    }
+
+    #[test]
+    fn a_declared_length_reserves_only_a_chunk_until_the_bytes_arrive() {
+        const BIG: usize = 8 * 1024 * 1024;
+        let mut src = BytesMut::new();
+        src.put_u32(BIG as u32);
+        src.put_slice(b"\x02\x01");
+        assert_eq!(Frame::decode(&mut src, BIG), Ok(None));
+        assert!(
+            src.capacity() <= 2 * RESERVE_CHUNK,
+            "a header declaring {BIG} bytes reserved {} bytes",
+            src.capacity()
+        );
+        // As the body arrives the buffer grows with it (at most doubling what is in).
+        let mut frame = BytesMut::new();
+        Frame::Notify {
+            namespace: Namespace::User,
+            service: name("s"),
+            method: name("m"),
+            payload: Bytes::from(vec![9u8; 3 * 1024 * 1024]),
+        }
+        .encode(&mut frame, BIG)
+        .unwrap();
+        let mut src = BytesMut::new();
+        let mut got = None;
+        for chunk in frame.chunks(16 * 1024) {
+            src.extend_from_slice(chunk);
+            if let Some(f) = Frame::decode(&mut src, BIG).unwrap() {
+                got = Some(f);
+            } else {
+                assert!(
+                    src.capacity() <= 2 * src.len() + 2 * RESERVE_CHUNK,
+                    "{} bytes in, {} reserved",
+                    src.len(),
+                    src.capacity()
+                );
+            }
+        }
+        assert!(
+            matches!(got, Some(Frame::Notify { payload, .. }) if payload.len() == 3 * 1024 * 1024)
+        );
     }
 
     #[test]
