@@ -30,6 +30,11 @@ pub struct RpcConfig {
     /// Frames a writer drains from its queue into one buffer before writing (write
     /// coalescing). Default: 256.
     pub write_batch: usize,
+    /// Connections an [`crate::RpcServer`] serves at once. The server takes a slot *before*
+    /// it accepts, so while all are taken further peers wait in the kernel's listen backlog
+    /// (their connect succeeds, nothing is read from them) until a connection closes; none
+    /// is accepted and dropped. Default: 1024.
+    pub max_connections: usize,
 }
 
 impl Default for RpcConfig {
@@ -44,6 +49,7 @@ impl Default for RpcConfig {
             backoff_max: Duration::from_secs(5),
             reconnect_max_attempts: 20,
             write_batch: 256,
+            max_connections: 1024,
         }
     }
 }

@@ -67,13 +67,39 @@ impl RpcServer {
             info!("rpc server listening");
             let tracker = TaskTracker::new();
             let mut accept_backoff = Duration::from_millis(5);
+            let slots = Arc::new(Semaphore::new(self.config.max_connections.max(1)));
+            let mut full_logged = false;
             loop {
+                // A connection slot first, then accept: beyond the cap peers wait in the
+                // kernel's backlog instead of being accepted and costing a task and buffers.
+                let slot = match Arc::clone(&slots).try_acquire_owned() {
+                    Ok(s) => s,
+                    Err(_) => {
+                        if !full_logged {
+                            warn!(
+                                max_connections = self.config.max_connections,
+                                "rpc connection cap reached; new peers wait in the backlog"
+                            );
+                            full_logged = true;
+                        }
+                        tokio::select! {
+                            s = Arc::clone(&slots).acquire_owned() => match s {
+                                Ok(s) => s,
+                                Err(_) => break,
+                            },
+                            () = shutdown.cancelled() => break,
+                        }
+                    }
+                };
                 let accepted = tokio::select! {
                     r = listener.accept() => r,
                     () = shutdown.cancelled() => break,
                 };
                 match accepted {
                     Ok((stream, peer)) => {
+                        if slots.available_permits() > 0 {
+                            full_logged = false;
+                        }
                         accept_backoff = Duration::from_millis(5);
                         if let Err(e) = stream.set_nodelay(true) {
                             debug!(peer = %peer, cause = %e, "set_nodelay failed");
@@ -83,8 +109,11 @@ impl RpcServer {
                         let token = shutdown.clone();
                         let span = tracing::info_span!("rpc_conn", peer = %peer);
                         tracker.spawn(
-                            async move { this.run_connection(rd, wr, token).await }
-                                .instrument(span),
+                            async move {
+                                this.run_connection(rd, wr, token).await;
+                                drop(slot);
+                            }
+                            .instrument(span),
                         );
                     }
                     Err(e) => {

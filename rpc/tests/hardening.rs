@@ -203,3 +203,49 @@ async fn half_sent_huge_frames_do_not_reserve_their_declared_length() {
     drop(socks);
     peer.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// 2. Connection cap
+
+/// With `max_connections = 2` a third peer connects (the kernel completes the handshake) but
+/// is not served while two are open; once one closes, it is.
+#[tokio::test]
+async fn the_connection_cap_holds_extra_peers_until_one_closes() {
+    let mut cfg = config();
+    cfg.max_connections = 2;
+    let peer = Peer::start(cfg).await;
+    let mut a = t(TcpStream::connect(peer.addr)).await.unwrap();
+    let mut b = t(TcpStream::connect(peer.addr)).await.unwrap();
+    for (s, id) in [(&mut a, 1), (&mut b, 2)] {
+        t(s.write_all(&request(id, "echo", b"x"))).await.unwrap();
+        let mut buf = BytesMut::new();
+        match read_frame(s, &mut buf).await {
+            Some(Frame::Response {
+                id: got,
+                result: Ok(_),
+            }) => assert_eq!(got, id),
+            other => panic!("peer {id} not served: {other:?}"),
+        }
+    }
+    let mut c = t(TcpStream::connect(peer.addr)).await.unwrap();
+    t(c.write_all(&request(3, "count", b"x"))).await.unwrap();
+    let mut cbuf = BytesMut::new();
+    // Not served while the cap is reached (a generous wait for a reply that must not come).
+    let early = tokio::time::timeout(Duration::from_millis(500), c.read_buf(&mut cbuf)).await;
+    assert!(
+        early.is_err(),
+        "the third peer was answered over the cap: {early:?}"
+    );
+    assert_eq!(peer.counted.load(Ordering::SeqCst), 0, "its handler ran");
+    drop(a);
+    match read_frame(&mut c, &mut cbuf).await {
+        Some(Frame::Response {
+            id: 3,
+            result: Ok(_),
+        }) => {}
+        other => panic!("the third peer was not served after a slot freed: {other:?}"),
+    }
+    assert_eq!(peer.counted.load(Ordering::SeqCst), 1);
+    drop((b, c));
+    peer.stop().await;
+}
