@@ -35,6 +35,12 @@ pub struct RpcConfig {
     /// (their connect succeeds, nothing is read from them) until a connection closes; none
     /// is accepted and dropped. Default: 1024.
     pub max_connections: usize,
+    /// An [`crate::RpcServer`] closes a connection on which nothing (no frame at all, not even
+    /// a heartbeat ping) arrived for this long, logging the peer at `info`. It is checked a
+    /// quarter of it at a time, so the close comes between `idle_timeout` and 1.25 x
+    /// `idle_timeout` after the last frame. `None`: never. Must be well above the clients'
+    /// `heartbeat_interval`, which keeps every live link busy. Default: 60 s.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for RpcConfig {
@@ -50,6 +56,7 @@ impl Default for RpcConfig {
             reconnect_max_attempts: 20,
             write_batch: 256,
             max_connections: 1024,
+            idle_timeout: Some(Duration::from_secs(60)),
         }
     }
 }

@@ -249,3 +249,49 @@ async fn the_connection_cap_holds_extra_peers_until_one_closes() {
     drop((b, c));
     peer.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// 3. Idle peers are closed
+
+/// A peer that sends nothing for `idle_timeout` is closed with a log line naming it; one that
+/// keeps sending (here a request every third of the timeout, for three timeouts) is not.
+#[tokio::test]
+async fn a_silent_peer_is_closed_after_the_idle_timeout_and_a_talking_one_is_not() {
+    let (logs, _guard) = shaddock_test_support::logs::capture_logs();
+    const IDLE: Duration = Duration::from_millis(300);
+    let mut cfg = config();
+    cfg.idle_timeout = Some(IDLE);
+    let peer = Peer::start(cfg).await;
+    let mut silent = t(TcpStream::connect(peer.addr)).await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let mut talking = t(TcpStream::connect(peer.addr)).await.unwrap();
+    let mut buf = BytesMut::new();
+    for id in 1..=9 {
+        t(talking.write_all(&request(id, "echo", b"x")))
+            .await
+            .unwrap();
+        match read_frame(&mut talking, &mut buf).await {
+            Some(Frame::Response {
+                id: got,
+                result: Ok(_),
+            }) => assert_eq!(got, id),
+            other => panic!("the talking peer was not served: {other:?}"),
+        }
+        tokio::time::sleep(IDLE / 3).await;
+    }
+    expect_eof(&mut silent).await;
+    logs.expect(silent_addr, "closing idle rpc connection")
+        .await;
+    // The talking one is still served.
+    t(talking.write_all(&request(10, "echo", b"x")))
+        .await
+        .unwrap();
+    assert!(matches!(
+        read_frame(&mut talking, &mut buf).await,
+        Some(Frame::Response {
+            id: 10,
+            result: Ok(_)
+        })
+    ));
+    peer.stop().await;
+}
