@@ -41,6 +41,18 @@ pub struct RpcConfig {
     /// `idle_timeout` after the last frame. `None`: never. Must be well above the clients'
     /// `heartbeat_interval`, which keeps every live link busy. Default: 60 s.
     pub idle_timeout: Option<Duration>,
+    /// A client link sends a `ping` frame this often (the server answers `pong`), whether or
+    /// not calls are flowing. Default: 1 s.
+    pub heartbeat_interval: Duration,
+    /// A client link on which nothing at all arrived (no reply, no `pong`) for this long is
+    /// declared dead: every call in flight on it fails at once with
+    /// [`crate::RpcError::PeerUnresponsive`], new calls fail fast with
+    /// [`crate::RpcError::PeerDown`], and the client reconnects (a reconnect counts only once
+    /// the peer has answered a `ping`, within `connect_timeout`). Silence is checked at each
+    /// heartbeat, so a peer that freezes (e.g. `SIGSTOP`) with its socket open is detected
+    /// between `heartbeat_timeout` and `heartbeat_timeout + heartbeat_interval` after the
+    /// last frame it sent. Default: 3 s.
+    pub heartbeat_timeout: Duration,
 }
 
 impl Default for RpcConfig {
@@ -57,6 +69,8 @@ impl Default for RpcConfig {
             write_batch: 256,
             max_connections: 1024,
             idle_timeout: Some(Duration::from_secs(60)),
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(3),
         }
     }
 }

@@ -50,6 +50,17 @@ pub enum RpcError {
         /// The peer.
         server_id: ServerId,
     },
+    /// The peer stopped answering on an open connection (no frame at all, not even a heartbeat
+    /// `pong`, for `heartbeat_timeout`): the link was declared dead, every call in flight on
+    /// it failed with this at once, and the client reconnects. The call may or may not have
+    /// run on the peer.
+    #[error("rpc peer `{server_id}` unresponsive: nothing received for {silent_for:?}")]
+    PeerUnresponsive {
+        /// The peer.
+        server_id: ServerId,
+        /// How long the link had been silent when it was declared dead.
+        silent_for: Duration,
+    },
     /// The remote handler ran and returned this error.
     #[error("remote handler error {code}: {message}")]
     Remote {

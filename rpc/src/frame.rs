@@ -14,6 +14,8 @@
 //! kind 0x02 notify    | ns u8 | slen u8 | service | mlen u8 | method | payload ..           |
 //! kind 0x03 ok        | id u32BE | payload ..                                             |
 //! kind 0x04 error     | id u32BE | ekind u8 | code u32BE | msglen u16BE | message           |
+//! kind 0x05 ping      | (nothing)                                                      |
+//! kind 0x06 pong      | (nothing)                                                      |
 //! ```
 //!
 //! - `len` excludes itself; `1 <= len <= max_frame_size` or the connection is closed.
@@ -27,6 +29,11 @@
 //!
 //! A request is answered by exactly one `ok` or `error` with the same `id`; a notify is never
 //! answered. Responses may come back in any order.
+//!
+//! A client sends `ping` right after connecting (the link is up only once the `pong` is back)
+//! and then every `heartbeat_interval`; the server answers each with one `pong`. Both are the
+//! kind byte alone (`len` = 1). Frames of kinds 0x01..=0x04 are byte-identical to the
+//! format before heartbeats existed.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::fmt;
@@ -40,6 +47,8 @@ const KIND_REQUEST: u8 = 0x01;
 const KIND_NOTIFY: u8 = 0x02;
 const KIND_OK: u8 = 0x03;
 const KIND_ERROR: u8 = 0x04;
+const KIND_PING: u8 = 0x05;
+const KIND_PONG: u8 = 0x06;
 /// Most bytes [`Frame::decode`] reserves ahead of data that has not arrived yet.
 pub const RESERVE_CHUNK: usize = 64 * 1024;
 /// Frames up to this many bytes are copied out of the read buffer when decoded (see
@@ -219,6 +228,10 @@ pub enum Frame {
         /// The encoded reply, or why the call failed.
         result: Result<Bytes, WireError>,
     },
+    /// A heartbeat from a client; the server answers [`Frame::Pong`].
+    Ping,
+    /// The server's answer to a [`Frame::Ping`].
+    Pong,
 }
 
 /// A frame that breaks the format. Every variant is fatal for the connection it came from.
@@ -233,7 +246,7 @@ pub enum FrameError {
         /// Configured `max_frame_size`.
         max: usize,
     },
-    /// The frame kind byte is none of request/notify/ok/error.
+    /// The frame kind byte is none of the kinds in the module docs.
     #[error("unknown rpc frame kind byte 0x{kind:02x}")]
     UnknownKind {
         /// The byte found.
@@ -302,6 +315,7 @@ impl Frame {
             Self::Response { result: Err(e), .. } => {
                 1 + 4 + 1 + 4 + 2 + e.message.len().min(u16::MAX as usize)
             }
+            Self::Ping | Self::Pong => 1,
         }
     }
 
@@ -357,6 +371,8 @@ impl Frame {
                 dst.put_u16(msg.len() as u16);
                 dst.put_slice(msg.as_bytes());
             }
+            Self::Ping => dst.put_u8(KIND_PING),
+            Self::Pong => dst.put_u8(KIND_PONG),
         }
         Ok(())
     }
@@ -463,6 +479,18 @@ impl Frame {
                         code,
                         message,
                     }),
+                })
+            }
+            KIND_PING | KIND_PONG => {
+                if !body.is_empty() {
+                    return Err(FrameError::Malformed {
+                        reason: "ping or pong frame with a body",
+                    });
+                }
+                Ok(if kind == KIND_PING {
+                    Self::Ping
+                } else {
+                    Self::Pong
                 })
             }
             kind => Err(FrameError::UnknownKind { kind }),
@@ -715,6 +743,21 @@ mod tests {
     }
 
     #[test]
+    fn ping_and_pong_are_one_kind_byte() {
+        for (f, kind) in [(Frame::Ping, 5u8), (Frame::Pong, 6u8)] {
+            let mut buf = BytesMut::new();
+            f.encode(&mut buf, 1024).unwrap();
+            assert_eq!(&buf[..], &[0, 0, 0, 1, kind]);
+            assert_eq!(Frame::decode(&mut buf, 1024), Ok(Some(f)));
+        }
+        let mut bad = BytesMut::from(&b"\x00\x00\x00\x02\x05\x00"[..]);
+        assert!(matches!(
+            Frame::decode(&mut bad, 1024),
+            Err(FrameError::Malformed { .. })
+        ));
+    }
+
+    #[test]
     fn error_response_bytes_match_the_documented_layout() {
         let mut buf = BytesMut::new();
         samples()[3].encode(&mut buf, 1024).unwrap();
@@ -785,7 +828,10 @@ mod tests {
                     reason: "empty frame (length 0)",
                 },
             ),
-            (b"\x00\x00\x00\x01\x09", FrameError::UnknownKind { kind: 9 }),
+            (
+                b"\x00\x00\x00\x01\x7f",
+                FrameError::UnknownKind { kind: 0x7f },
+            ),
             (
                 b"\x00\x00\x00\x03\x01\x00\x00",
                 FrameError::Malformed {
@@ -867,6 +913,8 @@ mod tests {
                 }
             ),
             (any::<u32>(), payload).prop_map(|(id, p)| Frame::Response { id, result: Ok(p) }),
+            Just(Frame::Ping),
+            Just(Frame::Pong),
             (any::<u32>(), kind, any::<u32>(), ".{0,60}").prop_map(|(id, kind, code, message)| {
                 Frame::Response {
                     id,

@@ -288,6 +288,12 @@ impl RpcServer {
                         drop(permit);
                     });
                 }
+                Some(Ok(Frame::Ping)) => {
+                    // Answered from the read loop, never queued behind a permit. A full queue
+                    // means replies are going out anyway, which the client counts as alive.
+                    let _ = tx.try_send(Frame::Pong);
+                }
+                Some(Ok(Frame::Pong)) => {}
                 Some(Ok(Frame::Response { id, .. })) => {
                     warn!(
                         id,

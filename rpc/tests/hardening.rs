@@ -295,3 +295,141 @@ async fn a_silent_peer_is_closed_after_the_idle_timeout_and_a_talking_one_is_not
     ));
     peer.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// 4. Heartbeat: a frozen peer
+
+/// A TCP proxy to `upstream` that can be frozen: while frozen it forwards nothing either way
+/// and its connections stay open, as with a peer process stopped by `SIGSTOP` (its kernel
+/// still completes handshakes and buffers bytes).
+struct Proxy {
+    addr: SocketAddr,
+    frozen: tokio::sync::watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Self {
+        let listener = t(TcpListener::bind("127.0.0.1:0")).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (frozen, _) = tokio::sync::watch::channel(false);
+        let gate = frozen.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((down, _)) = listener.accept().await {
+                let Ok(up) = TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                conns.spawn(pump(dr, uw, gate.subscribe()));
+                conns.spawn(pump(ur, dw, gate.subscribe()));
+            }
+        });
+        Self { addr, frozen, task }
+    }
+
+    fn freeze(&self, on: bool) {
+        self.frozen.send_replace(on);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if frozen.wait_for(|f| !*f).await.is_err() {
+            return;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        // Bytes read just before a freeze are held until the thaw.
+        if frozen.wait_for(|f| !*f).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A peer that stops answering with its socket open is declared dead by the heartbeat: calls
+/// in flight fail with `PeerUnresponsive` within `heartbeat_timeout + heartbeat_interval`
+/// (plus a generous margin), far below the 30 s call timeout; new calls fail fast while it
+/// stays frozen; once it thaws, calls go through again.
+#[tokio::test]
+async fn a_frozen_peer_is_detected_by_the_heartbeat_and_calls_fail_fast() {
+    const INTERVAL: Duration = Duration::from_millis(100);
+    const TIMEOUT: Duration = Duration::from_millis(600);
+    let peer = Peer::start(config()).await;
+    let proxy = Proxy::start(peer.addr).await;
+    let mut cfg = config();
+    cfg.heartbeat_interval = INTERVAL;
+    cfg.heartbeat_timeout = TIMEOUT;
+    cfg.call_timeout = Duration::from_secs(30);
+    cfg.connect_timeout = Duration::from_secs(1);
+    let rpc = RpcClient::new(cfg);
+    rpc.directory().add(ServerInfo::new(
+        "echo-1",
+        "echo",
+        "127.0.0.1",
+        proxy.addr.port(),
+    ));
+    t(echo_call(&rpc, 1)).await.unwrap();
+
+    proxy.freeze(true);
+    let frozen_at = tokio::time::Instant::now();
+    let calls: Vec<_> = (0..3)
+        .map(|n| {
+            let rpc = rpc.clone();
+            tokio::spawn(async move { echo_call(&rpc, n).await })
+        })
+        .collect();
+    for c in calls {
+        let err = t(c).await.unwrap().unwrap_err();
+        assert!(
+            matches!(&err, shaddock_rpc::RpcError::PeerUnresponsive { server_id, .. } if server_id.as_str() == "echo-1"),
+            "{err:?}"
+        );
+    }
+    let detected = frozen_at.elapsed();
+    assert!(
+        detected < TIMEOUT + INTERVAL + Duration::from_secs(3),
+        "detected after {detected:?}"
+    );
+
+    // While it stays frozen, new calls fail fast (no waiting for a timeout).
+    for _ in 0..3 {
+        let asked = tokio::time::Instant::now();
+        let err = t(echo_call(&rpc, 9)).await.unwrap_err();
+        assert!(
+            matches!(err, shaddock_rpc::RpcError::PeerDown { .. }),
+            "{err:?}"
+        );
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "a call to a dead link took {:?}",
+            asked.elapsed()
+        );
+    }
+
+    proxy.freeze(false);
+    let mut back = false;
+    for _ in 0..200 {
+        if t(echo_call(&rpc, 2)).await.is_ok() {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(back, "the link did not come back after the thaw");
+    peer.stop().await;
+}
