@@ -9,7 +9,6 @@ use crate::service::Registry;
 use futures_util::{FutureExt, StreamExt};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -222,52 +221,24 @@ impl RpcServer {
                     method,
                     payload,
                 })) => {
-                    let mut call = self.registry.dispatch(
+                    let call = self.registry.dispatch(
                         namespace,
                         service.as_str(),
                         method.as_str(),
                         payload,
                     );
                     let max = cfg.max_frame_size;
-                    // Most handlers finish without waiting: poll once here and skip the task
-                    // spawn. A handler that is not ready yet moves to its own task, whose first
-                    // poll registers the real waker.
-                    let mut cx = Context::from_waker(Waker::noop());
-                    let first =
-                        std::panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(&mut cx)));
-                    let ready = match first {
-                        Ok(Poll::Ready(r)) => Some(r),
-                        Err(_) => Some(Err(panicked())),
-                        Ok(Poll::Pending) => None,
-                    };
-                    match ready {
-                        Some(result) => {
-                            let frame = reply_frame(id, result, &service, &method, max);
-                            match tx.try_send(frame) {
-                                Ok(()) => drop(permit),
-                                Err(mpsc::error::TrySendError::Full(frame)) => {
-                                    // Do not block reads on a full queue; the permit keeps
-                                    // the number of such waiting replies bounded.
-                                    let tx = tx.clone();
-                                    tokio::spawn(async move {
-                                        let _ = tx.send(frame).await;
-                                        drop(permit);
-                                    });
-                                }
-                                Err(mpsc::error::TrySendError::Closed(_)) => drop(permit),
-                            }
-                        }
-                        None => {
-                            let tx = tx.clone();
-                            tokio::spawn(async move {
-                                let result = run_guarded(call).await;
-                                let frame = reply_frame(id, result, &service, &method, max);
-                                // The connection may be gone; then the reply has nowhere to go.
-                                let _ = tx.send(frame).await;
-                                drop(permit);
-                            });
-                        }
-                    }
+                    let tx = tx.clone();
+                    // Never polled here: handler code (even up to its first await) runs in
+                    // its own task, so a CPU-heavy or blocking handler cannot stall the read
+                    // loop and the other calls multiplexed on this connection.
+                    tokio::spawn(async move {
+                        let result = run_guarded(call).await;
+                        let frame = reply_frame(id, result, &service, &method, max);
+                        // The connection may be gone; then the reply has nowhere to go.
+                        let _ = tx.send(frame).await;
+                        drop(permit);
+                    });
                 }
                 Some(Ok(Frame::Notify {
                     namespace,

@@ -433,3 +433,109 @@ async fn a_frozen_peer_is_detected_by_the_heartbeat_and_calls_fail_fast() {
     assert!(back, "the link did not come back after the thaw");
     peer.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// 5. A slow handler does not stall its link
+
+remote! {
+    /// One route whose handler blocks its thread, one that answers at once.
+    pub mod slowpoke: user "slowRemote" {
+        /// Blocks (no await) until the test releases it.
+        fn block(Raw) -> Raw;
+        /// Returns at once.
+        fn quick(Raw) -> Raw;
+    }
+}
+
+struct SlowImpl {
+    entered: std::sync::atomic::AtomicBool,
+    gate: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl slowpoke::Remote for SlowImpl {
+    async fn block(&self, a: Raw) -> Result<Raw, RemoteError> {
+        self.entered.store(true, Ordering::SeqCst);
+        // CPU-bound or blocking code inside an async fn, never awaiting: it holds its thread.
+        // Bounded, so a failing test cannot leave it stuck; dropping the sender releases it.
+        let released = self
+            .gate
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(20));
+        match released {
+            Ok(()) => Ok(a),
+            Err(_) => Err(RemoteError::new(1, "not released")),
+        }
+    }
+    async fn quick(&self, a: Raw) -> Result<Raw, RemoteError> {
+        Ok(a)
+    }
+}
+
+/// On one client link, a call whose handler blocks its thread is sent first, then a call to a
+/// fast route: the fast one is answered while the slow one is still blocked (the slow handler
+/// is released only after the fast reply came back). When handlers got their first poll on
+/// the connection's read loop, the fast call was never even read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blocking_handler_does_not_delay_other_calls_on_its_link() {
+    let (release, gate) = std::sync::mpsc::channel();
+    let imp = Arc::new(SlowImpl {
+        entered: std::sync::atomic::AtomicBool::new(false),
+        gate: std::sync::Mutex::new(gate),
+    });
+    let mut registry = Registry::new();
+    registry
+        .add(slowpoke::Server::new(ArcSlow(Arc::clone(&imp))))
+        .unwrap();
+    let listener = t(TcpListener::bind("127.0.0.1:0")).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(RpcServer::new(registry, config()).serve(listener, shutdown.clone()));
+    let rpc = RpcClient::new(config());
+    rpc.directory()
+        .add(ServerInfo::new("slow-1", "slow", "127.0.0.1", addr.port()));
+    let stub = slowpoke::Client::new(&rpc);
+    t(stub.quick(Target::server("slow-1"), Raw(Bytes::from_static(b"warm"))))
+        .await
+        .unwrap();
+
+    let slow = {
+        let stub = stub.clone();
+        tokio::spawn(async move {
+            stub.block(Target::server("slow-1"), Raw(Bytes::from_static(b"slow")))
+                .await
+        })
+    };
+    // Poll (bounded) until the slow handler is inside its blocking section.
+    t(async {
+        while !imp.entered.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let fast = tokio::time::timeout(
+        LIMIT,
+        stub.quick(Target::server("slow-1"), Raw(Bytes::from_static(b"fast"))),
+    )
+    .await
+    .expect("the fast call on the same link was not answered while the slow handler blocked");
+    assert_eq!(&fast.unwrap().0[..], b"fast");
+    assert!(!slow.is_finished(), "the slow call finished first");
+    release.send(()).unwrap();
+    let slow = t(slow).await.unwrap().unwrap();
+    assert_eq!(&slow.0[..], b"slow");
+    shutdown.cancel();
+    t(server).await.unwrap().unwrap();
+}
+
+/// The generated server wants the implementation by value; the test keeps a handle to it.
+struct ArcSlow(Arc<SlowImpl>);
+
+impl slowpoke::Remote for ArcSlow {
+    async fn block(&self, a: Raw) -> Result<Raw, RemoteError> {
+        slowpoke::Remote::block(&*self.0, a).await
+    }
+    async fn quick(&self, a: Raw) -> Result<Raw, RemoteError> {
+        slowpoke::Remote::quick(&*self.0, a).await
+    }
+}
