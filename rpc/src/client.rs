@@ -500,6 +500,9 @@ struct LinkShared {
     config: RpcConfig,
     cancel: CancellationToken,
     state: watch::Sender<LinkState>,
+    /// Whether the last connect attempt failed on the cluster secret (callers then get
+    /// [`RpcError::AuthFailed`] instead of [`RpcError::PeerDown`]).
+    auth_failed: std::sync::atomic::AtomicBool,
 }
 
 /// The connection slot of one peer entry; dropping it closes the connection.
@@ -529,6 +532,7 @@ impl Link {
                 config: config.clone(),
                 cancel: CancellationToken::new(),
                 state,
+                auth_failed: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -541,6 +545,13 @@ struct LinkHandle {
 
 impl LinkHandle {
     fn down(&self, reason: &str) -> RpcError {
+        if self.shared.auth_failed.load(Ordering::Relaxed) {
+            return RpcError::AuthFailed {
+                server_id: self.shared.server_id.clone(),
+                addr: self.shared.addr.clone(),
+                reason: reason.to_owned(),
+            };
+        }
         RpcError::PeerDown {
             server_id: self.shared.server_id.clone(),
             addr: self.shared.addr.clone(),
@@ -626,6 +637,10 @@ async fn drive(shared: Arc<LinkShared>) {
             r = attempt => r,
             () = shared.cancel.cancelled() => break,
         };
+        shared.auth_failed.store(
+            matches!(result, Ok(Err(ConnectError::Auth(_)))),
+            Ordering::Relaxed,
+        );
         let reason: Arc<str> = match result {
             Ok(Ok(stream)) => {
                 failures = 0;
@@ -642,7 +657,11 @@ async fn drive(shared: Arc<LinkShared>) {
                 });
                 continue;
             }
-            Ok(Err(e)) => Arc::from(e),
+            Ok(Err(ConnectError::Other(e))) => Arc::from(e),
+            Ok(Err(ConnectError::Auth(e))) => {
+                warn!(reason = %e, "rpc authentication failed");
+                Arc::from(format!("authentication failed: {e}"))
+            }
             Err(_) => Arc::from(format!(
                 "connect timed out after {:?} (TCP connect and the first ping/pong)",
                 cfg.connect_timeout
@@ -676,35 +695,99 @@ async fn drive(shared: Arc<LinkShared>) {
     debug!("rpc peer link closed");
 }
 
-/// Opens a TCP connection and checks the peer answers: sends one `ping` and reads exactly its
-/// `pong` (no read-ahead, so nothing is left over for the framed reader). The caller bounds it
-/// with `connect_timeout`: a peer whose kernel accepts but whose process is frozen is not up.
-async fn connect(shared: &LinkShared) -> Result<TcpStream, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// Why a connect attempt failed.
+enum ConnectError {
+    /// Socket, timeout or protocol trouble.
+    Other(String),
+    /// The cluster-secret handshake failed (see [`crate::auth`]).
+    Auth(String),
+}
+
+/// Largest handshake frame body read by [`connect`] (a challenge is 33 bytes).
+const HANDSHAKE_MAX: usize = 1024;
+
+/// Writes one frame to a stream not yet split.
+async fn write_frame(stream: &mut TcpStream, f: &Frame) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut buf = bytes::BytesMut::with_capacity(f.encoded_len());
+    f.encode(&mut buf, HANDSHAKE_MAX)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    stream.write_all(&buf).await
+}
+
+/// Reads exactly one frame (no read-ahead, so nothing is left over for the framed reader).
+async fn read_frame(stream: &mut TcpStream) -> Result<Frame, String> {
+    use tokio::io::AsyncReadExt;
+    let mut len = [0u8; crate::frame::LEN_PREFIX];
+    stream
+        .read_exact(&mut len)
+        .await
+        .map_err(|e| format!("read failed: {e}"))?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len == 0 || len > HANDSHAKE_MAX {
+        return Err(format!("handshake frame of {len} bytes"));
+    }
+    let mut body = vec![0u8; len];
+    stream
+        .read_exact(&mut body)
+        .await
+        .map_err(|e| format!("read failed: {e}"))?;
+    Frame::decode_body(Bytes::from(body)).map_err(|e| format!("bad handshake frame: {e}"))
+}
+
+/// Opens a TCP connection and checks the peer answers before the link counts as up: with a
+/// cluster secret, answers its challenge and waits for `auth-ok`; without, sends one `ping`
+/// and waits for its `pong`. The caller bounds it with `connect_timeout`, so a peer whose
+/// kernel accepts but whose process is frozen is not up.
+async fn connect(shared: &LinkShared) -> Result<TcpStream, ConnectError> {
+    use ConnectError::{Auth, Other};
     let mut stream = TcpStream::connect(&shared.addr)
         .await
-        .map_err(|e| format!("connect failed: {e}"))?;
+        .map_err(|e| Other(format!("connect failed: {e}")))?;
     if let Err(e) = stream.set_nodelay(true) {
         debug!(cause = %e, "set_nodelay failed");
     }
-    let mut ping = bytes::BytesMut::with_capacity(8);
-    Frame::Ping
-        .encode(&mut ping, shared.config.max_frame_size)
-        .map_err(|e| e.to_string())?;
-    stream
-        .write_all(&ping)
+    if let Some(secret) = &shared.config.secret {
+        let nonce = match read_frame(&mut stream).await.map_err(Other)? {
+            Frame::Challenge { nonce } => nonce,
+            other => {
+                return Err(Auth(format!(
+                    "expected a challenge (a cluster secret is configured here), got {}",
+                    other.kind_name()
+                )));
+            }
+        };
+        let info = crate::auth::random_bytes().map_err(Other)?;
+        let mac = secret.answer(&nonce, &info);
+        let answer = Frame::Auth {
+            mac: Bytes::copy_from_slice(&mac),
+            info: Bytes::copy_from_slice(&info),
+        };
+        write_frame(&mut stream, &answer)
+            .await
+            .map_err(|e| Other(format!("auth write failed: {e}")))?;
+        return match read_frame(&mut stream).await {
+            Ok(Frame::AuthOk) => Ok(stream),
+            Ok(_) => Err(Auth(
+                "peer answered our authentication with another frame".into(),
+            )),
+            Err(e) => Err(Auth(format!(
+                "peer closed the connection after our answer to its challenge                  (a different cluster secret?): {e}"
+            ))),
+        };
+    }
+    write_frame(&mut stream, &Frame::Ping)
         .await
-        .map_err(|e| format!("first ping failed: {e}"))?;
-    let mut pong = [0u8; crate::frame::LEN_PREFIX + 1];
-    stream
-        .read_exact(&mut pong)
-        .await
-        .map_err(|e| format!("no pong to the first ping: {e}"))?;
-    match Frame::decode(&mut bytes::BytesMut::from(&pong[..]), 1) {
-        Ok(Some(Frame::Pong)) => Ok(stream),
-        _ => Err(format!(
-            "peer answered the first ping with {pong:02x?}, not a pong"
+        .map_err(|e| Other(format!("first ping failed: {e}")))?;
+    match read_frame(&mut stream).await {
+        Ok(Frame::Pong) => Ok(stream),
+        Ok(Frame::Challenge { .. }) => Err(Auth(
+            "peer requires a cluster secret and none is configured here".into(),
         )),
+        Ok(_) => Err(Other(
+            "peer answered the first ping with another frame".into(),
+        )),
+        Err(e) => Err(Other(format!("no pong to the first ping: {e}"))),
     }
 }
 

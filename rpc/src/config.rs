@@ -53,6 +53,13 @@ pub struct RpcConfig {
     /// between `heartbeat_timeout` and `heartbeat_timeout + heartbeat_interval` after the
     /// last frame it sent. Default: 3 s.
     pub heartbeat_timeout: Duration,
+    /// The cluster secret. When set, an [`crate::RpcServer`] serves only peers that prove
+    /// they know it (HMAC-SHA256 challenge-response, see [`crate::auth`]), within
+    /// `connect_timeout` of accepting them, before it reads any call; an [`crate::RpcClient`]
+    /// answers the challenge, and fails with [`crate::RpcError::AuthFailed`] (retrying with
+    /// the usual backoff) when the peer refuses it or asks for a secret it does not have.
+    /// Client and server must agree: set it on both or on neither. Default: `None`.
+    pub secret: Option<crate::ClusterSecret>,
 }
 
 impl Default for RpcConfig {
@@ -71,6 +78,7 @@ impl Default for RpcConfig {
             idle_timeout: Some(Duration::from_secs(60)),
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(3),
+            secret: None,
         }
     }
 }

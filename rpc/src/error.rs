@@ -61,6 +61,18 @@ pub enum RpcError {
         /// How long the link had been silent when it was declared dead.
         silent_for: Duration,
     },
+    /// The peer refused our cluster secret, or requires one and none is configured
+    /// ([`crate::RpcConfig::secret`]). The call was not sent; the client retries connecting
+    /// with its usual backoff.
+    #[error("rpc peer `{server_id}` ({addr}) refused authentication: {reason}")]
+    AuthFailed {
+        /// The peer.
+        server_id: ServerId,
+        /// Its `host:port`.
+        addr: String,
+        /// What happened.
+        reason: String,
+    },
     /// The remote handler ran and returned this error.
     #[error("remote handler error {code}: {message}")]
     Remote {
@@ -129,6 +141,7 @@ impl RpcError {
             Self::UnknownPeer { .. }
                 | Self::NoServer { .. }
                 | Self::PeerDown { .. }
+                | Self::AuthFailed { .. }
                 | Self::FrameTooLarge { .. }
                 | Self::BadName { .. }
         )

@@ -16,6 +16,9 @@
 //! kind 0x04 error     | id u32BE | ekind u8 | code u32BE | msglen u16BE | message           |
 //! kind 0x05 ping      | (nothing)                                                      |
 //! kind 0x06 pong      | (nothing)                                                      |
+//! kind 0x07 challenge | nonce (32 bytes)                                               |
+//! kind 0x08 auth      | mac (32 bytes) | info ..                                       |
+//! kind 0x09 auth-ok   | (nothing)                                                      |
 //! ```
 //!
 //! - `len` excludes itself; `1 <= len <= max_frame_size` or the connection is closed.
@@ -34,6 +37,10 @@
 //! and then every `heartbeat_interval`; the server answers each with one `pong`. Both are the
 //! kind byte alone (`len` = 1). Frames of kinds 0x01..=0x04 are byte-identical to the
 //! format before heartbeats existed.
+//!
+//! With a cluster secret ([`crate::ClusterSecret`]) the server opens with `challenge`, the
+//! client answers `auth` (`mac` = HMAC-SHA256(secret, nonce || info)), the server answers
+//! `auth-ok`; then the client's first `ping` follows. See [`crate::auth`].
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::fmt;
@@ -49,6 +56,9 @@ const KIND_OK: u8 = 0x03;
 const KIND_ERROR: u8 = 0x04;
 const KIND_PING: u8 = 0x05;
 const KIND_PONG: u8 = 0x06;
+const KIND_CHALLENGE: u8 = 0x07;
+const KIND_AUTH: u8 = 0x08;
+const KIND_AUTH_OK: u8 = 0x09;
 /// Most bytes [`Frame::decode`] reserves ahead of data that has not arrived yet.
 pub const RESERVE_CHUNK: usize = 64 * 1024;
 /// Frames up to this many bytes are copied out of the read buffer when decoded (see
@@ -232,6 +242,20 @@ pub enum Frame {
     Ping,
     /// The server's answer to a [`Frame::Ping`].
     Pong,
+    /// The server's first frame when it requires the cluster secret.
+    Challenge {
+        /// 32 random bytes.
+        nonce: Bytes,
+    },
+    /// The client's answer to a [`Frame::Challenge`].
+    Auth {
+        /// `HMAC-SHA256(secret, nonce || info)`, 32 bytes.
+        mac: Bytes,
+        /// Bytes of the client's choosing (the rest of the frame).
+        info: Bytes,
+    },
+    /// The server accepted the [`Frame::Auth`]; calls may follow.
+    AuthOk,
 }
 
 /// A frame that breaks the format. Every variant is fatal for the connection it came from.
@@ -292,6 +316,20 @@ pub(crate) fn ok_response_body_len(payload_len: usize) -> usize {
 }
 
 impl Frame {
+    /// The frame's kind for log lines, e.g. `"a request"` (never its contents).
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Self::Request { .. } => "a request",
+            Self::Notify { .. } => "a notify",
+            Self::Response { .. } => "a response",
+            Self::Ping => "a ping",
+            Self::Pong => "a pong",
+            Self::Challenge { .. } => "a challenge",
+            Self::Auth { .. } => "an auth frame",
+            Self::AuthOk => "an auth-ok",
+        }
+    }
+
     /// Bytes this frame occupies on the wire, length prefix included.
     pub fn encoded_len(&self) -> usize {
         LEN_PREFIX + self.body_len()
@@ -315,7 +353,9 @@ impl Frame {
             Self::Response { result: Err(e), .. } => {
                 1 + 4 + 1 + 4 + 2 + e.message.len().min(u16::MAX as usize)
             }
-            Self::Ping | Self::Pong => 1,
+            Self::Ping | Self::Pong | Self::AuthOk => 1,
+            Self::Challenge { nonce } => 1 + nonce.len(),
+            Self::Auth { mac, info } => 1 + mac.len() + info.len(),
         }
     }
 
@@ -373,6 +413,16 @@ impl Frame {
             }
             Self::Ping => dst.put_u8(KIND_PING),
             Self::Pong => dst.put_u8(KIND_PONG),
+            Self::AuthOk => dst.put_u8(KIND_AUTH_OK),
+            Self::Challenge { nonce } => {
+                dst.put_u8(KIND_CHALLENGE);
+                dst.put_slice(nonce);
+            }
+            Self::Auth { mac, info } => {
+                dst.put_u8(KIND_AUTH);
+                dst.put_slice(mac);
+                dst.put_slice(info);
+            }
         }
         Ok(())
     }
@@ -481,17 +531,34 @@ impl Frame {
                     }),
                 })
             }
-            KIND_PING | KIND_PONG => {
+            KIND_PING | KIND_PONG | KIND_AUTH_OK => {
                 if !body.is_empty() {
                     return Err(FrameError::Malformed {
-                        reason: "ping or pong frame with a body",
+                        reason: "ping, pong or auth-ok frame with a body",
                     });
                 }
-                Ok(if kind == KIND_PING {
-                    Self::Ping
-                } else {
-                    Self::Pong
+                Ok(match kind {
+                    KIND_PING => Self::Ping,
+                    KIND_PONG => Self::Pong,
+                    _ => Self::AuthOk,
                 })
+            }
+            KIND_CHALLENGE => {
+                if body.len() != crate::auth::AUTH_LEN {
+                    return Err(FrameError::Malformed {
+                        reason: "challenge nonce is not 32 bytes",
+                    });
+                }
+                Ok(Self::Challenge { nonce: body })
+            }
+            KIND_AUTH => {
+                if body.len() < crate::auth::AUTH_LEN {
+                    return Err(FrameError::Malformed {
+                        reason: "auth frame shorter than its mac",
+                    });
+                }
+                let mac = body.split_to(crate::auth::AUTH_LEN);
+                Ok(Self::Auth { mac, info: body })
             }
             kind => Err(FrameError::UnknownKind { kind }),
         }
@@ -915,6 +982,18 @@ mod tests {
             (any::<u32>(), payload).prop_map(|(id, p)| Frame::Response { id, result: Ok(p) }),
             Just(Frame::Ping),
             Just(Frame::Pong),
+            Just(Frame::AuthOk),
+            proptest::collection::vec(any::<u8>(), 32).prop_map(|n| Frame::Challenge {
+                nonce: Bytes::from(n)
+            }),
+            (
+                proptest::collection::vec(any::<u8>(), 32),
+                proptest::collection::vec(any::<u8>(), 0..64)
+            )
+                .prop_map(|(m, i)| Frame::Auth {
+                    mac: Bytes::from(m),
+                    info: Bytes::from(i)
+                }),
             (any::<u32>(), kind, any::<u32>(), ".{0,60}").prop_map(|(id, kind, code, message)| {
                 Frame::Response {
                     id,

@@ -27,6 +27,9 @@
 //! error     0x04 | id u32BE | ekind u8 | code u32BE | msglen u16BE | message
 //! ping      0x05 | (client heartbeat)
 //! pong      0x06 | (the server's answer)
+//! challenge 0x07 | nonce (32 bytes)            (only with a cluster secret)
+//! auth      0x08 | mac (32 bytes) | info ..    (HMAC-SHA256(secret, nonce || info))
+//! auth-ok   0x09 |
 //! ```
 //!
 //! `ns` is 0 for `sys` (the framework's own remotes) and 1 for `user` (the app's). Payloads
@@ -103,6 +106,7 @@
 //! Through `tracing`: spans `rpc_server{local}`, `rpc_conn{peer}` on the server and
 //! `rpc_peer{server_id, addr}` on the client; a closed connection is logged with its reason.
 
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod directory;
@@ -113,6 +117,7 @@ pub mod payload;
 pub mod server;
 pub mod service;
 
+pub use auth::{ClusterSecret, SecretError};
 pub use client::{PeerState, RpcClient};
 pub use config::RpcConfig;
 pub use directory::{

@@ -1,11 +1,13 @@
 //! [`RpcServer`]: accepts RPC connections and dispatches calls to registered services.
 
+use crate::auth::{ClusterSecret, random_bytes};
 use crate::config::RpcConfig;
 use crate::frame::{
     CodecError, ErrorKind, Frame, FrameCodec, Name, WireError, ok_response_body_len,
 };
 use crate::io::spawn_writer;
 use crate::service::Registry;
+use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -166,10 +168,31 @@ impl RpcServer {
         let mut frames = FramedRead::new(rd, FrameCodec::new(cfg.max_frame_size));
         debug!("rpc connection open");
         let mut idle = cfg.idle_timeout.map(IdleCheck::new);
+        let authed = match &cfg.secret {
+            None => true,
+            Some(secret) => {
+                let limit = cfg.connect_timeout;
+                tokio::select! {
+                    r = tokio::time::timeout(limit, authenticate(&mut frames, &tx, secret)) => match r {
+                        Ok(Ok(())) => true,
+                        Ok(Err(why)) => {
+                            warn!(reason = %why, "closing rpc connection: authentication failed");
+                            false
+                        }
+                        Err(_) => {
+                            warn!(timeout = ?limit, "closing rpc connection: authentication failed: no answer to the challenge in time");
+                            false
+                        }
+                    },
+                    () = shutdown.cancelled() => false,
+                    () = writer_stop.cancelled() => false,
+                }
+            }
+        };
         loop {
             // Checked here as well as in the selects below, which poll the socket first: a
             // peer that never stops sending must not keep the connection from shutting down.
-            if shutdown.is_cancelled() || writer_stop.is_cancelled() {
+            if !authed || shutdown.is_cancelled() || writer_stop.is_cancelled() {
                 break;
             }
             // Fast paths first: registering on the cancellation tokens costs a lock, so
@@ -265,6 +288,13 @@ impl RpcServer {
                     let _ = tx.try_send(Frame::Pong);
                 }
                 Some(Ok(Frame::Pong)) => {}
+                Some(Ok(f @ (Frame::Challenge { .. } | Frame::Auth { .. } | Frame::AuthOk))) => {
+                    warn!(
+                        frame = f.kind_name(),
+                        "closing rpc connection: unexpected authentication frame"
+                    );
+                    break;
+                }
                 Some(Ok(Frame::Response { id, .. })) => {
                     warn!(
                         id,
@@ -297,6 +327,44 @@ impl RpcServer {
             Ok(Err(e)) => debug!(cause = %e, "rpc connection write failed"),
             Err(e) => warn!(cause = %e, "rpc writer task failed"),
         }
+    }
+}
+
+/// The server's side of the cluster-secret handshake (see [`crate::auth`]): sends a
+/// challenge, reads exactly one frame, which must be an `auth` with the right MAC, and answers
+/// `auth-ok`. Nothing else is read before it succeeds, so no call of an unauthenticated peer
+/// is ever dispatched. The error says why, for the log (never the secret or the MAC).
+async fn authenticate<R>(
+    frames: &mut FramedRead<R, FrameCodec>,
+    tx: &mpsc::Sender<Frame>,
+    secret: &ClusterSecret,
+) -> Result<(), String>
+where
+    R: AsyncRead + Unpin,
+{
+    let nonce = Bytes::copy_from_slice(&random_bytes()?);
+    tx.send(Frame::Challenge {
+        nonce: nonce.clone(),
+    })
+    .await
+    .map_err(|_| "connection closed before the challenge went out".to_owned())?;
+    match frames.next().await {
+        Some(Ok(Frame::Auth { mac, info })) => {
+            if !secret.verify(&nonce, &info, &mac) {
+                return Err("wrong cluster secret (bad challenge answer)".into());
+            }
+            tx.send(Frame::AuthOk)
+                .await
+                .map_err(|_| "connection closed before auth-ok went out".to_owned())?;
+            debug!("rpc peer authenticated");
+            Ok(())
+        }
+        Some(Ok(other)) => Err(format!(
+            "peer sent {} before authenticating (no cluster secret configured?)",
+            other.kind_name()
+        )),
+        Some(Err(e)) => Err(format!("bad frame before authenticating: {e}")),
+        None => Err("peer closed the connection before authenticating".into()),
     }
 }
 

@@ -539,3 +539,105 @@ impl slowpoke::Remote for ArcSlow {
         slowpoke::Remote::quick(&*self.0, a).await
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// 6. Cluster secret
+
+fn with_secret(secret: Option<&shaddock_rpc::ClusterSecret>) -> RpcConfig {
+    let mut c = config();
+    c.secret = secret.cloned();
+    c.connect_timeout = Duration::from_millis(500);
+    c
+}
+
+/// Same secret on both sides: calls go through. A client with another secret, or with none,
+/// gets `AuthFailed` (not a timeout, not `PeerDown`), and the handler never runs for it.
+#[tokio::test]
+async fn only_clients_with_the_cluster_secret_are_served() {
+    let (logs, _guard) = shaddock_test_support::logs::capture_logs();
+    let secret = shaddock_rpc::ClusterSecret::generate().unwrap();
+    let peer = Peer::start(with_secret(Some(&secret))).await;
+
+    let good = peer.client(with_secret(Some(&secret)));
+    let r = t(
+        echo::Client::new(&good).count(Target::server("echo-1"), Raw(Bytes::from_static(b"ok")))
+    )
+    .await
+    .unwrap();
+    assert_eq!(&r.0[..], b"ok");
+    assert_eq!(peer.counted.load(Ordering::SeqCst), 1);
+
+    let other = shaddock_rpc::ClusterSecret::generate().unwrap();
+    for (what, cfg) in [
+        ("a wrong secret", with_secret(Some(&other))),
+        ("no secret", with_secret(None)),
+    ] {
+        let bad = peer.client(cfg);
+        for _ in 0..2 {
+            let err = t(echo::Client::new(&bad)
+                .count(Target::server("echo-1"), Raw(Bytes::from_static(b"no"))))
+            .await
+            .unwrap_err();
+            assert!(
+                matches!(&err, shaddock_rpc::RpcError::AuthFailed { server_id, .. } if server_id.as_str() == "echo-1"),
+                "{what}: {err:?}"
+            );
+            assert!(err.is_not_sent());
+        }
+    }
+    assert_eq!(
+        peer.counted.load(Ordering::SeqCst),
+        1,
+        "a handler ran for an unauthenticated peer"
+    );
+    let text = logs.text();
+    assert!(text.contains("wrong cluster secret"), "{text}");
+    assert!(text.contains("before authenticating"), "{text}");
+    assert!(
+        !text.contains(&secret.to_hex()) && !text.contains(&other.to_hex()),
+        "a secret was logged"
+    );
+    // The good client is still served.
+    t(echo_call(&good, 7)).await.unwrap();
+    peer.stop().await;
+}
+
+/// A raw socket that ignores the challenge and sends a request is closed with a warn naming
+/// it, and the request's handler never runs; one that sends nothing is closed after the
+/// authentication time limit (`connect_timeout`).
+#[tokio::test]
+async fn unauthenticated_raw_peers_are_closed_and_their_calls_never_run() {
+    let (logs, _guard) = shaddock_test_support::logs::capture_logs();
+    let secret = shaddock_rpc::ClusterSecret::generate().unwrap();
+    let peer = Peer::start(with_secret(Some(&secret))).await;
+
+    let mut raw = t(TcpStream::connect(peer.addr)).await.unwrap();
+    let me = raw.local_addr().unwrap();
+    t(raw.write_all(&request(1, "count", b"x"))).await.unwrap();
+    let mut buf = BytesMut::new();
+    assert!(
+        matches!(
+            read_frame(&mut raw, &mut buf).await,
+            Some(Frame::Challenge { .. })
+        ),
+        "the server opens with a challenge"
+    );
+    expect_eof(&mut raw).await;
+    logs.expect(me, "authentication failed").await;
+    assert!(logs.has(me, "a request before authenticating"));
+
+    let mut silent = t(TcpStream::connect(peer.addr)).await.unwrap();
+    let silent_me = silent.local_addr().unwrap();
+    expect_eof(&mut silent).await;
+    logs.expect(silent_me, "no answer to the challenge in time")
+        .await;
+
+    assert_eq!(
+        peer.counted.load(Ordering::SeqCst),
+        0,
+        "an unauthenticated call ran"
+    );
+    let good = peer.client(with_secret(Some(&secret)));
+    t(echo_call(&good, 1)).await.unwrap();
+    peer.stop().await;
+}
