@@ -18,7 +18,9 @@ pub struct RpcConfig {
     /// Handlers running at once per server connection; the server stops reading that
     /// connection while they are all busy. Default: 4096.
     pub max_in_flight_per_connection: usize,
-    /// Time allowed for one TCP connect to a peer. Default: 3 s.
+    /// Time allowed for one connect to a peer: the TCP connect and the peer's first answer
+    /// (the `pong` to a first `ping`, or the cluster-secret handshake). A server with a
+    /// `secret` gives each accepted peer this long to authenticate. Default: 3 s.
     pub connect_timeout: Duration,
     /// First reconnect delay; doubled after each failed attempt. Default: 100 ms.
     pub backoff_base: Duration,

@@ -99,6 +99,9 @@
 //! - The server serves at most `max_connections` peers (further ones wait in the listen
 //!   backlog), closes a connection silent for `idle_timeout` (default 60 s), and a read buffer
 //!   grows with the bytes that arrive, never by a declared frame length at once.
+//! - With [`RpcConfig::secret`] set, a server reads no call from a peer before it answered an
+//!   HMAC-SHA256 challenge with the cluster secret; a client refused (or asked for a secret it
+//!   lacks) gets [`RpcError::AuthFailed`]. Without it the port trusts any peer.
 //! - [`RpcServer::serve`] waits for running handlers at shutdown; a handler that never
 //!   finishes keeps it waiting (bound it with a timeout around `serve` if needed).
 //!
