@@ -20,12 +20,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
+/// Largest frame body read from a peer that has not authenticated yet (an `auth` frame is 65
+/// bytes with the client's 32 bytes of `info`).
+const AUTH_FRAME_MAX: usize = 1024;
+
 /// Serves the services of a [`Registry`] on a listener.
 ///
-/// Each connection reads frames in one task and runs every call in its own task, so many calls
-/// are in flight per connection and a slow handler blocks nobody; replies go through a bounded
-/// queue to a writer task that coalesces them. A bad frame closes that connection only (with a
-/// `warn!` naming the peer and the reason).
+/// Each connection reads frames in one task and runs every call in its own task (never on the
+/// read loop), so many calls are in flight per connection and a slow handler blocks nobody;
+/// replies go through a bounded queue to a writer task that coalesces them. A bad frame closes
+/// that connection only (with a `warn!` naming the peer and the reason). At most
+/// `max_connections` are served at once (the slot is taken before `accept`); a connection
+/// silent for `idle_timeout` is closed; with a `secret`, nothing but the authentication
+/// handshake is read before the peer proved it knows the secret (see [`crate::auth`]).
 #[derive(Debug, Clone)]
 pub struct RpcServer {
     registry: Arc<Registry>,
@@ -165,7 +172,14 @@ impl RpcServer {
             writer_stop.clone(),
         );
         let permits = Arc::new(Semaphore::new(cfg.max_in_flight_per_connection.max(1)));
-        let mut frames = FramedRead::new(rd, FrameCodec::new(cfg.max_frame_size));
+        // Before authentication only handshake-sized frames are accepted: an unauthenticated
+        // peer cannot make the server buffer a large frame.
+        let first_limit = if cfg.secret.is_some() {
+            AUTH_FRAME_MAX.min(cfg.max_frame_size)
+        } else {
+            cfg.max_frame_size
+        };
+        let mut frames = FramedRead::new(rd, FrameCodec::new(first_limit));
         debug!("rpc connection open");
         let mut idle = cfg.idle_timeout.map(IdleCheck::new);
         let authed = match &cfg.secret {
@@ -174,7 +188,10 @@ impl RpcServer {
                 let limit = cfg.connect_timeout;
                 tokio::select! {
                     r = tokio::time::timeout(limit, authenticate(&mut frames, &tx, secret)) => match r {
-                        Ok(Ok(())) => true,
+                        Ok(Ok(())) => {
+                            *frames.decoder_mut() = FrameCodec::new(cfg.max_frame_size);
+                            true
+                        }
                         Ok(Err(why)) => {
                             warn!(reason = %why, "closing rpc connection: authentication failed");
                             false

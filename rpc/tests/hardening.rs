@@ -641,3 +641,21 @@ async fn unauthenticated_raw_peers_are_closed_and_their_calls_never_run() {
     t(echo_call(&good, 1)).await.unwrap();
     peer.stop().await;
 }
+
+/// Before authenticating, a peer cannot make the server buffer a large frame: a header
+/// declaring 4 KiB (well under `max_frame_size`) is refused at once.
+#[tokio::test]
+async fn an_unauthenticated_peer_cannot_send_a_large_frame() {
+    let (logs, _guard) = shaddock_test_support::logs::capture_logs();
+    let secret = shaddock_rpc::ClusterSecret::generate().unwrap();
+    let peer = Peer::start(with_secret(Some(&secret))).await;
+    let mut raw = t(TcpStream::connect(peer.addr)).await.unwrap();
+    let me = raw.local_addr().unwrap();
+    let mut hdr = BytesMut::new();
+    hdr.put_u32(4096);
+    hdr.put_u8(0x08);
+    t(raw.write_all(&hdr)).await.unwrap();
+    expect_eof(&mut raw).await;
+    logs.expect(me, "exceeds the limit of 1024 bytes").await;
+    peer.stop().await;
+}
