@@ -254,11 +254,11 @@ async fn the_connection_cap_holds_extra_peers_until_one_closes() {
 // 3. Idle peers are closed
 
 /// A peer that sends nothing for `idle_timeout` is closed with a log line naming it; one that
-/// keeps sending (here a request every third of the timeout, for three timeouts) is not.
+/// keeps sending (here a request every sixth of the timeout, for two timeouts) is not.
 #[tokio::test]
 async fn a_silent_peer_is_closed_after_the_idle_timeout_and_a_talking_one_is_not() {
     let (logs, _guard) = shaddock_test_support::logs::capture_logs();
-    const IDLE: Duration = Duration::from_millis(300);
+    const IDLE: Duration = Duration::from_millis(600);
     let mut cfg = config();
     cfg.idle_timeout = Some(IDLE);
     let peer = Peer::start(cfg).await;
@@ -266,7 +266,8 @@ async fn a_silent_peer_is_closed_after_the_idle_timeout_and_a_talking_one_is_not
     let silent_addr = silent.local_addr().unwrap();
     let mut talking = t(TcpStream::connect(peer.addr)).await.unwrap();
     let mut buf = BytesMut::new();
-    for id in 1..=9 {
+    // Twelve requests 100 ms apart: twice the idle timeout, never silent for a sixth of it.
+    for id in 1..=12 {
         t(talking.write_all(&request(id, "echo", b"x")))
             .await
             .unwrap();
@@ -277,19 +278,19 @@ async fn a_silent_peer_is_closed_after_the_idle_timeout_and_a_talking_one_is_not
             }) => assert_eq!(got, id),
             other => panic!("the talking peer was not served: {other:?}"),
         }
-        tokio::time::sleep(IDLE / 3).await;
+        tokio::time::sleep(IDLE / 6).await;
     }
     expect_eof(&mut silent).await;
     logs.expect(silent_addr, "closing idle rpc connection")
         .await;
     // The talking one is still served.
-    t(talking.write_all(&request(10, "echo", b"x")))
+    t(talking.write_all(&request(13, "echo", b"x")))
         .await
         .unwrap();
     assert!(matches!(
         read_frame(&mut talking, &mut buf).await,
         Some(Frame::Response {
-            id: 10,
+            id: 13,
             result: Ok(_)
         })
     ));
