@@ -772,7 +772,8 @@ async fn connect(shared: &LinkShared) -> Result<TcpStream, ConnectError> {
                 "peer answered our authentication with another frame".into(),
             )),
             Err(e) => Err(Auth(format!(
-                "peer closed the connection after our answer to its challenge                  (a different cluster secret?): {e}"
+                "peer closed the connection after our answer to its challenge \
+                 (a different cluster secret?): {e}"
             ))),
         };
     }

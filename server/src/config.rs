@@ -826,6 +826,50 @@ mod tests {
     }
 
     #[test]
+    fn rpc_secret_is_random_or_absent() {
+        let servers = r#"{"development":{"chat":[{"id":"a","host":"h","port":1}]}}"#;
+        let d = tmp("secret");
+        write(
+            &d,
+            servers,
+            r#"{"development":{"id":"m","host":"h","port":2}}"#,
+        );
+        assert!(
+            !ClusterConfig::load(&d, "development")
+                .unwrap()
+                .master
+                .random_rpc_secret
+        );
+        write(
+            &d,
+            servers,
+            r#"{"development":{"id":"m","host":"h","port":2,"rpcSecret":"random"}}"#,
+        );
+        assert!(
+            ClusterConfig::load(&d, "development")
+                .unwrap()
+                .master
+                .random_rpc_secret
+        );
+        write(
+            &d,
+            servers,
+            r#"{"development":{"id":"m","host":"h","port":2,"rpcSecret":"00112233445566778899aabbccddeeff"}}"#,
+        );
+        let err = ClusterConfig::load(&d, "development")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("rpcSecret") && err.contains("must be \"random\""),
+            "{err}"
+        );
+        assert!(
+            !err.contains("00112233445566778899aabbccddeeff"),
+            "the value is echoed: {err}"
+        );
+    }
+
+    #[test]
     fn port_zero_means_any_and_never_clashes() {
         let d = tmp("zero");
         write(
