@@ -400,13 +400,19 @@ struct SlowImpl {
 impl slowpoke::Remote for SlowImpl {
     async fn block(&self, a: Raw) -> Result<Raw, RemoteError> {
         self.entered.store(true, Ordering::SeqCst);
-        // CPU-bound or blocking code inside an async fn, never awaiting: it holds its thread.
-        // Bounded, so a failing test cannot leave it stuck; dropping the sender releases it.
-        let released = self
-            .gate
-            .lock()
-            .unwrap()
-            .recv_timeout(Duration::from_secs(20));
+        // Blocking code inside an async fn, never awaiting: it holds its thread. Wrapped in
+        // `block_in_place`, as a CPU-heavy handler on a multi-thread runtime should be: without
+        // it tokio cannot move the tasks parked in this worker's LIFO slot (which is not
+        // stealable) to another thread, and an unlucky connection task of this test would wait
+        // for the release with it. It is still this call's task that blocks: on the old read
+        // loop (first poll inline) the read loop itself was stuck here. Bounded, so a failing
+        // test cannot leave it stuck; dropping the sender releases it.
+        let released = tokio::task::block_in_place(|| {
+            self.gate
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(20))
+        });
         match released {
             Ok(()) => Ok(a),
             Err(_) => Err(RemoteError::new(1, "not released")),
