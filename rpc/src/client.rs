@@ -252,12 +252,10 @@ impl RpcClient {
             r => r?,
         };
         let server_id = &server_id;
-        let lost = || RpcError::ConnectionLost {
-            server_id: server_id.clone(),
-        };
         // The connect wait counts against the call's deadline too.
         let exchange = async {
             let conn = link.conn().await?;
+            let lost = || conn.pending.lost_error(server_id);
             let (id, rx) = conn.pending.register().ok_or_else(lost)?;
             let mut guard = PendingGuard {
                 pending: &conn.pending,
@@ -374,10 +372,19 @@ struct Pending {
     next_id: AtomicU32,
 }
 
+/// Why a connection's calls were failed.
+#[derive(Clone, Copy)]
+enum Lost {
+    /// The connection closed or broke.
+    Connection,
+    /// The heartbeat found it silent for this long.
+    Unresponsive(std::time::Duration),
+}
+
 #[derive(Default)]
 struct PendingMap {
     /// Set when the connection is gone; no call may register after that.
-    closed: bool,
+    closed: Option<Lost>,
     calls: HashMap<u32, oneshot::Sender<Result<Bytes, WireError>>>,
 }
 
@@ -399,7 +406,7 @@ impl Pending {
     fn register(&self) -> Option<(u32, Reply)> {
         let (tx, rx) = oneshot::channel();
         let mut map = self.lock();
-        if map.closed {
+        if map.closed.is_some() {
             return None;
         }
         let mut id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -423,11 +430,24 @@ impl Pending {
         }
     }
 
+    /// The error of a call whose connection went away (see [`Pending::close`]).
+    fn lost_error(&self, server_id: &ServerId) -> RpcError {
+        match self.lock().closed {
+            Some(Lost::Unresponsive(silent_for)) => RpcError::PeerUnresponsive {
+                server_id: server_id.clone(),
+                silent_for,
+            },
+            _ => RpcError::ConnectionLost {
+                server_id: server_id.clone(),
+            },
+        }
+    }
+
     /// Fails every waiting call (their senders are dropped) and refuses new ones.
-    fn close(&self) {
+    fn close(&self, why: Lost) {
         let calls = {
             let mut map = self.lock();
-            map.closed = true;
+            map.closed.get_or_insert(why);
             std::mem::take(&mut map.calls)
         };
         if !calls.is_empty() {
@@ -480,6 +500,9 @@ struct LinkShared {
     config: RpcConfig,
     cancel: CancellationToken,
     state: watch::Sender<LinkState>,
+    /// Whether the last connect attempt failed on the cluster secret (callers then get
+    /// [`RpcError::AuthFailed`] instead of [`RpcError::PeerDown`]).
+    auth_failed: std::sync::atomic::AtomicBool,
 }
 
 /// The connection slot of one peer entry; dropping it closes the connection.
@@ -509,6 +532,7 @@ impl Link {
                 config: config.clone(),
                 cancel: CancellationToken::new(),
                 state,
+                auth_failed: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -521,6 +545,13 @@ struct LinkHandle {
 
 impl LinkHandle {
     fn down(&self, reason: &str) -> RpcError {
+        if self.shared.auth_failed.load(Ordering::Relaxed) {
+            return RpcError::AuthFailed {
+                server_id: self.shared.server_id.clone(),
+                addr: self.shared.addr.clone(),
+                reason: reason.to_owned(),
+            };
+        }
         RpcError::PeerDown {
             server_id: self.shared.server_id.clone(),
             addr: self.shared.addr.clone(),
@@ -601,17 +632,18 @@ async fn drive(shared: Arc<LinkShared>) {
     let cfg = &shared.config;
     let mut failures = 0u32;
     loop {
-        let attempt = tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(&shared.addr));
+        let attempt = tokio::time::timeout(cfg.connect_timeout, connect(&shared));
         let result = tokio::select! {
             r = attempt => r,
             () = shared.cancel.cancelled() => break,
         };
+        shared.auth_failed.store(
+            matches!(result, Ok(Err(ConnectError::Auth(_)))),
+            Ordering::Relaxed,
+        );
         let reason: Arc<str> = match result {
             Ok(Ok(stream)) => {
                 failures = 0;
-                if let Err(e) = stream.set_nodelay(true) {
-                    debug!(cause = %e, "set_nodelay failed");
-                }
                 info!("rpc peer connected");
                 let reason = run_connection(stream, &shared).await;
                 if shared.cancel.is_cancelled() {
@@ -625,8 +657,15 @@ async fn drive(shared: Arc<LinkShared>) {
                 });
                 continue;
             }
-            Ok(Err(e)) => Arc::from(format!("connect failed: {e}")),
-            Err(_) => Arc::from(format!("connect timed out after {:?}", cfg.connect_timeout)),
+            Ok(Err(ConnectError::Other(e))) => Arc::from(e),
+            Ok(Err(ConnectError::Auth(e))) => {
+                warn!(reason = %e, "rpc authentication failed");
+                Arc::from(format!("authentication failed: {e}"))
+            }
+            Err(_) => Arc::from(format!(
+                "connect timed out after {:?} (TCP connect and the first ping/pong)",
+                cfg.connect_timeout
+            )),
         };
         failures += 1;
         if failures >= cfg.reconnect_max_attempts.max(1) {
@@ -656,6 +695,109 @@ async fn drive(shared: Arc<LinkShared>) {
     debug!("rpc peer link closed");
 }
 
+/// Why a connect attempt failed.
+enum ConnectError {
+    /// Socket, timeout or protocol trouble.
+    Other(String),
+    /// The cluster-secret handshake failed (see [`crate::auth`]).
+    Auth(String),
+}
+
+/// Largest handshake frame body read by [`connect`] (a challenge is 33 bytes).
+const HANDSHAKE_MAX: usize = 1024;
+
+/// Writes one frame to a stream not yet split.
+async fn write_frame(stream: &mut TcpStream, f: &Frame) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut buf = bytes::BytesMut::with_capacity(f.encoded_len());
+    f.encode(&mut buf, HANDSHAKE_MAX)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    stream.write_all(&buf).await
+}
+
+/// Reads exactly one frame (no read-ahead, so nothing is left over for the framed reader).
+async fn read_frame(stream: &mut TcpStream) -> Result<Frame, String> {
+    use tokio::io::AsyncReadExt;
+    let mut len = [0u8; crate::frame::LEN_PREFIX];
+    stream
+        .read_exact(&mut len)
+        .await
+        .map_err(|e| format!("read failed: {e}"))?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len == 0 || len > HANDSHAKE_MAX {
+        return Err(format!("handshake frame of {len} bytes"));
+    }
+    let mut body = vec![0u8; len];
+    stream
+        .read_exact(&mut body)
+        .await
+        .map_err(|e| format!("read failed: {e}"))?;
+    Frame::decode_body(Bytes::from(body)).map_err(|e| format!("bad handshake frame: {e}"))
+}
+
+/// Opens a TCP connection and checks the peer answers before the link counts as up: with a
+/// cluster secret, answers its challenge and waits for `auth-ok`; without, sends one `ping`
+/// and waits for its `pong`. The caller bounds it with `connect_timeout`, so a peer whose
+/// kernel accepts but whose process is frozen is not up.
+async fn connect(shared: &LinkShared) -> Result<TcpStream, ConnectError> {
+    use ConnectError::{Auth, Other};
+    let mut stream = TcpStream::connect(&shared.addr)
+        .await
+        .map_err(|e| Other(format!("connect failed: {e}")))?;
+    if let Err(e) = stream.set_nodelay(true) {
+        debug!(cause = %e, "set_nodelay failed");
+    }
+    if let Some(secret) = &shared.config.secret {
+        let nonce = match read_frame(&mut stream).await.map_err(Other)? {
+            Frame::Challenge { nonce } => nonce,
+            other => {
+                return Err(Auth(format!(
+                    "expected a challenge (a cluster secret is configured here), got {}",
+                    other.kind_name()
+                )));
+            }
+        };
+        let info = crate::auth::random_bytes().map_err(Other)?;
+        let mac = secret.answer(&nonce, &info);
+        let answer = Frame::Auth {
+            mac: Bytes::copy_from_slice(&mac),
+            info: Bytes::copy_from_slice(&info),
+        };
+        write_frame(&mut stream, &answer)
+            .await
+            .map_err(|e| Other(format!("auth write failed: {e}")))?;
+        return match read_frame(&mut stream).await {
+            Ok(Frame::AuthOk) => Ok(stream),
+            Ok(_) => Err(Auth(
+                "peer answered our authentication with another frame".into(),
+            )),
+            Err(e) => Err(Auth(format!(
+                "peer closed the connection after our answer to its challenge \
+                 (a different cluster secret?): {e}"
+            ))),
+        };
+    }
+    write_frame(&mut stream, &Frame::Ping)
+        .await
+        .map_err(|e| Other(format!("first ping failed: {e}")))?;
+    match read_frame(&mut stream).await {
+        Ok(Frame::Pong) => Ok(stream),
+        Ok(Frame::Challenge { .. }) => Err(Auth(
+            "peer requires a cluster secret and none is configured here".into(),
+        )),
+        Ok(_) => Err(Other(
+            "peer answered the first ping with another frame".into(),
+        )),
+        Err(e) => Err(Other(format!("no pong to the first ping: {e}"))),
+    }
+}
+
+/// Notices a silent link: a flag set per frame received, checked at every heartbeat tick.
+struct Silence {
+    last_seen: tokio::time::Instant,
+    seen: bool,
+}
+
 /// Runs one connection until it ends; returns why. Calls in flight fail when it returns.
 async fn run_connection(stream: TcpStream, shared: &LinkShared) -> Arc<str> {
     let cfg = &shared.config;
@@ -664,20 +806,53 @@ async fn run_connection(stream: TcpStream, shared: &LinkShared) -> Arc<str> {
     let pending = Arc::new(Pending::new());
     let stop = shared.cancel.child_token();
     let writer = spawn_writer(wr, rx, cfg.write_batch, cfg.max_frame_size, stop.clone());
+    let ping_tx = tx.clone();
     shared.state.send_replace(LinkState::Up(Conn {
         tx,
         pending: Arc::clone(&pending),
     }));
     let mut frames = FramedRead::new(rd, FrameCodec::new(cfg.max_frame_size));
+    let period = cfg
+        .heartbeat_interval
+        .max(std::time::Duration::from_millis(1));
+    let start = tokio::time::Instant::now();
+    let mut heartbeat = tokio::time::interval_at(start + period, period);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The connect's pong was the last frame seen.
+    let mut silence = Silence {
+        last_seen: start,
+        seen: false,
+    };
+    let mut lost = Lost::Connection;
     let reason: Arc<str> = loop {
         let next = tokio::select! {
-            // Socket first: the token is only registered on when no frame is ready.
+            // Socket first: the token and the timer are only registered on when no frame is
+            // ready.
             biased;
             f = frames.next() => f,
             () = stop.cancelled() => break Arc::from("connection closed"),
+            now = heartbeat.tick() => {
+                if std::mem::take(&mut silence.seen) {
+                    silence.last_seen = now;
+                } else {
+                    let silent = now.saturating_duration_since(silence.last_seen);
+                    if silent >= cfg.heartbeat_timeout {
+                        warn!(silent_for = ?silent, "rpc peer unresponsive; declaring the link dead");
+                        lost = Lost::Unresponsive(silent);
+                        break Arc::from(format!("peer unresponsive: nothing received for {silent:?}"));
+                    }
+                }
+                // A full queue means frames are already going out; skip this ping.
+                let _ = ping_tx.try_send(Frame::Ping);
+                continue;
+            }
         };
+        if next.is_some() {
+            silence.seen = true;
+        }
         match next {
             Some(Ok(Frame::Response { id, result })) => pending.complete(id, result),
+            Some(Ok(Frame::Pong)) => {}
             Some(Ok(_)) => {
                 warn!("closing rpc connection: peer sent a request frame to a client");
                 break Arc::from("peer sent a request frame to a client");
@@ -691,7 +866,7 @@ async fn run_connection(stream: TcpStream, shared: &LinkShared) -> Arc<str> {
         }
     };
     // Order matters: refuse new calls and fail those in flight, then stop the writer.
-    pending.close();
+    pending.close(lost);
     shared.state.send_replace(LinkState::Down {
         reason: Arc::clone(&reason),
     });

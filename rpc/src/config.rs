@@ -18,7 +18,9 @@ pub struct RpcConfig {
     /// Handlers running at once per server connection; the server stops reading that
     /// connection while they are all busy. Default: 4096.
     pub max_in_flight_per_connection: usize,
-    /// Time allowed for one TCP connect to a peer. Default: 3 s.
+    /// Time allowed for one connect to a peer: the TCP connect and the peer's first answer
+    /// (the `pong` to a first `ping`, or the cluster-secret handshake). A server with a
+    /// `secret` gives each accepted peer this long to authenticate. Default: 3 s.
     pub connect_timeout: Duration,
     /// First reconnect delay; doubled after each failed attempt. Default: 100 ms.
     pub backoff_base: Duration,
@@ -30,6 +32,36 @@ pub struct RpcConfig {
     /// Frames a writer drains from its queue into one buffer before writing (write
     /// coalescing). Default: 256.
     pub write_batch: usize,
+    /// Connections an [`crate::RpcServer`] serves at once. The server takes a slot *before*
+    /// it accepts, so while all are taken further peers wait in the kernel's listen backlog
+    /// (their connect succeeds, nothing is read from them) until a connection closes; none
+    /// is accepted and dropped. Default: 1024.
+    pub max_connections: usize,
+    /// An [`crate::RpcServer`] closes a connection on which nothing (no frame at all, not even
+    /// a heartbeat ping) arrived for this long, logging the peer at `info`. It is checked a
+    /// quarter of it at a time, so the close comes between `idle_timeout` and 1.25 x
+    /// `idle_timeout` after the last frame. `None`: never. Must be well above the clients'
+    /// `heartbeat_interval`, which keeps every live link busy. Default: 60 s.
+    pub idle_timeout: Option<Duration>,
+    /// A client link sends a `ping` frame this often (the server answers `pong`), whether or
+    /// not calls are flowing. Default: 1 s.
+    pub heartbeat_interval: Duration,
+    /// A client link on which nothing at all arrived (no reply, no `pong`) for this long is
+    /// declared dead: every call in flight on it fails at once with
+    /// [`crate::RpcError::PeerUnresponsive`], new calls fail fast with
+    /// [`crate::RpcError::PeerDown`], and the client reconnects (a reconnect counts only once
+    /// the peer has answered a `ping`, within `connect_timeout`). Silence is checked at each
+    /// heartbeat, so a peer that freezes (e.g. `SIGSTOP`) with its socket open is detected
+    /// between `heartbeat_timeout` and `heartbeat_timeout + heartbeat_interval` after the
+    /// last frame it sent. Default: 3 s.
+    pub heartbeat_timeout: Duration,
+    /// The cluster secret. When set, an [`crate::RpcServer`] serves only peers that prove
+    /// they know it (HMAC-SHA256 challenge-response, see [`crate::auth`]), within
+    /// `connect_timeout` of accepting them, before it reads any call; an [`crate::RpcClient`]
+    /// answers the challenge, and fails with [`crate::RpcError::AuthFailed`] (retrying with
+    /// the usual backoff) when the peer refuses it or asks for a secret it does not have.
+    /// Client and server must agree: set it on both or on neither. Default: `None`.
+    pub secret: Option<crate::ClusterSecret>,
 }
 
 impl Default for RpcConfig {
@@ -44,6 +76,11 @@ impl Default for RpcConfig {
             backoff_max: Duration::from_secs(5),
             reconnect_max_attempts: 20,
             write_batch: 256,
+            max_connections: 1024,
+            idle_timeout: Some(Duration::from_secs(60)),
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(3),
+            secret: None,
         }
     }
 }

@@ -50,6 +50,29 @@ pub enum RpcError {
         /// The peer.
         server_id: ServerId,
     },
+    /// The peer stopped answering on an open connection (no frame at all, not even a heartbeat
+    /// `pong`, for `heartbeat_timeout`): the link was declared dead, every call in flight on
+    /// it failed with this at once, and the client reconnects. The call may or may not have
+    /// run on the peer.
+    #[error("rpc peer `{server_id}` unresponsive: nothing received for {silent_for:?}")]
+    PeerUnresponsive {
+        /// The peer.
+        server_id: ServerId,
+        /// How long the link had been silent when it was declared dead.
+        silent_for: Duration,
+    },
+    /// The peer refused our cluster secret, or requires one and none is configured
+    /// ([`crate::RpcConfig::secret`]). The call was not sent; the client retries connecting
+    /// with its usual backoff.
+    #[error("rpc peer `{server_id}` ({addr}) refused authentication: {reason}")]
+    AuthFailed {
+        /// The peer.
+        server_id: ServerId,
+        /// Its `host:port`.
+        addr: String,
+        /// What happened.
+        reason: String,
+    },
     /// The remote handler ran and returned this error.
     #[error("remote handler error {code}: {message}")]
     Remote {
@@ -118,6 +141,7 @@ impl RpcError {
             Self::UnknownPeer { .. }
                 | Self::NoServer { .. }
                 | Self::PeerDown { .. }
+                | Self::AuthFailed { .. }
                 | Self::FrameTooLarge { .. }
                 | Self::BadName { .. }
         )

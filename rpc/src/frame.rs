@@ -14,6 +14,11 @@
 //! kind 0x02 notify    | ns u8 | slen u8 | service | mlen u8 | method | payload ..           |
 //! kind 0x03 ok        | id u32BE | payload ..                                             |
 //! kind 0x04 error     | id u32BE | ekind u8 | code u32BE | msglen u16BE | message           |
+//! kind 0x05 ping      | (nothing)                                                      |
+//! kind 0x06 pong      | (nothing)                                                      |
+//! kind 0x07 challenge | nonce (32 bytes)                                               |
+//! kind 0x08 auth      | mac (32 bytes) | info ..                                       |
+//! kind 0x09 auth-ok   | (nothing)                                                      |
 //! ```
 //!
 //! - `len` excludes itself; `1 <= len <= max_frame_size` or the connection is closed.
@@ -27,6 +32,15 @@
 //!
 //! A request is answered by exactly one `ok` or `error` with the same `id`; a notify is never
 //! answered. Responses may come back in any order.
+//!
+//! A client sends `ping` right after connecting (the link is up only once the `pong` is back)
+//! and then every `heartbeat_interval`; the server answers each with one `pong`. Both are the
+//! kind byte alone (`len` = 1). Frames of kinds 0x01..=0x04 are byte-identical to the
+//! format before heartbeats existed.
+//!
+//! With a cluster secret ([`crate::ClusterSecret`]) the server opens with `challenge`, the
+//! client answers `auth` (`mac` = HMAC-SHA256(secret, nonce || info)), the server answers
+//! `auth-ok`; then the client's first `ping` follows. See [`crate::auth`].
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::fmt;
@@ -40,6 +54,13 @@ const KIND_REQUEST: u8 = 0x01;
 const KIND_NOTIFY: u8 = 0x02;
 const KIND_OK: u8 = 0x03;
 const KIND_ERROR: u8 = 0x04;
+const KIND_PING: u8 = 0x05;
+const KIND_PONG: u8 = 0x06;
+const KIND_CHALLENGE: u8 = 0x07;
+const KIND_AUTH: u8 = 0x08;
+const KIND_AUTH_OK: u8 = 0x09;
+/// Most bytes [`Frame::decode`] reserves ahead of data that has not arrived yet.
+pub const RESERVE_CHUNK: usize = 64 * 1024;
 /// Frames up to this many bytes are copied out of the read buffer when decoded (see
 /// [`Frame::decode`]); larger ones are sliced from it.
 const COPY_BELOW: usize = 1024;
@@ -217,6 +238,24 @@ pub enum Frame {
         /// The encoded reply, or why the call failed.
         result: Result<Bytes, WireError>,
     },
+    /// A heartbeat from a client; the server answers [`Frame::Pong`].
+    Ping,
+    /// The server's answer to a [`Frame::Ping`].
+    Pong,
+    /// The server's first frame when it requires the cluster secret.
+    Challenge {
+        /// 32 random bytes.
+        nonce: Bytes,
+    },
+    /// The client's answer to a [`Frame::Challenge`].
+    Auth {
+        /// `HMAC-SHA256(secret, nonce || info)`, 32 bytes.
+        mac: Bytes,
+        /// Bytes of the client's choosing (the rest of the frame).
+        info: Bytes,
+    },
+    /// The server accepted the [`Frame::Auth`]; calls may follow.
+    AuthOk,
 }
 
 /// A frame that breaks the format. Every variant is fatal for the connection it came from.
@@ -231,7 +270,7 @@ pub enum FrameError {
         /// Configured `max_frame_size`.
         max: usize,
     },
-    /// The frame kind byte is none of request/notify/ok/error.
+    /// The frame kind byte is none of the kinds in the module docs.
     #[error("unknown rpc frame kind byte 0x{kind:02x}")]
     UnknownKind {
         /// The byte found.
@@ -277,6 +316,20 @@ pub(crate) fn ok_response_body_len(payload_len: usize) -> usize {
 }
 
 impl Frame {
+    /// The frame's kind for log lines, e.g. `"a request"` (never its contents).
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Self::Request { .. } => "a request",
+            Self::Notify { .. } => "a notify",
+            Self::Response { .. } => "a response",
+            Self::Ping => "a ping",
+            Self::Pong => "a pong",
+            Self::Challenge { .. } => "a challenge",
+            Self::Auth { .. } => "an auth frame",
+            Self::AuthOk => "an auth-ok",
+        }
+    }
+
     /// Bytes this frame occupies on the wire, length prefix included.
     pub fn encoded_len(&self) -> usize {
         LEN_PREFIX + self.body_len()
@@ -300,6 +353,9 @@ impl Frame {
             Self::Response { result: Err(e), .. } => {
                 1 + 4 + 1 + 4 + 2 + e.message.len().min(u16::MAX as usize)
             }
+            Self::Ping | Self::Pong | Self::AuthOk => 1,
+            Self::Challenge { nonce } => 1 + nonce.len(),
+            Self::Auth { mac, info } => 1 + mac.len() + info.len(),
         }
     }
 
@@ -355,6 +411,18 @@ impl Frame {
                 dst.put_u16(msg.len() as u16);
                 dst.put_slice(msg.as_bytes());
             }
+            Self::Ping => dst.put_u8(KIND_PING),
+            Self::Pong => dst.put_u8(KIND_PONG),
+            Self::AuthOk => dst.put_u8(KIND_AUTH_OK),
+            Self::Challenge { nonce } => {
+                dst.put_u8(KIND_CHALLENGE);
+                dst.put_slice(nonce);
+            }
+            Self::Auth { mac, info } => {
+                dst.put_u8(KIND_AUTH);
+                dst.put_slice(mac);
+                dst.put_slice(info);
+            }
         }
         Ok(())
     }
@@ -362,7 +430,8 @@ impl Frame {
     /// Decodes one frame from the front of `src`.
     ///
     /// Returns `Ok(None)` when `src` does not yet hold a whole frame (and reserves room for
-    /// it); the length is checked against `max_frame_size` as soon as the prefix is in, before
+    /// the next [`RESERVE_CHUNK`] bytes of it at most, so a declared length costs memory only
+    /// as its bytes arrive); the length is checked against `max_frame_size` as soon as the prefix is in, before
     /// any body is buffered. On success the frame's bytes are split off `src`; payloads and
     /// names are slices of them, not copies.
     ///
@@ -385,7 +454,10 @@ impl Frame {
             });
         }
         if src.len() < LEN_PREFIX + len {
-            src.reserve(LEN_PREFIX + len - src.len());
+            // Room for the next chunk only, not the whole declared frame: a peer that sends a
+            // 4-byte header declaring 8 MiB must not cost 8 MiB. The buffer grows (doubling)
+            // as the bytes actually arrive.
+            src.reserve((LEN_PREFIX + len - src.len()).min(RESERVE_CHUNK));
             return Ok(None);
         }
         src.advance(LEN_PREFIX);
@@ -458,6 +530,35 @@ impl Frame {
                         message,
                     }),
                 })
+            }
+            KIND_PING | KIND_PONG | KIND_AUTH_OK => {
+                if !body.is_empty() {
+                    return Err(FrameError::Malformed {
+                        reason: "ping, pong or auth-ok frame with a body",
+                    });
+                }
+                Ok(match kind {
+                    KIND_PING => Self::Ping,
+                    KIND_PONG => Self::Pong,
+                    _ => Self::AuthOk,
+                })
+            }
+            KIND_CHALLENGE => {
+                if body.len() != crate::auth::AUTH_LEN {
+                    return Err(FrameError::Malformed {
+                        reason: "challenge nonce is not 32 bytes",
+                    });
+                }
+                Ok(Self::Challenge { nonce: body })
+            }
+            KIND_AUTH => {
+                if body.len() < crate::auth::AUTH_LEN {
+                    return Err(FrameError::Malformed {
+                        reason: "auth frame shorter than its mac",
+                    });
+                }
+                let mac = body.split_to(crate::auth::AUTH_LEN);
+                Ok(Self::Auth { mac, info: body })
             }
             kind => Err(FrameError::UnknownKind { kind }),
         }
@@ -657,6 +758,48 @@ mod tests {
     }
 
     #[test]
+    fn a_declared_length_reserves_only_a_chunk_until_the_bytes_arrive() {
+        const BIG: usize = 8 * 1024 * 1024;
+        let mut src = BytesMut::new();
+        src.put_u32(BIG as u32);
+        src.put_slice(b"\x02\x01");
+        assert_eq!(Frame::decode(&mut src, BIG), Ok(None));
+        assert!(
+            src.capacity() <= 2 * RESERVE_CHUNK,
+            "a header declaring {BIG} bytes reserved {} bytes",
+            src.capacity()
+        );
+        // As the body arrives the buffer grows with it (at most doubling what is in).
+        let mut frame = BytesMut::new();
+        Frame::Notify {
+            namespace: Namespace::User,
+            service: name("s"),
+            method: name("m"),
+            payload: Bytes::from(vec![9u8; 3 * 1024 * 1024]),
+        }
+        .encode(&mut frame, BIG)
+        .unwrap();
+        let mut src = BytesMut::new();
+        let mut got = None;
+        for chunk in frame.chunks(16 * 1024) {
+            src.extend_from_slice(chunk);
+            if let Some(f) = Frame::decode(&mut src, BIG).unwrap() {
+                got = Some(f);
+            } else {
+                assert!(
+                    src.capacity() <= 2 * src.len() + 2 * RESERVE_CHUNK,
+                    "{} bytes in, {} reserved",
+                    src.len(),
+                    src.capacity()
+                );
+            }
+        }
+        assert!(
+            matches!(got, Some(Frame::Notify { payload, .. }) if payload.len() == 3 * 1024 * 1024)
+        );
+    }
+
+    #[test]
     fn request_bytes_match_the_documented_layout() {
         let mut buf = BytesMut::new();
         samples()[0].encode(&mut buf, 1024).unwrap();
@@ -664,6 +807,21 @@ mod tests {
             b"\x00\x00\x00\x1a\x01\x00\x00\x00\x07\x01\x0achatRemote\x03add\x0a\x03bob";
         assert_eq!(&buf[..], expected);
         assert_eq!(samples()[0].encoded_len(), expected.len());
+    }
+
+    #[test]
+    fn ping_and_pong_are_one_kind_byte() {
+        for (f, kind) in [(Frame::Ping, 5u8), (Frame::Pong, 6u8)] {
+            let mut buf = BytesMut::new();
+            f.encode(&mut buf, 1024).unwrap();
+            assert_eq!(&buf[..], &[0, 0, 0, 1, kind]);
+            assert_eq!(Frame::decode(&mut buf, 1024), Ok(Some(f)));
+        }
+        let mut bad = BytesMut::from(&b"\x00\x00\x00\x02\x05\x00"[..]);
+        assert!(matches!(
+            Frame::decode(&mut bad, 1024),
+            Err(FrameError::Malformed { .. })
+        ));
     }
 
     #[test]
@@ -737,7 +895,10 @@ mod tests {
                     reason: "empty frame (length 0)",
                 },
             ),
-            (b"\x00\x00\x00\x01\x09", FrameError::UnknownKind { kind: 9 }),
+            (
+                b"\x00\x00\x00\x01\x7f",
+                FrameError::UnknownKind { kind: 0x7f },
+            ),
             (
                 b"\x00\x00\x00\x03\x01\x00\x00",
                 FrameError::Malformed {
@@ -819,6 +980,20 @@ mod tests {
                 }
             ),
             (any::<u32>(), payload).prop_map(|(id, p)| Frame::Response { id, result: Ok(p) }),
+            Just(Frame::Ping),
+            Just(Frame::Pong),
+            Just(Frame::AuthOk),
+            proptest::collection::vec(any::<u8>(), 32).prop_map(|n| Frame::Challenge {
+                nonce: Bytes::from(n)
+            }),
+            (
+                proptest::collection::vec(any::<u8>(), 32),
+                proptest::collection::vec(any::<u8>(), 0..64)
+            )
+                .prop_map(|(m, i)| Frame::Auth {
+                    mac: Bytes::from(m),
+                    info: Bytes::from(i)
+                }),
             (any::<u32>(), kind, any::<u32>(), ".{0,60}").prop_map(|(id, kind, code, message)| {
                 Frame::Response {
                     id,

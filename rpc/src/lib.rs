@@ -25,6 +25,11 @@
 //! notify    0x02 | ns u8 | slen u8 | service | mlen u8 | method | payload
 //! ok        0x03 | id u32BE | payload
 //! error     0x04 | id u32BE | ekind u8 | code u32BE | msglen u16BE | message
+//! ping      0x05 | (client heartbeat)
+//! pong      0x06 | (the server's answer)
+//! challenge 0x07 | nonce (32 bytes)            (only with a cluster secret)
+//! auth      0x08 | mac (32 bytes) | info ..    (HMAC-SHA256(secret, nonce || info))
+//! auth-ok   0x09 |
 //! ```
 //!
 //! `ns` is 0 for `sys` (the framework's own remotes) and 1 for `user` (the app's). Payloads
@@ -85,9 +90,18 @@
 //!   wait, it never drops a frame. The server stops reading a connection whose
 //!   `max_in_flight_per_connection` handlers are all busy.
 //! - A bad frame closes that connection only, logged with the peer and the reason.
-//! - There is no heartbeat: a peer that vanishes without closing its socket (host power-off,
-//!   network partition) is noticed only through call timeouts; the connection then stays
-//!   "up" until the OS gives up on it or the peer is removed from the directory.
+//! - Heartbeat: a client link pings every `heartbeat_interval` (default 1 s); a peer that stops
+//!   answering with its socket open (frozen process, power-off, partition) is declared dead
+//!   between `heartbeat_timeout` and `heartbeat_timeout + heartbeat_interval` (default 3-4 s)
+//!   after the last frame it sent. Its calls in flight fail at once with
+//!   [`RpcError::PeerUnresponsive`] and new calls fail fast with [`RpcError::PeerDown`] while
+//!   the client reconnects (a connection counts as up once the peer answered a ping).
+//! - The server serves at most `max_connections` peers (further ones wait in the listen
+//!   backlog), closes a connection silent for `idle_timeout` (default 60 s), and a read buffer
+//!   grows with the bytes that arrive, never by a declared frame length at once.
+//! - With [`RpcConfig::secret`] set, a server reads no call from a peer before it answered an
+//!   HMAC-SHA256 challenge with the cluster secret; a client refused (or asked for a secret it
+//!   lacks) gets [`RpcError::AuthFailed`]. Without it the port trusts any peer.
 //! - [`RpcServer::serve`] waits for running handlers at shutdown; a handler that never
 //!   finishes keeps it waiting (bound it with a timeout around `serve` if needed).
 //!
@@ -95,6 +109,7 @@
 //! Through `tracing`: spans `rpc_server{local}`, `rpc_conn{peer}` on the server and
 //! `rpc_peer{server_id, addr}` on the client; a closed connection is logged with its reason.
 
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod directory;
@@ -105,6 +120,7 @@ pub mod payload;
 pub mod server;
 pub mod service;
 
+pub use auth::{ClusterSecret, SecretError};
 pub use client::{PeerState, RpcClient};
 pub use config::RpcConfig;
 pub use directory::{

@@ -1,15 +1,16 @@
 //! [`RpcServer`]: accepts RPC connections and dispatches calls to registered services.
 
+use crate::auth::{ClusterSecret, random_bytes};
 use crate::config::RpcConfig;
 use crate::frame::{
     CodecError, ErrorKind, Frame, FrameCodec, Name, WireError, ok_response_body_len,
 };
 use crate::io::spawn_writer;
 use crate::service::Registry;
+use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -19,12 +20,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
+/// Largest frame body read from a peer that has not authenticated yet (an `auth` frame is 65
+/// bytes with the client's 32 bytes of `info`).
+const AUTH_FRAME_MAX: usize = 1024;
+
 /// Serves the services of a [`Registry`] on a listener.
 ///
-/// Each connection reads frames in one task and runs every call in its own task, so many calls
-/// are in flight per connection and a slow handler blocks nobody; replies go through a bounded
-/// queue to a writer task that coalesces them. A bad frame closes that connection only (with a
-/// `warn!` naming the peer and the reason).
+/// Each connection reads frames in one task and runs every call in its own task (never on the
+/// read loop), so many calls are in flight per connection and a slow handler blocks nobody;
+/// replies go through a bounded queue to a writer task that coalesces them. A bad frame closes
+/// that connection only (with a `warn!` naming the peer and the reason). At most
+/// `max_connections` are served at once (the slot is taken before `accept`); a connection
+/// silent for `idle_timeout` is closed; with a `secret`, nothing but the authentication
+/// handshake is read before the peer proved it knows the secret (see [`crate::auth`]).
 #[derive(Debug, Clone)]
 pub struct RpcServer {
     registry: Arc<Registry>,
@@ -67,13 +75,39 @@ impl RpcServer {
             info!("rpc server listening");
             let tracker = TaskTracker::new();
             let mut accept_backoff = Duration::from_millis(5);
+            let slots = Arc::new(Semaphore::new(self.config.max_connections.max(1)));
+            let mut full_logged = false;
             loop {
+                // A connection slot first, then accept: beyond the cap peers wait in the
+                // kernel's backlog instead of being accepted and costing a task and buffers.
+                let slot = match Arc::clone(&slots).try_acquire_owned() {
+                    Ok(s) => s,
+                    Err(_) => {
+                        if !full_logged {
+                            warn!(
+                                max_connections = self.config.max_connections,
+                                "rpc connection cap reached; new peers wait in the backlog"
+                            );
+                            full_logged = true;
+                        }
+                        tokio::select! {
+                            s = Arc::clone(&slots).acquire_owned() => match s {
+                                Ok(s) => s,
+                                Err(_) => break,
+                            },
+                            () = shutdown.cancelled() => break,
+                        }
+                    }
+                };
                 let accepted = tokio::select! {
                     r = listener.accept() => r,
                     () = shutdown.cancelled() => break,
                 };
                 match accepted {
                     Ok((stream, peer)) => {
+                        if slots.available_permits() > 0 {
+                            full_logged = false;
+                        }
                         accept_backoff = Duration::from_millis(5);
                         if let Err(e) = stream.set_nodelay(true) {
                             debug!(peer = %peer, cause = %e, "set_nodelay failed");
@@ -83,8 +117,11 @@ impl RpcServer {
                         let token = shutdown.clone();
                         let span = tracing::info_span!("rpc_conn", peer = %peer);
                         tracker.spawn(
-                            async move { this.run_connection(rd, wr, token).await }
-                                .instrument(span),
+                            async move {
+                                this.run_connection(rd, wr, token).await;
+                                drop(slot);
+                            }
+                            .instrument(span),
                         );
                     }
                     Err(e) => {
@@ -135,12 +172,44 @@ impl RpcServer {
             writer_stop.clone(),
         );
         let permits = Arc::new(Semaphore::new(cfg.max_in_flight_per_connection.max(1)));
-        let mut frames = FramedRead::new(rd, FrameCodec::new(cfg.max_frame_size));
+        // Before authentication only handshake-sized frames are accepted: an unauthenticated
+        // peer cannot make the server buffer a large frame.
+        let first_limit = if cfg.secret.is_some() {
+            AUTH_FRAME_MAX.min(cfg.max_frame_size)
+        } else {
+            cfg.max_frame_size
+        };
+        let mut frames = FramedRead::new(rd, FrameCodec::new(first_limit));
         debug!("rpc connection open");
+        let mut idle = cfg.idle_timeout.map(IdleCheck::new);
+        let authed = match &cfg.secret {
+            None => true,
+            Some(secret) => {
+                let limit = cfg.connect_timeout;
+                tokio::select! {
+                    r = tokio::time::timeout(limit, authenticate(&mut frames, &tx, secret)) => match r {
+                        Ok(Ok(())) => {
+                            *frames.decoder_mut() = FrameCodec::new(cfg.max_frame_size);
+                            true
+                        }
+                        Ok(Err(why)) => {
+                            warn!(reason = %why, "closing rpc connection: authentication failed");
+                            false
+                        }
+                        Err(_) => {
+                            warn!(timeout = ?limit, "closing rpc connection: authentication failed: no answer to the challenge in time");
+                            false
+                        }
+                    },
+                    () = shutdown.cancelled() => false,
+                    () = writer_stop.cancelled() => false,
+                }
+            }
+        };
         loop {
             // Checked here as well as in the selects below, which poll the socket first: a
             // peer that never stops sending must not keep the connection from shutting down.
-            if shutdown.is_cancelled() || writer_stop.is_cancelled() {
+            if !authed || shutdown.is_cancelled() || writer_stop.is_cancelled() {
                 break;
             }
             // Fast paths first: registering on the cancellation tokens costs a lock, so
@@ -161,7 +230,17 @@ impl RpcServer {
                 f = frames.next() => f,
                 () = shutdown.cancelled() => break,
                 () = writer_stop.cancelled() => break,
+                silent = idle_tick(&mut idle) => {
+                    if let Some(silent) = silent {
+                        info!(silent_for = ?silent, "closing idle rpc connection: nothing received");
+                        break;
+                    }
+                    continue;
+                }
             };
+            if let (Some(idle), Some(Ok(_))) = (&mut idle, &next) {
+                idle.seen = true;
+            }
             match next {
                 None => {
                     debug!("rpc peer closed the connection");
@@ -182,52 +261,24 @@ impl RpcServer {
                     method,
                     payload,
                 })) => {
-                    let mut call = self.registry.dispatch(
+                    let call = self.registry.dispatch(
                         namespace,
                         service.as_str(),
                         method.as_str(),
                         payload,
                     );
                     let max = cfg.max_frame_size;
-                    // Most handlers finish without waiting: poll once here and skip the task
-                    // spawn. A handler that is not ready yet moves to its own task, whose first
-                    // poll registers the real waker.
-                    let mut cx = Context::from_waker(Waker::noop());
-                    let first =
-                        std::panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(&mut cx)));
-                    let ready = match first {
-                        Ok(Poll::Ready(r)) => Some(r),
-                        Err(_) => Some(Err(panicked())),
-                        Ok(Poll::Pending) => None,
-                    };
-                    match ready {
-                        Some(result) => {
-                            let frame = reply_frame(id, result, &service, &method, max);
-                            match tx.try_send(frame) {
-                                Ok(()) => drop(permit),
-                                Err(mpsc::error::TrySendError::Full(frame)) => {
-                                    // Do not block reads on a full queue; the permit keeps
-                                    // the number of such waiting replies bounded.
-                                    let tx = tx.clone();
-                                    tokio::spawn(async move {
-                                        let _ = tx.send(frame).await;
-                                        drop(permit);
-                                    });
-                                }
-                                Err(mpsc::error::TrySendError::Closed(_)) => drop(permit),
-                            }
-                        }
-                        None => {
-                            let tx = tx.clone();
-                            tokio::spawn(async move {
-                                let result = run_guarded(call).await;
-                                let frame = reply_frame(id, result, &service, &method, max);
-                                // The connection may be gone; then the reply has nowhere to go.
-                                let _ = tx.send(frame).await;
-                                drop(permit);
-                            });
-                        }
-                    }
+                    let tx = tx.clone();
+                    // Never polled here: handler code (even up to its first await) runs in
+                    // its own task, so a CPU-heavy or blocking handler cannot stall the read
+                    // loop and the other calls multiplexed on this connection.
+                    tokio::spawn(async move {
+                        let result = run_guarded(call).await;
+                        let frame = reply_frame(id, result, &service, &method, max);
+                        // The connection may be gone; then the reply has nowhere to go.
+                        let _ = tx.send(frame).await;
+                        drop(permit);
+                    });
                 }
                 Some(Ok(Frame::Notify {
                     namespace,
@@ -247,6 +298,19 @@ impl RpcServer {
                         }
                         drop(permit);
                     });
+                }
+                Some(Ok(Frame::Ping)) => {
+                    // Answered from the read loop, never queued behind a permit. A full queue
+                    // means replies are going out anyway, which the client counts as alive.
+                    let _ = tx.try_send(Frame::Pong);
+                }
+                Some(Ok(Frame::Pong)) => {}
+                Some(Ok(f @ (Frame::Challenge { .. } | Frame::Auth { .. } | Frame::AuthOk))) => {
+                    warn!(
+                        frame = f.kind_name(),
+                        "closing rpc connection: unexpected authentication frame"
+                    );
+                    break;
                 }
                 Some(Ok(Frame::Response { id, .. })) => {
                     warn!(
@@ -281,6 +345,83 @@ impl RpcServer {
             Err(e) => warn!(cause = %e, "rpc writer task failed"),
         }
     }
+}
+
+/// The server's side of the cluster-secret handshake (see [`crate::auth`]): sends a
+/// challenge, reads exactly one frame, which must be an `auth` with the right MAC, and answers
+/// `auth-ok`. Nothing else is read before it succeeds, so no call of an unauthenticated peer
+/// is ever dispatched. The error says why, for the log (never the secret or the MAC).
+async fn authenticate<R>(
+    frames: &mut FramedRead<R, FrameCodec>,
+    tx: &mpsc::Sender<Frame>,
+    secret: &ClusterSecret,
+) -> Result<(), String>
+where
+    R: AsyncRead + Unpin,
+{
+    let nonce = Bytes::copy_from_slice(&random_bytes()?);
+    tx.send(Frame::Challenge {
+        nonce: nonce.clone(),
+    })
+    .await
+    .map_err(|_| "connection closed before the challenge went out".to_owned())?;
+    match frames.next().await {
+        Some(Ok(Frame::Auth { mac, info })) => {
+            if !secret.verify(&nonce, &info, &mac) {
+                return Err("wrong cluster secret (bad challenge answer)".into());
+            }
+            tx.send(Frame::AuthOk)
+                .await
+                .map_err(|_| "connection closed before auth-ok went out".to_owned())?;
+            debug!("rpc peer authenticated");
+            Ok(())
+        }
+        Some(Ok(other)) => Err(format!(
+            "peer sent {} before authenticating (no cluster secret configured?)",
+            other.kind_name()
+        )),
+        Some(Err(e)) => Err(format!("bad frame before authenticating: {e}")),
+        None => Err("peer closed the connection before authenticating".into()),
+    }
+}
+
+/// Notices a connection on which nothing arrived for `timeout`: a flag set per frame (no
+/// clock read, no timer reset on the hot path) and a check every quarter of `timeout`.
+struct IdleCheck {
+    timeout: Duration,
+    tick: tokio::time::Interval,
+    last_seen: tokio::time::Instant,
+    seen: bool,
+}
+
+impl IdleCheck {
+    fn new(timeout: Duration) -> Self {
+        let period = (timeout / 4).max(Duration::from_millis(1));
+        let start = tokio::time::Instant::now();
+        let mut tick = tokio::time::interval_at(start + period, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            timeout,
+            tick,
+            last_seen: start,
+            seen: false,
+        }
+    }
+}
+
+/// Waits for the next idle check; `Some(silence)` when the connection has been silent for
+/// the whole timeout. Never completes when there is no idle timeout.
+async fn idle_tick(idle: &mut Option<IdleCheck>) -> Option<Duration> {
+    let Some(idle) = idle else {
+        return std::future::pending().await;
+    };
+    let now = idle.tick.tick().await;
+    if std::mem::take(&mut idle.seen) {
+        idle.last_seen = now;
+        return None;
+    }
+    let silent = now.saturating_duration_since(idle.last_seen);
+    (silent >= idle.timeout).then_some(silent)
 }
 
 /// Runs a call, turning a handler panic into an [`ErrorKind::Internal`] error.

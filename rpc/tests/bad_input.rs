@@ -4,9 +4,9 @@
 //! sends requests but never reads the replies.
 //!
 //! Each hostile connection must end (EOF or a reset within a timeout) with a log line of its
-//! `rpc_conn{peer=…}` span, while an ordinary [`RpcClient`] keeps being served; the RPC port
-//! has no idle timeout (documented in the crate docs), so half-open connections are shown not
-//! to block anyone, and to be closed by shutdown.
+//! `rpc_conn{peer=…}` span, while an ordinary [`RpcClient`] keeps being served. Half-open
+//! connections are shown not to block anyone and to be closed by shutdown (the idle timeout,
+//! 60 s by default, is tested in `hardening.rs`).
 
 use bytes::{Bytes, BytesMut};
 use shaddock_rpc::{

@@ -378,16 +378,22 @@ async fn a_slow_call_times_out_and_the_connection_keeps_working() {
 
 #[tokio::test]
 async fn calls_in_flight_fail_at_once_when_the_peer_dies() {
-    // A fake peer that reads five requests and then drops the connection without answering.
+    // A fake peer that answers pings (the client's connect check), reads five requests and
+    // then drops the connection without answering them.
     let listener = t(TcpListener::bind("127.0.0.1:0")).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let fake = tokio::spawn(async move {
         let (stream, _) = listener.accept().await.unwrap();
-        let mut frames = tokio_util::codec::FramedRead::new(stream, FrameCodec::new(1 << 20));
+        let mut frames = tokio_util::codec::Framed::new(stream, FrameCodec::new(1 << 20));
         let mut seen = 0;
         while seen < 5 {
             match futures_util::StreamExt::next(&mut frames).await {
                 Some(Ok(Frame::Request { .. })) => seen += 1,
+                Some(Ok(Frame::Ping)) => {
+                    futures_util::SinkExt::send(&mut frames, Frame::Pong)
+                        .await
+                        .unwrap();
+                }
                 other => panic!("unexpected {other:?}"),
             }
         }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use shaddock_rpc::{RpcConfig, RpcError, Target};
+use shaddock_rpc::{RpcError, Target};
 
 use crate::app::App;
 use crate::config::{ClusterConfig, choose_env};
@@ -262,7 +262,8 @@ fn master_addr(cli: &Cli) -> Result<String, String> {
 
 async fn admin(cli: &Cli) -> Result<master_remote::Client, String> {
     let addr = master_addr(cli)?;
-    crate::process::master_client(MASTER, &addr, RpcConfig::default())
+    // A master that requires the cluster secret is reached with $SHADDOCK_RPC_SECRET.
+    crate::process::master_client(MASTER, &addr, crate::process::rpc_config_from_env()?)
         .ok_or_else(|| format!("bad master address `{addr}` (want host:port)"))
 }
 

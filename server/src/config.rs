@@ -20,6 +20,10 @@
 //!                 "crashLoop": {"max": 5, "windowSecs": 60}} } }
 //! ```
 //!
+//! `"rpcSecret": "random"` in the master's object makes the master generate a fresh random
+//! cluster secret at every start and hand it to the servers it starts, so the RPC ports serve
+//! only the cluster's own processes (see [`MasterConfig::random_rpc_secret`]).
+//!
 //! The files are read with serde into raw structs, then validated once into [`ClusterConfig`].
 //! Every error names the file, the environment, the server id (or its index) and the field, so a
 //! user can find the line to fix.
@@ -162,6 +166,11 @@ pub struct MasterConfig {
     pub placement_grace: std::time::Duration,
     /// What it does when a server exits without being told to (`restart`).
     pub restart: RestartPolicy,
+    /// `"rpcSecret": "random"`: the master generates a random cluster secret at start (unless
+    /// its own environment already has one in `SHADDOCK_RPC_SECRET`, which then wins) and
+    /// every RPC server and client of the cluster requires it. Without it (the default) the
+    /// RPC ports are unauthenticated unless `SHADDOCK_RPC_SECRET` is set for the master.
+    pub random_rpc_secret: bool,
 }
 
 /// What the master does when a server exits without being told to (a crash, a `kill -9`, an
@@ -653,12 +662,25 @@ fn parse_master(file: &Path, text: &str, env: &str) -> Result<MasterConfig, Conf
             })?,
     };
     let restart = parse_restart(&ctx, &id, m.remove("restart"))?;
+    let random_rpc_secret = match m.remove("rpcSecret") {
+        None | Some(Value::Null) => false,
+        Some(Value::String(s)) if s == "random" => true,
+        Some(_) => {
+            return Err(ctx.invalid(
+                &id,
+                "rpcSecret",
+                "must be \"random\" (secrets themselves go in $SHADDOCK_RPC_SECRET, never in a file)"
+                    .into(),
+            ));
+        }
+    };
     Ok(MasterConfig {
         id,
         host,
         port,
         placement_grace,
         restart,
+        random_rpc_secret,
     })
 }
 
@@ -911,6 +933,50 @@ mod tests {
                 "input {input}\n got: {got}\nwant: {want}"
             );
         }
+    }
+
+    #[test]
+    fn rpc_secret_is_random_or_absent() {
+        let servers = r#"{"development":{"chat":[{"id":"a","host":"h","port":1}]}}"#;
+        let d = tmp("secret");
+        write(
+            &d,
+            servers,
+            r#"{"development":{"id":"m","host":"h","port":2}}"#,
+        );
+        assert!(
+            !ClusterConfig::load(&d, "development")
+                .unwrap()
+                .master
+                .random_rpc_secret
+        );
+        write(
+            &d,
+            servers,
+            r#"{"development":{"id":"m","host":"h","port":2,"rpcSecret":"random"}}"#,
+        );
+        assert!(
+            ClusterConfig::load(&d, "development")
+                .unwrap()
+                .master
+                .random_rpc_secret
+        );
+        write(
+            &d,
+            servers,
+            r#"{"development":{"id":"m","host":"h","port":2,"rpcSecret":"00112233445566778899aabbccddeeff"}}"#,
+        );
+        let err = ClusterConfig::load(&d, "development")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("rpcSecret") && err.contains("must be \"random\""),
+            "{err}"
+        );
+        assert!(
+            !err.contains("00112233445566778899aabbccddeeff"),
+            "the value is echoed: {err}"
+        );
     }
 
     #[test]

@@ -123,6 +123,8 @@ pub(crate) struct Master {
     stopping: AtomicBool,
     /// Set when a server could not start: the cluster start failed (`run_master`'s error).
     start_failure: Mutex<Option<String>>,
+    /// The cluster secret handed to every server started (environment only, never logged).
+    rpc_secret: Option<shaddock_rpc::ClusterSecret>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -215,6 +217,12 @@ impl Master {
             if let Some(def) = &def_json {
                 cmd.arg("--server-def").arg(def);
             }
+            // The cluster secret goes through the environment: a command line is visible to
+            // every user of the host (`ps`).
+            match &self.rpc_secret {
+                Some(s) => cmd.env(crate::process::RPC_SECRET_ENV, s.to_hex()),
+                None => cmd.env_remove(crate::process::RPC_SECRET_ENV),
+            };
             if let Some(n) = cfg
                 .extra
                 .get("worker-threads")
@@ -869,11 +877,28 @@ pub(crate) async fn run_master(
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     let addr = format!("{}:{port}", cluster.master.host);
     let config_dir = std::path::absolute(&config_dir).unwrap_or(config_dir);
+    // The cluster secret: $SHADDOCK_RPC_SECRET if set, else a fresh one when master.json asks
+    // for `"rpcSecret": "random"`, else none (RPC unauthenticated, as before secrets existed).
+    let rpc_secret = match crate::process::rpc_secret_from_env()? {
+        Some(s) => Some(s),
+        None if cluster.master.random_rpc_secret => Some(
+            shaddock_rpc::ClusterSecret::generate()
+                .map_err(|e| format!("master {}: {e}", cluster.master.id))?,
+        ),
+        None => None,
+    };
+    if rpc_secret.is_some() {
+        tracing::info!("rpc ports require the cluster secret");
+    } else {
+        tracing::info!("no cluster secret: rpc ports are unauthenticated (see rpcSecret)");
+    }
+    let mut rpc_cfg = RpcConfig::default();
+    rpc_cfg.secret = rpc_secret.clone();
     let (snap, _) = watch::channel(Arc::new(Snapshot::default()));
     let master = Arc::new(Master {
         state: Mutex::new(State::default()),
         snap,
-        rpc: RpcClient::new(RpcConfig::default()),
+        rpc: RpcClient::new(rpc_cfg.clone()),
         exe,
         env: cluster.env.clone(),
         config_dir,
@@ -886,6 +911,7 @@ pub(crate) async fn run_master(
         ready: AtomicBool::new(false),
         stopping: AtomicBool::new(false),
         start_failure: Mutex::new(None),
+        rpc_secret,
     });
     {
         let mut st = lock(&master.state);
@@ -914,9 +940,7 @@ pub(crate) async fn run_master(
         .add(master_remote::Server::new(MasterRemote(master.clone())))
         .map_err(|e| e.to_string())?;
     let rpc_token = CancellationToken::new();
-    let server = tokio::spawn(
-        RpcServer::new(registry, RpcConfig::default()).serve(listener, rpc_token.clone()),
-    );
+    let server = tokio::spawn(RpcServer::new(registry, rpc_cfg).serve(listener, rpc_token.clone()));
     say(&format!("{LISTENING_LINE} {addr}"));
     tracing::info!(master = %cluster.master.id, %addr, env = %cluster.env, servers = cluster.servers.len(), "master listening");
     if cluster.servers.is_empty() && !master.ready.swap(true, Ordering::SeqCst) {

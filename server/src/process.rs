@@ -23,6 +23,36 @@ use crate::proto::{
 /// why a server could not start.
 pub const FAILED_LINE: &str = "SHADDOCK_SERVER_FAILED";
 
+/// The environment variable that carries the cluster secret (hex) from the master to the
+/// servers it starts, and to admin tools (`list`, `stop`). Never passed on a command line and
+/// never logged.
+pub const RPC_SECRET_ENV: &str = "SHADDOCK_RPC_SECRET";
+
+/// The cluster secret in [`RPC_SECRET_ENV`], if set and not empty.
+///
+/// # Errors
+/// The variable is set but is not a hex secret of at least 16 bytes (the message names the
+/// variable, never its value).
+pub fn rpc_secret_from_env() -> Result<Option<shaddock_rpc::ClusterSecret>, String> {
+    match std::env::var(RPC_SECRET_ENV) {
+        Ok(v) if !v.trim().is_empty() => shaddock_rpc::ClusterSecret::from_hex(&v)
+            .map(Some)
+            .map_err(|e| format!("${RPC_SECRET_ENV}: {e}")),
+        _ => Ok(None),
+    }
+}
+
+/// The RPC settings of every server and tool of the cluster: the defaults, with the cluster
+/// secret from [`RPC_SECRET_ENV`] when it is set.
+///
+/// # Errors
+/// As [`rpc_secret_from_env`].
+pub fn rpc_config_from_env() -> Result<RpcConfig, String> {
+    let mut cfg = RpcConfig::default();
+    cfg.secret = rpc_secret_from_env()?;
+    Ok(cfg)
+}
+
 /// The type the master has in a server's peer directory.
 pub(crate) const MASTER_TYPE: &str = "__master";
 
@@ -95,6 +125,14 @@ pub enum StartError {
     /// The master address is not `host:port`.
     #[error("bad master address `{0}` (want host:port)")]
     MasterAddr(String),
+    /// The cluster secret in the environment is unusable.
+    #[error("server `{server}`: {message}")]
+    Secret {
+        /// The server id.
+        server: String,
+        /// What is wrong (never the secret).
+        message: String,
+    },
 }
 
 struct StopRemote {
@@ -224,7 +262,11 @@ pub(crate) async fn run_server(
         .and_then(|l| l.local_addr().ok())
         .map(|a| a.port());
 
-    let rpc = RpcClient::new(RpcConfig::default());
+    let rpc_cfg = rpc_config_from_env().map_err(|message| StartError::Secret {
+        server: id.clone(),
+        message,
+    })?;
+    let rpc = RpcClient::new(rpc_cfg.clone());
     rpc.directory().add(ServerInfo::new(
         master_id.as_str(),
         MASTER_TYPE,
@@ -348,9 +390,8 @@ pub(crate) async fn run_server(
     }
 
     let rpc_token = CancellationToken::new();
-    let rpc_task = tokio::spawn(
-        RpcServer::new(registry, RpcConfig::default()).serve(rpc_listener, rpc_token.clone()),
-    );
+    let rpc_task =
+        tokio::spawn(RpcServer::new(registry, rpc_cfg).serve(rpc_listener, rpc_token.clone()));
 
     // Register with the master (it may still be starting its listener: retry for a while).
     let master = master_remote::Client::new(&rpc);

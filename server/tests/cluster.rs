@@ -1143,3 +1143,125 @@ fn init_writes_an_app_that_builds_and_passes_its_own_tests() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs the CLI against `addr` with `env`: (success, stdout + stderr).
+fn cli_with_env(addr: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let out = Command::new(EXE)
+        .args(args)
+        .args(["--master", addr])
+        .env("RUST_LOG", "error")
+        .env_remove("SHADDOCK_RPC_SECRET")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cli");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// A call through a raw RPC client (`secret` or none) to a remote the server does not have:
+/// `UnknownService` proves the call got past authentication, `AuthFailed` that it did not.
+async fn probe(port: u16, secret: Option<&shaddock_rpc::ClusterSecret>) -> shaddock_rpc::RpcError {
+    let mut cfg = shaddock_rpc::RpcConfig::default();
+    cfg.secret = secret.cloned();
+    cfg.reconnect_max_attempts = 1;
+    let rpc = shaddock_rpc::RpcClient::new(cfg);
+    rpc.directory().add(shaddock_rpc::ServerInfo::new(
+        "probe-target",
+        "chat",
+        "127.0.0.1",
+        port,
+    ));
+    within(
+        "probe call",
+        rpc.call_raw(
+            shaddock_rpc::Target::server("probe-target"),
+            shaddock_rpc::Namespace::User,
+            shaddock_rpc::Name::from_static("noSuchRemote").unwrap(),
+            shaddock_rpc::Name::from_static("x").unwrap(),
+            Bytes::new(),
+        ),
+    )
+    .await
+    .expect_err("the probe remote does not exist")
+}
+
+/// With a cluster secret every server of the cluster (and the master) serves only callers
+/// that know it. Given to the master in `SHADDOCK_RPC_SECRET`: the servers it starts get it
+/// through their environment (never on their command line) and register with it; a raw RPC
+/// client without it gets `AuthFailed` from a running chat server and from the master, and
+/// the admin CLI works only with the variable set. With `"rpcSecret": "random"` the master
+/// makes one up: the cluster starts (its servers registered with it) and nothing outside it
+/// gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_ports_require_the_cluster_secret() {
+    let secret = shaddock_rpc::ClusterSecret::generate().unwrap();
+    let hex = secret.to_hex();
+    let env = [("SHADDOCK_RPC_SECRET", hex.as_str())];
+    let mut cl = Cluster::start_with("secret", SERVERS, MASTER, &env);
+    let (ok, text) = cli_with_env(&cl.addr, &["list"], &env);
+    assert!(ok, "list with the secret failed: {text}");
+    let mut chat_port = None;
+    for l in text.lines().skip(1) {
+        let c: Vec<&str> = l.split_whitespace().collect();
+        assert_eq!(c.len(), 9, "{l}");
+        let pid: u32 = c[2].parse().unwrap();
+        cl.pids.push(pid);
+        assert_eq!(c[8], "running", "{l}");
+        // Not on any server's command line.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&cmdline).contains(&hex),
+            "the secret is on the command line of {l}"
+        );
+        if c[0] == "chat-server-1" {
+            chat_port = Some(c[6].rsplit_once(':').unwrap().1.parse::<u16>().unwrap());
+        }
+    }
+    let chat_port = chat_port.expect("chat-server-1 in the list");
+    let master_port: u16 = cl.addr.rsplit_once(':').unwrap().1.parse().unwrap();
+    for (what, port) in [("chat-server-1", chat_port), ("the master", master_port)] {
+        let err = probe(port, None).await;
+        assert!(
+            matches!(err, shaddock_rpc::RpcError::AuthFailed { .. }),
+            "{what} without the secret: {err:?}"
+        );
+        let wrong = shaddock_rpc::ClusterSecret::generate().unwrap();
+        let err = probe(port, Some(&wrong)).await;
+        assert!(
+            matches!(err, shaddock_rpc::RpcError::AuthFailed { .. }),
+            "{what} with a wrong secret: {err:?}"
+        );
+        let err = probe(port, Some(&secret)).await;
+        assert!(
+            matches!(err, shaddock_rpc::RpcError::UnknownService { .. }),
+            "{what} with the secret: {err:?}"
+        );
+    }
+    let (ok, text) = cli_with_env(&cl.addr, &["list"], &[]);
+    assert!(
+        !ok && text.contains("authentication"),
+        "list without the secret: {text}"
+    );
+    assert!(
+        !cl.log().contains(&hex),
+        "the secret is in the master's log"
+    );
+    drop(cl);
+
+    let random = r#"{"development":{"id":"master-server-1","host":"127.0.0.1","port":0,"rpcSecret":"random"}}"#;
+    let cl = Cluster::start_with("secret-random", SERVERS, random, &[]);
+    let (ok, text) = cli_with_env(&cl.addr, &["list"], &[]);
+    assert!(
+        !ok && text.contains("authentication"),
+        "list without the secret: {text}"
+    );
+    let master_port: u16 = cl.addr.rsplit_once(':').unwrap().1.parse().unwrap();
+    let err = probe(master_port, None).await;
+    assert!(
+        matches!(err, shaddock_rpc::RpcError::AuthFailed { .. }),
+        "the master without the secret: {err:?}"
+    );
+}
