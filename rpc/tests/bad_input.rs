@@ -404,8 +404,11 @@ async fn a_peer_that_never_reads_blocks_no_one_and_not_shutdown() {
     let req = request(1, "echo", &[b'z'; 990]);
     let chunk: Vec<u8> = req.iter().copied().cycle().take(req.len() * 256).collect();
     let mut sent = 0usize;
+    // A write that makes no progress for 3 s means the server stopped reading; a shorter wait
+    // can be mistaken for backpressure when the machine is merely busy, and then the replies
+    // still fit the socket buffers and nothing is left unwritten at shutdown.
     while sent < 64 << 20 {
-        match tokio::time::timeout(Duration::from_millis(500), s.write_all(&chunk)).await {
+        match tokio::time::timeout(Duration::from_secs(3), s.write_all(&chunk)).await {
             Ok(Ok(())) => sent += chunk.len(),
             Ok(Err(e)) => panic!("server closed a peer that only sent valid requests: {e}"),
             Err(_) => break, // the server stopped reading: backpressure
