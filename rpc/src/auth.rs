@@ -3,7 +3,10 @@
 //! When [`crate::RpcConfig::secret`] is set, a server sends a `challenge` frame with a random
 //! 32-byte nonce as soon as it accepts; the client answers with an `auth` frame carrying
 //! `HMAC-SHA256(secret, nonce || info)` and `info` (32 random bytes of its own choosing); the
-//! server checks the MAC in constant time and answers `auth-ok`, and only then reads calls.
+//! server checks the MAC in constant time and answers `auth-ok` with its own proof,
+//! `HMAC-SHA256(secret, "shaddock-rpc-server" || info || nonce)`, which the client checks before
+//! it sends a call (so a peer that merely accepts connections cannot pose as a cluster server);
+//! only then are calls read.
 //! Anything else first (a request, a wrong MAC, silence for `connect_timeout`) closes the
 //! connection with a `warn!` naming the peer; no handler runs.
 
@@ -120,6 +123,29 @@ impl ClusterSecret {
         m.verify_slice(mac).is_ok()
     }
 }
+
+impl ClusterSecret {
+    /// The server's proof for the client that sent `info` to the challenge `nonce`; a distinct
+    /// prefix keeps it from ever equalling a client answer.
+    pub(crate) fn server_proof(&self, nonce: &[u8], info: &[u8]) -> [u8; AUTH_LEN] {
+        let mut m = self.mac();
+        m.update(SERVER_PROOF_PREFIX);
+        m.update(info);
+        m.update(nonce);
+        m.finalize().into_bytes().into()
+    }
+
+    /// Whether `proof` is the server's proof for `nonce` and `info`; constant time.
+    pub(crate) fn verify_server_proof(&self, nonce: &[u8], info: &[u8], proof: &[u8]) -> bool {
+        let mut m = self.mac();
+        m.update(SERVER_PROOF_PREFIX);
+        m.update(info);
+        m.update(nonce);
+        m.verify_slice(proof).is_ok()
+    }
+}
+
+const SERVER_PROOF_PREFIX: &[u8] = b"shaddock-rpc-server";
 
 impl fmt::Debug for ClusterSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

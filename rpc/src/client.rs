@@ -736,7 +736,8 @@ async fn read_frame(stream: &mut TcpStream) -> Result<Frame, String> {
 }
 
 /// Opens a TCP connection and checks the peer answers before the link counts as up: with a
-/// cluster secret, answers its challenge and waits for `auth-ok`; without, sends one `ping`
+/// cluster secret, answers its challenge and waits for `auth-ok` with the server's proof (checked: a
+/// peer that cannot prove the secret gets no call); without, sends one `ping`
 /// and waits for its `pong`. The caller bounds it with `connect_timeout`, so a peer whose
 /// kernel accepts but whose process is frozen is not up.
 async fn connect(shared: &LinkShared) -> Result<TcpStream, ConnectError> {
@@ -767,7 +768,14 @@ async fn connect(shared: &LinkShared) -> Result<TcpStream, ConnectError> {
             .await
             .map_err(|e| Other(format!("auth write failed: {e}")))?;
         return match read_frame(&mut stream).await {
-            Ok(Frame::AuthOk) => Ok(stream),
+            Ok(Frame::AuthOk { proof }) if secret.verify_server_proof(&nonce, &info, &proof) => {
+                Ok(stream)
+            }
+            Ok(Frame::AuthOk { .. }) => Err(Auth(
+                "peer accepted our answer but could not prove it knows the cluster secret \
+                 (not a server of this cluster)"
+                    .into(),
+            )),
             Ok(_) => Err(Auth(
                 "peer answered our authentication with another frame".into(),
             )),

@@ -18,7 +18,7 @@
 //! kind 0x06 pong      | (nothing)                                                      |
 //! kind 0x07 challenge | nonce (32 bytes)                                               |
 //! kind 0x08 auth      | mac (32 bytes) | info ..                                       |
-//! kind 0x09 auth-ok   | (nothing)                                                      |
+//! kind 0x09 auth-ok   | proof (32 bytes)                                               |
 //! ```
 //!
 //! - `len` excludes itself; `1 <= len <= max_frame_size` or the connection is closed.
@@ -254,8 +254,12 @@ pub enum Frame {
         /// Bytes of the client's choosing (the rest of the frame).
         info: Bytes,
     },
-    /// The server accepted the [`Frame::Auth`]; calls may follow.
-    AuthOk,
+    /// The server accepted the [`Frame::Auth`]; calls may follow. Carries the server's own
+    /// proof that it knows the secret (the client checks it: authentication is mutual).
+    AuthOk {
+        /// `HMAC-SHA256(secret, "shaddock-rpc-server" || info || nonce)`, 32 bytes.
+        proof: Bytes,
+    },
 }
 
 /// A frame that breaks the format. Every variant is fatal for the connection it came from.
@@ -326,7 +330,7 @@ impl Frame {
             Self::Pong => "a pong",
             Self::Challenge { .. } => "a challenge",
             Self::Auth { .. } => "an auth frame",
-            Self::AuthOk => "an auth-ok",
+            Self::AuthOk { .. } => "an auth-ok",
         }
     }
 
@@ -353,8 +357,9 @@ impl Frame {
             Self::Response { result: Err(e), .. } => {
                 1 + 4 + 1 + 4 + 2 + e.message.len().min(u16::MAX as usize)
             }
-            Self::Ping | Self::Pong | Self::AuthOk => 1,
+            Self::Ping | Self::Pong => 1,
             Self::Challenge { nonce } => 1 + nonce.len(),
+            Self::AuthOk { proof } => 1 + proof.len(),
             Self::Auth { mac, info } => 1 + mac.len() + info.len(),
         }
     }
@@ -413,7 +418,10 @@ impl Frame {
             }
             Self::Ping => dst.put_u8(KIND_PING),
             Self::Pong => dst.put_u8(KIND_PONG),
-            Self::AuthOk => dst.put_u8(KIND_AUTH_OK),
+            Self::AuthOk { proof } => {
+                dst.put_u8(KIND_AUTH_OK);
+                dst.put_slice(proof);
+            }
             Self::Challenge { nonce } => {
                 dst.put_u8(KIND_CHALLENGE);
                 dst.put_slice(nonce);
@@ -531,17 +539,25 @@ impl Frame {
                     }),
                 })
             }
-            KIND_PING | KIND_PONG | KIND_AUTH_OK => {
+            KIND_PING | KIND_PONG => {
                 if !body.is_empty() {
                     return Err(FrameError::Malformed {
-                        reason: "ping, pong or auth-ok frame with a body",
+                        reason: "ping or pong frame with a body",
                     });
                 }
-                Ok(match kind {
-                    KIND_PING => Self::Ping,
-                    KIND_PONG => Self::Pong,
-                    _ => Self::AuthOk,
+                Ok(if kind == KIND_PING {
+                    Self::Ping
+                } else {
+                    Self::Pong
                 })
+            }
+            KIND_AUTH_OK => {
+                if body.len() != crate::auth::AUTH_LEN {
+                    return Err(FrameError::Malformed {
+                        reason: "auth-ok proof is not 32 bytes",
+                    });
+                }
+                Ok(Self::AuthOk { proof: body })
             }
             KIND_CHALLENGE => {
                 if body.len() != crate::auth::AUTH_LEN {
@@ -982,7 +998,9 @@ mod tests {
             (any::<u32>(), payload).prop_map(|(id, p)| Frame::Response { id, result: Ok(p) }),
             Just(Frame::Ping),
             Just(Frame::Pong),
-            Just(Frame::AuthOk),
+            proptest::collection::vec(any::<u8>(), 32).prop_map(|p| Frame::AuthOk {
+                proof: Bytes::from(p)
+            }),
             proptest::collection::vec(any::<u8>(), 32).prop_map(|n| Frame::Challenge {
                 nonce: Bytes::from(n)
             }),

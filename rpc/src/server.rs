@@ -305,7 +305,9 @@ impl RpcServer {
                     let _ = tx.try_send(Frame::Pong);
                 }
                 Some(Ok(Frame::Pong)) => {}
-                Some(Ok(f @ (Frame::Challenge { .. } | Frame::Auth { .. } | Frame::AuthOk))) => {
+                Some(Ok(
+                    f @ (Frame::Challenge { .. } | Frame::Auth { .. } | Frame::AuthOk { .. }),
+                )) => {
                     warn!(
                         frame = f.kind_name(),
                         "closing rpc connection: unexpected authentication frame"
@@ -370,9 +372,12 @@ where
             if !secret.verify(&nonce, &info, &mac) {
                 return Err("wrong cluster secret (bad challenge answer)".into());
             }
-            tx.send(Frame::AuthOk)
-                .await
-                .map_err(|_| "connection closed before auth-ok went out".to_owned())?;
+            let proof = secret.server_proof(&nonce, &info);
+            tx.send(Frame::AuthOk {
+                proof: Bytes::copy_from_slice(&proof),
+            })
+            .await
+            .map_err(|_| "connection closed before auth-ok went out".to_owned())?;
             debug!("rpc peer authenticated");
             Ok(())
         }

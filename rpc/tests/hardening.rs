@@ -553,6 +553,63 @@ async fn only_clients_with_the_cluster_secret_are_served() {
     peer.stop().await;
 }
 
+/// Authentication is mutual: a peer that sends a challenge and then `auth-ok` without knowing
+/// the secret (an impostor listening at a server's address) gets no call; the client reports
+/// `AuthFailed` and never sends the request.
+#[tokio::test]
+async fn a_server_that_cannot_prove_the_secret_gets_no_call() {
+    let secret = shaddock_rpc::ClusterSecret::generate().unwrap();
+    let listener = t(TcpListener::bind("127.0.0.1:0")).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let impostor = tokio::spawn(async move {
+        let mut got_request = false;
+        // Two connections: the call's attempt and one retry at most.
+        for _ in 0..2 {
+            let Ok(Ok((mut s, _))) =
+                tokio::time::timeout(Duration::from_secs(3), listener.accept()).await
+            else {
+                break;
+            };
+            let mut out = BytesMut::new();
+            Frame::Challenge {
+                nonce: Bytes::from(vec![7u8; 32]),
+            }
+            .encode(&mut out, 1 << 20)
+            .unwrap();
+            s.write_all(&out).await.unwrap();
+            let mut buf = BytesMut::new();
+            if !matches!(read_frame(&mut s, &mut buf).await, Some(Frame::Auth { .. })) {
+                continue;
+            }
+            let mut ok = BytesMut::new();
+            Frame::AuthOk {
+                proof: Bytes::from(vec![0u8; 32]),
+            }
+            .encode(&mut ok, 1 << 20)
+            .unwrap();
+            s.write_all(&ok).await.unwrap();
+            // Whatever comes next must not be a request.
+            if let Some(Frame::Request { .. }) = read_frame(&mut s, &mut buf).await {
+                got_request = true;
+            }
+        }
+        got_request
+    });
+    let rpc = RpcClient::new(with_secret(Some(&secret)));
+    rpc.directory()
+        .add(ServerInfo::new("echo-1", "echo", "127.0.0.1", addr.port()));
+    let err = t(echo_call(&rpc, 1)).await.unwrap_err();
+    assert!(
+        matches!(&err, shaddock_rpc::RpcError::AuthFailed { .. }),
+        "{err:?}"
+    );
+    drop(rpc);
+    assert!(
+        !t(impostor).await.unwrap(),
+        "the client sent a call to a server that never proved the secret"
+    );
+}
+
 /// A raw socket that ignores the challenge and sends a request is closed with a warn naming
 /// it, and the request's handler never runs; one that sends nothing is closed after the
 /// authentication time limit (`connect_timeout`).
