@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use serde_json::{Value, json};
-use shaddock_rpc::{RpcConfig, Target};
+use shaddock_rpc::Target;
 use shaddock_server::config::{ClusterConfig, choose_env};
 use shaddock_server::master::{LISTENING_LINE, READY_LINE, START_FAILED_LINE};
 use shaddock_server::process::master_client;
@@ -186,7 +186,7 @@ async fn stop_signal() -> &'static str {
 }
 
 fn master_stub(addr: &str) -> Result<master_remote::Client, String> {
-    let mut cfg = RpcConfig::default();
+    let mut cfg = shaddock_server::secret::admin_rpc_config(addr)?;
     cfg.reconnect_max_attempts = 1;
     master_client("master", addr, cfg)
         .ok_or_else(|| format!("the master printed a bad address `{addr}`"))

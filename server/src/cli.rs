@@ -262,8 +262,8 @@ fn master_addr(cli: &Cli) -> Result<String, String> {
 
 async fn admin(cli: &Cli) -> Result<master_remote::Client, String> {
     let addr = master_addr(cli)?;
-    // A master that requires the cluster secret is reached with $SHADDOCK_RPC_SECRET.
-    crate::process::master_client(MASTER, &addr, crate::process::rpc_config_from_env()?)
+    // The cluster secret: $SHADDOCK_RPC_SECRET, else the master's secret file on this machine.
+    crate::process::master_client(MASTER, &addr, crate::secret::admin_rpc_config(&addr)?)
         .ok_or_else(|| format!("bad master address `{addr}` (want host:port)"))
 }
 

@@ -20,9 +20,9 @@
 //!                 "crashLoop": {"max": 5, "windowSecs": 60}} } }
 //! ```
 //!
-//! `"rpcSecret": "random"` in the master's object makes the master generate a fresh random
-//! cluster secret at every start and hand it to the servers it starts, so the RPC ports serve
-//! only the cluster's own processes (see [`MasterConfig::random_rpc_secret`]).
+//! The master generates a fresh random cluster secret at every start (`"rpcSecret": "random"`,
+//! the default; `"none"` turns it off) and hands it to the servers it starts, so the RPC ports
+//! serve only the cluster's own processes (see [`MasterConfig::random_rpc_secret`]).
 //!
 //! The files are read with serde into raw structs, then validated once into [`ClusterConfig`].
 //! Every error names the file, the environment, the server id (or its index) and the field, so a
@@ -166,10 +166,12 @@ pub struct MasterConfig {
     pub placement_grace: std::time::Duration,
     /// What it does when a server exits without being told to (`restart`).
     pub restart: RestartPolicy,
-    /// `"rpcSecret": "random"`: the master generates a random cluster secret at start (unless
-    /// its own environment already has one in `SHADDOCK_RPC_SECRET`, which then wins) and
-    /// every RPC server and client of the cluster requires it. Without it (the default) the
-    /// RPC ports are unauthenticated unless `SHADDOCK_RPC_SECRET` is set for the master.
+    /// Whether the master generates a random cluster secret at start (`"rpcSecret": "random"`,
+    /// the default) unless its own environment already has one in `SHADDOCK_RPC_SECRET`,
+    /// which then wins. Every RPC server and client of the cluster then requires it; admin
+    /// commands on the master's machine find it in the master's secret file (see
+    /// [`crate::secret`]). `"rpcSecret": "none"` turns authentication off (the RPC ports then
+    /// trust every peer that reaches them).
     pub random_rpc_secret: bool,
 }
 
@@ -663,13 +665,15 @@ fn parse_master(file: &Path, text: &str, env: &str) -> Result<MasterConfig, Conf
     };
     let restart = parse_restart(&ctx, &id, m.remove("restart"))?;
     let random_rpc_secret = match m.remove("rpcSecret") {
-        None | Some(Value::Null) => false,
+        None | Some(Value::Null) => true,
         Some(Value::String(s)) if s == "random" => true,
+        Some(Value::String(s)) if s == "none" => false,
         Some(_) => {
             return Err(ctx.invalid(
                 &id,
                 "rpcSecret",
-                "must be \"random\" (secrets themselves go in $SHADDOCK_RPC_SECRET, never in a file)"
+                "must be \"random\" (the default) or \"none\" (secrets themselves go in \
+                 $SHADDOCK_RPC_SECRET, never in a config file)"
                     .into(),
             ));
         }
@@ -936,13 +940,25 @@ mod tests {
     }
 
     #[test]
-    fn rpc_secret_is_random_or_absent() {
+    fn rpc_secret_is_random_by_default_or_none() {
         let servers = r#"{"development":{"chat":[{"id":"a","host":"h","port":1}]}}"#;
         let d = tmp("secret");
         write(
             &d,
             servers,
             r#"{"development":{"id":"m","host":"h","port":2}}"#,
+        );
+        assert!(
+            ClusterConfig::load(&d, "development")
+                .unwrap()
+                .master
+                .random_rpc_secret,
+            "a secret by default"
+        );
+        write(
+            &d,
+            servers,
+            r#"{"development":{"id":"m","host":"h","port":2,"rpcSecret":"none"}}"#,
         );
         assert!(
             !ClusterConfig::load(&d, "development")

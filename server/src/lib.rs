@@ -39,6 +39,7 @@ pub mod placement;
 pub mod process;
 pub mod procfs;
 pub mod proto;
+pub mod secret;
 
 pub use app::{
     App, AppError, BackendHandler, BackendRequest, Component, DuplicateLogin, Rejoin, RejoinHook,

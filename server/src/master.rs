@@ -877,20 +877,27 @@ pub(crate) async fn run_master(
     let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     let addr = format!("{}:{port}", cluster.master.host);
     let config_dir = std::path::absolute(&config_dir).unwrap_or(config_dir);
-    // The cluster secret: $SHADDOCK_RPC_SECRET if set, else a fresh one when master.json asks
-    // for `"rpcSecret": "random"`, else none (RPC unauthenticated, as before secrets existed).
+    // The cluster secret: $SHADDOCK_RPC_SECRET if set, else a fresh one (the default,
+    // `"rpcSecret": "random"`), written to this machine's secret file for admin commands and
+    // removed at exit; with `"rpcSecret": "none"`, none (RPC unauthenticated).
+    let mut _secret_file = None;
     let rpc_secret = match crate::process::rpc_secret_from_env()? {
         Some(s) => Some(s),
-        None if cluster.master.random_rpc_secret => Some(
-            shaddock_rpc::ClusterSecret::generate()
-                .map_err(|e| format!("master {}: {e}", cluster.master.id))?,
-        ),
+        None if cluster.master.random_rpc_secret => {
+            let s = shaddock_rpc::ClusterSecret::generate()
+                .map_err(|e| format!("master {}: {e}", cluster.master.id))?;
+            _secret_file = Some(
+                crate::secret::write_secret_file(&addr, &s)
+                    .map_err(|e| format!("master {}: {e}", cluster.master.id))?,
+            );
+            Some(s)
+        }
         None => None,
     };
     if rpc_secret.is_some() {
-        tracing::info!("rpc ports require the cluster secret");
+        tracing::debug!("rpc ports require the cluster secret");
     } else {
-        tracing::info!("no cluster secret: rpc ports are unauthenticated (see rpcSecret)");
+        tracing::info!("rpcSecret is \"none\": rpc ports are unauthenticated");
     }
     let mut rpc_cfg = RpcConfig::default();
     rpc_cfg.secret = rpc_secret.clone();

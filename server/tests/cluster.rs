@@ -1192,9 +1192,8 @@ async fn probe(port: u16, secret: Option<&shaddock_rpc::ClusterSecret>) -> shadd
 /// that know it. Given to the master in `SHADDOCK_RPC_SECRET`: the servers it starts get it
 /// through their environment (never on their command line) and register with it; a raw RPC
 /// client without it gets `AuthFailed` from a running chat server and from the master, and
-/// the admin CLI works only with the variable set. With `"rpcSecret": "random"` the master
-/// makes one up: the cluster starts (its servers registered with it) and nothing outside it
-/// gets in.
+/// the admin CLI works only with the variable set. By default the master makes one up (see
+/// below); `"rpcSecret": "none"` turns authentication off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpc_ports_require_the_cluster_secret() {
     let secret = shaddock_rpc::ClusterSecret::generate().unwrap();
@@ -1251,17 +1250,63 @@ async fn rpc_ports_require_the_cluster_secret() {
     );
     drop(cl);
 
-    let random = r#"{"development":{"id":"master-server-1","host":"127.0.0.1","port":0,"rpcSecret":"random"}}"#;
-    let cl = Cluster::start_with("secret-random", SERVERS, random, &[]);
+    // Without rpcSecret (the default, "random") the master makes one up: the cluster starts
+    // (its servers registered with it), nothing outside it gets in, and admin commands of
+    // this user on this machine find it in the master's secret file (0600), which goes when
+    // the master does.
+    let cl = Cluster::start_with("secret-random", SERVERS, MASTER, &[]);
+    let file = shaddock_server::secret::secret_file(&cl.addr);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "{}", file.display());
     let (ok, text) = cli_with_env(&cl.addr, &["list"], &[]);
     assert!(
-        !ok && text.contains("authentication"),
-        "list without the secret: {text}"
+        ok && text.contains("running"),
+        "list on the master's machine: {text}"
     );
     let master_port: u16 = cl.addr.rsplit_once(':').unwrap().1.parse().unwrap();
     let err = probe(master_port, None).await;
     assert!(
         matches!(err, shaddock_rpc::RpcError::AuthFailed { .. }),
         "the master without the secret: {err:?}"
+    );
+    let from_file = shaddock_server::secret::read_secret_file(&cl.addr)
+        .unwrap()
+        .expect("the secret file");
+    let err = probe(master_port, Some(&from_file)).await;
+    assert!(
+        matches!(err, shaddock_rpc::RpcError::UnknownService { .. }),
+        "the master with the file's secret: {err:?}"
+    );
+    let (ok, text) = cli_with_env(&cl.addr, &["stop"], &[]);
+    assert!(ok, "stop: {text}");
+    let mut cl = cl;
+    let master = cl.master.as_mut().expect("the master process");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while master.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the master did not exit after stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(cl);
+    assert!(
+        !file.exists(),
+        "{} left after the master stopped",
+        file.display()
+    );
+
+    // "rpcSecret": "none" turns it off: the ports serve anyone.
+    let none = r#"{"development":{"id":"master-server-1","host":"127.0.0.1","port":0,"rpcSecret":"none"}}"#;
+    let cl = Cluster::start_with("secret-none", SERVERS, none, &[]);
+    let master_port: u16 = cl.addr.rsplit_once(':').unwrap().1.parse().unwrap();
+    let err = probe(master_port, None).await;
+    assert!(
+        matches!(err, shaddock_rpc::RpcError::UnknownService { .. }),
+        "the master with rpcSecret none: {err:?}"
     );
 }

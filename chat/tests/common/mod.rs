@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use shaddock_rpc::{RpcClient, RpcConfig, ServerInfo, Target};
+use shaddock_rpc::{RpcClient, ServerInfo, Target};
 use shaddock_server::proto::{PlaceArgs, master_remote};
 
 /// How long the cluster may take to come up.
@@ -262,7 +262,8 @@ impl Drop for Cluster {
 /// A stub for the master at `addr` (`host:port`), as server id `master`.
 pub fn master_at(addr: &str) -> master_remote::Client {
     let (host, port) = addr.rsplit_once(':').expect("master host:port");
-    let rpc = RpcClient::new(RpcConfig::default());
+    let cfg = shaddock_server::secret::admin_rpc_config(addr).expect("cluster secret");
+    let rpc = RpcClient::new(cfg);
     rpc.directory().add(ServerInfo::new(
         "master",
         "__master",

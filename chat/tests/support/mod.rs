@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use shaddock_chat::remote::{RoomCount, chat_remote};
-use shaddock_rpc::{RpcClient, RpcConfig, ServerInfo, Target};
+use shaddock_rpc::{RpcClient, ServerInfo, Target};
 use shaddock_server::proto::{ListReply, ListRow, master_remote};
 use tokio::time::timeout;
 
@@ -25,7 +25,8 @@ impl Rpc {
     pub fn new(cluster: &Cluster) -> Self {
         let addr = cluster.info["master"].as_str().expect("master addr");
         let (host, port) = addr.rsplit_once(':').expect("host:port");
-        let client = RpcClient::new(RpcConfig::default());
+        let cfg = shaddock_server::secret::admin_rpc_config(addr).expect("cluster secret");
+        let client = RpcClient::new(cfg);
         client.directory().add(ServerInfo::new(
             "master",
             "__master",
