@@ -101,47 +101,41 @@ impl ClusterSecret {
         s
     }
 
-    fn mac(&self) -> Hmac<Sha256> {
+    /// The HMAC of the concatenation of `parts`, keyed with the secret.
+    fn mac_of(&self, parts: &[&[u8]]) -> Hmac<Sha256> {
         // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
-        <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0)
-            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
+        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        for part in parts {
+            m.update(part);
+        }
+        m
     }
 
     /// `HMAC-SHA256(secret, nonce || info)`: the client's answer to a challenge.
     pub(crate) fn answer(&self, nonce: &[u8], info: &[u8]) -> [u8; AUTH_LEN] {
-        let mut m = self.mac();
-        m.update(nonce);
-        m.update(info);
-        m.finalize().into_bytes().into()
+        self.mac_of(&[nonce, info]).finalize().into_bytes().into()
     }
 
     /// Whether `mac` answers `nonce` with `info`; compares in constant time.
     pub(crate) fn verify(&self, nonce: &[u8], info: &[u8], mac: &[u8]) -> bool {
-        let mut m = self.mac();
-        m.update(nonce);
-        m.update(info);
-        m.verify_slice(mac).is_ok()
+        self.mac_of(&[nonce, info]).verify_slice(mac).is_ok()
     }
-}
 
-impl ClusterSecret {
     /// The server's proof for the client that sent `info` to the challenge `nonce`; a distinct
     /// prefix keeps it from ever equalling a client answer.
     pub(crate) fn server_proof(&self, nonce: &[u8], info: &[u8]) -> [u8; AUTH_LEN] {
-        let mut m = self.mac();
-        m.update(SERVER_PROOF_PREFIX);
-        m.update(info);
-        m.update(nonce);
-        m.finalize().into_bytes().into()
+        self.mac_of(&[SERVER_PROOF_PREFIX, info, nonce])
+            .finalize()
+            .into_bytes()
+            .into()
     }
 
     /// Whether `proof` is the server's proof for `nonce` and `info`; constant time.
     pub(crate) fn verify_server_proof(&self, nonce: &[u8], info: &[u8], proof: &[u8]) -> bool {
-        let mut m = self.mac();
-        m.update(SERVER_PROOF_PREFIX);
-        m.update(info);
-        m.update(nonce);
-        m.verify_slice(proof).is_ok()
+        self.mac_of(&[SERVER_PROOF_PREFIX, info, nonce])
+            .verify_slice(proof)
+            .is_ok()
     }
 }
 
