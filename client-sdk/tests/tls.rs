@@ -17,47 +17,10 @@ use shaddock_test_support::logs::capture_logs;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// A test CA and the PEM of a server certificate it signed.
-struct Ca {
-    pem: String,
-    leaf_cert: String,
-    leaf_key: String,
-}
+use shaddock_test_support::tls::TestCa as Ca;
 
-fn make_ca(name: &str) -> Ca {
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(
-        rcgen::DnType::CommonName,
-        format!("shaddock test CA {name}"),
-    );
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let ca_cert = params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(params, ca_key);
-    let leaf_params =
-        rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .unwrap();
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
-    Ca {
-        pem: ca_cert.pem(),
-        leaf_cert: leaf.pem(),
-        leaf_key: leaf_key.serialize_pem(),
-    }
-}
-
-impl Ca {
-    fn client_tls(&self) -> ClientTls {
-        ClientTls::from_ca_pem(self.pem.as_bytes()).unwrap()
-    }
-
-    /// Writes the server certificate and key into `dir`, returns their paths.
-    fn write_leaf(&self, dir: &Path) -> (PathBuf, PathBuf) {
-        let (c, k) = (dir.join("server.crt"), dir.join("server.key"));
-        std::fs::write(&c, &self.leaf_cert).unwrap();
-        std::fs::write(&k, &self.leaf_key).unwrap();
-        (c, k)
-    }
+fn client_tls(ca: &Ca) -> ClientTls {
+    ClientTls::from_ca_pem(ca.pem.as_bytes()).unwrap()
 }
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -141,7 +104,7 @@ async fn echo_and_push(client: &Client, text: &str) {
 
 #[tokio::test]
 async fn tls_tcp_wss_and_plain_share_the_port_in_optional_mode() {
-    let ca = make_ca("optional");
+    let ca = Ca::new("optional");
     let dir = temp_dir("optional");
     let server = start(&ca, &dir, TlsMode::Optional).await;
     for transport in [Transport::Tcp, Transport::WebSocket] {
@@ -149,7 +112,7 @@ async fn tls_tcp_wss_and_plain_share_the_port_in_optional_mode() {
         let (client, _events) = within(Client::connect(
             &server.addr,
             transport,
-            config(Some(ca.client_tls())),
+            config(Some(client_tls(&ca))),
         ))
         .await
         .unwrap_or_else(|e| panic!("{transport} over TLS: {e}"));
@@ -168,7 +131,7 @@ async fn tls_tcp_wss_and_plain_share_the_port_in_optional_mode() {
         format!("tls://localhost:{port}"),
         format!("wss://localhost:{port}/"),
     ] {
-        let (client, _events) = within(Client::connect_url(&url, config(Some(ca.client_tls()))))
+        let (client, _events) = within(Client::connect_url(&url, config(Some(client_tls(&ca)))))
             .await
             .unwrap_or_else(|e| panic!("{url}: {e}"));
         echo_and_push(&client, &url).await;
@@ -179,15 +142,15 @@ async fn tls_tcp_wss_and_plain_share_the_port_in_optional_mode() {
 
 #[tokio::test]
 async fn an_untrusted_certificate_is_a_tls_error() {
-    let ca = make_ca("trusted");
-    let other = make_ca("other");
+    let ca = Ca::new("trusted");
+    let other = Ca::new("other");
     let dir = temp_dir("untrusted");
     let server = start(&ca, &dir, TlsMode::Optional).await;
     for transport in [Transport::Tcp, Transport::WebSocket] {
         let err = within(Client::connect(
             &server.addr,
             transport,
-            config(Some(other.client_tls())),
+            config(Some(client_tls(&other))),
         ))
         .await
         .expect_err("a certificate of another CA must be refused");
@@ -208,7 +171,7 @@ async fn an_untrusted_certificate_is_a_tls_error() {
 #[tokio::test]
 async fn required_mode_refuses_plain_clients_and_logs_why() {
     let (logs, _guard) = capture_logs();
-    let ca = make_ca("required");
+    let ca = Ca::new("required");
     let dir = temp_dir("required");
     let server = start(&ca, &dir, TlsMode::Required).await;
     for transport in [Transport::Tcp, Transport::WebSocket] {
@@ -230,7 +193,7 @@ async fn required_mode_refuses_plain_clients_and_logs_why() {
         let (client, _events) = within(Client::connect(
             &server.addr,
             transport,
-            config(Some(ca.client_tls())),
+            config(Some(client_tls(&ca))),
         ))
         .await
         .unwrap_or_else(|e| panic!("{transport} over TLS: {e}"));
@@ -242,28 +205,28 @@ async fn required_mode_refuses_plain_clients_and_logs_why() {
 
 #[tokio::test]
 async fn reload_keeps_open_connections_and_new_handshakes_get_the_new_certificate() {
-    let old = make_ca("old");
-    let new = make_ca("new");
+    let old = Ca::new("old");
+    let new = Ca::new("new");
     let dir = temp_dir("reload");
     let server = start(&old, &dir, TlsMode::Optional).await;
     let (tcp, _e1) = within(Client::connect(
         &server.addr,
         Transport::Tcp,
-        config(Some(old.client_tls())),
+        config(Some(client_tls(&old))),
     ))
     .await
     .unwrap();
     let (ws, _e2) = within(Client::connect(
         &server.addr,
         Transport::WebSocket,
-        config(Some(old.client_tls())),
+        config(Some(client_tls(&old))),
     ))
     .await
     .unwrap();
     let refused = within(Client::connect(
         &server.addr,
         Transport::Tcp,
-        config(Some(new.client_tls())),
+        config(Some(client_tls(&new))),
     ))
     .await;
     assert!(
@@ -278,7 +241,7 @@ async fn reload_keeps_open_connections_and_new_handshakes_get_the_new_certificat
     let (still_old, _e3) = within(Client::connect(
         &server.addr,
         Transport::Tcp,
-        config(Some(old.client_tls())),
+        config(Some(client_tls(&old))),
     ))
     .await
     .expect("the old certificate is still served");
@@ -294,7 +257,7 @@ async fn reload_keeps_open_connections_and_new_handshakes_get_the_new_certificat
         let (c, _e) = within(Client::connect(
             &server.addr,
             transport,
-            config(Some(new.client_tls())),
+            config(Some(client_tls(&new))),
         ))
         .await
         .unwrap_or_else(|e| panic!("{transport} with the new CA: {e}"));
@@ -303,7 +266,7 @@ async fn reload_keeps_open_connections_and_new_handshakes_get_the_new_certificat
         let refused = within(Client::connect(
             &server.addr,
             transport,
-            config(Some(old.client_tls())),
+            config(Some(client_tls(&old))),
         ))
         .await;
         assert!(

@@ -5,7 +5,7 @@
 //! new handshakes get the new certificate (certificates of two CAs made at test time).
 
 use std::io::BufRead;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,46 +21,13 @@ async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
         .unwrap_or_else(|_| panic!("timed out: {what}"))
 }
 
-/// A CA (its PEM) and a server certificate + key it signed for 127.0.0.1.
-struct Ca {
-    pem: String,
-    leaf_cert: String,
-    leaf_key: String,
-}
+use shaddock_test_support::tls::TestCa as Ca;
 
-fn make_ca(name: &str) -> Ca {
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(
-        rcgen::DnType::CommonName,
-        format!("shaddock test CA {name}"),
-    );
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let ca_cert = params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(params, ca_key);
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    Ca {
-        pem: ca_cert.pem(),
-        leaf_cert: leaf.pem(),
-        leaf_key: leaf_key.serialize_pem(),
-    }
-}
-
-impl Ca {
-    fn write_leaf(&self, tls_dir: &Path) {
-        std::fs::write(tls_dir.join("server.crt"), &self.leaf_cert).unwrap();
-        std::fs::write(tls_dir.join("server.key"), &self.leaf_key).unwrap();
-    }
-
-    fn config(&self) -> ClientConfig {
-        ClientConfig::default()
-            .with_request_timeout(Duration::from_secs(5))
-            .with_tls(ClientTls::from_ca_pem(self.pem.as_bytes()).unwrap())
-    }
+/// Client settings that trust `ca`.
+fn config(ca: &Ca) -> ClientConfig {
+    ClientConfig::default()
+        .with_request_timeout(Duration::from_secs(5))
+        .with_tls(ClientTls::from_ca_pem(ca.pem.as_bytes()).unwrap())
 }
 
 /// The master (our child) and the server pids `list` showed; all killed on drop.
@@ -172,8 +139,8 @@ async fn sighup_reloads_the_certificate_and_open_connections_stay() {
     let tls_dir = dir.join("tls");
     std::fs::create_dir_all(&tls_dir).unwrap();
     std::fs::create_dir_all(dir.join("life")).unwrap();
-    let old = make_ca("old");
-    let new = make_ca("new");
+    let old = Ca::new("old");
+    let new = Ca::new("new");
     old.write_leaf(&tls_dir);
     std::fs::write(
         dir.join("servers.json"),
@@ -196,7 +163,7 @@ async fn sighup_reloads_the_certificate_and_open_connections_stay() {
 
     let (open, _events) = within(
         "TLS connect",
-        Client::connect(&gate, Transport::Tcp, old.config()),
+        Client::connect(&gate, Transport::Tcp, config(&old)),
     )
     .await
     .unwrap_or_else(|e| panic!("TLS connect to the gate: {e}\n{}", cl.log()));
@@ -223,7 +190,7 @@ async fn sighup_reloads_the_certificate_and_open_connections_stay() {
     let (fresh, _e) = loop {
         match within(
             "TLS connect",
-            Client::connect(&gate, Transport::WebSocket, new.config()),
+            Client::connect(&gate, Transport::WebSocket, config(&new)),
         )
         .await
         {
@@ -253,7 +220,7 @@ async fn sighup_reloads_the_certificate_and_open_connections_stay() {
     );
     let refused = within(
         "old CA",
-        Client::connect(&gate, Transport::Tcp, old.config()),
+        Client::connect(&gate, Transport::Tcp, config(&old)),
     )
     .await;
     assert!(
