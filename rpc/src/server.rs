@@ -169,7 +169,7 @@ impl RpcServer {
             return;
         };
         let limit = self.config.connect_timeout;
-        let handshake = tokio::time::timeout(limit, accept_tls(stream, acceptor));
+        let handshake = tokio::time::timeout(limit, accept_tls(stream, acceptor, limit / 2));
         let accepted = tokio::select! {
             r = handshake => r,
             () = shutdown.cancelled() => return,
@@ -428,18 +428,26 @@ where
 }
 
 /// The server side of the TLS handshake. A peer whose first byte is not a TLS handshake
-/// record speaks plain TCP: it gets a fatal alert (so a Shaddock client can say why) and is
-/// refused without handing its bytes to rustls. The error says why, for the log.
+/// record speaks plain TCP, and so does one that sends nothing within `first_byte_within` (a
+/// TLS client sends its ClientHello at once; a plain one with a cluster secret waits for the
+/// challenge): it gets a fatal alert (so a Shaddock client can say why) and is refused
+/// without handing its bytes to rustls. The error says why, for the log.
 async fn accept_tls(
     mut stream: TcpStream,
     acceptor: tokio_rustls::TlsAcceptor,
+    first_byte_within: Duration,
 ) -> Result<tokio_rustls::server::TlsStream<TcpStream>, String> {
     use tokio::io::AsyncWriteExt;
     let mut first = [0u8; 1];
-    let n = stream
-        .peek(&mut first)
-        .await
-        .map_err(|e| format!("read failed before the TLS handshake: {e}"))?;
+    let Ok(peeked) = tokio::time::timeout(first_byte_within, stream.peek(&mut first)).await else {
+        let _ = stream.write_all(&crate::tls::PLAIN_PEER_ALERT).await;
+        let _ = stream.shutdown().await;
+        return Err(format!(
+            "peer sent nothing for {first_byte_within:?}: no TLS ClientHello (a plain TCP \
+             peer waiting for a cluster-secret challenge on a TLS rpc port?)"
+        ));
+    };
+    let n = peeked.map_err(|e| format!("read failed before the TLS handshake: {e}"))?;
     if n == 0 {
         return Err("peer closed the connection before the TLS handshake".into());
     }
