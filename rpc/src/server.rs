@@ -145,7 +145,8 @@ impl RpcServer {
     }
 
     /// Serves one already-accepted connection (any byte stream, e.g. `tokio::io::duplex` in
-    /// tests) until the peer closes it, it sends a bad frame, or `shutdown` fires.
+    /// tests) until the peer closes it, it sends a bad frame, or `shutdown` fires. No TLS is
+    /// done here, whatever [`RpcConfig::tls`] says: the stream is taken as it is.
     pub async fn serve_connection<S>(&self, io: S, shutdown: CancellationToken)
     where
         S: AsyncRead + AsyncWrite + Send + 'static,

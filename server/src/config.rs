@@ -198,6 +198,18 @@ pub struct MasterConfig {
     pub rpc_tls: Option<RpcTlsFiles>,
 }
 
+impl MasterConfig {
+    /// The value of [`shaddock_rpc::RpcConfig::tls`] for every RPC server and client of the
+    /// cluster (the master's, the servers', the admin commands'): the files of `rpcTls` read,
+    /// or `None` without `rpcTls`.
+    ///
+    /// # Errors
+    /// [`shaddock_rpc::TlsError`] naming the file that cannot be read or parsed.
+    pub fn load_rpc_tls(&self) -> Result<Option<shaddock_rpc::RpcTls>, shaddock_rpc::TlsError> {
+        self.rpc_tls.as_ref().map(RpcTlsFiles::load).transpose()
+    }
+}
+
 /// master.json's `rpcTls`: the PEM files of mutual TLS between the cluster's servers.
 ///
 /// ```json

@@ -18,7 +18,7 @@
 //! use shaddock_server::metrics::MetricsBuilder;
 //! let mut metrics = MetricsBuilder::new();
 //! let rpc_metrics = metrics.rpc(); // put it in the RpcConfig of the server and the client
-//! let endpoint = metrics.serve("0.0.0.0:9100".parse().unwrap()).await?;
+//! let endpoint = metrics.serve("0.0.0.0:9100").await?;
 //! println!("metrics at {}", endpoint.url());
 //! # drop(rpc_metrics); Ok(()) }
 //! ```
@@ -46,7 +46,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -111,8 +111,33 @@ impl MetricsBuilder {
     ///
     /// # Errors
     /// The port cannot be bound.
-    pub async fn serve(self, addr: SocketAddr) -> std::io::Result<MetricsServer> {
+    pub async fn serve(self, addr: impl ToSocketAddrs) -> std::io::Result<MetricsServer> {
         serve_registry(addr, self.registry).await
+    }
+
+    /// Serves the registry on `host:metricsPort` of `server` (its servers.json entry), or
+    /// returns `Ok(None)` when the entry has no `metricsPort`. With port `0` the real port is
+    /// [`MetricsServer::local_addr`]'s.
+    ///
+    /// # Errors
+    /// The port cannot be bound; the error names the server and the address.
+    pub async fn serve_for(
+        self,
+        server: &crate::config::ServerConfig,
+    ) -> std::io::Result<Option<MetricsServer>> {
+        let Some(addr) = server.metrics_addr() else {
+            return Ok(None);
+        };
+        match serve_registry(addr.as_str(), self.registry).await {
+            Ok(m) => Ok(Some(m)),
+            Err(e) => Err(std::io::Error::new(
+                e.kind(),
+                format!(
+                    "{}/{}: cannot serve metrics on {addr} (metricsPort): {e}",
+                    server.server_type, server.id
+                ),
+            )),
+        }
     }
 }
 
@@ -120,12 +145,18 @@ impl MetricsBuilder {
 ///
 /// # Errors
 /// The port cannot be bound.
-pub async fn serve(addr: SocketAddr, mut registry: Registry) -> std::io::Result<MetricsServer> {
+pub async fn serve(
+    addr: impl ToSocketAddrs,
+    mut registry: Registry,
+) -> std::io::Result<MetricsServer> {
     registry.register_collector(Box::new(ProcessCollector));
     serve_registry(addr, registry).await
 }
 
-async fn serve_registry(addr: SocketAddr, registry: Registry) -> std::io::Result<MetricsServer> {
+async fn serve_registry(
+    addr: impl ToSocketAddrs,
+    registry: Registry,
+) -> std::io::Result<MetricsServer> {
     let listener = TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();

@@ -138,9 +138,7 @@ async fn the_endpoint_serves_rpc_process_and_connector_metrics() {
         s.protocol_errors = 4;
         s
     });
-    let endpoint = t(builder.serve("127.0.0.1:0".parse().unwrap()))
-        .await
-        .unwrap();
+    let endpoint = t(builder.serve("127.0.0.1:0")).await.unwrap();
     let addr = endpoint.local_addr();
     assert_eq!(endpoint.url(), format!("http://{addr}/metrics"));
 
@@ -292,15 +290,43 @@ async fn serve_takes_a_registry_of_the_callers() {
     let c: prometheus_client::metrics::counter::Counter = Default::default();
     registry.register("app_things", "Things done", c.clone());
     c.inc_by(41);
-    let endpoint = t(shaddock_server::metrics::serve(
-        "127.0.0.1:0".parse().unwrap(),
-        registry,
-    ))
-    .await
-    .unwrap();
+    let endpoint = t(shaddock_server::metrics::serve("127.0.0.1:0", registry))
+        .await
+        .unwrap();
     c.inc();
     let s = scrape(endpoint.local_addr()).await;
     assert_eq!(value(&s, "app_things_total", &[]), 42.0);
     assert!(value(&s, "process_resident_memory_bytes", &[]) > 0.0);
     t(endpoint.stop()).await;
+}
+
+/// `serve_for` binds the `metricsPort` of a server's definition, or nothing without one.
+#[tokio::test]
+async fn serve_for_uses_the_metrics_port_of_the_definition() {
+    use shaddock_server::config::parse_server_def;
+    let with = parse_server_def(
+        serde_json::json!({"id": "chat-1", "serverType": "chat", "port": 0, "metricsPort": 0}),
+        None,
+    )
+    .unwrap();
+    let endpoint = t(MetricsBuilder::new().serve_for(&with))
+        .await
+        .unwrap()
+        .expect("an endpoint for a server with a metricsPort");
+    assert_eq!(endpoint.local_addr().ip().to_string(), "127.0.0.1");
+    let s = scrape(endpoint.local_addr()).await;
+    assert!(value(&s, "process_resident_memory_bytes", &[]) > 0.0);
+    t(endpoint.stop()).await;
+
+    let without = parse_server_def(
+        serde_json::json!({"id": "chat-2", "serverType": "chat", "port": 0}),
+        None,
+    )
+    .unwrap();
+    assert!(
+        t(MetricsBuilder::new().serve_for(&without))
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
