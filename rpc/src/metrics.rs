@@ -63,30 +63,33 @@ fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
 
-/// The RPC metrics of one process (see the module docs). Cheap to clone; clones count into
-/// the same metrics.
+/// The RPC metrics of one process (see the module docs). Cheap to clone (one `Arc`); clones
+/// count into the same metrics.
 #[derive(Clone, Debug)]
-pub struct RpcMetrics {
+pub struct RpcMetrics(Arc<Families>);
+
+#[derive(Debug)]
+struct Families {
     client_calls: Family<PeerLabels, Counter>,
     client_errors: Family<PeerErrorLabels, Counter>,
     client_latency: HistogramFamily<PeerLabels>,
     server_calls: Family<MethodLabels, Counter>,
     server_errors: Family<MethodErrorLabels, Counter>,
     server_latency: HistogramFamily<MethodLabels>,
-    methods: Arc<RwLock<HashMap<(Name, Name), MethodMetrics>>>,
+    methods: RwLock<HashMap<(Name, Name), MethodMetrics>>,
 }
 
 impl RpcMetrics {
     /// Creates the metrics and registers them in `registry` (names prefixed `shaddock_rpc_`).
     pub fn register(registry: &mut Registry) -> Self {
-        let m = Self {
+        let m = Families {
             client_calls: Family::default(),
             client_errors: Family::default(),
             client_latency: Family::new_with_constructor(latency_histogram),
             server_calls: Family::default(),
             server_errors: Family::default(),
             server_latency: Family::new_with_constructor(latency_histogram),
-            methods: Arc::default(),
+            methods: RwLock::default(),
         };
         let r = registry.sub_registry_with_prefix("shaddock_rpc");
         r.register(
@@ -121,7 +124,7 @@ impl RpcMetrics {
             prometheus_client::registry::Unit::Seconds,
             m.server_latency.clone(),
         );
-        m
+        Self(Arc::new(m))
     }
 
     /// The per-peer handles of a client link to `peer`.
@@ -131,15 +134,16 @@ impl RpcMetrics {
         };
         PeerMetrics {
             peer: Arc::from(peer),
-            calls: self.client_calls.get_or_create_owned(&labels),
-            latency: self.client_latency.get_or_create_owned(&labels),
-            errors: self.client_errors.clone(),
+            calls: self.0.client_calls.get_or_create_owned(&labels),
+            latency: self.0.client_latency.get_or_create_owned(&labels),
+            errors: self.0.client_errors.clone(),
         }
     }
 
     /// Counts a call that failed before a peer was chosen (no server, unknown peer).
     pub(crate) fn unresolved(&self, err: &crate::RpcError) {
-        self.client_errors
+        self.0
+            .client_errors
             .get_or_create(&PeerErrorLabels {
                 peer: String::new(),
                 error: err.label().to_owned(),
@@ -151,6 +155,7 @@ impl RpcMetrics {
     pub(crate) fn method(&self, service: &Name, method: &Name) -> MethodMetrics {
         let key = (service.clone(), method.clone());
         if let Some(m) = self
+            .0
             .methods
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -164,11 +169,12 @@ impl RpcMetrics {
         };
         let m = MethodMetrics {
             labels: Arc::new(labels.clone()),
-            calls: self.server_calls.get_or_create_owned(&labels),
-            latency: self.server_latency.get_or_create_owned(&labels),
-            errors: self.server_errors.clone(),
+            calls: self.0.server_calls.get_or_create_owned(&labels),
+            latency: self.0.server_latency.get_or_create_owned(&labels),
+            errors: self.0.server_errors.clone(),
         };
-        self.methods
+        self.0
+            .methods
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .entry(key)

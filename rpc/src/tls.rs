@@ -16,6 +16,12 @@
 //!
 //! The cluster secret ([`crate::RpcConfig::secret`]) works inside TLS exactly as without it.
 //!
+//! A plain-TCP peer is told apart before rustls sees its bytes: its first byte is not a TLS
+//! handshake record, or it sends nothing for half of `connect_timeout` (a plain client with a
+//! secret waits for the server's challenge, while a TLS client sends its ClientHello at once).
+//! The server then answers a fatal TLS alert, which a Shaddock client without TLS recognises
+//! and reports as [`crate::RpcError::TlsFailed`] ("the peer speaks TLS").
+//!
 //! rustls with the `ring` provider; TLS 1.2 and 1.3.
 
 use std::fmt;

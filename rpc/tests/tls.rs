@@ -99,7 +99,9 @@ fn config(tls: Option<RpcTls>, secret: Option<&ClusterSecret>) -> RpcConfig {
     c.secret = secret.cloned();
     c.backoff_base = Duration::from_millis(10);
     c.backoff_max = Duration::from_millis(50);
-    c.connect_timeout = Duration::from_millis(800);
+    // The server waits half of it for a ClientHello before taking a silent peer for a plain
+    // one: generous, so a loaded machine does not turn a TLS client into a "plain" one.
+    c.connect_timeout = Duration::from_secs(2);
     c
 }
 
