@@ -227,6 +227,37 @@ impl RpcClient {
         method: Name,
         payload: Bytes,
     ) -> Result<Bytes, RpcError> {
+        let Some(metrics) = &self.inner.config.metrics else {
+            return self
+                .call_raw_inner(target, namespace, service, method, payload, &mut None)
+                .await;
+        };
+        let started = std::time::Instant::now();
+        let mut peer = None;
+        let r = self
+            .call_raw_inner(target, namespace, service, method, payload, &mut peer)
+            .await;
+        match peer {
+            Some(p) => p.call(started.elapsed(), r.as_ref().err()),
+            None => {
+                if let Err(e) = &r {
+                    metrics.unresolved(e);
+                }
+            }
+        }
+        r
+    }
+
+    /// [`RpcClient::call_raw`]; sets `peer` to the metrics of the chosen peer once it is known.
+    async fn call_raw_inner(
+        &self,
+        target: Target<'_>,
+        namespace: Namespace,
+        service: Name,
+        method: Name,
+        payload: Bytes,
+        peer: &mut Option<crate::metrics::PeerMetrics>,
+    ) -> Result<Bytes, RpcError> {
         let body_len = crate::frame::request_body_len(&service, &method, payload.len());
         let deadline = tokio::time::Instant::now() + self.call_timeout;
         let (link, server_id) = match self.link_for(target, body_len) {
@@ -251,6 +282,7 @@ impl RpcClient {
             }
             r => r?,
         };
+        peer.clone_from(&link.shared.metrics);
         let server_id = &server_id;
         // The connect wait counts against the call's deadline too.
         let exchange = async {
@@ -496,14 +528,22 @@ enum LinkState {
 
 struct LinkShared {
     server_id: ServerId,
+    host: String,
     addr: String,
     config: RpcConfig,
     cancel: CancellationToken,
     state: watch::Sender<LinkState>,
-    /// Whether the last connect attempt failed on the cluster secret (callers then get
-    /// [`RpcError::AuthFailed`] instead of [`RpcError::PeerDown`]).
-    auth_failed: std::sync::atomic::AtomicBool,
+    /// How the last connect attempt failed: [`FAILED_OTHER`], [`FAILED_AUTH`] (callers then
+    /// get [`RpcError::AuthFailed`] instead of [`RpcError::PeerDown`]) or [`FAILED_TLS`]
+    /// ([`RpcError::TlsFailed`]).
+    failure: std::sync::atomic::AtomicU8,
+    /// Where this peer's calls are counted, if anywhere.
+    metrics: Option<crate::metrics::PeerMetrics>,
 }
+
+const FAILED_OTHER: u8 = 0;
+const FAILED_AUTH: u8 = 1;
+const FAILED_TLS: u8 = 2;
 
 /// The connection slot of one peer entry; dropping it closes the connection.
 pub(crate) struct Link {
@@ -528,11 +568,13 @@ impl Link {
         Self {
             shared: Arc::new(LinkShared {
                 server_id: info.id.clone(),
+                host: info.host.clone(),
                 addr: info.addr(),
                 config: config.clone(),
                 cancel: CancellationToken::new(),
                 state,
-                auth_failed: std::sync::atomic::AtomicBool::new(false),
+                failure: std::sync::atomic::AtomicU8::new(FAILED_OTHER),
+                metrics: config.metrics.as_ref().map(|m| m.peer(info.id.as_str())),
             }),
         }
     }
@@ -545,12 +587,22 @@ struct LinkHandle {
 
 impl LinkHandle {
     fn down(&self, reason: &str) -> RpcError {
-        if self.shared.auth_failed.load(Ordering::Relaxed) {
-            return RpcError::AuthFailed {
-                server_id: self.shared.server_id.clone(),
-                addr: self.shared.addr.clone(),
-                reason: reason.to_owned(),
-            };
+        match self.shared.failure.load(Ordering::Relaxed) {
+            FAILED_AUTH => {
+                return RpcError::AuthFailed {
+                    server_id: self.shared.server_id.clone(),
+                    addr: self.shared.addr.clone(),
+                    reason: reason.to_owned(),
+                };
+            }
+            FAILED_TLS => {
+                return RpcError::TlsFailed {
+                    server_id: self.shared.server_id.clone(),
+                    addr: self.shared.addr.clone(),
+                    reason: reason.to_owned(),
+                };
+            }
+            _ => {}
         }
         RpcError::PeerDown {
             server_id: self.shared.server_id.clone(),
@@ -637,10 +689,12 @@ async fn drive(shared: Arc<LinkShared>) {
             r = attempt => r,
             () = shared.cancel.cancelled() => break,
         };
-        shared.auth_failed.store(
-            matches!(result, Ok(Err(ConnectError::Auth(_)))),
-            Ordering::Relaxed,
-        );
+        let failure = match &result {
+            Ok(Err(ConnectError::Auth(_))) => FAILED_AUTH,
+            Ok(Err(ConnectError::Tls(_))) => FAILED_TLS,
+            _ => FAILED_OTHER,
+        };
+        shared.failure.store(failure, Ordering::Relaxed);
         let reason: Arc<str> = match result {
             Ok(Ok(stream)) => {
                 failures = 0;
@@ -662,8 +716,13 @@ async fn drive(shared: Arc<LinkShared>) {
                 warn!(reason = %e, "rpc authentication failed");
                 Arc::from(format!("authentication failed: {e}"))
             }
+            Ok(Err(ConnectError::Tls(e))) => {
+                warn!(reason = %e, "rpc TLS failed");
+                Arc::from(e)
+            }
             Err(_) => Arc::from(format!(
-                "connect timed out after {:?} (TCP connect and the first ping/pong)",
+                "connect timed out after {:?} (TCP connect, TLS if configured, and the first \
+                 ping/pong or the cluster-secret handshake)",
                 cfg.connect_timeout
             )),
         };
@@ -701,55 +760,118 @@ enum ConnectError {
     Other(String),
     /// The cluster-secret handshake failed (see [`crate::auth`]).
     Auth(String),
+    /// The TLS handshake failed or the peer refused our certificate (see [`crate::tls`]).
+    Tls(String),
+}
+
+/// The connection error for an I/O error of the handshake phase: a TLS failure when rustls
+/// reports one (e.g. the server refused our certificate after a TLS 1.3 handshake, which the
+/// client sees on its first read), else `what` and the error.
+fn io_failure(what: &str, e: &std::io::Error) -> ConnectError {
+    match crate::tls::rustls_cause(e) {
+        Some(tls) => ConnectError::Tls(format!("the peer refused the TLS session: {tls}")),
+        None => ConnectError::Other(format!("{what}: {e}")),
+    }
+}
+
+/// A connected stream to a peer: plain TCP, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 /// Largest handshake frame body read by [`connect`] (a challenge is 33 bytes).
 const HANDSHAKE_MAX: usize = 1024;
 
 /// Writes one frame to a stream not yet split.
-async fn write_frame(stream: &mut TcpStream, f: &Frame) -> std::io::Result<()> {
+async fn write_frame<S: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    f: &Frame,
+) -> std::io::Result<()> {
     use tokio::io::AsyncWriteExt;
     let mut buf = bytes::BytesMut::with_capacity(f.encoded_len());
     f.encode(&mut buf, HANDSHAKE_MAX)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    stream.write_all(&buf).await
+    stream.write_all(&buf).await?;
+    stream.flush().await
 }
 
 /// Reads exactly one frame (no read-ahead, so nothing is left over for the framed reader).
-async fn read_frame(stream: &mut TcpStream) -> Result<Frame, String> {
+async fn read_frame<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<Frame, ConnectError> {
     use tokio::io::AsyncReadExt;
     let mut len = [0u8; crate::frame::LEN_PREFIX];
     stream
         .read_exact(&mut len)
         .await
-        .map_err(|e| format!("read failed: {e}"))?;
+        .map_err(|e| io_failure("read failed", &e))?;
+    if len[0] == crate::tls::ALERT_RECORD || len[0] == crate::tls::HANDSHAKE_RECORD {
+        // No frame of ours is that long (> 350 MB): this is a TLS record.
+        return Err(ConnectError::Tls(
+            "the peer speaks TLS (its rpc port requires it) and no TLS is configured here \
+             (RpcConfig::tls, master.json rpcTls)"
+                .into(),
+        ));
+    }
     let len = u32::from_be_bytes(len) as usize;
     if len == 0 || len > HANDSHAKE_MAX {
-        return Err(format!("handshake frame of {len} bytes"));
+        return Err(ConnectError::Other(format!(
+            "handshake frame of {len} bytes"
+        )));
     }
     let mut body = vec![0u8; len];
     stream
         .read_exact(&mut body)
         .await
-        .map_err(|e| format!("read failed: {e}"))?;
-    Frame::decode_body(Bytes::from(body)).map_err(|e| format!("bad handshake frame: {e}"))
+        .map_err(|e| io_failure("read failed", &e))?;
+    Frame::decode_body(Bytes::from(body))
+        .map_err(|e| ConnectError::Other(format!("bad handshake frame: {e}")))
 }
 
-/// Opens a TCP connection and checks the peer answers before the link counts as up: with a
-/// cluster secret, answers its challenge and waits for `auth-ok` with the server's proof (checked: a
-/// peer that cannot prove the secret gets no call); without, sends one `ping`
-/// and waits for its `pong`. The caller bounds it with `connect_timeout`, so a peer whose
-/// kernel accepts but whose process is frozen is not up.
-async fn connect(shared: &LinkShared) -> Result<TcpStream, ConnectError> {
-    use ConnectError::{Auth, Other};
-    let mut stream = TcpStream::connect(&shared.addr)
+/// Opens a TCP connection (with TLS when configured) and checks the peer answers before the
+/// link counts as up: with a cluster secret, answers its challenge and waits for `auth-ok`
+/// with the server's proof (checked: a peer that cannot prove the secret gets no call);
+/// without, sends one `ping` and waits for its `pong`. The caller bounds it with
+/// `connect_timeout`, so a peer whose kernel accepts but whose process is frozen is not up.
+async fn connect(shared: &LinkShared) -> Result<Stream, ConnectError> {
+    use ConnectError::Other;
+    let stream = TcpStream::connect(&shared.addr)
         .await
         .map_err(|e| Other(format!("connect failed: {e}")))?;
     if let Err(e) = stream.set_nodelay(true) {
         debug!(cause = %e, "set_nodelay failed");
     }
+    match &shared.config.tls {
+        None => {
+            let mut stream = stream;
+            greet(&mut stream, shared).await?;
+            Ok(Stream::Plain(stream))
+        }
+        Some(tls) => {
+            let name = crate::tls::server_name(&shared.host);
+            let mut stream = tls.connector().connect(name, stream).await.map_err(|e| {
+                match crate::tls::rustls_cause(&e) {
+                    Some(tls) => ConnectError::Tls(format!("TLS handshake failed: {tls}")),
+                    None => ConnectError::Tls(format!(
+                        "TLS handshake failed: {e} (a peer without TLS on its rpc port?)"
+                    )),
+                }
+            })?;
+            greet(&mut stream, shared).await?;
+            Ok(Stream::Tls(Box::new(stream)))
+        }
+    }
+}
+
+/// The first exchange on a fresh connection (see [`connect`]).
+async fn greet<S>(stream: &mut S, shared: &LinkShared) -> Result<(), ConnectError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use ConnectError::{Auth, Other, Tls};
     if let Some(secret) = &shared.config.secret {
-        let nonce = match read_frame(&mut stream).await.map_err(Other)? {
+        let nonce = match read_frame(stream).await? {
             Frame::Challenge { nonce } => nonce,
             other => {
                 return Err(Auth(format!(
@@ -764,12 +886,12 @@ async fn connect(shared: &LinkShared) -> Result<TcpStream, ConnectError> {
             mac: Bytes::copy_from_slice(&mac),
             info: Bytes::copy_from_slice(&info),
         };
-        write_frame(&mut stream, &answer)
+        write_frame(stream, &answer)
             .await
-            .map_err(|e| Other(format!("auth write failed: {e}")))?;
-        return match read_frame(&mut stream).await {
+            .map_err(|e| io_failure("auth write failed", &e))?;
+        return match read_frame(stream).await {
             Ok(Frame::AuthOk { proof }) if secret.verify_server_proof(&nonce, &info, &proof) => {
-                Ok(stream)
+                Ok(())
             }
             Ok(Frame::AuthOk { .. }) => Err(Auth(
                 "peer accepted our answer but could not prove it knows the cluster secret \
@@ -779,24 +901,26 @@ async fn connect(shared: &LinkShared) -> Result<TcpStream, ConnectError> {
             Ok(_) => Err(Auth(
                 "peer answered our authentication with another frame".into(),
             )),
-            Err(e) => Err(Auth(format!(
+            Err(Tls(e)) => Err(Tls(e)),
+            Err(Auth(e) | Other(e)) => Err(Auth(format!(
                 "peer closed the connection after our answer to its challenge \
                  (a different cluster secret?): {e}"
             ))),
         };
     }
-    write_frame(&mut stream, &Frame::Ping)
+    write_frame(stream, &Frame::Ping)
         .await
-        .map_err(|e| Other(format!("first ping failed: {e}")))?;
-    match read_frame(&mut stream).await {
-        Ok(Frame::Pong) => Ok(stream),
+        .map_err(|e| io_failure("first ping failed", &e))?;
+    match read_frame(stream).await {
+        Ok(Frame::Pong) => Ok(()),
         Ok(Frame::Challenge { .. }) => Err(Auth(
             "peer requires a cluster secret and none is configured here".into(),
         )),
         Ok(_) => Err(Other(
             "peer answered the first ping with another frame".into(),
         )),
-        Err(e) => Err(Other(format!("no pong to the first ping: {e}"))),
+        Err(Other(e)) => Err(Other(format!("no pong to the first ping: {e}"))),
+        Err(e) => Err(e),
     }
 }
 
@@ -807,9 +931,25 @@ struct Silence {
 }
 
 /// Runs one connection until it ends; returns why. Calls in flight fail when it returns.
-async fn run_connection(stream: TcpStream, shared: &LinkShared) -> Arc<str> {
+async fn run_connection(stream: Stream, shared: &LinkShared) -> Arc<str> {
+    match stream {
+        Stream::Plain(s) => {
+            let (rd, wr) = s.into_split();
+            run_split(rd, wr, shared).await
+        }
+        Stream::Tls(s) => {
+            let (rd, wr) = tokio::io::split(*s);
+            run_split(rd, wr, shared).await
+        }
+    }
+}
+
+async fn run_split<R, W>(rd: R, wr: W, shared: &LinkShared) -> Arc<str>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let cfg = &shared.config;
-    let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::channel::<Frame>(cfg.queue_capacity.max(1));
     let pending = Arc::new(Pending::new());
     let stop = shared.cancel.child_token();

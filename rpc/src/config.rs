@@ -62,6 +62,17 @@ pub struct RpcConfig {
     /// the usual backoff) when the peer refuses it or asks for a secret it does not have.
     /// Client and server must agree: set it on both or on neither. Default: `None`.
     pub secret: Option<crate::ClusterSecret>,
+    /// TLS with a cluster CA (mutual TLS, see [`crate::tls`]). When set, an
+    /// [`crate::RpcServer`] serves TLS peers with a certificate of the CA only, and an
+    /// [`crate::RpcClient`] connects with TLS, checks the server's certificate against the CA
+    /// and presents its own. The TLS handshake counts against `connect_timeout`. Set it on
+    /// every server of the cluster or on none. Default: `None` (plain TCP).
+    pub tls: Option<crate::RpcTls>,
+    /// Where calls, errors and latencies are counted ([`crate::RpcMetrics`], registered in a
+    /// Prometheus registry by the caller): per peer on the client side, per method on the
+    /// server side. `None`: nothing is counted (the cost is one branch per call).
+    /// Default: `None`.
+    pub metrics: Option<crate::RpcMetrics>,
 }
 
 impl Default for RpcConfig {
@@ -81,6 +92,8 @@ impl Default for RpcConfig {
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(3),
             secret: None,
+            tls: None,
+            metrics: None,
         }
     }
 }

@@ -73,6 +73,19 @@ pub enum RpcError {
         /// What happened.
         reason: String,
     },
+    /// The TLS handshake with the peer failed or the peer refused our certificate (see
+    /// [`crate::tls`]): its certificate is not from the cluster CA, it refused ours (none, or
+    /// from another CA), or it speaks TLS and this side does not, or the other way round.
+    /// The call was not sent; the client retries connecting with its usual backoff.
+    #[error("rpc peer `{server_id}` ({addr}): TLS failed: {reason}")]
+    TlsFailed {
+        /// The peer.
+        server_id: ServerId,
+        /// Its `host:port`.
+        addr: String,
+        /// What happened (rustls' words).
+        reason: String,
+    },
     /// The remote handler ran and returned this error.
     #[error("remote handler error {code}: {message}")]
     Remote {
@@ -142,9 +155,33 @@ impl RpcError {
                 | Self::NoServer { .. }
                 | Self::PeerDown { .. }
                 | Self::AuthFailed { .. }
+                | Self::TlsFailed { .. }
                 | Self::FrameTooLarge { .. }
                 | Self::BadName { .. }
         )
+    }
+
+    /// A short, stable name of the variant (`timeout`, `peer_down`, ...): the `error` label of
+    /// the client metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::UnknownPeer { .. } => "unknown_peer",
+            Self::NoServer { .. } => "no_server",
+            Self::PeerDown { .. } => "peer_down",
+            Self::Timeout { .. } => "timeout",
+            Self::ConnectionLost { .. } => "connection_lost",
+            Self::PeerUnresponsive { .. } => "peer_unresponsive",
+            Self::AuthFailed { .. } => "auth_failed",
+            Self::TlsFailed { .. } => "tls_failed",
+            Self::Remote { .. } => "remote",
+            Self::UnknownService { .. } => "unknown_service",
+            Self::UnknownMethod { .. } => "unknown_method",
+            Self::BadRequest { .. } => "bad_request",
+            Self::RemoteInternal { .. } => "remote_internal",
+            Self::Decode { .. } => "decode",
+            Self::FrameTooLarge { .. } => "frame_too_large",
+            Self::BadName { .. } => "bad_name",
+        }
     }
 
     pub(crate) fn from_wire(e: WireError) -> Self {

@@ -80,7 +80,11 @@ async fn write_all<W: AsyncWrite + Unpin>(
     stop: &CancellationToken,
 ) -> std::io::Result<()> {
     tokio::select! {
-        r = w.write_all(buf) => r,
+        // The flush is free on TCP; on TLS it makes sure the records went out.
+        r = async {
+            w.write_all(buf).await?;
+            w.flush().await
+        } => r,
         () = stop.cancelled() => Err(std::io::Error::new(
             std::io::ErrorKind::ConnectionAborted,
             "rpc connection closed while writing",

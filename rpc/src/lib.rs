@@ -13,6 +13,8 @@
 //! - [`directory`]: [`ServerInfo`], the live [`PeerDirectory`], [`Router`]s, [`Target`]s.
 //! - [`payload`]: [`Payload`] (prost messages, `()`, [`Raw`] bytes).
 //! - [`error`], [`config`]: [`RpcError`], [`RemoteError`], [`RpcConfig`].
+//! - [`tls`]: [`RpcTls`], mutual TLS between the cluster's servers with a cluster CA.
+//! - [`metrics`]: [`RpcMetrics`], Prometheus counters and latency histograms of calls.
 //!
 //! # The wire
 //! Frames over TCP, each behind a 4-byte big-endian length:
@@ -102,6 +104,9 @@
 //! - With [`RpcConfig::secret`] set, a server reads no call from a peer before it answered an
 //!   HMAC-SHA256 challenge with the cluster secret; a client refused (or asked for a secret it
 //!   lacks) gets [`RpcError::AuthFailed`]. Without it the port trusts any peer.
+//! - With [`RpcConfig::tls`] set, the port speaks TLS only and both sides prove a certificate
+//!   of the cluster CA; a refused handshake is [`RpcError::TlsFailed`] on the client and a
+//!   `warn!` naming the peer and the reason on the server. The secret is checked inside TLS.
 //! - [`RpcServer::serve`] waits for running handlers at shutdown; a handler that never
 //!   finishes keeps it waiting (bound it with a timeout around `serve` if needed).
 //!
@@ -116,9 +121,11 @@ pub mod directory;
 pub mod error;
 pub mod frame;
 mod io;
+pub mod metrics;
 pub mod payload;
 pub mod server;
 pub mod service;
+pub mod tls;
 
 pub use auth::{ClusterSecret, SecretError};
 pub use client::{PeerState, RpcClient};
@@ -128,9 +135,11 @@ pub use directory::{
 };
 pub use error::{RemoteError, RpcError};
 pub use frame::{ErrorKind, Frame, FrameCodec, FrameError, Name, Namespace, WireError};
+pub use metrics::RpcMetrics;
 pub use payload::{Payload, PayloadError, Raw};
 pub use server::RpcServer;
 pub use service::{BoxCall, Registry, RegistryError, Service};
+pub use tls::{RpcTls, TlsError};
 
 /// Re-exported: [`RpcServer::serve`] stops when this token is cancelled.
 pub use tokio_util::sync::CancellationToken;

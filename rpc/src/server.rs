@@ -13,7 +13,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -112,13 +112,12 @@ impl RpcServer {
                         if let Err(e) = stream.set_nodelay(true) {
                             debug!(peer = %peer, cause = %e, "set_nodelay failed");
                         }
-                        let (rd, wr) = stream.into_split();
                         let this = self.clone();
                         let token = shutdown.clone();
                         let span = tracing::info_span!("rpc_conn", peer = %peer);
                         tracker.spawn(
                             async move {
-                                this.run_connection(rd, wr, token).await;
+                                this.run_tcp(stream, token).await;
                                 drop(slot);
                             }
                             .instrument(span),
@@ -146,13 +145,48 @@ impl RpcServer {
     }
 
     /// Serves one already-accepted connection (any byte stream, e.g. `tokio::io::duplex` in
-    /// tests) until the peer closes it, it sends a bad frame, or `shutdown` fires.
+    /// tests) until the peer closes it, it sends a bad frame, or `shutdown` fires. No TLS is
+    /// done here, whatever [`RpcConfig::tls`] says: the stream is taken as it is.
     pub async fn serve_connection<S>(&self, io: S, shutdown: CancellationToken)
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
         let (rd, wr) = tokio::io::split(io);
         self.run_connection(rd, wr, shutdown).await;
+    }
+
+    /// Serves one accepted TCP connection: plain, or after the TLS handshake when the port
+    /// has TLS (a peer that fails it is closed with a `warn!` saying why).
+    async fn run_tcp(&self, stream: TcpStream, shutdown: CancellationToken) {
+        let Some(tls) = &self.config.tls else {
+            let (rd, wr) = stream.into_split();
+            self.run_connection(rd, wr, shutdown).await;
+            return;
+        };
+        let Some(acceptor) = tls.acceptor() else {
+            warn!(
+                "closing rpc connection: TLS is configured without a server side (no certificate to serve)"
+            );
+            return;
+        };
+        let limit = self.config.connect_timeout;
+        let handshake = tokio::time::timeout(limit, accept_tls(stream, acceptor, limit / 2));
+        let accepted = tokio::select! {
+            r = handshake => r,
+            () = shutdown.cancelled() => return,
+        };
+        match accepted {
+            Ok(Ok(tls_stream)) => {
+                debug!("rpc peer passed the TLS handshake");
+                let (rd, wr) = tokio::io::split(tls_stream);
+                self.run_connection(rd, wr, shutdown).await;
+            }
+            Ok(Err(why)) => warn!(reason = %why, "closing rpc connection: TLS refused"),
+            Err(_) => warn!(
+                timeout = ?limit,
+                "closing rpc connection: TLS refused: no TLS handshake in time (a plain TCP peer waiting for a cluster-secret challenge?)"
+            ),
+        }
     }
 
     async fn run_connection<R, W>(&self, rd: R, wr: W, shutdown: CancellationToken)
@@ -269,12 +303,16 @@ impl RpcServer {
                     );
                     let max = cfg.max_frame_size;
                     let tx = tx.clone();
+                    let metered = cfg.metrics.clone().map(|m| (m, std::time::Instant::now()));
                     // Never polled here: handler code (even up to its first await) runs in
                     // its own task, so a CPU-heavy or blocking handler cannot stall the read
                     // loop and the other calls multiplexed on this connection.
                     tokio::spawn(async move {
                         let result = run_guarded(call).await;
                         let frame = reply_frame(id, result, &service, &method, max);
+                        if let Some((m, started)) = metered {
+                            count_served(&m, &frame, &service, &method, started.elapsed());
+                        }
                         // The connection may be gone; then the reply has nowhere to go.
                         let _ = tx.send(frame).await;
                         drop(permit);
@@ -388,6 +426,71 @@ where
         Some(Err(e)) => Err(format!("bad frame before authenticating: {e}")),
         None => Err("peer closed the connection before authenticating".into()),
     }
+}
+
+/// The server side of the TLS handshake. A peer whose first byte is not a TLS handshake
+/// record speaks plain TCP, and so does one that sends nothing within `first_byte_within` (a
+/// TLS client sends its ClientHello at once; a plain one with a cluster secret waits for the
+/// challenge): it gets a fatal alert (so a Shaddock client can say why) and is refused
+/// without handing its bytes to rustls. The error says why, for the log.
+async fn accept_tls(
+    mut stream: TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    first_byte_within: Duration,
+) -> Result<tokio_rustls::server::TlsStream<TcpStream>, String> {
+    use tokio::io::AsyncWriteExt;
+    let mut first = [0u8; 1];
+    let Ok(peeked) = tokio::time::timeout(first_byte_within, stream.peek(&mut first)).await else {
+        let _ = stream.write_all(&crate::tls::PLAIN_PEER_ALERT).await;
+        let _ = stream.shutdown().await;
+        return Err(format!(
+            "peer sent nothing for {first_byte_within:?}: no TLS ClientHello (a plain TCP \
+             peer waiting for a cluster-secret challenge on a TLS rpc port?)"
+        ));
+    };
+    let n = peeked.map_err(|e| format!("read failed before the TLS handshake: {e}"))?;
+    if n == 0 {
+        return Err("peer closed the connection before the TLS handshake".into());
+    }
+    if first[0] != crate::tls::HANDSHAKE_RECORD {
+        // Best effort: the peer may be gone already.
+        let _ = stream.write_all(&crate::tls::PLAIN_PEER_ALERT).await;
+        let _ = stream.shutdown().await;
+        return Err(format!(
+            "plain TCP peer on a TLS rpc port (first byte 0x{:02x} is not a TLS handshake; \
+             give that server the cluster's rpcTls too)",
+            first[0]
+        ));
+    }
+    acceptor
+        .accept(stream)
+        .await
+        .map_err(|e| format!("TLS handshake failed: {e}"))
+}
+
+/// Counts one served request into the method's metrics. Names the peer asked for that no
+/// service has are counted under `(unknown)`, so a peer cannot make up label sets.
+fn count_served(
+    m: &crate::metrics::RpcMetrics,
+    frame: &Frame,
+    service: &Name,
+    method: &Name,
+    took: Duration,
+) {
+    let err = match frame {
+        Frame::Response { result: Err(e), .. } => Some(e.kind),
+        _ => None,
+    };
+    let handles = match err {
+        Some(ErrorKind::UnknownService) => m.method(&unknown_name(), &unknown_name()),
+        Some(ErrorKind::UnknownMethod) => m.method(service, &unknown_name()),
+        _ => m.method(service, method),
+    };
+    handles.call(took, err);
+}
+
+fn unknown_name() -> Name {
+    Name::from_static("(unknown)").unwrap_or_else(|_| unreachable!("a valid name"))
 }
 
 /// Notices a connection on which nothing arrived for `timeout`: a flag set per frame (no

@@ -24,6 +24,10 @@
 //! the default; `"none"` turns it off) and hands it to the servers it starts, so the RPC ports
 //! serve only the cluster's own processes (see [`MasterConfig::random_rpc_secret`]).
 //!
+//! master.json's `rpcTls` puts every RPC port on TLS with a cluster CA ([`RpcTlsFiles`]);
+//! a server's `metricsPort` in servers.json gives it a Prometheus endpoint
+//! ([`ServerConfig::metrics_port`], [`crate::metrics`]).
+//!
 //! The files are read with serde into raw structs, then validated once into [`ClusterConfig`].
 //! Every error names the file, the environment, the server id (or its index) and the field, so a
 //! user can find the line to fix.
@@ -113,6 +117,8 @@ pub struct ServerConfig {
     /// `push-flush-interval` (milliseconds, 0 = off: pomelo's buffer push scheduler),
     /// `push-linger` (milliseconds) and `ssl` (TLS on the client port, see
     /// [`ServerConfig::ssl`]). The master reads `restart` (see [`ServerConfig::restart`]).
+    /// `metricsPort` (checked to be a port, stored as a number) is the HTTP port of the
+    /// server's Prometheus endpoint (see [`ServerConfig::metrics_port`]).
     pub extra: Map<String, Value>,
 }
 
@@ -145,6 +151,20 @@ impl ServerConfig {
             .transpose()
     }
 
+    /// The HTTP port of the server's Prometheus endpoint (`"metricsPort"` in servers.json;
+    /// `0`: any free port), if it has one. See [`crate::metrics`].
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.extra
+            .get(METRICS_PORT_KEY)
+            .and_then(Value::as_u64)
+            .and_then(|p| u16::try_from(p).ok())
+    }
+
+    /// `host:metricsPort`, where the server's metrics endpoint listens, if it has one.
+    pub fn metrics_addr(&self) -> Option<String> {
+        self.metrics_port().map(|p| format!("{}:{p}", self.host))
+    }
+
     /// `host:clientPort` of the client listener, if the server is a frontend.
     pub fn client_addr(&self) -> Option<String> {
         self.client_port.map(|p| format!("{}:{p}", self.host))
@@ -173,6 +193,51 @@ pub struct MasterConfig {
     /// [`crate::secret`]). `"rpcSecret": "none"` turns authentication off (the RPC ports then
     /// trust every peer that reaches them).
     pub random_rpc_secret: bool,
+    /// TLS with a cluster CA on every RPC port of the cluster (`"rpcTls": {"ca", "cert",
+    /// "key"}`, see [`RpcTlsFiles`]); `None` (the default): plain TCP.
+    pub rpc_tls: Option<RpcTlsFiles>,
+}
+
+impl MasterConfig {
+    /// The value of [`shaddock_rpc::RpcConfig::tls`] for every RPC server and client of the
+    /// cluster (the master's, the servers', the admin commands'): the files of `rpcTls` read,
+    /// or `None` without `rpcTls`.
+    ///
+    /// # Errors
+    /// [`shaddock_rpc::TlsError`] naming the file that cannot be read or parsed.
+    pub fn load_rpc_tls(&self) -> Result<Option<shaddock_rpc::RpcTls>, shaddock_rpc::TlsError> {
+        self.rpc_tls.as_ref().map(RpcTlsFiles::load).transpose()
+    }
+}
+
+/// master.json's `rpcTls`: the PEM files of mutual TLS between the cluster's servers.
+///
+/// ```json
+/// "rpcTls": {"ca": "tls/cluster-ca.crt", "cert": "tls/rpc.crt", "key": "tls/rpc.key"}
+/// ```
+///
+/// `ca` is the cluster CA's certificate; `cert` (chain, leaf first) and `key` are the
+/// certificate every server presents, signed by that CA (one for the cluster; its names are
+/// not checked, see [`shaddock_rpc::tls`]). Relative paths are relative to the directory of
+/// master.json. Every server reads the files at start ([`RpcTlsFiles::load`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RpcTlsFiles {
+    /// The cluster CA certificate file.
+    pub ca: PathBuf,
+    /// The servers' certificate chain file.
+    pub cert: PathBuf,
+    /// Its private key file.
+    pub key: PathBuf,
+}
+
+impl RpcTlsFiles {
+    /// Reads the files: the value of [`shaddock_rpc::RpcConfig::tls`].
+    ///
+    /// # Errors
+    /// [`shaddock_rpc::TlsError`] naming the file that cannot be read or parsed.
+    pub fn load(&self) -> Result<shaddock_rpc::RpcTls, shaddock_rpc::TlsError> {
+        shaddock_rpc::RpcTls::from_pem_files(&self.ca, &self.cert, &self.key)
+    }
 }
 
 /// What the master does when a server exits without being told to (a crash, a `kill -9`, an
@@ -270,7 +335,11 @@ impl ClusterConfig {
             format!("master {}", self.master.id),
         );
         for s in &self.servers {
-            for (field, port) in [("port", s.port), ("clientPort", s.client_port)] {
+            for (field, port) in [
+                ("port", s.port),
+                ("clientPort", s.client_port),
+                (METRICS_PORT_KEY, s.metrics_port()),
+            ] {
                 // Port 0 is resolved at bind time, so it never clashes here.
                 let Some(port) = port.filter(|&p| p != 0) else {
                     continue;
@@ -406,6 +475,9 @@ fn check_server_type(t: &str) -> Result<(), String> {
     }
 }
 
+/// The servers.json key of a server's metrics port ([`ServerConfig::metrics_port`]).
+pub const METRICS_PORT_KEY: &str = "metricsPort";
+
 /// The keys that set whether the master restarts a server that exits on its own:
 /// `restart`, and pomelo's spellings `auto-restart` / `autoRestart`.
 pub const RESTART_KEYS: [&str; 3] = ["restart", "auto-restart", "autoRestart"];
@@ -487,6 +559,12 @@ pub fn parse_server_def(
             ));
         }
         check_ssl(&who, v)?;
+    }
+    if let Some(v) = extra.remove(METRICS_PORT_KEY) {
+        // Kept in `extra` as a number (a numeric string is accepted, as for the other ports).
+        if let Some(p) = def_port(&who, METRICS_PORT_KEY, Some(v))? {
+            extra.insert(METRICS_PORT_KEY.to_owned(), Value::from(p));
+        }
     }
     for key in RESTART_KEYS {
         if let Some(v) = extra.get_mut(key) {
@@ -678,6 +756,15 @@ fn parse_master(file: &Path, text: &str, env: &str) -> Result<MasterConfig, Conf
             ));
         }
     };
+    let rpc_tls = match m.remove("rpcTls") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(parse_rpc_tls(
+            &ctx,
+            &id,
+            &v,
+            file.parent().unwrap_or(Path::new(".")),
+        )?),
+    };
     Ok(MasterConfig {
         id,
         host,
@@ -685,6 +772,43 @@ fn parse_master(file: &Path, text: &str, env: &str) -> Result<MasterConfig, Conf
         placement_grace,
         restart,
         random_rpc_secret,
+        rpc_tls,
+    })
+}
+
+/// master.json's `rpcTls` (see [`RpcTlsFiles`]), its paths made relative to `base`.
+fn parse_rpc_tls(
+    ctx: &Ctx<'_>,
+    id: &str,
+    v: &Value,
+    base: &Path,
+) -> Result<RpcTlsFiles, ConfigError> {
+    let Value::Object(m) = v else {
+        return Err(ctx.invalid(
+            id,
+            "rpcTls",
+            format!("must be an object {{\"ca\": file, \"cert\": file, \"key\": file}}, found {v}"),
+        ));
+    };
+    if let Some(k) = m
+        .keys()
+        .find(|k| !["ca", "cert", "key"].contains(&k.as_str()))
+    {
+        return Err(ctx.invalid(
+            id,
+            "rpcTls",
+            format!("unknown key `{k}` (known: ca, cert, key)"),
+        ));
+    }
+    let path = |field: &'static str, key: &str| {
+        def_string(id, field, m.get(key).cloned())
+            .map(|p| base.join(p))
+            .map_err(|e| ctx.def(e))
+    };
+    Ok(RpcTlsFiles {
+        ca: path("rpcTls.ca", "ca")?,
+        cert: path("rpcTls.cert", "cert")?,
+        key: path("rpcTls.key", "key")?,
     })
 }
 
@@ -1117,6 +1241,96 @@ mod tests {
         assert_eq!(ssl.mode, shaddock_connector::TlsMode::Optional);
         assert_eq!(ssl.key, d.join("a.key"));
         assert_eq!(c.server("c3").unwrap().ssl().unwrap(), None);
+    }
+
+    #[test]
+    fn metrics_port_is_parsed_checked_and_clashes_are_reported() {
+        let d = tmp("metrics");
+        write(
+            &d,
+            r#"{"development":{
+                "connector":[{"id":"c1","host":"127.0.0.1","port":0,"clientPort":0,"frontend":true,"metricsPort":9101}],
+                "chat":[{"id":"chat-1","host":"127.0.0.1","port":6050,"metricsPort":"0"},
+                        {"id":"chat-2","host":"127.0.0.1","port":6051}]}}"#,
+            MASTER,
+        );
+        let c = ClusterConfig::load(&d, "development").unwrap();
+        assert_eq!(c.server("c1").unwrap().metrics_port(), Some(9101));
+        assert_eq!(
+            c.server("c1").unwrap().metrics_addr().as_deref(),
+            Some("127.0.0.1:9101")
+        );
+        assert_eq!(c.server("chat-1").unwrap().metrics_port(), Some(0));
+        assert_eq!(c.server("chat-2").unwrap().metrics_port(), None);
+
+        let e = err(
+            r#"{"development":{"chat":[{"id":"chat-1","host":"h","port":6050,"metricsPort":70000}]}}"#,
+        );
+        assert!(
+            e.contains("chat/chat-1") && e.contains("metricsPort"),
+            "{e}"
+        );
+        let e = err(
+            r#"{"development":{"chat":[{"id":"chat-1","host":"h","port":6050,"metricsPort":6050}]}}"#,
+        );
+        assert!(
+            e.contains("metricsPort") && e.contains("already used"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn rpc_tls_is_parsed_relative_to_master_json_and_loaded() {
+        let d = tmp("rpctls");
+        let servers = r#"{"development":{"chat":[{"id":"chat-1","host":"127.0.0.1","port":0}]}}"#;
+        write(&d, servers, MASTER);
+        let c = ClusterConfig::load(&d, "development").unwrap();
+        assert_eq!(c.master.rpc_tls, None);
+
+        write(
+            &d,
+            servers,
+            r#"{"development":{"id":"m","host":"127.0.0.1","port":3005,
+                "rpcTls":{"ca":"tls/ca.crt","cert":"tls/server.crt","key":"/abs/server.key"}}}"#,
+        );
+        let c = ClusterConfig::load(&d, "development").unwrap();
+        let files = c.master.rpc_tls.clone().unwrap();
+        assert_eq!(files.ca, d.join("tls/ca.crt"));
+        assert_eq!(files.cert, d.join("tls/server.crt"));
+        assert_eq!(files.key, PathBuf::from("/abs/server.key"));
+        let e = files.load().unwrap_err();
+        assert!(e.to_string().contains("ca.crt"), "{e}");
+
+        let tls = d.join("tls");
+        std::fs::create_dir_all(&tls).unwrap();
+        let ca = shaddock_test_support::tls::TestCa::new("config");
+        ca.write_ca(&tls);
+        let (cert, key) = ca.write_leaf(&tls);
+        let files = RpcTlsFiles {
+            ca: tls.join("ca.crt"),
+            cert,
+            key,
+        };
+        assert!(files.load().is_ok());
+
+        for (bad, want) in [
+            (r#""rpcTls":"yes""#, "must be an object"),
+            (r#""rpcTls":{"ca":"a","cert":"b"}"#, "rpcTls.key"),
+            (
+                r#""rpcTls":{"ca":"a","cert":"b","key":"c","pass":"d"}"#,
+                "unknown key `pass`",
+            ),
+        ] {
+            write(
+                &d,
+                servers,
+                &format!(r#"{{"development":{{"id":"m","host":"127.0.0.1","port":3005,{bad}}}}}"#),
+            );
+            let e = ClusterConfig::load(&d, "development")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("master.json") && e.contains(want), "{bad}: {e}");
+        }
     }
 
     #[test]

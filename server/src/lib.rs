@@ -35,6 +35,7 @@ pub mod config;
 pub mod context;
 mod init;
 pub mod master;
+pub mod metrics;
 pub mod placement;
 pub mod process;
 pub mod procfs;
