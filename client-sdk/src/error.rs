@@ -160,6 +160,11 @@ pub enum Error {
     /// The connection is closed (or closed while the call waited).
     #[error("disconnected: {0}")]
     Disconnected(DisconnectReason),
+    /// The connection was lost and the client is reconnecting
+    /// ([`WhileReconnecting::FailFast`](crate::WhileReconnecting::FailFast)); the reason it
+    /// was lost. Nothing was sent.
+    #[error("reconnecting (the connection was lost: {0})")]
+    Reconnecting(DisconnectReason),
     /// The gate's `queryEntry` answer did not name a connector.
     #[error("gate {gate} gave no connector: {reply}")]
     Gate {
@@ -176,8 +181,14 @@ impl Error {
         matches!(self, Self::Timeout { .. })
     }
 
-    /// Whether this means the connection is gone.
+    /// Whether this means the connection is gone (for good, or while the client reconnects).
     pub fn is_disconnected(&self) -> bool {
-        matches!(self, Self::Disconnected(_))
+        matches!(self, Self::Disconnected(_) | Self::Reconnecting(_))
+    }
+
+    /// Whether the call failed because the client is reconnecting
+    /// ([`WhileReconnecting::FailFast`](crate::WhileReconnecting::FailFast)).
+    pub fn is_reconnecting(&self) -> bool {
+        matches!(self, Self::Reconnecting(_))
     }
 }

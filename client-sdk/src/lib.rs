@@ -65,6 +65,7 @@ pub mod error;
 pub mod event;
 pub mod gate;
 pub mod push;
+pub mod reconnect;
 pub mod tls;
 pub mod transport;
 
@@ -74,5 +75,6 @@ pub use error::{DisconnectReason, Error};
 pub use event::{Event, Events};
 pub use gate::{GateEntry, connect_via_gate, query_entry};
 pub use push::{Push, PushStream};
+pub use reconnect::{ReconnectPolicy, WhileReconnecting};
 pub use tls::{ClientTls, TlsConfigError};
 pub use transport::Transport;
