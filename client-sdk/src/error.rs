@@ -165,6 +165,14 @@ pub enum Error {
     /// was lost. Nothing was sent.
     #[error("reconnecting (the connection was lost: {0})")]
     Reconnecting(DisconnectReason),
+    /// A reconnect hook ([`ReconnectPolicy::on_reconnect`](crate::ReconnectPolicy::on_reconnect))
+    /// or resolver refused the new connection (e.g. the server refused to let the user in
+    /// again); that attempt fails and the next one follows.
+    #[error("reconnect hook failed: {reason}")]
+    Hook {
+        /// What the hook reported.
+        reason: String,
+    },
     /// The gate's `queryEntry` answer did not name a connector.
     #[error("gate {gate} gave no connector: {reply}")]
     Gate {
@@ -176,6 +184,13 @@ pub enum Error {
 }
 
 impl Error {
+    /// An [`Error::Hook`] saying `reason`.
+    pub fn hook(reason: impl std::fmt::Display) -> Self {
+        Self::Hook {
+            reason: reason.to_string(),
+        }
+    }
+
     /// Whether this is a request timeout.
     pub fn is_timeout(&self) -> bool {
         matches!(self, Self::Timeout { .. })

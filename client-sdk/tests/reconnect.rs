@@ -321,10 +321,7 @@ async fn the_resolver_names_another_server_and_a_failed_hook_is_retried() {
                 if r["code"] == 200 {
                     Ok(())
                 } else {
-                    Err(Error::Gate {
-                        gate: client.peer(),
-                        reply: r.to_string(),
-                    })
+                    Err(Error::hook(format!("{} refused the enter: {r}", client.peer())))
                 }
             })
     };
@@ -348,6 +345,7 @@ async fn the_resolver_names_another_server_and_a_failed_hook_is_retried() {
             Event::ConnectionLost { .. } => "lost".to_owned(),
             Event::ReconnectAttempt { attempt, delay } => format!("attempt {attempt} {delay:?}"),
             Event::ReconnectFailed { attempt, error } => {
+                assert!(matches!(error, Error::Hook { .. }), "{error:?}");
                 assert!(error.to_string().contains("500"), "{error}");
                 format!("failed {attempt}")
             }
