@@ -121,6 +121,7 @@ impl Link {
     }
 }
 
+
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let link = self.current();
@@ -474,16 +475,26 @@ impl Client {
         Ok(self.call(route, |_| Ok(body.clone())).await?.0)
     }
 
-    /// The connection to use before `deadline`: the current one; while reconnecting, the
-    /// next one (or an error, as the policy says).
-    async fn link_before(&self, deadline: Instant, route: &str, id: u32) -> Result<Arc<Link>, Error> {
+    /// The connection to use before `deadline`: the current one (unless it is `ended`, one
+    /// found closed); while reconnecting, the next one (or an error, as the policy says).
+    async fn link_before(
+        &self,
+        deadline: Instant,
+        route: &str,
+        ended: Option<&Arc<Link>>,
+    ) -> Result<Arc<Link>, Error> {
         if let Some(link) = &self.link {
-            return Ok(link.clone());
+            return match ended {
+                None => Ok(link.clone()),
+                Some(link) => Err(disconnected(link)),
+            };
         }
         let mut rx = self.session.state.clone();
         loop {
             match &*rx.borrow_and_update() {
-                State::Connected(link) if !link.is_closed() => return Ok(link.clone()),
+                State::Connected(link) if !ended.is_some_and(|e| Arc::ptr_eq(e, link)) => {
+                    return Ok(link.clone());
+                }
                 // Ending: the session moves on in a moment.
                 State::Connected(_) => {}
                 State::Reconnecting(reason)
@@ -500,7 +511,7 @@ impl Client {
                 Err(_) => {
                     return Err(Error::Timeout {
                         route: route.to_owned(),
-                        id,
+                        id: 0,
                         after: self.timeout,
                     });
                 }
@@ -516,14 +527,14 @@ impl Client {
         encode: impl Fn(&Link) -> Result<Bytes, Error>,
     ) -> Result<(Bytes, Arc<Link>), Error> {
         let deadline = Instant::now() + self.timeout;
+        let mut ended = None;
         loop {
-            let link = self.link_before(deadline, route, 0).await?;
+            let link = self.link_before(deadline, route, ended.as_ref()).await?;
             let (tx, rx) = oneshot::channel();
-            let id = match lock(&link.pending).register(tx) {
-                Ok(id) => id,
+            let Ok(id) = lock(&link.pending).register(tx) else {
                 // The connection ended after we picked it: nothing was sent; pick again.
-                Err(_) if self.link.is_none() => continue,
-                Err(e) => return Err(e),
+                ended = Some(link);
+                continue;
             };
             let _guard = PendingGuard {
                 pending: link.pending.clone(),
@@ -537,10 +548,15 @@ impl Client {
                 id,
                 after: self.timeout,
             };
-            tokio::time::timeout_at(deadline, link.outbound.send(package.freeze()))
+            if tokio::time::timeout_at(deadline, link.outbound.send(package.freeze()))
                 .await
                 .map_err(|_| timed_out())?
-                .map_err(|_| disconnected(&link))?;
+                .is_err()
+            {
+                // Not queued (the connection ended): nothing was sent; pick again.
+                ended = Some(link);
+                continue;
+            }
             return match tokio::time::timeout_at(deadline, rx).await {
                 Ok(Ok(result)) => result.map(|body| (body, link)),
                 Ok(Err(_)) => Err(disconnected(&link)),
@@ -608,20 +624,25 @@ impl Client {
         encode: impl Fn(&Link) -> Result<Bytes, Error>,
     ) -> Result<(), Error> {
         let deadline = Instant::now() + self.timeout;
-        let link = self.link_before(deadline, route, 0).await?;
-        if link.is_closed() {
-            return Err(disconnected(&link));
+        let mut ended = None;
+        loop {
+            let link = self.link_before(deadline, route, ended.as_ref()).await?;
+            let mut package = BytesMut::new();
+            Message::notify(link.wire_route(route), encode(&link)?)
+                .encode_package(&mut package)?;
+            let queued = tokio::time::timeout_at(deadline, link.outbound.send(package.freeze()))
+                .await
+                .map_err(|_| Error::Timeout {
+                    route: route.to_owned(),
+                    id: 0,
+                    after: self.timeout,
+                })?;
+            if queued.is_ok() {
+                return Ok(());
+            }
+            // Not queued (the connection ended): pick again.
+            ended = Some(link);
         }
-        let mut package = BytesMut::new();
-        Message::notify(link.wire_route(route), encode(&link)?).encode_package(&mut package)?;
-        tokio::time::timeout_at(deadline, link.outbound.send(package.freeze()))
-            .await
-            .map_err(|_| Error::Timeout {
-                route: route.to_owned(),
-                id: 0,
-                after: self.timeout,
-            })?
-            .map_err(|_| disconnected(&link))
     }
 }
 

@@ -454,7 +454,17 @@ impl ClientDriver {
             let _ = waiter.send(Err(Error::Disconnected(reason.clone())));
         }
         self.outbound.close();
-        let _ = tokio::time::timeout(self.close_timeout, self.conn.close()).await;
+        let close = async move {
+            let _ = tokio::time::timeout(self.close_timeout, self.conn.close()).await;
+        };
+        if reason == DisconnectReason::Closed {
+            // Client::close returns once the socket is closed cleanly.
+            close.await;
+        } else {
+            // A connection that broke: closing it (a WebSocket close handshake with a peer
+            // that may be gone) must not delay the reconnect or the waiting callers.
+            tokio::spawn(close);
+        }
         reason
     }
 }
