@@ -18,7 +18,16 @@ use shaddock_protocol::package::{Package, PackageType};
 
 /// Builds the example (a no-op when it is up to date) and gives the path of its binary.
 fn example_binary() -> String {
-    let out = Command::new(env!("CARGO"))
+    let mut cargo = Command::new(env!("CARGO"));
+    // The variables cargo set for this test (CARGO_PKG_*, CARGO_MANIFEST_*, ...) would make the
+    // nested build look different from the outer one and rebuild the crates every time.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_TARGET_DIR" {
+            cargo.env_remove(&*key);
+        }
+    }
+    let out = cargo
         .args([
             "build",
             "-p",
