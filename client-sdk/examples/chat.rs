@@ -103,7 +103,10 @@ async fn run(args: Args) -> Result<ExitCode, Error> {
                 let (name, room) = (name.clone(), room.clone());
                 async move {
                     let users = enter(&client, &name, &room).await?;
-                    println!("* back in {room} (via {}); in the room: {users}", client.peer());
+                    println!(
+                        "* back in {room} (via {}); in the room: {users}",
+                        client.peer()
+                    );
                     Ok(())
                 }
             });

@@ -121,7 +121,6 @@ impl Link {
     }
 }
 
-
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let link = self.current();
@@ -628,8 +627,7 @@ impl Client {
         loop {
             let link = self.link_before(deadline, route, ended.as_ref()).await?;
             let mut package = BytesMut::new();
-            Message::notify(link.wire_route(route), encode(&link)?)
-                .encode_package(&mut package)?;
+            Message::notify(link.wire_route(route), encode(&link)?).encode_package(&mut package)?;
             let queued = tokio::time::timeout_at(deadline, link.outbound.send(package.freeze()))
                 .await
                 .map_err(|_| Error::Timeout {
@@ -773,7 +771,11 @@ async fn open(
     Ok((link, driver))
 }
 
-fn spawn_driver(driver: ClientDriver, peer: &str, transport: Transport) -> JoinHandle<DisconnectReason> {
+fn spawn_driver(
+    driver: ClientDriver,
+    peer: &str,
+    transport: Transport,
+) -> JoinHandle<DisconnectReason> {
     let span = debug_span!("client_driver", peer, %transport);
     tokio::spawn(driver.run().instrument(span))
 }
@@ -821,7 +823,10 @@ impl Redial {
 
     /// Attempts as the policy says; the new connection's task, or `None` when the session
     /// was closed (gave up, [`Client::close`], every handle dropped).
-    async fn reconnect(&mut self, reason: DisconnectReason) -> Option<JoinHandle<DisconnectReason>> {
+    async fn reconnect(
+        &mut self,
+        reason: DisconnectReason,
+    ) -> Option<JoinHandle<DisconnectReason>> {
         let lost = Instant::now();
         warn!(peer = %self.addr, %reason, "connection lost; reconnecting");
         self.state.send_replace(State::Reconnecting(reason.clone()));

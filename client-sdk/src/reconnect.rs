@@ -252,7 +252,8 @@ impl Backoff {
         self.rng ^= self.rng >> 12;
         self.rng ^= self.rng << 25;
         self.rng ^= self.rng >> 27;
-        let unit = (self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64;
+        let unit =
+            (self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64;
         base.mul_f64(1.0 - self.jitter * unit)
     }
 }
@@ -271,7 +272,11 @@ mod tests {
         for base in bases {
             let d = b.next_delay();
             let base = Duration::from_millis(base);
-            assert!(d <= base && d >= base / 2, "{d:?} not in [{:?}, {base:?}]", base / 2);
+            assert!(
+                d <= base && d >= base / 2,
+                "{d:?} not in [{:?}, {base:?}]",
+                base / 2
+            );
         }
         let mut exact = Backoff::new(&policy.clone().with_jitter(0.0));
         assert_eq!(exact.next_delay(), Duration::from_millis(100));
@@ -295,7 +300,10 @@ mod tests {
             .collect();
         b.next_delay();
         let distinct: std::collections::HashSet<_> = first.iter().collect();
-        assert!(distinct.len() > 1, "20 clients would retry at one instant: {first:?}");
+        assert!(
+            distinct.len() > 1,
+            "20 clients would retry at one instant: {first:?}"
+        );
     }
 
     #[test]

@@ -162,7 +162,9 @@ fn run(end: Option<Package>) -> (Vec<String>, Option<i32>) {
     // Built before the fake server starts listening (its accept is bounded).
     let binary = example_binary();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (addr, server) = rt.block_on(fake_server(Transport::Tcp, move |peer| connector(peer, end)));
+    let (addr, server) = rt.block_on(fake_server(Transport::Tcp, move |peer| {
+        connector(peer, end)
+    }));
     let mut example = Running::start(&binary, &addr.to_string());
     example.expect_line("* joined r1 over tcp as bob");
     example.type_line("/to alice hello there");

@@ -146,9 +146,7 @@ async fn server_closes(transport: Transport) {
     assert_eq!(client.handshake().unwrap().user, Some(json!({"n": 2})));
     // The subscription made before the drop gets the new connection's pushes.
     assert_eq!(within(chat.recv()).await.unwrap().value().unwrap()["n"], 2);
-    let reply = within(client.request("a.after", &json!({})))
-        .await
-        .unwrap();
+    let reply = within(client.request("a.after", &json!({}))).await.unwrap();
     assert_eq!(reply, json!({"ok": true}));
     within(client.close()).await;
     match next_event(&mut events).await {
@@ -245,7 +243,10 @@ async fn a_kick_does_not_reconnect_unless_the_policy_says_so() {
         let kicked = DisconnectReason::Kicked {
             reason: "go away".into(),
         };
-        assert!(matches!(next_event(&mut events).await, Event::Kicked { .. }));
+        assert!(matches!(
+            next_event(&mut events).await,
+            Event::Kicked { .. }
+        ));
         match next_event(&mut events).await {
             Event::Disconnected(reason) if !on_kick => {
                 assert_eq!(reason, kicked);
@@ -321,7 +322,10 @@ async fn the_resolver_names_another_server_and_a_failed_hook_is_retried() {
                 if r["code"] == 200 {
                     Ok(())
                 } else {
-                    Err(Error::hook(format!("{} refused the enter: {r}", client.peer())))
+                    Err(Error::hook(format!(
+                        "{} refused the enter: {r}",
+                        client.peer()
+                    )))
                 }
             })
     };
@@ -445,7 +449,10 @@ async fn a_time_limit_also_makes_the_client_give_up() {
     loop {
         match next_event(&mut events).await {
             Event::ReconnectAttempt { .. } => attempts += 1,
-            Event::ReconnectGaveUp { attempts: n, elapsed } => {
+            Event::ReconnectGaveUp {
+                attempts: n,
+                elapsed,
+            } => {
                 assert_eq!(n, attempts);
                 assert!(elapsed <= Duration::from_millis(100) + T, "{elapsed:?}");
                 break;
