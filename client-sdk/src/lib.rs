@@ -15,7 +15,7 @@
 //! - [`transport`]: [`Transport`] (raw TCP or WebSocket) behind one package interface.
 //! - [`push`]: [`Push`] and [`PushStream`] subscriptions (bounded; slow subscribers lose
 //!   pushes, never memory).
-//! - [`event`]: [`Event`]s (kick, heartbeat timeout, protocol error, disconnect) on
+//! - [`event`]: [`Event`]s (kick, heartbeat timeout, protocol error, reconnect steps, disconnect) on
 //!   [`Events`].
 //! - [`tls`]: [`ClientTls`], TLS + TCP and `wss://` with a configurable root store.
 //! - [`gate`]: query a gate, then connect to the connector it names.

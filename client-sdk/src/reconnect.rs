@@ -3,7 +3,8 @@
 //!
 //! # What happens when a connection is lost
 //! When a connection with a policy ends for any reason but [`Client::close`](crate::Client::close),
-//! every handle being dropped, or a kick (unless [`ReconnectPolicy::on_kick`]), the client:
+//! every handle being dropped, or a kick (unless [`ReconnectPolicy::on_kick`] or
+//! [`ReconnectPolicy::reconnect_after_kick_if`] says otherwise), the client:
 //! 1. fails the requests in flight with [`Error::Disconnected`] (the server may or may not
 //!    have handled them) and emits [`Event::ConnectionLost`](crate::Event::ConnectionLost);
 //! 2. for attempt *n* = 1, 2, …: emits [`Event::ReconnectAttempt`](crate::Event::ReconnectAttempt)
@@ -43,6 +44,8 @@ pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>
 pub(crate) type Resolver = Arc<dyn Fn(u32) -> BoxFuture<Result<String, Error>> + Send + Sync>;
 /// The re-entry hook: the client bound to the new connection.
 pub(crate) type Hook = Arc<dyn Fn(Client) -> BoxFuture<Result<(), Error>> + Send + Sync>;
+/// Which kick reasons are reconnected.
+pub(crate) type KickFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// What requests and notifies do while the client reconnects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -95,13 +98,16 @@ pub struct ReconnectPolicy {
     pub max_elapsed: Option<Duration>,
     /// How long one attempt (resolver, connect, handshake, hook) may take. Default 30 s.
     pub attempt_timeout: Duration,
-    /// Reconnect after a kick too. A kick means "go away" (pomelo kicks on a duplicate login
-    /// or a ban), so by default a kicked client stays disconnected. Default `false`.
+    /// Reconnect after any kick too. A kick means "go away" (pomelo kicks on a duplicate
+    /// login or a ban), so by default a kicked client stays disconnected; see also
+    /// [`reconnect_after_kick_if`](Self::reconnect_after_kick_if) to choose by reason (a
+    /// connector that stops gracefully kicks its clients too). Default `false`.
     pub on_kick: bool,
     /// What requests made while reconnecting do. Default [`WhileReconnecting::Wait`].
     pub while_reconnecting: WhileReconnecting,
     pub(crate) resolver: Option<Resolver>,
     pub(crate) hook: Option<Hook>,
+    pub(crate) kick_filter: Option<KickFilter>,
 }
 
 impl Default for ReconnectPolicy {
@@ -117,6 +123,7 @@ impl Default for ReconnectPolicy {
             while_reconnecting: WhileReconnecting::Wait,
             resolver: None,
             hook: None,
+            kick_filter: None,
         }
     }
 }
@@ -134,6 +141,7 @@ impl fmt::Debug for ReconnectPolicy {
             .field("while_reconnecting", &self.while_reconnecting)
             .field("resolver", &self.resolver.is_some())
             .field("hook", &self.hook.is_some())
+            .field("kick_filter", &self.kick_filter.is_some())
             .finish()
     }
 }
@@ -177,6 +185,16 @@ impl ReconnectPolicy {
         self
     }
 
+    /// Reconnect after a kick whose reason `filter` accepts (e.g. a server that is stopping,
+    /// not a ban). [`on_kick`](Self::on_kick) `true` reconnects after every kick regardless.
+    pub fn reconnect_after_kick_if<F>(mut self, filter: F) -> Self
+    where
+        F: Fn(&str) -> bool + Send + Sync + 'static,
+    {
+        self.kick_filter = Some(Arc::new(filter));
+        self
+    }
+
     /// Where to reconnect: `resolve(attempt)` gives the `host:port` for attempt *n* (from 1),
     /// e.g. by asking a gate ([`query_entry`](crate::query_entry)). The transport and TLS
     /// settings stay those of the first connection. An error fails that attempt. Without a
@@ -210,7 +228,9 @@ impl ReconnectPolicy {
     pub(crate) fn applies_to(&self, reason: &DisconnectReason) -> bool {
         match reason {
             DisconnectReason::Closed => false,
-            DisconnectReason::Kicked { .. } => self.on_kick,
+            DisconnectReason::Kicked { reason } => {
+                self.on_kick || self.kick_filter.as_ref().is_some_and(|f| f(reason))
+            }
             _ => true,
         }
     }
@@ -290,18 +310,13 @@ mod tests {
 
     #[test]
     fn jitter_spreads_delays() {
+        // 20 clients of one dead server: their first delays differ.
         let policy = ReconnectPolicy::default();
-        let mut b = Backoff::new(&policy);
-        let first: Vec<Duration> = (0..20)
-            .map(|_| {
-                let mut b2 = Backoff::new(&policy);
-                b2.next_delay()
-            })
+        let first: std::collections::HashSet<Duration> = (0..20)
+            .map(|_| Backoff::new(&policy).next_delay())
             .collect();
-        b.next_delay();
-        let distinct: std::collections::HashSet<_> = first.iter().collect();
         assert!(
-            distinct.len() > 1,
+            first.len() > 1,
             "20 clients would retry at one instant: {first:?}"
         );
     }
@@ -315,6 +330,13 @@ mod tests {
         };
         assert!(!p.applies_to(&kick));
         assert!(p.clone().with_on_kick(true).applies_to(&kick));
+        let stopping = p
+            .clone()
+            .reconnect_after_kick_if(|reason| reason.contains("stop"));
+        assert!(!stopping.applies_to(&kick));
+        assert!(stopping.applies_to(&DisconnectReason::Kicked {
+            reason: "cluster stop".into()
+        }));
         assert!(p.applies_to(&DisconnectReason::ServerClosed));
         assert!(p.applies_to(&DisconnectReason::HeartbeatTimeout {
             after: Duration::from_secs(1)
