@@ -214,7 +214,9 @@ impl ReconnectPolicy {
     /// gets is bound to that connection (use it only inside the hook). Requests made meanwhile
     /// through the other handles wait for the hook (see [`WhileReconnecting`]). An error (or
     /// a hook that outlives [`attempt_timeout`](Self::attempt_timeout)) closes that
-    /// connection and fails the attempt.
+    /// connection and fails the attempt. Do not capture a [`Client`] of the same session in
+    /// the hook: the policy lives as long as the session, so that handle would keep the
+    /// session from ending when the others are dropped.
     pub fn on_reconnect<F, Fut>(mut self, hook: F) -> Self
     where
         F: Fn(Client) -> Fut + Send + Sync + 'static,
