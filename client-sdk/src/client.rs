@@ -1,6 +1,6 @@
 //! [`Client`]: the cloneable handle — connect and handshake, requests, notifies,
 //! subscriptions, close — and the session task that reconnects when a
-//! [`ReconnectPolicy`](crate::ReconnectPolicy) says so.
+//! [`ReconnectPolicy`] says so.
 //!
 //! A client is a *session* over one connection at a time. Each connection (a `Link`) has
 //! its own connection task (`driver`), send queue and in-flight requests; the session keeps
@@ -35,7 +35,7 @@ use crate::{ClientConfig, ClientTls, DisconnectReason, Error};
 
 /// A pomelo-protocol client. Cheap to clone; every clone drives the same session. The
 /// session ends on [`close`](Self::close), when the server ends the connection (unless a
-/// [`ReconnectPolicy`](crate::ReconnectPolicy) brings it back), or when every handle is
+/// [`ReconnectPolicy`] brings it back), or when every handle is
 /// dropped.
 ///
 /// ```no_run
