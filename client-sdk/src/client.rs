@@ -1,7 +1,13 @@
 //! [`Client`]: the cloneable handle — connect and handshake, requests, notifies,
-//! subscriptions, close.
+//! subscriptions, close — and the session task that reconnects when a
+//! [`ReconnectPolicy`] says so.
+//!
+//! A client is a *session* over one connection at a time. Each connection (a `Link`) has
+//! its own connection task (`driver`), send queue and in-flight requests; the session keeps
+//! the subscriptions and the events across connections. The session task waits for each
+//! connection task to end and then either closes the session or reconnects.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -15,19 +21,22 @@ use shaddock_protocol::protobuf::{Protos, encode_message};
 use shaddock_protocol::{RouteDictionary, json};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, debug_span, instrument};
+use tracing::{Instrument, debug, debug_span, info, instrument, warn};
 
 use crate::driver::{ClientDriver, Pending, PendingGuard, RouteCache, lock};
-use crate::event::Events;
+use crate::event::{Event, Events};
 use crate::push::{PushStream, Subscribers, decode_value, from_value};
+use crate::reconnect::{Backoff, ReconnectPolicy, Resolver, WhileReconnecting};
 use crate::transport::{Conn, Io, ReadError, Transport};
 use crate::{ClientConfig, ClientTls, DisconnectReason, Error};
 
-/// A connection to a pomelo-protocol server. Cheap to clone; every clone drives the same
-/// connection. The connection ends on [`close`](Self::close), when the server ends it, or when
-/// every handle is dropped.
+/// A pomelo-protocol client. Cheap to clone; every clone drives the same session. The
+/// session ends on [`close`](Self::close), when the server ends the connection (unless a
+/// [`ReconnectPolicy`] brings it back), or when every handle is
+/// dropped.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), shaddock_client::Error> {
@@ -48,38 +57,101 @@ use crate::{ClientConfig, ClientTls, DisconnectReason, Error};
 /// ```
 #[derive(Clone)]
 pub struct Client {
-    shared: Arc<Shared>,
+    session: Arc<Session>,
+    /// Set for the handle given to a reconnect hook: bound to the connection being set up.
+    link: Option<Arc<Link>>,
     /// Timeout of requests made through this handle.
     timeout: Duration,
 }
 
-struct Shared {
+/// What every handle shares. Dropping the last one ends the session.
+struct Session {
+    state: watch::Receiver<State>,
+    subscribers: Arc<Subscribers>,
+    shutdown: CancellationToken,
+    while_reconnecting: WhileReconnecting,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Every handle is gone: nobody can use the session any more.
+        self.shutdown.cancel();
+    }
+}
+
+/// Where the session stands.
+#[derive(Clone)]
+enum State {
+    Connected(Arc<Link>),
+    /// Lost for this reason; a new connection is being made.
+    Reconnecting(DisconnectReason),
+    /// Ended for good.
+    Closed(DisconnectReason),
+}
+
+/// One connection: what requests need to use it.
+struct Link {
     peer: String,
     transport: Transport,
     outbound: mpsc::Sender<Bytes>,
     pending: Arc<Mutex<Pending>>,
-    subscribers: Arc<Subscribers>,
     dictionary: Option<Arc<RouteDictionary>>,
     protos: Option<Arc<Protos>>,
-    handshake: HandshakeResponse,
-    shutdown: CancellationToken,
-    closed: watch::Receiver<Option<DisconnectReason>>,
+    handshake: Arc<HandshakeResponse>,
+}
+
+impl Link {
+    /// The route as it goes on the wire: its dictionary code when it has one.
+    fn wire_route(&self, route: &str) -> MessageRoute {
+        match &self.dictionary {
+            Some(dict) => dict.compress(route),
+            None => MessageRoute::name(route),
+        }
+    }
+
+    fn encode_value(&self, route: &str, body: &Value) -> Result<Bytes, Error> {
+        match &self.protos {
+            Some(p) if p.has_client_route(route) => Ok(p.client().encode(route, body)?),
+            _ => Ok(Bytes::from(json::to_vec(body))),
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        lock(&self.pending).is_closed()
+    }
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let link = self.current();
         f.debug_struct("Client")
-            .field("peer", &self.shared.peer)
-            .field("transport", &self.shared.transport)
+            .field("peer", &link.as_ref().map(|l| l.peer.clone()))
+            .field("transport", &link.as_ref().map(|l| l.transport))
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }
 
+/// What the session task needs to make a new connection.
+struct Redial {
+    /// The address of the last connection.
+    addr: String,
+    transport: Transport,
+    config: ClientConfig,
+    policy: ReconnectPolicy,
+    session: Weak<Session>,
+    state: watch::Sender<State>,
+    events: mpsc::Sender<Event>,
+    subscribers: Arc<Subscribers>,
+    shutdown: CancellationToken,
+}
+
 impl Client {
     /// Connect to `addr` (`host:port`) over `transport`, handshake (with `config.user`),
-    /// ack, and start the connection task. Returns the handle and the connection's events.
+    /// ack, and start the connection task. Returns the handle and the client's events.
     /// With `config.tls` set, the socket speaks TLS first (and a WebSocket goes to `wss://`).
+    /// With `config.reconnect` set, a lost connection is made again (see
+    /// [`crate::reconnect`]); the first connection is not retried: its failure is the error.
     ///
     /// # Errors
     /// [`Error::Io`] / [`Error::WebSocket`] when the connection fails;
@@ -92,19 +164,8 @@ impl Client {
         config: ClientConfig,
     ) -> Result<(Self, Events), Error> {
         let deadline = Instant::now() + config.handshake_timeout;
-        let io_err = |source| Error::Io {
-            peer: addr.to_owned(),
-            source,
-        };
-        let stream = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
-            .await
-            .map_err(|_| Error::HandshakeTimeout {
-                peer: addr.to_owned(),
-                after: config.handshake_timeout,
-            })?
-            .map_err(io_err)?;
-        stream.set_nodelay(config.nodelay).map_err(io_err)?;
-        Self::connect_with_deadline(Box::new(stream), transport, addr, config, deadline).await
+        let io = dial(addr, &config, deadline).await?;
+        Self::start(io, transport, addr, config, deadline).await
     }
 
     /// Connect to a URL: `tcp://host:port` (raw TCP), `tls://host:port` (raw TCP over TLS),
@@ -155,6 +216,8 @@ impl Client {
     /// Like [`connect`](Self::connect) over an already connected byte stream (a TLS stream,
     /// `tokio::io::duplex` in tests, ...). `authority` (`host:port`) names the peer in errors
     /// and in the WebSocket request URL. With `config.tls` set, TLS runs over `io` first.
+    /// A reconnect (with `config.reconnect`) dials TCP to the policy's resolver address, or
+    /// to `authority` when it has none.
     ///
     /// # Errors
     /// As [`connect`](Self::connect).
@@ -168,10 +231,11 @@ impl Client {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let deadline = Instant::now() + config.handshake_timeout;
-        Self::connect_with_deadline(Box::new(io), transport, authority, config, deadline).await
+        Self::start(Box::new(io), transport, authority, config, deadline).await
     }
 
-    async fn connect_with_deadline(
+    /// Open the first connection and start the session.
+    async fn start(
         io: Box<dyn Io>,
         transport: Transport,
         peer: &str,
@@ -179,115 +243,71 @@ impl Client {
         deadline: Instant,
     ) -> Result<(Self, Events), Error> {
         let config = config.normalized();
-        let timeout = || Error::HandshakeTimeout {
-            peer: peer.to_owned(),
-            after: config.handshake_timeout,
-        };
-        let (io, secure): (Box<dyn Io>, bool) = match &config.tls {
-            None => (io, false),
-            Some(tls) => {
-                let tls_err = |reason: String| Error::Tls {
-                    peer: peer.to_owned(),
-                    reason,
-                };
-                let name = tls.name_for(peer).map_err(tls_err)?;
-                let stream = tokio::time::timeout_at(deadline, tls.connector().connect(name, io))
-                    .await
-                    .map_err(|_| timeout())?
-                    .map_err(|e| tls_err(e.to_string()))?;
-                (Box::new(stream), true)
-            }
-        };
-        let mut conn =
-            tokio::time::timeout_at(deadline, Conn::open(io, transport, peer, secure, &config))
-                .await
-                .map_err(|_| timeout())??;
-        let reply = tokio::time::timeout_at(deadline, handshake(&mut conn, peer, &config))
-            .await
-            .map_err(|_| timeout())??;
-        let dictionary = if reply.use_dict {
-            match reply.dictionary()? {
-                Some(dict) => Some(Arc::new(dict)),
-                None => config.dictionary.clone(),
-            }
-        } else {
-            None
-        };
-        let protos = if reply.use_proto {
-            match &reply.protos {
-                Some(protos) => Some(Arc::new(Protos::from_handshake(protos).map_err(
-                    |source| Error::Schema {
-                        peer: peer.to_owned(),
-                        source,
-                    },
-                )?)),
-                None => config.protos.clone(),
-            }
-        } else {
-            None
-        };
-        let ack = Package::empty(PackageType::HandshakeAck).to_bytes()?;
-        conn.send(&[ack])
-            .await
-            .map_err(|reason| Error::HandshakeClosed {
-                peer: peer.to_owned(),
-                reason,
-            })?;
-        let heartbeat = reply.heartbeat.filter(|h| !h.is_zero());
-        let heartbeat_timeout = heartbeat.map(|h| config.heartbeat_timeout.unwrap_or(h * 2));
-        debug!(peer, %transport, ?heartbeat, dict = dictionary.is_some(), protos = protos.is_some(), "connected");
-
-        let (outbound_tx, outbound_rx) = mpsc::channel(config.send_queue_capacity);
         let (events_tx, events_rx) = mpsc::channel(config.event_capacity);
-        let (closed_tx, closed_rx) = watch::channel(None);
-        let pending = Arc::new(Mutex::new(Pending::default()));
         let subscribers = Arc::new(Subscribers::new(config.push_capacity));
         let shutdown = CancellationToken::new();
-        let driver = ClientDriver {
-            conn,
-            peer: peer.to_owned(),
-            outbound: outbound_rx,
-            shutdown: shutdown.clone(),
-            pending: pending.clone(),
-            subscribers: subscribers.clone(),
-            routes: RouteCache::new(dictionary.clone()),
-            pushes: Vec::new(),
-            protos: protos.clone(),
-            events: events_tx,
-            closed: closed_tx,
-            heartbeat,
-            heartbeat_timeout,
-            max_write_batch: config.max_write_batch,
-            close_timeout: config.close_timeout,
-            write_timeout: config.write_timeout,
-        };
-        let span = debug_span!("client_driver", peer, %transport);
-        tokio::spawn(driver.run().instrument(span));
-        let shared = Arc::new(Shared {
-            peer: peer.to_owned(),
+        let (link, driver) = open(
+            io,
             transport,
-            outbound: outbound_tx,
-            pending,
-            subscribers,
-            dictionary,
-            protos,
-            handshake: reply,
-            shutdown,
-            closed: closed_rx,
+            peer,
+            &config,
+            deadline,
+            &subscribers,
+            &events_tx,
+            shutdown.child_token(),
+        )
+        .await?;
+        let while_reconnecting = config
+            .reconnect
+            .as_ref()
+            .map_or(WhileReconnecting::FailFast, |p| p.while_reconnecting);
+        let (state_tx, state_rx) = watch::channel(State::Connected(link));
+        let session = Arc::new(Session {
+            state: state_rx,
+            subscribers: subscribers.clone(),
+            shutdown: shutdown.clone(),
+            while_reconnecting,
         });
+        let timeout = config.request_timeout;
+        let first = spawn_driver(driver, peer, transport);
+        let redial = Redial {
+            addr: peer.to_owned(),
+            transport,
+            policy: config.reconnect.clone().unwrap_or_default(),
+            session: Arc::downgrade(&session),
+            state: state_tx,
+            events: events_tx,
+            subscribers,
+            shutdown,
+            config,
+        };
+        tokio::spawn(supervise(first, redial).instrument(debug_span!("client_session", peer)));
         Ok((
             Self {
-                shared,
-                timeout: config.request_timeout,
+                session,
+                link: None,
+                timeout,
             },
             Events::new(events_rx),
         ))
     }
 
-    /// A handle to the same connection whose requests time out after `timeout`.
+    /// The connection in use, if any (none while reconnecting or once closed).
+    fn current(&self) -> Option<Arc<Link>> {
+        if let Some(link) = &self.link {
+            return Some(link.clone());
+        }
+        match &*self.session.state.borrow() {
+            State::Connected(link) => Some(link.clone()),
+            _ => None,
+        }
+    }
+
+    /// A handle to the same session whose requests time out after `timeout`.
     pub fn with_timeout(&self, timeout: Duration) -> Self {
         Self {
-            shared: self.shared.clone(),
+            session: self.session.clone(),
+            link: self.link.clone(),
             timeout,
         }
     }
@@ -297,79 +317,95 @@ impl Client {
         self.timeout
     }
 
-    /// The server address (`host:port`).
-    pub fn peer(&self) -> &str {
-        &self.shared.peer
+    /// The server address (`host:port`) of the connection in use; empty while reconnecting
+    /// or once closed.
+    pub fn peer(&self) -> String {
+        self.current().map(|l| l.peer.clone()).unwrap_or_default()
     }
 
-    /// The transport in use.
+    /// The transport in use (a reconnect keeps it).
     pub fn transport(&self) -> Transport {
-        self.shared.transport
+        match self.current() {
+            Some(link) => link.transport,
+            None => Transport::default(),
+        }
     }
 
-    /// The server's handshake reply (`user` data, heartbeat, dictionary and protos fields).
-    pub fn handshake(&self) -> &HandshakeResponse {
-        &self.shared.handshake
+    /// The server's handshake reply of the connection in use (`user` data, heartbeat,
+    /// dictionary and protos fields); `None` while reconnecting or once closed.
+    pub fn handshake(&self) -> Option<Arc<HandshakeResponse>> {
+        self.current().map(|l| l.handshake.clone())
     }
 
     /// The route dictionary in use (`None` when the server does not use one). Keep it and
-    /// pass it as [`ClientConfig::dictionary`] to skip it in the next handshake.
-    pub fn dictionary(&self) -> Option<&Arc<RouteDictionary>> {
-        self.shared.dictionary.as_ref()
+    /// pass it as [`ClientConfig::dictionary`] to skip it in the next handshake (a reconnect
+    /// does so on its own).
+    pub fn dictionary(&self) -> Option<Arc<RouteDictionary>> {
+        self.current().and_then(|l| l.dictionary.clone())
     }
 
     /// The protobuf schemas in use (`None` when the server does not use protobuf).
-    pub fn protos(&self) -> Option<&Arc<Protos>> {
-        self.shared.protos.as_ref()
+    pub fn protos(&self) -> Option<Arc<Protos>> {
+        self.current().and_then(|l| l.protos.clone())
     }
 
     /// The heartbeat interval the server announced.
     pub fn heartbeat_interval(&self) -> Option<Duration> {
-        self.shared.handshake.heartbeat
+        self.current().and_then(|l| l.handshake.heartbeat)
     }
 
-    /// Requests waiting for their response.
+    /// Requests waiting for their response on the connection in use.
     pub fn pending_requests(&self) -> usize {
-        lock(&self.shared.pending).len()
+        self.current().map_or(0, |l| lock(&l.pending).len())
     }
 
-    /// Whether the connection has ended.
+    /// Whether the client has ended for good (a client that is reconnecting is not closed).
     pub fn is_closed(&self) -> bool {
-        self.shared.closed.borrow().is_some()
+        matches!(*self.session.state.borrow(), State::Closed(_))
     }
 
-    /// Wait until the connection ends, and say why.
+    /// Whether the client lost its connection and is making a new one.
+    pub fn is_reconnecting(&self) -> bool {
+        matches!(*self.session.state.borrow(), State::Reconnecting(_))
+    }
+
+    /// Wait until the client ends for good, and say why (with a reconnect policy: why the
+    /// last connection was lost, once the policy gave up).
     ///
     /// # Cancel safety
     /// Cancel safe.
     pub async fn closed(&self) -> DisconnectReason {
-        let mut rx = self.shared.closed.clone();
-        match rx.wait_for(Option::is_some).await {
-            Ok(reason) => reason.clone().unwrap_or(DisconnectReason::Closed),
-            // The driver is gone without publishing (it panicked): treat as closed.
+        let mut rx = self.session.state.clone();
+        match rx.wait_for(|s| matches!(s, State::Closed(_))).await {
+            Ok(state) => match &*state {
+                State::Closed(reason) => reason.clone(),
+                _ => DisconnectReason::Closed,
+            },
+            // The session task is gone without publishing (it panicked): treat as closed.
             Err(_) => DisconnectReason::Closed,
         }
     }
 
-    /// Close the connection: packages queued before the call are written, the socket is
+    /// Close the client: packages queued before the call are written, the socket is
     /// closed (WebSocket close handshake), waiting requests fail with
-    /// [`Error::Disconnected`]. Returns when the connection task has finished (bounded by
-    /// [`ClientConfig::close_timeout`] for the socket part). Closing twice is harmless.
-    #[instrument(skip(self), fields(peer = %self.shared.peer))]
+    /// [`Error::Disconnected`]; a reconnect under way stops. Returns when the session has
+    /// ended (bounded by [`ClientConfig::close_timeout`] for the socket part). Closing twice
+    /// is harmless.
+    #[instrument(skip(self))]
     pub async fn close(&self) {
-        self.shared.shutdown.cancel();
+        self.session.shutdown.cancel();
         self.closed().await;
     }
 
     /// Subscribe to the pushes of `route` (e.g. `"onChat"`). See [`crate::push`] for what
-    /// happens when the subscriber is slow.
+    /// happens when the subscriber is slow. A subscription lasts across reconnects.
     pub fn on(&self, route: &str) -> PushStream {
-        self.shared.subscribers.subscribe(Some(route))
+        self.session.subscribers.subscribe(Some(route))
     }
 
     /// Subscribe to every push, whatever its route.
     pub fn on_any(&self) -> PushStream {
-        self.shared.subscribers.subscribe(None)
+        self.session.subscribers.subscribe(None)
     }
 
     /// Send a request with a JSON body and wait for the response, as JSON. The body is
@@ -377,13 +413,14 @@ impl Client {
     /// JSON text; the response likewise with the server-side schema.
     ///
     /// # Errors
-    /// [`Error::Timeout`], [`Error::Disconnected`], [`Error::Protocol`] (route too long),
-    /// [`Error::Protobuf`] / [`Error::Json`] for bodies.
-    #[instrument(skip(self, body), fields(peer = %self.shared.peer))]
+    /// [`Error::Timeout`], [`Error::Disconnected`], [`Error::Reconnecting`],
+    /// [`Error::Protocol`] (route too long), [`Error::Protobuf`] / [`Error::Json`] for bodies.
+    #[instrument(skip(self, body))]
     pub async fn request(&self, route: &str, body: &Value) -> Result<Value, Error> {
-        let body = self.encode_value(route, body)?;
-        let reply = self.request_raw_inner(route, body).await?;
-        decode_value(self.shared.protos.as_deref(), route, &reply)
+        let (reply, link) = self
+            .call(route, |link| link.encode_value(route, body))
+            .await?;
+        decode_value(link.protos.as_deref(), route, &reply)
     }
 
     /// [`request`](Self::request) with serde types: `body` is serialized to JSON (then
@@ -391,19 +428,17 @@ impl Client {
     ///
     /// # Errors
     /// As [`request`](Self::request).
-    #[instrument(skip(self, body), fields(peer = %self.shared.peer))]
+    #[instrument(skip(self, body))]
     pub async fn request_as<T, R>(&self, route: &str, body: &T) -> Result<R, Error>
     where
         T: Serialize + ?Sized,
         R: DeserializeOwned,
     {
         let value = to_value(route, body)?;
-        let body = self.encode_value(route, &value)?;
-        let reply = self.request_raw_inner(route, body).await?;
-        from_value(
-            route,
-            decode_value(self.shared.protos.as_deref(), route, &reply)?,
-        )
+        let (reply, link) = self
+            .call(route, |link| link.encode_value(route, &value))
+            .await?;
+        from_value(route, decode_value(link.protos.as_deref(), route, &reply)?)
     }
 
     /// [`request`](Self::request) with prost messages: standard protobuf on both sides
@@ -412,7 +447,7 @@ impl Client {
     ///
     /// # Errors
     /// As [`request`](Self::request).
-    #[instrument(skip(self, body), fields(peer = %self.shared.peer))]
+    #[instrument(skip(self, body))]
     pub async fn request_prost<M, R>(&self, route: &str, body: &M) -> Result<R, Error>
     where
         M: prost::Message,
@@ -420,82 +455,148 @@ impl Client {
     {
         let mut buf = BytesMut::new();
         encode_message(body, &mut buf)?;
-        let reply = self.request_raw_inner(route, buf.freeze()).await?;
+        let body = buf.freeze();
+        let (reply, _) = self.call(route, |_| Ok(body.clone())).await?;
         Ok(shaddock_protocol::protobuf::decode_message(&reply)?)
     }
 
     /// Send a request whose body is already encoded; the response body comes back raw.
     ///
     /// # Errors
-    /// [`Error::Timeout`], [`Error::Disconnected`], [`Error::Protocol`].
+    /// [`Error::Timeout`], [`Error::Disconnected`], [`Error::Reconnecting`],
+    /// [`Error::Protocol`].
     ///
     /// # Cancel safety
     /// Dropping the future forgets the request (its waiter is removed; a late response is
     /// ignored); the request may or may not have been sent.
-    #[instrument(skip(self, body), fields(peer = %self.shared.peer))]
+    #[instrument(skip(self, body))]
     pub async fn request_raw(&self, route: &str, body: Bytes) -> Result<Bytes, Error> {
-        self.request_raw_inner(route, body).await
+        Ok(self.call(route, |_| Ok(body.clone())).await?.0)
     }
 
-    async fn request_raw_inner(&self, route: &str, body: Bytes) -> Result<Bytes, Error> {
+    /// The connection to use before `deadline`: the current one (unless it is `ended`, one
+    /// found closed); while reconnecting, the next one (or an error, as the policy says).
+    async fn link_before(
+        &self,
+        deadline: Instant,
+        route: &str,
+        ended: Option<&Arc<Link>>,
+    ) -> Result<Arc<Link>, Error> {
+        if let Some(link) = &self.link {
+            return match ended {
+                None => Ok(link.clone()),
+                Some(link) => Err(disconnected(link)),
+            };
+        }
+        let mut rx = self.session.state.clone();
+        loop {
+            match &*rx.borrow_and_update() {
+                State::Connected(link) if !ended.is_some_and(|e| Arc::ptr_eq(e, link)) => {
+                    return Ok(link.clone());
+                }
+                // Ending: the session moves on in a moment.
+                State::Connected(_) => {}
+                State::Reconnecting(reason)
+                    if self.session.while_reconnecting == WhileReconnecting::FailFast =>
+                {
+                    return Err(Error::Reconnecting(reason.clone()));
+                }
+                State::Reconnecting(_) => {}
+                State::Closed(reason) => return Err(Error::Disconnected(reason.clone())),
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Error::Disconnected(DisconnectReason::Closed)),
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        route: route.to_owned(),
+                        id: 0,
+                        after: self.timeout,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Send a request (body made by `encode` for the connection it goes to) and wait for its
+    /// response; also gives the connection that answered (for decoding).
+    async fn call(
+        &self,
+        route: &str,
+        encode: impl Fn(&Link) -> Result<Bytes, Error>,
+    ) -> Result<(Bytes, Arc<Link>), Error> {
         let deadline = Instant::now() + self.timeout;
-        let (tx, rx) = oneshot::channel();
-        let id = lock(&self.shared.pending).register(tx)?;
-        let _guard = PendingGuard {
-            pending: self.shared.pending.clone(),
-            id,
-        };
-        let route_wire = self.wire_route(route);
-        let mut package = BytesMut::new();
-        Message::request(id, route_wire, body).encode_package(&mut package)?;
-        let timed_out = || Error::Timeout {
-            route: route.to_owned(),
-            id,
-            after: self.timeout,
-        };
-        tokio::time::timeout_at(deadline, self.shared.outbound.send(package.freeze()))
-            .await
-            .map_err(|_| timed_out())?
-            .map_err(|_| self.disconnected())?;
-        match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(self.disconnected()),
-            Err(_) => Err(timed_out()),
+        let mut ended = None;
+        loop {
+            let link = self.link_before(deadline, route, ended.as_ref()).await?;
+            let (tx, rx) = oneshot::channel();
+            let Ok(id) = lock(&link.pending).register(tx) else {
+                // The connection ended after we picked it: nothing was sent; pick again.
+                ended = Some(link);
+                continue;
+            };
+            let _guard = PendingGuard {
+                pending: link.pending.clone(),
+                id,
+            };
+            let mut package = BytesMut::new();
+            Message::request(id, link.wire_route(route), encode(&link)?)
+                .encode_package(&mut package)?;
+            let timed_out = || Error::Timeout {
+                route: route.to_owned(),
+                id,
+                after: self.timeout,
+            };
+            if tokio::time::timeout_at(deadline, link.outbound.send(package.freeze()))
+                .await
+                .map_err(|_| timed_out())?
+                .is_err()
+            {
+                // Not queued (the connection ended): nothing was sent; pick again.
+                ended = Some(link);
+                continue;
+            }
+            return match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(result)) => result.map(|body| (body, link)),
+                Ok(Err(_)) => Err(disconnected(&link)),
+                Err(_) => Err(timed_out()),
+            };
         }
     }
 
     /// Send a notify (no response) with a JSON body (protobuf when the schema names `route`).
-    /// Waits for space in the send queue, up to the handle's timeout.
+    /// Waits for space in the send queue (and, while reconnecting, for the new connection as
+    /// the policy says), up to the handle's timeout.
     ///
     /// # Errors
     /// [`Error::Timeout`] (queue full for too long), [`Error::Disconnected`],
-    /// [`Error::Protocol`], [`Error::Protobuf`].
-    #[instrument(skip(self, body), fields(peer = %self.shared.peer))]
+    /// [`Error::Reconnecting`], [`Error::Protocol`], [`Error::Protobuf`].
+    #[instrument(skip(self, body))]
     pub async fn notify(&self, route: &str, body: &Value) -> Result<(), Error> {
-        let body = self.encode_value(route, body)?;
-        self.notify_raw_inner(route, body).await
+        self.send_notify(route, |link| link.encode_value(route, body))
+            .await
     }
 
     /// [`notify`](Self::notify) with a serde type.
     ///
     /// # Errors
     /// As [`notify`](Self::notify), and [`Error::Json`].
-    #[instrument(skip(self, body), fields(peer = %self.shared.peer))]
+    #[instrument(skip(self, body))]
     pub async fn notify_as<T: Serialize + ?Sized>(
         &self,
         route: &str,
         body: &T,
     ) -> Result<(), Error> {
         let value = to_value(route, body)?;
-        let body = self.encode_value(route, &value)?;
-        self.notify_raw_inner(route, body).await
+        self.send_notify(route, |link| link.encode_value(route, &value))
+            .await
     }
 
     /// [`notify`](Self::notify) with a prost message.
     ///
     /// # Errors
     /// As [`notify`](Self::notify).
-    #[instrument(skip(self, body), fields(peer = %self.shared.peer))]
+    #[instrument(skip(self, body))]
     pub async fn notify_prost<M: prost::Message>(
         &self,
         route: &str,
@@ -503,57 +604,363 @@ impl Client {
     ) -> Result<(), Error> {
         let mut buf = BytesMut::new();
         encode_message(body, &mut buf)?;
-        self.notify_raw_inner(route, buf.freeze()).await
+        let body = buf.freeze();
+        self.send_notify(route, |_| Ok(body.clone())).await
     }
 
     /// [`notify`](Self::notify) with an already encoded body.
     ///
     /// # Errors
     /// As [`notify`](Self::notify).
-    #[instrument(skip(self, body), fields(peer = %self.shared.peer))]
+    #[instrument(skip(self, body))]
     pub async fn notify_raw(&self, route: &str, body: Bytes) -> Result<(), Error> {
-        self.notify_raw_inner(route, body).await
+        self.send_notify(route, |_| Ok(body.clone())).await
     }
 
-    async fn notify_raw_inner(&self, route: &str, body: Bytes) -> Result<(), Error> {
-        if let Some(reason) = self.shared.closed.borrow().clone() {
-            return Err(Error::Disconnected(reason));
+    async fn send_notify(
+        &self,
+        route: &str,
+        encode: impl Fn(&Link) -> Result<Bytes, Error>,
+    ) -> Result<(), Error> {
+        let deadline = Instant::now() + self.timeout;
+        let mut ended = None;
+        loop {
+            let link = self.link_before(deadline, route, ended.as_ref()).await?;
+            let mut package = BytesMut::new();
+            Message::notify(link.wire_route(route), encode(&link)?).encode_package(&mut package)?;
+            let queued = tokio::time::timeout_at(deadline, link.outbound.send(package.freeze()))
+                .await
+                .map_err(|_| Error::Timeout {
+                    route: route.to_owned(),
+                    id: 0,
+                    after: self.timeout,
+                })?;
+            if queued.is_ok() {
+                return Ok(());
+            }
+            // Not queued (the connection ended): pick again.
+            ended = Some(link);
         }
-        let mut package = BytesMut::new();
-        Message::notify(self.wire_route(route), body).encode_package(&mut package)?;
-        tokio::time::timeout(self.timeout, self.shared.outbound.send(package.freeze()))
+    }
+}
+
+/// The error of a call on a connection that ended: its reason.
+fn disconnected(link: &Link) -> Error {
+    let reason = lock(&link.pending)
+        .closed_reason()
+        .unwrap_or(DisconnectReason::Closed);
+    Error::Disconnected(reason)
+}
+
+/// TCP connect to `addr` before `deadline`.
+async fn dial(addr: &str, config: &ClientConfig, deadline: Instant) -> Result<Box<dyn Io>, Error> {
+    let io_err = |source| Error::Io {
+        peer: addr.to_owned(),
+        source,
+    };
+    let stream = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
+        .await
+        .map_err(|_| Error::HandshakeTimeout {
+            peer: addr.to_owned(),
+            after: config.handshake_timeout,
+        })?
+        .map_err(io_err)?;
+    stream.set_nodelay(config.nodelay).map_err(io_err)?;
+    Ok(Box::new(stream))
+}
+
+/// TLS (if configured), WebSocket upgrade (if WebSocket), handshake and ack on `io`; the
+/// connection's link and its (not yet started) task.
+#[allow(clippy::too_many_arguments)]
+async fn open(
+    io: Box<dyn Io>,
+    transport: Transport,
+    peer: &str,
+    config: &ClientConfig,
+    deadline: Instant,
+    subscribers: &Arc<Subscribers>,
+    events: &mpsc::Sender<Event>,
+    stop: CancellationToken,
+) -> Result<(Arc<Link>, ClientDriver), Error> {
+    let timeout = || Error::HandshakeTimeout {
+        peer: peer.to_owned(),
+        after: config.handshake_timeout,
+    };
+    let (io, secure): (Box<dyn Io>, bool) = match &config.tls {
+        None => (io, false),
+        Some(tls) => {
+            let tls_err = |reason: String| Error::Tls {
+                peer: peer.to_owned(),
+                reason,
+            };
+            let name = tls.name_for(peer).map_err(tls_err)?;
+            let stream = tokio::time::timeout_at(deadline, tls.connector().connect(name, io))
+                .await
+                .map_err(|_| timeout())?
+                .map_err(|e| tls_err(e.to_string()))?;
+            (Box::new(stream), true)
+        }
+    };
+    let mut conn =
+        tokio::time::timeout_at(deadline, Conn::open(io, transport, peer, secure, config))
             .await
-            .map_err(|_| Error::Timeout {
-                route: route.to_owned(),
-                id: 0,
-                after: self.timeout,
-            })?
-            .map_err(|_| self.disconnected())
-    }
+            .map_err(|_| timeout())??;
+    let reply = tokio::time::timeout_at(deadline, handshake(&mut conn, peer, config))
+        .await
+        .map_err(|_| timeout())??;
+    let dictionary = if reply.use_dict {
+        match reply.dictionary()? {
+            Some(dict) => Some(Arc::new(dict)),
+            None => config.dictionary.clone(),
+        }
+    } else {
+        None
+    };
+    let protos = if reply.use_proto {
+        match &reply.protos {
+            Some(protos) => Some(Arc::new(Protos::from_handshake(protos).map_err(
+                |source| Error::Schema {
+                    peer: peer.to_owned(),
+                    source,
+                },
+            )?)),
+            None => config.protos.clone(),
+        }
+    } else {
+        None
+    };
+    let ack = Package::empty(PackageType::HandshakeAck).to_bytes()?;
+    conn.send(&[ack])
+        .await
+        .map_err(|reason| Error::HandshakeClosed {
+            peer: peer.to_owned(),
+            reason,
+        })?;
+    let heartbeat = reply.heartbeat.filter(|h| !h.is_zero());
+    let heartbeat_timeout = heartbeat.map(|h| config.heartbeat_timeout.unwrap_or(h * 2));
+    debug!(peer, %transport, ?heartbeat, dict = dictionary.is_some(), protos = protos.is_some(), "connected");
 
-    /// The route as it goes on the wire: its dictionary code when it has one.
-    fn wire_route(&self, route: &str) -> MessageRoute {
-        match &self.shared.dictionary {
-            Some(dict) => dict.compress(route),
-            None => MessageRoute::name(route),
+    let (outbound_tx, outbound_rx) = mpsc::channel(config.send_queue_capacity);
+    let pending = Arc::new(Mutex::new(Pending::default()));
+    let driver = ClientDriver {
+        conn,
+        peer: peer.to_owned(),
+        outbound: outbound_rx,
+        shutdown: stop.clone(),
+        pending: pending.clone(),
+        subscribers: subscribers.clone(),
+        routes: RouteCache::new(dictionary.clone()),
+        pushes: Vec::new(),
+        protos: protos.clone(),
+        events: events.clone(),
+        heartbeat,
+        heartbeat_timeout,
+        max_write_batch: config.max_write_batch,
+        close_timeout: config.close_timeout,
+        write_timeout: config.write_timeout,
+    };
+    let link = Arc::new(Link {
+        peer: peer.to_owned(),
+        transport,
+        outbound: outbound_tx,
+        pending,
+        dictionary,
+        protos,
+        handshake: Arc::new(reply),
+    });
+    Ok((link, driver))
+}
+
+fn spawn_driver(
+    driver: ClientDriver,
+    peer: &str,
+    transport: Transport,
+) -> JoinHandle<DisconnectReason> {
+    let span = debug_span!("client_driver", peer, %transport);
+    tokio::spawn(driver.run().instrument(span))
+}
+
+/// Why a connection task ended (a panic in it counts as an i/o failure).
+async fn ended(task: JoinHandle<DisconnectReason>) -> DisconnectReason {
+    match task.await {
+        Ok(reason) => reason,
+        Err(e) => DisconnectReason::Io {
+            error: format!("the connection task failed: {e}"),
+        },
+    }
+}
+
+/// The session task: waits for each connection to end, then closes the session or, as the
+/// policy says, makes a new connection.
+async fn supervise(mut task: JoinHandle<DisconnectReason>, mut redial: Redial) {
+    let reconnects = redial.config.reconnect.is_some();
+    loop {
+        let reason = ended(task).await;
+        if !reconnects || !redial.policy.applies_to(&reason) || redial.shutdown.is_cancelled() {
+            redial.close(reason);
+            return;
+        }
+        match redial.reconnect(reason).await {
+            Some(next) => task = next,
+            None => return,
+        }
+    }
+}
+
+impl Redial {
+    fn emit(&self, event: Event) {
+        if self.events.try_send(event).is_err() {
+            debug!(peer = %self.addr, "event dropped: the events queue is full or gone");
         }
     }
 
-    fn encode_value(&self, route: &str, body: &Value) -> Result<Bytes, Error> {
-        match &self.shared.protos {
-            Some(p) if p.has_client_route(route) => Ok(p.client().encode(route, body)?),
-            _ => Ok(Bytes::from(json::to_vec(body))),
+    /// End the session for good.
+    fn close(&self, reason: DisconnectReason) {
+        self.subscribers.close();
+        self.state.send_replace(State::Closed(reason.clone()));
+        self.emit(Event::Disconnected(reason));
+    }
+
+    /// Attempts as the policy says; the new connection's task, or `None` when the session
+    /// was closed (gave up, [`Client::close`], every handle dropped).
+    async fn reconnect(
+        &mut self,
+        reason: DisconnectReason,
+    ) -> Option<JoinHandle<DisconnectReason>> {
+        let lost = Instant::now();
+        warn!(peer = %self.addr, %reason, "connection lost; reconnecting");
+        self.state.send_replace(State::Reconnecting(reason.clone()));
+        self.emit(Event::ConnectionLost {
+            reason: reason.clone(),
+        });
+        let mut backoff = Backoff::new(&self.policy);
+        let mut attempt: u32 = 0;
+        loop {
+            let delay = backoff.next_delay();
+            let out_of_attempts = self.policy.max_attempts.is_some_and(|m| attempt >= m);
+            let out_of_time = self
+                .policy
+                .max_elapsed
+                .is_some_and(|m| lost.elapsed() + delay > m);
+            if out_of_attempts || out_of_time {
+                let elapsed = lost.elapsed();
+                warn!(peer = %self.addr, attempts = attempt, ?elapsed, %reason, "reconnect gave up");
+                self.emit(Event::ReconnectGaveUp {
+                    attempts: attempt,
+                    elapsed,
+                });
+                self.close(reason);
+                return None;
+            }
+            attempt += 1;
+            self.emit(Event::ReconnectAttempt { attempt, delay });
+            let shutdown = self.shutdown.clone();
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shutdown.cancelled() => {
+                    self.close(DisconnectReason::Closed);
+                    return None;
+                }
+            }
+            let tried = tokio::select! {
+                tried = tokio::time::timeout(self.policy.attempt_timeout, self.attempt(attempt)) => tried,
+                () = shutdown.cancelled() => {
+                    self.close(DisconnectReason::Closed);
+                    return None;
+                }
+            };
+            match tried {
+                Ok(Ok((link, task))) => {
+                    info!(peer = %link.peer, attempt, "reconnected");
+                    self.addr.clone_from(&link.peer);
+                    self.config.dictionary.clone_from(&link.dictionary);
+                    self.config.protos.clone_from(&link.protos);
+                    let peer = link.peer.clone();
+                    self.state.send_replace(State::Connected(link));
+                    self.emit(Event::Reconnected { attempt, peer });
+                    return Some(task);
+                }
+                Ok(Err(AttemptError::Gone)) => {
+                    self.close(DisconnectReason::Closed);
+                    return None;
+                }
+                Ok(Err(AttemptError::Failed(error))) => {
+                    debug!(peer = %self.addr, attempt, %error, "reconnect attempt failed");
+                    self.emit(Event::ReconnectFailed { attempt, error });
+                }
+                Err(_) => {
+                    let after = self.policy.attempt_timeout;
+                    debug!(peer = %self.addr, attempt, ?after, "reconnect attempt timed out");
+                    self.emit(Event::ReconnectFailed {
+                        attempt,
+                        error: Error::HandshakeTimeout {
+                            peer: self.addr.clone(),
+                            after,
+                        },
+                    });
+                }
+            }
         }
     }
 
-    fn disconnected(&self) -> Error {
-        let reason = self
-            .shared
-            .closed
-            .borrow()
-            .clone()
-            .unwrap_or(DisconnectReason::Closed);
-        Error::Disconnected(reason)
+    /// One attempt: resolve, connect, handshake, hook. When the hook fails (or the attempt is
+    /// cancelled by its timeout), the new connection is closed (its stop token is cancelled
+    /// when the guard drops).
+    async fn attempt(
+        &self,
+        attempt: u32,
+    ) -> Result<(Arc<Link>, JoinHandle<DisconnectReason>), AttemptError> {
+        let addr = match &self.policy.resolver {
+            Some(resolve) => resolve_addr(resolve, attempt).await?,
+            None => self.addr.clone(),
+        };
+        let deadline = Instant::now() + self.config.handshake_timeout;
+        let io = dial(&addr, &self.config, deadline).await?;
+        let stop = self.shutdown.child_token();
+        let guard = stop.clone().drop_guard();
+        let (link, driver) = open(
+            io,
+            self.transport,
+            &addr,
+            &self.config,
+            deadline,
+            &self.subscribers,
+            &self.events,
+            stop,
+        )
+        .await?;
+        let task = spawn_driver(driver, &addr, self.transport);
+        if let Some(hook) = &self.policy.hook {
+            let session = self.session.upgrade().ok_or(AttemptError::Gone)?;
+            let client = Client {
+                session,
+                link: Some(link.clone()),
+                timeout: self.config.request_timeout,
+            };
+            hook(client).await?;
+            if link.is_closed() {
+                return Err(AttemptError::Failed(disconnected(&link)));
+            }
+        }
+        let _ = guard.disarm();
+        Ok((link, task))
+    }
+}
+
+async fn resolve_addr(resolve: &Resolver, attempt: u32) -> Result<String, AttemptError> {
+    Ok(resolve(attempt).await?)
+}
+
+/// Why one attempt did not give a connection.
+enum AttemptError {
+    Failed(Error),
+    /// Every handle is gone.
+    Gone,
+}
+
+impl From<Error> for AttemptError {
+    fn from(e: Error) -> Self {
+        Self::Failed(e)
     }
 }
 

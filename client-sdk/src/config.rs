@@ -7,6 +7,7 @@ use serde_json::Value;
 use shaddock_protocol::RouteDictionary;
 use shaddock_protocol::protobuf::Protos;
 
+use crate::reconnect::ReconnectPolicy;
 use crate::tls::ClientTls;
 
 /// Settings of one client connection. Build it with [`ClientConfig::default`] and change the
@@ -72,6 +73,9 @@ pub struct ClientConfig {
     /// TLS to the server: raw TCP over TLS, or WebSocket over TLS (`wss://`), checked
     /// against the [`ClientTls`] root store. Default `None` (plain TCP or `ws://`).
     pub tls: Option<ClientTls>,
+    /// Reconnect on its own after a lost connection (see [`crate::reconnect`]). Default `None`:
+    /// a lost connection ends the client.
+    pub reconnect: Option<ReconnectPolicy>,
 }
 
 impl Default for ClientConfig {
@@ -96,6 +100,7 @@ impl Default for ClientConfig {
             max_write_batch: 64 * 1024,
             write_timeout: Duration::from_secs(10),
             tls: None,
+            reconnect: None,
         }
     }
 }
@@ -122,6 +127,12 @@ impl ClientConfig {
     /// This config with TLS (TLS + TCP, or `wss://` for [`Transport::WebSocket`](crate::Transport::WebSocket)).
     pub fn with_tls(mut self, tls: ClientTls) -> Self {
         self.tls = Some(tls);
+        self
+    }
+
+    /// This config with a [`ReconnectPolicy`].
+    pub fn with_reconnect(mut self, policy: ReconnectPolicy) -> Self {
+        self.reconnect = Some(policy);
         self
     }
 

@@ -23,7 +23,7 @@ use shaddock_protocol::handshake::Kick;
 use shaddock_protocol::message::{Message, MessageRoute, MessageType};
 use shaddock_protocol::package::{Package, PackageType};
 use shaddock_protocol::protobuf::Protos;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace, warn};
@@ -86,6 +86,16 @@ impl Pending {
         self.waiters.len()
     }
 
+    /// Whether the connection has ended (no new request is accepted).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.is_some()
+    }
+
+    /// Why the connection ended, once it has.
+    pub(crate) fn closed_reason(&self) -> Option<DisconnectReason> {
+        self.closed.clone()
+    }
+
     #[cfg(test)]
     pub(crate) fn set_next_id(&mut self, id: u32) {
         self.next_id = id;
@@ -119,7 +129,6 @@ pub(crate) struct ClientDriver {
     pub(crate) subscribers: Arc<Subscribers>,
     pub(crate) protos: Option<Arc<Protos>>,
     pub(crate) events: mpsc::Sender<Event>,
-    pub(crate) closed: watch::Sender<Option<DisconnectReason>>,
     /// Interval between our heartbeats; `None` when the server announced none.
     pub(crate) heartbeat: Option<Duration>,
     /// Dead-server timeout; `None` when the server announced no heartbeat.
@@ -186,15 +195,14 @@ impl RouteCache {
 }
 
 impl ClientDriver {
-    /// Run until the connection ends; then fail every waiter, end every stream and publish
-    /// the reason.
-    pub(crate) async fn run(mut self) {
+    /// Run until the connection ends; then fail every waiter and say why it ended.
+    pub(crate) async fn run(mut self) -> DisconnectReason {
         // Packages that came in the same read as the handshake reply go first.
         let reason = match self.handle_read().1 {
             Some(reason) => reason,
             None => self.drive().await,
         };
-        self.finish(reason).await;
+        self.finish(reason).await
     }
 
     /// The connection's loop; returns why it ended.
@@ -432,9 +440,11 @@ impl ClientDriver {
         }
     }
 
-    async fn finish(mut self, reason: DisconnectReason) {
+    /// The connection ended: fail every waiter (new requests on this connection fail at
+    /// once), close the socket. The session (`client::supervise`) decides what follows.
+    async fn finish(mut self, reason: DisconnectReason) -> DisconnectReason {
         debug!(peer = %self.peer, %reason, "connection ended");
-        let _ = tokio::time::timeout(self.close_timeout, self.conn.close()).await;
+        self.flush_pushes();
         let waiters: Vec<Waiter> = {
             let mut pending = lock(&self.pending);
             pending.closed = Some(reason.clone());
@@ -443,10 +453,19 @@ impl ClientDriver {
         for waiter in waiters {
             let _ = waiter.send(Err(Error::Disconnected(reason.clone())));
         }
-        self.subscribers.close();
         self.outbound.close();
-        self.closed.send_replace(Some(reason.clone()));
-        self.emit(Event::Disconnected(reason));
+        let close = async move {
+            let _ = tokio::time::timeout(self.close_timeout, self.conn.close()).await;
+        };
+        if reason == DisconnectReason::Closed {
+            // Client::close returns once the socket is closed cleanly.
+            close.await;
+        } else {
+            // A connection that broke: closing it (a WebSocket close handshake with a peer
+            // that may be gone) must not delay the reconnect or the waiting callers.
+            tokio::spawn(close);
+        }
+        reason
     }
 }
 

@@ -160,6 +160,19 @@ pub enum Error {
     /// The connection is closed (or closed while the call waited).
     #[error("disconnected: {0}")]
     Disconnected(DisconnectReason),
+    /// The connection was lost and the client is reconnecting
+    /// ([`WhileReconnecting::FailFast`](crate::WhileReconnecting::FailFast)); the reason it
+    /// was lost. Nothing was sent.
+    #[error("reconnecting (the connection was lost: {0})")]
+    Reconnecting(DisconnectReason),
+    /// A reconnect hook ([`ReconnectPolicy::on_reconnect`](crate::ReconnectPolicy::on_reconnect))
+    /// or resolver refused the new connection (e.g. the server refused to let the user in
+    /// again); that attempt fails and the next one follows.
+    #[error("reconnect hook failed: {reason}")]
+    Hook {
+        /// What the hook reported.
+        reason: String,
+    },
     /// The gate's `queryEntry` answer did not name a connector.
     #[error("gate {gate} gave no connector: {reply}")]
     Gate {
@@ -171,13 +184,26 @@ pub enum Error {
 }
 
 impl Error {
+    /// An [`Error::Hook`] saying `reason`.
+    pub fn hook(reason: impl std::fmt::Display) -> Self {
+        Self::Hook {
+            reason: reason.to_string(),
+        }
+    }
+
     /// Whether this is a request timeout.
     pub fn is_timeout(&self) -> bool {
         matches!(self, Self::Timeout { .. })
     }
 
-    /// Whether this means the connection is gone.
+    /// Whether this means the connection is gone (for good, or while the client reconnects).
     pub fn is_disconnected(&self) -> bool {
-        matches!(self, Self::Disconnected(_))
+        matches!(self, Self::Disconnected(_) | Self::Reconnecting(_))
+    }
+
+    /// Whether the call failed because the client is reconnecting
+    /// ([`WhileReconnecting::FailFast`](crate::WhileReconnecting::FailFast)).
+    pub fn is_reconnecting(&self) -> bool {
+        matches!(self, Self::Reconnecting(_))
     }
 }

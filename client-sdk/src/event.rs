@@ -9,9 +9,14 @@ use tokio::sync::mpsc;
 
 use crate::DisconnectReason;
 
-/// Something that happened to a connection. The last event of a connection is always
+/// Something that happened to a client's connection. The last event is always
 /// [`Event::Disconnected`] (unless the events queue was full at that moment; the reason is
-/// also available from [`Client::closed`](crate::Client::closed)).
+/// also available from [`Client::closed`](crate::Client::closed)). With a
+/// [`ReconnectPolicy`](crate::ReconnectPolicy), a lost connection is
+/// [`Event::ConnectionLost`] instead, followed by the reconnect events
+/// ([`ReconnectAttempt`](Event::ReconnectAttempt), [`ReconnectFailed`](Event::ReconnectFailed),
+/// then [`Reconnected`](Event::Reconnected) or [`ReconnectGaveUp`](Event::ReconnectGaveUp) and
+/// [`Disconnected`](Event::Disconnected)).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Event {
@@ -45,7 +50,45 @@ pub enum Event {
         /// The push route.
         route: String,
     },
-    /// The connection ended. Always the last event.
+    /// The connection ended for `reason` and the client will reconnect (its
+    /// [`ReconnectPolicy`](crate::ReconnectPolicy) applies to that reason). Requests in
+    /// flight have failed with [`Error::Disconnected`](crate::Error::Disconnected).
+    ConnectionLost {
+        /// Why the connection ended.
+        reason: DisconnectReason,
+    },
+    /// Reconnect attempt `attempt` (from 1) starts after `delay`.
+    ReconnectAttempt {
+        /// The attempt number, from 1 for each lost connection.
+        attempt: u32,
+        /// The backoff waited before it (jitter included).
+        delay: Duration,
+    },
+    /// Reconnect attempt `attempt` failed (resolver, connect, handshake or hook); another
+    /// follows unless the policy's limits are reached.
+    ReconnectFailed {
+        /// The attempt number.
+        attempt: u32,
+        /// What failed.
+        error: crate::Error,
+    },
+    /// The client is connected again, to `peer`, and its hook has run: requests go to the
+    /// new connection.
+    Reconnected {
+        /// The attempt that succeeded.
+        attempt: u32,
+        /// The server address (`host:port`) of the new connection.
+        peer: String,
+    },
+    /// The policy's limits were reached without a new connection; [`Event::Disconnected`]
+    /// (with the reason the connection was lost) follows and the client is closed.
+    ReconnectGaveUp {
+        /// How many attempts were made.
+        attempts: u32,
+        /// Time from the loss to giving up.
+        elapsed: Duration,
+    },
+    /// The client's connection ended for good. Always the last event.
     Disconnected(DisconnectReason),
 }
 

@@ -48,7 +48,8 @@ impl GateEntry {
 }
 
 /// Connect to the gate at `gate` (`host:port`), call [`QUERY_ENTRY_ROUTE`] with `{uid}`, close
-/// the gate connection and return the connector it named.
+/// the gate connection and return the connector it named. `config.reconnect` is not used for
+/// the gate connection.
 ///
 /// # Errors
 /// Connection and request errors as [`Client::connect`] / [`Client::request`];
@@ -60,7 +61,9 @@ pub async fn query_entry(
     uid: &str,
     config: &ClientConfig,
 ) -> Result<GateEntry, Error> {
-    let (client, _events) = Client::connect(gate, transport, config.clone()).await?;
+    let mut config = config.clone();
+    config.reconnect = None;
+    let (client, _events) = Client::connect(gate, transport, config).await?;
     let reply = client
         .request(QUERY_ENTRY_ROUTE, &json!({ "uid": uid }))
         .await;
@@ -73,7 +76,8 @@ pub async fn query_entry(
 }
 
 /// [`query_entry`], then [`Client::connect`] to the connector it names (same transport and
-/// config).
+/// config). With a [`ReconnectPolicy`](crate::ReconnectPolicy) that has no resolver of its
+/// own, each reconnect attempt asks the gate again (the gate knows which connectors are up).
 ///
 /// # Errors
 /// As [`query_entry`] and [`Client::connect`].
@@ -82,9 +86,23 @@ pub async fn connect_via_gate(
     gate: &str,
     transport: Transport,
     uid: &str,
-    config: ClientConfig,
+    mut config: ClientConfig,
 ) -> Result<(Client, Events, GateEntry), Error> {
     let entry = query_entry(gate, transport, uid, &config).await?;
+    if let Some(policy) = config.reconnect.take() {
+        config.reconnect = Some(if policy.resolver.is_none() {
+            let (gate, uid, gate_config) = (gate.to_owned(), uid.to_owned(), config.clone());
+            policy.resolve_with(move |_attempt| {
+                let (gate, uid, config) = (gate.clone(), uid.clone(), gate_config.clone());
+                async move {
+                    let entry = query_entry(&gate, transport, &uid, &config).await?;
+                    Ok(entry.addr())
+                }
+            })
+        } else {
+            policy
+        });
+    }
     let (client, events) = Client::connect(&entry.addr(), transport, config).await?;
     Ok((client, events, entry))
 }

@@ -666,7 +666,10 @@ async fn protobuf_schemas_from_the_handshake_and_prost_bodies() {
     let (client, _events) = within(Client::connect(&addr.to_string(), Transport::Tcp, cfg))
         .await
         .unwrap();
-    assert_eq!(client.handshake().user, Some(json!({"motd": "hi"})));
+    assert_eq!(
+        client.handshake().unwrap().user,
+        Some(json!({"motd": "hi"}))
+    );
     assert_eq!(client.protos().unwrap().version(), protos.version());
     let mut moves = client.on("onMove");
     let r = within(client.request(

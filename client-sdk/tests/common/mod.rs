@@ -147,6 +147,26 @@ impl Peer {
     }
 }
 
+/// Accept one connection on `listener` (bounded by [`T`]) as a [`Peer`] of `transport`.
+pub async fn accept_peer(listener: &TcpListener, transport: Transport) -> Peer {
+    let (stream, _) = within(listener.accept()).await.unwrap();
+    match transport {
+        Transport::Tcp => Peer::Tcp {
+            stream,
+            buf: BytesMut::new(),
+            decoder: PackageDecoder::new(1 << 20),
+        },
+        _ => Peer::Ws {
+            ws: Box::new(
+                within(tokio_tungstenite::accept_async(stream))
+                    .await
+                    .unwrap(),
+            ),
+            pending: VecDeque::new(),
+        },
+    }
+}
+
 /// Accept one connection on 127.0.0.1:0 and run `script` on it.
 pub async fn fake_server<F, Fut, R>(transport: Transport, script: F) -> (SocketAddr, JoinHandle<R>)
 where
@@ -157,22 +177,7 @@ where
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
-        let (stream, _) = within(listener.accept()).await.unwrap();
-        let peer = match transport {
-            Transport::Tcp => Peer::Tcp {
-                stream,
-                buf: BytesMut::new(),
-                decoder: PackageDecoder::new(1 << 20),
-            },
-            _ => Peer::Ws {
-                ws: Box::new(
-                    within(tokio_tungstenite::accept_async(stream))
-                        .await
-                        .unwrap(),
-                ),
-                pending: VecDeque::new(),
-            },
-        };
+        let peer = accept_peer(&listener, transport).await;
         script(peer).await
     });
     (addr, task)
