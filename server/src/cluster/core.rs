@@ -18,6 +18,7 @@ use futures_util::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
 
 use super::push::{self, PushStream};
 use super::{
@@ -31,6 +32,31 @@ const CAS_ATTEMPTS: u32 = 16;
 const EVENTS: usize = 4096;
 /// Pause before a failed bucket watch is started again.
 const WATCH_RETRY: Duration = Duration::from_millis(500);
+/// Pause before a failed refresh is tried again.
+const REFRESH_RETRY: Duration = Duration::from_millis(250);
+/// The store's own expiry of a record (the bucket's `max_age`) is this many TTLs: a backstop
+/// for records nobody judges; see [`Liveness`].
+pub(crate) const BACKSTOP_TTLS: u32 = 5;
+
+/// How this handle judges a server lost.
+///
+/// A record is lost when it has not been refreshed for the TTL *while the registry was seen
+/// making progress*: progress is any refresh delivered by the watch, or a successful probe of
+/// the store. The TTL is counted from the later of the record's last refresh and the start of
+/// the current unbroken run of progress (a run breaks when nothing progressed for two refresh
+/// periods). So a store that cannot write for a while (a JetStream leader election takes
+/// 4-9 s after its node dies) makes no server lost: every record gets a full TTL again once
+/// writes resume. Judgments are made at progress events only, when the store is known to
+/// work. The bucket's own expiry (`BACKSTOP_TTLS` × TTL) removes what nobody refreshes for
+/// good.
+struct Liveness {
+    /// Server id → when its latest refresh was delivered, and its revision.
+    seen: HashMap<String, (Instant, u64)>,
+    /// Server id → the revision at which this handle judged it lost.
+    judged: HashMap<String, u64>,
+    last_progress: Instant,
+    progress_since: Instant,
+}
 
 /// The three buckets of an app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -189,6 +215,7 @@ struct Inner<S> {
     name: String,
     ttl: Duration,
     servers: RwLock<HashMap<String, ServerRecord>>,
+    liveness: Mutex<Liveness>,
     /// (type, key) → server id.
     placements: RwLock<HashMap<(String, Vec<u8>), String>>,
     events: broadcast::Sender<ServerEvent>,
@@ -251,6 +278,12 @@ impl<S: Store> Core<S> {
             name,
             ttl,
             servers: RwLock::new(HashMap::new()),
+            liveness: Mutex::new(Liveness {
+                seen: HashMap::new(),
+                judged: HashMap::new(),
+                last_progress: Instant::now(),
+                progress_since: Instant::now(),
+            }),
             placements: RwLock::new(HashMap::new()),
             events: broadcast::channel(EVENTS).0,
             health: watch::channel(Health::Ok).0,
@@ -353,6 +386,14 @@ impl<S: Store> Core<S> {
         else {
             return Ok(false);
         };
+        // Judged lost, and not refreshed since: lost, although the store still holds it.
+        if lock(&self.inner.liveness)
+            .judged
+            .get(id)
+            .is_some_and(|&rev| rev >= e.revision)
+        {
+            return Ok(false);
+        }
         Ok(serde_json::from_slice::<ServerRecord>(&e.value).is_ok_and(|r| fits(&r)))
     }
 
@@ -663,29 +704,72 @@ fn to_json<T: Serialize>(v: &T) -> Bytes {
     Bytes::from(serde_json::to_vec(v).unwrap_or_default())
 }
 
-/// Re-writes one record every TTL/3 until aborted.
+/// Re-writes one record every TTL/3 until aborted; a failed write (given at most one period)
+/// is tried again soon.
 async fn run_refresh<S: Store>(
     inner: Arc<Inner<S>>,
     key: String,
     record: Arc<Mutex<ServerRecord>>,
 ) {
     let period = inner.ttl / 3;
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next = Instant::now() + period;
     loop {
-        tick.tick().await;
+        tokio::time::sleep_until(next).await;
+        let started = Instant::now();
         let value = to_json(&*lock(&record));
-        match inner.store.put(Bucket::Servers, &key, value).await {
+        let r = tokio::time::timeout(period, inner.store.put(Bucket::Servers, &key, value))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ClusterError::Unavailable(format!(
+                    "no answer within {period:?}"
+                )))
+            });
+        match r {
             Ok(_) => {
+                next = started + period;
                 if inner.refresh_failing.swap(false, Ordering::Relaxed) {
                     tracing::info!(backend = %inner.name, server = %lock(&record).id, "record refreshed again");
                 }
             }
             Err(e) => {
+                next = Instant::now() + REFRESH_RETRY;
                 if !inner.refresh_failing.swap(true, Ordering::Relaxed) {
                     tracing::warn!(backend = %inner.name, server = %lock(&record).id, "cannot refresh the record: {e}");
                 }
             }
+        }
+    }
+}
+
+/// A progress event at `now` (see [`Liveness`]): extends or restarts the run of progress, then
+/// judges the records not refreshed for the TTL within it.
+fn progress<S: Store>(inner: &Inner<S>, now: Instant) {
+    let period = inner.ttl / 3;
+    let lost: Vec<String> = {
+        let mut l = lock(&inner.liveness);
+        if now.saturating_duration_since(l.last_progress) > 2 * period {
+            l.progress_since = now;
+        }
+        l.last_progress = now;
+        let since = l.progress_since;
+        let lost: Vec<(String, u64)> = l
+            .seen
+            .iter()
+            .filter(|(_, (t, _))| now.saturating_duration_since((*t).max(since)) > inner.ttl)
+            .map(|(id, (_, rev))| (id.clone(), *rev))
+            .collect();
+        for (id, rev) in &lost {
+            l.seen.remove(id);
+            l.judged.insert(id.clone(), *rev);
+        }
+        lost.into_iter().map(|(id, _)| id).collect()
+    };
+    for id in lost {
+        let old = write(&inner.servers).remove(&id);
+        if let Some(old) = old {
+            tracing::warn!(backend = %inner.name, server = %id, host = %old.host, port = old.port,
+                "server lost: its record was not refreshed for {:?}", inner.ttl);
+            let _ = inner.events.send(ServerEvent::Removed(old));
         }
     }
 }
@@ -749,6 +833,12 @@ fn reconcile<S: Store>(inner: &Inner<S>, b: Bucket, present: &HashSet<String>) {
                     .collect();
                 ids.iter().filter_map(|id| servers.remove(id)).collect()
             };
+            {
+                let mut l = lock(&inner.liveness);
+                for r in &gone {
+                    l.seen.remove(&r.id);
+                }
+            }
             for r in gone {
                 tracing::info!(backend = %inner.name, server = %r.id, "server gone from the registry while the watch was down");
                 let _ = inner.events.send(ServerEvent::Removed(r));
@@ -782,6 +872,11 @@ fn apply_server<S: Store>(inner: &Inner<S>, e: KvEntry) {
         return;
     };
     if e.removed {
+        {
+            let mut l = lock(&inner.liveness);
+            l.seen.remove(&id);
+            l.judged.remove(&id);
+        }
         let old = write(&inner.servers).remove(&id);
         if let Some(old) = old {
             tracing::info!(backend = %inner.name, server = %id, "server removed from the registry");
@@ -802,6 +897,20 @@ fn apply_server<S: Store>(inner: &Inner<S>, e: KvEntry) {
         tracing::warn!(backend = %inner.name, server = %id, "servers bucket: record of `{}` under this id, skipped", record.id);
         return;
     }
+    let now = Instant::now();
+    {
+        let mut l = lock(&inner.liveness);
+        if l.judged.get(&id).is_some_and(|&rev| rev >= e.revision) {
+            // The refresh it was judged lost on, delivered again (a watch restarted).
+            return;
+        }
+        l.judged.remove(&id);
+        if l.seen.get(&id).is_some_and(|&(_, rev)| rev == e.revision) {
+            // Delivered again, not refreshed: no news.
+            return;
+        }
+        l.seen.insert(id.clone(), (now, e.revision));
+    }
     let old = write(&inner.servers).insert(id.clone(), record.clone());
     match old {
         Some(old) if old.start_time == record.start_time && old.pid == record.pid => {}
@@ -815,6 +924,7 @@ fn apply_server<S: Store>(inner: &Inner<S>, e: KvEntry) {
             let _ = inner.events.send(ServerEvent::Added(record));
         }
     }
+    progress(inner, now);
 }
 
 fn apply_placement<S: Store>(inner: &Inner<S>, e: KvEntry) {
@@ -846,6 +956,9 @@ async fn run_health<S: Store>(inner: Arc<Inner<S>>) {
     loop {
         tick.tick().await;
         let probe = tokio::time::timeout(period, inner.store.probe()).await;
+        if let Ok(Ok(())) = probe {
+            progress(&inner, Instant::now());
+        }
         let h = match probe {
             Err(_) => Health::Degraded(format!("store does not answer within {period:?}")),
             Ok(Err(reason)) => Health::Degraded(reason),

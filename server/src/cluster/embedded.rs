@@ -1,7 +1,7 @@
 //! The in-memory cluster of the single-machine mode: the same rules as NATS, nothing to install.
 //!
-//! An [`EmbeddedCluster`] holds the three buckets (with the TTL on the registry, expired by a
-//! sweeper task) and the push subjects; each [`Embedded`] made by [`EmbeddedCluster::connect`]
+//! An [`EmbeddedCluster`] holds the three buckets (the registry's records expire after 5 TTLs
+//! without refresh, as the NATS bucket's backstop does) and the push subjects; each [`Embedded`] made by [`EmbeddedCluster::connect`]
 //! is one handle on it, as a NATS connection would be: its refreshers stop when it is dropped,
 //! and then its records expire. A subscriber that does not keep up loses messages (counted as
 //! slow-consumer events), as with NATS.
@@ -17,7 +17,9 @@ use futures_util::stream::BoxStream;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
-use super::core::{Bucket, Cas, Core, KvEntry, Store, Watch, WatchItem, impl_backend};
+use super::core::{
+    BACKSTOP_TTLS, Bucket, Cas, Core, KvEntry, Store, Watch, WatchItem, impl_backend,
+};
 use super::{BoxFuture, ClusterError, ClusterStats, DEFAULT_TTL};
 
 /// The default max payload of the embedded pub/sub, NATS's default (1 MiB).
@@ -95,9 +97,11 @@ impl Shared {
         Cas::Done(revision)
     }
 
-    /// Removes the registry entries older than the TTL (each as a removal the watchers see).
+    /// Removes the registry entries older than the backstop (`BACKSTOP_TTLS` × TTL; each as a
+    /// removal the watchers see), as the NATS bucket's `max_age` does.
     fn expire(&self) {
         let now = Instant::now();
+        let max_age = self.ttl * BACKSTOP_TTLS;
         let expired: Vec<(String, u64)> = {
             let st = lock(self);
             st.buckets
@@ -105,7 +109,7 @@ impl Shared {
                 .map(|b| {
                     b.entries
                         .iter()
-                        .filter(|(_, e)| !e.removed && now.duration_since(e.written) >= self.ttl)
+                        .filter(|(_, e)| !e.removed && now.duration_since(e.written) >= max_age)
                         .map(|(k, e)| (k.clone(), e.revision))
                         .collect()
                 })

@@ -14,11 +14,14 @@
 //! # The rules
 //! - **Registry.** [`ClusterBackend::register`] writes a [`ServerRecord`] and refreshes it every
 //!   TTL/3 until [`ClusterBackend::deregister`] or until the handle is dropped (a crash). A
-//!   record not refreshed for the TTL expires, and every handle's [`ClusterBackend::watch`] sees
-//!   it removed: a lost server is known as lost within **TTL + 2 s** (default TTL 3 s, so
-//!   within 5 s; NATS: the bucket's `max_age` with limit markers, which nats-server ≥ 2.11
-//!   turns into a delete marker that watchers receive). [`ClusterBackend::servers`] answers
-//!   from the handle's cache of the bucket, also while the cluster is degraded.
+//!   record not refreshed for the TTL is lost, and every handle's [`ClusterBackend::watch`]
+//!   sees it removed: a lost server is known as lost within **TTL + 2 s** (default TTL 3 s, so
+//!   within 5 s). Each handle judges it from the refreshes it sees, counting the TTL only while
+//!   the registry makes progress, so that a store that cannot write for a while (a JetStream
+//!   leader election) loses nobody. The store itself drops a record after 5 TTLs without
+//!   refresh (NATS: the bucket's `max_age` with limit markers, which nats-server ≥ 2.11 turns
+//!   into a delete marker that watchers receive). [`ClusterBackend::servers`] answers from the
+//!   handle's cache, also while the cluster is degraded.
 //! - **Uid claims.** [`ClusterBackend::claim_uid`] takes a uid with compare-and-set; a claim
 //!   held by a live frontend is refused ([`ClaimPolicy::RefuseNew`]) or taken over
 //!   ([`ClaimPolicy::KickOld`], which returns the old claim so that its session is kicked). A

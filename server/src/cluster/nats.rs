@@ -1,10 +1,13 @@
 //! The cluster on NATS JetStream (async-nats 0.51; nats-server 2.11 or later).
 //!
 //! - **Buckets** (created or updated at connect, `replicas` copies each, file storage, one
-//!   value per key): `<app>-servers` with `max_age` = TTL and limit markers, so that an
-//!   expired record becomes a delete marker every watcher receives (nats-server ≥ 2.11:
-//!   `allow_msg_ttl` + `subject_delete_marker_ttl`; without them an expiry is silent);
-//!   `<app>-uids` and `<app>-placements` without expiry.
+//!   value per key): `<app>-servers`, `<app>-uids`, `<app>-placements`. A lost server is
+//!   judged by every handle from the refreshes it sees (TTL counted only while the registry
+//!   makes progress, so that a JetStream leader election, 4-9 s, loses nobody; see
+//!   `core::Liveness`). The servers bucket also has `max_age` = 5 × TTL with limit markers, the
+//!   backstop that removes records nobody refreshes: an expired record becomes a delete marker
+//!   every watcher receives (nats-server ≥ 2.11: `allow_msg_ttl` +
+//!   `subject_delete_marker_ttl`; without them an expiry is silent).
 //! - **Subjects**: `shaddock.<app>.push.<frontend, base64url>` and `shaddock.<app>.broadcast`,
 //!   core NATS (at most once: a push to a frontend that is gone is gone too).
 //! - **Two connections**: one for control (KV, watches), one for pushes, so that a burst of
@@ -32,7 +35,9 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 
 use super::config::{ClusterConfig, valid_app};
-use super::core::{Bucket, Cas, Core, KvEntry, Store, Watch, WatchItem, impl_backend};
+use super::core::{
+    BACKSTOP_TTLS, Bucket, Cas, Core, KvEntry, Store, Watch, WatchItem, impl_backend,
+};
 use super::{BoxFuture, ClusterError, ClusterStats, MIN_TTL};
 
 /// How long the delete markers of expired records stay in the registry bucket.
@@ -254,7 +259,7 @@ async fn create_buckets(
             ..Default::default()
         };
         if b == Bucket::Servers {
-            c.max_age = config.ttl;
+            c.max_age = config.ttl * BACKSTOP_TTLS;
             c.limit_markers = Some(MARKER_TTL);
         }
         c
