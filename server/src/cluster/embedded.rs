@@ -20,12 +20,10 @@ use tokio::time::Instant;
 use super::core::{
     BACKSTOP_TTLS, Bucket, Cas, Core, KvEntry, Store, Watch, WatchItem, impl_backend,
 };
-use super::{BoxFuture, ClusterError, ClusterStats, DEFAULT_TTL};
+use super::{BoxFuture, ClusterError, ClusterStats, DEFAULT_TTL, PUSH_SUBSCRIPTION_CAPACITY};
 
 /// The default max payload of the embedded pub/sub, NATS's default (1 MiB).
 pub const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
-/// Messages a push subscriber may have unread before more are dropped.
-const SUBSCRIBER_CAPACITY: usize = 8192;
 
 struct MemEntry {
     value: Bytes,
@@ -338,11 +336,14 @@ impl Store for MemStore {
             subs.retain(|tx| match tx.try_send(payload.clone()) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    self.shared.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        subject,
-                        "slow consumer: a push subscriber is full, message dropped"
-                    );
+                    let n = self.shared.slow_consumers.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n.is_power_of_two() {
+                        tracing::warn!(
+                            subject,
+                            total = n,
+                            "slow consumer: a push subscriber is full, message dropped"
+                        );
+                    }
                     true
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -355,7 +356,7 @@ impl Store for MemStore {
         &self,
         subject: String,
     ) -> BoxFuture<'_, Result<BoxStream<'static, Bytes>, ClusterError>> {
-        let (tx, rx) = mpsc::channel(SUBSCRIBER_CAPACITY);
+        let (tx, rx) = mpsc::channel(PUSH_SUBSCRIPTION_CAPACITY);
         lock(&self.shared)
             .subjects
             .entry(subject)

@@ -72,6 +72,10 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// The default record TTL: a lost server is known within TTL + 2 s = 5 s.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3);
 
+/// Unread messages a push subscription holds before newer ones are dropped (and counted as
+/// slow-consumer events).
+pub const PUSH_SUBSCRIPTION_CAPACITY: usize = 16_384;
+
 /// The shortest TTL accepted (nats-server's limit markers need at least 1 s).
 pub const MIN_TTL: Duration = Duration::from_secs(1);
 

@@ -38,7 +38,7 @@ use super::config::{ClusterConfig, valid_app};
 use super::core::{
     BACKSTOP_TTLS, Bucket, Cas, Core, KvEntry, Store, Watch, WatchItem, impl_backend,
 };
-use super::{BoxFuture, ClusterError, ClusterStats, MIN_TTL};
+use super::{BoxFuture, ClusterError, ClusterStats, MIN_TTL, PUSH_SUBSCRIPTION_CAPACITY};
 
 /// How long the delete markers of expired records stay in the registry bucket.
 const MARKER_TTL: Duration = Duration::from_secs(60);
@@ -181,6 +181,7 @@ async fn connect_one(
     opts = opts
         .name(format!("shaddock-{}-{name}", config.app))
         .ping_interval(PING_INTERVAL)
+        .subscription_capacity(PUSH_SUBSCRIPTION_CAPACITY)
         .connection_timeout(Duration::from_secs(2))
         .retry_on_initial_connect()
         .max_reconnects(None)
@@ -216,8 +217,11 @@ async fn connect_one(
                         }
                     }
                     Event::SlowConsumer(sid) => {
-                        counters.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(connection = %name, subscription = sid, "slow consumer: NATS messages dropped");
+                        // One event per dropped message: log the first and then at powers of two.
+                        let n = counters.slow_consumers.fetch_add(1, Ordering::Relaxed) + 1;
+                        if n.is_power_of_two() {
+                            tracing::warn!(connection = %name, subscription = sid, total = n, "slow consumer: NATS messages dropped");
+                        }
                     }
                     Event::ServerError(e) => {
                         tracing::warn!(connection = %name, "NATS server error: {e}");
