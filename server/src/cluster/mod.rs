@@ -359,7 +359,8 @@ pub trait ClusterBackend: Send + Sync + 'static {
     /// Pushes `package` to every session of every frontend: one message.
     fn broadcast(&self, package: Bytes) -> BoxFuture<'_, Result<(), ClusterError>>;
 
-    /// The pushes and broadcasts for `frontend`, from now on.
+    /// The pushes and broadcasts for `frontend`, from now on: pushes in the order they were
+    /// sent, broadcasts too, but a push and a broadcast in no particular order between them.
     fn subscribe_pushes<'a>(
         &'a self,
         frontend: &'a str,
