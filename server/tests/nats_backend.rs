@@ -691,6 +691,7 @@ async fn drain(s: &mut PushStream) {
 fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
+        .with_ansi(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

@@ -318,6 +318,26 @@ impl NatsStore {
     }
 }
 
+/// Whether a write failed because the key's revision was not the expected one (a lost
+/// compare-and-set). async-nats names only JetStream's error 10071 so; a create or update of a
+/// key whose last revision is 0 or a marker fails with 10164 ("wrong last sequence", constant
+/// form), which it reports as `Other`: look for both along the error's sources.
+fn lost_cas(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(js) = err.downcast_ref::<jetstream::Error>() {
+            let code = js.error_code();
+            if code == jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE
+                || code == jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+            {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
 fn removed(op: kv::Operation) -> bool {
     !matches!(op, kv::Operation::Put)
 }
@@ -359,7 +379,9 @@ impl Store for NatsStore {
         Box::pin(async move {
             match self.kv(b).create(&key, value).await {
                 Ok(rev) => Ok(Cas::Done(rev)),
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(Cas::Conflict),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists || lost_cas(&e) => {
+                    Ok(Cas::Conflict)
+                }
                 Err(e) => Err(self.unavailable(b, "create", &key, e)),
             }
         })
@@ -376,7 +398,9 @@ impl Store for NatsStore {
         Box::pin(async move {
             match self.kv(b).update(&key, value, revision).await {
                 Ok(rev) => Ok(Cas::Done(rev)),
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(Cas::Conflict),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision || lost_cas(&e) => {
+                    Ok(Cas::Conflict)
+                }
                 Err(e) => Err(self.unavailable(b, "update", &key, e)),
             }
         })
@@ -396,7 +420,9 @@ impl Store for NatsStore {
             };
             match r {
                 Ok(()) => Ok(Cas::Done(())),
-                Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => Ok(Cas::Conflict),
+                Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision || lost_cas(&e) => {
+                    Ok(Cas::Conflict)
+                }
                 Err(e) => Err(self.unavailable(b, "delete", &key, e)),
             }
         })
