@@ -951,7 +951,8 @@ fn apply_placement<S: Store>(inner: &Inner<S>, e: KvEntry) {
 /// Recomputes the health every TTL/3 (and logs its changes).
 async fn run_health<S: Store>(inner: Arc<Inner<S>>) {
     let period = (inner.ttl / 3).max(Duration::from_millis(200));
-    let mut tick = tokio::time::interval(period);
+    // The first look after one period: the watches are being started meanwhile.
+    let mut tick = tokio::time::interval_at(Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

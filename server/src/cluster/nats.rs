@@ -446,7 +446,8 @@ impl Store for NatsStore {
             };
             let w = match from {
                 Some(rev) => kv.watch_all_from_revision(rev).await,
-                None => kv.watch_all().await,
+                // The last value of every key, then every change (`watch_all` gives only changes).
+                None => kv.watch_with_history(">").await,
             }
             .map_err(|e| self.unavailable(b, "watch", ">", e))?;
             let bucket = format!("{}-{}", self.app, b.suffix());
