@@ -644,7 +644,11 @@ async fn case_pushes(fx: &Fx) {
         two.contains(&hi) && two.contains(&all),
         "conn-2 got its own push and the broadcast, nothing of conn-1's: {two:?}"
     );
-    assert_eq!(next(&mut in1).await.unwrap(), all, "conn-1 got the broadcast");
+    assert_eq!(
+        next(&mut in1).await.unwrap(),
+        all,
+        "conn-1 got the broadcast"
+    );
 
     // A reader that does not keep up: the overflow is dropped and counted, not buffered
     // without bound.

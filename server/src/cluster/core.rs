@@ -41,14 +41,16 @@ pub(crate) const BACKSTOP_TTLS: u32 = 5;
 /// How this handle judges a server lost.
 ///
 /// A record is lost when it has not been refreshed for the TTL *while the registry was seen
-/// making progress*: progress is any refresh delivered by the watch, or a successful probe of
-/// the store. The TTL is counted from the later of the record's last refresh and the start of
-/// the current unbroken run of progress (a run breaks when nothing progressed for two refresh
-/// periods). So a store that cannot write for a while (a JetStream leader election takes
-/// 4-9 s after its node dies) makes no server lost: every record gets a full TTL again once
-/// writes resume. Judgments are made at progress events only, when the store is known to
-/// work. The bucket's own expiry (`BACKSTOP_TTLS` × TTL) removes what nobody refreshes for
-/// good.
+/// making progress*. Progress is this handle's own heartbeat (a key `h…` of the servers bucket
+/// it writes every refresh period) coming back through its watch: that proves the store took a
+/// write and that the watch has delivered everything up to it, so a record whose refresh has
+/// not arrived by then really was not refreshed. The TTL is counted from the later of the
+/// record's last refresh and the start of the current unbroken run of progress (a run breaks
+/// when no heartbeat came back for two refresh periods). So a store that cannot write for a
+/// while (a JetStream leader election takes 4-9 s after its node dies), or a watch being
+/// started again, makes no server lost: every record gets a full TTL again once both work.
+/// Judgments are made at progress events only. The bucket's own expiry (`BACKSTOP_TTLS` ×
+/// TTL) removes what nobody refreshes for good.
 struct Liveness {
     /// Server id → when its latest refresh was delivered, and its revision.
     seen: HashMap<String, (Instant, u64)>,
@@ -146,7 +148,7 @@ pub(crate) trait Store: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<BoxStream<'static, Bytes>, ClusterError>>;
     /// The largest message `publish` takes.
     fn max_payload(&self) -> usize;
-    /// `Ok` when the store can write now; the error says why not.
+    /// `Ok` when the store is reachable (cheap, no request); the error says why not.
     fn probe(&self) -> BoxFuture<'_, Result<(), String>>;
     /// The store's own counters (slow consumers, reconnects).
     fn stats(&self) -> ClusterStats;
@@ -166,6 +168,20 @@ pub(crate) fn server_key(id: &str) -> Result<String, ClusterError> {
         });
     }
     Ok(format!("s{}", B64.encode(id)))
+}
+
+/// A heartbeat key unique to one handle: its name, the process and the time it started.
+fn heartbeat_key(name: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let unique = format!(
+        "{name}/{}/{nanos}/{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    format!("h{}", B64.encode(unique))
 }
 
 fn uid_key(uid: &str) -> Result<String, ClusterError> {
@@ -216,6 +232,8 @@ struct Inner<S> {
     ttl: Duration,
     servers: RwLock<HashMap<String, ServerRecord>>,
     liveness: Mutex<Liveness>,
+    /// This handle's heartbeat key in the servers bucket.
+    heartbeat_key: String,
     /// (type, key) → server id.
     placements: RwLock<HashMap<(String, Vec<u8>), String>>,
     events: broadcast::Sender<ServerEvent>,
@@ -273,11 +291,13 @@ impl<S: Store> Core<S> {
         ttl: Duration,
         ready_within: Duration,
     ) -> Self {
+        let hb_name = name.clone();
         let inner = Arc::new(Inner {
             store,
             name,
             ttl,
             servers: RwLock::new(HashMap::new()),
+            heartbeat_key: heartbeat_key(&hb_name),
             liveness: Mutex::new(Liveness {
                 seen: HashMap::new(),
                 judged: HashMap::new(),
@@ -861,6 +881,13 @@ fn apply<S: Store>(inner: &Inner<S>, b: Bucket, e: KvEntry) {
 }
 
 fn apply_server<S: Store>(inner: &Inner<S>, e: KvEntry) {
+    if e.key.starts_with('h') {
+        // A heartbeat: ours is the progress signal; others' are nothing to us.
+        if e.key == inner.heartbeat_key && !e.removed {
+            progress(inner, Instant::now());
+        }
+        return;
+    }
     let id = e
         .key
         .strip_prefix('s')
@@ -924,7 +951,6 @@ fn apply_server<S: Store>(inner: &Inner<S>, e: KvEntry) {
             let _ = inner.events.send(ServerEvent::Added(record));
         }
     }
-    progress(inner, now);
 }
 
 fn apply_placement<S: Store>(inner: &Inner<S>, e: KvEntry) {
@@ -956,20 +982,34 @@ async fn run_health<S: Store>(inner: Arc<Inner<S>>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let probe = tokio::time::timeout(period, inner.store.probe()).await;
-        if let Ok(Ok(())) = probe {
-            progress(&inner, Instant::now());
-        }
-        let h = match probe {
-            Err(_) => Health::Degraded(format!("store does not answer within {period:?}")),
-            Ok(Err(reason)) => Health::Degraded(reason),
-            Ok(Ok(())) if inner.refresh_failing.load(Ordering::Relaxed) => {
+        let connected = inner.store.probe().await;
+        let beat = Bytes::from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis())
+                .to_string(),
+        );
+        let wrote = tokio::time::timeout(
+            period,
+            inner.store.put(Bucket::Servers, &inner.heartbeat_key, beat),
+        )
+        .await;
+        let behind = Instant::now().saturating_duration_since(lock(&inner.liveness).last_progress)
+            > 3 * period;
+        let h = match (connected, wrote) {
+            (Err(reason), _) => Health::Degraded(reason),
+            (Ok(()), Err(_)) => {
+                Health::Degraded(format!("the registry takes no write within {period:?}"))
+            }
+            (Ok(()), Ok(Err(e))) => Health::Degraded(format!("the registry takes no write: {e}")),
+            _ if inner.refresh_failing.load(Ordering::Relaxed) => {
                 Health::Degraded("records cannot be refreshed".to_owned())
             }
-            Ok(Ok(())) if !inner.watch_ok.iter().all(|w| w.load(Ordering::Relaxed)) => {
+            _ if !inner.watch_ok.iter().all(|w| w.load(Ordering::Relaxed)) => {
                 Health::Degraded("a bucket watch is being started again".to_owned())
             }
-            Ok(Ok(())) => Health::Ok,
+            _ if behind => Health::Degraded("the registry watch is behind".to_owned()),
+            _ => Health::Ok,
         };
         let changed = inner.health.send_if_modified(|cur| {
             if *cur == h {
