@@ -857,8 +857,13 @@ fn nats_one_node_of_three_killed_changes_nothing() {
             !during.iter().any(|e| matches!(e, ServerEvent::Removed(_))),
             "a server was lost because one NATS node died: {during:?}"
         );
-        for b in [&ra, &rb, &w] {
-            healthy(b, Duration::from_secs(20), "after one node died").await;
+        for (name, b) in [("ra", &ra), ("rb", &rb), ("w", &w)] {
+            healthy(
+                b,
+                Duration::from_secs(20),
+                &format!("{name} after one node died"),
+            )
+            .await;
         }
         let ids: Vec<String> = w.servers().into_iter().map(|r| r.id).collect();
         assert_eq!(ids, ["chat-1", "chat-2", "conn-1"]);
@@ -944,8 +949,13 @@ fn nats_quorum_lost_degrades_and_recovers() {
         cluster.restart(&hosts, 2).unwrap();
         tokio::task::block_in_place(|| cluster.wait_healthy(&[0, 1, 2], Duration::from_secs(60)))
             .unwrap();
-        for b in [&r, &w] {
-            healthy(b, Duration::from_secs(60), "after the quorum came back").await;
+        for (name, b) in [("r", &r), ("w", &w)] {
+            healthy(
+                b,
+                Duration::from_secs(60),
+                &format!("{name} after the quorum came back"),
+            )
+            .await;
         }
         until(Duration::from_secs(20), "both records listed again", || {
             has(&w, "chat-1") && has(&w, "conn-1")

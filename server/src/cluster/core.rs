@@ -242,6 +242,10 @@ struct Inner<S> {
     refresh_failing: AtomicBool,
     /// Per bucket watched: the watch works (`false` while it is being started again).
     watch_ok: [AtomicBool; 2],
+    /// Per bucket watched: when this handle's heartbeat last came back through the watch.
+    last_beat: [Mutex<Instant>; 2],
+    /// Per bucket watched: the health task's order to start a stalled watch again.
+    restart: [tokio::sync::Notify; 2],
     ready: [watch::Sender<bool>; 2],
     bad_pushes: Arc<AtomicU64>,
     bad_entries: AtomicU64,
@@ -310,6 +314,8 @@ impl<S: Store> Core<S> {
             registered: Mutex::new(HashMap::new()),
             refresh_failing: AtomicBool::new(false),
             watch_ok: [AtomicBool::new(false), AtomicBool::new(false)],
+            last_beat: [Mutex::new(Instant::now()), Mutex::new(Instant::now())],
+            restart: [tokio::sync::Notify::new(), tokio::sync::Notify::new()],
             ready: [watch::channel(false).0, watch::channel(false).0],
             bad_pushes: Arc::new(AtomicU64::new(0)),
             bad_entries: AtomicU64::new(0),
@@ -805,7 +811,14 @@ async fn run_watch<S: Store>(inner: Arc<Inner<S>>, b: Bucket) {
                 inner.watch_ok[i].store(true, Ordering::Relaxed);
                 let mut seen: Option<HashSet<String>> = Some(HashSet::new());
                 loop {
-                    match w.next().await {
+                    let item = tokio::select! {
+                        item = w.next() => item,
+                        () = inner.restart[i].notified() => {
+                            tracing::warn!(backend = %inner.name, bucket = b.suffix(), "watch stalled (this handle's heartbeat did not come back), starting it again");
+                            break;
+                        }
+                    };
+                    match item {
                         Some(Ok(WatchItem::Entry(e))) => {
                             if let Some(seen) = &mut seen
                                 && !e.removed
@@ -837,6 +850,8 @@ async fn run_watch<S: Store>(inner: Arc<Inner<S>>, b: Bucket) {
         }
         inner.watch_ok[i].store(false, Ordering::Relaxed);
         tokio::time::sleep(WATCH_RETRY).await;
+        // The new watch gets its time before it counts as stalled.
+        *lock(&inner.last_beat[i]) = Instant::now();
     }
 }
 
@@ -873,6 +888,17 @@ fn reconcile<S: Store>(inner: &Inner<S>, b: Bucket, present: &HashSet<String>) {
 }
 
 fn apply<S: Store>(inner: &Inner<S>, b: Bucket, e: KvEntry) {
+    if e.key.starts_with('h') {
+        // A heartbeat: ours shows the watch current (and, in the registry, progress); others'
+        // are nothing to us.
+        if e.key == inner.heartbeat_key && !e.removed {
+            *lock(&inner.last_beat[watch_index(b)]) = Instant::now();
+            if b == Bucket::Servers {
+                progress(inner, Instant::now());
+            }
+        }
+        return;
+    }
     match b {
         Bucket::Servers => apply_server(inner, e),
         Bucket::Placements => apply_placement(inner, e),
@@ -881,13 +907,6 @@ fn apply<S: Store>(inner: &Inner<S>, b: Bucket, e: KvEntry) {
 }
 
 fn apply_server<S: Store>(inner: &Inner<S>, e: KvEntry) {
-    if e.key.starts_with('h') {
-        // A heartbeat: ours is the progress signal; others' are nothing to us.
-        if e.key == inner.heartbeat_key && !e.removed {
-            progress(inner, Instant::now());
-        }
-        return;
-    }
     let id = e
         .key
         .strip_prefix('s')
@@ -989,13 +1008,28 @@ async fn run_health<S: Store>(inner: Arc<Inner<S>>) {
                 .map_or(0, |d| d.as_millis())
                 .to_string(),
         );
-        let wrote = tokio::time::timeout(
-            period,
-            inner.store.put(Bucket::Servers, &inner.heartbeat_key, beat),
-        )
-        .await;
-        let behind = Instant::now().saturating_duration_since(lock(&inner.liveness).last_progress)
-            > 3 * period;
+        let write = |b: Bucket| {
+            tokio::time::timeout(
+                period,
+                inner.store.put(b, &inner.heartbeat_key, beat.clone()),
+            )
+        };
+        let (wrote, wrote_p) = tokio::join!(write(Bucket::Servers), write(Bucket::Placements));
+        // A watch whose heartbeat has not come back for three periods although the store takes
+        // writes is stalled: start it again.
+        let mut behind = false;
+        for (i, ok) in [
+            (0, matches!(wrote, Ok(Ok(_)))),
+            (1, matches!(wrote_p, Ok(Ok(_)))),
+        ] {
+            let late =
+                Instant::now().saturating_duration_since(*lock(&inner.last_beat[i])) > 3 * period;
+            if late && ok {
+                inner.restart[i].notify_one();
+                *lock(&inner.last_beat[i]) = Instant::now();
+            }
+            behind |= late;
+        }
         let h = match (connected, wrote) {
             (Err(reason), _) => Health::Degraded(reason),
             (Ok(()), Err(_)) => {
