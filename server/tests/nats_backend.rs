@@ -144,8 +144,23 @@ fn added(id: &str) -> impl Fn(&ServerEvent) -> bool + '_ {
     move |e| matches!(e, ServerEvent::Added(r) if r.id == id)
 }
 
-fn has(b: &Backend, id: &str) -> bool {
-    b.servers().iter().any(|r| r.id == id)
+/// A boxed backend or a `NatsBackend`, for the helpers.
+trait AsBackend {
+    fn backend(&self) -> &dyn ClusterBackend;
+}
+impl AsBackend for Backend {
+    fn backend(&self) -> &dyn ClusterBackend {
+        &**self
+    }
+}
+impl AsBackend for NatsBackend {
+    fn backend(&self) -> &dyn ClusterBackend {
+        self
+    }
+}
+
+fn has(b: &impl AsBackend, id: &str) -> bool {
+    b.backend().servers().iter().any(|r| r.id == id)
 }
 
 /// Registers `r` on `reg` and waits until every one of `seen_by` lists it.
@@ -153,7 +168,7 @@ async fn register_seen(fx: &Fx, reg: &Backend, r: &ServerRecord, seen_by: &[&Bac
     reg.register(r.clone()).await.unwrap();
     for b in seen_by {
         until(fx.lost_within(), &format!("{} listed", r.id), || {
-            has(b, &r.id)
+            has(*b, &r.id)
         })
         .await;
     }
@@ -802,8 +817,8 @@ fn stream_leader(cluster: &NatsCluster, bucket: &str) -> Option<usize> {
     None
 }
 
-async fn healthy(b: &Backend, within: Duration, what: &str) {
-    let mut h = b.health();
+async fn healthy(b: &impl AsBackend, within: Duration, what: &str) {
+    let mut h = b.backend().health();
     let ok = tokio::time::timeout(within, h.wait_for(|h| *h == Health::Ok))
         .await
         .is_ok();
@@ -1002,7 +1017,6 @@ fn nats_lame_duck_node_is_left_at_once() {
             left.elapsed()
         );
         assert!(b.stats().reconnects >= 1);
-        let b: Backend = Box::new(b);
         healthy(
             &b,
             Duration::from_secs(15),
@@ -1030,5 +1044,54 @@ fn nats_connect_gives_up_with_a_typed_error() {
             Err(ClusterError::Config(_))
         ));
         assert_eq!(DEFAULT_TTL, Duration::from_secs(3));
+    });
+}
+
+/// The link to the node a backend is on is cut (no FIN, no RST: only pings can tell): the
+/// backend notices within seconds, moves to another node, and no server is lost.
+#[test]
+fn nats_cut_link_is_noticed_by_pings() {
+    init_logs();
+    let (hosts, cluster) = nats_cluster();
+    let fx = Fx::nats(&cluster.urls(), "cut");
+    runtime().block_on(async {
+        let Fx::Nats(cfg) = &fx else { unreachable!() };
+        let b = NatsBackend::connect(cfg, "b").await.unwrap();
+        let on = b.connected_server().expect("connected");
+        let node = cluster
+            .nodes()
+            .iter()
+            .find(|n| n.name == on)
+            .expect("one of ours")
+            .clone();
+        let w = fx.connect("w").await;
+        b.register(rec("chat-1", "chat", false)).await.unwrap();
+        until(fx.lost_within(), "chat-1 listed", || has(&w, "chat-1")).await;
+        let mut watch = w.watch();
+        hosts.cut_link(node.host).unwrap();
+        let cut = Instant::now();
+        let mut h = b.health();
+        let noticed = tokio::time::timeout(
+            Duration::from_secs(10),
+            h.wait_for(|h| matches!(h, Health::Degraded(_))),
+        )
+        .await
+        .is_ok();
+        assert!(noticed, "the dead link is not noticed within 10 s");
+        eprintln!("noticed after {:?}: {:?}", cut.elapsed(), *h.borrow());
+        healthy(&b, Duration::from_secs(30), "b after the cut").await;
+        let now_on = b.connected_server();
+        assert!(
+            now_on.is_some() && now_on.as_deref() != Some(on.as_str()),
+            "{now_on:?}"
+        );
+        healthy(&w, Duration::from_secs(30), "w").await;
+        let during = events_during(&mut watch, fx.ttl()).await;
+        assert!(
+            !during.iter().any(|e| matches!(e, ServerEvent::Removed(_))),
+            "{during:?}"
+        );
+        assert!(has(&w, "chat-1") && has(&b, "chat-1"));
+        hosts.restore_link(node.host).unwrap();
     });
 }
