@@ -28,7 +28,7 @@ type Backend = Box<dyn ClusterBackend>;
 /// Where a case's backends come from.
 enum Fx {
     Embedded(EmbeddedCluster),
-    Nats(ClusterConfig),
+    Nats(Box<ClusterConfig>),
 }
 
 /// TTL of the embedded cases (short: they run often); the NATS cases use the default.
@@ -40,7 +40,7 @@ impl Fx {
     }
 
     fn nats(urls: &[String], app: &str) -> Self {
-        Self::Nats(ClusterConfig::new(urls.to_vec(), app))
+        Self::Nats(Box::new(ClusterConfig::new(urls.to_vec(), app)))
     }
 
     async fn connect(&self, name: &str) -> Backend {
