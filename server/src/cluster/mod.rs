@@ -42,6 +42,26 @@
 //!   reason (NATS unreachable, JetStream without quorum, refreshes failing). A degraded backend
 //!   keeps serving what its caches hold and recovers by itself; it never exits the process.
 //!
+//! # Using it (the master, the servers)
+//! - Make one handle per process: [`NatsBackend::connect`] with the master.json `cluster`
+//!   section ([`ClusterConfig::from_master_env`]), or [`EmbeddedCluster::connect`] in the
+//!   single-machine master. Hold it as `Arc<dyn ClusterBackend>`.
+//! - A server registers its own [`ServerRecord`] once it serves, updates
+//!   [`ClusterBackend::set_connections`] as sessions come and go, deregisters when told to
+//!   stop. Routing follows [`ClusterBackend::servers`] and [`ClusterBackend::watch`]; a
+//!   [`ServerEvent::Removed`] is the moment calls to that server fail fast, and (on the master,
+//!   or on every server: the compare-and-set makes it safe) the moment to call
+//!   [`ClusterBackend::reassign_lost`] and tell frontends to re-join the moved keys.
+//! - A frontend claims a uid on bind ([`ClusterBackend::claim_uid`] with the app's duplicate
+//!   login policy; kick the returned `replaced` session through its frontend), releases it on
+//!   unbind and close; `kick_uid` asks [`ClusterBackend::uid_owner`] where the session is.
+//! - A frontend reads [`ClusterBackend::subscribe_pushes`] for its id and writes each
+//!   [`Push`]'s package to the sessions of its uids (all sessions when `uids` is `None`).
+//! - [`ClusterBackend::health`] goes to the admin `list` and the logs; nothing exits on it.
+//!
+//! Load on the store: every handle writes a heartbeat to two buckets and every registered
+//! record is rewritten once per refresh period (TTL/3, 1 s by default).
+//!
 //! # Layout
 //! - [`config`]: the `cluster` section of master.json ([`ClusterConfig`]).
 //! - `push`: the wire format of a push message and its split under the max payload.
