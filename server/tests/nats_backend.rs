@@ -792,7 +792,71 @@ fn nats_semantics() {
         case_lost_server_keys(&Fx::nats(&urls, "lost")).await;
         eprintln!("case: pushes");
         case_pushes(&Fx::nats(&urls, "pushes")).await;
+        eprintln!("case: bad input in the buckets and subjects");
+        nats_bad_input(&urls).await;
     });
+}
+
+/// Garbage written straight into the app's buckets and push subject (another program, an
+/// older version): skipped, logged and counted; the backend goes on working.
+async fn nats_bad_input(urls: &[String]) {
+    let fx = Fx::nats(urls, "badin");
+    let b = fx.connect("b").await;
+    let mut pushes = b.subscribe_pushes("conn-1").await.unwrap();
+    let raw = async_nats::connect(urls[0].as_str()).await.unwrap();
+    let js = async_nats::jetstream::new(raw.clone());
+    let servers = js.get_key_value("badin-servers").await.unwrap();
+    let placements = js.get_key_value("badin-placements").await.unwrap();
+    servers
+        .put("sZ2FyYmFnZQ", Bytes::from_static(b"not json"))
+        .await
+        .unwrap();
+    servers
+        .put("s=bad=", Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    placements
+        .put("tY2hhdA.kcm9vbQ", Bytes::from_static(b"[1,2]"))
+        .await
+        .unwrap();
+    until(Duration::from_secs(10), "three bad entries counted", || {
+        b.stats().bad_entries >= 3
+    })
+    .await;
+    assert!(b.servers().is_empty(), "{:?}", b.servers());
+    assert_eq!(b.placements_of(""), Vec::<(String, Vec<u8>)>::new());
+    // A push subject gets garbage between good pushes: the garbage is dropped and counted
+    // (when the stream is read), the good ones come through.
+    let subject = "shaddock.badin.push.Y29ubi0x"; // base64url("conn-1")
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut good = 0;
+    while good == 0 || b.stats().bad_pushes == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "not within 10 s: {good} good pushes, {:?}",
+            b.stats()
+        );
+        raw.publish(subject, Bytes::from_static(b"\x00garbage"))
+            .await
+            .unwrap();
+        raw.flush().await.unwrap();
+        b.push("conn-1", Bytes::from_static(b"ok"), &["u".to_owned()])
+            .await
+            .unwrap();
+        while let Ok(Some(p)) =
+            tokio::time::timeout(Duration::from_millis(300), pushes.next()).await
+        {
+            assert_eq!(p.package, Bytes::from_static(b"ok"));
+            good += 1;
+        }
+    }
+    // Still works.
+    register_seen(&fx, &b, &rec("chat-1", "chat", false), &[&b]).await;
+    assert_eq!(
+        b.place("chat", b"room").await.unwrap().as_deref(),
+        Some("chat-1")
+    );
+    healthy(&b, Duration::from_secs(10), "after bad input").await;
 }
 
 /// The node leading the JetStream stream of `bucket` (from `/jsz`), if one is known.
