@@ -325,6 +325,9 @@ impl<S: Store> Core<S> {
             tasks.push(tokio::spawn(run_watch(inner.clone(), b)).abort_handle());
         }
         tasks.push(tokio::spawn(run_health(inner.clone())).abort_handle());
+        // Built before the wait, so that the tasks stop if this future is dropped.
+        let core = Self { inner, tasks };
+        let inner = &core.inner;
         let mut r0 = inner.ready[0].subscribe();
         let mut r1 = inner.ready[1].subscribe();
         let ready = async {
@@ -337,7 +340,7 @@ impl<S: Store> Core<S> {
                 "cluster caches not loaded within {ready_within:?}: starting with what is there"
             );
         }
-        Self { inner, tasks }
+        core
     }
 
     pub(crate) fn store(&self) -> &S {
