@@ -350,11 +350,21 @@ impl<S: Store> Core<S> {
     pub(crate) async fn register(&self, record: ServerRecord) -> Result<(), ClusterError> {
         let key = server_key(&record.id)?;
         let value = to_json(&record);
-        self.inner.store.put(Bucket::Servers, &key, value).await?;
+        // The old refresher of this id, if any, stops first; one of its writes still on the way
+        // cannot overwrite this record: refreshes are compare-and-set (see `run_refresh`).
+        if let Some(old) = lock(&self.inner.registered).remove(&record.id) {
+            old.task.abort();
+        }
+        let revision = self.inner.store.put(Bucket::Servers, &key, value).await?;
         let id = record.id.clone();
         let shared = Arc::new(Mutex::new(record));
-        let task =
-            tokio::spawn(run_refresh(self.inner.clone(), key, shared.clone())).abort_handle();
+        let task = tokio::spawn(run_refresh(
+            self.inner.clone(),
+            key,
+            shared.clone(),
+            revision,
+        ))
+        .abort_handle();
         if let Some(old) = lock(&self.inner.registered).insert(
             id,
             Registered {
@@ -735,18 +745,51 @@ fn to_json<T: Serialize>(v: &T) -> Bytes {
 
 /// Re-writes one record every TTL/3 until aborted; a failed write (given at most one period)
 /// is tried again soon.
+///
+/// Each write is a compare-and-set on the revision this refresher wrote last, so that a stale
+/// writer never overwrites a newer run's record (a refresher replaced by a new `register`, or
+/// a process cut off while its id was started elsewhere). On a conflict it reads the record:
+/// its own (a write whose answer was lost) → it carries on from there; gone (expired after a
+/// long outage, deleted) → it writes it again; another run's → it stops, logged.
 async fn run_refresh<S: Store>(
     inner: Arc<Inner<S>>,
     key: String,
     record: Arc<Mutex<ServerRecord>>,
+    mut revision: u64,
 ) {
     let period = inner.ttl / 3;
     let mut next = Instant::now() + period;
     loop {
         tokio::time::sleep_until(next).await;
         let started = Instant::now();
-        let value = to_json(&*lock(&record));
-        let r = tokio::time::timeout(period, inner.store.put(Bucket::Servers, &key, value))
+        let (value, id, start, pid) = {
+            let r = lock(&record);
+            (to_json(&*r), r.id.clone(), r.start_time, r.pid)
+        };
+        let attempt = async {
+            match inner
+                .store
+                .update(Bucket::Servers, &key, value.clone(), revision)
+                .await?
+            {
+                Cas::Done(rev) => Ok(Some(rev)),
+                Cas::Conflict => match inner.store.get(Bucket::Servers, &key).await? {
+                    None => match inner.store.create(Bucket::Servers, &key, value).await? {
+                        Cas::Done(rev) => Ok(Some(rev)),
+                        Cas::Conflict => Ok(Some(revision)), // raced; the next round sorts it
+                    },
+                    Some(e) => {
+                        let theirs = serde_json::from_slice::<ServerRecord>(&e.value).ok();
+                        if theirs.is_some_and(|r| r.start_time == start && r.pid == pid) {
+                            Ok(Some(e.revision))
+                        } else {
+                            Ok(None)
+                        }
+                    }
+                },
+            }
+        };
+        let r = tokio::time::timeout(period, attempt)
             .await
             .unwrap_or_else(|_| {
                 Err(ClusterError::Unavailable(format!(
@@ -754,16 +797,22 @@ async fn run_refresh<S: Store>(
                 )))
             });
         match r {
-            Ok(_) => {
+            Ok(Some(rev)) => {
+                revision = rev;
                 next = started + period;
                 if inner.refresh_failing.swap(false, Ordering::Relaxed) {
-                    tracing::info!(backend = %inner.name, server = %lock(&record).id, "record refreshed again");
+                    tracing::info!(backend = %inner.name, server = %id, "record refreshed again");
                 }
+            }
+            Ok(None) => {
+                tracing::warn!(backend = %inner.name, server = %id, "another run of this server holds its record now: no more refreshes from this one");
+                inner.refresh_failing.store(false, Ordering::Relaxed);
+                return;
             }
             Err(e) => {
                 next = Instant::now() + REFRESH_RETRY;
                 if !inner.refresh_failing.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(backend = %inner.name, server = %lock(&record).id, "cannot refresh the record: {e}");
+                    tracing::warn!(backend = %inner.name, server = %id, "cannot refresh the record: {e}");
                 }
             }
         }
