@@ -271,10 +271,8 @@ impl ClusterConfig {
 /// A NATS URL as async-nats takes it, or what is wrong with it.
 fn check_url(u: &str) -> Result<String, String> {
     let rest = if let Some((scheme, rest)) = u.split_once("://") {
-        if !["nats", "tls", "ws", "wss"].contains(&scheme) {
-            return Err(format!(
-                "{u:?}: scheme `{scheme}`, not nats, tls, ws or wss"
-            ));
+        if !["nats", "tls"].contains(&scheme) {
+            return Err(format!("{u:?}: scheme `{scheme}`, not nats or tls"));
         }
         rest
     } else {
@@ -367,6 +365,7 @@ mod tests {
         let cases = [
             (json!({"nats":[],"app":"a"}), "field `nats`"),
             (json!({"nats":["http://a:1"],"app":"a"}), "scheme `http`"),
+            (json!({"nats":["ws://a:1"],"app":"a"}), "scheme `ws`"),
             (json!({"nats":["nats://:1"],"app":"a"}), "no host"),
             (json!({"nats":["nats://a:x"],"app":"a"}), "port `x`"),
             (json!({"nats":["a:1"],"app":"a.b"}), "field `app`"),
