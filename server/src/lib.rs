@@ -31,6 +31,7 @@ pub mod app;
 pub mod backend;
 pub mod channel;
 mod cli;
+pub mod cluster;
 pub mod config;
 pub mod context;
 mod init;

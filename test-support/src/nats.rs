@@ -104,6 +104,12 @@ impl NatsCluster {
             let _ = writeln!(conf, "http: \"{addr}:{MONITOR_PORT}\"");
             // Dead peers (routes and clients) noticed in about 3 s, not the default 4 min.
             let _ = writeln!(conf, "ping_interval: \"1s\"\nping_max: 2");
+            // Lame-duck mode (SIGUSR2) at the shortest duration nats-server takes; clients are
+            // evicted only after the grace period, so a client that leaves at once did so itself.
+            let _ = writeln!(
+                conf,
+                "lame_duck_duration: \"30s\"\nlame_duck_grace_period: \"20s\""
+            );
             let _ = writeln!(
                 conf,
                 "jetstream {{ store_dir: \"{}\", max_memory_store: 64MB, max_file_store: 256MB }}",
@@ -116,13 +122,7 @@ impl NatsCluster {
             );
             let conf_path = cluster.dir.join(format!("{name}.conf"));
             std::fs::write(&conf_path, conf)?;
-            let log = std::fs::File::create(cluster.dir.join(format!("{name}.log")))?;
-            let mut cmd = hosts.command(h, &bin);
-            cmd.arg("-c")
-                .arg(&conf_path)
-                .stdout(log.try_clone()?)
-                .stderr(Stdio::from(log));
-            let pid = hosts.spawn(h, cmd)?;
+            let pid = cluster.spawn_node(hosts, h, &name, &bin)?;
             cluster.nodes.push(NatsNode {
                 name,
                 host: h,
@@ -142,6 +142,72 @@ impl NatsCluster {
             }
         }
         Ok(cluster)
+    }
+
+    /// Starts node `name` on host `h` from its config file (the log is appended to).
+    fn spawn_node(
+        &self,
+        hosts: &Hosts,
+        h: usize,
+        name: &str,
+        bin: &std::path::Path,
+    ) -> io::Result<u32> {
+        let conf_path = self.dir.join(format!("{name}.conf"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{name}.log")))?;
+        let mut cmd = hosts.command(h, bin);
+        cmd.arg("-c")
+            .arg(&conf_path)
+            .stdout(log.try_clone()?)
+            .stderr(Stdio::from(log));
+        hosts.spawn(h, cmd)
+    }
+
+    /// SIGKILLs node `i` (an index into [`Self::nodes`]) and reaps it; its files stay, so
+    /// [`Self::restart`] brings it back with its JetStream store.
+    ///
+    /// # Errors
+    /// When `kill` fails (the node is already gone).
+    pub fn kill(&self, hosts: &Hosts, i: usize) -> io::Result<()> {
+        let pid = self.nodes[i].pid;
+        hosts.signal(pid, "KILL")?;
+        if let Some(mut child) = hosts.take_child(pid) {
+            let _ = child.wait();
+        }
+        Ok(())
+    }
+
+    /// Starts node `i` again after [`Self::kill`] (same config, store and address) without
+    /// waiting for it: see [`Self::wait_healthy`].
+    ///
+    /// # Errors
+    /// When the spawn fails.
+    pub fn restart(&mut self, hosts: &Hosts, i: usize) -> io::Result<()> {
+        let bin = nats_server_bin();
+        let (h, name) = (self.nodes[i].host, self.nodes[i].name.clone());
+        self.nodes[i].pid = self.spawn_node(hosts, h, &name, &bin)?;
+        Ok(())
+    }
+
+    /// Waits until every node in `which` reports healthy (`/healthz`: JetStream current).
+    ///
+    /// # Errors
+    /// When one is not healthy within `within` (with the tail of its log).
+    pub fn wait_healthy(&self, which: &[usize], within: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + within;
+        for &i in which {
+            let node = &self.nodes[i];
+            if let Err(e) = wait_healthy(node, deadline) {
+                return Err(io::Error::other(format!(
+                    "nats node {} not healthy: {e}; its log ends with:\n{}",
+                    node.name,
+                    self.log_tail(node)
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The nodes, in the order they were started.
@@ -190,9 +256,7 @@ fn wait_healthy(node: &NatsNode, deadline: Instant) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Err(format!(
-        "no healthy /healthz within 30 s (last answer: {last})"
-    ))
+    Err(format!("no healthy /healthz in time (last answer: {last})"))
 }
 
 /// A plain HTTP/1.0 GET (nats-server's monitoring port); the body of a 200 answer.

@@ -1,0 +1,529 @@
+//! The cluster on NATS JetStream (async-nats 0.51; nats-server 2.11 or later).
+//!
+//! - **Buckets** (created or updated at connect, `replicas` copies each, file storage, one
+//!   value per key): `<app>-servers`, `<app>-uids`, `<app>-placements`. A lost server is
+//!   judged by every handle from the refreshes it sees (TTL counted only while the registry
+//!   makes progress, so that a JetStream leader election, 4-9 s, loses nobody; see
+//!   `core::Liveness`). The servers bucket also has `max_age` = 5 × TTL with limit markers, the
+//!   backstop that removes records nobody refreshes: an expired record becomes a delete marker
+//!   every watcher receives (nats-server ≥ 2.11: `allow_msg_ttl` +
+//!   `subject_delete_marker_ttl`; without them an expiry is silent).
+//! - **Subjects**: `shaddock.<app>.push.<frontend, base64url>` and `shaddock.<app>.broadcast`,
+//!   core NATS (at most once: a push to a frontend that is gone is gone too).
+//! - **Two connections**: one for control (KV, watches), one for pushes, so that a burst of
+//!   pushes never delays a refresh or a claim, and a slow push reader never makes the server
+//!   drop control traffic.
+//! - **Liveness of NATS itself**: the client pings every second (a dead NATS node noticed in
+//!   about 2-3 s, then the client reconnects to another URL of the list); JetStream requests
+//!   time out after 2 s. The first connect is retried (`connectTimeoutMs`, default 30 s)
+//!   before [`NatsBackend::connect`] fails. A server entering lame-duck mode makes both
+//!   connections move to another node at once. Slow-consumer events are counted
+//!   ([`super::ClusterStats::slow_consumers`]) and logged.
+//! - **No quorum** (JetStream cannot write): [`super::Health::Degraded`], refreshes and claims
+//!   fail with [`super::ClusterError::Unavailable`], cached reads go on; everything resumes
+//!   when the quorum is back (records refresh again; a record that expired meanwhile comes
+//!   back with the next refresh, seen by watchers as removed then added).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use async_nats::{Client, ConnectOptions, Event};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+
+use super::config::{ClusterConfig, valid_app};
+use super::core::{
+    BACKSTOP_TTLS, Bucket, Cas, Core, KvEntry, Store, Watch, WatchItem, impl_backend,
+};
+use super::{BoxFuture, ClusterError, ClusterStats, MIN_TTL, PUSH_SUBSCRIPTION_CAPACITY};
+
+/// How long the delete markers of expired records stay in the registry bucket.
+const MARKER_TTL: Duration = Duration::from_secs(60);
+/// Client ping interval: a dead NATS node is noticed after two missed pings.
+const PING_INTERVAL: Duration = Duration::from_secs(1);
+/// Timeout of one JetStream request.
+const JS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Used until the push connection has told its server's max payload.
+const FALLBACK_MAX_PAYLOAD: usize = 1 << 20;
+
+#[derive(Default)]
+struct Counters {
+    slow_consumers: AtomicU64,
+    reconnects: AtomicU64,
+}
+
+/// A backend handle on NATS; implements [`super::ClusterBackend`]. Dropping it stops its
+/// refreshers and watches and closes its connections.
+pub struct NatsBackend {
+    core: Core<NatsStore>,
+}
+
+impl std::fmt::Debug for NatsBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsBackend")
+            .field("app", &self.core.store().app)
+            .finish_non_exhaustive()
+    }
+}
+
+impl_backend!(NatsBackend, core);
+
+impl NatsBackend {
+    /// Connects (retrying the first connect for `config.connect_timeout`), creates or updates
+    /// the app's buckets, and loads the caches. `name` names the connections (the server id,
+    /// or `master`) in NATS and in logs.
+    ///
+    /// # Errors
+    /// [`ClusterError::Config`] for a config that cannot work (app name, TTL, credentials
+    /// file); [`ClusterError::Unavailable`] when NATS or JetStream does not answer in time.
+    pub async fn connect(config: &ClusterConfig, name: &str) -> Result<Self, ClusterError> {
+        if !valid_app(&config.app) {
+            return Err(ClusterError::Config(format!(
+                "app name {:?}: only letters, digits, `-` and `_`",
+                config.app
+            )));
+        }
+        if config.ttl < MIN_TTL {
+            return Err(ClusterError::Config(format!(
+                "ttl {:?} is under the minimum of {MIN_TTL:?}",
+                config.ttl
+            )));
+        }
+        let counters = Arc::new(Counters::default());
+        let control = connect_one(config, &format!("{name}/control"), &counters).await?;
+        let pushes = connect_one(config, &format!("{name}/pushes"), &counters).await?;
+        let mut js = jetstream::new(control.clone());
+        js.set_timeout(JS_TIMEOUT);
+        let deadline = tokio::time::Instant::now() + config.connect_timeout;
+        let buckets = loop {
+            match create_buckets(&js, config).await {
+                Ok(b) => break b,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(app = %config.app, backend = name, urls = ?config.nats, "cluster buckets not ready, retrying: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    return Err(ClusterError::Unavailable(format!(
+                        "NATS {:?}: buckets of app `{}` not ready within {:?}: {e}",
+                        config.nats, config.app, config.connect_timeout
+                    )));
+                }
+            }
+        };
+        while pushes.connection_state() != async_nats::connection::State::Connected
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let store = NatsStore {
+            app: config.app.clone(),
+            prefix: format!("shaddock.{}.", config.app),
+            control,
+            pushes,
+            buckets,
+            counters,
+        };
+        let core = Core::start(
+            store,
+            format!("{}@{name}", config.app),
+            config.ttl,
+            Duration::from_secs(5),
+        )
+        .await;
+        tracing::info!(app = %config.app, backend = name, urls = ?config.nats, "cluster backend on NATS ready");
+        Ok(Self { core })
+    }
+
+    /// The `server_name` of the NATS node the control connection is on now.
+    pub fn connected_server(&self) -> Option<String> {
+        let c = &self.core.store().control;
+        (c.connection_state() == async_nats::connection::State::Connected)
+            .then(|| c.server_info().server_name)
+    }
+}
+
+/// One connection with the config's credentials and TLS, pinging every second, reconnecting
+/// forever, with events counted and logged.
+async fn connect_one(
+    config: &ClusterConfig,
+    name: &str,
+    counters: &Arc<Counters>,
+) -> Result<Client, ClusterError> {
+    let mut opts = ConnectOptions::new();
+    if let Some(path) = &config.creds_file {
+        opts = opts.credentials_file(path).await.map_err(|e| {
+            ClusterError::Config(format!("credentials file {}: {e}", path.display()))
+        })?;
+    }
+    if let Some((u, p)) = &config.user_password {
+        opts = opts.user_and_password(u.clone(), p.clone());
+    }
+    if let Some(t) = &config.token {
+        opts = opts.token(t.clone());
+    }
+    if let Some(tls) = &config.tls {
+        opts = opts.require_tls(true);
+        if let Some(ca) = &tls.ca {
+            opts = opts.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+            opts = opts.add_client_certificate(cert.clone(), key.clone());
+        }
+    }
+    let me: Arc<OnceLock<Client>> = Arc::new(OnceLock::new());
+    let cb_me = me.clone();
+    let cb_counters = counters.clone();
+    let cb_name = format!("{}@{name}", config.app);
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    opts = opts
+        .name(format!("shaddock-{}-{name}", config.app))
+        .ping_interval(PING_INTERVAL)
+        .subscription_capacity(PUSH_SUBSCRIPTION_CAPACITY)
+        .connection_timeout(Duration::from_secs(2))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .reconnect_delay_callback(|attempt| {
+            Duration::from_millis((100 * attempt as u64).min(2000))
+        })
+        .event_callback(move |event| {
+            let me = cb_me.clone();
+            let counters = cb_counters.clone();
+            let name = cb_name.clone();
+            let first = first.clone();
+            async move {
+                match event {
+                    Event::Connected => {
+                        if first.swap(false, Ordering::Relaxed) {
+                            tracing::info!(connection = %name, "connected to NATS");
+                        } else {
+                            counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(connection = %name, "reconnected to NATS");
+                        }
+                    }
+                    Event::Disconnected => {
+                        tracing::warn!(connection = %name, "disconnected from NATS, reconnecting");
+                    }
+                    Event::LameDuckMode => {
+                        tracing::warn!(connection = %name, "NATS node in lame-duck mode: moving to another node");
+                        if let Some(c) = me.get().cloned() {
+                            tokio::spawn(async move {
+                                if let Err(e) = c.force_reconnect().await {
+                                    tracing::warn!(connection = %name, "reconnect after lame-duck mode failed: {e}");
+                                }
+                            });
+                        }
+                    }
+                    Event::SlowConsumer(sid) => {
+                        // One event per dropped message: log the first and then at powers of two.
+                        let n = counters.slow_consumers.fetch_add(1, Ordering::Relaxed) + 1;
+                        if n.is_power_of_two() {
+                            tracing::warn!(connection = %name, subscription = sid, total = n, "slow consumer: NATS messages dropped");
+                        }
+                    }
+                    Event::ServerError(e) => {
+                        tracing::warn!(connection = %name, "NATS server error: {e}");
+                    }
+                    Event::ClientError(e) => {
+                        tracing::warn!(connection = %name, "NATS client error: {e}");
+                    }
+                    Event::Draining | Event::Closed => {
+                        tracing::debug!(connection = %name, "NATS connection {event}");
+                    }
+                }
+            }
+        });
+    let client = opts
+        .connect(config.nats.as_slice())
+        .await
+        .map_err(|e| ClusterError::Unavailable(format!("NATS {:?}: {e}", config.nats)))?;
+    let _ = me.set(client.clone());
+    Ok(client)
+}
+
+struct Buckets {
+    servers: kv::Store,
+    uids: kv::Store,
+    placements: kv::Store,
+}
+
+async fn create_buckets(
+    js: &jetstream::Context,
+    config: &ClusterConfig,
+) -> Result<Buckets, String> {
+    let make = |b: Bucket| {
+        let mut c = kv::Config {
+            bucket: format!("{}-{}", config.app, b.suffix()),
+            description: format!("shaddock app `{}`: {}", config.app, b.suffix()),
+            history: 1,
+            num_replicas: config.replicas,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        };
+        if b == Bucket::Servers {
+            c.max_age = config.ttl * BACKSTOP_TTLS;
+            c.limit_markers = Some(MARKER_TTL);
+        }
+        c
+    };
+    let mut out = Vec::new();
+    for b in [Bucket::Servers, Bucket::Uids, Bucket::Placements] {
+        let cfg = make(b);
+        let name = cfg.bucket.clone();
+        out.push(
+            js.create_or_update_key_value(cfg)
+                .await
+                .map_err(|e| format!("bucket {name}: {e}"))?,
+        );
+    }
+    let placements = out.pop().ok_or("no bucket")?;
+    let uids = out.pop().ok_or("no bucket")?;
+    let servers = out.pop().ok_or("no bucket")?;
+    Ok(Buckets {
+        servers,
+        uids,
+        placements,
+    })
+}
+
+struct NatsStore {
+    app: String,
+    /// Subject prefix `shaddock.<app>.`.
+    prefix: String,
+    control: Client,
+    pushes: Client,
+    buckets: Buckets,
+    counters: Arc<Counters>,
+}
+
+impl NatsStore {
+    fn kv(&self, b: Bucket) -> &kv::Store {
+        match b {
+            Bucket::Servers => &self.buckets.servers,
+            Bucket::Uids => &self.buckets.uids,
+            Bucket::Placements => &self.buckets.placements,
+        }
+    }
+
+    fn unavailable(
+        &self,
+        b: Bucket,
+        op: &str,
+        key: &str,
+        e: impl std::fmt::Display,
+    ) -> ClusterError {
+        ClusterError::Unavailable(format!("{}-{}: {op} `{key}`: {e}", self.app, b.suffix()))
+    }
+}
+
+/// Whether a write failed because the key's revision was not the expected one (a lost
+/// compare-and-set). async-nats names only JetStream's error 10071 so; a create or update of a
+/// key whose last revision is 0 or a marker fails with 10164 ("wrong last sequence", constant
+/// form), which it reports as `Other`: look for both along the error's sources.
+fn lost_cas(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(js) = err.downcast_ref::<jetstream::Error>() {
+            let code = js.error_code();
+            if code == jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE
+                || code == jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+            {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+fn removed(op: kv::Operation) -> bool {
+    !matches!(op, kv::Operation::Put)
+}
+
+impl Store for NatsStore {
+    fn get(&self, b: Bucket, key: &str) -> BoxFuture<'_, Result<Option<KvEntry>, ClusterError>> {
+        let key = key.to_owned();
+        Box::pin(async move {
+            match self.kv(b).entry(key.clone()).await {
+                Ok(Some(e)) if !removed(e.operation) => Ok(Some(KvEntry {
+                    key,
+                    value: e.value,
+                    revision: e.revision,
+                    removed: false,
+                })),
+                Ok(_) => Ok(None),
+                Err(e) => Err(self.unavailable(b, "get", &key, e)),
+            }
+        })
+    }
+
+    fn put(&self, b: Bucket, key: &str, value: Bytes) -> BoxFuture<'_, Result<u64, ClusterError>> {
+        let key = key.to_owned();
+        Box::pin(async move {
+            self.kv(b)
+                .put(&key, value)
+                .await
+                .map_err(|e| self.unavailable(b, "put", &key, e))
+        })
+    }
+
+    fn create(
+        &self,
+        b: Bucket,
+        key: &str,
+        value: Bytes,
+    ) -> BoxFuture<'_, Result<Cas<u64>, ClusterError>> {
+        let key = key.to_owned();
+        Box::pin(async move {
+            match self.kv(b).create(&key, value).await {
+                Ok(rev) => Ok(Cas::Done(rev)),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists || lost_cas(&e) => {
+                    Ok(Cas::Conflict)
+                }
+                Err(e) => Err(self.unavailable(b, "create", &key, e)),
+            }
+        })
+    }
+
+    fn update(
+        &self,
+        b: Bucket,
+        key: &str,
+        value: Bytes,
+        revision: u64,
+    ) -> BoxFuture<'_, Result<Cas<u64>, ClusterError>> {
+        let key = key.to_owned();
+        Box::pin(async move {
+            match self.kv(b).update(&key, value, revision).await {
+                Ok(rev) => Ok(Cas::Done(rev)),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision || lost_cas(&e) => {
+                    Ok(Cas::Conflict)
+                }
+                Err(e) => Err(self.unavailable(b, "update", &key, e)),
+            }
+        })
+    }
+
+    fn delete(
+        &self,
+        b: Bucket,
+        key: &str,
+        revision: Option<u64>,
+    ) -> BoxFuture<'_, Result<Cas<()>, ClusterError>> {
+        let key = key.to_owned();
+        Box::pin(async move {
+            let r = match revision {
+                Some(rev) => self.kv(b).delete_expect_revision(&key, Some(rev)).await,
+                None => self.kv(b).delete(&key).await,
+            };
+            match r {
+                Ok(()) => Ok(Cas::Done(())),
+                Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision || lost_cas(&e) => {
+                    Ok(Cas::Conflict)
+                }
+                Err(e) => Err(self.unavailable(b, "delete", &key, e)),
+            }
+        })
+    }
+
+    fn watch(&self, b: Bucket, from: Option<u64>) -> BoxFuture<'_, Result<Watch, ClusterError>> {
+        Box::pin(async move {
+            let kv = self.kv(b);
+            // An empty bucket delivers nothing: then the snapshot is complete at once.
+            let empty = match from {
+                Some(_) => false,
+                None => {
+                    let mut kv = kv.clone();
+                    let status = kv
+                        .stream
+                        .info()
+                        .await
+                        .map_err(|e| self.unavailable(b, "watch", ">", e))?;
+                    status.state.messages == 0
+                }
+            };
+            let w = match from {
+                Some(rev) => kv.watch_all_from_revision(rev).await,
+                // The last value of every key, then every change (`watch_all` gives only changes).
+                None => kv.watch_with_history(">").await,
+            }
+            .map_err(|e| self.unavailable(b, "watch", ">", e))?;
+            let bucket = format!("{}-{}", self.app, b.suffix());
+            let head = futures_util::stream::iter(empty.then_some(Ok(WatchItem::Current)));
+            let mut current = empty;
+            let tail = w.flat_map(move |item| {
+                let out: Vec<Result<WatchItem, ClusterError>> = match item {
+                    Ok(e) => {
+                        let last = e.delta == 0;
+                        let mut v = vec![Ok(WatchItem::Entry(KvEntry {
+                            key: e.key,
+                            value: e.value,
+                            revision: e.revision,
+                            removed: removed(e.operation),
+                        }))];
+                        if last && !current {
+                            current = true;
+                            v.push(Ok(WatchItem::Current));
+                        }
+                        v
+                    }
+                    Err(e) => vec![Err(ClusterError::Unavailable(format!(
+                        "{bucket}: watch: {e}"
+                    )))],
+                };
+                futures_util::stream::iter(out)
+            });
+            Ok(head.chain(tail).boxed())
+        })
+    }
+
+    fn publish(&self, subject: String, payload: Bytes) -> BoxFuture<'_, Result<(), ClusterError>> {
+        Box::pin(async move {
+            let subject = format!("{}{subject}", self.prefix);
+            self.pushes
+                .publish(subject.clone(), payload)
+                .await
+                .map_err(|e| ClusterError::Unavailable(format!("publish on {subject}: {e}")))
+        })
+    }
+
+    fn subscribe(
+        &self,
+        subject: String,
+    ) -> BoxFuture<'_, Result<BoxStream<'static, Bytes>, ClusterError>> {
+        Box::pin(async move {
+            let subject = format!("{}{subject}", self.prefix);
+            let sub =
+                self.pushes.subscribe(subject.clone()).await.map_err(|e| {
+                    ClusterError::Unavailable(format!("subscribe to {subject}: {e}"))
+                })?;
+            Ok(sub.map(|m| m.payload).boxed())
+        })
+    }
+
+    fn max_payload(&self) -> usize {
+        match self.pushes.max_payload() {
+            0 => FALLBACK_MAX_PAYLOAD,
+            n => n,
+        }
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            if self.control.connection_state() != async_nats::connection::State::Connected {
+                return Err("not connected to NATS".to_owned());
+            }
+            Ok(())
+        })
+    }
+
+    fn stats(&self) -> ClusterStats {
+        ClusterStats {
+            slow_consumers: self.counters.slow_consumers.load(Ordering::Relaxed),
+            reconnects: self.counters.reconnects.load(Ordering::Relaxed),
+            ..ClusterStats::default()
+        }
+    }
+}
