@@ -238,7 +238,7 @@ for scenario in $SCENARIOS; do
     log "$scenario on $stack: load $args"
     # shellcheck disable=SC2086
     if "$LOAD" --gate "$GATE" --connector-ports "$CONNECTOR_PORTS" --deadline "$DEADLINE" \
-        --stack "$stack" $args >>"$RESULTS"; then
+        --stack "$stack" --stack-pid "$STACK_PGID" $args >>"$RESULTS"; then
       tail -n 1 "$RESULTS" | cut -c1-400 >&2
     else
       log "$scenario on $stack: the run failed (see above)"

@@ -16,7 +16,12 @@
 //! figures on stdout; progress goes to stderr.
 //!
 //! # Processes
-//! The parent process measures the connectors' RSS (found by `--connector-pids`, by
+//! The parent process samples the CPU time (`utime + stime` of `/proc/<pid>/stat`) of itself,
+//! its workers and every process of the cluster (the process tree of `--stack-pid`, by kind:
+//! gate, connector, chat, master, ...) at the start and end of the measured phase (for
+//! `connect`: of the setup), and reports CPU per unit of work per kind (`cpu` in the result
+//! line: per request, per delivered push, per connection, per connection-second of idle).
+//! It measures the connectors' RSS (found by `--connector-pids`, by
 //! `--connector-ports`, or by asking the gate for a few uids and looking up who listens on the
 //! ports it names) and re-executes itself as `--workers` worker processes (`--worker i/n`),
 //! each driving every n-th client, so that no process needs more than the per-process
@@ -98,6 +103,11 @@ pub(crate) struct Common {
     /// default: the ports the gate names for a few probe uids.
     #[arg(long, global = true, value_delimiter = ',')]
     pub(crate) connector_ports: Vec<u16>,
+    /// Root pid of the cluster under test (its launcher or master): every process in its
+    /// process tree is sampled for CPU (`utime + stime`) at the start and end of the
+    /// measured phase and reported per process kind. Without it only the connectors are.
+    #[arg(long, global = true)]
+    pub(crate) stack_pid: Option<u32>,
     /// Handshake and request timeout of each client, seconds.
     #[arg(long, global = true, default_value_t = 30)]
     pub(crate) timeout: u64,
