@@ -96,12 +96,19 @@ pub struct ProcStat {
     pub utime: u64,
     /// System CPU, clock ticks (field 15).
     pub stime: u64,
+    /// User + system CPU of the children it has waited for, clock ticks (fields 16 and 17).
+    pub children: u64,
 }
 
 impl ProcStat {
     /// `utime + stime` in microseconds.
     pub fn cpu_us(&self) -> u64 {
         (self.utime + self.stime) * (1_000_000 / USER_HZ)
+    }
+
+    /// The waited-for children's `cutime + cstime` in microseconds.
+    pub fn children_cpu_us(&self) -> u64 {
+        self.children * (1_000_000 / USER_HZ)
     }
 }
 
@@ -116,6 +123,7 @@ pub fn parse_stat(stat: &str) -> Option<ProcStat> {
         pgrp: f.get(2)?.parse().ok()?,
         utime: f.get(11)?.parse().ok()?,
         stime: f.get(12)?.parse().ok()?,
+        children: f.get(13)?.parse::<u64>().ok()? + f.get(14)?.parse::<u64>().ok()?,
     })
 }
 
@@ -286,7 +294,8 @@ Max open files            1024                 20000                files     \n
                 ppid: 4000,
                 pgrp: 3999,
                 utime: 250,
-                stime: 37
+                stime: 37,
+                children: 0
             }
         );
         assert_eq!(st.cpu_us(), 2_870_000);

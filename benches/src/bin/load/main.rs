@@ -8,6 +8,8 @@
 //!   broadcast --room-size K --senders S --rate R --duration S
 //!                                              pushes delivered/s, delivery latency, loss
 //!   idle      --clients N --hold T             idle connections with heartbeats; RSS/conn
+//!   floor     --server-pid P --requests N --clients C -- COMMAND ...
+//!                                              CPU per request of P and of COMMAND (redis floor)
 //!   report    --results FILE [--header FILE] [--write BENCHMARKS.md]
 //! ```
 //!
@@ -201,6 +203,23 @@ pub(crate) enum Scenario {
         #[arg(long, default_value_t = 1)]
         room_size: usize,
     },
+    /// The one-hop floor: runs COMMAND (a benchmark client such as `redis-benchmark -n N`)
+    /// to its end and prints a result line with the CPU of `--server-pid` and of COMMAND
+    /// (its `cutime + cstime`) per request.
+    Floor {
+        /// The server process under the command's load.
+        #[arg(long)]
+        server_pid: u32,
+        /// Requests the command makes (for CPU per request).
+        #[arg(long)]
+        requests: u64,
+        /// Clients the command uses (copied into the result line).
+        #[arg(long)]
+        clients: u64,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
     /// Render the Shaddock-vs-pinus table from result lines, optionally rewriting the
     /// generated block of BENCHMARKS.md's load section.
     Report {
@@ -224,6 +243,7 @@ impl Scenario {
             Self::Broadcast { .. } => "broadcast",
             Self::Idle { .. } => "idle",
             Self::Report { .. } => "report",
+            Self::Floor { .. } => "floor",
         }
     }
 
@@ -236,7 +256,7 @@ impl Scenario {
             Self::Broadcast {
                 rooms, room_size, ..
             } => rooms * room_size,
-            Self::Report { .. } => 0,
+            Self::Report { .. } | Self::Floor { .. } => 0,
         }
     }
 
@@ -246,7 +266,7 @@ impl Scenario {
             Self::Connect { room_size, .. }
             | Self::Idle { room_size, .. }
             | Self::Broadcast { room_size, .. } => (*room_size).max(1),
-            Self::Request { .. } | Self::Report { .. } => 1,
+            Self::Request { .. } | Self::Report { .. } | Self::Floor { .. } => 1,
         }
     }
 
@@ -365,6 +385,21 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("load report: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Scenario::Floor {
+        server_pid,
+        requests,
+        clients,
+        command,
+    } = &cli.scenario
+    {
+        return match parent::floor(&cli.common, *server_pid, *requests, *clients, command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("load floor: {e}");
                 ExitCode::FAILURE
             }
         };

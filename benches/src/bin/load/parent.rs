@@ -690,7 +690,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), String> {
                 ),
             );
         }
-        Scenario::Report { .. } => {}
+        Scenario::Report { .. } | Scenario::Floor { .. } => {}
     }
     println!("{}", Value::Object(out));
     if connected == 0 {
@@ -740,6 +740,73 @@ async fn phases(
         cpu_after_setup,
         cpu_after_phase,
     })
+}
+
+/// `load floor`: run `command` to its end and print the CPU of `server_pid` and of the
+/// command per request, as a result line (`scenario` `floor`, `stack` = `--stack`).
+pub(crate) fn floor(
+    common: &crate::Common,
+    server_pid: u32,
+    requests: u64,
+    clients: u64,
+    command: &[String],
+) -> Result<(), String> {
+    let (program, args) = command.split_first().ok_or("no command given")?;
+    let me = std::process::id();
+    let read = |pid: u32| procfs::stat(pid).map_err(|e| format!("/proc/{pid}/stat: {e}"));
+    let server_before = read(server_pid)?.cpu_us();
+    let children_before = read(me)?.children_cpu_us();
+    let start = std::time::Instant::now();
+    let output = std::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("running {program}: {e}"))?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let server_cpu = read(server_pid)?.cpu_us().saturating_sub(server_before);
+    let client_cpu = read(me)?.children_cpu_us().saturating_sub(children_before);
+    if !output.status.success() {
+        return Err(format!("{program} exited with {}", output.status));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // The summary: redis-benchmark -q redraws a progress line with `\r`; keep the last.
+    let summary = stdout
+        .trim()
+        .rsplit(['\r', '\n'])
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
+        .to_owned();
+    eprintln!("{summary}");
+    let per = |us: u64| us as f64 / requests.max(1) as f64;
+    let line = json!({
+        "scenario": "floor",
+        "stack": common.stack,
+        "transport": "tcp",
+        "clients": clients,
+        "requests": requests,
+        "elapsed_s": elapsed,
+        "requests_per_s": requests as f64 / elapsed.max(1e-9),
+        "command": command.join(" "),
+        "command_output": summary,
+        "loadavg_end": procfs::load_average(),
+        "cpu": {
+            "window": "command",
+            "wall_s": elapsed,
+            "unit": "request",
+            "units": requests,
+            "by_kind": {
+                "server": {"processes": 1, "cpu_us": server_cpu, "cores": server_cpu as f64 / 1e6 / elapsed.max(1e-9), "us_per_unit": per(server_cpu)},
+                "generator": {"processes": 1, "cpu_us": client_cpu, "cores": client_cpu as f64 / 1e6 / elapsed.max(1e-9), "us_per_unit": per(client_cpu)},
+            },
+            "server_cpu_us": server_cpu,
+            "server_us_per_unit": per(server_cpu),
+            "total_us_per_unit": per(server_cpu + client_cpu),
+        },
+    });
+    println!("{line}");
+    Ok(())
 }
 
 /// `load report`: the table from a results file, to stdout or into BENCHMARKS.md.

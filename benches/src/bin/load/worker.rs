@@ -306,7 +306,7 @@ async fn run_inner(cli: Cli, id: WorkerId) -> Result<(), String> {
 
     wait_for(&mut control, "go").await?;
     let mut result = match &scenario {
-        Scenario::Connect { .. } | Scenario::Report { .. } => json!({}),
+        Scenario::Connect { .. } | Scenario::Report { .. } | Scenario::Floor { .. } => json!({}),
         Scenario::Request {
             duration,
             max_requests,
