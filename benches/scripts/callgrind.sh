@@ -111,7 +111,7 @@ components() {
       sum[c] += ir; total += ir;
     }
     END {
-      for (c in sum) printf "%14d  %5.1f%%  %s\n", sum[c], 100 * sum[c] / total, c;
+      for (c in sum) printf "%14.0f  %5.1f%%  %s\n", sum[c], 100 * sum[c] / total, c;
     }' | sort -rn | head -n 16 || true
 }
 
