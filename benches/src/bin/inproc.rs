@@ -136,8 +136,8 @@ fn thread_cpu_us(tid: u32) -> u64 {
 }
 
 /// Runs `f` on a new thread named `name` with its own single-threaded runtime; the thread
-/// sends its id and `f`'s setup value (e.g. a port) once `f` has set up, then keeps serving
-/// until `stop` is cancelled.
+/// sends its id and `f`'s setup value (e.g. a port) once `f` has set up (waited for until
+/// `deadline`), then keeps serving until `stop` is cancelled.
 fn role<T, F, Fut>(
     name: &str,
     stop: CancellationToken,
@@ -175,8 +175,8 @@ where
         .recv()
         .map_err(|_| format!("the {name} thread ended early"))??;
     let value = rx
-        .recv_timeout(Duration::from_secs(30))
-        .map_err(|_| format!("the {name} thread did not set up within 30 s"))??;
+        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        .map_err(|_| format!("the {name} thread did not set up before the deadline"))??;
     Ok((tid, value, handle))
 }
 
@@ -350,11 +350,11 @@ fn run(args: &Args) -> Result<Value, String> {
     let stop = CancellationToken::new();
     let deadline = Instant::now() + Duration::from_secs(args.deadline);
     let (connector_tid, (client_port, frontend_rpc_port, connector_rpc), connector_thread) =
-        role("connector", stop.clone(), {
+        role("connector", stop.clone(), deadline, {
             let stop = stop.clone();
             move |ready| connector(ready, stop)
         })?;
-    let (backend_tid, backend_port, backend_thread) = role("backend", stop.clone(), {
+    let (backend_tid, backend_port, backend_thread) = role("backend", stop.clone(), deadline, {
         let stop = stop.clone();
         move |ready| backend(ready, frontend_rpc_port, stop)
     })?;
@@ -372,7 +372,7 @@ fn run(args: &Args) -> Result<Value, String> {
     let (clients_n, warmup, requests) = (args.clients, args.warmup, args.requests);
     let (phase_tx, phase_rx) = std_mpsc::channel::<&'static str>();
     let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
-    let (client_tid, (), client_thread) = role("client", stop.clone(), move |ready| async move {
+    let (client_tid, (), client_thread) = role("client", stop.clone(), deadline, move |ready| async move {
         let outcome = async {
             let mut clients = Vec::new();
             for i in 0..clients_n {
