@@ -141,6 +141,7 @@ fn thread_cpu_us(tid: u32) -> u64 {
 fn role<T, F, Fut>(
     name: &str,
     stop: CancellationToken,
+    deadline: Instant,
     f: F,
 ) -> Result<(u32, T, std::thread::JoinHandle<()>), String>
 where
@@ -372,8 +373,12 @@ fn run(args: &Args) -> Result<Value, String> {
     let (clients_n, warmup, requests) = (args.clients, args.warmup, args.requests);
     let (phase_tx, phase_rx) = std_mpsc::channel::<&'static str>();
     let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
-    let (client_tid, (), client_thread) = role("client", stop.clone(), deadline, move |ready| async move {
-        let outcome = async {
+    let (client_tid, (), client_thread) = role(
+        "client",
+        stop.clone(),
+        deadline,
+        move |ready| async move {
+            let outcome = async {
             let mut clients = Vec::new();
             for i in 0..clients_n {
                 let (c, pushes) = client(client_port, transport, i).await?;
@@ -386,29 +391,30 @@ fn run(args: &Args) -> Result<Value, String> {
             drive(clients, warmup).await
         }
         .await;
-        match outcome {
-            Ok(clients) => {
-                let _ = ready.send(Ok(()));
-                // Wait for the main thread's first CPU sample, then run the measured phase.
-                let _ = go_rx.await;
-                match drive(clients, requests).await {
-                    Ok(clients) => {
-                        let _ = phase_tx.send("done");
-                        for (c, _, _) in &clients {
-                            c.close().await;
+            match outcome {
+                Ok(clients) => {
+                    let _ = ready.send(Ok(()));
+                    // Wait for the main thread's first CPU sample, then run the measured phase.
+                    let _ = go_rx.await;
+                    match drive(clients, requests).await {
+                        Ok(clients) => {
+                            let _ = phase_tx.send("done");
+                            for (c, _, _) in &clients {
+                                c.close().await;
+                            }
+                        }
+                        Err(e) => {
+                            eprintln!("inproc: {e}");
+                            let _ = phase_tx.send("failed");
                         }
                     }
-                    Err(e) => {
-                        eprintln!("inproc: {e}");
-                        let _ = phase_tx.send("failed");
-                    }
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e));
                 }
             }
-            Err(e) => {
-                let _ = ready.send(Err(e));
-            }
-        }
-    })?;
+        },
+    )?;
 
     let tids = [
         ("connector", connector_tid),
