@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # Runs each load scenario against the Shaddock chat and against the pinus chat, back to back,
-# each on a freshly started cluster, prints the table with Shaddock's advantage, and rewrites
-# the generated block of the "## Load: Shaddock vs pinus" section of BENCHMARKS.md.
+# on every transport, each on a freshly started cluster; measures the one-hop floor
+# (redis-server under redis-benchmark, no pipelining); prints the tables (led by CPU per unit
+# of work per process kind, from /proc/<pid>/stat of every process of the cluster and of the
+# generator) with Shaddock's advantage, and rewrites the generated block of the
+# "## Load: Shaddock vs pinus" section of BENCHMARKS.md.
 #
 #   benches/scripts/compare.sh [--profile quick|full] [--stacks "shaddock pinus"]
-#                              [--scenarios "connect request broadcast idle"] [--no-write]
+#                              [--scenarios "connect request broadcast idle"]
+#                              [--transport tcp|ws] (default: both) [--no-floor] [--no-write]
+#
+# Setup it does itself when something is missing (Debian): `apt-get install redis-server
+# redis-tools` (for the floor) and `scripts/install-js-deps` (npm ci in benches/pinus-chat).
 #
 # Environment:
 #   CARGO_TARGET_DIR   where to build the load generator and shaddock-chat (default: target)
@@ -19,6 +26,7 @@
 #                      session's pushes every N ms (pomelo/pinus pushSchedulers.buffer with
 #                      flushInterval N; Shaddock's "push-flush-interval": N). Default 0: both
 #                      stacks' default scheduler. The other scenarios always run direct.
+#   FLOOR_REQUESTS     requests of the redis floor run (default: quick 200000, full 1000000)
 #   RESULTS            file the JSON result lines are appended to (default: a new
 #                      $CARGO_TARGET_DIR/load-results-<time>.jsonl per invocation, so the
 #                      table never mixes runs of different invocations)
@@ -35,13 +43,17 @@ PROFILE=quick
 STACKS="shaddock pinus"
 SCENARIOS="connect request broadcast idle"
 WRITE=1
+TRANSPORTS="tcp ws"
+FLOOR=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile) PROFILE="$2"; shift 2 ;;
     --stacks) STACKS="$2"; shift 2 ;;
     --scenarios) SCENARIOS="$2"; shift 2 ;;
     --no-write) WRITE=0; shift ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    --transport) TRANSPORTS="$2"; shift 2 ;;
+    --no-floor) FLOOR=0; shift ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
     *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -59,10 +71,11 @@ GATE="127.0.0.1:$GATE_PORT"
 case "$PROFILE" in
   quick)
     CONNECT_ARGS="${CONNECT_ARGS:-connect --clients 200}"
-    REQUEST_ARGS="${REQUEST_ARGS:-request --clients 50 --duration 3}"
-    BROADCAST_ARGS="${BROADCAST_ARGS:-broadcast --rooms 1 --room-size 100 --senders 2 --rate 50 --duration 3}"
+    REQUEST_ARGS="${REQUEST_ARGS:-request --clients 200 --duration 5}"
+    BROADCAST_ARGS="${BROADCAST_ARGS:-broadcast --rooms 1 --room-size 1000 --senders 5 --rate 10 --duration 4 --workers 2}"
     IDLE_ARGS="${IDLE_ARGS:-idle --clients 300 --hold 5}"
     DEADLINE="${DEADLINE:-120}"
+    FLOOR_REQUESTS="${FLOOR_REQUESTS:-200000}"
     ;;
   full)
     CONNECT_ARGS="${CONNECT_ARGS:-connect --clients 10000}"
@@ -70,6 +83,7 @@ case "$PROFILE" in
     BROADCAST_ARGS="${BROADCAST_ARGS:-broadcast --rooms 1 --room-size 1000 --senders 15 --rate 100 --duration 10 --workers 2}"
     IDLE_ARGS="${IDLE_ARGS:-idle --clients 50000 --hold 30 --connect-rate 800}"
     DEADLINE="${DEADLINE:-900}"
+    FLOOR_REQUESTS="${FLOOR_REQUESTS:-1000000}"
     ;;
   *) echo "compare.sh: --profile is quick or full" >&2; exit 2 ;;
 esac
@@ -82,6 +96,26 @@ PUSH_FLUSH_MS=0
 # The open-files limit is per process; the generator's workers inherit this one.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
+for t in $TRANSPORTS; do
+  case "$t" in
+    tcp|ws) ;;
+    *) echo "compare.sh: --transport is tcp or ws" >&2; exit 2 ;;
+  esac
+done
+
+need_root() {
+  if [ "$(id -u)" -ne 0 ]; then echo "sudo -n"; fi
+}
+if [ "$FLOOR" = 1 ] && ! { command -v redis-server && command -v redis-benchmark; } >/dev/null 2>&1; then
+  log "installing redis-server and redis-tools (apt) for the one-hop floor"
+  $(need_root) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null \
+    || { $(need_root) apt-get update -qq && $(need_root) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null; } \
+    || { log "cannot install redis; the floor is skipped"; FLOOR=0; }
+fi
+if echo " $STACKS " | grep -q " pinus "; then
+  scripts/install-js-deps || log "scripts/install-js-deps failed; the pinus runs may fail"
+fi
+
 log "building the load generator (release)"
 cargo build --release -q -p shaddock-benches --bin load
 if echo " $STACKS " | grep -q " shaddock "; then
@@ -92,10 +126,19 @@ mkdir -p "$(dirname "$RESULTS")"
 
 STACK_PGID=""
 STACK_LOG=""
+REDIS_PID=""
+stop_redis() {
+  if [ -n "$REDIS_PID" ]; then
+    kill -TERM "$REDIS_PID" 2>/dev/null || true
+    wait "$REDIS_PID" 2>/dev/null || true
+    REDIS_PID=""
+  fi
+}
 cleanup() {
   if [ -n "$STACK_PGID" ]; then
     stop_stack
   fi
+  stop_redis
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -229,23 +272,56 @@ for scenario in $SCENARIOS; do
   if [ "$scenario" = broadcast ]; then
     PUSH_FLUSH_MS=$BROADCAST_PUSH_FLUSH_MS
   fi
-  COMMANDS+=("load --gate $GATE --connector-ports $CONNECTOR_PORTS --deadline $DEADLINE --stack STACK $args")
-  for stack in $STACKS; do
-    log "$scenario on $stack: starting the cluster"
-    if ! start_stack "$stack"; then
-      continue
-    fi
-    log "$scenario on $stack: load $args"
-    # shellcheck disable=SC2086
-    if "$LOAD" --gate "$GATE" --connector-ports "$CONNECTOR_PORTS" --deadline "$DEADLINE" \
-        --stack "$stack" $args >>"$RESULTS"; then
-      tail -n 1 "$RESULTS" | cut -c1-400 >&2
-    else
-      log "$scenario on $stack: the run failed (see above)"
-    fi
-    stop_stack
+  COMMANDS+=("load --gate $GATE --connector-ports $CONNECTOR_PORTS --deadline $DEADLINE --stack STACK --stack-pid PID --transport T $args")
+  for transport in $TRANSPORTS; do
+    for stack in $STACKS; do
+      log "$scenario/$transport on $stack: starting the cluster"
+      if ! start_stack "$stack"; then
+        continue
+      fi
+      log "$scenario/$transport on $stack: load $args"
+      # shellcheck disable=SC2086
+      if "$LOAD" --gate "$GATE" --connector-ports "$CONNECTOR_PORTS" --deadline "$DEADLINE" \
+          --stack "$stack" --stack-pid "$STACK_PGID" --transport "$transport" $args >>"$RESULTS"; then
+        tail -n 1 "$RESULTS" | cut -c1-400 >&2
+      else
+        log "$scenario/$transport on $stack: the run failed (see above)"
+      fi
+      stop_stack
+    done
   done
 done
+
+# The one-hop floor: redis-server on a free loopback port under redis-benchmark (200 clients,
+# SET, no pipelining, FLOOR_REQUESTS requests), CPU of redis-server per request from /proc.
+if [ "$FLOOR" = 1 ]; then
+  REDIS_PORT=$((6379 + OFFSET))
+  while port_open "$REDIS_PORT"; do REDIS_PORT=$((REDIS_PORT + 1)); done
+  log "floor: redis-server on 127.0.0.1:$REDIS_PORT, redis-benchmark -c 200 -t set -n $FLOOR_REQUESTS"
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+    --daemonize no --loglevel warning --maxclients 1000 >/dev/null 2>&1 &
+  REDIS_PID=$!
+  start=$SECONDS
+  until redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; do
+    if [ $((SECONDS - start)) -ge 20 ] || ! kill -0 "$REDIS_PID" 2>/dev/null; then
+      log "floor: redis-server did not answer within 20 s; skipping"
+      stop_redis
+      break
+    fi
+    sleep 0.2
+  done
+  if [ -n "$REDIS_PID" ]; then
+    if ! timeout 300 "$LOAD" --stack redis floor --server-pid "$REDIS_PID" \
+        --requests "$FLOOR_REQUESTS" --clients 200 -- \
+        redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" -c 200 -t set -n "$FLOOR_REQUESTS" -q >>"$RESULTS"; then
+      log "floor: the run failed"
+    else
+      tail -n 1 "$RESULTS" | cut -c1-400 >&2
+    fi
+    stop_redis
+  fi
+  COMMANDS+=("redis-server --port FREE --save '' --appendonly no; load --stack redis floor --server-pid PID --requests $FLOOR_REQUESTS --clients 200 -- redis-benchmark -c 200 -t set -n $FLOOR_REQUESTS -q")
+fi
 
 if [ "$BROADCAST_PUSH_FLUSH_MS" -gt 0 ]; then
   SCHED_NOTE="buffer, flushing every $BROADCAST_PUSH_FLUSH_MS ms on both stacks (pinus"
@@ -263,7 +339,7 @@ HEADER="$(mktemp -t load-header-XXXXXX.md)"
   echo "  The generator, the cluster under test and anything else running share these CPUs."
   echo "- Versions: $(rustc --version), node $(node --version),"
   echo "  pinus $(node -p "require('./benches/pinus-chat/node_modules/pinus/package.json').version" 2>/dev/null || echo '?')."
-  echo "- Both stacks: gate $GATE_PORT, connectors ${CONNECTOR_PORTS//,/\/} (raw TCP clients), chat servers"
+  echo "- Both stacks: gate $GATE_PORT, connectors ${CONNECTOR_PORTS//,/\/} (raw TCP and WebSocket clients on the same ports), chat servers"
   echo "  $((6050 + OFFSET))-$((6052 + OFFSET)), on 127.0.0.1; heartbeat 3 s on the connectors (pinus-chat's"
   echo "  default; Shaddock's config sets \"heartbeat\": 3 and \"max-connections\": 20000); a fresh"
   echo "  cluster per run. Push scheduler: direct (both stacks' default) in every scenario but"
@@ -277,6 +353,15 @@ HEADER="$(mktemp -t load-header-XXXXXX.md)"
   echo "\"Shaddock advantage\" is how many times better Shaddock's figure is (higher-is-better"
   echo "figures: Shaddock ÷ pinus; lower-is-better: pinus ÷ Shaddock). RSS per connection is the"
   echo "connectors' summed VmRSS growth over the run divided by the connections."
+  echo
+  echo "CPU is \`utime + stime\` of \`/proc/<pid>/stat\` (10 ms ticks) of every process of the"
+  echo "cluster's process tree (\`--stack-pid\`) and of the generator's processes, sampled when the"
+  echo "measured phase starts and ends (for connect: the setup), divided by the phase's units of"
+  echo "work: requests answered, pushes delivered, connections made, connection-seconds held."
+  echo "\"servers\" is every cluster process together (gate, connectors, chat servers, master,"
+  echo "launcher); \"other\" is the master and launcher. The generator shares the same 2 CPUs."
+  echo "The floor is redis-server's CPU per SET under redis-benchmark on the same machine"
+  echo "(generator = redis-benchmark's own CPU)."
 } >"$HEADER"
 
 if [ "$WRITE" = 1 ]; then

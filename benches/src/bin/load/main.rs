@@ -8,6 +8,8 @@
 //!   broadcast --room-size K --senders S --rate R --duration S
 //!                                              pushes delivered/s, delivery latency, loss
 //!   idle      --clients N --hold T             idle connections with heartbeats; RSS/conn
+//!   floor     --server-pid P --requests N --clients C -- COMMAND ...
+//!                                              CPU per request of P and of COMMAND (redis floor)
 //!   report    --results FILE [--header FILE] [--write BENCHMARKS.md]
 //! ```
 //!
@@ -16,7 +18,12 @@
 //! figures on stdout; progress goes to stderr.
 //!
 //! # Processes
-//! The parent process measures the connectors' RSS (found by `--connector-pids`, by
+//! The parent process samples the CPU time (`utime + stime` of `/proc/<pid>/stat`) of itself,
+//! its workers and every process of the cluster (the process tree of `--stack-pid`, by kind:
+//! gate, connector, chat, master, ...) at the start and end of the measured phase (for
+//! `connect`: of the setup), and reports CPU per unit of work per kind (`cpu` in the result
+//! line: per request, per delivered push, per connection, per connection-second of idle).
+//! It measures the connectors' RSS (found by `--connector-pids`, by
 //! `--connector-ports`, or by asking the gate for a few uids and looking up who listens on the
 //! ports it names) and re-executes itself as `--workers` worker processes (`--worker i/n`),
 //! each driving every n-th client, so that no process needs more than the per-process
@@ -98,6 +105,11 @@ pub(crate) struct Common {
     /// default: the ports the gate names for a few probe uids.
     #[arg(long, global = true, value_delimiter = ',')]
     pub(crate) connector_ports: Vec<u16>,
+    /// Root pid of the cluster under test (its launcher or master): every process in its
+    /// process tree is sampled for CPU (`utime + stime`) at the start and end of the
+    /// measured phase and reported per process kind. Without it only the connectors are.
+    #[arg(long, global = true)]
+    pub(crate) stack_pid: Option<u32>,
     /// Handshake and request timeout of each client, seconds.
     #[arg(long, global = true, default_value_t = 30)]
     pub(crate) timeout: u64,
@@ -191,6 +203,23 @@ pub(crate) enum Scenario {
         #[arg(long, default_value_t = 1)]
         room_size: usize,
     },
+    /// The one-hop floor: runs COMMAND (a benchmark client such as `redis-benchmark -n N`)
+    /// to its end and prints a result line with the CPU of `--server-pid` and of COMMAND
+    /// (its `cutime + cstime`) per request.
+    Floor {
+        /// The server process under the command's load.
+        #[arg(long)]
+        server_pid: u32,
+        /// Requests the command makes (for CPU per request).
+        #[arg(long)]
+        requests: u64,
+        /// Clients the command uses (copied into the result line).
+        #[arg(long)]
+        clients: u64,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
     /// Render the Shaddock-vs-pinus table from result lines, optionally rewriting the
     /// generated block of BENCHMARKS.md's load section.
     Report {
@@ -214,6 +243,7 @@ impl Scenario {
             Self::Broadcast { .. } => "broadcast",
             Self::Idle { .. } => "idle",
             Self::Report { .. } => "report",
+            Self::Floor { .. } => "floor",
         }
     }
 
@@ -226,7 +256,7 @@ impl Scenario {
             Self::Broadcast {
                 rooms, room_size, ..
             } => rooms * room_size,
-            Self::Report { .. } => 0,
+            Self::Report { .. } | Self::Floor { .. } => 0,
         }
     }
 
@@ -236,7 +266,7 @@ impl Scenario {
             Self::Connect { room_size, .. }
             | Self::Idle { room_size, .. }
             | Self::Broadcast { room_size, .. } => (*room_size).max(1),
-            Self::Request { .. } | Self::Report { .. } => 1,
+            Self::Request { .. } | Self::Report { .. } | Self::Floor { .. } => 1,
         }
     }
 
@@ -355,6 +385,21 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("load report: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Scenario::Floor {
+        server_pid,
+        requests,
+        clients,
+        command,
+    } = &cli.scenario
+    {
+        return match parent::floor(&cli.common, *server_pid, *requests, *clients, command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("load floor: {e}");
                 ExitCode::FAILURE
             }
         };

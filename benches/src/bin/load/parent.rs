@@ -130,6 +130,124 @@ fn total_rss(pids: &[u32]) -> Option<u64> {
     Some(sum)
 }
 
+/// The processes whose CPU a run measures, each with its kind (`generator` for this process
+/// and its workers; the cluster's kinds from their command lines).
+#[derive(Debug, Clone, Default)]
+struct CpuProbe {
+    procs: Vec<(u32, String)>,
+}
+
+/// CPU time so far (µs) of each probed process that could be read, and when.
+struct CpuSample {
+    at: Instant,
+    cpu: BTreeMap<u32, u64>,
+}
+
+impl CpuProbe {
+    /// This process, the cluster's process tree (when `stack_pid` is given) and the
+    /// connectors (in case they are not in the tree).
+    fn new(stack_pid: Option<u32>, connectors: &[u32]) -> Self {
+        let mut procs = vec![(std::process::id(), "generator".to_owned())];
+        if let Some(root) = stack_pid {
+            match procfs::process_tree(root) {
+                Ok(tree) => {
+                    for pid in tree {
+                        let kind = procfs::cmdline(pid)
+                            .map_or_else(|_| "unknown".to_owned(), |a| procfs::process_kind(&a));
+                        procs.push((pid, kind));
+                    }
+                }
+                Err(e) => eprintln!("load: reading the process tree of --stack-pid {root}: {e}"),
+            }
+        }
+        for pid in connectors {
+            if !procs.iter().any(|(p, _)| p == pid) {
+                procs.push((*pid, "connector".to_owned()));
+            }
+        }
+        Self { procs }
+    }
+
+    fn add(&mut self, pid: u32, kind: &str) {
+        self.procs.push((pid, kind.to_owned()));
+    }
+
+    fn sample(&self) -> CpuSample {
+        let at = Instant::now();
+        let cpu = self
+            .procs
+            .iter()
+            .filter_map(|(pid, _)| Some((*pid, procfs::stat(*pid).ok()?.cpu_us())))
+            .collect();
+        CpuSample { at, cpu }
+    }
+
+    /// CPU between two samples per kind, as the result line's `cpu` object: per kind the
+    /// processes, their CPU (µs), the share of a core over the window, and CPU per `unit`;
+    /// then the cluster's total (every kind but `generator`) and everything together.
+    /// A process missing from `start` (a worker started after it) counts from 0; one missing
+    /// from `end` (it exited) is left out and named in `missing`.
+    fn report(
+        &self,
+        window: &str,
+        start: &CpuSample,
+        end: &CpuSample,
+        unit: &str,
+        units: u64,
+    ) -> Value {
+        let wall = end.at.duration_since(start.at).as_secs_f64();
+        let mut kinds: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        let mut missing = Vec::new();
+        for (pid, kind) in &self.procs {
+            let Some(e) = end.cpu.get(pid) else {
+                missing.push(json!({"pid": pid, "kind": kind}));
+                continue;
+            };
+            let s = start.cpu.get(pid).copied().unwrap_or(0);
+            let k = kinds.entry(kind.as_str()).or_default();
+            k.0 += 1;
+            k.1 += e.saturating_sub(s);
+        }
+        let per_unit = |us: u64| {
+            if units > 0 {
+                json!(us as f64 / units as f64)
+            } else {
+                Value::Null
+            }
+        };
+        let cores = |us: u64| {
+            if wall > 0.0 {
+                json!(us as f64 / 1e6 / wall)
+            } else {
+                Value::Null
+            }
+        };
+        let mut by_kind = Map::new();
+        let (mut server, mut all) = (0, 0);
+        for (kind, (n, us)) in &kinds {
+            by_kind.insert(
+                (*kind).to_owned(),
+                json!({"processes": n, "cpu_us": us, "cores": cores(*us), "us_per_unit": per_unit(*us)}),
+            );
+            all += us;
+            if *kind != "generator" {
+                server += us;
+            }
+        }
+        json!({
+            "window": window,
+            "wall_s": wall,
+            "unit": unit,
+            "units": units,
+            "by_kind": by_kind,
+            "server_cpu_us": server,
+            "server_us_per_unit": per_unit(server),
+            "total_us_per_unit": per_unit(all),
+            "missing": missing,
+        })
+    }
+}
+
 struct Workers {
     children: Vec<Child>,
     stdins: Vec<ChildStdin>,
@@ -176,6 +294,11 @@ impl Workers {
             stdins,
             lines,
         })
+    }
+
+    /// The workers' pids.
+    fn pids(&self) -> Vec<u32> {
+        self.children.iter().filter_map(Child::id).collect()
     }
 
     /// One `event` line from every worker, in worker order.
@@ -323,10 +446,22 @@ pub(crate) async fn run(cli: Cli) -> Result<(), String> {
         plan.sources
     );
 
+    let mut probe = CpuProbe::new(cli.common.stack_pid, &pids);
+    let cpu_before_setup = probe.sample();
     let mut workers = Workers::spawn(plan.workers, &run)?;
-    let outcome = phases(&mut workers, &cli, &pids, deadline).await;
+    for pid in workers.pids() {
+        probe.add(pid, "generator");
+    }
+    let outcome = phases(&mut workers, &cli, &pids, &probe, deadline).await;
     workers.stop().await;
-    let (ready, result, rss_after_setup, rss_after_phase) = outcome?;
+    let Phases {
+        ready,
+        result,
+        rss_after_setup,
+        rss_after_phase,
+        cpu_after_setup,
+        cpu_after_phase,
+    } = outcome?;
 
     let connected = sum(&ready, "connected");
     let setup_start = ready
@@ -366,6 +501,16 @@ pub(crate) async fn run(cli: Cli) -> Result<(), String> {
         percentiles(&merged(&ready, "setup_hist")),
     );
     put("connector_pids", json!(pids));
+    put(
+        "processes",
+        Value::Array(
+            probe
+                .procs
+                .iter()
+                .map(|(pid, kind)| json!({"pid": pid, "kind": kind}))
+                .collect(),
+        ),
+    );
     put("connector_found_by", json!(found_how));
     put("connector_rss_before", json!(rss_before));
     put("connector_rss_after_setup", json!(rss_after_setup));
@@ -387,6 +532,16 @@ pub(crate) async fn run(cli: Cli) -> Result<(), String> {
             put(
                 "bytes_per_connection",
                 per_connection(rss_after_setup, rss_before, connected),
+            );
+            put(
+                "cpu",
+                probe.report(
+                    "setup",
+                    &cpu_before_setup,
+                    &cpu_after_setup,
+                    "connection",
+                    connected,
+                ),
             );
         }
         Scenario::Request {
@@ -416,6 +571,10 @@ pub(crate) async fn run(cli: Cli) -> Result<(), String> {
                 }),
             );
             put("latency_us", percentiles(&merged(&result, "hist")));
+            put(
+                "cpu",
+                probe.report("phase", &cpu_after_setup, &cpu_after_phase, "request", ok),
+            );
         }
         Scenario::Broadcast {
             rooms,
@@ -482,6 +641,16 @@ pub(crate) async fn run(cli: Cli) -> Result<(), String> {
                 }),
             );
             put("latency_us", percentiles(&merged(&result, "hist")));
+            put(
+                "cpu",
+                probe.report(
+                    "phase",
+                    &cpu_after_setup,
+                    &cpu_after_phase,
+                    "push",
+                    received,
+                ),
+            );
         }
         Scenario::Idle {
             hold, room_size, ..
@@ -510,8 +679,18 @@ pub(crate) async fn run(cli: Cli) -> Result<(), String> {
                     _ => Value::Null,
                 },
             );
+            put(
+                "cpu",
+                probe.report(
+                    "phase",
+                    &cpu_after_setup,
+                    &cpu_after_phase,
+                    "connection_second",
+                    (connected as f64 * hold).round() as u64,
+                ),
+            );
         }
-        Scenario::Report { .. } => {}
+        Scenario::Report { .. } | Scenario::Floor { .. } => {}
     }
     println!("{}", Value::Object(out));
     if connected == 0 {
@@ -523,15 +702,25 @@ pub(crate) async fn run(cli: Cli) -> Result<(), String> {
     Ok(())
 }
 
-type PhaseLines = (Vec<Value>, Vec<Value>, Option<u64>, Option<u64>);
+/// What the workers reported and what was measured at the end of setup and of the phase.
+struct Phases {
+    ready: Vec<Value>,
+    result: Vec<Value>,
+    rss_after_setup: Option<u64>,
+    rss_after_phase: Option<u64>,
+    cpu_after_setup: CpuSample,
+    cpu_after_phase: CpuSample,
+}
 
 async fn phases(
     workers: &mut Workers,
     cli: &Cli,
     pids: &[u32],
+    probe: &CpuProbe,
     deadline: Instant,
-) -> Result<PhaseLines, String> {
+) -> Result<Phases, String> {
     let ready = workers.collect("ready", deadline).await?;
+    let cpu_after_setup = probe.sample();
     let rss_after_setup = total_rss(pids);
     eprintln!(
         "load: {} clients in ({} failed); running the {} phase",
@@ -541,8 +730,83 @@ async fn phases(
     );
     workers.tell("go").await;
     let result = workers.collect("result", deadline).await?;
+    let cpu_after_phase = probe.sample();
     let rss_after_phase = total_rss(pids);
-    Ok((ready, result, rss_after_setup, rss_after_phase))
+    Ok(Phases {
+        ready,
+        result,
+        rss_after_setup,
+        rss_after_phase,
+        cpu_after_setup,
+        cpu_after_phase,
+    })
+}
+
+/// `load floor`: run `command` to its end and print the CPU of `server_pid` and of the
+/// command per request, as a result line (`scenario` `floor`, `stack` = `--stack`).
+pub(crate) fn floor(
+    common: &crate::Common,
+    server_pid: u32,
+    requests: u64,
+    clients: u64,
+    command: &[String],
+) -> Result<(), String> {
+    let (program, args) = command.split_first().ok_or("no command given")?;
+    let me = std::process::id();
+    let read = |pid: u32| procfs::stat(pid).map_err(|e| format!("/proc/{pid}/stat: {e}"));
+    let server_before = read(server_pid)?.cpu_us();
+    let children_before = read(me)?.children_cpu_us();
+    let start = std::time::Instant::now();
+    let output = std::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("running {program}: {e}"))?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let server_cpu = read(server_pid)?.cpu_us().saturating_sub(server_before);
+    let client_cpu = read(me)?.children_cpu_us().saturating_sub(children_before);
+    if !output.status.success() {
+        return Err(format!("{program} exited with {}", output.status));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // The summary: redis-benchmark -q redraws a progress line with `\r`; keep the last.
+    let summary = stdout
+        .trim()
+        .rsplit(['\r', '\n'])
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
+        .to_owned();
+    eprintln!("{summary}");
+    let per = |us: u64| us as f64 / requests.max(1) as f64;
+    let line = json!({
+        "scenario": "floor",
+        "stack": common.stack,
+        "transport": "tcp",
+        "clients": clients,
+        "requests": requests,
+        "elapsed_s": elapsed,
+        "requests_per_s": requests as f64 / elapsed.max(1e-9),
+        "command": command.join(" "),
+        "command_output": summary,
+        "loadavg_end": procfs::load_average(),
+        "cpu": {
+            "window": "command",
+            "wall_s": elapsed,
+            "unit": "request",
+            "units": requests,
+            "by_kind": {
+                "server": {"processes": 1, "cpu_us": server_cpu, "cores": server_cpu as f64 / 1e6 / elapsed.max(1e-9), "us_per_unit": per(server_cpu)},
+                "generator": {"processes": 1, "cpu_us": client_cpu, "cores": client_cpu as f64 / 1e6 / elapsed.max(1e-9), "us_per_unit": per(client_cpu)},
+            },
+            "server_cpu_us": server_cpu,
+            "server_us_per_unit": per(server_cpu),
+            "total_us_per_unit": per(server_cpu + client_cpu),
+        },
+    });
+    println!("{line}");
+    Ok(())
 }
 
 /// `load report`: the table from a results file, to stdout or into BENCHMARKS.md.
