@@ -26,7 +26,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
 
-use crate::codec::BodyCodec;
+use shaddock_protocol::BodyCodec;
 use crate::outbox::{Outbox, PushError};
 use crate::stats::ConnectorStats;
 

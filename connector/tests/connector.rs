@@ -10,7 +10,7 @@ use common::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use shaddock_connector::{
-    Frontend, FrontendBuilder, GAVE_UP_MESSAGE, HandlerError, RateLimit, RequestInfo,
+    Frontend, FrontendBuilder, GAVE_UP_MESSAGE, HandlerError, Json, RateLimit, Request, RequestInfo,
     STOPPING_MESSAGE, Session,
 };
 use shaddock_protocol::RouteDictionary;
@@ -32,7 +32,7 @@ fn app(config: shaddock_connector::ConnectorConfig) -> FrontendBuilder {
     Frontend::builder(config)
         .handler(
             "connector.entryHandler.echo",
-            |_s: Session, req: Echo| async move {
+            |_s: Session, Json(req): Json<Echo>| async move {
                 Ok::<_, HandlerError>(EchoReply {
                     code: 200,
                     text: req.text,
@@ -281,19 +281,19 @@ async fn filters_and_error_handler() {
     let seen = Arc::new(std::sync::Mutex::new(Vec::<(String, bool)>::new()));
     let seen2 = seen.clone();
     let builder = app(test_config())
-        .before(|info: &RequestInfo, body: &Value, _s: &Session| {
-            if body.get("blocked").is_some() {
-                Err(HandlerError::new(403, format!("blocked on {}", info.route)))
+        .before(|req: &Request<Session>| {
+            if req.body().get("blocked").is_some() {
+                Err(HandlerError::new(403, format!("blocked on {}", req.route())))
             } else {
                 Ok(())
             }
         })
         .after(
-            move |info: &RequestInfo, _s: &Session, outcome: &Result<Value, HandlerError>| {
+            move |req: &Request<Session>, outcome: &Result<Value, HandlerError>| {
                 seen2
                     .lock()
                     .unwrap()
-                    .push((info.route.clone(), outcome.is_ok()));
+                    .push((req.route().to_owned(), outcome.is_ok()));
             },
         )
         .error_handler(|_info: &RequestInfo, _s: &Session, e: &HandlerError| {
@@ -1003,7 +1003,7 @@ async fn protobuf_routes_in_handshake_bodies_and_pushes() {
     let builder = Frontend::builder(test_config())
         .handler(
             "connector.entryHandler.echo",
-            |s: Session, req: Echo| async move {
+            |s: Session, Json(req): Json<Echo>| async move {
                 s.push("onPush", &json!({"got": req.text.clone()}))
                     .map_err(|e| HandlerError::internal(e.to_string()))?;
                 Ok::<_, HandlerError>(EchoReply {
