@@ -85,16 +85,18 @@ pub mod stats;
 pub mod tls;
 pub mod transport;
 
-pub use shaddock_protocol::BodyCodec;
 pub use config::ConnectorConfig;
 pub use frontend::{
-    DrainReport, Error, Forwarder, Frontend, FrontendBuilder, GAVE_UP_MESSAGE,
-    PushReport, STOPPING_MESSAGE,
+    DrainReport, Error, Forwarder, Frontend, FrontendBuilder, GAVE_UP_MESSAGE, PushReport,
+    STOPPING_MESSAGE,
 };
-pub use handler::{Filter, FromRequest, Handler, HandlerError, Json, Proto, Request, RequestInfo, State};
+pub use handler::{
+    Filter, FromRequest, Handler, HandlerError, Json, Proto, Request, RequestInfo, State,
+};
 pub use limit::{RateLimit, TokenBucket};
 pub use remote::{BindHook, RpcForwarder, SessionRemote};
 pub use session::{Session, SessionConfig, SessionError, SessionId, SessionService};
+pub use shaddock_protocol::BodyCodec;
 pub use sniff::{Sniff, sniff};
 pub use stats::{ConnectorStats, StatsSnapshot};
 pub use tls::{ServerTls, TlsError, TlsMode};

@@ -31,8 +31,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use serde_json::Value;
 use shaddock_core::sys::{
-    BindArgs, Count, ForwardMessage, KickArgs, PushArgs, PushResult, SessionSnapshot,
-    SettingsArgs,
+    BindArgs, Count, ForwardMessage, KickArgs, PushArgs, PushResult, SessionSnapshot, SettingsArgs,
 };
 pub use shaddock_core::sys::{msg_remote, session_remote};
 use shaddock_rpc::{RemoteError, RpcClient, RpcError, Target};
@@ -150,7 +149,11 @@ pub fn rpc_error_to_handler(route: &str, e: &RpcError) -> HandlerError {
 }
 
 impl Forwarder for RpcForwarder {
-    fn forward(&self, server_type: &str, request: &Request<Session>) -> BoxFuture<'static, Outcome> {
+    fn forward(
+        &self,
+        server_type: &str,
+        request: &Request<Session>,
+    ) -> BoxFuture<'static, Outcome> {
         let this = self.clone();
         let session = request.session().clone();
         let route = request.route().to_owned();

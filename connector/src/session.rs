@@ -26,9 +26,9 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
 
-use shaddock_protocol::BodyCodec;
 use crate::outbox::{Outbox, PushError};
 use crate::stats::ConnectorStats;
+use shaddock_protocol::BodyCodec;
 
 /// Id of a session, unique across the cluster (see the [module docs](self)).
 pub type SessionId = u64;

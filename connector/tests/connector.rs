@@ -10,8 +10,8 @@ use common::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use shaddock_connector::{
-    Frontend, FrontendBuilder, GAVE_UP_MESSAGE, HandlerError, Json, RateLimit, Request, RequestInfo,
-    STOPPING_MESSAGE, Session,
+    Frontend, FrontendBuilder, GAVE_UP_MESSAGE, HandlerError, Json, RateLimit, Request,
+    RequestInfo, STOPPING_MESSAGE, Session,
 };
 use shaddock_protocol::RouteDictionary;
 use shaddock_protocol::message::{Message, MessageRoute, MessageType};

@@ -8,11 +8,11 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use common::*;
 use serde_json::{Value, json};
+use shaddock_connector::{Frontend, HandlerError, RpcForwarder, Session};
 use shaddock_core::sys::{
     BindArgs, ForwardMessage, ForwardReply, KickArgs, PushArgs, SettingsArgs, msg_remote,
     session_remote,
 };
-use shaddock_connector::{Frontend, HandlerError, RpcForwarder, Session};
 use shaddock_protocol::message::{Message, MessageRoute, MessageType};
 use shaddock_protocol::package::PackageType;
 use shaddock_rpc::{

@@ -53,7 +53,11 @@ impl<S, T: Clone + Send + Sync + 'static> FromRequest<S> for State<T> {
             Some(t) => Ok(Self(t.clone())),
             None => {
                 let ty = std::any::type_name::<T>();
-                tracing::error!(route = req.route(), state = ty, "handler wants a state the app has not registered (App::with_state)");
+                tracing::error!(
+                    route = req.route(),
+                    state = ty,
+                    "handler wants a state the app has not registered (App::with_state)"
+                );
                 Err(HandlerError::internal(format!(
                     "route `{}` cannot be handled: the server is misconfigured",
                     req.route()
@@ -108,7 +112,10 @@ pub struct Proto<T>(pub T);
 impl<S, T: prost::Message + Default> FromRequest<S> for Proto<T> {
     fn from_request(req: &Request<S>) -> Result<Self, HandlerError> {
         let Some(raw) = req.protobuf() else {
-            tracing::warn!(route = req.route(), "handler takes a protobuf body but the route is not in clientProtos");
+            tracing::warn!(
+                route = req.route(),
+                "handler takes a protobuf body but the route is not in clientProtos"
+            );
             return Err(HandlerError::internal(format!(
                 "route `{}` takes a protobuf body, and this one is JSON",
                 req.route()
@@ -160,7 +167,9 @@ pub fn json_error_message(path: &str, e: &serde_json::Error) -> String {
         return format!("field `{}` is given twice", join(&f));
     }
     if let Some(rest) = text.strip_prefix("invalid type: ") {
-        let (got, expected) = rest.split_once(", expected ").unwrap_or((rest, "another type"));
+        let (got, expected) = rest
+            .split_once(", expected ")
+            .unwrap_or((rest, "another type"));
         let expected = json_kind(expected);
         return match (root, got) {
             (true, _) => format!("the request body must be {expected}"),
@@ -240,14 +249,35 @@ mod tests {
     fn json_errors_name_the_field_and_no_rust_type() {
         let cases = [
             (json!({"age": 1}), "field `username` is required"),
-            (json!({"username": null, "age": 1}), "field `username` is required"),
-            (json!({"username": 5, "age": 1}), "field `username` must be a string (got integer `5`)"),
-            (json!({"username": "x", "age": "old"}), "field `age` must be an integer (got string \"old\")"),
+            (
+                json!({"username": null, "age": 1}),
+                "field `username` is required",
+            ),
+            (
+                json!({"username": 5, "age": 1}),
+                "field `username` must be a string (got integer `5`)",
+            ),
+            (
+                json!({"username": "x", "age": "old"}),
+                "field `age` must be an integer (got string \"old\")",
+            ),
             (json!([1, 2]), "the request body must be a JSON object"),
-            (json!({"username": "x", "age": 1, "inner": {"tag": ""}}), "field `inner.tag` must not be empty"),
-            (json!({"username": "x", "age": 1, "inner": {"tag": "t", "x": 1}}), "field `inner.x` is not accepted by this route"),
-            (json!({"username": "x", "age": 1, "inner": {}}), "field `inner.tag` is required"),
-            (json!({"username": "x", "age": 1, "inner": 3}), "field `inner` must be a JSON object (got integer `3`)"),
+            (
+                json!({"username": "x", "age": 1, "inner": {"tag": ""}}),
+                "field `inner.tag` must not be empty",
+            ),
+            (
+                json!({"username": "x", "age": 1, "inner": {"tag": "t", "x": 1}}),
+                "field `inner.x` is not accepted by this route",
+            ),
+            (
+                json!({"username": "x", "age": 1, "inner": {}}),
+                "field `inner.tag` is required",
+            ),
+            (
+                json!({"username": "x", "age": 1, "inner": 3}),
+                "field `inner` must be a JSON object (got integer `3`)",
+            ),
         ];
         for (body, want) in cases {
             let got = msg(body.clone());
@@ -260,8 +290,12 @@ mod tests {
     fn state_and_proto_extractors() {
         let mut state = crate::StateMap::new();
         state.insert(7_u32);
-        let req = Request::new(RequestInfo::new("a.b.c", 1, MessageType::Request), (), json!({}))
-            .with_state(state);
+        let req = Request::new(
+            RequestInfo::new("a.b.c", 1, MessageType::Request),
+            (),
+            json!({}),
+        )
+        .with_state(state);
         let State(n) = <State<u32> as FromRequest<()>>::from_request(&req).unwrap();
         assert_eq!(n, 7);
         assert!(<State<String> as FromRequest<()>>::from_request(&req).is_err());

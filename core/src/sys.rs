@@ -190,7 +190,6 @@ remote! {
     }
 }
 
-
 // ---- the master and every server ----
 
 /// One server as the cluster knows it: its config plus the ports it actually bound.

@@ -7,12 +7,12 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-use serde_json::Value;
 use crate::RouteDictionary;
 use crate::json;
 use crate::message::{Message, MessageRoute};
 use crate::protobuf::Protos;
+use bytes::{Bytes, BytesMut};
+use serde_json::Value;
 
 /// How a Shaddock server writes bodies and PUSH packages for clients: the app's route dictionary
 /// and pomelo-protobuf schemas. The frontend uses one; a backend builds the same value to encode
@@ -42,7 +42,9 @@ impl BodyCodec {
 
     /// Whether request bodies on `route` are protobuf (clientProtos has the route).
     pub fn is_protobuf_request(&self, route: &str) -> bool {
-        self.protos.as_ref().is_some_and(|p| p.has_client_route(route))
+        self.protos
+            .as_ref()
+            .is_some_and(|p| p.has_client_route(route))
     }
 
     /// Decodes a client body on `route`: protobuf when clientProtos has the route, else JSON.
@@ -93,11 +95,7 @@ impl BodyCodec {
     ///
     /// # Errors
     /// A route over 255 bytes or a package over the size limit.
-    pub fn push_package(
-        &self,
-        route: &str,
-        body: &Value,
-    ) -> Result<Bytes, crate::Error> {
+    pub fn push_package(&self, route: &str, body: &Value) -> Result<Bytes, crate::Error> {
         let wire_route = match self.dictionary.as_ref().and_then(|d| d.code(route)) {
             Some(code) => MessageRoute::Code(code),
             None => MessageRoute::name(route.to_owned()),

@@ -48,9 +48,9 @@ pub mod varint;
 #[doc(hidden)]
 pub mod fuzzing;
 
+pub use body::BodyCodec;
 #[cfg(feature = "codec")]
 pub use codec::PackageCodec;
-pub use body::BodyCodec;
 pub use dictionary::RouteDictionary;
 pub use error::Error;
 pub use handshake::{

@@ -130,7 +130,7 @@ pub use error::{RemoteError, RpcError};
 pub use frame::{ErrorKind, Frame, FrameCodec, FrameError, Name, Namespace, WireError};
 pub use payload::{Payload, PayloadError, Raw};
 pub use server::RpcServer;
-pub use service::{BoxCall, Registry, RegistryError, Service};
+pub use service::{BoxCall, DynRpcFilter, Registry, RegistryError, RpcCall, RpcFilter, Service};
 
 /// Re-exported: [`RpcServer::serve`] stops when this token is cancelled.
 pub use tokio_util::sync::CancellationToken;

@@ -1,7 +1,7 @@
 //! Requests that reach a backend, and the frontend's side of them.
 //!
 //! - The frontend's connector [`RpcForwarder`](shaddock_connector::RpcForwarder) sends a
-//!   client request for another server type over `msgRemote.forward_message` with a snapshot
+//!   client request for another server type over `msgRemote.forwardMessage` with a snapshot
 //!   of the session; the type's route key ([`crate::App::route_key`]) and router pick the
 //!   server.
 //! - The backend runs the handler with a [`BackendSession`]; its `bind/set/push/kick` reach
@@ -21,14 +21,16 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
-use shaddock_connector::remote::{
+use shaddock_core::sys::{
     BindArgs, ForwardMessage, ForwardReply, KickArgs, PushArgs, SessionSnapshot, SettingsArgs,
     msg_remote, session_remote,
 };
-use shaddock_connector::{HandlerError, RpcForwarder, Session, SessionRemote};
+use shaddock_core::{Request, RequestInfo, StateMap, filter};
+// The frontend-running side: forwarding and `sessionRemote` on a frontend this server runs.
+use shaddock_connector::{RpcForwarder, Session, SessionRemote};
 use shaddock_rpc::{RemoteError, RpcError, Target};
 
-use crate::app::{BackendFilter, BackendRequest, ErasedBackend, RouteKey, TypeDef};
+use crate::app::{BackendFilter, ErasedBackend, RouteKey, TypeDef};
 use crate::channel::{PushError, encode_push};
 use crate::context::ServerContext;
 
@@ -242,7 +244,7 @@ impl BackendSession {
             return Ok(());
         }
         let args = SettingsArgs {
-            sid: self.inner.id,
+            session_id: self.inner.id,
             settings_json: json_bytes(changes.set),
             removed: changes.removed,
         };
@@ -259,7 +261,7 @@ impl BackendSession {
     /// The RPC failed, or the frontend refused the bind ([`RpcError::Remote`]).
     pub async fn bind(&self, uid: &str) -> Result<(), RpcError> {
         let args = BindArgs {
-            sid: self.inner.id,
+            session_id: self.inner.id,
             uid: uid.to_owned(),
         };
         self.stub()
@@ -277,7 +279,7 @@ impl BackendSession {
         let package = encode_push(self.inner.ctx.codec(), route, body)?;
         let args = PushArgs {
             package,
-            sids: vec![self.inner.id],
+            session_ids: vec![self.inner.id],
             ..PushArgs::default()
         };
         self.stub()
@@ -296,7 +298,7 @@ impl BackendSession {
     /// The RPC failed.
     pub async fn kick(&self, reason: &str) -> Result<(), RpcError> {
         let args = KickArgs {
-            sid: self.inner.id,
+            session_id: self.inner.id,
             uid: String::new(),
             reason: reason.to_owned(),
         };
@@ -311,23 +313,24 @@ impl BackendSession {
     }
 }
 
-fn remote_error(e: HandlerError) -> RemoteError {
-    RemoteError::new(u32::try_from(e.code).unwrap_or(500), e.message)
-}
-
 /// `msgRemote` on a backend: runs forwarded requests.
 pub(crate) struct MsgRemote {
     pub(crate) ctx: ServerContext,
     pub(crate) handlers: HashMap<String, Arc<ErasedBackend>>,
-    pub(crate) before: Vec<BackendFilter>,
+    pub(crate) filters: Vec<BackendFilter>,
+    /// The app's state plus this server's context.
+    pub(crate) state: StateMap,
 }
 
 impl MsgRemote {
-    pub(crate) fn new(ctx: ServerContext, def: &TypeDef) -> Self {
+    pub(crate) fn new(ctx: ServerContext, def: &TypeDef, app_state: &StateMap) -> Self {
+        let mut state = app_state.clone();
+        state.insert(ctx.clone());
         Self {
             ctx,
             handlers: def.handlers.clone(),
-            before: def.before.clone(),
+            filters: def.before.clone(),
+            state,
         }
     }
 }
@@ -345,17 +348,21 @@ impl msg_remote::Remote for MsgRemote {
             .map_err(|e| RemoteError::new(500, format!("invalid request body: {e}")))?;
         let info = SessionInfo::from_snapshot(args.session.unwrap_or_default());
         let session = BackendSession::new(info, self.ctx.clone());
-        let req = BackendRequest {
-            route: args.route.clone(),
-            id: args.id,
-        };
-        for f in &self.before {
-            f(&req, &body, &session).map_err(remote_error)?;
+        let mut req = Request::new(
+            RequestInfo::forwarded(args.route, args.id),
+            session.clone(),
+            body,
+        )
+        .with_state(self.state.clone());
+        if !args.body_protobuf.is_empty() {
+            req = req.with_protobuf(args.body_protobuf);
         }
-        let reply = handler
-            .call(session.clone(), body)
-            .await
-            .map_err(remote_error)?;
+        let outcome = match filter::run_before(&self.filters, &req).await {
+            Ok(()) => handler.call(&req).await,
+            Err(e) => Err(e),
+        };
+        filter::run_after(&self.filters, &req, &outcome).await;
+        let reply = outcome.map_err(RemoteError::from)?;
         // Only the keys the handler changed (and did not push already).
         let changes = lock(&session.inner.settings).changes();
         Ok(ForwardReply {
@@ -416,6 +423,7 @@ mod tests {
     use super::*;
     use crate::App;
     use crate::config::ServerConfig;
+    use shaddock_core::HandlerError;
 
     const STEP: Duration = Duration::from_secs(10);
 
@@ -494,7 +502,7 @@ mod tests {
             "test".into(),
             back_rpc,
             "master".into(),
-            shaddock_connector::BodyCodec::default(),
+            shaddock_protocol::BodyCodec::default(),
         );
         let gate = release.clone();
         let observer = frontend.clone();
@@ -538,7 +546,11 @@ mod tests {
         let back_port = back_l.local_addr().unwrap().port();
         let mut registry = Registry::new();
         registry
-            .add(msg_remote::Server::new(MsgRemote::new(ctx, def)))
+            .add(msg_remote::Server::new(MsgRemote::new(
+                ctx,
+                def,
+                &StateMap::new(),
+            )))
             .unwrap();
         tokio::spawn(RpcServer::new(registry, rpc_cfg).serve(back_l, shutdown.clone()));
         front_rpc

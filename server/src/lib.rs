@@ -23,7 +23,7 @@
 //! - [`context`]: [`ServerContext`], a running server's view of itself and the cluster.
 //! - [`backend`]: forwarded requests, [`BackendSession`].
 //! - [`channel`]: [`ChannelService`] and [`Channel`], pushes grouped by frontend.
-//! - [`proto`]: the framework's `sys` remotes and their messages.
+//! - [`proto`]: the framework's `sys` remotes and their messages (`shaddock_core::sys`).
 //! - [`master`], [`process`], `cli`, `init`: the processes and the command line.
 //! - [`procfs`]: a process's resident memory from `/proc`.
 
@@ -42,12 +42,19 @@ pub mod proto;
 pub mod secret;
 
 pub use app::{
-    App, AppError, BackendHandler, BackendRequest, Component, DuplicateLogin, Rejoin, RejoinHook,
+    App, AppError, BackendHandler, BackendRequest, Component, ComponentError, DuplicateLogin,
+    FrontendHandler, Rejoin, RejoinHook,
 };
 pub use backend::{BackendSession, SessionInfo};
 pub use channel::{AlreadyMember, Channel, ChannelService, PushError, PushSummary};
 pub use cli::run;
 pub use context::{BindError, LiveServer, ServerContext};
+/// The frontend's session (a frontend handler's extractor), from the connector that runs
+/// frontends.
+pub use shaddock_connector::Session;
+pub use shaddock_core::{
+    Filter, FromRequest, HandlerError, Json, Outcome, Proto, Request, RequestInfo, State,
+};
 
 /// Installs the `tracing` subscriber every Shaddock process uses: events to stderr, filtered by
 /// `RUST_LOG` (default `info`), with colours only when stderr is a terminal, so log files and

@@ -22,7 +22,7 @@ use crate::proto::{
     PlaceArgs, PlaceReply, ServerEntry, Snapshot, StatsReport, StopArgs, WatchArgs, master_remote,
     server_remote,
 };
-use shaddock_connector::remote::{KickArgs, session_remote};
+use shaddock_core::sys::{KickArgs, session_remote};
 
 /// How long `watch` holds a request when nothing changes (below the RPC call timeout).
 const WATCH_HOLD: Duration = Duration::from_secs(5);
@@ -753,10 +753,10 @@ impl master_remote::Remote for MasterRemote {
                 .insert(c.uid.clone(), (c.frontend_id.clone(), c.session_id));
             old
         };
-        if let (DuplicateLogin::KickOld, Some((fid, sid))) = (m.policy, old) {
+        if let (DuplicateLogin::KickOld, Some((fid, session_id))) = (m.policy, old) {
             tracing::info!(uid = %c.uid, old = %fid, new = %c.frontend_id, "duplicate login: kicking the old session");
             let args = KickArgs {
-                sid,
+                session_id,
                 uid: String::new(),
                 reason: "logged in elsewhere".into(),
             };
@@ -793,12 +793,12 @@ impl master_remote::Remote for MasterRemote {
         let mut n = 0;
         for fid in frontends {
             let args = KickArgs {
-                sid: 0,
+                session_id: 0,
                 uid: k.uid.clone(),
                 reason: k.reason.clone(),
             };
             match stub.kick(Target::server(&fid), args).await {
-                Ok(c) => n += u64::from(c.n),
+                Ok(c) => n += c.n,
                 Err(e) => tracing::warn!(frontend = %fid, cause = %e, "kick_uid failed there"),
             }
         }

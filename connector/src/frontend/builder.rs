@@ -53,11 +53,18 @@ impl FrontendBuilder {
     /// async fn of extractors ([`Session`], `Json<T>`, `State<T>`, ...).
     /// Malformed, foreign or duplicate routes make [`FrontendBuilder::build`] fail.
     #[must_use]
-    pub fn handler<H, A>(mut self, route: &str, handler: H) -> Self
+    pub fn handler<H, A>(self, route: &str, handler: H) -> Self
     where
         H: Handler<A, Session>,
         A: 'static,
     {
+        self.erased_handler(route, crate::handler::erase::<H, A, Session>(handler))
+    }
+
+    /// Registers a handler already erased (as an app declares them, see
+    /// [`crate::handler::erase`]); the same checks as [`FrontendBuilder::handler`].
+    #[must_use]
+    pub fn erased_handler(mut self, route: &str, handler: Arc<dyn ErasedHandler<Session>>) -> Self {
         match Route::parse(route) {
             Err(e) => self.errors.push(Error::InvalidRoute {
                 route: route.to_owned(),
@@ -73,12 +80,18 @@ impl FrontendBuilder {
                 });
             }
             Ok(_) => {
-                let erased = crate::handler::erase::<H, A, Session>(handler);
-                if self.handlers.insert(route.to_owned(), erased).is_some() {
+                if self.handlers.insert(route.to_owned(), handler).is_some() {
                     self.errors.push(Error::DuplicateRoute(route.to_owned()));
                 }
             }
         }
+        self
+    }
+
+    /// Adds a shared filter (see [`FrontendBuilder::filter`]).
+    #[must_use]
+    pub fn dyn_filter(mut self, filter: Arc<dyn DynFilter<Session>>) -> Self {
+        self.filters.push(filter);
         self
     }
 

@@ -55,29 +55,27 @@ pub(super) async fn dispatch(
     let wants_reply = msg.kind == MessageType::Request && msg.id != 0;
     let route: String = match &msg.route {
         MessageRoute::Name(name) => name.as_str().to_owned(),
-        MessageRoute::Code(code) => {
-            match inner.codec.dictionary().and_then(|d| d.route(*code)) {
-                Some(r) => r.as_str().to_owned(),
-                None => {
-                    tracing::warn!(
-                        code,
-                        id = msg.id,
-                        dictionary = inner.codec.dictionary().is_some(),
-                        "message on a route code this server's dictionary does not have"
-                    );
-                    if wants_reply {
-                        let info = RequestInfo::new(String::new(), msg.id, msg.kind);
-                        let e = HandlerError::internal(format!(
-                            "route code {code} is not in this server's route dictionary: \
+        MessageRoute::Code(code) => match inner.codec.dictionary().and_then(|d| d.route(*code)) {
+            Some(r) => r.as_str().to_owned(),
+            None => {
+                tracing::warn!(
+                    code,
+                    id = msg.id,
+                    dictionary = inner.codec.dictionary().is_some(),
+                    "message on a route code this server's dictionary does not have"
+                );
+                if wants_reply {
+                    let info = RequestInfo::new(String::new(), msg.id, msg.kind);
+                    let e = HandlerError::internal(format!(
+                        "route code {code} is not in this server's route dictionary: \
                              send the route by name, or reconnect to get the current dictionary"
-                        ));
-                        let body = error_body(&inner, &info, &session, &e);
-                        reply(&inner, &session, msg.id, "", &body);
-                    }
-                    return;
+                    ));
+                    let body = error_body(&inner, &info, &session, &e);
+                    reply(&inner, &session, msg.id, "", &body);
                 }
+                return;
             }
-        }
+        },
         _ => return,
     };
     let info = RequestInfo::new(route, msg.id, msg.kind);
@@ -85,8 +83,8 @@ pub(super) async fn dispatch(
     // does not decode is answered with the decoder's message (after filters see it too).
     let (req, early) = match decode(&inner, &info, &msg.body) {
         Ok((body, protobuf)) => {
-            let mut req = Request::new(info.clone(), session.clone(), body)
-                .with_state(inner.state.clone());
+            let mut req =
+                Request::new(info.clone(), session.clone(), body).with_state(inner.state.clone());
             if let Some(raw) = protobuf {
                 req = req.with_protobuf(raw);
             }

@@ -75,7 +75,8 @@ pub trait Forwarder: Send + Sync + 'static {
     ///
     /// # Errors
     /// A [`HandlerError`] for the client (no server of the type, backend down or slow ...).
-    fn forward(&self, server_type: &str, request: &Request<Session>) -> BoxFuture<'static, Outcome>;
+    fn forward(&self, server_type: &str, request: &Request<Session>)
+    -> BoxFuture<'static, Outcome>;
 }
 
 struct Inner {
