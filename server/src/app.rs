@@ -638,6 +638,59 @@ impl App {
         }
     }
 
+    /// Checks every registered route against the servers of `servers.json` (`file`, for the
+    /// message): its server type must be there, a backend handler's on backend servers, a
+    /// frontend handler's on frontends.
+    ///
+    /// # Errors
+    /// [`AppError::RouteServerType`] naming the first bad route (in route order) and the file.
+    pub fn check_routes(
+        &self,
+        servers: &[crate::config::ServerConfig],
+        file: &std::path::Path,
+    ) -> Result<(), AppError> {
+        let mut kinds: HashMap<&str, bool> = HashMap::new();
+        for s in servers {
+            kinds.insert(s.server_type.as_str(), s.frontend);
+        }
+        let mut routes: Vec<(&str, &str, bool)> = self
+            .types
+            .iter()
+            .flat_map(|(t, d)| {
+                let backend = d
+                    .handlers
+                    .keys()
+                    .map(move |r| (r.as_str(), t.as_str(), false));
+                let frontend = d
+                    .frontend_handlers
+                    .keys()
+                    .map(move |r| (r.as_str(), t.as_str(), true));
+                backend.chain(frontend)
+            })
+            .collect();
+        routes.sort_unstable();
+        for (route, server_type, wants_frontend) in routes {
+            let reason = match (kinds.get(server_type), wants_frontend) {
+                (None, _) => format!("server type `{server_type}` has no servers"),
+                (Some(false), true) => format!(
+                    "a frontend handler, but the `{server_type}` servers are not frontends \
+                     (register it with App::handler, or mark them \"frontend\": true)"
+                ),
+                (Some(true), false) => format!(
+                    "a backend handler, but the `{server_type}` servers are frontends \
+                     (register it with App::frontend_handler)"
+                ),
+                _ => continue,
+            };
+            return Err(AppError::RouteServerType {
+                route: route.to_owned(),
+                reason,
+                file: file.display().to_string(),
+            });
+        }
+        Ok(())
+    }
+
     pub(crate) fn type_def(&self, server_type: &str) -> TypeDef {
         self.types.get(server_type).cloned().unwrap_or_default()
     }
@@ -661,5 +714,83 @@ mod tests {
         assert!(app.validate().is_ok());
         assert_eq!(app.type_def("chat").handlers.len(), 1);
         assert!(app.type_def("gate").handlers.is_empty());
+    }
+
+    fn server(id: &str, server_type: &str, frontend: bool) -> crate::config::ServerConfig {
+        crate::config::ServerConfig {
+            id: id.into(),
+            server_type: server_type.into(),
+            host: "127.0.0.1".into(),
+            port: Some(0),
+            client_port: frontend.then_some(0),
+            frontend,
+            extra: serde_json::Map::new(),
+        }
+    }
+
+    #[test]
+    fn routes_are_checked_against_the_servers_of_servers_json() {
+        let b = |_s: BackendSession| async { Ok::<_, HandlerError>(()) };
+        let f = |_s: Session| async { Ok::<_, HandlerError>(()) };
+        let servers = [
+            server("gate-1", "gate", true),
+            server("chat-1", "chat", false),
+        ];
+        let file = std::path::Path::new("config/servers.json");
+        let ok = App::new("t")
+            .frontend_handler("gate.h.q", f)
+            .handler("chat.h.send", b);
+        assert_eq!(ok.check_routes(&servers, file), Ok(()));
+        let e = App::new("t")
+            .handler("chat.h.send", b)
+            .handler("area.h.move", b)
+            .check_routes(&servers, file)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "route `area.h.move`: server type `area` has no servers (in config/servers.json)"
+        );
+        let e = App::new("t")
+            .handler("gate.h.q", b)
+            .check_routes(&servers, file);
+        assert!(
+            matches!(e, Err(AppError::RouteServerType { ref route, .. }) if route == "gate.h.q"),
+            "{e:?}"
+        );
+        let e = App::new("t")
+            .frontend_handler("chat.h.x", f)
+            .check_routes(&servers, file);
+        assert!(e.unwrap_err().to_string().contains("not frontends"));
+        // A route registered twice, once per kind, is a duplicate.
+        let app = App::new("t")
+            .handler("chat.h.x", b)
+            .frontend_handler("chat.h.x", f);
+        assert_eq!(
+            app.validate(),
+            Err(AppError::DuplicateRoute("chat.h.x".into()))
+        );
+    }
+
+    #[test]
+    fn the_dictionary_is_built_from_the_routes_and_push_routes() {
+        let b = |_s: BackendSession| async { Ok::<_, HandlerError>(()) };
+        let f = |_s: Session| async { Ok::<_, HandlerError>(()) };
+        let app = App::new("t")
+            .handler("chat.h.send", b)
+            .frontend_handler("connector.h.enter", f)
+            .frontend_handler("gate.h.query", f)
+            .push_routes(["onChat", "onAdd"]);
+        assert!(
+            matches!(app.route_dictionary(), Ok(None)),
+            "only with use_dictionary"
+        );
+        let d = app.use_dictionary().route_dictionary().unwrap().unwrap();
+        let expected = RouteDictionary::new(
+            ["chat.h.send", "connector.h.enter", "gate.h.query"],
+            ["onChat", "onAdd"],
+        )
+        .unwrap();
+        assert_eq!(d.dict_json(), expected.dict_json());
+        assert_eq!(d.code("onAdd"), Some(5));
     }
 }
