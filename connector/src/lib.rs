@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //! - [`config`]: [`ConnectorConfig`], every knob with its documented default.
+//! - [`close`]: [`Disconnect`], why a connection ended (typed; its text goes to close hooks).
 //! - [`mod@sniff`]: the pure TCP-or-HTTP decision over the first bytes.
 //! - [`rewind`]: replays the sniffed bytes into the chosen protocol.
 //! - [`limit`]: the token bucket of the per-connection rate limit.
@@ -71,6 +72,7 @@
 //! # Cancel safety
 //! Unless stated otherwise, public async functions are not cancel safe.
 
+pub mod close;
 pub mod config;
 pub mod frontend;
 pub mod handler;
@@ -85,6 +87,7 @@ pub mod stats;
 pub mod tls;
 pub mod transport;
 
+pub use close::Disconnect;
 pub use config::ConnectorConfig;
 pub use frontend::{
     DrainReport, Error, Forwarder, Frontend, FrontendBuilder, GAVE_UP_MESSAGE, PushReport,

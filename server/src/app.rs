@@ -338,6 +338,8 @@ pub struct App {
     pub(crate) state: StateMap,
     pub(crate) error_handler: Option<shaddock_connector::handler::ErrorHandler>,
     pub(crate) rpc_filters: Vec<Arc<dyn shaddock_rpc::DynRpcFilter>>,
+    /// Routes of server types absent from servers.json are only warned about.
+    pub(crate) allow_missing_types: bool,
     pub(crate) protos: Option<Arc<Protos>>,
     pub(crate) duplicate_login: DuplicateLogin,
     pub(crate) errors: Vec<AppError>,
@@ -638,8 +640,18 @@ impl App {
         }
     }
 
+    /// Lets routes of server types that servers.json does not list pass the start-up check
+    /// (logged as a warning instead): for an app deployed in parts, or a test fixture that
+    /// starts only some of its types. A route on servers of the wrong kind is still an error.
+    #[must_use]
+    pub fn allow_missing_server_types(mut self) -> Self {
+        self.allow_missing_types = true;
+        self
+    }
+
     /// Checks every registered route against the servers of `servers.json` (`file`, for the
-    /// message): its server type must be there, a backend handler's on backend servers, a
+    /// message): its server type must be there (unless
+    /// [`App::allow_missing_server_types`]), a backend handler's on backend servers, a
     /// frontend handler's on frontends.
     ///
     /// # Errors
@@ -671,6 +683,10 @@ impl App {
         routes.sort_unstable();
         for (route, server_type, wants_frontend) in routes {
             let reason = match (kinds.get(server_type), wants_frontend) {
+                (None, _) if self.allow_missing_types => {
+                    tracing::warn!(route, server_type, file = %file.display(), "route of a server type with no servers");
+                    continue;
+                }
                 (None, _) => format!("server type `{server_type}` has no servers"),
                 (Some(false), true) => format!(
                     "a frontend handler, but the `{server_type}` servers are not frontends \

@@ -298,7 +298,7 @@ mod tests {
     }
 
     #[test]
-    fn requests_without_their_field_get_an_error_naming_it() {
+    fn requests_without_their_field_get_an_error() {
         assert_eq!(decode::<Send>(json!({"msg": " hi "})).unwrap().msg.0, "hi");
         for body in [json!({}), json!({"msg": ""}), json!({"msg": 7}), json!([])] {
             let e = decode::<Send>(body.clone()).unwrap_err();

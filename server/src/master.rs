@@ -71,13 +71,53 @@ fn relay_server_output(
     })
 }
 
+/// Where a managed server is in its life, as `list` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ServerState {
+    /// Its process is started and has not registered yet.
+    Starting,
+    /// Registered with the master.
+    Running,
+    /// Crashed; restarted after its backoff.
+    Restarting,
+    /// Stopped (told to, or killed).
+    Stopped,
+    /// Ended on its own with restart off.
+    Exited,
+    /// Crashed too often: not restarted again.
+    CrashLoop,
+    /// Could not start.
+    Failed,
+}
+
+impl ServerState {
+    /// The word `list` prints.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Restarting => "restarting",
+            Self::Stopped => "stopped",
+            Self::Exited => "exited",
+            Self::CrashLoop => "crash-loop",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for ServerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 struct Managed {
     cfg: ServerConfig,
     /// The server's definition, passed to the child when it was added at runtime.
     def_json: Option<String>,
     pid: u32,
     started: Option<Instant>,
-    state: &'static str,
+    state: ServerState,
     restarts: u32,
     connections: u64,
     entry: Option<ServerEntry>,
@@ -195,8 +235,8 @@ impl Master {
                     return;
                 };
                 if m.stopping {
-                    if m.state == "restarting" {
-                        m.state = "stopped";
+                    if m.state == ServerState::Restarting {
+                        m.state = ServerState::Stopped;
                         self.publish(&mut st);
                     }
                     return;
@@ -243,7 +283,7 @@ impl Master {
                     {
                         let mut st = lock(&self.state);
                         if let Some(m) = st.servers.get_mut(&id) {
-                            m.state = "failed";
+                            m.state = ServerState::Failed;
                         }
                         self.publish(&mut st);
                     }
@@ -264,7 +304,7 @@ impl Master {
                 if let Some(m) = st.servers.get_mut(&id) {
                     m.pid = child.id().unwrap_or(0);
                     m.started = Some(started_at);
-                    m.state = "starting";
+                    m.state = ServerState::Starting;
                     m.connections = 0;
                 }
             }
@@ -315,13 +355,13 @@ impl Master {
                     Next::Restart
                 };
                 m.state = match next {
-                    Next::Stopped => "stopped",
-                    Next::StartFailed => "failed",
-                    Next::Exited => "exited",
-                    Next::CrashLoop(_) => "crash-loop",
+                    Next::Stopped => ServerState::Stopped,
+                    Next::StartFailed => ServerState::Failed,
+                    Next::Exited => ServerState::Exited,
+                    Next::CrashLoop(_) => ServerState::CrashLoop,
                     Next::Restart => {
                         m.restarts += 1;
-                        "restarting"
+                        ServerState::Restarting
                     }
                 };
                 m.down_epoch += 1;
@@ -374,7 +414,7 @@ impl Master {
                     // "restarting" server that never comes (STOP_WAIT twice).
                     let mut st = lock(&self.state);
                     if let Some(m) = st.servers.get_mut(&id) {
-                        m.state = "stopped";
+                        m.state = ServerState::Stopped;
                     }
                     self.publish(&mut st);
                     tracing::info!(server = %id, "stopped while waiting to restart");
@@ -515,7 +555,7 @@ impl Master {
                 ids.iter().all(|id| {
                     st.servers
                         .get(id)
-                        .is_none_or(|m| m.pid == 0 && m.state != "restarting")
+                        .is_none_or(|m| m.pid == 0 && m.state != ServerState::Restarting)
                 })
             };
             if done {
@@ -579,7 +619,7 @@ impl Master {
                 def_json: Some(def),
                 pid: 0,
                 started: None,
-                state: "starting",
+                state: ServerState::Starting,
                 restarts: 0,
                 connections: 0,
                 entry: None,
@@ -629,7 +669,7 @@ impl master_remote::Remote for MasterRemote {
         let mut st = lock(&m.state);
         match st.servers.get_mut(&entry.id) {
             Some(s) => {
-                s.state = "running";
+                s.state = ServerState::Running;
                 s.pid = entry.pid;
                 s.entry = Some(entry.clone());
                 let again = std::mem::replace(&mut s.registered_once, true);
@@ -701,7 +741,7 @@ impl master_remote::Remote for MasterRemote {
                 host: m.cfg.host.clone(),
                 port: m.entry.as_ref().map_or(0, |e| e.port),
                 client_port: m.entry.as_ref().map_or(0, |e| e.client_port),
-                state: m.state.to_owned(),
+                state: m.state.to_string(),
                 restarts: m.restarts,
             })
             .collect();
@@ -930,7 +970,7 @@ pub(crate) async fn run_master(
                     def_json: None,
                     pid: 0,
                     started: None,
-                    state: "starting",
+                    state: ServerState::Starting,
                     restarts: 0,
                     connections: 0,
                     entry: None,

@@ -89,6 +89,8 @@ fn main() -> ExitCode {
     };
     let lifecycle = Lifecycle(std::env::var_os("SHADDOCK_DEMO_LIFECYCLE_DIR").map(Into::into));
     let app = App::new("shaddock-demo")
+        // The tests start only the types each needs.
+        .allow_missing_server_types()
         .duplicate_login(policy)
         .component(lifecycle)
         .before("chat", |req| {
