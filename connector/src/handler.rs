@@ -20,7 +20,7 @@ pub use shaddock_core::{
 use crate::session::Session;
 
 /// The frontend's session is an extractor: a handler taking a [`Session`] gets the client's.
-impl FromRequest<Session> for Session {
+impl FromRequest<Self> for Session {
     fn from_request(req: &Request<Self>) -> Result<Self, HandlerError> {
         Ok(req.session().clone())
     }

@@ -1054,6 +1054,57 @@ async fn protobuf_routes_in_handshake_bodies_and_pushes() {
     server.stop().await;
 }
 
+/// The body of `connector.entryHandler.echo` as a prost message: the pomelo-protobuf
+/// encoding of its clientProtos schema is protobuf's.
+#[derive(Clone, PartialEq, prost::Message)]
+struct EchoPb {
+    #[prost(string, tag = "1")]
+    text: String,
+}
+
+#[tokio::test]
+async fn a_proto_extractor_gets_the_protobuf_body_and_refuses_a_json_one() {
+    use shaddock_connector::Proto;
+    use shaddock_protocol::protobuf::{Protos, Schema};
+    let client_protos = json!({"connector.entryHandler.echo": {"required string text": 1}});
+    let protos = Arc::new(Protos::new(
+        Schema::from_file_json(&json!({})).unwrap(),
+        Schema::from_file_json(&client_protos).unwrap(),
+    ));
+    let echo = |Proto(req): Proto<EchoPb>| async move {
+        Ok::<_, HandlerError>(json!({"code": 200, "text": req.text}))
+    };
+    let builder = Frontend::builder(test_config())
+        .handler("connector.entryHandler.echo", echo)
+        .handler("connector.entryHandler.pbOnly", echo)
+        .protos(protos.clone());
+    let server = start(builder).await;
+    let mut c = Client::tcp(server.addr).await;
+    c.handshake().await;
+    let body = protos
+        .client()
+        .encode("connector.entryHandler.echo", &json!({"text": "pb"}))
+        .unwrap();
+    c.send_message(Message::request(
+        1,
+        MessageRoute::name("connector.entryHandler.echo"),
+        body,
+    ))
+    .await;
+    let m = c.recv_message().await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&m.body).unwrap(),
+        json!({"code": 200, "text": "pb"})
+    );
+    // A JSON route (not in clientProtos) has no protobuf body to give.
+    let r = c
+        .call(2, "connector.entryHandler.pbOnly", &json!({"text": "json"}))
+        .await;
+    assert_eq!(r["code"], 500, "{r}");
+    assert!(r["msg"].as_str().unwrap().contains("protobuf"), "{r}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn in_flight_limit_parks_messages_without_losing_them() {
     use std::sync::atomic::{AtomicUsize, Ordering};

@@ -78,17 +78,18 @@ pub struct Json<T>(pub T);
 
 impl<S, T: DeserializeOwned> FromRequest<S> for Json<T> {
     fn from_request(req: &Request<S>) -> Result<Self, HandlerError> {
+        // serde lets a struct read an array positionally; a route whose body is an object
+        // (every pomelo body is) refuses arrays instead.
+        if req.body().is_array() && wants_object::<T>() {
+            return Err(HandlerError::internal(
+                "the request body must be a JSON object",
+            ));
+        }
         match serde_path_to_error::deserialize::<_, T>(req.body()) {
             Ok(t) => Ok(Self(t)),
             Err(e) => {
                 let path = e.path().to_string();
-                // serde lets a struct read an array positionally: a failure inside an array
-                // body means the route wanted an object (pomelo bodies are objects).
-                let message = if req.body().is_array() && path.starts_with('[') {
-                    "the request body must be a JSON object".to_owned()
-                } else {
-                    json_error_message(&path, e.inner())
-                };
+                let message = json_error_message(&path, e.inner());
                 tracing::debug!(route = req.route(), path, cause = %e.inner(), "request body does not decode");
                 Err(HandlerError::internal(message))
             }
@@ -128,6 +129,15 @@ impl<S, T: prost::Message + Default> FromRequest<S> for Proto<T> {
                 req.route()
             ))
         })
+    }
+}
+
+/// Whether `T` reads a JSON object (a struct or map): it decodes from `{}`, or fails there
+/// only for a missing field.
+fn wants_object<T: DeserializeOwned>() -> bool {
+    match T::deserialize(&Value::Object(serde_json::Map::new())) {
+        Ok(_) => true,
+        Err(e) => e.to_string().starts_with("missing field"),
     }
 }
 
@@ -178,7 +188,8 @@ pub fn json_error_message(path: &str, e: &serde_json::Error) -> String {
         };
     }
     if root {
-        format!("the request body is not what this route expects: {text}")
+        // serde's other messages at the top name the Rust type.
+        "the request body does not have the fields and types this route expects".to_owned()
     } else {
         format!("field `{path}` {text}")
     }
@@ -262,6 +273,11 @@ mod tests {
                 "field `age` must be an integer (got string \"old\")",
             ),
             (json!([1, 2]), "the request body must be a JSON object"),
+            (json!([]), "the request body must be a JSON object"),
+            (
+                json!(["x", 1, null]),
+                "the request body must be a JSON object",
+            ),
             (
                 json!({"username": "x", "age": 1, "inner": {"tag": ""}}),
                 "field `inner.tag` must not be empty",

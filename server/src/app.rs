@@ -173,7 +173,7 @@ pub type BackendRequest = RequestInfo;
 
 /// The backend's session is an extractor: a backend handler taking a [`BackendSession`]
 /// gets the client's.
-impl FromRequest<BackendSession> for BackendSession {
+impl FromRequest<Self> for BackendSession {
     fn from_request(req: &Request<Self>) -> Result<Self, HandlerError> {
         Ok(req.session().clone())
     }
