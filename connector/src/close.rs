@@ -37,6 +37,34 @@ pub enum Disconnect {
     Other(String),
 }
 
+/// Why the connector itself kicks a client (the app's kicks carry its own text). Its text is
+/// the KICK's `reason` and, after `kicked: `, the close reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KickReason {
+    /// More packages than the rate limit allows.
+    RateLimit,
+    /// The outbound queue (of this many messages) is full: the client does not read.
+    SlowConsumer {
+        /// The queue's capacity.
+        capacity: usize,
+    },
+}
+
+impl std::fmt::Display for KickReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::RateLimit => f.write_str("rate limit exceeded"),
+            Self::SlowConsumer { capacity } => {
+                write!(
+                    f,
+                    "slow consumer: outbound queue full ({capacity} messages)"
+                )
+            }
+        }
+    }
+}
+
 impl From<&CloseReason> for Disconnect {
     fn from(reason: &CloseReason) -> Self {
         match reason {
@@ -91,5 +119,10 @@ mod tests {
         ] {
             assert_eq!(d.to_string(), text);
         }
+        assert_eq!(KickReason::RateLimit.to_string(), "rate limit exceeded");
+        assert_eq!(
+            KickReason::SlowConsumer { capacity: 8 }.to_string(),
+            "slow consumer: outbound queue full (8 messages)"
+        );
     }
 }

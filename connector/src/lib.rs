@@ -87,7 +87,7 @@ pub mod stats;
 pub mod tls;
 pub mod transport;
 
-pub use close::Disconnect;
+pub use close::{Disconnect, KickReason};
 pub use config::ConnectorConfig;
 pub use frontend::{
     DrainReport, Error, Forwarder, Frontend, FrontendBuilder, GAVE_UP_MESSAGE, PushReport,

@@ -238,9 +238,9 @@ impl Session {
             Err(PushError::Closed) => Err(SessionError::Closed(self.id())),
             Err(PushError::Full) => {
                 let capacity = self.inner.outbound.capacity();
-                if self.request_kick(format!(
-                    "slow consumer: outbound queue full ({capacity} messages)"
-                )) {
+                if self
+                    .request_kick(crate::close::KickReason::SlowConsumer { capacity }.to_string())
+                {
                     ConnectorStats::incr(&self.inner.stats.slow_consumers);
                     tracing::warn!(
                         sid = self.id(),

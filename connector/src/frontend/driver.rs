@@ -14,7 +14,7 @@ use tracing::Instrument;
 
 use super::Inner;
 use super::dispatch::{dispatch, refuse_stopping};
-use crate::close::Disconnect;
+use crate::close::{Disconnect, KickReason};
 use crate::handshake;
 use crate::limit::TokenBucket;
 use crate::session::Session;
@@ -171,7 +171,7 @@ where
                                 ConnectorStats::incr(&stats.rate_limited);
                                 ConnectorStats::incr(&stats.kicked);
                                 tracing::warn!(peer = %self.session.peer_addr(), "inbound rate limit exceeded, kicking");
-                                conn.kick("rate limit exceeded");
+                                conn.kick(&KickReason::RateLimit.to_string());
                                 break;
                             }
                             conn.handle_package(package, now);

@@ -9,7 +9,7 @@
 //!
 //! - `broadcast {..}` pushes `onBroadcast` to every session of every connector;
 //!   `kickUser {uid}` kicks a uid wherever it is; a body with `"forbidden": true` is refused
-//!   by a backend filter; a `Lifecycle` component records start/after_start/stop per server
+//!   by a backend filter; a `Lifecycle` component records start/after_start/before_stop/stop per server
 //!   in `$SHADDOCK_DEMO_LIFECYCLE_DIR`; `SHADDOCK_DEMO_DUPLICATE=refuse` refuses duplicate
 //!   logins instead of kicking the old session; `SHADDOCK_DEMO_FAIL_AGAIN=<server id>` makes
 //!   that server's every start after its first fail at once (it records `refused`), to test
@@ -26,7 +26,7 @@ use shaddock_server::{
     Session, run,
 };
 
-/// Appends `start`, `after_start` and `stop` to `$SHADDOCK_DEMO_LIFECYCLE_DIR/<server id>`.
+/// Appends `start`, `after_start`, `before_stop` and `stop` to `$SHADDOCK_DEMO_LIFECYCLE_DIR/<server id>`.
 struct Lifecycle(Option<std::path::PathBuf>);
 
 impl Lifecycle {
@@ -64,6 +64,10 @@ impl Component for Lifecycle {
     }
     async fn after_start(&self, ctx: &ServerContext) -> Result<(), ComponentError> {
         self.note(ctx, "after_start");
+        Ok(())
+    }
+    async fn before_stop(&self, ctx: &ServerContext) -> Result<(), ComponentError> {
+        self.note(ctx, "before_stop");
         Ok(())
     }
     async fn stop(&self, ctx: &ServerContext) -> Result<(), ComponentError> {
