@@ -26,11 +26,9 @@ use shaddock_core::sys::{
     msg_remote, session_remote,
 };
 use shaddock_core::{Request, RequestInfo, StateMap, filter};
-// The frontend-running side: forwarding and `sessionRemote` on a frontend this server runs.
-use shaddock_connector::{RpcForwarder, Session, SessionRemote};
 use shaddock_rpc::{RemoteError, RpcError, Target};
 
-use crate::app::{BackendFilter, ErasedBackend, RouteKey, TypeDef};
+use crate::app::{BackendFilter, ErasedBackend, TypeDef};
 use crate::channel::{PushError, encode_push};
 use crate::context::ServerContext;
 
@@ -59,15 +57,6 @@ impl SessionInfo {
             uid: Some(s.uid).filter(|u| !u.is_empty()),
             frontend_id: s.frontend_id,
             settings,
-        }
-    }
-
-    pub(crate) fn of(session: &Session) -> Self {
-        Self {
-            id: session.id(),
-            uid: session.uid(),
-            frontend_id: session.frontend_id().to_owned(),
-            settings: session.settings(),
         }
     }
 }
@@ -373,37 +362,6 @@ impl msg_remote::Remote for MsgRemote {
     }
 }
 
-/// The frontend's forwarder: the connector's [`RpcForwarder`] over this server's RPC client,
-/// with the app's route keys.
-pub(crate) fn forwarder(ctx: &ServerContext, keys: HashMap<String, RouteKey>) -> RpcForwarder {
-    let forwarder = RpcForwarder::new(ctx.rpc().clone());
-    for (server_type, key) in keys {
-        forwarder.route_key(server_type, move |s: &Session, _route: &str| {
-            key(&SessionInfo::of(s)).into_bytes()
-        });
-    }
-    forwarder
-}
-
-/// The frontend's `sessionRemote`: the connector's, binding uids cluster-wide through the
-/// master ([`ServerContext::bind`]).
-pub(crate) fn session_remote(
-    ctx: &ServerContext,
-    frontend: &shaddock_connector::Frontend,
-) -> session_remote::Server<SessionRemote> {
-    let ctx = ctx.clone();
-    SessionRemote::new(frontend.clone())
-        .bind_with(move |session, uid| {
-            let ctx = ctx.clone();
-            Box::pin(async move {
-                ctx.bind(&session, &uid)
-                    .await
-                    .map_err(|e| RemoteError::new(500, e.to_string()))
-            })
-        })
-        .into_server()
-}
-
 #[cfg(test)]
 mod tests {
     //! Settings over real sockets and real RPC: a client on a connector frontend, the
@@ -414,7 +372,7 @@ mod tests {
 
     use serde_json::json;
     use shaddock_client::{Client, ClientConfig, Transport};
-    use shaddock_connector::{ConnectorConfig, Frontend};
+    use shaddock_connector::{ConnectorConfig, Frontend, RpcForwarder, Session};
     use shaddock_rpc::{Registry, RpcClient, RpcConfig, RpcServer, ServerInfo};
     use tokio::net::TcpListener;
     use tokio::sync::{Semaphore, mpsc};
@@ -437,6 +395,28 @@ mod tests {
         entered: mpsc::Receiver<()>,
         release: Arc<Semaphore>,
         shutdown: CancellationToken,
+        /// What the backend filter's `after` saw: route, uid, and whether it succeeded.
+        filtered: Arc<std::sync::Mutex<Vec<(String, Option<String>, bool)>>>,
+    }
+
+    /// A backend filter: refuses bodies with `"deny": true` (code 403), records outcomes.
+    struct Audit(Arc<std::sync::Mutex<Vec<(String, Option<String>, bool)>>>);
+
+    impl crate::Filter<BackendSession> for Audit {
+        async fn before(&self, req: &Request<BackendSession>) -> Result<(), HandlerError> {
+            if req.body()["deny"] == json!(true) {
+                return Err(HandlerError::new(403, format!("{} denied", req.route())));
+            }
+            Ok(())
+        }
+
+        async fn after(&self, req: &Request<BackendSession>, outcome: &crate::Outcome) {
+            self.0.lock().unwrap().push((
+                req.route().to_owned(),
+                req.session().uid(),
+                outcome.is_ok(),
+            ));
+        }
     }
 
     /// A connector frontend (`connector-1`) forwarding `chat.*` to one chat backend whose
@@ -506,7 +486,9 @@ mod tests {
         );
         let gate = release.clone();
         let observer = frontend.clone();
+        let filtered = Arc::default();
         let app = App::new("settings-test")
+            .filter("chat", Audit(Arc::clone(&filtered)))
             .handler("chat.h.held", move |s: BackendSession, v: Value| {
                 let (entered_tx, gate) = (entered_tx.clone(), gate.clone());
                 async move {
@@ -570,7 +552,32 @@ mod tests {
             entered,
             release,
             shutdown,
+            filtered,
         }
+    }
+
+    /// A backend filter's `before` refuses a forwarded request (the client gets its error,
+    /// the handler does not run) and its `after` sees every outcome.
+    #[tokio::test]
+    async fn backend_filters_refuse_before_and_see_every_outcome_after() {
+        let t = setup().await;
+        let r = within(t.client.request("chat.h.push", &json!({"deny": true})))
+            .await
+            .unwrap();
+        assert_eq!(r, json!({"code": 403, "msg": "chat.h.push denied"}));
+        let r = within(t.client.request("chat.h.push", &json!({})))
+            .await
+            .unwrap();
+        assert_eq!(r["pushed"], true, "{r}");
+        // The refused request did not run: `p` was set once, by the second.
+        assert_eq!(
+            t.filtered.lock().unwrap().clone(),
+            [
+                ("chat.h.push".to_owned(), None, false),
+                ("chat.h.push".to_owned(), None, true)
+            ]
+        );
+        t.shutdown.cancel();
     }
 
     fn frontend_settings(f: &Frontend) -> Map<String, Value> {

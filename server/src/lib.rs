@@ -33,6 +33,7 @@ pub mod channel;
 mod cli;
 pub mod config;
 pub mod context;
+mod frontend;
 mod init;
 pub mod master;
 pub mod placement;

@@ -12,9 +12,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, Hook};
-use crate::backend::{MsgRemote, forwarder, session_remote};
+use crate::backend::MsgRemote;
 use crate::config::ServerConfig;
 use crate::context::{RejoinSpec, ServerContext};
+use crate::frontend::{forwarder, session_remote};
 use crate::proto::{
     Claim, ClaimSet, ServerEntry, StatsReport, StopArgs, WatchArgs, master_remote, msg_remote,
     server_remote,
