@@ -123,7 +123,7 @@ fn start_refuses_a_route_whose_server_type_is_not_in_servers_json() {
         .expect("development")
         .remove("chat");
     std::fs::write(&file, servers.to_string()).expect("write");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shaddock-chat"))
+    let child = Command::new(env!("CARGO_BIN_EXE_shaddock-chat"))
         .arg("start")
         .arg("--config")
         .arg(&dir)
