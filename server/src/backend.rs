@@ -396,11 +396,14 @@ mod tests {
         release: Arc<Semaphore>,
         shutdown: CancellationToken,
         /// What the backend filter's `after` saw: route, uid, and whether it succeeded.
-        filtered: Arc<std::sync::Mutex<Vec<(String, Option<String>, bool)>>>,
+        filtered: Seen,
     }
 
+    /// Route, uid, success: what a filter's `after` saw.
+    type Seen = Arc<std::sync::Mutex<Vec<(String, Option<String>, bool)>>>;
+
     /// A backend filter: refuses bodies with `"deny": true` (code 403), records outcomes.
-    struct Audit(Arc<std::sync::Mutex<Vec<(String, Option<String>, bool)>>>);
+    struct Audit(Seen);
 
     impl crate::Filter<BackendSession> for Audit {
         async fn before(&self, req: &Request<BackendSession>) -> Result<(), HandlerError> {
