@@ -205,7 +205,13 @@ use std::process::ExitCode;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use shaddock_server::{App, BackendSession, HandlerError, Json, ServerContext, Session, run};
+use shaddock_server::{
+    App, BackendSession, HandlerError, Json, ServerContext, Session, State, run,
+};
+
+/// The room everybody chats in: the app's state (`App::with_state`), extracted with `State`.
+#[derive(Debug, Clone)]
+struct Lobby(&'static str);
 
 /// A string that is not empty once trimmed (kept trimmed).
 #[derive(Debug, Deserialize)]
@@ -263,11 +269,15 @@ async fn enter(ctx: ServerContext, s: Session, Json(e): Json<Enter>) -> Result<V
 }
 
 /// The chat backend: `onChat` to everybody in the lobby.
-async fn send(s: BackendSession, Json(m): Json<Send>) -> Result<Value, HandlerError> {
+async fn send(
+    State(Lobby(lobby)): State<Lobby>,
+    s: BackendSession,
+    Json(m): Json<Send>,
+) -> Result<Value, HandlerError> {
     let uid = s
         .uid()
         .ok_or_else(|| HandlerError::new(500, "enter first (connector.entryHandler.enter)"))?;
-    let room = s.ctx().channels().get_or_create("lobby");
+    let room = s.ctx().channels().get_or_create(lobby);
     room.add(&uid, s.frontend_id());
     room.push("onChat", &json!({"from": uid, "msg": m.msg.0}))
         .await
@@ -277,6 +287,7 @@ async fn send(s: BackendSession, Json(m): Json<Send>) -> Result<Value, HandlerEr
 
 fn app() -> App {
     App::new(env!("CARGO_PKG_NAME"))
+        .with_state(Lobby("lobby"))
         .frontend_handler("gate.gateHandler.queryEntry", query_entry)
         .frontend_handler("connector.entryHandler.enter", enter)
         .handler("chat.chatHandler.send", send)
