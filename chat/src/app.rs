@@ -9,10 +9,10 @@ use shaddock_rpc::{RpcError, Target};
 use shaddock_server::app::BoxFuture;
 use shaddock_server::{
     App, BackendSession, BindError, Component, ComponentError, DuplicateLogin, HandlerError, Json,
-    LiveServer, Rejoin, RequestInfo, ServerContext, Session,
+    LiveServer, Rejoin, RequestInfo, ServerContext, Session, State,
 };
 
-use crate::remote::{CODE_NAME_TAKEN, ChatRemote, Member, chat_remote};
+use crate::remote::{CODE_NAME_TAKEN, ChatRemote, Member, Rooms, chat_remote};
 pub use crate::validate::MAX_GATE_UID_CHARS;
 use crate::validate::{self, Content, GateUid, Name, Room, name_of};
 
@@ -291,13 +291,17 @@ async fn enter(
 
 /// `chat.chatHandler.send`: `onChat {msg, from, target}` to the session's room or to one user
 /// in it. Answers `{}`.
-async fn send(s: BackendSession, Json(m): Json<Send>) -> Result<(), HandlerError> {
+async fn send(
+    State(rooms): State<Rooms>,
+    s: BackendSession,
+    Json(m): Json<Send>,
+) -> Result<(), HandlerError> {
     let uid = s.uid().ok_or_else(|| refuse(NOT_ENTERED))?;
     let Some(Value::String(rid)) = s.get("rid") else {
         return Err(refuse(NOT_ENTERED));
     };
     let (Content(content), target) = (m.content, m.target);
-    let channels = s.ctx().channels();
+    let channels = rooms.channels();
     let channel = channels
         .get(&rid)
         .filter(|c| c.member(&uid).is_some())
@@ -385,9 +389,11 @@ pub fn app() -> App {
         // move, with their members.
         .placement("chat")
         .rejoin("chat", rejoin_room)
+        // Each server's rooms, for the send handler and the remote alike.
+        .with_state_from(Rooms::new)
         .remotes("chat", |ctx, registry| {
             registry
-                .add(chat_remote::Server::new(ChatRemote::new(ctx.clone())))
+                .add(chat_remote::Server::new(ChatRemote::new(Rooms::new(ctx))))
                 .map(drop)
         })
         .component(LeaveOnClose)

@@ -11,7 +11,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use shaddock_rpc::RemoteError;
-use shaddock_server::ServerContext;
+use shaddock_server::{ChannelService, ServerContext};
 
 use crate::validate::name_of;
 
@@ -56,16 +56,38 @@ shaddock_rpc::remote! {
     }
 }
 
+/// The rooms of one chat server: a [`ChannelService`] channel per room. The chat servers'
+/// state (`App::with_state_from`): `chat.chatHandler.send` takes it as `State<Rooms>`, and
+/// [`ChatRemote`] works on the same rooms.
+#[derive(Debug, Clone)]
+pub struct Rooms {
+    channels: ChannelService,
+}
+
+impl Rooms {
+    /// The rooms of the chat server `ctx`.
+    pub fn new(ctx: &ServerContext) -> Self {
+        Self {
+            channels: ctx.channels().clone(),
+        }
+    }
+
+    /// The channels, one per room.
+    pub fn channels(&self) -> &ChannelService {
+        &self.channels
+    }
+}
+
 /// The implementation, on every chat server.
 #[derive(Debug, Clone)]
 pub struct ChatRemote {
-    ctx: ServerContext,
+    rooms: Rooms,
 }
 
 impl ChatRemote {
-    /// The remote of the chat server `ctx`.
-    pub fn new(ctx: ServerContext) -> Self {
-        Self { ctx }
+    /// The remote of the chat server whose rooms are `rooms`.
+    pub fn new(rooms: Rooms) -> Self {
+        Self { rooms }
     }
 }
 
@@ -81,7 +103,7 @@ impl chat_remote::Remote for ChatRemote {
             frontend_id,
             rid,
         };
-        let channels = self.ctx.channels();
+        let channels = self.rooms.channels();
         // Check and join in one step: a room is removed with its last member, and this join
         // can never land in a room a concurrent kick has just removed.
         if channels.try_join(&m.rid, &m.uid, &m.frontend_id).is_err() {
@@ -119,7 +141,10 @@ impl chat_remote::Remote for ChatRemote {
     async fn rejoin(&self, members: Vec<Member>) -> Result<(), RemoteError> {
         for m in members {
             // Already there (entered again meanwhile): nothing to do.
-            let _ = self.ctx.channels().try_join(&m.rid, &m.uid, &m.frontend_id);
+            let _ = self
+                .rooms
+                .channels()
+                .try_join(&m.rid, &m.uid, &m.frontend_id);
         }
         Ok(())
     }
@@ -130,7 +155,7 @@ impl chat_remote::Remote for ChatRemote {
             frontend_id,
             rid,
         };
-        let channels = self.ctx.channels();
+        let channels = self.rooms.channels();
         // The last member's leave removes the room.
         let Some(left) = channels.leave(&m.rid, &m.uid, &m.frontend_id) else {
             return Ok(()); // not there (already left, or on another connector)
@@ -148,7 +173,7 @@ impl chat_remote::Remote for ChatRemote {
     }
 
     async fn rooms(&self) -> Result<RoomCount, RemoteError> {
-        let channels = self.ctx.channels();
+        let channels = self.rooms.channels();
         let names = channels.names();
         let members = names
             .iter()

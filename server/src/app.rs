@@ -236,6 +236,9 @@ pub trait FrontendHandler<A>: Handler<A, Session> {}
 
 impl<H: Handler<A, Session>, A> FrontendHandler<A> for H {}
 
+/// Adds per-process state to a server's [`StateMap`] (see [`App::with_state_from`]).
+pub(crate) type StateFactory = Arc<dyn Fn(&ServerContext, &mut StateMap) + Send + Sync>;
+
 /// A backend handler with its argument types erased.
 pub(crate) type ErasedBackend = dyn ErasedHandler<BackendSession>;
 
@@ -336,6 +339,8 @@ pub struct App {
     pub(crate) use_dictionary: bool,
     pub(crate) push_routes: Vec<String>,
     pub(crate) state: StateMap,
+    /// Per-process state, made once the server's context exists ([`App::with_state_from`]).
+    pub(crate) state_factories: Vec<StateFactory>,
     pub(crate) error_handler: Option<shaddock_connector::handler::ErrorHandler>,
     pub(crate) rpc_filters: Vec<Arc<dyn shaddock_rpc::DynRpcFilter>>,
     /// Routes of server types absent from servers.json are only warned about.
@@ -436,6 +441,30 @@ impl App {
     pub fn with_state<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
         self.state.insert(value);
         self
+    }
+
+    /// Adds state made by `make` on each server once its [`ServerContext`] exists (a value
+    /// built on what the server runs: its channels, its RPC client), extracted like
+    /// [`App::with_state`]'s with `State<T>`.
+    #[must_use]
+    pub fn with_state_from<T: Clone + Send + Sync + 'static>(
+        mut self,
+        make: impl Fn(&ServerContext) -> T + Send + Sync + 'static,
+    ) -> Self {
+        self.state_factories
+            .push(Arc::new(move |ctx, state| state.insert(make(ctx))));
+        self
+    }
+
+    /// The state handlers of the server `ctx` extract: [`App::with_state`]'s, the context
+    /// itself, and [`App::with_state_from`]'s.
+    pub(crate) fn server_state(&self, ctx: &ServerContext) -> StateMap {
+        let mut state = self.state.clone();
+        state.insert(ctx.clone());
+        for make in &self.state_factories {
+            make(ctx, &mut state);
+        }
+        state
     }
 
     /// Adds a filter for the backend handlers of `server_type` (its `before` and `after`

@@ -307,14 +307,12 @@ pub(crate) struct MsgRemote {
     pub(crate) ctx: ServerContext,
     pub(crate) handlers: HashMap<String, Arc<ErasedBackend>>,
     pub(crate) filters: Vec<BackendFilter>,
-    /// The app's state plus this server's context.
+    /// What handlers extract with `State<T>` (and the server's context).
     pub(crate) state: StateMap,
 }
 
 impl MsgRemote {
-    pub(crate) fn new(ctx: ServerContext, def: &TypeDef, app_state: &StateMap) -> Self {
-        let mut state = app_state.clone();
-        state.insert(ctx.clone());
+    pub(crate) fn new(ctx: ServerContext, def: &TypeDef, state: StateMap) -> Self {
         Self {
             ctx,
             handlers: def.handlers.clone(),
@@ -532,9 +530,9 @@ mod tests {
         let mut registry = Registry::new();
         registry
             .add(msg_remote::Server::new(MsgRemote::new(
-                ctx,
+                ctx.clone(),
                 def,
-                &StateMap::new(),
+                app.server_state(&ctx),
             )))
             .unwrap();
         tokio::spawn(RpcServer::new(registry, rpc_cfg).serve(back_l, shutdown.clone()));

@@ -302,8 +302,7 @@ pub(crate) async fn run_server(
         BodyCodec::new(dictionary.clone(), app.protos.clone()),
     );
     // What handlers extract: the app's state and this server's context.
-    let mut state = app.state.clone();
-    state.insert(ctx.clone());
+    let state = app.server_state(&ctx);
     let mut rejoins = Vec::new();
     for (t, d) in &app.types {
         if d.placed {
@@ -339,7 +338,7 @@ pub(crate) async fn run_server(
             .add(msg_remote::Server::new(MsgRemote::new(
                 ctx.clone(),
                 &def,
-                &app.state,
+                state.clone(),
             )))
             .map_err(reg_err)?;
     }
