@@ -2,7 +2,7 @@
 //! connectors over RPC (pomelo's `app.rpc.chat.chatRemote.add/kick`).
 //!
 //! Rooms are [`Channel`](shaddock_server::Channel)s of the chat server's
-//! [`ChannelService`](shaddock_server::ChannelService), one per room name; a push to a room is
+//! [`ChannelService`], one per room name; a push to a room is
 //! encoded once and sent as one RPC per connector that has members. A room exists while it
 //! has members: the first `add` creates it, the last `kick` removes it (a join and a leave of
 //! the same room are ordered by the channel service's lock, so a join never lands in a room

@@ -13,7 +13,7 @@
 //! body travels as the JSON text the client sent, the reply as the JSON text of the response
 //! body plus the settings the handler changed — only those keys, set or removed on the
 //! frontend session before the response is sent; keys the handler did not touch keep the
-//! frontend's value (see [`ForwardReply`]). Any failure — no server of the type, backend down,
+//! frontend's value (see [`ForwardReply`](shaddock_core::sys::ForwardReply)). Any failure — no server of the type, backend down,
 //! timeout, backend error — becomes a `{"code":500,"msg":…}` response (or the backend's own
 //! code and message) whose message tells the client's developer what to do, never RPC
 //! internals (see [`rpc_error_to_handler`]); the client stays connected.

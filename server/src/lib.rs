@@ -1,8 +1,10 @@
-//! The Shaddock application model: what turns the protocol, RPC and connector crates into
-//! pomelo's cluster of typed servers.
+//! The Shaddock application model: what turns the protocol, RPC, core and connector crates
+//! into pomelo's cluster of typed servers.
 //!
-//! An app is one binary. Its `main` declares the server types with an [`App`] and calls
-//! [`run`], which parses the pomelo-style command line:
+//! An app is one binary. Its `main` declares its routes with an [`App`] — each a plain async
+//! fn whose arguments are extractors ([`BackendSession`] or [`Session`], [`ServerContext`],
+//! [`Json<T>`](Json), [`Proto<T>`](Proto), [`State<T>`](State)) — and calls [`run`], which
+//! parses the pomelo-style command line:
 //!
 //! ```text
 //! app start [-e ENV] [-D] [--config DIR]   master in the foreground (-D: in the background)
@@ -19,11 +21,15 @@
 //!
 //! # Layout
 //! - [`config`]: `config/servers.json` and `config/master.json` in pomelo's shape, validated.
-//! - [`app`]: the [`App`] builder: handlers, remotes, routers, filters, components.
+//! - [`app`]: the [`App`] builder: handlers, state, remotes, routers, filters (client and
+//!   RPC), components, the route dictionary; the start-up check of routes against
+//!   servers.json.
 //! - [`context`]: [`ServerContext`], a running server's view of itself and the cluster.
 //! - [`backend`]: forwarded requests, [`BackendSession`].
 //! - [`channel`]: [`ChannelService`] and [`Channel`], pushes grouped by frontend.
 //! - [`proto`]: the framework's `sys` remotes and their messages (`shaddock_core::sys`).
+//! - `frontend`: forwarding and `sessionRemote` on a frontend this server runs (with
+//!   [`process`] and [`context`], the only users of the connector crate).
 //! - [`master`], [`process`], `cli`, `init`: the processes and the command line.
 //! - [`procfs`]: a process's resident memory from `/proc`.
 

@@ -74,7 +74,7 @@ pub trait Forwarder: Send + Sync + 'static {
     /// before it is returned (the request itself stays with the frontend's filters).
     ///
     /// # Errors
-    /// A [`HandlerError`] for the client (no server of the type, backend down or slow ...).
+    /// A [`HandlerError`](crate::HandlerError) for the client (no server of the type, backend down or slow ...).
     fn forward(&self, server_type: &str, request: &Request<Session>)
     -> BoxFuture<'static, Outcome>;
 }

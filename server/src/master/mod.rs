@@ -2,7 +2,7 @@
 //! and restarts them, keeps the cluster view servers follow, answers the CLI, and owns the
 //! cluster-wide uid registry.
 //!
-//! - `state`: what the master knows of each server ([`ServerState`], restarts, crashes).
+//! - `state`: what the master knows of each server (`ServerState`, restarts, crashes).
 //! - `supervise`: starting, watching, restarting and stopping the server processes.
 //! - `remote`: the `master` remote (registration, watch, admin calls, uids, placements).
 //! - `output`: the lines the master prints and relays from its servers.
