@@ -400,6 +400,28 @@ mod tests {
     /// Route, uid, success: what a filter's `after` saw.
     type Seen = Arc<std::sync::Mutex<Vec<(String, Option<String>, bool)>>>;
 
+    /// `chat.h.pb`'s body as a prost message (the tags of its clientProtos schema).
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Pb {
+        #[prost(string, tag = "1")]
+        text: String,
+    }
+
+    /// A protobuf body reaches a backend handler as the client sent it (`Proto<T>`) and as
+    /// its schema's JSON (`Value`).
+    #[tokio::test]
+    async fn a_protobuf_body_is_forwarded_to_a_proto_extractor() {
+        let t = setup().await;
+        let r = within(t.client.request("chat.h.pb", &json!({"text": "hi"})))
+            .await
+            .unwrap();
+        assert_eq!(
+            r,
+            json!({"text": "hi", "json": {"text": "hi"}, "uid": null})
+        );
+        t.shutdown.cancel();
+    }
+
     /// A backend filter: refuses bodies with `"deny": true` (code 403), records outcomes.
     struct Audit(Seen);
 
@@ -446,6 +468,14 @@ mod tests {
                 },
             )
             .forwarder(Arc::new(RpcForwarder::new(front_rpc.clone())))
+            // `chat.h.pb` takes a protobuf body (clientProtos); every other route is JSON.
+            .protos(Arc::new(shaddock_protocol::protobuf::Protos::new(
+                shaddock_protocol::protobuf::Schema::from_file_json(&json!({})).unwrap(),
+                shaddock_protocol::protobuf::Schema::from_file_json(
+                    &json!({"chat.h.pb": {"required string text": 1}}),
+                )
+                .unwrap(),
+            )))
             .build()
             .expect("frontend");
         let client_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -490,6 +520,12 @@ mod tests {
         let filtered = Arc::default();
         let app = App::new("settings-test")
             .filter("chat", Audit(Arc::clone(&filtered)))
+            .handler(
+                "chat.h.pb",
+                |s: BackendSession, crate::Proto(pb): crate::Proto<Pb>, body: Value| async move {
+                    Ok::<_, HandlerError>(json!({"text": pb.text, "json": body, "uid": s.uid()}))
+                },
+            )
             .handler("chat.h.held", move |s: BackendSession, v: Value| {
                 let (entered_tx, gate) = (entered_tx.clone(), gate.clone());
                 async move {
