@@ -83,18 +83,15 @@ pub(super) async fn dispatch(
     // does not decode is answered with the decoder's message (after filters see it too).
     let (req, early) = match decode(&inner, &info, &msg.body) {
         Ok((body, protobuf)) => {
-            let mut req =
-                Request::new(info.clone(), session.clone(), body).with_state(inner.state.clone());
+            let mut req = Request::new(info, session.clone(), body).with_state(inner.state.clone());
             if let Some(raw) = protobuf {
                 req = req.with_protobuf(raw);
             }
             (req, None)
         }
-        Err(e) => (
-            Request::new(info.clone(), session.clone(), Value::Null),
-            Some(e),
-        ),
+        Err(e) => (Request::new(info, session.clone(), Value::Null), Some(e)),
     };
+    let info = req.info();
     let run = async {
         match early {
             Some(e) => Err(e),
@@ -109,7 +106,7 @@ pub(super) async fn dispatch(
             tracing::warn!(route = %info.route, id = info.id, "server stopping: request not finished within the drain, answered with an error");
             if wants_reply {
                 let e = HandlerError::internal(GAVE_UP_MESSAGE);
-                let body = error_body(&inner, &info, &session, &e);
+                let body = error_body(&inner, info, &session, &e);
                 reply(&inner, &session, info.id, &info.route, &body);
             }
             drop(answered);
@@ -124,7 +121,7 @@ pub(super) async fn dispatch(
         let body = match outcome {
             Ok(Value::Null) => Value::Object(serde_json::Map::new()),
             Ok(v) => v,
-            Err(e) => error_body(&inner, &info, &session, &e),
+            Err(e) => error_body(&inner, info, &session, &e),
         };
         reply(&inner, &session, info.id, &info.route, &body);
     }
