@@ -51,13 +51,22 @@ impl From<serde_json::Error> for HandlerError {
     }
 }
 
-/// A remote's own error keeps its code and message; any other RPC failure is a code-500
-/// error with the RPC error's text (handlers that call remotes can use `?`).
+/// A remote's own error keeps its code and message; any other RPC failure (no server, peer
+/// down, timeout) is logged and answered with a code-500 sentence that names no server
+/// internals (handlers that call remotes can use `?`).
 impl From<RpcError> for HandlerError {
     fn from(e: RpcError) -> Self {
         match e {
             RpcError::Remote { code, message } => Self::new(i64::from(code), message),
-            other => Self::internal(other.to_string()),
+            other => {
+                tracing::warn!(cause = %other, "a remote call of a handler failed");
+                let message = if matches!(other, RpcError::Timeout { .. }) {
+                    "a server this request needs did not answer in time, try again later"
+                } else {
+                    "a server this request needs is unavailable, try again later"
+                };
+                Self::new(i64::from(other.pomelo_code()), message)
+            }
         }
     }
 }
@@ -67,5 +76,34 @@ impl From<RpcError> for HandlerError {
 impl From<HandlerError> for RemoteError {
     fn from(e: HandlerError) -> Self {
         Self::new(u32::try_from(e.code).unwrap_or(500), e.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rpc_errors_keep_a_remotes_own_error_and_hide_the_rest() {
+        let e = HandlerError::from(RpcError::Remote {
+            code: 409,
+            message: "taken".into(),
+        });
+        assert_eq!(e, HandlerError::new(409, "taken"));
+        let e = HandlerError::from(RpcError::NoServer {
+            server_type: "chat".into(),
+        });
+        assert_eq!(e.code, 500);
+        assert!(
+            !e.message.contains("chat") && !e.message.contains("rpc"),
+            "{}",
+            e.message
+        );
+        let r: RemoteError = HandlerError::new(403, "no").into();
+        assert_eq!((r.code, r.message.as_str()), (403, "no"));
+        assert_eq!(
+            HandlerError::new(7, "").to_body(),
+            serde_json::json!({"code": 7})
+        );
     }
 }
