@@ -2,24 +2,27 @@
 //! route key that keeps a room on one chat server, and the hook that leaves the room when a
 //! client's connection ends.
 
-use std::sync::Arc;
-
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use shaddock_connector::{HandlerError, RequestInfo, Session};
 use shaddock_protocol::RouteDictionary;
 use shaddock_rpc::{RpcError, Target};
 use shaddock_server::app::BoxFuture;
 use shaddock_server::{
-    App, BackendSession, BindError, Component, DuplicateLogin, LiveServer, Rejoin, ServerContext,
+    App, BackendSession, BindError, Component, ComponentError, DuplicateLogin, HandlerError, Json,
+    LiveServer, Rejoin, RequestInfo, ServerContext, Session, State,
 };
 
-use crate::remote::{CODE_NAME_TAKEN, ChatRemote, Member, Members, chat_remote};
-use crate::validate::{self, name_of};
+use crate::remote::{CODE_NAME_TAKEN, ChatRemote, Member, Rooms, chat_remote};
+pub use crate::validate::MAX_GATE_UID_CHARS;
+use crate::validate::{self, Content, GateUid, Name, Room, name_of};
 
 /// The gate's route: `{uid}` → `{code: 200, host, port}`.
 pub const QUERY_ENTRY: &str = "gate.gateHandler.queryEntry";
 /// The connector's route: `{username, rid}` → `{users}`.
 pub const ENTER: &str = "connector.entryHandler.enter";
+/// A connector method of the pinus chat (called there when a client leaves), hence in its
+/// route dictionary; here it answers a client with an error (leaving is closing).
+pub const ON_USER_LEAVE: &str = "connector.entryHandler.onUserLeave";
 /// The chat server's route: `{content, target}` → `{}`.
 pub const SEND: &str = "chat.chatHandler.send";
 /// A message to a room or a user: `{msg, from, target}`.
@@ -31,9 +34,6 @@ pub const ON_LEAVE: &str = "onLeave";
 
 /// The error code of every refused request (pomelo's chat uses 500 throughout).
 pub const CODE_ERROR: i64 = 500;
-
-/// Longest uid the gate accepts, in characters (a name, `*` and a room, with room to spare).
-pub const MAX_GATE_UID_CHARS: usize = 128;
 
 const NOT_ENTERED: &str = "enter a room first (connector.entryHandler.enter)";
 
@@ -47,22 +47,62 @@ pub fn error_body(_info: &RequestInfo, _session: &Session, e: &HandlerError) -> 
     json!({"code": e.code, "error": true, "msg": e.message})
 }
 
-/// The route dictionary, as pinus builds it for the same app: the handler routes sorted (the
-/// tutorial's `connector.entryHandler.onUserLeave` is a handler method, hence listed), then
-/// `config/dictionary.json` (`onChat`). Identical to the recorded pinus session.
+/// The route dictionary the app announces: built by the framework as pinus builds it, from
+/// the registered routes sorted (the tutorial's `onUserLeave` is a handler method, hence a
+/// route) then the push routes (`config/dictionary.json`: `onChat`). Identical to the recorded
+/// pinus session.
 ///
 /// # Errors
 /// The dictionary could not be built (never, for these routes).
-pub fn dictionary() -> Result<RouteDictionary, shaddock_protocol::Error> {
-    RouteDictionary::new(
-        [
-            SEND,
-            ENTER,
-            "connector.entryHandler.onUserLeave",
-            QUERY_ENTRY,
-        ],
-        [ON_CHAT],
-    )
+pub fn dictionary() -> Result<RouteDictionary, shaddock_server::AppError> {
+    app()
+        .route_dictionary()?
+        .map(|d| (*d).clone())
+        .ok_or_else(|| shaddock_server::AppError::Dictionary("the chat uses a dictionary".into()))
+}
+
+/// `gate.gateHandler.queryEntry`'s body.
+#[derive(Debug, Deserialize)]
+pub struct QueryEntry {
+    /// Who asks (a string or a number).
+    pub uid: GateUid,
+}
+
+/// `gate.gateHandler.queryEntry`'s answer: the connector to use.
+#[derive(Debug, Serialize)]
+pub struct Entry {
+    /// 200.
+    pub code: u16,
+    /// The connector's host.
+    pub host: String,
+    /// Its client port, as it actually bound it.
+    pub port: Option<u16>,
+}
+
+/// `connector.entryHandler.enter`'s body.
+#[derive(Debug, Deserialize)]
+pub struct Enter {
+    /// The user's name in the room.
+    pub username: Name,
+    /// The room.
+    pub rid: Room,
+}
+
+/// `connector.entryHandler.enter`'s answer: who is in the room, the newcomer included.
+#[derive(Debug, Serialize)]
+pub struct Users {
+    /// The user names.
+    pub users: Vec<String>,
+}
+
+/// `chat.chatHandler.send`'s body (`rid` and `from`, which pomelo's client also sends, are
+/// ignored: the session knows both).
+#[derive(Debug, Deserialize)]
+pub struct Send {
+    /// The message.
+    pub content: Content,
+    /// `"*"` or a user name.
+    pub target: validate::Target,
 }
 
 /// `crc32(key) % n`: which of `n` servers sorted by id serves `key`, the gate's rule for
@@ -82,7 +122,7 @@ fn rejoin_room(ctx: ServerContext, r: Rejoin) -> BoxFuture<'static, ()> {
             .filter_map(|s| {
                 Some(Member {
                     uid: s.uid()?,
-                    sid: s.frontend_id().to_owned(),
+                    frontend_id: s.frontend_id().to_owned(),
                     rid: r.key.clone(),
                 })
             })
@@ -92,10 +132,7 @@ fn rejoin_room(ctx: ServerContext, r: Rejoin) -> BoxFuture<'static, ()> {
         }
         let n = members.len();
         let stub = chat_remote::Client::new(ctx.rpc());
-        match stub
-            .rejoin(Target::server(&r.server_id), Members { members })
-            .await
-        {
+        match stub.rejoin(Target::server(&r.server_id), members).await {
             Ok(()) => {
                 tracing::info!(room = %r.key, server = %r.server_id, members = n, "room members re-joined");
             }
@@ -108,8 +145,11 @@ fn rejoin_room(ctx: ServerContext, r: Rejoin) -> BoxFuture<'static, ()> {
 
 /// `gate.gateHandler.queryEntry`: the connector for `uid`, with the client port it actually
 /// bound (from the live cluster view).
-async fn query_entry(ctx: ServerContext, body: Value) -> Result<Value, HandlerError> {
-    let uid = validate::gate_uid(&body, "uid", MAX_GATE_UID_CHARS).map_err(refuse)?;
+async fn query_entry(
+    ctx: ServerContext,
+    Json(q): Json<QueryEntry>,
+) -> Result<Json<Entry>, HandlerError> {
+    let uid = q.uid.0;
     let mut connectors: Vec<LiveServer> = ctx
         .servers_of_type("connector")
         .into_iter()
@@ -120,14 +160,22 @@ async fn query_entry(ctx: ServerContext, body: Value) -> Result<Value, HandlerEr
         tracing::warn!("queryEntry: no connector is up");
         return Err(refuse("no connector is available"));
     };
-    Ok(json!({"code": 200, "host": c.host, "port": c.client_port}))
+    Ok(Json(Entry {
+        code: 200,
+        host: c.host.clone(),
+        port: c.client_port,
+    }))
 }
 
 /// Tells the room's chat server that `m` left (the session closed).
 fn spawn_kick(ctx: ServerContext, m: Member) {
     tokio::spawn(async move {
         let stub = chat_remote::Client::new(ctx.rpc());
-        if let Err(e) = stub.kick(Target::route("chat", &m.rid), m.clone()).await {
+        let to = Target::route("chat", &m.rid);
+        if let Err(e) = stub
+            .kick(to, m.uid.clone(), m.frontend_id.clone(), m.rid.clone())
+            .await
+        {
             tracing::warn!(uid = %m.uid, room = %m.rid, cause = %e, "chatRemote.kick failed");
         }
     });
@@ -147,9 +195,12 @@ async fn remove_ghost(ctx: &ServerContext, stub: &chat_remote::Client, m: &Membe
     connectors.dedup();
     tracing::info!(uid = %m.uid, room = %m.rid, "name held by a ghost member (its connector died); removing it");
     let mut ok = true;
-    for sid in connectors {
-        let ghost = Member { sid, ..m.clone() };
-        if let Err(e) = stub.kick(Target::route("chat", &m.rid), ghost).await {
+    for frontend_id in connectors {
+        let to = Target::route("chat", &m.rid);
+        if let Err(e) = stub
+            .kick(to, m.uid.clone(), frontend_id, m.rid.clone())
+            .await
+        {
             tracing::warn!(uid = %m.uid, room = %m.rid, cause = %e, "ghost removal failed");
             ok = false;
         }
@@ -157,11 +208,21 @@ async fn remove_ghost(ctx: &ServerContext, stub: &chat_remote::Client, m: &Membe
     ok
 }
 
+/// `chatRemote.add` of `m` on its room's chat server.
+async fn add(stub: &chat_remote::Client, m: &Member) -> Result<Vec<String>, RpcError> {
+    let to = Target::route("chat", &m.rid);
+    stub.add(to, m.uid.clone(), m.frontend_id.clone(), m.rid.clone())
+        .await
+}
+
 /// `connector.entryHandler.enter`: binds `username*rid` (refused cluster-wide if that name is
 /// in the room), joins the room on its chat server, answers the room's user names.
-async fn enter(ctx: ServerContext, s: Session, body: Value) -> Result<Value, HandlerError> {
-    let username = validate::username(&body, "username").map_err(refuse)?;
-    let rid = validate::room(&body, "rid").map_err(refuse)?;
+async fn enter(
+    ctx: ServerContext,
+    s: Session,
+    Json(e): Json<Enter>,
+) -> Result<Json<Users>, HandlerError> {
+    let (Name(username), Room(rid)) = (e.username, e.rid);
     if let Some(current) = s.uid() {
         return Err(refuse(format!(
             "this connection already entered as \"{}\"; open another connection for another room",
@@ -184,11 +245,11 @@ async fn enter(ctx: ServerContext, s: Session, body: Value) -> Result<Value, Han
     }
     let member = Member {
         uid: uid.clone(),
-        sid: s.frontend_id().to_owned(),
+        frontend_id: s.frontend_id().to_owned(),
         rid: rid.clone(),
     };
     let stub = chat_remote::Client::new(ctx.rpc());
-    let mut added = stub.add(Target::route("chat", &rid), member.clone()).await;
+    let mut added = add(&stub, &member).await;
     if let Err(RpcError::Remote {
         code: CODE_NAME_TAKEN,
         ..
@@ -198,7 +259,7 @@ async fn enter(ctx: ServerContext, s: Session, body: Value) -> Result<Value, Han
         // that name is a ghost of a connector that died (kill -9, crash) before it could
         // leave. Remove it wherever it was, then join.
         if remove_ghost(&ctx, &stub, &member).await {
-            added = stub.add(Target::route("chat", &rid), member.clone()).await;
+            added = add(&stub, &member).await;
         }
     }
     match added {
@@ -209,7 +270,7 @@ async fn enter(ctx: ServerContext, s: Session, body: Value) -> Result<Value, Han
             if s.is_closed() {
                 spawn_kick(ctx, member);
             }
-            Ok(json!({"users": users.names}))
+            Ok(Json(Users { users }))
         }
         Err(e) => {
             // Not in the room: free the name on this session so a retry can bind again.
@@ -230,14 +291,17 @@ async fn enter(ctx: ServerContext, s: Session, body: Value) -> Result<Value, Han
 
 /// `chat.chatHandler.send`: `onChat {msg, from, target}` to the session's room or to one user
 /// in it. Answers `{}`.
-async fn send(s: BackendSession, body: Value) -> Result<Value, HandlerError> {
+async fn send(
+    State(rooms): State<Rooms>,
+    s: BackendSession,
+    Json(m): Json<Send>,
+) -> Result<(), HandlerError> {
     let uid = s.uid().ok_or_else(|| refuse(NOT_ENTERED))?;
     let Some(Value::String(rid)) = s.get("rid") else {
         return Err(refuse(NOT_ENTERED));
     };
-    let content = validate::content(&body, "content").map_err(refuse)?;
-    let target = validate::target(&body, "target").map_err(refuse)?;
-    let channels = s.ctx().channels();
+    let (Content(content), target) = (m.content, m.target);
+    let channels = rooms.channels();
     let channel = channels
         .get(&rid)
         .filter(|c| c.member(&uid).is_some())
@@ -264,7 +328,15 @@ async fn send(s: BackendSession, body: Value) -> Result<Value, HandlerError> {
         Ok(_) => {}
         Err(e) => return Err(refuse(format!("message not sent: {e}"))),
     }
-    Ok(json!({}))
+    Ok(())
+}
+
+/// `connector.entryHandler.onUserLeave`: a route of pinus's chat (its connector calls it when
+/// a client leaves) kept so the dictionary matches; a client calling it gets an error.
+async fn on_user_leave() -> Result<(), HandlerError> {
+    Err(refuse(
+        "onUserLeave is not a request: close the connection to leave the room",
+    ))
 }
 
 /// On each connector: when a session in a room closes, `chatRemote.kick` it from the room.
@@ -275,7 +347,7 @@ impl Component for LeaveOnClose {
         "leave-room-on-close"
     }
 
-    fn after_start(&self, ctx: &ServerContext) -> BoxFuture<'static, ()> {
+    async fn after_start(&self, ctx: &ServerContext) -> Result<(), ComponentError> {
         if ctx.server_type() == "connector"
             && let Some(frontend) = ctx.frontend()
         {
@@ -286,35 +358,26 @@ impl Component for LeaveOnClose {
                 };
                 let member = Member {
                     uid,
-                    sid: s.frontend_id().to_owned(),
+                    frontend_id: s.frontend_id().to_owned(),
                     rid,
                 };
                 spawn_kick(ctx.clone(), member);
             });
         }
-        Box::pin(async {})
+        Ok(())
     }
 }
 
 /// The whole chat app, for [`shaddock_server::run`].
 pub fn app() -> App {
-    let mut app = App::new("shaddock-chat")
+    App::new("shaddock-chat")
         // A name already in the room is refused, wherever the first one connected.
         .duplicate_login(DuplicateLogin::RefuseNew)
-        .frontend("gate", |ctx, b| {
-            let ctx = ctx.clone();
-            b.error_handler(error_body)
-                .handler(QUERY_ENTRY, move |_s: Session, body: Value| {
-                    query_entry(ctx.clone(), body)
-                })
-        })
-        .frontend("connector", |ctx, b| {
-            let ctx = ctx.clone();
-            b.error_handler(error_body)
-                .handler(ENTER, move |s: Session, body: Value| {
-                    enter(ctx.clone(), s, body)
-                })
-        })
+        .error_handler(error_body)
+        .frontend_handler(QUERY_ENTRY, query_entry)
+        .frontend_handler(ENTER, enter)
+        .frontend_handler(ON_USER_LEAVE, on_user_leave)
+        .handler(SEND, send)
         // Requests for `chat` go to the chat server of the session's room.
         .route_key("chat", |s| {
             s.settings
@@ -322,22 +385,21 @@ pub fn app() -> App {
                 .and_then(Value::as_str)
                 .map_or_else(|| s.id.to_string(), str::to_owned)
         })
-        .handler(SEND, send)
         // A room stays on the chat server that first got it; only a lost server's rooms
         // move, with their members.
         .placement("chat")
         .rejoin("chat", rejoin_room)
+        // Each server's rooms, for the send handler and the remote alike.
+        .with_state_from(Rooms::new)
         .remotes("chat", |ctx, registry| {
             registry
-                .add(chat_remote::Server::new(ChatRemote::new(ctx.clone())))
+                .add(chat_remote::Server::new(ChatRemote::new(Rooms::new(ctx))))
                 .map(drop)
         })
-        .component(LeaveOnClose);
-    match dictionary() {
-        Ok(d) => app = app.dictionary(Arc::new(d)),
-        Err(e) => tracing::error!(cause = %e, "route dictionary not built; routes go uncompressed"),
-    }
-    app
+        .component(LeaveOnClose)
+        // The dictionary: every route above, then the push routes of pinus's dictionary.json.
+        .use_dictionary()
+        .push_routes([ON_CHAT])
 }
 
 #[cfg(test)]
@@ -350,7 +412,7 @@ mod tests {
         for (route, code) in [
             (SEND, 1),
             (ENTER, 2),
-            ("connector.entryHandler.onUserLeave", 3),
+            (ON_USER_LEAVE, 3),
             (QUERY_ENTRY, 4),
             (ON_CHAT, 5),
         ] {

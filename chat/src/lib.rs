@@ -10,6 +10,7 @@
 //! | `gate.gateHandler.queryEntry` | `{uid}` | `{code: 200, host, port}` of connector `crc32(uid) % n` (connectors sorted by id, ports as actually bound) |
 //! | `connector.entryHandler.enter` | `{username, rid}` | binds uid `username*rid`, sets session `rid`, `chat.chatRemote.add`; `{users: [names]}` |
 //! | `chat.chatHandler.send` | `{content, target}` (`rid`, `from` ignored) | `{}`; pushes `onChat {msg, from, target}` to the room (`target` `"*"`) or to the one user |
+//! | `connector.entryHandler.onUserLeave` | | an error: a route of pinus's chat (so the dictionary matches), not a request |
 //! | (disconnect) | | `chat.chatRemote.kick` → `onLeave {user}` to the room |
 //! | (join) | | `onAdd {user}` to the members already in the room |
 //!
@@ -32,10 +33,13 @@
 //! sends can crash a server.
 //!
 //! # Layout
-//! - [`app`](mod@app): the [`App`](shaddock_server::App): handlers, the chat remote, routing.
-//! - [`remote`]: `chatRemote` (`add`, `kick`, `rejoin`, `rooms`) and its messages; a room is
-//!   removed with its last member.
-//! - [`validate`]: the input rules.
+//! - [`app`](mod@app): the [`App`](shaddock_server::App): each route a plain async fn of
+//!   extractors with a typed body (`Json<Enter>`, `Json<Send>`), the chat remote, routing; the
+//!   example to copy for a new app.
+//! - [`remote`]: `chatRemote` (`add(uid, frontend_id, rid)`, `kick`, `rejoin`, `rooms`); a
+//!   room is removed with its last member.
+//! - [`validate`]: the input rules, as field types ([`validate::Name`], ...) that only
+//!   deserialize from valid input.
 //! - [`page`]: the web page server (files of `chat/web`, embedded in the binary).
 //! - [`launcher`]: what the bare command runs: the master as a child, the page, signals.
 

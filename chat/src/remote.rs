@@ -2,97 +2,111 @@
 //! connectors over RPC (pomelo's `app.rpc.chat.chatRemote.add/kick`).
 //!
 //! Rooms are [`Channel`](shaddock_server::Channel)s of the chat server's
-//! [`ChannelService`](shaddock_server::ChannelService), one per room name; a push to a room is
+//! [`ChannelService`], one per room name; a push to a room is
 //! encoded once and sent as one RPC per connector that has members. A room exists while it
 //! has members: the first `add` creates it, the last `kick` removes it (a join and a leave of
 //! the same room are ordered by the channel service's lock, so a join never lands in a room
 //! that was just removed). `rooms` counts them.
 
-#![allow(missing_docs)] // prost fields
-
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use shaddock_rpc::RemoteError;
-use shaddock_server::ServerContext;
+use shaddock_server::{ChannelService, ServerContext};
 
 use crate::validate::name_of;
 
 /// The remote error code of "this name is already in the room".
 pub const CODE_NAME_TAKEN: u32 = 409;
 
-/// `chatRemote.add` / `chatRemote.kick`: a user (uid `name*rid`) on frontend `sid`, room `rid`.
-#[derive(Clone, PartialEq, prost::Message)]
+/// A user (uid `name*rid`) whose connection is on frontend `frontend_id`, in room `rid`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
-    #[prost(string, tag = "1")]
+    /// `name*rid`.
     pub uid: String,
     /// The frontend (connector) id holding the user's connection.
-    #[prost(string, tag = "2")]
-    pub sid: String,
+    pub frontend_id: String,
     /// The room.
-    #[prost(string, tag = "3")]
     pub rid: String,
 }
 
-/// `chatRemote.rejoin`: members of rooms on one frontend, coming back to a room's new server.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct Members {
-    #[prost(message, repeated, tag = "1")]
-    pub members: Vec<Member>,
-}
-
-/// `chatRemote.add` reply: the user names in the room, the newcomer included.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct Users {
-    #[prost(string, repeated, tag = "1")]
-    pub names: Vec<String>,
-}
-
 /// `chatRemote.rooms` reply.
-#[derive(Clone, PartialEq, prost::Message)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomCount {
     /// Rooms with at least one member.
-    #[prost(uint64, tag = "1")]
     pub rooms: u64,
     /// Members over all rooms.
-    #[prost(uint64, tag = "2")]
     pub members: u64,
 }
 
 shaddock_rpc::remote! {
-    /// The chat server's remote.
+    /// The chat server's remote (pomelo's `chatRemote`; arguments travel as a JSON array).
     pub mod chat_remote: user "chatRemote" {
-        /// Adds a user to a room (telling the members already there with `onAdd`); returns
-        /// the room's user names. A uid already in the room: error [`CODE_NAME_TAKEN`].
-        fn add(Member) -> Users;
+        /// Adds user `uid` of frontend `frontend_id` to room `rid` (telling the members
+        /// already there with `onAdd`); returns the room's user names. A uid already in the
+        /// room: error [`CODE_NAME_TAKEN`].
+        fn add(uid: String, frontend_id: String, rid: String) -> Vec<String>;
         /// Removes a user from a room and tells the others with `onLeave`; the room is
         /// removed with its last member.
-        fn kick(Member) -> ();
+        fn kick(uid: String, frontend_id: String, rid: String) -> ();
         /// Puts members back in their rooms, silently, after a room moved here (its server
         /// was lost) or this server restarted: they never left.
-        fn rejoin(Members) -> ();
+        fn rejoin(members: Vec<Member>) -> ();
         /// How many rooms and members this chat server holds (for operators and tests).
-        fn rooms(()) -> RoomCount;
+        fn rooms() -> RoomCount;
+    }
+}
+
+/// The rooms of one chat server: a [`ChannelService`] channel per room. The chat servers'
+/// state (`App::with_state_from`): `chat.chatHandler.send` takes it as `State<Rooms>`, and
+/// [`ChatRemote`] works on the same rooms.
+#[derive(Debug, Clone)]
+pub struct Rooms {
+    channels: ChannelService,
+}
+
+impl Rooms {
+    /// The rooms of the chat server `ctx`.
+    pub fn new(ctx: &ServerContext) -> Self {
+        Self {
+            channels: ctx.channels().clone(),
+        }
+    }
+
+    /// The channels, one per room.
+    pub fn channels(&self) -> &ChannelService {
+        &self.channels
     }
 }
 
 /// The implementation, on every chat server.
 #[derive(Debug, Clone)]
 pub struct ChatRemote {
-    ctx: ServerContext,
+    rooms: Rooms,
 }
 
 impl ChatRemote {
-    /// The remote of the chat server `ctx`.
-    pub fn new(ctx: ServerContext) -> Self {
-        Self { ctx }
+    /// The remote of the chat server whose rooms are `rooms`.
+    pub fn new(rooms: Rooms) -> Self {
+        Self { rooms }
     }
 }
 
 impl chat_remote::Remote for ChatRemote {
-    async fn add(&self, m: Member) -> Result<Users, RemoteError> {
-        let channels = self.ctx.channels();
+    async fn add(
+        &self,
+        uid: String,
+        frontend_id: String,
+        rid: String,
+    ) -> Result<Vec<String>, RemoteError> {
+        let m = Member {
+            uid,
+            frontend_id,
+            rid,
+        };
+        let channels = self.rooms.channels();
         // Check and join in one step: a room is removed with its last member, and this join
         // can never land in a room a concurrent kick has just removed.
-        if channels.try_join(&m.rid, &m.uid, &m.sid).is_err() {
+        if channels.try_join(&m.rid, &m.uid, &m.frontend_id).is_err() {
             return Err(RemoteError::new(
                 CODE_NAME_TAKEN,
                 format!(
@@ -102,7 +116,7 @@ impl chat_remote::Remote for ChatRemote {
                 ),
             ));
         }
-        tracing::debug!(room = %m.rid, uid = %m.uid, frontend = %m.sid, "user joined");
+        tracing::debug!(room = %m.rid, uid = %m.uid, frontend = %m.frontend_id, "user joined");
         let members = channels.get_or_create(&m.rid).members();
         // Tell the others (never the newcomer itself). The connector sends no kick for this
         // user before this call has answered, so onAdd always precedes its onLeave.
@@ -121,23 +135,29 @@ impl chat_remote::Remote for ChatRemote {
                 Err(e) => tracing::warn!(room = %m.rid, cause = %e, "onAdd push failed"),
             }
         }
-        Ok(Users {
-            names: members.iter().map(|(u, _)| name_of(u).to_owned()).collect(),
-        })
+        Ok(members.iter().map(|(u, _)| name_of(u).to_owned()).collect())
     }
 
-    async fn rejoin(&self, ms: Members) -> Result<(), RemoteError> {
-        for m in ms.members {
+    async fn rejoin(&self, members: Vec<Member>) -> Result<(), RemoteError> {
+        for m in members {
             // Already there (entered again meanwhile): nothing to do.
-            let _ = self.ctx.channels().try_join(&m.rid, &m.uid, &m.sid);
+            let _ = self
+                .rooms
+                .channels()
+                .try_join(&m.rid, &m.uid, &m.frontend_id);
         }
         Ok(())
     }
 
-    async fn kick(&self, m: Member) -> Result<(), RemoteError> {
-        let channels = self.ctx.channels();
+    async fn kick(&self, uid: String, frontend_id: String, rid: String) -> Result<(), RemoteError> {
+        let m = Member {
+            uid,
+            frontend_id,
+            rid,
+        };
+        let channels = self.rooms.channels();
         // The last member's leave removes the room.
-        let Some(left) = channels.leave(&m.rid, &m.uid, &m.sid) else {
+        let Some(left) = channels.leave(&m.rid, &m.uid, &m.frontend_id) else {
             return Ok(()); // not there (already left, or on another connector)
         };
         tracing::debug!(room = %m.rid, uid = %m.uid, remaining = left, "user left");
@@ -152,8 +172,8 @@ impl chat_remote::Remote for ChatRemote {
         Ok(())
     }
 
-    async fn rooms(&self, (): ()) -> Result<RoomCount, RemoteError> {
-        let channels = self.ctx.channels();
+    async fn rooms(&self) -> Result<RoomCount, RemoteError> {
+        let channels = self.rooms.channels();
         let names = channels.names();
         let members = names
             .iter()

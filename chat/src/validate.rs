@@ -1,9 +1,12 @@
-//! The input rules of the chat: names, rooms, messages and targets.
+//! The input rules of the chat, as typed request fields: [`Name`], [`Room`], [`Content`],
+//! [`GateUid`] and [`Target`] deserialize only from valid input, so a handler taking
+//! `Json<Enter>` never sees a bad name. A field that breaks a rule is answered with code 500
+//! and `field `NAME` …` (the framework's `Json` names the field; the rule says what is wrong).
 //!
 //! Lengths count Unicode characters (`char`s), not bytes, so a name of 32 non-ASCII letters is
 //! as valid as one of 32 ASCII letters.
 
-use serde_json::Value;
+use serde::{Deserialize, Deserializer, de};
 
 /// Longest user name, in characters (after trimming).
 pub const MAX_NAME_CHARS: usize = 32;
@@ -11,142 +14,137 @@ pub const MAX_NAME_CHARS: usize = 32;
 pub const MAX_ROOM_CHARS: usize = 32;
 /// Longest message, in characters.
 pub const MAX_CONTENT_CHARS: usize = 1024;
+/// Longest uid the gate accepts, in characters (a name, `*` and a room, with room to spare).
+pub const MAX_GATE_UID_CHARS: usize = 128;
 
-/// What is wrong with a request body. Its text is what the client gets as `msg`.
+/// What is wrong with a field. Its text completes `field `NAME` …` in the client's `msg`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum InputError {
-    /// A required field is absent (or `null`).
-    #[error("field `{field}` is required")]
-    Missing {
-        /// The field.
-        field: &'static str,
-    },
-    /// A field is not a string.
-    #[error("field `{field}` must be a string")]
-    NotAString {
-        /// The field.
-        field: &'static str,
-    },
-    /// A field is empty (after trimming).
-    #[error("field `{field}` must not be empty")]
-    Empty {
-        /// The field.
-        field: &'static str,
-    },
-    /// A field is too long.
-    #[error("field `{field}` is {len} characters long; the limit is {limit}")]
+    /// Empty (after trimming).
+    #[error("must not be empty")]
+    Empty,
+    /// Too long.
+    #[error("is {len} characters long; the limit is {limit}")]
     TooLong {
-        /// The field.
-        field: &'static str,
         /// Its length in characters.
         len: usize,
         /// The limit.
         limit: usize,
     },
-    /// A field holds a character it may not.
-    #[error("field `{field}` must not contain {what}")]
+    /// Holds a character it may not.
+    #[error("must not contain {what}")]
     BadChar {
-        /// The field.
-        field: &'static str,
         /// The character, described.
         what: &'static str,
     },
-    /// The body is not a JSON object.
-    #[error("the request body must be a JSON object")]
-    NotAnObject,
 }
 
-fn string_field<'a>(body: &'a Value, field: &'static str) -> Result<&'a str, InputError> {
-    if !body.is_object() {
-        return Err(InputError::NotAnObject);
-    }
-    match body.get(field) {
-        None | Some(Value::Null) => Err(InputError::Missing { field }),
-        Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(InputError::NotAString { field }),
-    }
-}
-
-fn bounded(
-    text: &str,
-    field: &'static str,
-    limit: usize,
-    trim: bool,
-) -> Result<String, InputError> {
+fn bounded(text: &str, limit: usize, trim: bool) -> Result<String, InputError> {
     let text = if trim { text.trim() } else { text };
     if text.trim().is_empty() {
-        return Err(InputError::Empty { field });
+        return Err(InputError::Empty);
     }
     let len = text.chars().count();
     if len > limit {
-        return Err(InputError::TooLong { field, len, limit });
+        return Err(InputError::TooLong { len, limit });
     }
     Ok(text.to_owned())
 }
 
-fn no_control(text: &str, field: &'static str) -> Result<(), InputError> {
+fn no_control(text: &str) -> Result<(), InputError> {
     if text.chars().any(char::is_control) {
         return Err(InputError::BadChar {
-            field,
             what: "control characters",
         });
     }
     Ok(())
 }
 
-/// A user name: 1..=[`MAX_NAME_CHARS`] characters after trimming, no `*` (it separates the
-/// name from the room in the uid), no control characters.
-///
-/// # Errors
-/// [`InputError`] naming the field.
-pub fn username(body: &Value, field: &'static str) -> Result<String, InputError> {
-    let name = bounded(string_field(body, field)?, field, MAX_NAME_CHARS, true)?;
-    if name.contains('*') {
-        return Err(InputError::BadChar { field, what: "`*`" });
+/// A user name: 1..=[`MAX_NAME_CHARS`] characters after trimming (kept trimmed), no `*` (it
+/// separates the name from the room in the uid), no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Name(pub String);
+
+impl TryFrom<String> for Name {
+    type Error = InputError;
+
+    fn try_from(s: String) -> Result<Self, InputError> {
+        let name = bounded(&s, MAX_NAME_CHARS, true)?;
+        if name.contains('*') {
+            return Err(InputError::BadChar { what: "`*`" });
+        }
+        no_control(&name)?;
+        Ok(Self(name))
     }
-    no_control(&name, field)?;
-    Ok(name)
 }
 
 /// A room name: 1..=[`MAX_ROOM_CHARS`] characters after trimming, no control characters.
-///
-/// # Errors
-/// [`InputError`] naming the field.
-pub fn room(body: &Value, field: &'static str) -> Result<String, InputError> {
-    let rid = bounded(string_field(body, field)?, field, MAX_ROOM_CHARS, true)?;
-    no_control(&rid, field)?;
-    Ok(rid)
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Room(pub String);
+
+impl TryFrom<String> for Room {
+    type Error = InputError;
+
+    fn try_from(s: String) -> Result<Self, InputError> {
+        let rid = bounded(&s, MAX_ROOM_CHARS, true)?;
+        no_control(&rid)?;
+        Ok(Self(rid))
+    }
 }
 
 /// A message: 1..=[`MAX_CONTENT_CHARS`] characters, not only white space; kept as sent.
-///
-/// # Errors
-/// [`InputError`] naming the field.
-pub fn content(body: &Value, field: &'static str) -> Result<String, InputError> {
-    bounded(string_field(body, field)?, field, MAX_CONTENT_CHARS, false)
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Content(pub String);
+
+impl TryFrom<String> for Content {
+    type Error = InputError;
+
+    fn try_from(s: String) -> Result<Self, InputError> {
+        bounded(&s, MAX_CONTENT_CHARS, false).map(Self)
+    }
 }
 
-/// The gate's uid: a string (1..=`limit` characters, not only white space, kept as sent) or a
-/// number (its text). A body that is not an object has no such field.
-///
-/// # Errors
-/// [`InputError`] naming the field.
-pub fn gate_uid(body: &Value, field: &'static str, limit: usize) -> Result<String, InputError> {
-    let number;
-    let text = match body.get(field) {
-        Some(Value::String(s)) => s.as_str(),
-        Some(Value::Number(n)) => {
-            number = n.to_string();
-            &number
+/// The gate's uid: a string (1..=[`MAX_GATE_UID_CHARS`] characters, not only white space,
+/// kept as sent) or a number (its text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GateUid(pub String);
+
+impl<'de> Deserialize<'de> for GateUid {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = String;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+                Ok(v.to_owned())
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
+                Ok(v.to_string())
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
+                Ok(v.to_string())
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<String, E> {
+                Ok(
+                    serde_json::Number::from_f64(v)
+                        .map_or_else(|| v.to_string(), |n| n.to_string()),
+                )
+            }
         }
-        None | Some(Value::Null) => return Err(InputError::Missing { field }),
-        Some(_) => return Err(InputError::NotAString { field }),
-    };
-    bounded(text, field, limit, false)
+        let text = d.deserialize_any(V)?;
+        bounded(&text, MAX_GATE_UID_CHARS, false)
+            .map(Self)
+            .map_err(de::Error::custom)
+    }
 }
 
-/// Where a message goes.
+/// Where a message goes: `"*"` (the room) or a user name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// Everyone in the room (`"*"`).
@@ -155,15 +153,16 @@ pub enum Target {
     User(String),
 }
 
-/// The `target` of a send: `"*"` or a user name.
-///
-/// # Errors
-/// [`InputError`] naming the field.
-pub fn target(body: &Value, field: &'static str) -> Result<Target, InputError> {
-    if string_field(body, field)? == "*" {
-        return Ok(Target::Room);
+impl<'de> Deserialize<'de> for Target {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s == "*" {
+            return Ok(Self::Room);
+        }
+        Name::try_from(s)
+            .map(|n| Self::User(n.0))
+            .map_err(de::Error::custom)
     }
-    username(body, field).map(Target::User)
 }
 
 /// The uid of `username` in room `rid`: `username*rid`, as in pomelo's chat.
@@ -179,79 +178,61 @@ pub fn name_of(uid: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
+
+    fn de<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, String> {
+        serde_json::from_value(v).map_err(|e| e.to_string())
+    }
 
     #[test]
     fn names_are_trimmed_and_bounded() {
-        assert_eq!(username(&json!({"u": "  bob "}), "u").unwrap(), "bob");
+        assert_eq!(de::<Name>(json!("  bob ")).unwrap().0, "bob");
         let max = "é".repeat(MAX_NAME_CHARS);
-        assert_eq!(username(&json!({ "u": max }), "u").unwrap(), max);
+        assert_eq!(de::<Name>(json!(max)).unwrap().0, max);
         let long = "x".repeat(MAX_NAME_CHARS + 1);
         assert_eq!(
-            username(&json!({ "u": long }), "u")
+            de::<Name>(json!(long)).unwrap_err(),
+            "is 33 characters long; the limit is 32"
+        );
+        assert_eq!(de::<Name>(json!("   ")).unwrap_err(), "must not be empty");
+        assert!(
+            de::<Name>(json!(7))
                 .unwrap_err()
-                .to_string(),
-            "field `u` is 33 characters long; the limit is 32"
+                .contains("expected a string")
         );
         assert_eq!(
-            username(&json!({"u": "   "}), "u"),
-            Err(InputError::Empty { field: "u" })
+            de::<Name>(json!("a*b")).unwrap_err(),
+            "must not contain `*`"
         );
         assert_eq!(
-            username(&json!({}), "u"),
-            Err(InputError::Missing { field: "u" })
+            de::<Name>(json!("a\nb")).unwrap_err(),
+            "must not contain control characters"
         );
-        assert_eq!(
-            username(&json!({"u": null}), "u"),
-            Err(InputError::Missing { field: "u" })
-        );
-        assert_eq!(
-            username(&json!({"u": 7}), "u"),
-            Err(InputError::NotAString { field: "u" })
-        );
-        assert!(matches!(
-            username(&json!({"u": "a*b"}), "u"),
-            Err(InputError::BadChar { .. })
-        ));
-        assert!(matches!(
-            username(&json!({"u": "a\nb"}), "u"),
-            Err(InputError::BadChar { .. })
-        ));
-        assert_eq!(username(&json!([1]), "u"), Err(InputError::NotAnObject));
-        assert_eq!(username(&Value::Null, "u"), Err(InputError::NotAnObject));
     }
 
     #[test]
     fn rooms_contents_and_targets() {
-        assert_eq!(room(&json!({"r": "lobby"}), "r").unwrap(), "lobby");
-        assert!(matches!(
-            room(&json!({"r": "r".repeat(MAX_ROOM_CHARS + 1)}), "r"),
-            Err(InputError::TooLong { len: 33, .. })
-        ));
-        assert_eq!(content(&json!({"c": " hi "}), "c").unwrap(), " hi ");
+        assert_eq!(de::<Room>(json!("lobby")).unwrap().0, "lobby");
         assert_eq!(
-            content(&json!({"c": " \n "}), "c"),
-            Err(InputError::Empty { field: "c" })
+            Room::try_from("r".repeat(MAX_ROOM_CHARS + 1)),
+            Err(InputError::TooLong { len: 33, limit: 32 })
         );
-        let max = "😀".repeat(MAX_CONTENT_CHARS);
-        assert!(content(&json!({ "c": max }), "c").is_ok());
-        assert!(matches!(
-            content(&json!({"c": "a".repeat(MAX_CONTENT_CHARS + 1)}), "c"),
+        assert_eq!(de::<Content>(json!(" hi ")).unwrap().0, " hi ");
+        assert_eq!(Content::try_from(" \n ".to_owned()), Err(InputError::Empty));
+        assert!(Content::try_from("😀".repeat(MAX_CONTENT_CHARS)).is_ok());
+        assert_eq!(
+            Content::try_from("a".repeat(MAX_CONTENT_CHARS + 1)),
             Err(InputError::TooLong {
                 len: 1025,
-                limit: 1024,
-                ..
+                limit: 1024
             })
-        ));
-        assert_eq!(target(&json!({"t": "*"}), "t").unwrap(), Target::Room);
+        );
+        assert_eq!(de::<Target>(json!("*")).unwrap(), Target::Room);
         assert_eq!(
-            target(&json!({"t": "bob"}), "t").unwrap(),
+            de::<Target>(json!("bob")).unwrap(),
             Target::User("bob".into())
         );
-        assert_eq!(
-            target(&json!({}), "t"),
-            Err(InputError::Missing { field: "t" })
-        );
+        assert!(de::<Target>(json!("a*b")).is_err());
     }
 
     #[test]
@@ -263,22 +244,18 @@ mod tests {
 
     #[test]
     fn gate_uids_are_kept_as_sent() {
-        let g = |v: Value| gate_uid(&v, "uid", 4).map_err(|e| e.to_string());
-        assert_eq!(g(json!({"uid": " ab "})), Ok(" ab ".to_owned()));
-        assert_eq!(g(json!({"uid": 42})), Ok("42".to_owned()));
-        assert_eq!(g(json!({})), Err("field `uid` is required".to_owned()));
-        assert_eq!(g(json!([1])), Err("field `uid` is required".to_owned()));
-        assert_eq!(
-            g(json!({"uid": "  "})),
-            Err("field `uid` must not be empty".to_owned())
+        assert_eq!(de::<GateUid>(json!(" ab ")).unwrap().0, " ab ");
+        assert_eq!(de::<GateUid>(json!(42)).unwrap().0, "42");
+        assert_eq!(de::<GateUid>(json!("  ")).unwrap_err(), "must not be empty");
+        assert!(
+            de::<GateUid>(json!(true))
+                .unwrap_err()
+                .contains("expected a string")
         );
+        let long = "u".repeat(MAX_GATE_UID_CHARS + 1);
         assert_eq!(
-            g(json!({"uid": true})),
-            Err("field `uid` must be a string".to_owned())
-        );
-        assert_eq!(
-            g(json!({"uid": "abcde"})),
-            Err("field `uid` is 5 characters long; the limit is 4".to_owned())
+            de::<GateUid>(json!(long)).unwrap_err(),
+            "is 129 characters long; the limit is 128"
         );
     }
 }

@@ -108,3 +108,51 @@ fn a_sigkilled_launcher_leaves_no_master_and_no_server() {
         cluster.log()
     );
 }
+
+/// `start` refuses, before any server starts, a route whose server type servers.json does
+/// not have, naming the route and the file.
+#[test]
+fn start_refuses_a_route_whose_server_type_is_not_in_servers_json() {
+    let dir = common::tmp_dir();
+    common::write_config(&dir);
+    let file = dir.join("servers.json");
+    let mut servers: Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).expect("read")).expect("json");
+    servers["development"]
+        .as_object_mut()
+        .expect("development")
+        .remove("chat");
+    std::fs::write(&file, servers.to_string()).expect("write");
+    let child = Command::new(env!("CARGO_BIN_EXE_shaddock-chat"))
+        .arg("start")
+        .arg("--config")
+        .arg(&dir)
+        .env("RUST_LOG", "warn")
+        .env_remove("SHADDOCK_ENV")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start shaddock-chat");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(o) => o.expect("wait"),
+        Err(_) => {
+            signal(pid, "KILL");
+            panic!("`start` still ran after 60 s");
+        }
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}{stderr}");
+    for want in ["chat.chatHandler.send", "`chat`", "servers.json"] {
+        assert!(stderr.contains(want), "`{want}` not in: {stderr}");
+    }
+    // Nothing was started: the master never listened.
+    assert!(!stdout.contains("SHADDOCK_MASTER_LISTENING"), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

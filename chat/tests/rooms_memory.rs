@@ -70,16 +70,20 @@ async fn by_rpc(stub: &chat_remote::Client, chat_ids: &[String], from: usize, to
                 let rid = format!("rpc-room-{i}");
                 let m = Member {
                     uid: format!("u{i}*{rid}"),
-                    sid: "connector-server-1".to_owned(),
+                    frontend_id: "connector-server-1".to_owned(),
                     rid: rid.clone(),
                 };
                 let id = &chat_ids[pick_index(&rid, chat_ids.len()).expect("chat servers")];
-                let users = timeout(STEP, stub.add(Target::server(id), m.clone()))
-                    .await
-                    .expect("add in time")
-                    .expect("add");
-                assert_eq!(users.names, [format!("u{i}")], "room {rid}");
-                timeout(STEP, stub.kick(Target::server(id), m))
+                let to = Target::server(id);
+                let users = timeout(
+                    STEP,
+                    stub.add(to, m.uid.clone(), m.frontend_id.clone(), m.rid.clone()),
+                )
+                .await
+                .expect("add in time")
+                .expect("add");
+                assert_eq!(users, [format!("u{i}")], "room {rid}");
+                timeout(STEP, stub.kick(to, m.uid, m.frontend_id, m.rid))
                     .await
                     .expect("kick in time")
                     .expect("kick");
@@ -142,17 +146,22 @@ async fn rooms_entered_and_left_give_the_chat_servers_memory_back() {
     // The count counts: a room with a member is one room, and goes with its member.
     let m = Member {
         uid: "probe*probe-room".into(),
-        sid: "connector-server-1".into(),
+        frontend_id: "connector-server-1".into(),
         rid: "probe-room".into(),
     };
     let id = &chat_ids[pick_index(&m.rid, 3).unwrap()];
-    timeout(STEP, rpc.chat.add(Target::server(id), m.clone()))
-        .await
-        .unwrap()
-        .unwrap();
+    let to = Target::server(id);
+    timeout(
+        STEP,
+        rpc.chat
+            .add(to, m.uid.clone(), m.frontend_id.clone(), m.rid.clone()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     let c = rpc.rooms(&chat_ids).await;
     assert_eq!((c.rooms, c.members), (1, 1));
-    timeout(STEP, rpc.chat.kick(Target::server(id), m))
+    timeout(STEP, rpc.chat.kick(to, m.uid, m.frontend_id, m.rid))
         .await
         .unwrap()
         .unwrap();

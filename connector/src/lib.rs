@@ -6,14 +6,17 @@
 //!
 //! # Layout
 //! - [`config`]: [`ConnectorConfig`], every knob with its documented default.
+//! - [`close`]: [`Disconnect`], why a connection ended (typed; its text goes to close hooks).
 //! - [`mod@sniff`]: the pure TCP-or-HTTP decision over the first bytes.
 //! - [`rewind`]: replays the sniffed bytes into the chosen protocol.
 //! - [`limit`]: the token bucket of the per-connection rate limit.
 //! - [`stats`]: counters (accepted, refused, kicked, rate limited, ...).
 //! - [`session`]: [`Session`] handles and the [`SessionService`].
-//! - [`handler`]: typed local handlers, filters, the error handler.
+//! - [`handler`]: local handlers (async fns of extractors), filters, the error handler; the
+//!   contracts are `shaddock_core`'s, shared with backends.
 //! - [`frontend`]: [`Frontend`] — builder, listener, per-connection driver, dispatch, pushes.
-//! - [`remote`]: forwarding to backends over RPC and the frontend's `sys` remotes.
+//! - [`remote`]: forwarding to backends over RPC and the frontend's `sessionRemote` (the sys
+//!   contracts themselves are `shaddock_core::sys`).
 //! - [`transport`]: raw TCP and WebSocket behind one package interface.
 //! - [`tls`]: TLS on the client port ([`ServerTls`]), reloadable certificates.
 //!
@@ -32,17 +35,24 @@
 //!
 //! # Use
 //! ```no_run
+//! use serde::Deserialize;
 //! use serde_json::{json, Value};
-//! use shaddock_connector::{ConnectorConfig, Frontend, HandlerError, Session};
+//! use shaddock_connector::{ConnectorConfig, Frontend, HandlerError, Json, Session};
 //! use tokio_util::sync::CancellationToken;
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! #[derive(Deserialize)]
+//! struct Enter {
+//!     uid: String,
+//! }
+//!
+//! async fn enter(session: Session, Json(e): Json<Enter>) -> Result<Value, HandlerError> {
+//!     session.bind(&e.uid).map_err(|e| HandlerError::new(500, e.to_string()))?;
+//!     Ok(json!({"code": 200}))
+//! }
+//!
 //! let frontend = Frontend::builder(ConnectorConfig::default())
-//!     .handler("connector.entryHandler.enter", |session: Session, body: Value| async move {
-//!         let uid = body["uid"].as_str().unwrap_or_default().to_owned();
-//!         session.bind(&uid).map_err(|e| HandlerError::new(500, e.to_string()))?;
-//!         Ok::<_, HandlerError>(json!({"code": 200}))
-//!     })
+//!     .handler("connector.entryHandler.enter", enter)
 //!     .build()?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3010").await?;
 //! let shutdown = CancellationToken::new();
@@ -62,7 +72,7 @@
 //! # Cancel safety
 //! Unless stated otherwise, public async functions are not cancel safe.
 
-mod codec;
+pub mod close;
 pub mod config;
 pub mod frontend;
 pub mod handler;
@@ -77,16 +87,19 @@ pub mod stats;
 pub mod tls;
 pub mod transport;
 
-pub use codec::BodyCodec;
+pub use close::{Disconnect, KickReason};
 pub use config::ConnectorConfig;
 pub use frontend::{
-    DrainReport, Error, ForwardRequest, Forwarder, Frontend, FrontendBuilder, GAVE_UP_MESSAGE,
-    PushReport, STOPPING_MESSAGE,
+    DrainReport, Error, Forwarder, Frontend, FrontendBuilder, GAVE_UP_MESSAGE, PushReport,
+    STOPPING_MESSAGE,
 };
-pub use handler::{AfterFilter, BeforeFilter, Handler, HandlerError, RequestInfo};
+pub use handler::{
+    Filter, FromRequest, Handler, HandlerError, Json, Proto, Request, RequestInfo, State,
+};
 pub use limit::{RateLimit, TokenBucket};
 pub use remote::{BindHook, RpcForwarder, SessionRemote};
 pub use session::{Session, SessionConfig, SessionError, SessionId, SessionService};
+pub use shaddock_protocol::BodyCodec;
 pub use sniff::{Sniff, sniff};
 pub use stats::{ConnectorStats, StatsSnapshot};
 pub use tls::{ServerTls, TlsError, TlsMode};

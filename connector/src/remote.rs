@@ -1,10 +1,10 @@
 //! The frontend's RPC side: forwarding client messages of other server types to backends,
-//! and the `sys` remotes a frontend serves so backends can reach sessions. This is the one
-//! definition of these remotes: the server crate registers and calls these same ones.
+//! and the `sys sessionRemote` a frontend serves so backends can reach sessions. The remotes
+//! and their messages are defined once, in [`shaddock_core::sys`] (re-exported here).
 //!
 //! # Forwarding
 //! A route `chat.chatHandler.send` on a `connector` frontend goes to a `chat` server over
-//! `sys msgRemote.forward_message`: [`RpcForwarder`] picks the server with the RPC client's
+//! `sys msgRemote.forwardMessage`: [`RpcForwarder`] picks the server with the RPC client's
 //! router for that type (pomelo's default: CRC-32 of the routing key over the live servers
 //! of the type, sorted by id; replace it per type with [`RpcClient::set_router`]) from a
 //! routing key that defaults to the session's uid (its id in decimal while unbound) and can be
@@ -13,7 +13,7 @@
 //! body travels as the JSON text the client sent, the reply as the JSON text of the response
 //! body plus the settings the handler changed — only those keys, set or removed on the
 //! frontend session before the response is sent; keys the handler did not touch keep the
-//! frontend's value (see [`ForwardReply`]). Any failure — no server of the type, backend down,
+//! frontend's value (see [`ForwardReply`](shaddock_core::sys::ForwardReply)). Any failure — no server of the type, backend down,
 //! timeout, backend error — becomes a `{"code":500,"msg":…}` response (or the backend's own
 //! code and message) whose message tells the client's developer what to do, never RPC
 //! internals (see [`rpc_error_to_handler`]); the client stays connected.
@@ -30,186 +30,15 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use serde_json::Value;
-use shaddock_rpc::{RemoteError, RpcClient, RpcError, Target, remote};
+use shaddock_core::sys::{
+    BindArgs, Count, ForwardMessage, KickArgs, PushArgs, PushResult, SessionSnapshot, SettingsArgs,
+};
+pub use shaddock_core::sys::{msg_remote, session_remote};
+use shaddock_rpc::{RemoteError, RpcClient, RpcError, Target};
 
-use crate::frontend::{ForwardRequest, Forwarder, Frontend};
-use crate::handler::{BoxFuture, HandlerError};
+use crate::frontend::{Forwarder, Frontend};
+use crate::handler::{BoxFuture, HandlerError, Outcome, Request};
 use crate::session::{Session, SessionError};
-
-/// A snapshot of a frontend session, sent with each forwarded message (pomelo's
-/// `BackendSession` data).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct SessionSnapshot {
-    /// Session id (unique across the cluster).
-    #[prost(uint64, tag = "1")]
-    pub id: u64,
-    /// The frontend server holding the connection.
-    #[prost(string, tag = "2")]
-    pub frontend_id: String,
-    /// Bound uid; empty when unbound.
-    #[prost(string, tag = "3")]
-    pub uid: String,
-    /// The settings as a JSON object text.
-    #[prost(bytes = "bytes", tag = "4")]
-    pub settings_json: Bytes,
-}
-
-/// A client request or notify forwarded to a backend.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ForwardMessage {
-    /// The full route `serverType.handler.method`.
-    #[prost(string, tag = "1")]
-    pub route: String,
-    /// The request id; 0 for a notify (the reply is then ignored).
-    #[prost(uint32, tag = "2")]
-    pub id: u32,
-    /// The body as JSON text.
-    #[prost(bytes = "bytes", tag = "3")]
-    pub body_json: Bytes,
-    /// The client's session.
-    #[prost(message, optional, tag = "4")]
-    pub session: Option<SessionSnapshot>,
-}
-
-/// The backend's answer: the response body as JSON text, and the settings the handler
-/// changed.
-///
-/// Only the changed keys travel (pomelo's `session.set` + `session.push(key)`): the
-/// frontend sets the keys of `settings_json` and removes those of `removed_settings`, and
-/// leaves every other key as it is, so a key set on the frontend, or by a concurrent
-/// request, while this one was on the backend keeps its new value.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ForwardReply {
-    /// Response body JSON text (`{}` when empty).
-    #[prost(bytes = "bytes", tag = "1")]
-    pub body_json: Bytes,
-    /// The settings the handler set, as a JSON object text (only those keys); set on the
-    /// frontend session before the response goes out. Empty (or `{}`): none set.
-    #[prost(bytes = "bytes", tag = "2")]
-    pub settings_json: Bytes,
-    /// The settings the handler removed; removed from the frontend session before the
-    /// response goes out. Empty: none removed.
-    #[prost(string, repeated, tag = "3")]
-    pub removed_settings: Vec<String>,
-}
-
-/// A push to sessions of this frontend: by session id and by uid (`push`), or to every
-/// session (`broadcast`, which ignores the targets).
-///
-/// The message is `package` when it is not empty (a whole encoded PUSH package, sent as is:
-/// the caller encoded it once for every frontend), else `body_json` on `route`, encoded here
-/// once (route compressed with the dictionary, body with protobuf when configured).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct PushArgs {
-    /// Target session ids.
-    #[prost(uint64, repeated, tag = "1")]
-    pub sids: Vec<u64>,
-    /// Push route (compressed with the dictionary when possible); unused with `package`.
-    #[prost(string, tag = "2")]
-    pub route: String,
-    /// Body JSON text; unused with `package`.
-    #[prost(bytes = "bytes", tag = "3")]
-    pub body_json: Bytes,
-    /// Target uids: every session bound to each.
-    #[prost(string, repeated, tag = "4")]
-    pub uids: Vec<String>,
-    /// A whole encoded PUSH package (header included), sent as is when not empty.
-    #[prost(bytes = "bytes", tag = "5")]
-    pub package: Bytes,
-    /// More target uids, packed: each followed by a NUL byte. One buffer instead of a string
-    /// per uid, so a channel can keep it between membership changes and neither side
-    /// allocates per member on each push.
-    #[prost(bytes = "bytes", tag = "6")]
-    pub uid_list: Bytes,
-}
-
-/// How a push went.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct PushResult {
-    /// Sessions it was queued for.
-    #[prost(uint32, tag = "1")]
-    pub sent: u32,
-    /// Sessions not found or closed (a uid with no session counts one).
-    #[prost(uint32, tag = "2")]
-    pub missing: u32,
-    /// Sessions whose queue was full (kicked as slow consumers).
-    #[prost(uint32, tag = "3")]
-    pub full: u32,
-}
-
-/// Bind or unbind `uid` on session `sid`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct BindArgs {
-    /// Session id.
-    #[prost(uint64, tag = "1")]
-    pub sid: u64,
-    /// The uid.
-    #[prost(string, tag = "2")]
-    pub uid: String,
-}
-
-/// Change settings of session `sid` (pomelo `BackendSession.push`): set the keys of
-/// `settings_json`, remove those of `removed`; every other key keeps its value.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct SettingsArgs {
-    /// Session id.
-    #[prost(uint64, tag = "1")]
-    pub sid: u64,
-    /// A JSON object text whose keys are set on the session (empty: none).
-    #[prost(bytes = "bytes", tag = "2")]
-    pub settings_json: Bytes,
-    /// Keys removed from the session.
-    #[prost(string, repeated, tag = "3")]
-    pub removed: Vec<String>,
-}
-
-/// Kick by uid (`uid`, when not empty: all its sessions) or else by session id (`sid`).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct KickArgs {
-    /// Session id (used when `uid` is empty).
-    #[prost(uint64, tag = "1")]
-    pub sid: u64,
-    /// Uid: kick all its sessions.
-    #[prost(string, tag = "2")]
-    pub uid: String,
-    /// Kick reason sent to the client.
-    #[prost(string, tag = "3")]
-    pub reason: String,
-}
-
-/// A count (sessions kicked).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct Count {
-    /// The count.
-    #[prost(uint32, tag = "1")]
-    pub n: u32,
-}
-
-remote! {
-    /// Served by backends: handle a client message forwarded by a frontend.
-    pub mod msg_remote: sys "msgRemote" {
-        /// Runs the handler of `route` on a backend; replies with the response body.
-        fn forward_message(ForwardMessage) -> ForwardReply;
-    }
-}
-
-remote! {
-    /// Served by frontends: reach the sessions they hold.
-    pub mod session_remote: sys "sessionRemote" {
-        /// Pushes to the listed sessions and uids (encoded once, or pre-encoded).
-        fn push(PushArgs) -> PushResult;
-        /// Pushes to every session of this frontend (encoded once).
-        fn broadcast(PushArgs) -> PushResult;
-        /// Binds a uid to a session.
-        fn bind(BindArgs) -> ();
-        /// Unbinds a uid from a session.
-        fn unbind(BindArgs) -> ();
-        /// Sets and removes settings of a session (only the keys named).
-        fn push_settings(SettingsArgs) -> ();
-        /// Kicks a session, or every session of a uid.
-        fn kick(KickArgs) -> Count;
-    }
-}
 
 /// Builds the snapshot of `session` sent with forwarded messages.
 pub fn snapshot(session: &Session) -> SessionSnapshot {
@@ -320,26 +149,34 @@ pub fn rpc_error_to_handler(route: &str, e: &RpcError) -> HandlerError {
 }
 
 impl Forwarder for RpcForwarder {
-    fn forward(&self, request: ForwardRequest) -> BoxFuture<'static, Result<Value, HandlerError>> {
+    fn forward(
+        &self,
+        server_type: &str,
+        request: &Request<Session>,
+    ) -> BoxFuture<'static, Outcome> {
         let this = self.clone();
+        let session = request.session().clone();
+        let route = request.route().to_owned();
+        let server_type = server_type.to_owned();
+        let key = self.key_for(&server_type, &session, &route);
+        let msg = ForwardMessage {
+            route: route.clone(),
+            id: request.info().id,
+            body_json: Bytes::from(shaddock_protocol::json::to_vec(request.body())),
+            session: Some(snapshot(&session)),
+            body_protobuf: request.protobuf().cloned().unwrap_or_default(),
+        };
         Box::pin(async move {
-            let key = this.key_for(&request.server_type, &request.session, &request.info.route);
-            let msg = ForwardMessage {
-                route: request.info.route.clone(),
-                id: request.info.id,
-                body_json: Bytes::from(shaddock_protocol::json::to_vec(&request.body)),
-                session: Some(snapshot(&request.session)),
-            };
             let stub = msg_remote::Client::new(&this.rpc);
-            let target = Target::route(&request.server_type, &key);
+            let target = Target::route(&server_type, &key);
             let reply = stub
                 .forward_message(target, msg)
                 .await
-                .map_err(|e| rpc_error_to_handler(&request.info.route, &e))?;
+                .map_err(|e| rpc_error_to_handler(&route, &e))?;
             match settings_object(&reply.settings_json) {
-                Ok(set) => request.session.apply_settings(set, &reply.removed_settings),
+                Ok(set) => session.apply_settings(set, &reply.removed_settings),
                 Err(()) => tracing::warn!(
-                    route = %request.info.route,
+                    route = %route,
                     "backend reply settings are not a JSON object; ignored"
                 ),
             }
@@ -347,10 +184,9 @@ impl Forwarder for RpcForwarder {
                 return Ok(Value::Object(serde_json::Map::new()));
             }
             shaddock_protocol::json::from_slice(&reply.body_json).map_err(|e| {
-                tracing::warn!(route = %request.info.route, cause = %e, "backend reply body is not JSON");
+                tracing::warn!(route = %route, cause = %e, "backend reply body is not JSON");
                 HandlerError::internal(format!(
-                    "the `{}` server sent an invalid response to route `{}`",
-                    request.server_type, request.info.route
+                    "the `{server_type}` server sent an invalid response to route `{route}`"
                 ))
             })
         })
@@ -435,12 +271,12 @@ impl SessionRemote {
         session_remote::Server::new(self)
     }
 
-    fn session(&self, sid: u64) -> Result<Session, RemoteError> {
-        self.frontend.sessions().get(sid).ok_or_else(|| {
+    fn session(&self, session_id: u64) -> Result<Session, RemoteError> {
+        self.frontend.sessions().get(session_id).ok_or_else(|| {
             RemoteError::new(
                 404,
                 format!(
-                    "no session {sid} on frontend `{}`",
+                    "no session {session_id} on frontend `{}`",
                     self.frontend.config().frontend_id
                 ),
             )
@@ -462,7 +298,7 @@ impl SessionRemote {
 impl session_remote::Remote for SessionRemote {
     async fn push(&self, args: PushArgs) -> Result<PushResult, RemoteError> {
         let package = self.package(&args)?;
-        let mut r = self.frontend.push_encoded(&args.sids, &package);
+        let mut r = self.frontend.push_encoded(&args.session_ids, &package);
         if !args.uids.is_empty() {
             r += self.frontend.push_encoded_to_uids(&args.uids, &package);
         }
@@ -480,7 +316,7 @@ impl session_remote::Remote for SessionRemote {
     }
 
     async fn bind(&self, args: BindArgs) -> Result<(), RemoteError> {
-        let s = self.session(args.sid)?;
+        let s = self.session(args.session_id)?;
         match &self.bind {
             Some(hook) => hook(s, args.uid).await,
             None => s.bind(&args.uid).map_err(|e| remote_err(&e)),
@@ -488,16 +324,19 @@ impl session_remote::Remote for SessionRemote {
     }
 
     async fn unbind(&self, args: BindArgs) -> Result<(), RemoteError> {
-        let s = self.session(args.sid)?;
+        let s = self.session(args.session_id)?;
         s.unbind(&args.uid).map_err(|e| remote_err(&e))
     }
 
     async fn push_settings(&self, args: SettingsArgs) -> Result<(), RemoteError> {
-        let s = self.session(args.sid)?;
+        let s = self.session(args.session_id)?;
         let set = settings_object(&args.settings_json).map_err(|()| {
             RemoteError::new(
                 500,
-                format!("settings for session {} must be a JSON object", args.sid),
+                format!(
+                    "settings for session {} must be a JSON object",
+                    args.session_id
+                ),
             )
         })?;
         s.apply_settings(set, &args.removed);
@@ -511,13 +350,11 @@ impl session_remote::Remote for SessionRemote {
             &args.reason
         };
         let n = if args.uid.is_empty() {
-            usize::from(self.frontend.sessions().kick_by_id(args.sid, reason))
+            usize::from(self.frontend.sessions().kick_by_id(args.session_id, reason))
         } else {
             self.frontend.sessions().kick_by_uid(&args.uid, reason)
         };
-        Ok(Count {
-            n: u32::try_from(n).unwrap_or(u32::MAX),
-        })
+        Ok(Count { n: n as u64 })
     }
 }
 

@@ -26,9 +26,9 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
 
-use crate::codec::BodyCodec;
 use crate::outbox::{Outbox, PushError};
 use crate::stats::ConnectorStats;
+use shaddock_protocol::BodyCodec;
 
 /// Id of a session, unique across the cluster (see the [module docs](self)).
 pub type SessionId = u64;
@@ -238,9 +238,9 @@ impl Session {
             Err(PushError::Closed) => Err(SessionError::Closed(self.id())),
             Err(PushError::Full) => {
                 let capacity = self.inner.outbound.capacity();
-                if self.request_kick(format!(
-                    "slow consumer: outbound queue full ({capacity} messages)"
-                )) {
+                if self
+                    .request_kick(crate::close::KickReason::SlowConsumer { capacity }.to_string())
+                {
                     ConnectorStats::incr(&self.inner.stats.slow_consumers);
                     tracing::warn!(
                         sid = self.id(),

@@ -10,8 +10,8 @@ use common::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use shaddock_connector::{
-    Frontend, FrontendBuilder, GAVE_UP_MESSAGE, HandlerError, RateLimit, RequestInfo,
-    STOPPING_MESSAGE, Session,
+    Frontend, FrontendBuilder, GAVE_UP_MESSAGE, HandlerError, Json, RateLimit, Request,
+    RequestInfo, STOPPING_MESSAGE, Session,
 };
 use shaddock_protocol::RouteDictionary;
 use shaddock_protocol::message::{Message, MessageRoute, MessageType};
@@ -32,7 +32,7 @@ fn app(config: shaddock_connector::ConnectorConfig) -> FrontendBuilder {
     Frontend::builder(config)
         .handler(
             "connector.entryHandler.echo",
-            |_s: Session, req: Echo| async move {
+            |_s: Session, Json(req): Json<Echo>| async move {
                 Ok::<_, HandlerError>(EchoReply {
                     code: 200,
                     text: req.text,
@@ -281,19 +281,19 @@ async fn filters_and_error_handler() {
     let seen = Arc::new(std::sync::Mutex::new(Vec::<(String, bool)>::new()));
     let seen2 = seen.clone();
     let builder = app(test_config())
-        .before(|info: &RequestInfo, body: &Value, _s: &Session| {
-            if body.get("blocked").is_some() {
-                Err(HandlerError::new(403, format!("blocked on {}", info.route)))
+        .before(|req: &Request<Session>| {
+            if req.body().get("blocked").is_some() {
+                Err(HandlerError::new(403, format!("blocked on {}", req.route())))
             } else {
                 Ok(())
             }
         })
         .after(
-            move |info: &RequestInfo, _s: &Session, outcome: &Result<Value, HandlerError>| {
+            move |req: &Request<Session>, outcome: &Result<Value, HandlerError>| {
                 seen2
                     .lock()
                     .unwrap()
-                    .push((info.route.clone(), outcome.is_ok()));
+                    .push((req.route().to_owned(), outcome.is_ok()));
             },
         )
         .error_handler(|_info: &RequestInfo, _s: &Session, e: &HandlerError| {
@@ -1003,7 +1003,7 @@ async fn protobuf_routes_in_handshake_bodies_and_pushes() {
     let builder = Frontend::builder(test_config())
         .handler(
             "connector.entryHandler.echo",
-            |s: Session, req: Echo| async move {
+            |s: Session, Json(req): Json<Echo>| async move {
                 s.push("onPush", &json!({"got": req.text.clone()}))
                     .map_err(|e| HandlerError::internal(e.to_string()))?;
                 Ok::<_, HandlerError>(EchoReply {
@@ -1051,6 +1051,57 @@ async fn protobuf_routes_in_handshake_bodies_and_pushes() {
         }
     }
     assert!(got_response && got_push);
+    server.stop().await;
+}
+
+/// The body of `connector.entryHandler.echo` as a prost message: the pomelo-protobuf
+/// encoding of its clientProtos schema is protobuf's.
+#[derive(Clone, PartialEq, prost::Message)]
+struct EchoPb {
+    #[prost(string, tag = "1")]
+    text: String,
+}
+
+#[tokio::test]
+async fn a_proto_extractor_gets_the_protobuf_body_and_refuses_a_json_one() {
+    use shaddock_connector::Proto;
+    use shaddock_protocol::protobuf::{Protos, Schema};
+    let client_protos = json!({"connector.entryHandler.echo": {"required string text": 1}});
+    let protos = Arc::new(Protos::new(
+        Schema::from_file_json(&json!({})).unwrap(),
+        Schema::from_file_json(&client_protos).unwrap(),
+    ));
+    let echo = |Proto(req): Proto<EchoPb>| async move {
+        Ok::<_, HandlerError>(json!({"code": 200, "text": req.text}))
+    };
+    let builder = Frontend::builder(test_config())
+        .handler("connector.entryHandler.echo", echo)
+        .handler("connector.entryHandler.pbOnly", echo)
+        .protos(protos.clone());
+    let server = start(builder).await;
+    let mut c = Client::tcp(server.addr).await;
+    c.handshake().await;
+    let body = protos
+        .client()
+        .encode("connector.entryHandler.echo", &json!({"text": "pb"}))
+        .unwrap();
+    c.send_message(Message::request(
+        1,
+        MessageRoute::name("connector.entryHandler.echo"),
+        body,
+    ))
+    .await;
+    let m = c.recv_message().await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&m.body).unwrap(),
+        json!({"code": 200, "text": "pb"})
+    );
+    // A JSON route (not in clientProtos) has no protobuf body to give.
+    let r = c
+        .call(2, "connector.entryHandler.pbOnly", &json!({"text": "json"}))
+        .await;
+    assert_eq!(r["code"], 500, "{r}");
+    assert!(r["msg"].as_str().unwrap().contains("protobuf"), "{r}");
     server.stop().await;
 }
 

@@ -8,11 +8,11 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use common::*;
 use serde_json::{Value, json};
-use shaddock_connector::remote::{
+use shaddock_connector::{Frontend, HandlerError, RpcForwarder, Session};
+use shaddock_core::sys::{
     BindArgs, ForwardMessage, ForwardReply, KickArgs, PushArgs, SettingsArgs, msg_remote,
     session_remote,
 };
-use shaddock_connector::{Frontend, HandlerError, RpcForwarder, Session};
 use shaddock_protocol::message::{Message, MessageRoute, MessageType};
 use shaddock_protocol::package::PackageType;
 use shaddock_rpc::{
@@ -49,7 +49,7 @@ impl msg_remote::Remote for Backend {
                 stub.push_settings(
                     target,
                     SettingsArgs {
-                        sid: session.id,
+                        session_id: session.id,
                         settings_json: Bytes::from(r#"{"rid":"room-9"}"#),
                         removed: Vec::new(),
                     },
@@ -60,7 +60,7 @@ impl msg_remote::Remote for Backend {
                     .push(
                         target,
                         PushArgs {
-                            sids: vec![session.id],
+                            session_ids: vec![session.id],
                             route: "onChat".into(),
                             body_json: Bytes::from(
                                 json!({"msg": body["content"], "from": session.uid}).to_string(),
@@ -76,7 +76,7 @@ impl msg_remote::Remote for Backend {
                 let stub = session_remote::Client::new(&self.rpc);
                 let target = Target::server(&session.frontend_id);
                 let args = BindArgs {
-                    sid: session.id,
+                    session_id: session.id,
                     uid: session.uid.clone(),
                 };
                 stub.unbind(target, args.clone())
@@ -85,7 +85,7 @@ impl msg_remote::Remote for Backend {
                 stub.bind(
                     target,
                     BindArgs {
-                        sid: session.id,
+                        session_id: session.id,
                         uid: "renamed".into(),
                     },
                 )
@@ -98,7 +98,7 @@ impl msg_remote::Remote for Backend {
                     .kick(
                         Target::server(&session.frontend_id),
                         KickArgs {
-                            sid: 0,
+                            session_id: 0,
                             uid: session.uid.clone(),
                             reason: "kicked by backend".into(),
                         },
@@ -112,7 +112,7 @@ impl msg_remote::Remote for Backend {
                     .broadcast(
                         Target::server(&session.frontend_id),
                         PushArgs {
-                            sids: vec![],
+                            session_ids: vec![],
                             route: "onShout".into(),
                             body_json: Bytes::from(body.to_string()),
                             ..PushArgs::default()
@@ -158,7 +158,7 @@ impl msg_remote::Remote for Backend {
                     .push_settings(
                         Target::server(&session.frontend_id),
                         SettingsArgs {
-                            sid: session.id,
+                            session_id: session.id,
                             settings_json: Bytes::new(),
                             removed: vec!["rid".into()],
                         },

@@ -17,6 +17,8 @@
 //! - [`varint`]: the message id varint.
 //! - [`dictionary`]: the route dictionary built as pomelo builds it, and its version hash.
 //! - [`handshake`]: handshake request/reply and kick bodies, server and client side.
+//! - [`body`]: [`BodyCodec`], JSON or protobuf bodies by route, whole response and push
+//!   packages.
 //! - [`json`]: JSON bodies written as `JSON.stringify` writes them, read leniently.
 //! - [`error`]: the crate's [`Error`].
 //! - [`protobuf`]: pomelo-protobuf compatible bodies driven by a JSON schema.
@@ -29,6 +31,7 @@
 //! [`package::decode_frame`], answers HANDSHAKE packages with [`handshake`], decodes DATA
 //! bodies with [`Message::decode`], and writes replies with [`Message::encode_package`].
 
+pub mod body;
 pub mod connection;
 pub mod protobuf;
 
@@ -45,6 +48,7 @@ pub mod varint;
 #[doc(hidden)]
 pub mod fuzzing;
 
+pub use body::BodyCodec;
 #[cfg(feature = "codec")]
 pub use codec::PackageCodec;
 pub use dictionary::RouteDictionary;

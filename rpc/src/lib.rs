@@ -138,7 +138,7 @@ pub use frame::{ErrorKind, Frame, FrameCodec, FrameError, Name, Namespace, WireE
 pub use metrics::RpcMetrics;
 pub use payload::{Payload, PayloadError, Raw};
 pub use server::RpcServer;
-pub use service::{BoxCall, Registry, RegistryError, Service};
+pub use service::{BoxCall, DynRpcFilter, Registry, RegistryError, RpcCall, RpcFilter, Service};
 pub use tls::{RpcTls, TlsError};
 
 /// Re-exported: [`RpcServer::serve`] stops when this token is cancelled.

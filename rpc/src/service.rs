@@ -86,10 +86,98 @@ pub enum RegistryError {
     },
 }
 
-/// The services one server offers, by namespace and name. Built once, then shared.
+/// One incoming call as [`RpcFilter`]s see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RpcCall {
+    /// `sys` or `user`.
+    pub namespace: Namespace,
+    /// The service name, e.g. `chatRemote`.
+    pub service: String,
+    /// The method name, e.g. `add`.
+    pub method: String,
+    /// The argument's encoded size in bytes.
+    pub payload_len: usize,
+}
+
+/// A filter around every call a [`Registry`] dispatches (pomelo's rpc filters), on the RPC
+/// server side: `before` may refuse a call (the caller gets the error as the remote's own,
+/// [`crate::RpcError::Remote`], and the method does not run); `after` sees the outcome.
+/// Filters run in registration order.
+///
+/// ```
+/// use shaddock_rpc::{RemoteError, RpcCall, RpcFilter};
+///
+/// struct NoUserCallsToAdmin;
+///
+/// impl RpcFilter for NoUserCallsToAdmin {
+///     async fn before(&self, call: &RpcCall) -> Result<(), RemoteError> {
+///         if call.service == "adminRemote" {
+///             return Err(RemoteError::new(403, "adminRemote is closed"));
+///         }
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait RpcFilter: Send + Sync + 'static {
+    /// Checks a call before its method runs.
+    ///
+    /// # Errors
+    /// The refusal, sent back as the remote's error.
+    fn before(&self, call: &RpcCall) -> impl Future<Output = Result<(), RemoteError>> + Send {
+        let _ = call;
+        async { Ok(()) }
+    }
+
+    /// Observes a call's outcome (also of one a before filter refused).
+    fn after(
+        &self,
+        call: &RpcCall,
+        outcome: &Result<Bytes, WireError>,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (call, outcome);
+        async {}
+    }
+}
+
+/// A [`RpcFilter`] behind a pointer (what a [`Registry`] stores).
+pub trait DynRpcFilter: Send + Sync {
+    /// [`RpcFilter::before`].
+    fn before<'a>(
+        &'a self,
+        call: &'a RpcCall,
+    ) -> Pin<Box<dyn Future<Output = Result<(), RemoteError>> + Send + 'a>>;
+    /// [`RpcFilter::after`].
+    fn after<'a>(
+        &'a self,
+        call: &'a RpcCall,
+        outcome: &'a Result<Bytes, WireError>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+}
+
+impl<F: RpcFilter> DynRpcFilter for F {
+    fn before<'a>(
+        &'a self,
+        call: &'a RpcCall,
+    ) -> Pin<Box<dyn Future<Output = Result<(), RemoteError>> + Send + 'a>> {
+        Box::pin(RpcFilter::before(self, call))
+    }
+
+    fn after<'a>(
+        &'a self,
+        call: &'a RpcCall,
+        outcome: &'a Result<Bytes, WireError>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(RpcFilter::after(self, call, outcome))
+    }
+}
+
+/// The services one server offers, by namespace and name, and the filters around their
+/// calls. Built once, then shared.
 #[derive(Default, Clone)]
 pub struct Registry {
     spaces: [HashMap<&'static str, Arc<dyn Service>>; 2],
+    filters: Vec<Arc<dyn DynRpcFilter>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -150,8 +238,59 @@ impl Registry {
         self.spaces[ns as usize].get(name)
     }
 
-    /// Dispatches one call; unknown services resolve to an [`ErrorKind::UnknownService`] error.
+    /// Adds a filter around every call (see [`RpcFilter`]).
+    pub fn filter(&mut self, filter: impl RpcFilter) -> &mut Self {
+        self.filters.push(Arc::new(filter));
+        self
+    }
+
+    /// Adds a shared filter (see [`Registry::filter`]).
+    pub fn filter_arc(&mut self, filter: Arc<dyn DynRpcFilter>) -> &mut Self {
+        self.filters.push(filter);
+        self
+    }
+
+    /// Dispatches one call through the filters; unknown services resolve to an
+    /// [`ErrorKind::UnknownService`] error (which after filters see too).
     pub fn dispatch(&self, ns: Namespace, service: &str, method: &str, payload: Bytes) -> BoxCall {
+        if self.filters.is_empty() {
+            return self.dispatch_unfiltered(ns, service, method, payload);
+        }
+        let call = RpcCall {
+            namespace: ns,
+            service: service.to_owned(),
+            method: method.to_owned(),
+            payload_len: payload.len(),
+        };
+        let filters = self.filters.clone();
+        // Not polled (so the method does not run) unless every before filter lets it.
+        let inner = self.dispatch_unfiltered(ns, service, method, payload);
+        Box::pin(async move {
+            let mut refused = None;
+            for f in &filters {
+                if let Err(e) = f.before(&call).await {
+                    refused = Some(handler_error(e));
+                    break;
+                }
+            }
+            let outcome = match refused {
+                Some(e) => Err(e),
+                None => inner.await,
+            };
+            for f in &filters {
+                f.after(&call, &outcome).await;
+            }
+            outcome
+        })
+    }
+
+    fn dispatch_unfiltered(
+        &self,
+        ns: Namespace,
+        service: &str,
+        method: &str,
+        payload: Bytes,
+    ) -> BoxCall {
         match self.get(ns, service) {
             Some(s) => s.call(method, payload),
             None => {
@@ -164,6 +303,210 @@ impl Registry {
             }
         }
     }
+}
+
+/// The arguments (a JSON array) and reply (JSON) of a [`remote!`](crate::remote!) method
+/// declared with named arguments, as pomelo's remotes send theirs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JsonArgs<T>(pub T);
+
+impl<T> crate::Payload for JsonArgs<T>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    fn into_payload(self) -> Bytes {
+        // Serializing plain data (strings, numbers, maps with string keys) does not fail; a
+        // type whose `Serialize` does (a map with non-string keys) is a bug of its remote.
+        match serde_json::to_vec(&self.0) {
+            Ok(v) => Bytes::from(v),
+            Err(e) => {
+                tracing::error!(cause = %e, "remote argument or reply does not encode as JSON");
+                Bytes::from_static(b"null")
+            }
+        }
+    }
+
+    fn from_payload(bytes: Bytes) -> Result<Self, PayloadError> {
+        serde_json::from_slice(&bytes)
+            .map(Self)
+            .map_err(|e| PayloadError {
+                message: e.to_string(),
+            })
+    }
+}
+
+/// The length of `name` in camelCase (each `_` dropped).
+#[doc(hidden)]
+pub const fn camel_len(name: &str) -> usize {
+    let b = name.as_bytes();
+    let (mut i, mut n) = (0, 0);
+    while i < b.len() {
+        if b[i] != b'_' {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+}
+
+/// `name` (snake_case ASCII) in camelCase: `kick_uid` → `kickUid`, as pomelo's method names.
+#[doc(hidden)]
+pub const fn camel<const N: usize>(name: &str) -> [u8; N] {
+    let b = name.as_bytes();
+    let mut out = [0u8; N];
+    let (mut i, mut o, mut upper) = (0, 0, false);
+    while i < b.len() {
+        if b[i] == b'_' {
+            upper = o > 0;
+        } else {
+            out[o] = if upper {
+                b[i].to_ascii_uppercase()
+            } else {
+                b[i]
+            };
+            upper = false;
+            o += 1;
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The wire name of a remote method: its Rust name in camelCase, computed at compile time.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __rpc_wire_name {
+    ($method:ident) => {{
+        const BYTES: &[u8] = &$crate::service::camel::<
+            { $crate::service::camel_len(stringify!($method)) },
+        >(stringify!($method));
+        match ::core::str::from_utf8(BYTES) {
+            ::core::result::Result::Ok(s) => s,
+            ::core::result::Result::Err(_) => panic!("a method name is ASCII"),
+        }
+    }};
+}
+
+/// One method of the server trait (named arguments, or one payload argument).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __rpc_trait_fn {
+    ([$($mmeta:meta)*] $method:ident ($($p:ident : $t:ty),* $(,)?) $ret:ty) => {
+        $(#[$mmeta])*
+        fn $method(
+            &self,
+            $($p: $t),*
+        ) -> impl ::core::future::Future<
+            Output = ::core::result::Result<$ret, $crate::RemoteError>,
+        > + ::core::marker::Send;
+    };
+    ([$($mmeta:meta)*] $method:ident ($arg:ty) $ret:ty) => {
+        $(#[$mmeta])*
+        fn $method(
+            &self,
+            args: $arg,
+        ) -> impl ::core::future::Future<
+            Output = ::core::result::Result<$ret, $crate::RemoteError>,
+        > + ::core::marker::Send;
+    };
+}
+
+/// One method's dispatch: decode, call, encode.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __rpc_dispatch {
+    ($inner:ident $payload:ident $name:ident $method:ident ($($p:ident : $t:ty),* $(,)?) $ret:ty) => {
+        ::std::boxed::Box::pin(async move {
+            let $crate::service::JsonArgs(($($p,)*)) =
+                <$crate::service::JsonArgs<($($t,)*)> as $crate::Payload>::from_payload($payload)
+                    .map_err(|e| $crate::service::bad_payload($name, $crate::__rpc_wire_name!($method), e))?;
+            let reply: $ret = $inner
+                .$method($($p),*)
+                .await
+                .map_err($crate::service::handler_error)?;
+            ::core::result::Result::Ok(<$crate::service::JsonArgs<$ret> as $crate::Payload>::into_payload(
+                $crate::service::JsonArgs(reply),
+            ))
+        })
+    };
+    ($inner:ident $payload:ident $name:ident $method:ident ($arg:ty) $ret:ty) => {
+        ::std::boxed::Box::pin(async move {
+            let args = <$arg as $crate::Payload>::from_payload($payload)
+                .map_err(|e| $crate::service::bad_payload($name, $crate::__rpc_wire_name!($method), e))?;
+            let reply = $inner
+                .$method(args)
+                .await
+                .map_err($crate::service::handler_error)?;
+            ::core::result::Result::Ok(<$ret as $crate::Payload>::into_payload(reply))
+        })
+    };
+}
+
+/// One method of the client stub (`call`) or of its notifier (`notify`).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __rpc_client_fn {
+    (call [$($mmeta:meta)*] $ns:ident $name:ident $method:ident ($($p:ident : $t:ty),* $(,)?) $ret:ty) => {
+        $(#[$mmeta])*
+        pub async fn $method(
+            &self,
+            target: $crate::Target<'_>,
+            $($p: $t),*
+        ) -> ::core::result::Result<$ret, $crate::RpcError> {
+            self.rpc
+                .call::<$crate::service::JsonArgs<($($t,)*)>, $crate::service::JsonArgs<$ret>>(
+                    target,
+                    $ns,
+                    $name,
+                    $crate::__rpc_wire_name!($method),
+                    $crate::service::JsonArgs(($($p,)*)),
+                )
+                .await
+                .map(|$crate::service::JsonArgs(r)| r)
+        }
+    };
+    (call [$($mmeta:meta)*] $ns:ident $name:ident $method:ident ($arg:ty) $ret:ty) => {
+        $(#[$mmeta])*
+        pub async fn $method(
+            &self,
+            target: $crate::Target<'_>,
+            args: $arg,
+        ) -> ::core::result::Result<$ret, $crate::RpcError> {
+            self.rpc
+                .call::<$arg, $ret>(target, $ns, $name, $crate::__rpc_wire_name!($method), args)
+                .await
+        }
+    };
+    (notify [$($mmeta:meta)*] $ns:ident $name:ident $method:ident ($($p:ident : $t:ty),* $(,)?) $ret:ty) => {
+        $(#[$mmeta])*
+        pub async fn $method(
+            &self,
+            target: $crate::Target<'_>,
+            $($p: $t),*
+        ) -> ::core::result::Result<(), $crate::RpcError> {
+            self.rpc
+                .notify::<$crate::service::JsonArgs<($($t,)*)>>(
+                    target,
+                    $ns,
+                    $name,
+                    $crate::__rpc_wire_name!($method),
+                    $crate::service::JsonArgs(($($p,)*)),
+                )
+                .await
+        }
+    };
+    (notify [$($mmeta:meta)*] $ns:ident $name:ident $method:ident ($arg:ty) $ret:ty) => {
+        $(#[$mmeta])*
+        pub async fn $method(
+            &self,
+            target: $crate::Target<'_>,
+            args: $arg,
+        ) -> ::core::result::Result<(), $crate::RpcError> {
+            self.rpc
+                .notify::<$arg>(target, $ns, $name, $crate::__rpc_wire_name!($method), args)
+                .await
+        }
+    };
 }
 
 #[doc(hidden)]
@@ -224,15 +567,43 @@ macro_rules! __rpc_namespace {
 /// }
 /// ```
 ///
+/// A method may instead take several named arguments of serde types, as pomelo's remotes do
+/// (`chatRemote.add(uid, sid, name, flag)`); they travel as a JSON array, the reply as JSON:
+///
+/// ```
+/// use shaddock_rpc::{remote, RemoteError};
+///
+/// remote! {
+///     pub mod room_remote: user "chatRemote" {
+///         /// Adds `uid` of frontend `frontend_id` to room `rid`; the members after.
+///         fn add(uid: String, frontend_id: String, rid: String) -> Vec<String>;
+///     }
+/// }
+///
+/// struct Rooms;
+/// impl room_remote::Remote for Rooms {
+///     async fn add(&self, uid: String, _frontend_id: String, _rid: String) -> Result<Vec<String>, RemoteError> {
+///         Ok(vec![uid])
+///     }
+/// }
+/// // Caller: `room_remote::Client::new(&rpc).add(target, uid, frontend_id, rid).await?`.
+/// assert_eq!(room_remote::METHODS, ["add"]);
+/// ```
+///
+/// Wire method names are the Rust names in camelCase (`kick_uid` is called `kickUid`), as
+/// pomelo names its remotes' methods.
+///
 /// The generated module `$name` holds:
 /// - `NAMESPACE`, `NAME`, `METHODS`: the namespace (`sys` or `user`), the service name callers
 ///   use on the wire, and the method names;
-/// - `trait Remote`: one `async fn method(&self, Arg) -> Result<Reply, RemoteError>` per line;
+/// - `trait Remote`: one `async fn method(&self, Arg) -> Result<Reply, RemoteError>` (or
+///   `(&self, a: A, b: B, ...)`) per line;
 /// - `struct Server<T: Remote>`: the [`Service`] to register (`Server::new(impl)`);
 /// - `struct Client`: `async fn method(&self, target: Target<'_>, Arg) -> Result<Reply, RpcError>`
 ///   per line, and `client.notify().method(target, arg)` to send the same call one-way.
 ///
-/// Argument and reply types are [`crate::Payload`]s: prost messages, `()`, or [`crate::Raw`].
+/// With one unnamed argument, argument and reply types are [`crate::Payload`]s: prost
+/// messages, `()`, or [`crate::Raw`]; with named arguments, serde types.
 /// The module does `use super::*`, so types in scope where the macro is invoked are in scope
 /// in it.
 #[macro_export]
@@ -242,7 +613,7 @@ macro_rules! remote {
         $vis:vis mod $module:ident : $ns:ident $name:literal {
             $(
                 $(#[$mmeta:meta])*
-                fn $method:ident ( $arg:ty ) -> $ret:ty ;
+                fn $method:ident $params:tt -> $ret:ty ;
             )*
         }
     ) => {
@@ -255,19 +626,13 @@ macro_rules! remote {
             pub const NAMESPACE: $crate::Namespace = $crate::__rpc_namespace!($ns);
             /// The service name on the wire.
             pub const NAME: &str = $name;
-            /// The method names on the wire.
-            pub const METHODS: &[&str] = &[$(stringify!($method)),*];
+            /// The method names on the wire (camelCase).
+            pub const METHODS: &[&str] = &[$($crate::__rpc_wire_name!($method)),*];
 
             /// Implement this on the server that offers the remote.
             pub trait Remote: ::core::marker::Send + ::core::marker::Sync + 'static {
                 $(
-                    $(#[$mmeta])*
-                    fn $method(
-                        &self,
-                        args: $arg,
-                    ) -> impl ::core::future::Future<
-                        Output = ::core::result::Result<$ret, $crate::RemoteError>,
-                    > + ::core::marker::Send;
+                    $crate::__rpc_trait_fn!([$($mmeta)*] $method $params $ret);
                 )*
             }
 
@@ -296,23 +661,13 @@ macro_rules! remote {
                 }
 
                 fn call(&self, method: &str, payload: $crate::__bytes::Bytes) -> $crate::BoxCall {
-                    match method {
-                        $(
-                            stringify!($method) => {
-                                let inner = ::std::sync::Arc::clone(&self.0);
-                                ::std::boxed::Box::pin(async move {
-                                    let args = <$arg as $crate::Payload>::from_payload(payload)
-                                        .map_err(|e| $crate::service::bad_payload(NAME, stringify!($method), e))?;
-                                    let reply = inner
-                                        .$method(args)
-                                        .await
-                                        .map_err($crate::service::handler_error)?;
-                                    ::core::result::Result::Ok(<$ret as $crate::Payload>::into_payload(reply))
-                                })
-                            }
-                        )*
-                        other => $crate::service::unknown_method(NAMESPACE, NAME, other),
-                    }
+                    $(
+                        if method == $crate::__rpc_wire_name!($method) {
+                            let inner = ::std::sync::Arc::clone(&self.0);
+                            return $crate::__rpc_dispatch!(inner payload NAME $method $params $ret);
+                        }
+                    )*
+                    $crate::service::unknown_method(NAMESPACE, NAME, method)
                 }
             }
 
@@ -334,16 +689,7 @@ macro_rules! remote {
                 }
 
                 $(
-                    $(#[$mmeta])*
-                    pub async fn $method(
-                        &self,
-                        target: $crate::Target<'_>,
-                        args: $arg,
-                    ) -> ::core::result::Result<$ret, $crate::RpcError> {
-                        self.rpc
-                            .call::<$arg, $ret>(target, NAMESPACE, NAME, stringify!($method), args)
-                            .await
-                    }
+                    $crate::__rpc_client_fn!(call [$($mmeta)*] NAMESPACE NAME $method $params $ret);
                 )*
             }
 
@@ -355,16 +701,7 @@ macro_rules! remote {
 
             impl Notifier<'_> {
                 $(
-                    $(#[$mmeta])*
-                    pub async fn $method(
-                        &self,
-                        target: $crate::Target<'_>,
-                        args: $arg,
-                    ) -> ::core::result::Result<(), $crate::RpcError> {
-                        self.rpc
-                            .notify::<$arg>(target, NAMESPACE, NAME, stringify!($method), args)
-                            .await
-                    }
+                    $crate::__rpc_client_fn!(notify [$($mmeta)*] NAMESPACE NAME $method $params $ret);
                 )*
             }
         }

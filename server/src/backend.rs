@@ -1,7 +1,7 @@
 //! Requests that reach a backend, and the frontend's side of them.
 //!
 //! - The frontend's connector [`RpcForwarder`](shaddock_connector::RpcForwarder) sends a
-//!   client request for another server type over `msgRemote.forward_message` with a snapshot
+//!   client request for another server type over `msgRemote.forwardMessage` with a snapshot
 //!   of the session; the type's route key ([`crate::App::route_key`]) and router pick the
 //!   server.
 //! - The backend runs the handler with a [`BackendSession`]; its `bind/set/push/kick` reach
@@ -21,14 +21,14 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
-use shaddock_connector::remote::{
+use shaddock_core::sys::{
     BindArgs, ForwardMessage, ForwardReply, KickArgs, PushArgs, SessionSnapshot, SettingsArgs,
     msg_remote, session_remote,
 };
-use shaddock_connector::{HandlerError, RpcForwarder, Session, SessionRemote};
+use shaddock_core::{Request, RequestInfo, StateMap, filter};
 use shaddock_rpc::{RemoteError, RpcError, Target};
 
-use crate::app::{BackendFilter, BackendRequest, ErasedBackend, RouteKey, TypeDef};
+use crate::app::{BackendFilter, ErasedBackend, TypeDef};
 use crate::channel::{PushError, encode_push};
 use crate::context::ServerContext;
 
@@ -57,15 +57,6 @@ impl SessionInfo {
             uid: Some(s.uid).filter(|u| !u.is_empty()),
             frontend_id: s.frontend_id,
             settings,
-        }
-    }
-
-    pub(crate) fn of(session: &Session) -> Self {
-        Self {
-            id: session.id(),
-            uid: session.uid(),
-            frontend_id: session.frontend_id().to_owned(),
-            settings: session.settings(),
         }
     }
 }
@@ -242,7 +233,7 @@ impl BackendSession {
             return Ok(());
         }
         let args = SettingsArgs {
-            sid: self.inner.id,
+            session_id: self.inner.id,
             settings_json: json_bytes(changes.set),
             removed: changes.removed,
         };
@@ -259,7 +250,7 @@ impl BackendSession {
     /// The RPC failed, or the frontend refused the bind ([`RpcError::Remote`]).
     pub async fn bind(&self, uid: &str) -> Result<(), RpcError> {
         let args = BindArgs {
-            sid: self.inner.id,
+            session_id: self.inner.id,
             uid: uid.to_owned(),
         };
         self.stub()
@@ -277,7 +268,7 @@ impl BackendSession {
         let package = encode_push(self.inner.ctx.codec(), route, body)?;
         let args = PushArgs {
             package,
-            sids: vec![self.inner.id],
+            session_ids: vec![self.inner.id],
             ..PushArgs::default()
         };
         self.stub()
@@ -296,7 +287,7 @@ impl BackendSession {
     /// The RPC failed.
     pub async fn kick(&self, reason: &str) -> Result<(), RpcError> {
         let args = KickArgs {
-            sid: self.inner.id,
+            session_id: self.inner.id,
             uid: String::new(),
             reason: reason.to_owned(),
         };
@@ -311,23 +302,22 @@ impl BackendSession {
     }
 }
 
-fn remote_error(e: HandlerError) -> RemoteError {
-    RemoteError::new(u32::try_from(e.code).unwrap_or(500), e.message)
-}
-
 /// `msgRemote` on a backend: runs forwarded requests.
 pub(crate) struct MsgRemote {
     pub(crate) ctx: ServerContext,
     pub(crate) handlers: HashMap<String, Arc<ErasedBackend>>,
-    pub(crate) before: Vec<BackendFilter>,
+    pub(crate) filters: Vec<BackendFilter>,
+    /// What handlers extract with `State<T>` (and the server's context).
+    pub(crate) state: StateMap,
 }
 
 impl MsgRemote {
-    pub(crate) fn new(ctx: ServerContext, def: &TypeDef) -> Self {
+    pub(crate) fn new(ctx: ServerContext, def: &TypeDef, state: StateMap) -> Self {
         Self {
             ctx,
             handlers: def.handlers.clone(),
-            before: def.before.clone(),
+            filters: def.before.clone(),
+            state,
         }
     }
 }
@@ -345,17 +335,21 @@ impl msg_remote::Remote for MsgRemote {
             .map_err(|e| RemoteError::new(500, format!("invalid request body: {e}")))?;
         let info = SessionInfo::from_snapshot(args.session.unwrap_or_default());
         let session = BackendSession::new(info, self.ctx.clone());
-        let req = BackendRequest {
-            route: args.route.clone(),
-            id: args.id,
-        };
-        for f in &self.before {
-            f(&req, &body, &session).map_err(remote_error)?;
+        let mut req = Request::new(
+            RequestInfo::forwarded(args.route, args.id),
+            session.clone(),
+            body,
+        )
+        .with_state(self.state.clone());
+        if !args.body_protobuf.is_empty() {
+            req = req.with_protobuf(args.body_protobuf);
         }
-        let reply = handler
-            .call(session.clone(), body)
-            .await
-            .map_err(remote_error)?;
+        let outcome = match filter::run_before(&self.filters, &req).await {
+            Ok(()) => handler.call(&req).await,
+            Err(e) => Err(e),
+        };
+        filter::run_after(&self.filters, &req, &outcome).await;
+        let reply = outcome.map_err(RemoteError::from)?;
         // Only the keys the handler changed (and did not push already).
         let changes = lock(&session.inner.settings).changes();
         Ok(ForwardReply {
@@ -364,37 +358,6 @@ impl msg_remote::Remote for MsgRemote {
             removed_settings: changes.removed,
         })
     }
-}
-
-/// The frontend's forwarder: the connector's [`RpcForwarder`] over this server's RPC client,
-/// with the app's route keys.
-pub(crate) fn forwarder(ctx: &ServerContext, keys: HashMap<String, RouteKey>) -> RpcForwarder {
-    let forwarder = RpcForwarder::new(ctx.rpc().clone());
-    for (server_type, key) in keys {
-        forwarder.route_key(server_type, move |s: &Session, _route: &str| {
-            key(&SessionInfo::of(s)).into_bytes()
-        });
-    }
-    forwarder
-}
-
-/// The frontend's `sessionRemote`: the connector's, binding uids cluster-wide through the
-/// master ([`ServerContext::bind`]).
-pub(crate) fn session_remote(
-    ctx: &ServerContext,
-    frontend: &shaddock_connector::Frontend,
-) -> session_remote::Server<SessionRemote> {
-    let ctx = ctx.clone();
-    SessionRemote::new(frontend.clone())
-        .bind_with(move |session, uid| {
-            let ctx = ctx.clone();
-            Box::pin(async move {
-                ctx.bind(&session, &uid)
-                    .await
-                    .map_err(|e| RemoteError::new(500, e.to_string()))
-            })
-        })
-        .into_server()
 }
 
 #[cfg(test)]
@@ -407,7 +370,7 @@ mod tests {
 
     use serde_json::json;
     use shaddock_client::{Client, ClientConfig, Transport};
-    use shaddock_connector::{ConnectorConfig, Frontend};
+    use shaddock_connector::{ConnectorConfig, Frontend, RpcForwarder, Session};
     use shaddock_rpc::{Registry, RpcClient, RpcConfig, RpcServer, ServerInfo};
     use tokio::net::TcpListener;
     use tokio::sync::{Semaphore, mpsc};
@@ -416,6 +379,7 @@ mod tests {
     use super::*;
     use crate::App;
     use crate::config::ServerConfig;
+    use shaddock_core::HandlerError;
 
     const STEP: Duration = Duration::from_secs(10);
 
@@ -429,6 +393,53 @@ mod tests {
         entered: mpsc::Receiver<()>,
         release: Arc<Semaphore>,
         shutdown: CancellationToken,
+        /// What the backend filter's `after` saw: route, uid, and whether it succeeded.
+        filtered: Seen,
+    }
+
+    /// Route, uid, success: what a filter's `after` saw.
+    type Seen = Arc<std::sync::Mutex<Vec<(String, Option<String>, bool)>>>;
+
+    /// `chat.h.pb`'s body as a prost message (the tags of its clientProtos schema).
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Pb {
+        #[prost(string, tag = "1")]
+        text: String,
+    }
+
+    /// A protobuf body reaches a backend handler as the client sent it (`Proto<T>`) and as
+    /// its schema's JSON (`Value`).
+    #[tokio::test]
+    async fn a_protobuf_body_is_forwarded_to_a_proto_extractor() {
+        let t = setup().await;
+        let r = within(t.client.request("chat.h.pb", &json!({"text": "hi"})))
+            .await
+            .unwrap();
+        assert_eq!(
+            r,
+            json!({"text": "hi", "json": {"text": "hi"}, "uid": null})
+        );
+        t.shutdown.cancel();
+    }
+
+    /// A backend filter: refuses bodies with `"deny": true` (code 403), records outcomes.
+    struct Audit(Seen);
+
+    impl crate::Filter<BackendSession> for Audit {
+        async fn before(&self, req: &Request<BackendSession>) -> Result<(), HandlerError> {
+            if req.body()["deny"] == json!(true) {
+                return Err(HandlerError::new(403, format!("{} denied", req.route())));
+            }
+            Ok(())
+        }
+
+        async fn after(&self, req: &Request<BackendSession>, outcome: &crate::Outcome) {
+            self.0.lock().unwrap().push((
+                req.route().to_owned(),
+                req.session().uid(),
+                outcome.is_ok(),
+            ));
+        }
     }
 
     /// A connector frontend (`connector-1`) forwarding `chat.*` to one chat backend whose
@@ -457,6 +468,14 @@ mod tests {
                 },
             )
             .forwarder(Arc::new(RpcForwarder::new(front_rpc.clone())))
+            // `chat.h.pb` takes a protobuf body (clientProtos); every other route is JSON.
+            .protos(Arc::new(shaddock_protocol::protobuf::Protos::new(
+                shaddock_protocol::protobuf::Schema::from_file_json(&json!({})).unwrap(),
+                shaddock_protocol::protobuf::Schema::from_file_json(
+                    &json!({"chat.h.pb": {"required string text": 1}}),
+                )
+                .unwrap(),
+            )))
             .build()
             .expect("frontend");
         let client_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -494,11 +513,19 @@ mod tests {
             "test".into(),
             back_rpc,
             "master".into(),
-            shaddock_connector::BodyCodec::default(),
+            shaddock_protocol::BodyCodec::default(),
         );
         let gate = release.clone();
         let observer = frontend.clone();
+        let filtered = Arc::default();
         let app = App::new("settings-test")
+            .filter("chat", Audit(Arc::clone(&filtered)))
+            .handler(
+                "chat.h.pb",
+                |s: BackendSession, crate::Proto(pb): crate::Proto<Pb>, body: Value| async move {
+                    Ok::<_, HandlerError>(json!({"text": pb.text, "json": body, "uid": s.uid()}))
+                },
+            )
             .handler("chat.h.held", move |s: BackendSession, v: Value| {
                 let (entered_tx, gate) = (entered_tx.clone(), gate.clone());
                 async move {
@@ -538,7 +565,11 @@ mod tests {
         let back_port = back_l.local_addr().unwrap().port();
         let mut registry = Registry::new();
         registry
-            .add(msg_remote::Server::new(MsgRemote::new(ctx, def)))
+            .add(msg_remote::Server::new(MsgRemote::new(
+                ctx.clone(),
+                def,
+                app.server_state(&ctx),
+            )))
             .unwrap();
         tokio::spawn(RpcServer::new(registry, rpc_cfg).serve(back_l, shutdown.clone()));
         front_rpc
@@ -558,7 +589,32 @@ mod tests {
             entered,
             release,
             shutdown,
+            filtered,
         }
+    }
+
+    /// A backend filter's `before` refuses a forwarded request (the client gets its error,
+    /// the handler does not run) and its `after` sees every outcome.
+    #[tokio::test]
+    async fn backend_filters_refuse_before_and_see_every_outcome_after() {
+        let t = setup().await;
+        let r = within(t.client.request("chat.h.push", &json!({"deny": true})))
+            .await
+            .unwrap();
+        assert_eq!(r, json!({"code": 403, "msg": "chat.h.push denied"}));
+        let r = within(t.client.request("chat.h.push", &json!({})))
+            .await
+            .unwrap();
+        assert_eq!(r["pushed"], true, "{r}");
+        // The refused request did not run: `p` was set once, by the second.
+        assert_eq!(
+            t.filtered.lock().unwrap().clone(),
+            [
+                ("chat.h.push".to_owned(), None, false),
+                ("chat.h.push".to_owned(), None, true)
+            ]
+        );
+        t.shutdown.cancel();
     }
 
     fn frontend_settings(f: &Frontend) -> Map<String, Value> {

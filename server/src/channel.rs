@@ -19,8 +19,8 @@ use serde_json::Value;
 use shaddock_rpc::{RpcClient, RpcError, Target};
 
 use crate::context::ClusterView;
-use shaddock_connector::BodyCodec;
-use shaddock_connector::remote::{PushArgs, session_remote};
+use shaddock_core::sys::{PushArgs, session_remote};
+use shaddock_protocol::BodyCodec;
 
 /// Why a push could not be sent at all.
 #[derive(Debug, thiserror::Error)]

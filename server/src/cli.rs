@@ -155,6 +155,11 @@ async fn dispatch(app: App, cli: Cli) -> Result<(), String> {
     match cli.cmd {
         None | Some(Cmd::Start { .. }) => {
             let cluster = load(&cli)?;
+            // Every route must have servers of its kind, and the dictionary must build:
+            // refused here, before any server starts.
+            app.check_routes(&cluster.servers, &cli.config.join("servers.json"))
+                .map_err(|e| e.to_string())?;
+            app.route_dictionary().map_err(|e| e.to_string())?;
             let exit_with_parent = matches!(
                 cli.cmd,
                 Some(Cmd::Start {

@@ -3,8 +3,9 @@
 
 use std::sync::{Arc, OnceLock, RwLock};
 
-use shaddock_connector::{BodyCodec, Frontend, Session, SessionError};
-use shaddock_protocol::RouteDictionary;
+// The frontend-running side: the frontend this server may run, and its sessions.
+use shaddock_connector::{Frontend, Session, SessionError};
+use shaddock_protocol::{BodyCodec, RouteDictionary};
 use shaddock_rpc::{RpcClient, RpcError, ServerInfo, Target};
 use tokio_util::sync::CancellationToken;
 

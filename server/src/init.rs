@@ -1,7 +1,7 @@
 //! `init NAME`: writes a new app with pomelo's conventional layout, ready to build and test.
 //!
 //! ```text
-//! NAME/Cargo.toml            depends on shaddock-server and shaddock-connector of this checkout
+//! NAME/Cargo.toml            depends on shaddock-server of this checkout (a relative path)
 //! NAME/Cargo.lock            this checkout's, so the app builds with the same versions (offline)
 //! NAME/src/main.rs           a gate, a connector and a chat backend
 //! NAME/tests/cluster.rs      starts the cluster on free ports and chats with the Rust client
@@ -19,7 +19,7 @@ use std::path::{Component, Path, PathBuf};
 fn checkout() -> Result<PathBuf, String> {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
     let root = here.parent().unwrap_or(here);
-    for krate in ["server", "connector", "client-sdk"] {
+    for krate in ["server", "client-sdk"] {
         if !root.join(krate).join("Cargo.toml").is_file() {
             return Err(format!(
                 "init needs the Shaddock checkout it was built from (the app depends on its \
@@ -92,12 +92,7 @@ pub(crate) fn init(dir: &Path, name: &str) -> Result<(), String> {
     let files = [
         (
             "Cargo.toml",
-            cargo_toml(
-                &pkg,
-                &rel("server")?,
-                &rel("connector")?,
-                &rel("client-sdk")?,
-            ),
+            cargo_toml(&pkg, &rel("server")?, &rel("client-sdk")?),
         ),
         ("src/main.rs", MAIN_RS.to_owned()),
         ("tests/cluster.rs", TEST_RS.replace("{pkg}", &pkg)),
@@ -124,7 +119,7 @@ pub(crate) fn init(dir: &Path, name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn cargo_toml(pkg: &str, server: &str, connector: &str, client: &str) -> String {
+fn cargo_toml(pkg: &str, server: &str, client: &str) -> String {
     format!(
         r#"[package]
 name = "{pkg}"
@@ -139,7 +134,7 @@ publish = false
 # together, or edit these paths.
 [dependencies]
 shaddock-server = {{ path = {server} }}
-shaddock-connector = {{ path = {connector} }}
+serde = {{ version = "1.0", features = ["derive"] }}
 serde_json = "1.0"
 
 [dev-dependencies]
@@ -162,7 +157,8 @@ A Shaddock app: a gate, a connector and a chat backend, speaking pomelo's client
     cargo run -- start -e production -D
     cargo test                         # starts the cluster on free ports and chats with it
 
-Layout: `src/main.rs` declares the server types (handlers, remotes, routers, filters);
+Layout: `src/main.rs` declares the routes, each a plain async fn whose arguments are
+extractors (the session, `ServerContext`, `Json<T>` for a typed body, `State<T>`);
 `config/servers.json` lists the servers per environment, `config/master.json` the master (and
 its `restart` policy for crashed servers).
 
@@ -178,8 +174,8 @@ Any pomelo client (raw TCP or WebSocket) works; with the `development` config:
 3. Request `chat.chatHandler.send` `{{"msg": "hello"}}` → `{{"code": 200}}`; whoever has sent to
    the lobby gets the push `onChat` `{{"from": "alice", "msg": "hello"}}`.
 
-A wrong request (no `uid`, no `msg`, a send before `enter`) is answered with
-`{{"code": 500, "msg": "..."}}` saying what is wrong.
+A wrong request (no `uid`, an empty `msg`, a send before `enter`) is answered with
+`{{"code": 500, "msg": "..."}}` saying what is wrong, e.g. `field `msg` is required`.
 
 With the Rust client (`shaddock-client`), as `tests/cluster.rs` does:
 
@@ -199,73 +195,102 @@ The Shaddock crates are found by a path relative to this folder (see `Cargo.toml
 }
 
 const MAIN_RS: &str = r#"//! A Shaddock app: a gate, a connector and a chat backend.
+//!
+//! Each route's handler is a plain async fn; its arguments are extractors: the session
+//! (`Session` on a frontend, `BackendSession` on a backend), the server's `ServerContext`,
+//! `Json<T>` for a typed body (a body that does not fit is answered with code 500 and a
+//! message naming the field), `State<T>` for what `App::with_state` gave.
 
 use std::process::ExitCode;
 
+use serde::Deserialize;
 use serde_json::{Value, json};
-use shaddock_connector::HandlerError;
-use shaddock_server::{App, BackendSession, run};
+use shaddock_server::{
+    App, BackendSession, HandlerError, Json, ServerContext, Session, State, run,
+};
 
-/// The non-empty string field `field` of a request, or the error its client gets.
-fn text_field(body: &Value, field: &str) -> Result<String, HandlerError> {
-    match body.get(field).and_then(Value::as_str).map(str::trim) {
-        Some(s) if !s.is_empty() => Ok(s.to_owned()),
-        _ => Err(HandlerError::new(
-            500,
-            format!("field `{field}` must be a non-empty string"),
-        )),
+/// The room everybody chats in: the app's state (`App::with_state`), extracted with `State`.
+#[derive(Debug, Clone)]
+struct Lobby(&'static str);
+
+/// A string that is not empty once trimmed (kept trimmed).
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "String")]
+struct Text(String);
+
+impl TryFrom<String> for Text {
+    type Error = &'static str;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        match s.trim() {
+            "" => Err("must not be empty"),
+            t => Ok(Self(t.to_owned())),
+        }
     }
+}
+
+/// `gate.gateHandler.queryEntry`'s body.
+#[derive(Debug, Deserialize)]
+struct QueryEntry {
+    #[allow(dead_code)] // required, not used: one connector serves everybody
+    uid: Text,
+}
+
+/// `connector.entryHandler.enter`'s body.
+#[derive(Debug, Deserialize)]
+struct Enter {
+    uid: Text,
+}
+
+/// `chat.chatHandler.send`'s body.
+#[derive(Debug, Deserialize)]
+struct Send {
+    msg: Text,
+}
+
+/// The gate: which connector to use.
+async fn query_entry(
+    ctx: ServerContext,
+    Json(_q): Json<QueryEntry>,
+) -> Result<Value, HandlerError> {
+    let conns = ctx.servers_of_type("connector");
+    let c = conns
+        .first()
+        .ok_or_else(|| HandlerError::new(500, "no connector is up; try again"))?;
+    Ok(json!({"code": 200, "host": c.host, "port": c.client_port}))
+}
+
+/// The connector: log in as `uid` (cluster-wide).
+async fn enter(ctx: ServerContext, s: Session, Json(e): Json<Enter>) -> Result<Value, HandlerError> {
+    ctx.bind(&s, &e.uid.0)
+        .await
+        .map_err(|e| HandlerError::new(500, e.to_string()))?;
+    Ok(json!({"code": 200}))
+}
+
+/// The chat backend: `onChat` to everybody in the lobby.
+async fn send(
+    State(Lobby(lobby)): State<Lobby>,
+    s: BackendSession,
+    Json(m): Json<Send>,
+) -> Result<Value, HandlerError> {
+    let uid = s
+        .uid()
+        .ok_or_else(|| HandlerError::new(500, "enter first (connector.entryHandler.enter)"))?;
+    let room = s.ctx().channels().get_or_create(lobby);
+    room.add(&uid, s.frontend_id());
+    room.push("onChat", &json!({"from": uid, "msg": m.msg.0}))
+        .await
+        .map_err(|e| HandlerError::new(500, e.to_string()))?;
+    Ok(json!({"code": 200}))
 }
 
 fn app() -> App {
     App::new(env!("CARGO_PKG_NAME"))
-        .frontend("gate", |ctx, b| {
-            let ctx = ctx.clone();
-            b.handler("gate.gateHandler.queryEntry", move |_s, body: Value| {
-                let ctx = ctx.clone();
-                async move {
-                    text_field(&body, "uid")?;
-                    let conns = ctx.servers_of_type("connector");
-                    let c = conns
-                        .first()
-                        .ok_or_else(|| HandlerError::new(500, "no connector is up; try again"))?;
-                    Ok::<_, HandlerError>(
-                        json!({"code": 200, "host": c.host, "port": c.client_port}),
-                    )
-                }
-            })
-        })
-        .frontend("connector", |ctx, b| {
-            let ctx = ctx.clone();
-            b.handler(
-                "connector.entryHandler.enter",
-                move |s: shaddock_connector::Session, body: Value| {
-                    let ctx = ctx.clone();
-                    async move {
-                        let uid = text_field(&body, "uid")?;
-                        ctx.bind(&s, &uid)
-                            .await
-                            .map_err(|e| HandlerError::new(500, e.to_string()))?;
-                        Ok::<_, HandlerError>(json!({"code": 200}))
-                    }
-                },
-            )
-        })
-        .handler(
-            "chat.chatHandler.send",
-            |s: BackendSession, body: Value| async move {
-                let uid = s.uid().ok_or_else(|| {
-                    HandlerError::new(500, "enter first (connector.entryHandler.enter)")
-                })?;
-                let msg = text_field(&body, "msg")?;
-                let room = s.ctx().channels().get_or_create("lobby");
-                room.add(&uid, s.frontend_id());
-                room.push("onChat", &json!({"from": uid, "msg": msg}))
-                    .await
-                    .map_err(|e| HandlerError::new(500, e.to_string()))?;
-                Ok::<_, HandlerError>(json!({"code": 200}))
-            },
-        )
+        .with_state(Lobby("lobby"))
+        .frontend_handler("gate.gateHandler.queryEntry", query_entry)
+        .frontend_handler("connector.entryHandler.enter", enter)
+        .handler("chat.chatHandler.send", send)
 }
 
 fn main() -> ExitCode {
@@ -275,14 +300,21 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shaddock_server::{FromRequest, Request, RequestInfo};
+
+    /// What a client gets for `body` on a route taking `T`.
+    fn decode<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, HandlerError> {
+        let req = Request::new(RequestInfo::forwarded("chat.chatHandler.send", 1), (), body);
+        <Json<T> as FromRequest<()>>::from_request(&req).map(|Json(t)| t)
+    }
 
     #[test]
     fn requests_without_their_field_get_an_error() {
-        assert_eq!(text_field(&json!({"uid": " bob "}), "uid").unwrap(), "bob");
-        for body in [json!({}), json!({"uid": ""}), json!({"uid": 7}), json!([])] {
-            let e = text_field(&body, "uid").unwrap_err();
+        assert_eq!(decode::<Send>(json!({"msg": " hi "})).unwrap().msg.0, "hi");
+        for body in [json!({}), json!({"msg": ""}), json!({"msg": 7}), json!([])] {
+            let e = decode::<Send>(body.clone()).unwrap_err();
             assert_eq!(e.code, 500);
-            assert!(e.message.contains("`uid`"), "{}", e.message);
+            assert!(e.message.contains("`msg`") || e.message.contains("object"), "{body}: {}", e.message);
         }
     }
 

@@ -1,8 +1,10 @@
-//! The Shaddock application model: what turns the protocol, RPC and connector crates into
-//! pomelo's cluster of typed servers.
+//! The Shaddock application model: what turns the protocol, RPC, core and connector crates
+//! into pomelo's cluster of typed servers.
 //!
-//! An app is one binary. Its `main` declares the server types with an [`App`] and calls
-//! [`run`], which parses the pomelo-style command line:
+//! An app is one binary. Its `main` declares its routes with an [`App`] — each a plain async
+//! fn whose arguments are extractors ([`BackendSession`] or [`Session`], [`ServerContext`],
+//! [`Json<T>`](Json), [`Proto<T>`](Proto), [`State<T>`](State)) — and calls [`run`], which
+//! parses the pomelo-style command line:
 //!
 //! ```text
 //! app start [-e ENV] [-D] [--config DIR]   master in the foreground (-D: in the background)
@@ -19,11 +21,15 @@
 //!
 //! # Layout
 //! - [`config`]: `config/servers.json` and `config/master.json` in pomelo's shape, validated.
-//! - [`app`]: the [`App`] builder: handlers, remotes, routers, filters, components.
+//! - [`app`]: the [`App`] builder: handlers, state, remotes, routers, filters (client and
+//!   RPC), components, the route dictionary; the start-up check of routes against
+//!   servers.json.
 //! - [`context`]: [`ServerContext`], a running server's view of itself and the cluster.
 //! - [`backend`]: forwarded requests, [`BackendSession`].
 //! - [`channel`]: [`ChannelService`] and [`Channel`], pushes grouped by frontend.
-//! - [`proto`]: the framework's `sys` remotes and their messages.
+//! - [`proto`]: the framework's `sys` remotes and their messages (`shaddock_core::sys`).
+//! - `frontend`: forwarding and `sessionRemote` on a frontend this server runs (with
+//!   [`process`] and [`context`], the only users of the connector crate).
 //! - [`master`], [`process`], `cli`, `init`: the processes and the command line.
 //! - [`procfs`]: a process's resident memory from `/proc`.
 
@@ -34,6 +40,7 @@ mod cli;
 pub mod cluster;
 pub mod config;
 pub mod context;
+mod frontend;
 mod init;
 pub mod master;
 pub mod metrics;
@@ -44,12 +51,19 @@ pub mod proto;
 pub mod secret;
 
 pub use app::{
-    App, AppError, BackendHandler, BackendRequest, Component, DuplicateLogin, Rejoin, RejoinHook,
+    App, AppError, BackendHandler, BackendRequest, Component, ComponentError, DuplicateLogin,
+    FrontendHandler, Rejoin, RejoinHook,
 };
 pub use backend::{BackendSession, SessionInfo};
 pub use channel::{AlreadyMember, Channel, ChannelService, PushError, PushSummary};
 pub use cli::run;
 pub use context::{BindError, LiveServer, ServerContext};
+/// The frontend's session (a frontend handler's extractor), from the connector that runs
+/// frontends.
+pub use shaddock_connector::Session;
+pub use shaddock_core::{
+    Filter, FromRequest, HandlerError, Json, Outcome, Proto, Request, RequestInfo, State,
+};
 
 /// Installs the `tracing` subscriber every Shaddock process uses: events to stderr, filtered by
 /// `RUST_LOG` (default `info`), with colours only when stderr is a terminal, so log files and

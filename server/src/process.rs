@@ -4,15 +4,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use shaddock_connector::{BodyCodec, ConnectorConfig, Frontend, ServerTls, Session};
+// The frontend-running side: a frontend server's client port.
+use shaddock_connector::{ConnectorConfig, Frontend, ServerTls, Session};
+use shaddock_protocol::BodyCodec;
 use shaddock_rpc::{Registry, RemoteError, RpcClient, RpcConfig, RpcServer, ServerInfo, Target};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
-use crate::backend::{MsgRemote, forwarder, session_remote};
+use crate::app::{App, Hook};
+use crate::backend::MsgRemote;
 use crate::config::ServerConfig;
 use crate::context::{RejoinSpec, ServerContext};
+use crate::frontend::{forwarder, session_remote};
 use crate::proto::{
     Claim, ClaimSet, ServerEntry, StatsReport, StopArgs, WatchArgs, master_remote, msg_remote,
     server_remote,
@@ -95,14 +98,22 @@ pub enum StartError {
         source: shaddock_connector::Error,
     },
     /// A component's start failed.
-    #[error("server `{server}`: component `{component}` failed to start: {message}")]
+    #[error("server `{server}`: component `{component}` failed to start: {source}")]
     Component {
         /// The server id.
         server: String,
         /// The component.
         component: String,
-        /// Its message.
-        message: String,
+        /// Its error.
+        source: crate::app::ComponentError,
+    },
+    /// The app's declarations are wrong (a bad route, a dictionary that cannot be built).
+    #[error("server `{server}`: {source}")]
+    App {
+        /// The server id.
+        server: String,
+        /// The error.
+        source: crate::app::AppError,
     },
     /// The master could not be reached or refused the registration.
     #[error("server `{server}`: cannot register with master {master}: {message}")]
@@ -278,14 +289,20 @@ pub(crate) async fn run_server(
             rpc.set_router(t.clone(), r.clone());
         }
     }
+    let dictionary = app.route_dictionary().map_err(|source| StartError::App {
+        server: id.clone(),
+        source,
+    })?;
     let ctx = ServerContext::new(
         actual.clone(),
         configured,
         env,
         rpc.clone(),
         master_id.clone(),
-        BodyCodec::new(app.dictionary.clone(), app.protos.clone()),
+        BodyCodec::new(dictionary.clone(), app.protos.clone()),
     );
+    // What handlers extract: the app's state and this server's context.
+    let state = app.server_state(&ctx);
     let mut rejoins = Vec::new();
     for (t, d) in &app.types {
         if d.placed {
@@ -306,6 +323,9 @@ pub(crate) async fn run_server(
     let def = app.type_def(&me.server_type);
 
     let mut registry = Registry::new();
+    for f in &app.rpc_filters {
+        registry.filter_arc(f.clone());
+    }
     let reg_err = |source| StartError::Registry {
         server: id.clone(),
         source,
@@ -315,7 +335,11 @@ pub(crate) async fn run_server(
         .map_err(reg_err)?;
     if !def.handlers.is_empty() {
         registry
-            .add(msg_remote::Server::new(MsgRemote::new(ctx.clone(), &def)))
+            .add(msg_remote::Server::new(MsgRemote::new(
+                ctx.clone(),
+                &def,
+                state.clone(),
+            )))
             .map_err(reg_err)?;
     }
     for setup in &def.remotes {
@@ -323,12 +347,12 @@ pub(crate) async fn run_server(
     }
 
     for c in &app.components {
-        c.start(&ctx)
+        c.run(Hook::Start, &ctx)
             .await
-            .map_err(|message| StartError::Component {
+            .map_err(|source| StartError::Component {
                 server: id.clone(),
                 component: c.name().to_owned(),
-                message,
+                source,
             })?;
     }
 
@@ -353,9 +377,21 @@ pub(crate) async fn run_server(
             tokio::spawn(reload_on_sighup(tls.clone(), client_token.clone()));
             config.tls = Some(tls);
         }
-        let mut builder = Frontend::builder(config).forwarder(Arc::new(forwarder(&ctx, keys)));
-        if let Some(d) = &app.dictionary {
+        let mut builder = Frontend::builder(config)
+            .forwarder(Arc::new(forwarder(&ctx, keys)))
+            .state_map(&state);
+        if let Some(d) = &dictionary {
             builder = builder.dictionary(d.clone());
+        }
+        if let Some(h) = &app.error_handler {
+            let h = h.clone();
+            builder = builder.error_handler(move |info, s, e| h(info, s, e));
+        }
+        for (route, h) in &def.frontend_handlers {
+            builder = builder.erased_handler(route, h.clone());
+        }
+        for f in &def.frontend_filters {
+            builder = builder.dyn_filter(f.clone());
         }
         if let Some(p) = &app.protos {
             builder = builder.protos(p.clone());
@@ -436,7 +472,10 @@ pub(crate) async fn run_server(
     }
     tracing::info!(server = %id, rpc = ?actual.port, client = ?actual.client_port, "server registered with the master");
     for c in &app.components {
-        c.after_start(&ctx).await;
+        if let Err(e) = c.run(Hook::AfterStart, &ctx).await {
+            tracing::error!(server = %id, component = c.name(), cause = %e, "component's after_start failed: stopping");
+            ctx.request_stop();
+        }
     }
 
     let stop = ctx.stop_token().clone();
@@ -451,6 +490,11 @@ pub(crate) async fn run_server(
     }
     tracing::info!(server = %id, "stopping");
     bg.cancel();
+    for c in &app.components {
+        if let Err(e) = c.run(Hook::BeforeStop, &ctx).await {
+            tracing::warn!(server = %id, component = c.name(), cause = %e, "component's before_stop failed");
+        }
+    }
 
     if let (Some(task), Some(frontend)) = (client_task, ctx.frontend()) {
         // Refuse new clients, answer the requests in flight, then kick the rest (the
@@ -469,7 +513,9 @@ pub(crate) async fn run_server(
         let _ = tokio::time::timeout(KICK_TIMEOUT, task).await;
     }
     for c in &app.components {
-        c.stop(&ctx).await;
+        if let Err(e) = c.run(Hook::Stop, &ctx).await {
+            tracing::warn!(server = %id, component = c.name(), cause = %e, "component's stop failed");
+        }
     }
     rpc_token.cancel();
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, rpc_task).await;

@@ -34,12 +34,10 @@ use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use serde_json::{Value, json};
 use shaddock_client::{Client, ClientConfig, Transport};
-use shaddock_connector::remote::{
-    ForwardMessage, ForwardReply, PushArgs, msg_remote, session_remote,
-};
 use shaddock_connector::{
     BodyCodec, ConnectorConfig, Frontend, HandlerError, RpcForwarder, Session,
 };
+use shaddock_core::sys::{ForwardMessage, ForwardReply, PushArgs, msg_remote, session_remote};
 use shaddock_rpc::{Registry, RemoteError, RpcClient, RpcConfig, RpcServer, ServerInfo, Target};
 use shaddock_server::channel::encode_push;
 use tokio::net::{TcpListener, TcpStream};

@@ -66,7 +66,7 @@ impl Rpc {
     pub async fn rooms(&self, chat_ids: &[String]) -> RoomCount {
         let mut total = RoomCount::default();
         for id in chat_ids {
-            let c = timeout(STEP, self.chat.rooms(Target::server(id), ()))
+            let c = timeout(STEP, self.chat.rooms(Target::server(id)))
                 .await
                 .expect("rooms in time")
                 .expect("rooms");

@@ -13,24 +13,26 @@ use shaddock_protocol::protobuf::Protos;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use shaddock_protocol::BodyCodec;
+
 use super::{Error, Forwarder, Frontend, Inner};
-use crate::codec::BodyCodec;
 use crate::config::ConnectorConfig;
 use crate::handler::{
-    AfterFilter, BeforeFilter, ErasedHandler, ErrorHandler, Handler, HandlerError, RequestInfo,
+    AfterFn, BeforeFn, DynFilter, ErasedHandler, ErrorHandler, Filter, Handler, HandlerError,
+    Outcome, Request, RequestInfo, StateMap,
 };
 use crate::handshake::{self, HandshakeConfig};
 use crate::session::{Session, SessionConfig, SessionService};
 use crate::stats::ConnectorStats;
 
-/// Builds a [`Frontend`]: handlers, filters, dictionary, forwarder.
+/// Builds a [`Frontend`]: handlers, filters, state, dictionary, forwarder.
 pub struct FrontendBuilder {
     config: ConnectorConfig,
     session_config: SessionConfig,
-    handlers: HashMap<String, Arc<dyn ErasedHandler>>,
+    handlers: HashMap<String, Arc<dyn ErasedHandler<Session>>>,
     errors: Vec<Error>,
-    before: Vec<Arc<dyn BeforeFilter>>,
-    after: Vec<Arc<dyn AfterFilter>>,
+    filters: Vec<Arc<dyn DynFilter<Session>>>,
+    state: StateMap,
     error_handler: Option<ErrorHandler>,
     dictionary: Option<Arc<RouteDictionary>>,
     protos: Option<Arc<Protos>>,
@@ -47,14 +49,22 @@ impl std::fmt::Debug for FrontendBuilder {
 }
 
 impl FrontendBuilder {
-    /// Registers a local handler for `route` (`"<this server type>.handler.method"`).
+    /// Registers a local handler for `route` (`"<this server type>.handler.method"`): an
+    /// async fn of extractors ([`Session`], `Json<T>`, `State<T>`, ...).
     /// Malformed, foreign or duplicate routes make [`FrontendBuilder::build`] fail.
     #[must_use]
-    pub fn handler<H, T>(mut self, route: &str, handler: H) -> Self
+    pub fn handler<H, A>(self, route: &str, handler: H) -> Self
     where
-        H: Handler<T>,
-        T: 'static,
+        H: Handler<A, Session>,
+        A: 'static,
     {
+        self.erased_handler(route, crate::handler::erase::<H, A, Session>(handler))
+    }
+
+    /// Registers a handler already erased (as an app declares them, see
+    /// [`crate::handler::erase`]); the same checks as [`FrontendBuilder::handler`].
+    #[must_use]
+    pub fn erased_handler(mut self, route: &str, handler: Arc<dyn ErasedHandler<Session>>) -> Self {
         match Route::parse(route) {
             Err(e) => self.errors.push(Error::InvalidRoute {
                 route: route.to_owned(),
@@ -70,8 +80,7 @@ impl FrontendBuilder {
                 });
             }
             Ok(_) => {
-                let erased = crate::handler::erase::<H, T, Session>(handler);
-                if self.handlers.insert(route.to_owned(), erased).is_some() {
+                if self.handlers.insert(route.to_owned(), handler).is_some() {
                     self.errors.push(Error::DuplicateRoute(route.to_owned()));
                 }
             }
@@ -79,17 +88,47 @@ impl FrontendBuilder {
         self
     }
 
-    /// Adds a before filter (run in registration order).
+    /// Adds a shared filter (see [`FrontendBuilder::filter`]).
     #[must_use]
-    pub fn before(mut self, filter: impl BeforeFilter) -> Self {
-        self.before.push(Arc::new(filter));
+    pub fn dyn_filter(mut self, filter: Arc<dyn DynFilter<Session>>) -> Self {
+        self.filters.push(filter);
         self
     }
 
-    /// Adds an after filter (run in registration order).
+    /// Adds a filter (its `before` and `after` run in registration order), around local
+    /// and forwarded messages alike.
     #[must_use]
-    pub fn after(mut self, filter: impl AfterFilter) -> Self {
-        self.after.push(Arc::new(filter));
+    pub fn filter(mut self, filter: impl Filter<Session>) -> Self {
+        self.filters.push(Arc::new(filter));
+        self
+    }
+
+    /// Adds a filter from a synchronous before closure (see [`FrontendBuilder::filter`]).
+    #[must_use]
+    pub fn before(
+        self,
+        f: impl Fn(&Request<Session>) -> Result<(), HandlerError> + Send + Sync + 'static,
+    ) -> Self {
+        self.filter(BeforeFn(f))
+    }
+
+    /// Adds a filter from a synchronous after closure (see [`FrontendBuilder::filter`]).
+    #[must_use]
+    pub fn after(self, f: impl Fn(&Request<Session>, &Outcome) + Send + Sync + 'static) -> Self {
+        self.filter(AfterFn(f))
+    }
+
+    /// Adds `value` to the state handlers extract with `State<T>`.
+    #[must_use]
+    pub fn state<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.state.insert(value);
+        self
+    }
+
+    /// Adds every value of `state` (an app's) to the handlers' state.
+    #[must_use]
+    pub fn state_map(mut self, state: &StateMap) -> Self {
+        self.state.extend(state);
         self
     }
 
@@ -172,10 +211,7 @@ impl FrontendBuilder {
             )));
         }
         let stats = Arc::new(ConnectorStats::default());
-        let codec = BodyCodec {
-            dictionary: self.dictionary.clone(),
-            protos: self.protos.clone(),
-        };
+        let codec = BodyCodec::new(self.dictionary.clone(), self.protos.clone());
         let sessions = SessionService::new(
             &c.frontend_id,
             self.session_config,
@@ -215,8 +251,8 @@ impl FrontendBuilder {
                 sessions,
                 handshake,
                 handlers: self.handlers,
-                before: self.before,
-                after: self.after,
+                filters: self.filters,
+                state: self.state,
                 error_handler: self.error_handler,
                 codec,
                 forwarder: self.forwarder,
@@ -239,8 +275,8 @@ impl Frontend {
             session_config: SessionConfig::default(),
             handlers: HashMap::new(),
             errors: Vec::new(),
-            before: Vec::new(),
-            after: Vec::new(),
+            filters: Vec::new(),
+            state: StateMap::new(),
             error_handler: None,
             dictionary: None,
             protos: None,

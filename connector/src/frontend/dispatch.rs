@@ -9,8 +9,8 @@ use shaddock_protocol::message::{Message, MessageRoute, MessageType, Route};
 
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use super::{ForwardRequest, GAVE_UP_MESSAGE, Inner, STOPPING_MESSAGE};
-use crate::handler::{HandlerError, RequestInfo};
+use super::{GAVE_UP_MESSAGE, Inner, STOPPING_MESSAGE};
+use crate::handler::{HandlerError, Outcome, Request, RequestInfo, filter};
 use crate::session::Session;
 
 /// Answers a message that arrived while the frontend is stopping, without handling it: a
@@ -21,8 +21,7 @@ pub(super) fn refuse_stopping(inner: &Inner, session: &Session, msg: &Message) {
         MessageRoute::Name(name) => name.as_str().to_owned(),
         MessageRoute::Code(code) => inner
             .codec
-            .dictionary
-            .as_ref()
+            .dictionary()
             .and_then(|d| d.route(*code))
             .map(|r| r.as_str().to_owned())
             .unwrap_or_default(),
@@ -30,11 +29,7 @@ pub(super) fn refuse_stopping(inner: &Inner, session: &Session, msg: &Message) {
     };
     tracing::debug!(%route, id = msg.id, "server stopping: message refused");
     if msg.kind == MessageType::Request && msg.id != 0 {
-        let info = RequestInfo {
-            route,
-            id: msg.id,
-            kind: msg.kind,
-        };
+        let info = RequestInfo::new(route, msg.id, msg.kind);
         let e = HandlerError::internal(STOPPING_MESSAGE);
         let body = error_body(inner, &info, session, &e);
         reply(inner, session, info.id, &info.route, &body);
@@ -60,41 +55,49 @@ pub(super) async fn dispatch(
     let wants_reply = msg.kind == MessageType::Request && msg.id != 0;
     let route: String = match &msg.route {
         MessageRoute::Name(name) => name.as_str().to_owned(),
-        MessageRoute::Code(code) => {
-            match inner.codec.dictionary.as_ref().and_then(|d| d.route(*code)) {
-                Some(r) => r.as_str().to_owned(),
-                None => {
-                    tracing::warn!(
-                        code,
-                        id = msg.id,
-                        dictionary = inner.codec.dictionary.is_some(),
-                        "message on a route code this server's dictionary does not have"
-                    );
-                    if wants_reply {
-                        let info = RequestInfo {
-                            route: String::new(),
-                            id: msg.id,
-                            kind: msg.kind,
-                        };
-                        let e = HandlerError::internal(format!(
-                            "route code {code} is not in this server's route dictionary: \
+        MessageRoute::Code(code) => match inner.codec.dictionary().and_then(|d| d.route(*code)) {
+            Some(r) => r.as_str().to_owned(),
+            None => {
+                tracing::warn!(
+                    code,
+                    id = msg.id,
+                    dictionary = inner.codec.dictionary().is_some(),
+                    "message on a route code this server's dictionary does not have"
+                );
+                if wants_reply {
+                    let info = RequestInfo::new(String::new(), msg.id, msg.kind);
+                    let e = HandlerError::internal(format!(
+                        "route code {code} is not in this server's route dictionary: \
                              send the route by name, or reconnect to get the current dictionary"
-                        ));
-                        let body = error_body(&inner, &info, &session, &e);
-                        reply(&inner, &session, msg.id, "", &body);
-                    }
-                    return;
+                    ));
+                    let body = error_body(&inner, &info, &session, &e);
+                    reply(&inner, &session, msg.id, "", &body);
                 }
+                return;
             }
-        }
+        },
         _ => return,
     };
-    let info = RequestInfo {
-        route,
-        id: msg.id,
-        kind: msg.kind,
+    let info = RequestInfo::new(route, msg.id, msg.kind);
+    // The body decoded once, for filters and the handler or forwarder alike; a body that
+    // does not decode is answered with the decoder's message (after filters see it too).
+    let (req, early) = match decode(&inner, &info, &msg.body) {
+        Ok((body, protobuf)) => {
+            let mut req = Request::new(info, session.clone(), body).with_state(inner.state.clone());
+            if let Some(raw) = protobuf {
+                req = req.with_protobuf(raw);
+            }
+            (req, None)
+        }
+        Err(e) => (Request::new(info, session.clone(), Value::Null), Some(e)),
     };
-    let run = run_request(&inner, &session, &info, &msg.body);
+    let info = req.info();
+    let run = async {
+        match early {
+            Some(e) => Err(e),
+            None => run_request(&inner, &req).await,
+        }
+    };
     tokio::pin!(run);
     let (outcome, answered) = tokio::select! {
         biased;
@@ -103,16 +106,14 @@ pub(super) async fn dispatch(
             tracing::warn!(route = %info.route, id = info.id, "server stopping: request not finished within the drain, answered with an error");
             if wants_reply {
                 let e = HandlerError::internal(GAVE_UP_MESSAGE);
-                let body = error_body(&inner, &info, &session, &e);
+                let body = error_body(&inner, info, &session, &e);
                 reply(&inner, &session, info.id, &info.route, &body);
             }
             drop(answered);
             (run.await, None)
         }
     };
-    for f in &inner.after {
-        f.after(&info, &session, &outcome);
-    }
+    filter::run_after(&inner.filters, &req, &outcome).await;
     if let Err(e) = &outcome {
         tracing::debug!(route = %info.route, code = e.code, error = %e.message, "request failed");
     }
@@ -120,7 +121,7 @@ pub(super) async fn dispatch(
         let body = match outcome {
             Ok(Value::Null) => Value::Object(serde_json::Map::new()),
             Ok(v) => v,
-            Err(e) => error_body(&inner, &info, &session, &e),
+            Err(e) => error_body(&inner, info, &session, &e),
         };
         reply(&inner, &session, info.id, &info.route, &body);
     }
@@ -135,13 +136,14 @@ fn error_body(inner: &Inner, info: &RequestInfo, session: &Session, e: &HandlerE
     }
 }
 
-async fn run_request(
+/// The route's body: JSON, or protobuf (decoded with its schema, the raw bytes kept for
+/// `Proto<T>`); the route is checked to be `serverType.handler.method` first.
+fn decode(
     inner: &Inner,
-    session: &Session,
     info: &RequestInfo,
     raw: &Bytes,
-) -> Result<Value, HandlerError> {
-    let parsed = Route::parse(&info.route).map_err(|e| {
+) -> Result<(Value, Option<Bytes>), HandlerError> {
+    Route::parse(&info.route).map_err(|e| {
         tracing::warn!(route = %info.route, cause = %e, "route is not serverType.handler.method");
         HandlerError::internal(format!(
             "route `{}` is not of the form serverType.handler.method",
@@ -152,35 +154,33 @@ async fn run_request(
         .codec
         .decode(&info.route, raw)
         .map_err(HandlerError::internal)?;
-    for f in &inner.before {
-        f.before(info, &body, session)?;
-    }
-    if parsed.server_type == inner.config.server_type {
-        let Some(handler) = inner.handlers.get(&info.route) else {
-            tracing::warn!(route = %info.route, "no handler for route");
+    let protobuf = inner
+        .codec
+        .is_protobuf_request(&info.route)
+        .then(|| raw.clone());
+    Ok((body, protobuf))
+}
+
+async fn run_request(inner: &Inner, req: &Request<Session>) -> Outcome {
+    let route = req.route();
+    filter::run_before(&inner.filters, req).await?;
+    let server_type = route.split('.').next().unwrap_or_default();
+    if server_type == inner.config.server_type {
+        let Some(handler) = inner.handlers.get(route) else {
+            tracing::warn!(route, "no handler for route");
             return Err(HandlerError::internal(format!(
-                "route `{}` does not exist on `{}` servers: check its handler and method names",
-                info.route, parsed.server_type
+                "route `{route}` does not exist on `{server_type}` servers: check its handler and method names"
             )));
         };
-        handler.call(session.clone(), body).await
+        handler.call(req).await
     } else {
         let Some(forwarder) = &inner.forwarder else {
-            tracing::warn!(route = %info.route, "no forwarder for a route of another server type");
+            tracing::warn!(route, "no forwarder for a route of another server type");
             return Err(HandlerError::internal(format!(
-                "route `{}` is not served here: this server cannot reach `{}` servers",
-                info.route, parsed.server_type
+                "route `{route}` is not served here: this server cannot reach `{server_type}` servers"
             )));
         };
-        let server_type = parsed.server_type.to_owned();
-        forwarder
-            .forward(ForwardRequest {
-                info: info.clone(),
-                server_type,
-                session: session.clone(),
-                body,
-            })
-            .await
+        forwarder.forward(server_type, req).await
     }
 }
 

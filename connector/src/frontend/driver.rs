@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use super::Inner;
 use super::dispatch::{dispatch, refuse_stopping};
+use crate::close::{Disconnect, KickReason};
 use crate::handshake;
 use crate::limit::TokenBucket;
 use crate::session::Session;
@@ -26,7 +27,7 @@ pub(super) async fn run<S>(
     session: Session,
     transport: Transport<S>,
     shutdown: CancellationToken,
-) -> String
+) -> Disconnect
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -57,24 +58,12 @@ fn now_std() -> std::time::Instant {
     Instant::now().into_std()
 }
 
-fn describe(reason: &CloseReason) -> String {
-    match reason {
-        CloseReason::HandshakeTimeout => "handshake timeout".into(),
-        CloseReason::HeartbeatTimeout => "heartbeat timeout".into(),
-        CloseReason::HandshakeRejected(code) => format!("handshake refused with code {code}"),
-        CloseReason::Kicked(r) => format!("kicked: {r}"),
-        CloseReason::UnexpectedPackage(t) => format!("client sent a {} package", t.name()),
-        CloseReason::Local => "closed".into(),
-        other => format!("{other:?}"),
-    }
-}
-
 impl<S> Driver<S>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     /// Runs the connection to its end; returns the close reason.
-    async fn run(&mut self) -> String {
+    async fn run(&mut self) -> Disconnect {
         let stats = self.inner.stats.clone();
         let mut conn = ServerConnection::new(self.inner.connection, now_std());
         let mut bucket = self
@@ -84,7 +73,7 @@ where
             .map(|l| TokenBucket::new(l, now_std()));
         let mut inbound = VecDeque::new();
         let mut batch: Vec<Bytes> = Vec::new();
-        let mut local_reason: Option<String> = None;
+        let mut local_reason: Option<Disconnect> = None;
         // With a push flush interval: when the queued pushes are due.
         let mut flush_at: Option<Instant> = None;
         // Set by the state machine's `Closed` event; the loop then writes what is left and ends.
@@ -125,7 +114,7 @@ where
                 let _ =
                     tokio::time::timeout(self.inner.config.write_timeout, self.transport.close())
                         .await;
-                return local_reason.unwrap_or_else(|| describe(&reason));
+                return local_reason.unwrap_or_else(|| Disconnect::from(&reason));
             }
             if more {
                 // The byte limit of one write left due messages queued: write them first.
@@ -147,7 +136,7 @@ where
             };
             tokio::select! {
                 () = self.shutdown.cancelled() => {
-                    local_reason = Some("server shutdown".into());
+                    local_reason = Some(Disconnect::ServerShutdown);
                     conn.close_local();
                 }
                 reason = self.session.kick_requested() => {
@@ -182,7 +171,7 @@ where
                                 ConnectorStats::incr(&stats.rate_limited);
                                 ConnectorStats::incr(&stats.kicked);
                                 tracing::warn!(peer = %self.session.peer_addr(), "inbound rate limit exceeded, kicking");
-                                conn.kick("rate limit exceeded");
+                                conn.kick(&KickReason::RateLimit.to_string());
                                 break;
                             }
                             conn.handle_package(package, now);
@@ -195,7 +184,7 @@ where
                         inbound = VecDeque::new();
                     }
                     Ok(false) => {
-                        local_reason = Some("closed by client".into());
+                        local_reason = Some(Disconnect::ClosedByClient);
                         conn.close_local();
                     }
                     Err(e) => {
@@ -203,7 +192,7 @@ where
                             ConnectorStats::incr(&stats.protocol_errors);
                         }
                         tracing::debug!(cause = %e, "read failed, closing");
-                        local_reason = Some(format!("read failed: {e}"));
+                        local_reason = Some(Disconnect::ReadFailed(e.to_string()));
                         conn.close_local();
                     }
                 },
@@ -224,7 +213,7 @@ where
         &mut self,
         conn: &mut ServerConnection,
         closed: &mut Option<CloseReason>,
-        local_reason: &mut Option<String>,
+        local_reason: &mut Option<Disconnect>,
     ) {
         while let Some(event) = conn.poll_event() {
             match event {
@@ -242,7 +231,7 @@ where
                     if let Err(reason) = self.on_data(body) {
                         ConnectorStats::incr(&self.inner.stats.protocol_errors);
                         tracing::debug!(%reason, "malformed message, closing");
-                        *local_reason = Some(reason);
+                        *local_reason = Some(Disconnect::Malformed(reason));
                         conn.close_local();
                     }
                 }
@@ -292,7 +281,7 @@ where
     /// Writes the messages queued when a kick is processed (not those queued after), all
     /// within one `write_timeout`. A client too slow for that is closed without the KICK
     /// (a write cut short may have left half a package on the wire).
-    async fn flush_before_kick(&mut self, batch: &mut Vec<Bytes>) -> Result<(), String> {
+    async fn flush_before_kick(&mut self, batch: &mut Vec<Bytes>) -> Result<(), Disconnect> {
         let outbox = self.session.outbox();
         let mut left = outbox.len();
         let timeout = self.inner.config.write_timeout;
@@ -310,11 +299,11 @@ where
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     tracing::debug!(cause = %e, "write failed, closing");
-                    return Err(format!("write failed: {e}"));
+                    return Err(Disconnect::WriteFailed(e.to_string()));
                 }
                 Err(_) => {
                     tracing::warn!(peer = %self.session.peer_addr(), ?timeout, "queued messages not written before the kick in time, closing");
-                    return Err("write timeout while flushing before a kick".into());
+                    return Err(Disconnect::FlushTimeout);
                 }
             }
         }
@@ -322,7 +311,7 @@ where
     }
 
     /// Writes `batch` as one write (one WebSocket message); empties it.
-    async fn write(&mut self, batch: &mut Vec<Bytes>) -> Result<(), String> {
+    async fn write(&mut self, batch: &mut Vec<Bytes>) -> Result<(), Disconnect> {
         match tokio::time::timeout(
             self.inner.config.write_timeout,
             self.transport.write_batch(batch),
@@ -336,11 +325,11 @@ where
             }
             Ok(Err(e)) => {
                 tracing::debug!(cause = %e, "write failed, closing");
-                Err(format!("write failed: {e}"))
+                Err(Disconnect::WriteFailed(e.to_string()))
             }
             Err(_) => {
                 tracing::warn!(peer = %self.session.peer_addr(), timeout = ?self.inner.config.write_timeout, "write timed out, closing slow client");
-                Err("write timeout".into())
+                Err(Disconnect::WriteTimeout)
             }
         }
     }

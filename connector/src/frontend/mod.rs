@@ -1,6 +1,7 @@
 //! The frontend: builder, listener, per-connection driver, dispatch and pushes.
 //!
-//! - [`builder`](FrontendBuilder): handlers, filters, dictionary, forwarder; validation.
+//! - [`builder`](FrontendBuilder): handlers, filters, state, dictionary, forwarder;
+//!   validation.
 //! - `push`: pushes to sessions by id, by uid, to everyone ([`PushReport`]).
 //! - `serve`: the listener, the graceful stop ([`DrainReport`]), a new connection's
 //!   sniffing and WebSocket upgrade.
@@ -16,15 +17,15 @@ mod serve;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde_json::Value;
 use shaddock_protocol::connection::ConnectionConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::codec::BodyCodec;
+use shaddock_protocol::BodyCodec;
+
 use crate::config::ConnectorConfig;
 use crate::handler::{
-    AfterFilter, BeforeFilter, BoxFuture, ErasedHandler, ErrorHandler, HandlerError, RequestInfo,
+    BoxFuture, DynFilter, ErasedHandler, ErrorHandler, Outcome, Request, StateMap,
 };
 use crate::handshake::HandshakeConfig;
 use crate::session::{Session, SessionService};
@@ -66,27 +67,16 @@ pub const STOPPING_MESSAGE: &str = "server is stopping; reconnect and send the r
 pub const GAVE_UP_MESSAGE: &str = "server is stopping and did not finish this request in time (it may \
      still complete); reconnect";
 
-/// A request or notify for another server type, handed to the [`Forwarder`].
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct ForwardRequest {
-    /// Route info (route string, id, kind).
-    pub info: RequestInfo,
-    /// The target server type (first part of the route).
-    pub server_type: String,
-    /// The client's session.
-    pub session: Session,
-    /// The decoded JSON body.
-    pub body: Value,
-}
-
 /// Sends routes of other server types to a backend (over RPC, see [`crate::remote`]).
 pub trait Forwarder: Send + Sync + 'static {
-    /// Forwards one message; the `Ok` value is the response body.
+    /// Forwards one message for a server of `server_type` (the first part of its route);
+    /// the `Ok` value is the response body. What the future needs of `request` is taken
+    /// before it is returned (the request itself stays with the frontend's filters).
     ///
     /// # Errors
-    /// A [`HandlerError`] for the client (no server of the type, backend down or slow ...).
-    fn forward(&self, request: ForwardRequest) -> BoxFuture<'static, Result<Value, HandlerError>>;
+    /// A [`HandlerError`](crate::HandlerError) for the client (no server of the type, backend down or slow ...).
+    fn forward(&self, server_type: &str, request: &Request<Session>)
+    -> BoxFuture<'static, Outcome>;
 }
 
 struct Inner {
@@ -95,9 +85,9 @@ struct Inner {
     stats: Arc<ConnectorStats>,
     sessions: SessionService,
     handshake: HandshakeConfig,
-    handlers: HashMap<String, Arc<dyn ErasedHandler>>,
-    before: Vec<Arc<dyn BeforeFilter>>,
-    after: Vec<Arc<dyn AfterFilter>>,
+    handlers: HashMap<String, Arc<dyn ErasedHandler<Session>>>,
+    filters: Vec<Arc<dyn DynFilter<Session>>>,
+    state: StateMap,
     error_handler: Option<ErrorHandler>,
     codec: BodyCodec,
     forwarder: Option<Arc<dyn Forwarder>>,

@@ -382,7 +382,9 @@ async fn serve_transport<S>(
         tls,
         "connection open"
     );
-    let reason = driver::run(inner.clone(), session.clone(), transport, shutdown).await;
+    let reason = driver::run(inner.clone(), session.clone(), transport, shutdown)
+        .await
+        .to_string();
     tracing::debug!(sid = session.id(), %reason, "connection closed");
     inner.sessions.remove(&session, &reason);
 }

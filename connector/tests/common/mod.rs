@@ -275,6 +275,7 @@ const INTERNAL_WORDS: &[&str] = &[
     "msgRemote",
     "sessionRemote",
     "forward_message",
+    "forwardMessage",
     "sys.",
     "service `",
     "method `",

@@ -9,7 +9,7 @@
 //!
 //! - `broadcast {..}` pushes `onBroadcast` to every session of every connector;
 //!   `kickUser {uid}` kicks a uid wherever it is; a body with `"forbidden": true` is refused
-//!   by a backend filter; a `Lifecycle` component records start/after_start/stop per server
+//!   by a backend filter; a `Lifecycle` component records start/after_start/before_stop/stop per server
 //!   in `$SHADDOCK_DEMO_LIFECYCLE_DIR`; `SHADDOCK_DEMO_DUPLICATE=refuse` refuses duplicate
 //!   logins instead of kicking the old session; `SHADDOCK_DEMO_FAIL_AGAIN=<server id>` makes
 //!   that server's every start after its first fail at once (it records `refused`), to test
@@ -21,11 +21,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use shaddock_connector::HandlerError;
-use shaddock_server::app::BoxFuture;
-use shaddock_server::{App, BackendSession, Component, DuplicateLogin, ServerContext, run};
+use shaddock_server::{
+    App, BackendSession, Component, ComponentError, DuplicateLogin, HandlerError, ServerContext,
+    Session, run,
+};
 
-/// Appends `start`, `after_start` and `stop` to `$SHADDOCK_DEMO_LIFECYCLE_DIR/<server id>`.
+/// Appends `start`, `after_start`, `before_stop` and `stop` to `$SHADDOCK_DEMO_LIFECYCLE_DIR/<server id>`.
 struct Lifecycle(Option<std::path::PathBuf>);
 
 impl Lifecycle {
@@ -46,7 +47,7 @@ impl Component for Lifecycle {
     fn name(&self) -> &str {
         "lifecycle"
     }
-    fn start(&self, ctx: &ServerContext) -> BoxFuture<'static, Result<(), String>> {
+    async fn start(&self, ctx: &ServerContext) -> Result<(), ComponentError> {
         let started_before = self.0.as_ref().is_some_and(|d| {
             std::fs::read_to_string(d.join(ctx.server_id()))
                 .is_ok_and(|t| t.lines().any(|l| l == "start"))
@@ -54,20 +55,24 @@ impl Component for Lifecycle {
         let fail = std::env::var("SHADDOCK_DEMO_FAIL_AGAIN").is_ok_and(|id| id == ctx.server_id());
         if fail && started_before {
             self.note(ctx, "refused");
-            return Box::pin(async {
-                Err("SHADDOCK_DEMO_FAIL_AGAIN: refusing to start again".to_owned())
-            });
+            return Err(ComponentError::new(
+                "SHADDOCK_DEMO_FAIL_AGAIN: refusing to start again",
+            ));
         }
         self.note(ctx, "start");
-        Box::pin(async { Ok(()) })
+        Ok(())
     }
-    fn after_start(&self, ctx: &ServerContext) -> BoxFuture<'static, ()> {
+    async fn after_start(&self, ctx: &ServerContext) -> Result<(), ComponentError> {
         self.note(ctx, "after_start");
-        Box::pin(async {})
+        Ok(())
     }
-    fn stop(&self, ctx: &ServerContext) -> BoxFuture<'static, ()> {
+    async fn before_stop(&self, ctx: &ServerContext) -> Result<(), ComponentError> {
+        self.note(ctx, "before_stop");
+        Ok(())
+    }
+    async fn stop(&self, ctx: &ServerContext) -> Result<(), ComponentError> {
         self.note(ctx, "stop");
-        Box::pin(async {})
+        Ok(())
     }
 }
 
@@ -88,10 +93,12 @@ fn main() -> ExitCode {
     };
     let lifecycle = Lifecycle(std::env::var_os("SHADDOCK_DEMO_LIFECYCLE_DIR").map(Into::into));
     let app = App::new("shaddock-demo")
+        // The tests start only the types each needs.
+        .allow_missing_server_types()
         .duplicate_login(policy)
         .component(lifecycle)
-        .before("chat", |_req, body, _s| {
-            if body["forbidden"] == json!(true) {
+        .before("chat", |req| {
+            if req.body()["forbidden"] == json!(true) {
                 return Err(HandlerError::new(403, "forbidden by filter"));
             }
             Ok(())
@@ -120,70 +127,54 @@ fn main() -> ExitCode {
                 Ok::<_, HandlerError>(json!({"code": 200, "kicked": n}))
             },
         )
-        .frontend("gate", |ctx, b| {
-            let ctx = ctx.clone();
-            b.handler(
-                "gate.gateHandler.queryEntry",
-                move |_s: shaddock_connector::Session, body: Value| {
-                    let ctx = ctx.clone();
-                    async move {
-                        let conns = ctx.servers_of_type("connector");
-                        if conns.is_empty() {
-                            return Err(HandlerError::new(500, "no connector"));
-                        }
-                        let uid = body["uid"].as_str().unwrap_or_default();
-                        let c = &conns[crc32fast::hash(uid.as_bytes()) as usize % conns.len()];
-                        Ok(json!({"code": 200, "host": c.host, "port": c.client_port, "id": c.id}))
-                    }
-                },
-            )
-        })
-        .frontend("connector", |ctx, b| {
-            let late_ctx = ctx.clone();
-            let ctx = ctx.clone();
-            b.handler(
-                "connector.entryHandler.enter",
-                move |s: shaddock_connector::Session, body: Value| {
-                    let ctx = ctx.clone();
-                    async move {
-                        let uid = body["uid"].as_str().unwrap_or_default().to_owned();
-                        if uid.is_empty() {
-                            return Err(HandlerError::new(500, "uid is required"));
-                        }
-                        s.set("rid", body["rid"].clone());
-                        ctx.bind(&s, &uid).await.map_err(err)?;
-                        Ok(json!({"code": 200, "server": ctx.server_id()}))
-                    }
-                },
-            )
-            .handler(
-                "connector.entryHandler.leave",
-                |s: shaddock_connector::Session, body: Value| async move {
-                    let uid = body["uid"].as_str().unwrap_or_default();
-                    s.unbind(uid).map_err(err)?;
-                    Ok::<_, HandlerError>(json!({"code": 200}))
-                },
-            )
-            .handler("connector.entryHandler.enterWhenClosed", {
-                let ctx = late_ctx;
-                move |s: shaddock_connector::Session, body: Value| {
-                    let ctx = ctx.clone();
-                    async move {
-                        // A login whose client is gone before the bind completes: the master
-                        // grants the claim, the closed session cannot take it.
-                        let uid = body["uid"].as_str().unwrap_or_default().to_owned();
-                        let _ = tokio::time::timeout(Duration::from_secs(10), s.closed()).await;
-                        let outcome = match ctx.bind(&s, &uid).await {
-                            Ok(()) => "bound".to_owned(),
-                            Err(e) => e.to_string(),
-                        };
-                        Lifecycle(std::env::var_os("SHADDOCK_DEMO_LIFECYCLE_DIR").map(Into::into))
-                            .note(&ctx, &format!("late-bind {uid}: {outcome}"));
-                        Ok::<_, HandlerError>(json!({"code": 200}))
-                    }
+        .frontend_handler(
+            "gate.gateHandler.queryEntry",
+            |ctx: ServerContext, body: Value| async move {
+                let conns = ctx.servers_of_type("connector");
+                if conns.is_empty() {
+                    return Err(HandlerError::new(500, "no connector"));
                 }
-            })
-        })
+                let uid = body["uid"].as_str().unwrap_or_default();
+                let c = &conns[crc32fast::hash(uid.as_bytes()) as usize % conns.len()];
+                Ok(json!({"code": 200, "host": c.host, "port": c.client_port, "id": c.id}))
+            },
+        )
+        .frontend_handler(
+            "connector.entryHandler.enter",
+            |ctx: ServerContext, s: Session, body: Value| async move {
+                let uid = body["uid"].as_str().unwrap_or_default().to_owned();
+                if uid.is_empty() {
+                    return Err(HandlerError::new(500, "uid is required"));
+                }
+                s.set("rid", body["rid"].clone());
+                ctx.bind(&s, &uid).await.map_err(err)?;
+                Ok(json!({"code": 200, "server": ctx.server_id()}))
+            },
+        )
+        .frontend_handler(
+            "connector.entryHandler.leave",
+            |s: Session, body: Value| async move {
+                let uid = body["uid"].as_str().unwrap_or_default();
+                s.unbind(uid).map_err(err)?;
+                Ok::<_, HandlerError>(json!({"code": 200}))
+            },
+        )
+        .frontend_handler(
+            "connector.entryHandler.enterWhenClosed",
+            |ctx: ServerContext, s: Session, body: Value| async move {
+                // A login whose client is gone before the bind completes: the master grants
+                // the claim, the closed session cannot take it.
+                let uid = body["uid"].as_str().unwrap_or_default().to_owned();
+                let _ = tokio::time::timeout(Duration::from_secs(10), s.closed()).await;
+                let outcome = match ctx.bind(&s, &uid).await {
+                    Ok(()) => "bound".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                Lifecycle(std::env::var_os("SHADDOCK_DEMO_LIFECYCLE_DIR").map(Into::into))
+                    .note(&ctx, &format!("late-bind {uid}: {outcome}"));
+                Ok::<_, HandlerError>(json!({"code": 200}))
+            },
+        )
         .route_key("chat", |s| {
             s.settings
                 .get("rid")

@@ -1,22 +1,26 @@
-//! Bodies and messages as this frontend writes and reads them: JSON or pomelo-protobuf by
+//! Bodies and messages as a Shaddock server writes and reads them: JSON or pomelo-protobuf by
 //! route, routes compressed with the dictionary (PROTOCOL.md §8.2, §8.3).
+//!
+//! [`BodyCodec`] is pure (no IO): the frontend uses it to decode requests and encode
+//! responses and pushes, a backend the same value to encode a channel push once, so both
+//! write identical bytes. Failures are logged (`tracing`) naming the route.
 
 use std::sync::Arc;
 
+use crate::RouteDictionary;
+use crate::json;
+use crate::message::{Message, MessageRoute};
+use crate::protobuf::Protos;
 use bytes::{Bytes, BytesMut};
 use serde_json::Value;
-use shaddock_protocol::RouteDictionary;
-use shaddock_protocol::json;
-use shaddock_protocol::message::{Message, MessageRoute};
-use shaddock_protocol::protobuf::Protos;
 
 /// How a Shaddock server writes bodies and PUSH packages for clients: the app's route dictionary
 /// and pomelo-protobuf schemas. The frontend uses one; a backend builds the same value to encode
 /// a channel push once, so both write identical bytes. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct BodyCodec {
-    pub(crate) dictionary: Option<Arc<RouteDictionary>>,
-    pub(crate) protos: Option<Arc<Protos>>,
+    dictionary: Option<Arc<RouteDictionary>>,
+    protos: Option<Arc<Protos>>,
 }
 
 impl BodyCodec {
@@ -36,9 +40,19 @@ impl BodyCodec {
         self.protos.as_ref()
     }
 
+    /// Whether request bodies on `route` are protobuf (clientProtos has the route).
+    pub fn is_protobuf_request(&self, route: &str) -> bool {
+        self.protos
+            .as_ref()
+            .is_some_and(|p| p.has_client_route(route))
+    }
+
     /// Decodes a client body on `route`: protobuf when clientProtos has the route, else JSON.
-    /// The error is the client's message; the decoder's own is logged at debug level.
-    pub(crate) fn decode(&self, route: &str, body: &[u8]) -> Result<Value, String> {
+    ///
+    /// # Errors
+    /// The client's message (what is wrong, no server internals); the decoder's own error
+    /// is logged at debug level.
+    pub fn decode(&self, route: &str, body: &[u8]) -> Result<Value, String> {
         match &self.protos {
             Some(p) if p.has_client_route(route) => p.client().decode(route, body).map_err(|e| {
                 tracing::debug!(route, cause = %e, "request body does not decode as protobuf");
@@ -51,7 +65,7 @@ impl BodyCodec {
                 match e {
                     // serde_json's syntax message: what and where ("expected value at line 1
                     // column 2"), no server internals.
-                    shaddock_protocol::Error::InvalidJson { reason } => {
+                    crate::Error::InvalidJson { reason } => {
                         format!("the request body is not valid JSON: {reason}")
                     }
                     _ => "the request body is not valid JSON".to_owned(),
@@ -63,7 +77,7 @@ impl BodyCodec {
     /// Encodes a body the server sends on `route` (push route, or request route for a
     /// response): protobuf when serverProtos has it — an empty body if that fails, as pomelo
     /// does (§8.3) — else JSON.
-    pub(crate) fn encode(&self, route: &str, body: &Value) -> Bytes {
+    pub fn encode(&self, route: &str, body: &Value) -> Bytes {
         match &self.protos {
             Some(p) if p.has_server_route(route) => match p.server().encode(route, body) {
                 Ok(b) => b,
@@ -81,11 +95,7 @@ impl BodyCodec {
     ///
     /// # Errors
     /// A route over 255 bytes or a package over the size limit.
-    pub fn push_package(
-        &self,
-        route: &str,
-        body: &Value,
-    ) -> Result<Bytes, shaddock_protocol::Error> {
+    pub fn push_package(&self, route: &str, body: &Value) -> Result<Bytes, crate::Error> {
         let wire_route = match self.dictionary.as_ref().and_then(|d| d.code(route)) {
             Some(code) => MessageRoute::Code(code),
             None => MessageRoute::name(route.to_owned()),
@@ -94,18 +104,21 @@ impl BodyCodec {
     }
 
     /// A whole DATA package holding the RESPONSE to request `id` on `route`.
-    pub(crate) fn response_package(
+    ///
+    /// # Errors
+    /// A package over the size limit.
+    pub fn response_package(
         &self,
         id: u32,
         route: &str,
         body: &Value,
-    ) -> Result<Bytes, shaddock_protocol::Error> {
+    ) -> Result<Bytes, crate::Error> {
         package_bytes(&Message::response(id, self.encode(route, body)))
     }
 }
 
 /// `msg` as a whole DATA package (4-byte package header included), in one exact allocation.
-fn package_bytes(msg: &Message) -> Result<Bytes, shaddock_protocol::Error> {
+fn package_bytes(msg: &Message) -> Result<Bytes, crate::Error> {
     let mut dst = BytesMut::with_capacity(msg.encoded_len() + 4);
     msg.encode_package(&mut dst)?;
     Ok(dst.freeze())

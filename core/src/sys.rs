@@ -1,0 +1,448 @@
+//! The framework's own (`sys`) remotes and every message they carry: the one definition both
+//! sides use, frontends and backends alike.
+//!
+//! | remote | served by | for |
+//! |---|---|---|
+//! | [`msg_remote`] (`msgRemote`) | backends | a client request or notify forwarded by a frontend |
+//! | [`session_remote`] (`sessionRemote`) | frontends | what a backend does to a client's session: bind, settings, push (pre-encoded packages), kick |
+//! | [`master_remote`] (`master`) | the master | registration, the long-poll cluster watch, stats, admin calls, the cluster-wide uid registry, placements |
+//! | [`server_remote`] (`server`) | every server | `stop` |
+//!
+//! Naming: `frontend_id` is the id of the frontend server holding a connection;
+//! `session_id` (`session_ids`) a session's id on it. JSON values (settings, bodies, extra
+//! keys) travel as JSON text in `bytes`/`string` fields.
+
+// The master's messages' fields say what they are by their names.
+#![allow(missing_docs)]
+
+use bytes::Bytes;
+use shaddock_rpc::remote;
+
+/// A snapshot of a frontend session, sent with each forwarded message (pomelo's
+/// `BackendSession` data).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SessionSnapshot {
+    /// Session id (unique across the cluster).
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    /// The frontend server holding the connection.
+    #[prost(string, tag = "2")]
+    pub frontend_id: String,
+    /// Bound uid; empty when unbound.
+    #[prost(string, tag = "3")]
+    pub uid: String,
+    /// The settings as a JSON object text.
+    #[prost(bytes = "bytes", tag = "4")]
+    pub settings_json: Bytes,
+}
+
+/// A client request or notify forwarded to a backend.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ForwardMessage {
+    /// The full route `serverType.handler.method`.
+    #[prost(string, tag = "1")]
+    pub route: String,
+    /// The request id; 0 for a notify (the reply is then ignored).
+    #[prost(uint32, tag = "2")]
+    pub id: u32,
+    /// The body as JSON text.
+    #[prost(bytes = "bytes", tag = "3")]
+    pub body_json: Bytes,
+    /// The client's session.
+    #[prost(message, optional, tag = "4")]
+    pub session: Option<SessionSnapshot>,
+    /// The body as the client sent it, when it is protobuf (the route is in clientProtos);
+    /// empty for JSON bodies. `body_json` holds its schema-decoded JSON either way.
+    #[prost(bytes = "bytes", tag = "5")]
+    pub body_protobuf: Bytes,
+}
+
+/// The backend's answer: the response body as JSON text, and the settings the handler
+/// changed.
+///
+/// Only the changed keys travel (pomelo's `session.set` + `session.push(key)`): the
+/// frontend sets the keys of `settings_json` and removes those of `removed_settings`, and
+/// leaves every other key as it is, so a key set on the frontend, or by a concurrent
+/// request, while this one was on the backend keeps its new value.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ForwardReply {
+    /// Response body JSON text (`{}` when empty).
+    #[prost(bytes = "bytes", tag = "1")]
+    pub body_json: Bytes,
+    /// The settings the handler set, as a JSON object text (only those keys); set on the
+    /// frontend session before the response goes out. Empty (or `{}`): none set.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub settings_json: Bytes,
+    /// The settings the handler removed; removed from the frontend session before the
+    /// response goes out. Empty: none removed.
+    #[prost(string, repeated, tag = "3")]
+    pub removed_settings: Vec<String>,
+}
+
+/// A push to sessions of this frontend: by session id and by uid (`push`), or to every
+/// session (`broadcast`, which ignores the targets).
+///
+/// The message is `package` when it is not empty (a whole encoded PUSH package, sent as is:
+/// the caller encoded it once for every frontend), else `body_json` on `route`, encoded here
+/// once (route compressed with the dictionary, body with protobuf when configured).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PushArgs {
+    /// Target session ids.
+    #[prost(uint64, repeated, tag = "1")]
+    pub session_ids: Vec<u64>,
+    /// Push route (compressed with the dictionary when possible); unused with `package`.
+    #[prost(string, tag = "2")]
+    pub route: String,
+    /// Body JSON text; unused with `package`.
+    #[prost(bytes = "bytes", tag = "3")]
+    pub body_json: Bytes,
+    /// Target uids: every session bound to each.
+    #[prost(string, repeated, tag = "4")]
+    pub uids: Vec<String>,
+    /// A whole encoded PUSH package (header included), sent as is when not empty.
+    #[prost(bytes = "bytes", tag = "5")]
+    pub package: Bytes,
+    /// More target uids, packed: each followed by a NUL byte. One buffer instead of a string
+    /// per uid, so a channel can keep it between membership changes and neither side
+    /// allocates per member on each push.
+    #[prost(bytes = "bytes", tag = "6")]
+    pub uid_list: Bytes,
+}
+
+/// How a push went.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PushResult {
+    /// Sessions it was queued for.
+    #[prost(uint32, tag = "1")]
+    pub sent: u32,
+    /// Sessions not found or closed (a uid with no session counts one).
+    #[prost(uint32, tag = "2")]
+    pub missing: u32,
+    /// Sessions whose queue was full (kicked as slow consumers).
+    #[prost(uint32, tag = "3")]
+    pub full: u32,
+}
+
+/// Bind or unbind `uid` on session `session_id`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BindArgs {
+    /// Session id.
+    #[prost(uint64, tag = "1")]
+    pub session_id: u64,
+    /// The uid.
+    #[prost(string, tag = "2")]
+    pub uid: String,
+}
+
+/// Change settings of session `session_id` (pomelo `BackendSession.push`): set the keys of
+/// `settings_json`, remove those of `removed`; every other key keeps its value.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SettingsArgs {
+    /// Session id.
+    #[prost(uint64, tag = "1")]
+    pub session_id: u64,
+    /// A JSON object text whose keys are set on the session (empty: none).
+    #[prost(bytes = "bytes", tag = "2")]
+    pub settings_json: Bytes,
+    /// Keys removed from the session.
+    #[prost(string, repeated, tag = "3")]
+    pub removed: Vec<String>,
+}
+
+/// Kick by uid (`uid`, when not empty: all its sessions) or else by session id
+/// (`session_id`).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct KickArgs {
+    /// Session id (used when `uid` is empty).
+    #[prost(uint64, tag = "1")]
+    pub session_id: u64,
+    /// Uid: kick all its sessions.
+    #[prost(string, tag = "2")]
+    pub uid: String,
+    /// Kick reason sent to the client.
+    #[prost(string, tag = "3")]
+    pub reason: String,
+}
+
+remote! {
+    /// Served by backends: handle a client message forwarded by a frontend.
+    pub mod msg_remote: sys "msgRemote" {
+        /// Runs the handler of `route` on a backend; replies with the response body.
+        fn forward_message(ForwardMessage) -> ForwardReply;
+    }
+}
+
+remote! {
+    /// Served by frontends: reach the sessions they hold.
+    pub mod session_remote: sys "sessionRemote" {
+        /// Pushes to the listed sessions and uids (encoded once, or pre-encoded).
+        fn push(PushArgs) -> PushResult;
+        /// Pushes to every session of this frontend (encoded once).
+        fn broadcast(PushArgs) -> PushResult;
+        /// Binds a uid to a session.
+        fn bind(BindArgs) -> ();
+        /// Unbinds a uid from a session.
+        fn unbind(BindArgs) -> ();
+        /// Sets and removes settings of a session (only the keys named).
+        fn push_settings(SettingsArgs) -> ();
+        /// Kicks a session, or every session of a uid.
+        fn kick(KickArgs) -> Count;
+    }
+}
+
+// ---- the master and every server ----
+
+/// One server as the cluster knows it: its config plus the ports it actually bound.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ServerEntry {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    #[prost(string, tag = "2")]
+    pub server_type: String,
+    #[prost(string, tag = "3")]
+    pub host: String,
+    /// The RPC port actually bound.
+    #[prost(uint32, tag = "4")]
+    pub port: u32,
+    /// The client port actually bound (0: not a frontend).
+    #[prost(uint32, tag = "5")]
+    pub client_port: u32,
+    #[prost(bool, tag = "6")]
+    pub frontend: bool,
+    #[prost(uint32, tag = "7")]
+    pub pid: u32,
+    /// The config's extra keys, as a JSON object.
+    #[prost(string, tag = "8")]
+    pub extra_json: String,
+}
+
+/// The live servers, with a version that grows on every change.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Snapshot {
+    #[prost(uint64, tag = "1")]
+    pub version: u64,
+    #[prost(message, repeated, tag = "2")]
+    pub servers: Vec<ServerEntry>,
+    /// Grows whenever placed keys move (their server was lost past the grace period, or came
+    /// back as a new process): cached placements are dropped and frontends re-join their
+    /// sessions (see `master.moves`).
+    #[prost(uint64, tag = "3")]
+    pub placement_generation: u64,
+}
+
+/// `master.place`: the server a key of a placed server type lives on.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PlaceArgs {
+    #[prost(string, tag = "1")]
+    pub server_type: String,
+    #[prost(bytes = "vec", tag = "2")]
+    pub key: Vec<u8>,
+    /// Only look the key up: a key never placed is an error instead of being placed now.
+    #[prost(bool, tag = "3")]
+    pub lookup_only: bool,
+}
+
+/// `master.place` reply.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PlaceReply {
+    #[prost(string, tag = "1")]
+    pub server_id: String,
+    /// The placement generation the answer belongs to.
+    #[prost(uint64, tag = "2")]
+    pub generation: u64,
+}
+
+/// `master.moves`: the keys moved after generation `since`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MovesArgs {
+    #[prost(uint64, tag = "1")]
+    pub since: u64,
+}
+
+/// One key placed again (on another server, or on its own server's new process).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Moved {
+    #[prost(string, tag = "1")]
+    pub server_type: String,
+    #[prost(bytes = "vec", tag = "2")]
+    pub key: Vec<u8>,
+    #[prost(string, tag = "3")]
+    pub server_id: String,
+}
+
+/// `master.moves` reply.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MovesReply {
+    /// The generation these moves bring the caller to.
+    #[prost(uint64, tag = "1")]
+    pub generation: u64,
+    #[prost(message, repeated, tag = "2")]
+    pub moves: Vec<Moved>,
+    /// False when `since` is older than the moves the master keeps: the caller must treat
+    /// every key as possibly moved.
+    #[prost(bool, tag = "3")]
+    pub complete: bool,
+}
+
+/// `master.reconcile`: every uid a frontend's sessions hold now (sent when it registers).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ClaimSet {
+    #[prost(string, tag = "1")]
+    pub frontend_id: String,
+    #[prost(message, repeated, tag = "2")]
+    pub claims: Vec<Claim>,
+}
+
+/// `master.watch`: wait for a version other than this one.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WatchArgs {
+    #[prost(uint64, tag = "1")]
+    pub version: u64,
+    #[prost(string, tag = "2")]
+    pub server_id: String,
+}
+
+/// `master.report`: a server's periodic stats.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StatsReport {
+    #[prost(string, tag = "1")]
+    pub server_id: String,
+    #[prost(uint64, tag = "2")]
+    pub connections: u64,
+}
+
+/// One row of `list`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListRow {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    #[prost(string, tag = "2")]
+    pub server_type: String,
+    #[prost(uint32, tag = "3")]
+    pub pid: u32,
+    #[prost(uint64, tag = "4")]
+    pub uptime_secs: u64,
+    #[prost(uint64, tag = "5")]
+    pub rss_bytes: u64,
+    #[prost(uint64, tag = "6")]
+    pub connections: u64,
+    #[prost(string, tag = "7")]
+    pub host: String,
+    #[prost(uint32, tag = "8")]
+    pub port: u32,
+    #[prost(uint32, tag = "9")]
+    pub client_port: u32,
+    /// `starting`, `running`, `restarting`, `stopped`, `exited` (ended on its own, restart
+    /// off), `crash-loop` (crashed too often, not restarted again), `failed`.
+    #[prost(string, tag = "10")]
+    pub state: String,
+    #[prost(uint32, tag = "11")]
+    pub restarts: u32,
+}
+
+/// `master.list` reply.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListReply {
+    #[prost(uint32, tag = "1")]
+    pub master_pid: u32,
+    #[prost(message, repeated, tag = "2")]
+    pub rows: Vec<ListRow>,
+}
+
+/// A `key=value` argument of `add`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct KeyValue {
+    #[prost(string, tag = "1")]
+    pub key: String,
+    #[prost(string, tag = "2")]
+    pub value: String,
+}
+
+/// `master.add`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AddArgs {
+    #[prost(message, repeated, tag = "1")]
+    pub pairs: Vec<KeyValue>,
+}
+
+/// `master.add` reply.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AddReply {
+    #[prost(string, tag = "1")]
+    pub id: String,
+}
+
+/// `master.claim` / `master.release`: a uid bound on a frontend session.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Claim {
+    #[prost(string, tag = "1")]
+    pub uid: String,
+    #[prost(string, tag = "2")]
+    pub frontend_id: String,
+    #[prost(uint64, tag = "3")]
+    pub session_id: u64,
+}
+
+/// `master.kickUid`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct KickUid {
+    #[prost(string, tag = "1")]
+    pub uid: String,
+    #[prost(string, tag = "2")]
+    pub reason: String,
+}
+
+/// A count (kicked sessions).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Count {
+    #[prost(uint64, tag = "1")]
+    pub n: u64,
+}
+
+/// `server.stop`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StopArgs {
+    #[prost(string, tag = "1")]
+    pub reason: String,
+}
+
+remote! {
+    /// The master's remote.
+    pub mod master_remote: sys "master" {
+        /// A server announces itself (with its actual ports); returns the cluster.
+        fn register(ServerEntry) -> Snapshot;
+        /// Long poll: returns when the cluster differs from `version` (or after a while).
+        fn watch(WatchArgs) -> Snapshot;
+        /// Periodic stats.
+        fn report(StatsReport) -> ();
+        /// Every server with pid, uptime, RSS and connections.
+        fn list(()) -> ListReply;
+        /// Graceful stop of the whole cluster.
+        fn stop(()) -> ();
+        /// SIGKILL every server, then the master exits.
+        fn kill(()) -> ();
+        /// Starts a server at runtime.
+        fn add(AddArgs) -> AddReply;
+        /// A frontend binds a uid (duplicate-login policy applies).
+        fn claim(Claim) -> ();
+        /// A frontend session bound to a uid closed.
+        fn release(Claim) -> ();
+        /// Kicks a uid wherever it is connected.
+        fn kick_uid(KickUid) -> Count;
+        /// The server a key of a placed type lives on (placed now if it is new).
+        fn place(PlaceArgs) -> PlaceReply;
+        /// The keys placed again since a generation.
+        fn moves(MovesArgs) -> MovesReply;
+        /// A frontend's uid claims as its sessions hold them: the master's claims of that
+        /// frontend become exactly these.
+        fn reconcile(ClaimSet) -> ();
+    }
+}
+
+remote! {
+    /// Every server's remote.
+    pub mod server_remote: sys "server" {
+        /// Graceful stop.
+        fn stop(StopArgs) -> ();
+    }
+}
