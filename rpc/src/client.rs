@@ -12,13 +12,13 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, warn};
+use tracing::{Instrument, debug, warn};
 
 /// Calls remotes on peer servers. Cheap to clone; clones share connections.
 ///
@@ -102,6 +102,23 @@ impl RpcClient {
             },
         };
         Some(state)
+    }
+
+    /// Tells the client that peer `id` is about to leave on purpose (it was asked to stop,
+    /// or the cluster is stopping): when its connection next ends, the loss is logged at
+    /// DEBUG and the client does not reconnect (the next call to it connects again). The
+    /// mark is used up by that one loss. Returns `false` if `id` is not in the directory.
+    pub fn expect_departure(&self, id: &str) -> bool {
+        let Some(entry) = self.inner.directory.entry(id) else {
+            return false;
+        };
+        entry
+            .link
+            .get_or_init(|| Link::new(&entry.info, &self.inner.config))
+            .shared
+            .departing
+            .store(true, Ordering::Relaxed);
+        true
     }
 
     /// The live peers; add and remove servers here.
@@ -539,6 +556,9 @@ struct LinkShared {
     failure: std::sync::atomic::AtomicU8,
     /// Where this peer's calls are counted, if anywhere.
     metrics: Option<crate::metrics::PeerMetrics>,
+    /// Set by [`RpcClient::expect_departure`]: the next connection loss is a planned
+    /// departure (DEBUG, no reconnect).
+    departing: AtomicBool,
 }
 
 const FAILED_OTHER: u8 = 0;
@@ -575,6 +595,7 @@ impl Link {
                 state,
                 failure: std::sync::atomic::AtomicU8::new(FAILED_OTHER),
                 metrics: config.metrics.as_ref().map(|m| m.peer(info.id.as_str())),
+                departing: AtomicBool::new(false),
             }),
         }
     }
@@ -698,10 +719,17 @@ async fn drive(shared: Arc<LinkShared>) {
         let reason: Arc<str> = match result {
             Ok(Ok(stream)) => {
                 failures = 0;
-                info!("rpc peer connected");
+                debug!("rpc peer connected");
                 let reason = run_connection(stream, &shared).await;
                 if shared.cancel.is_cancelled() {
                     break;
+                }
+                if shared.departing.swap(false, Ordering::Relaxed) {
+                    debug!(reason = %reason, "rpc peer left as expected; not reconnecting");
+                    shared.state.send_replace(LinkState::Idle {
+                        last_error: Some(Arc::from(format!("peer departed: {reason}"))),
+                    });
+                    return;
                 }
                 warn!(reason = %reason, "rpc connection lost; reconnecting");
                 // Try again at once: the peer may have restarted.

@@ -108,7 +108,7 @@ impl Master {
                     m.connections = 0;
                 }
             }
-            tracing::info!(server = %id, pid = child.id().unwrap_or(0), "server process started");
+            tracing::debug!(server = %id, pid = child.id().unwrap_or(0), "server process started");
             let status = tokio::select! {
                 s = child.wait() => s,
                 () = kill.cancelled() => {
@@ -176,7 +176,7 @@ impl Master {
             };
             match next {
                 Next::Stopped => {
-                    tracing::info!(server = %id, %status, "server stopped");
+                    tracing::debug!(server = %id, %status, "server stopped");
                     return;
                 }
                 Next::StartFailed => {
@@ -278,7 +278,13 @@ impl Master {
             .filter_map(|m| m.entry.as_ref().map(|e| e.id.as_str()));
         if views_complete(at, live, &st.applied) && !self.ready.swap(true, Ordering::SeqCst) {
             say(READY_LINE);
-            tracing::info!("every configured server is up and knows the others");
+            let frontends = st.servers.values().filter(|m| m.cfg.frontend).count();
+            tracing::info!(
+                servers = st.servers.len(),
+                frontends,
+                backends = st.servers.len() - frontends,
+                "cluster ready: every configured server is up and knows the others"
+            );
         }
     }
 
@@ -313,6 +319,8 @@ impl Master {
         };
         let stub = server_remote::Client::new(&self.rpc);
         for (id, registered) in &ids {
+            // It leaves on purpose: its connection's end is not a loss to reconnect after.
+            self.rpc.expect_departure(id);
             let sent = *registered
                 && stub
                     .stop(
