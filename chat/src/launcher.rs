@@ -370,6 +370,9 @@ async fn run(cli: LaunchArgs) -> Result<(), String> {
             return Err("the master did not answer `list`".into());
         }
     };
+    // From here the launcher watches the master process itself: when the master ends (a
+    // `stop` from elsewhere), its connection closing is not news to log or reconnect after.
+    master.rpc().expect_departure("master");
     let (gate, gate_port, mut info) = live_ports(&list);
 
     let page_stop = CancellationToken::new();
