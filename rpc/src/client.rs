@@ -105,9 +105,10 @@ impl RpcClient {
     }
 
     /// Tells the client that peer `id` is about to leave on purpose (it was asked to stop,
-    /// or the cluster is stopping): when its connection next ends, the loss is logged at
-    /// DEBUG and the client does not reconnect (the next call to it connects again). The
-    /// mark is used up by that one loss. Returns `false` if `id` is not in the directory.
+    /// or the cluster is stopping): from now until the peer is removed from the directory,
+    /// its connection ending (or a connect to it failing) is logged at DEBUG, and the client
+    /// does not reconnect in the background (a later call still tries once). Returns `false`
+    /// if `id` is not in the directory.
     pub fn expect_departure(&self, id: &str) -> bool {
         let Some(entry) = self.inner.directory.entry(id) else {
             return false;
@@ -119,6 +120,16 @@ impl RpcClient {
             .departing
             .store(true, Ordering::Relaxed);
         true
+    }
+
+    /// Whether peer `id` was marked with [`RpcClient::expect_departure`]: a failed call to it
+    /// is then routine (callers may log it at DEBUG).
+    pub fn is_departing(&self, id: &str) -> bool {
+        self.inner.directory.entry(id).is_some_and(|e| {
+            e.link
+                .get()
+                .is_some_and(|l| l.shared.departing.load(Ordering::Relaxed))
+        })
     }
 
     /// The live peers; add and remove servers here.
@@ -556,8 +567,8 @@ struct LinkShared {
     failure: std::sync::atomic::AtomicU8,
     /// Where this peer's calls are counted, if anywhere.
     metrics: Option<crate::metrics::PeerMetrics>,
-    /// Set by [`RpcClient::expect_departure`]: the next connection loss is a planned
-    /// departure (DEBUG, no reconnect).
+    /// Set by [`RpcClient::expect_departure`]: the peer leaves on purpose (losses at DEBUG,
+    /// no background reconnect).
     departing: AtomicBool,
 }
 
@@ -724,7 +735,7 @@ async fn drive(shared: Arc<LinkShared>) {
                 if shared.cancel.is_cancelled() {
                     break;
                 }
-                if shared.departing.swap(false, Ordering::Relaxed) {
+                if shared.departing.load(Ordering::Relaxed) {
                     debug!(reason = %reason, "rpc peer left as expected; not reconnecting");
                     shared.state.send_replace(LinkState::Idle {
                         last_error: Some(Arc::from(format!("peer departed: {reason}"))),
@@ -755,6 +766,13 @@ async fn drive(shared: Arc<LinkShared>) {
             )),
         };
         failures += 1;
+        if shared.departing.load(Ordering::Relaxed) {
+            debug!(reason = %reason, "rpc peer is gone as expected; not retrying");
+            shared.state.send_replace(LinkState::Idle {
+                last_error: Some(reason),
+            });
+            return;
+        }
         if failures >= cfg.reconnect_max_attempts.max(1) {
             warn!(reason = %reason, failures, "rpc peer unreachable; giving up until the next call");
             shared.state.send_replace(LinkState::Idle {

@@ -430,6 +430,12 @@ where
             "peer sent {} before authenticating (no cluster secret configured?)",
             other.kind_name()
         )),
+        // Reset before a single byte came (a probe that closed with our challenge unread).
+        Some(Err(CodecError::Io(e)))
+            if e.kind() == std::io::ErrorKind::ConnectionReset && frames.read_buffer().is_empty() =>
+        {
+            Err(CLOSED_SILENT.into())
+        }
         Some(Err(e)) => Err(format!("bad frame before authenticating: {e}")),
         None => Err(CLOSED_SILENT.into()),
     }

@@ -152,6 +152,18 @@ struct StopRemote {
 
 impl server_remote::Remote for StopRemote {
     async fn stop(&self, args: StopArgs) -> Result<(), RemoteError> {
+        if args.notice_only {
+            // The cluster is stopping: every peer leaves on purpose from now on.
+            tracing::debug!(reason = %args.reason, "the cluster is stopping");
+            let rpc = self.ctx.rpc();
+            for peer in rpc.directory().all() {
+                // The master stays until every server has gone.
+                if peer.server_type != MASTER_TYPE {
+                    rpc.expect_departure(peer.id.as_str());
+                }
+            }
+            return Ok(());
+        }
         tracing::debug!(reason = %args.reason, "stop requested");
         self.ctx.request_stop();
         Ok(())

@@ -304,6 +304,39 @@ impl Master {
         tokio::spawn(self.clone().stop_all());
     }
 
+    /// Tells every registered server that the cluster is stopping, so that each expects its
+    /// peers to leave (no reconnect, no warning when their connections end). Best effort and
+    /// bounded: a server that does not answer is stopped all the same.
+    async fn announce_stop(&self) {
+        let ids: Vec<String> = {
+            let st = lock(&self.state);
+            st.servers
+                .values()
+                .filter(|m| m.entry.is_some())
+                .map(|m| m.cfg.id.clone())
+                .collect()
+        };
+        let stub = server_remote::Client::new(&self.rpc);
+        let notices = ids.iter().map(|id| {
+            let stub = stub.clone();
+            async move {
+                let notice = stub.stop(
+                    Target::server(id),
+                    StopArgs {
+                        reason: "cluster stopping".into(),
+                        notice_only: true,
+                    },
+                );
+                match tokio::time::timeout(Duration::from_secs(2), notice).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(server = %id, cause = %e, "stop notice failed"),
+                    Err(_) => tracing::debug!(server = %id, "stop notice not answered in 2 s"),
+                }
+            }
+        });
+        futures_util::future::join_all(notices).await;
+    }
+
     /// Stops a group of servers over RPC and waits for their processes to end.
     pub(super) async fn stop_group(&self, frontend: bool) {
         let ids: Vec<(String, bool)> = {
@@ -327,6 +360,7 @@ impl Master {
                         Target::server(id),
                         StopArgs {
                             reason: "cluster stop".into(),
+                            notice_only: false,
                         },
                     )
                     .await
@@ -381,6 +415,7 @@ impl Master {
             return;
         }
         tracing::info!("stopping the cluster: frontends first");
+        self.announce_stop().await;
         self.stop_group(true).await;
         self.stop_group(false).await;
         tracing::info!("every server stopped; master exits");
