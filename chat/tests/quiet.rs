@@ -121,10 +121,13 @@ async fn chat_a_little(gate: &str) -> Vec<Client> {
             .await
             .expect("queryEntry in time")
             .expect("queryEntry");
-        let (client, _events) = timeout(STEP, Client::connect(&entry.addr(), Transport::Tcp, cfg.clone()))
-            .await
-            .expect("connect in time")
-            .expect("connect");
+        let (client, _events) = timeout(
+            STEP,
+            Client::connect(&entry.addr(), Transport::Tcp, cfg.clone()),
+        )
+        .await
+        .expect("connect in time")
+        .expect("connect");
         let r = timeout(
             STEP,
             client.request(
@@ -264,7 +267,10 @@ fn start_list_and_stop_are_quiet_at_the_default_level() {
         if let Some(s) = child.try_wait().expect("wait") {
             break s;
         }
-        assert!(Instant::now() < deadline, "the launcher did not end after stop");
+        assert!(
+            Instant::now() < deadline,
+            "the launcher did not end after stop"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     drop(users);

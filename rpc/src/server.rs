@@ -432,7 +432,8 @@ where
         )),
         // Reset before a single byte came (a probe that closed with our challenge unread).
         Some(Err(CodecError::Io(e)))
-            if e.kind() == std::io::ErrorKind::ConnectionReset && frames.read_buffer().is_empty() =>
+            if e.kind() == std::io::ErrorKind::ConnectionReset
+                && frames.read_buffer().is_empty() =>
         {
             Err(CLOSED_SILENT.into())
         }

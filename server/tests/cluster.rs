@@ -972,7 +972,10 @@ fn a_server_that_cannot_start_fails_the_cluster_start_at_once() {
     let mut cmd = Command::new(EXE);
     cmd.args(["start", "--config"])
         .arg(&dir)
-        .env("RUST_LOG", "info,shaddock_server::master::supervise=debug,shaddock_rpc=warn")
+        .env(
+            "RUST_LOG",
+            "info,shaddock_server::master::supervise=debug,shaddock_rpc=warn",
+        )
         .env("SHADDOCK_DEMO_LIFECYCLE_DIR", dir.join("life"));
     let t0 = Instant::now();
     // Without the fix the master runs on (the gate just "exited"): this bound ends it.
@@ -1063,7 +1066,10 @@ fn exit_with_parent_stops_the_cluster_when_stdin_closes() {
     let mut master = Command::new(EXE)
         .args(["start", "--exit-with-parent", "--config"])
         .arg(&dir)
-        .env("RUST_LOG", "info,shaddock_server::master::supervise=debug,shaddock_rpc=warn")
+        .env(
+            "RUST_LOG",
+            "info,shaddock_server::master::supervise=debug,shaddock_rpc=warn",
+        )
         .env("SHADDOCK_DEMO_LIFECYCLE_DIR", dir.join("life"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
