@@ -81,11 +81,11 @@ impl Launcher {
 
 impl Drop for Launcher {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if child.try_wait().ok().flatten().is_none() {
-                signal(child.id(), "KILL");
-                let _ = child.wait();
-            }
+        if let Some(mut child) = self.child.take()
+            && child.try_wait().ok().flatten().is_none()
+        {
+            signal(child.id(), "KILL");
+            let _ = child.wait();
         }
         for &pid in &self.pids {
             if alive(pid) {
