@@ -249,6 +249,10 @@ struct Buckets {
     placements: kv::Store,
 }
 
+/// A key no record uses (keys are base64url; `_` never starts one): read once per bucket at
+/// connect to check the bucket answers.
+const READY_PROBE_KEY: &str = "_ready";
+
 async fn create_buckets(
     js: &jetstream::Context,
     config: &ClusterConfig,
@@ -272,11 +276,18 @@ async fn create_buckets(
     for b in [Bucket::Servers, Bucket::Uids, Bucket::Placements] {
         let cfg = make(b);
         let name = cfg.bucket.clone();
-        out.push(
-            js.create_or_update_key_value(cfg)
-                .await
-                .map_err(|e| format!("bucket {name}: {e}"))?,
-        );
+        let store = js
+            .create_or_update_key_value(cfg)
+            .await
+            .map_err(|e| format!("bucket {name}: {e}"))?;
+        // A bucket just created (or whose stream is electing a leader) can answer its first
+        // reads with "no responders"; it is ready once a read of a key that never exists
+        // gets an answer. Without this the first place/claim after start could fail.
+        store
+            .entry(READY_PROBE_KEY)
+            .await
+            .map_err(|e| format!("bucket {name} not answering reads yet: {e}"))?;
+        out.push(store);
     }
     let placements = out.pop().ok_or("no bucket")?;
     let uids = out.pop().ok_or("no bucket")?;
