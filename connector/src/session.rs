@@ -219,7 +219,9 @@ impl Session {
     /// [`SessionError::Closed`]; [`SessionError::QueueFull`], after which the client has been
     /// kicked as a slow consumer.
     pub fn send_encoded(&self, packages: Bytes) -> Result<(), SessionError> {
-        self.enqueue(packages, false)
+        self.enqueue(packages, false)?;
+        ConnectorStats::incr(&self.inner.stats.pushed);
+        Ok(())
     }
 
     /// Queues a response: written without waiting for the push flush interval, after the
