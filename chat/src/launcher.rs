@@ -185,8 +185,12 @@ async fn stop_signal() -> &'static str {
     }
 }
 
-fn master_stub(addr: &str) -> Result<master_remote::Client, String> {
+fn master_stub(
+    addr: &str,
+    master: &shaddock_server::config::MasterConfig,
+) -> Result<master_remote::Client, String> {
     let mut cfg = shaddock_server::secret::admin_rpc_config(addr)?;
+    cfg.tls = shaddock_server::secret::cluster_tls(master)?;
     cfg.reconnect_max_attempts = 1;
     master_client("master", addr, cfg)
         .ok_or_else(|| format!("the master printed a bad address `{addr}`"))
@@ -311,7 +315,7 @@ async fn run(cli: LaunchArgs) -> Result<(), String> {
         tokio::select! {
             ev = rx.recv() => match ev {
                 Some(MasterEvent::Listening(addr)) => {
-                    stub = Some(master_stub(&addr)?);
+                    stub = Some(master_stub(&addr, &cluster.master)?);
                     master_addr = addr;
                 }
                 Some(MasterEvent::Ready) => ready = true,
