@@ -255,8 +255,8 @@ async fn run_server_mode(app: App, cli: &Cli, id: &str) -> Result<(), String> {
         master,
         cluster.master.rpc_tls.clone(),
     )
-        .await
-        .map_err(|e| e.to_string())
+    .await
+    .map_err(|e| e.to_string())
 }
 
 const MASTER: &str = "master";

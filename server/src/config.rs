@@ -768,8 +768,8 @@ fn parse_master(file: &Path, text: &str, env: &str) -> Result<MasterConfig, Conf
             file.parent().unwrap_or(Path::new(".")),
         )?),
     };
-    let metrics_port = def_port(&id, METRICS_PORT_KEY, m.remove(METRICS_PORT_KEY))
-        .map_err(|e| ctx.def(e))?;
+    let metrics_port =
+        def_port(&id, METRICS_PORT_KEY, m.remove(METRICS_PORT_KEY)).map_err(|e| ctx.def(e))?;
     Ok(MasterConfig {
         metrics_port,
         id,

@@ -616,7 +616,10 @@ impl Collector for ConnectorStatsCollector {
             &mut encoder,
             "shaddock_connector_handshakes",
             "Pomelo handshakes answered, by outcome",
-            &[("accepted", s.handshakes), ("refused", s.handshakes_refused)],
+            &[
+                ("accepted", s.handshakes),
+                ("refused", s.handshakes_refused),
+            ],
         )?;
         counter(
             &mut encoder,
@@ -678,7 +681,10 @@ pub struct RouteMetricsFamilies {
 }
 
 impl RouteMetricsFamilies {
-    fn register<'a>(registry: &mut Registry, routes: impl IntoIterator<Item = &'a str>) -> Arc<Self> {
+    fn register<'a>(
+        registry: &mut Registry,
+        routes: impl IntoIterator<Item = &'a str>,
+    ) -> Arc<Self> {
         let count: Family<RouteLabels, Counter> = Family::default();
         let errors: Family<RouteLabels, Counter> = Family::default();
         let latency: LatencyFamily = Family::new_with_constructor(route_latency);

@@ -139,7 +139,13 @@ pub(crate) async fn run_master(
     };
     let metrics_url = metrics_server
         .as_ref()
-        .map(|m| format!("http://{}:{}/metrics", cluster.master.host, m.local_addr().port()))
+        .map(|m| {
+            format!(
+                "http://{}:{}/metrics",
+                cluster.master.host,
+                m.local_addr().port()
+            )
+        })
         .unwrap_or_default();
     let (snap, _) = watch::channel(Arc::new(Snapshot::default()));
     let master = Arc::new(Master {
