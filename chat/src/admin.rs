@@ -217,12 +217,15 @@ impl Admin {
             row.host.as_str(),
             port,
         ));
+        // This short-lived connection ends with the server on purpose: no reconnect, no WARN.
+        rpc.expect_departure(id);
         let stub = server_remote::Client::new(&rpc);
         tracing::info!(server = %id, pid = row.pid, "admin page: restarting a server");
         stub.stop(
             Target::server(id),
             StopArgs {
                 reason: "restart from the admin page".into(),
+                notice_only: false,
             },
         )
         .await

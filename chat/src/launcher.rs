@@ -203,6 +203,8 @@ fn master_stub(
 /// Asks the master to stop the cluster and waits for it (killing it after [`STOP_TIMEOUT`]).
 async fn stop_cluster(stub: Option<&master_remote::Client>, child: &mut Child) -> ExitStatus {
     if let Some(stub) = stub {
+        // The master leaves once the cluster has stopped: not a lost connection.
+        stub.rpc().expect_departure("master");
         match tokio::time::timeout(
             Duration::from_secs(5),
             stub.stop(Target::server("master"), ()),
@@ -387,6 +389,9 @@ async fn run(cli: LaunchArgs) -> Result<(), String> {
             return Err("the master did not answer `list`".into());
         }
     };
+    // From here the launcher watches the master process itself: when the master ends (a
+    // `stop` from elsewhere), its connection closing is not news to log or reconnect after.
+    master.rpc().expect_departure("master");
     let (gate, gate_port, mut info) = live_ports(&list);
 
     let page_stop = CancellationToken::new();
@@ -428,13 +433,14 @@ async fn run(cli: LaunchArgs) -> Result<(), String> {
             token_file.map(|f| f.display().to_string()).into(),
         );
     }
+    // The machine-readable marker first; the human line is the last one a person sees.
+    println!("{CHAT_READY_LINE} {info}");
+    println!("shaddock-chat: admin page {admin_url} ({token_note})");
     println!(
         "shaddock-chat: the chat is up: open {url} (gate {}; {} servers). Ctrl-C stops it.",
         gate.as_deref().unwrap_or("none"),
         list.rows.len()
     );
-    println!("shaddock-chat: admin page {admin_url} ({token_note})");
-    println!("{CHAT_READY_LINE} {info}");
 
     let status = tokio::select! {
         name = &mut signal => {

@@ -413,6 +413,10 @@ pub struct Count {
 pub struct StopArgs {
     #[prost(string, tag = "1")]
     pub reason: String,
+    /// Only a notice, sent to every server before an orderly cluster stop: do not stop yet,
+    /// but expect every peer to leave (their connections ending is not a fault).
+    #[prost(bool, tag = "2")]
+    pub notice_only: bool,
 }
 
 remote! {

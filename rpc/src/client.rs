@@ -12,13 +12,13 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, warn};
+use tracing::{Instrument, debug, warn};
 
 /// Calls remotes on peer servers. Cheap to clone; clones share connections.
 ///
@@ -102,6 +102,34 @@ impl RpcClient {
             },
         };
         Some(state)
+    }
+
+    /// Tells the client that peer `id` is about to leave on purpose (it was asked to stop,
+    /// or the cluster is stopping): from now until the peer is removed from the directory,
+    /// its connection ending (or a connect to it failing) is logged at DEBUG, and the client
+    /// does not reconnect in the background (a later call still tries once). Returns `false`
+    /// if `id` is not in the directory.
+    pub fn expect_departure(&self, id: &str) -> bool {
+        let Some(entry) = self.inner.directory.entry(id) else {
+            return false;
+        };
+        entry
+            .link
+            .get_or_init(|| Link::new(&entry.info, &self.inner.config))
+            .shared
+            .departing
+            .store(true, Ordering::Relaxed);
+        true
+    }
+
+    /// Whether peer `id` was marked with [`RpcClient::expect_departure`]: a failed call to it
+    /// is then routine (callers may log it at DEBUG).
+    pub fn is_departing(&self, id: &str) -> bool {
+        self.inner.directory.entry(id).is_some_and(|e| {
+            e.link
+                .get()
+                .is_some_and(|l| l.shared.departing.load(Ordering::Relaxed))
+        })
     }
 
     /// The live peers; add and remove servers here.
@@ -539,6 +567,9 @@ struct LinkShared {
     failure: std::sync::atomic::AtomicU8,
     /// Where this peer's calls are counted, if anywhere.
     metrics: Option<crate::metrics::PeerMetrics>,
+    /// Set by [`RpcClient::expect_departure`]: the peer leaves on purpose (losses at DEBUG,
+    /// no background reconnect).
+    departing: AtomicBool,
 }
 
 const FAILED_OTHER: u8 = 0;
@@ -575,6 +606,7 @@ impl Link {
                 state,
                 failure: std::sync::atomic::AtomicU8::new(FAILED_OTHER),
                 metrics: config.metrics.as_ref().map(|m| m.peer(info.id.as_str())),
+                departing: AtomicBool::new(false),
             }),
         }
     }
@@ -698,10 +730,17 @@ async fn drive(shared: Arc<LinkShared>) {
         let reason: Arc<str> = match result {
             Ok(Ok(stream)) => {
                 failures = 0;
-                info!("rpc peer connected");
+                debug!("rpc peer connected");
                 let reason = run_connection(stream, &shared).await;
                 if shared.cancel.is_cancelled() {
                     break;
+                }
+                if shared.departing.load(Ordering::Relaxed) {
+                    debug!(reason = %reason, "rpc peer left as expected; not reconnecting");
+                    shared.state.send_replace(LinkState::Idle {
+                        last_error: Some(Arc::from(format!("peer departed: {reason}"))),
+                    });
+                    return;
                 }
                 warn!(reason = %reason, "rpc connection lost; reconnecting");
                 // Try again at once: the peer may have restarted.
@@ -727,6 +766,13 @@ async fn drive(shared: Arc<LinkShared>) {
             )),
         };
         failures += 1;
+        if shared.departing.load(Ordering::Relaxed) {
+            debug!(reason = %reason, "rpc peer is gone as expected; not retrying");
+            shared.state.send_replace(LinkState::Idle {
+                last_error: Some(reason),
+            });
+            return;
+        }
         if failures >= cfg.reconnect_max_attempts.max(1) {
             warn!(reason = %reason, failures, "rpc peer unreachable; giving up until the next call");
             shared.state.send_replace(LinkState::Idle {

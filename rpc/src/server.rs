@@ -72,7 +72,7 @@ impl RpcServer {
             .unwrap_or_default();
         let span = tracing::info_span!("rpc_server", local = %local);
         async move {
-            info!("rpc server listening");
+            debug!("rpc server listening");
             let tracker = TaskTracker::new();
             let mut accept_backoff = Duration::from_millis(5);
             let slots = Arc::new(Semaphore::new(self.config.max_connections.max(1)));
@@ -134,10 +134,10 @@ impl RpcServer {
                 }
             }
             drop(listener);
-            info!("rpc server stopped accepting; draining connections");
+            debug!("rpc server stopped accepting; draining connections");
             tracker.close();
             tracker.wait().await;
-            info!("rpc server stopped");
+            debug!("rpc server stopped");
             Ok(())
         }
         .instrument(span)
@@ -181,6 +181,8 @@ impl RpcServer {
                 let (rd, wr) = tokio::io::split(tls_stream);
                 self.run_connection(rd, wr, shutdown).await;
             }
+            // A port probe (connect, then close without a byte) is routine, not a refusal.
+            Ok(Err(why)) if why == CLOSED_BEFORE_TLS => debug!("{why}"),
             Ok(Err(why)) => warn!(reason = %why, "closing rpc connection: TLS refused"),
             Err(_) => warn!(
                 timeout = ?limit,
@@ -225,6 +227,11 @@ impl RpcServer {
                         Ok(Ok(())) => {
                             *frames.decoder_mut() = FrameCodec::new(cfg.max_frame_size);
                             true
+                        }
+                        // A port probe (connect, then close without a byte): routine.
+                        Ok(Err(why)) if why == CLOSED_SILENT => {
+                            debug!("{why}");
+                            false
                         }
                         Ok(Err(why)) => {
                             warn!(reason = %why, "closing rpc connection: authentication failed");
@@ -423,10 +430,23 @@ where
             "peer sent {} before authenticating (no cluster secret configured?)",
             other.kind_name()
         )),
+        // Reset before a single byte came (a probe that closed with our challenge unread).
+        Some(Err(CodecError::Io(e)))
+            if e.kind() == std::io::ErrorKind::ConnectionReset
+                && frames.read_buffer().is_empty() =>
+        {
+            Err(CLOSED_SILENT.into())
+        }
         Some(Err(e)) => Err(format!("bad frame before authenticating: {e}")),
-        None => Err("peer closed the connection before authenticating".into()),
+        None => Err(CLOSED_SILENT.into()),
     }
 }
+
+/// Why a connection ended that closed before sending a single byte (a port probe such as the
+/// admin command's wait-for-exit check): logged at DEBUG, not as a failed authentication.
+const CLOSED_SILENT: &str = "peer closed the connection before sending anything";
+/// The same before the TLS handshake.
+const CLOSED_BEFORE_TLS: &str = "peer closed the connection before the TLS handshake";
 
 /// The server side of the TLS handshake. A peer whose first byte is not a TLS handshake
 /// record speaks plain TCP, and so does one that sends nothing within `first_byte_within` (a
@@ -450,7 +470,7 @@ async fn accept_tls(
     };
     let n = peeked.map_err(|e| format!("read failed before the TLS handshake: {e}"))?;
     if n == 0 {
-        return Err("peer closed the connection before the TLS handshake".into());
+        return Err(CLOSED_BEFORE_TLS.into());
     }
     if first[0] != crate::tls::HANDSHAKE_RECORD {
         // Best effort: the peer may be gone already.

@@ -683,6 +683,12 @@ macro_rules! remote {
                     Self { rpc: rpc.clone() }
                 }
 
+                /// The client the calls go through (e.g. to
+                /// [`expect_departure`]($crate::RpcClient::expect_departure) of a peer).
+                pub fn rpc(&self) -> &$crate::RpcClient {
+                    &self.rpc
+                }
+
                 /// The same calls as one-way notifies (no reply, no remote error reported).
                 pub fn notify(&self) -> Notifier<'_> {
                     Notifier { rpc: &self.rpc }

@@ -104,7 +104,12 @@ impl Pusher {
             match r {
                 Ok(r) => summary.sent += u64::from(r.sent),
                 Err(e) => {
-                    tracing::warn!(frontend = %fid, cause = %e, "channel push failed");
+                    if self.rpc.is_departing(&fid) {
+                        // The cluster is stopping and that frontend with it.
+                        tracing::debug!(frontend = %fid, cause = %e, "channel push not delivered: the frontend is leaving");
+                    } else {
+                        tracing::warn!(frontend = %fid, cause = %e, "channel push failed");
+                    }
                     summary.failed.push((fid, e.to_string()));
                 }
             }

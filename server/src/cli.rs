@@ -89,7 +89,14 @@ enum Cmd {
 /// Parses the command line and runs the command; the app's `main` calls this.
 pub fn run(app: App) -> ExitCode {
     let cli = Cli::parse();
-    crate::init_logging();
+    // The admin commands print their output alone: their log shows warnings and errors
+    // only, unless RUST_LOG asks for more. Servers and the master log at INFO.
+    let admin_command = cli.server_id.is_none()
+        && matches!(
+            cli.cmd,
+            Some(Cmd::List { .. } | Cmd::Stop | Cmd::Kill | Cmd::Add { .. } | Cmd::Init { .. })
+        );
+    crate::init_logging_with_default(if admin_command { "warn" } else { "info" });
     if let Err(e) = app.validate() {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
@@ -195,12 +202,16 @@ async fn dispatch(app: App, cli: Cli) -> Result<(), String> {
         }
         Some(Cmd::Stop) => {
             let stub = admin(&cli).await?;
+            // The master leaves after this on purpose: not a connection to reconnect.
+            stub.rpc().expect_departure(MASTER);
             stub.stop(target(), ()).await.map_err(rpc_err)?;
             println!("stopping the cluster");
             wait_gone(&master_addr(&cli)?).await
         }
         Some(Cmd::Kill) => {
             let stub = admin(&cli).await?;
+            // The master leaves after this on purpose: not a connection to reconnect.
+            stub.rpc().expect_departure(MASTER);
             stub.kill(target(), ()).await.map_err(rpc_err)?;
             println!("killing the cluster");
             wait_gone(&master_addr(&cli)?).await

@@ -269,7 +269,7 @@ impl ServerContext {
         }
         for known in dir.all() {
             if known.id.as_str() != self.inner.master_id && !live.contains(known.id.as_str()) {
-                tracing::info!(server = %known.id, "server left the cluster");
+                tracing::debug!(server = %known.id, "server left the cluster");
                 dir.remove(known.id.as_str());
             }
         }

@@ -69,13 +69,19 @@ pub use shaddock_core::{
 /// `RUST_LOG` (default `info`), with colours only when stderr is a terminal, so log files and
 /// captured test output stay plain text. Does nothing if a subscriber is already installed.
 pub fn init_logging() {
+    init_logging_with_default("info");
+}
+
+/// As [`init_logging`], with `default` as the filter when `RUST_LOG` is not set (the admin
+/// commands use `warn`, so nothing but their output shows when all is well).
+pub fn init_logging_with_default(default: &str) {
     use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .try_init();
 }

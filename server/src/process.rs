@@ -160,7 +160,19 @@ struct StopRemote {
 
 impl server_remote::Remote for StopRemote {
     async fn stop(&self, args: StopArgs) -> Result<(), RemoteError> {
-        tracing::info!(reason = %args.reason, "stop requested");
+        if args.notice_only {
+            // The cluster is stopping: every peer leaves on purpose from now on.
+            tracing::debug!(reason = %args.reason, "the cluster is stopping");
+            let rpc = self.ctx.rpc();
+            for peer in rpc.directory().all() {
+                // The master stays until every server has gone.
+                if peer.server_type != MASTER_TYPE {
+                    rpc.expect_departure(peer.id.as_str());
+                }
+            }
+            return Ok(());
+        }
+        tracing::debug!(reason = %args.reason, "stop requested");
         self.ctx.request_stop();
         Ok(())
     }
@@ -513,7 +525,7 @@ pub(crate) async fn run_server(
             tracing::warn!(cause = %e, "uid claims not reconciled with the master");
         }
     }
-    tracing::info!(server = %id, rpc = ?actual.port, client = ?actual.client_port, "server registered with the master");
+    tracing::debug!(server = %id, rpc = ?actual.port, client = ?actual.client_port, "server registered with the master");
     for c in &app.components {
         if let Err(e) = c.run(Hook::AfterStart, &ctx).await {
             tracing::error!(server = %id, component = c.name(), cause = %e, "component's after_start failed: stopping");
@@ -531,7 +543,7 @@ pub(crate) async fn run_server(
         () = stop.cancelled() => {}
         () = terminated() => tracing::info!("interrupted"),
     }
-    tracing::info!(server = %id, "stopping");
+    tracing::debug!(server = %id, "stopping");
     bg.cancel();
     for c in &app.components {
         if let Err(e) = c.run(Hook::BeforeStop, &ctx).await {
@@ -546,12 +558,16 @@ pub(crate) async fn run_server(
         let report = frontend
             .drain_and_kick("server stopping", DRAIN_TIMEOUT)
             .await;
-        tracing::info!(
-            kicked = report.kicked,
-            unfinished = report.unfinished_requests,
-            still_connected = report.still_connected,
-            "clients drained"
-        );
+        if report.kicked + report.unfinished_requests + report.still_connected > 0 {
+            tracing::info!(
+                kicked = report.kicked,
+                unfinished = report.unfinished_requests,
+                still_connected = report.still_connected,
+                "clients drained"
+            );
+        } else {
+            tracing::debug!("clients drained: none were connected");
+        }
         client_token.cancel();
         let _ = tokio::time::timeout(KICK_TIMEOUT, task).await;
     }
@@ -565,7 +581,7 @@ pub(crate) async fn run_server(
     if let Some(m) = metrics_server {
         m.stop().await;
     }
-    tracing::info!(server = %id, "stopped");
+    tracing::debug!(server = %id, "stopped");
     Ok(())
 }
 

@@ -940,7 +940,7 @@ fn output_within(mut cmd: Command, within: Duration) -> Option<std::process::Out
     }
 }
 
-/// The pids the master logged for `server process started` (at RUST_LOG=info).
+/// The pids the master logged for `server process started` (a DEBUG line of its supervisor).
 fn started_pids(log: &str) -> Vec<u32> {
     log.lines()
         .filter(|l| l.contains("server process started"))
@@ -972,7 +972,10 @@ fn a_server_that_cannot_start_fails_the_cluster_start_at_once() {
     let mut cmd = Command::new(EXE);
     cmd.args(["start", "--config"])
         .arg(&dir)
-        .env("RUST_LOG", "info,shaddock_rpc=warn")
+        .env(
+            "RUST_LOG",
+            "info,shaddock_server::master::supervise=debug,shaddock_rpc=warn",
+        )
         .env("SHADDOCK_DEMO_LIFECYCLE_DIR", dir.join("life"));
     let t0 = Instant::now();
     // Without the fix the master runs on (the gate just "exited"): this bound ends it.
@@ -1063,7 +1066,10 @@ fn exit_with_parent_stops_the_cluster_when_stdin_closes() {
     let mut master = Command::new(EXE)
         .args(["start", "--exit-with-parent", "--config"])
         .arg(&dir)
-        .env("RUST_LOG", "info,shaddock_rpc=warn")
+        .env(
+            "RUST_LOG",
+            "info,shaddock_server::master::supervise=debug,shaddock_rpc=warn",
+        )
         .env("SHADDOCK_DEMO_LIFECYCLE_DIR", dir.join("life"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

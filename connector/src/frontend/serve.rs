@@ -145,7 +145,7 @@ impl Frontend {
     ) -> io::Result<()> {
         let limit = Arc::new(Semaphore::new(self.inner.config.max_connections));
         let local = listener.local_addr().ok();
-        tracing::info!(addr = ?local, frontend = %self.inner.config.frontend_id, "client port listening");
+        tracing::debug!(addr = ?local, frontend = %self.inner.config.frontend_id, "client port listening");
         let mut backoff = Duration::from_millis(1);
         let stop_accepting = self.inner.stop_accepting.clone();
         self.inner.listening.send_replace(true);
@@ -192,7 +192,7 @@ impl Frontend {
         drop(listener);
         self.inner.listening.send_replace(false);
         if !shutdown.is_cancelled() {
-            tracing::info!(addr = ?local, "client port no longer accepting; serving open connections");
+            tracing::debug!(addr = ?local, "client port no longer accepting; serving open connections");
             shutdown.cancelled().await;
         }
         self.inner.tracker.close();
@@ -208,7 +208,7 @@ impl Frontend {
             );
         }
         self.inner.tracker.reopen();
-        tracing::info!(addr = ?local, "client port closed");
+        tracing::debug!(addr = ?local, "client port closed");
         Ok(())
     }
 }

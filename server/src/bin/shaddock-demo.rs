@@ -86,7 +86,33 @@ fn room(s: &BackendSession) -> String {
         .unwrap_or_default()
 }
 
+/// `cargo run -p shaddock-server -- list` from the checkout runs this demo binary, which has
+/// no `config/` there: for an admin verb without `--config` or `--master`, say what to run
+/// instead of failing on the missing file.
+fn admin_without_config() -> Option<String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let verb = args
+        .iter()
+        .find(|a| ["list", "stop", "kill", "add"].contains(&a.as_str()))?;
+    let located = args
+        .iter()
+        .any(|a| a.starts_with("--config") || a.starts_with("--master"));
+    if located || std::path::Path::new("config/servers.json").exists() {
+        return None;
+    }
+    Some(format!(
+        "error: no config/servers.json here, so no master to ask.\n\
+         - the example chat: cargo run -p shaddock-chat -- {verb}\n\
+         - your own app: run `{verb}` from its directory, or pass --config DIR (the folder \
+         holding servers.json and master.json) or --master HOST:PORT"
+    ))
+}
+
 fn main() -> ExitCode {
+    if let Some(hint) = admin_without_config() {
+        eprintln!("{hint}");
+        return ExitCode::from(2);
+    }
     let policy = match std::env::var("SHADDOCK_DEMO_DUPLICATE").as_deref() {
         Ok("refuse") => DuplicateLogin::RefuseNew,
         _ => DuplicateLogin::KickOld,

@@ -41,7 +41,7 @@ impl master_remote::Remote for MasterRemote {
             }
         }
         m.publish(&mut st);
-        tracing::info!(server = %entry.id, port = entry.port, client_port = entry.client_port, "server registered");
+        tracing::debug!(server = %entry.id, port = entry.port, client_port = entry.client_port, "server registered");
         if st.all_registered_at.is_none() && Master::all_registered(&st) {
             st.all_registered_at = Some(st.version);
         }

@@ -108,7 +108,7 @@ impl Master {
                     m.connections = 0;
                 }
             }
-            tracing::info!(server = %id, pid = child.id().unwrap_or(0), "server process started");
+            tracing::debug!(server = %id, pid = child.id().unwrap_or(0), "server process started");
             let status = tokio::select! {
                 s = child.wait() => s,
                 () = kill.cancelled() => {
@@ -176,7 +176,7 @@ impl Master {
             };
             match next {
                 Next::Stopped => {
-                    tracing::info!(server = %id, %status, "server stopped");
+                    tracing::debug!(server = %id, %status, "server stopped");
                     return;
                 }
                 Next::StartFailed => {
@@ -278,7 +278,13 @@ impl Master {
             .filter_map(|m| m.entry.as_ref().map(|e| e.id.as_str()));
         if views_complete(at, live, &st.applied) && !self.ready.swap(true, Ordering::SeqCst) {
             say(READY_LINE);
-            tracing::info!("every configured server is up and knows the others");
+            let frontends = st.servers.values().filter(|m| m.cfg.frontend).count();
+            tracing::info!(
+                servers = st.servers.len(),
+                frontends,
+                backends = st.servers.len() - frontends,
+                "cluster ready: every configured server is up and knows the others"
+            );
         }
     }
 
@@ -298,6 +304,39 @@ impl Master {
         tokio::spawn(self.clone().stop_all());
     }
 
+    /// Tells every registered server that the cluster is stopping, so that each expects its
+    /// peers to leave (no reconnect, no warning when their connections end). Best effort and
+    /// bounded: a server that does not answer is stopped all the same.
+    async fn announce_stop(&self) {
+        let ids: Vec<String> = {
+            let st = lock(&self.state);
+            st.servers
+                .values()
+                .filter(|m| m.entry.is_some())
+                .map(|m| m.cfg.id.clone())
+                .collect()
+        };
+        let stub = server_remote::Client::new(&self.rpc);
+        let notices = ids.iter().map(|id| {
+            let stub = stub.clone();
+            async move {
+                let notice = stub.stop(
+                    Target::server(id),
+                    StopArgs {
+                        reason: "cluster stopping".into(),
+                        notice_only: true,
+                    },
+                );
+                match tokio::time::timeout(Duration::from_secs(2), notice).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(server = %id, cause = %e, "stop notice failed"),
+                    Err(_) => tracing::debug!(server = %id, "stop notice not answered in 2 s"),
+                }
+            }
+        });
+        futures_util::future::join_all(notices).await;
+    }
+
     /// Stops a group of servers over RPC and waits for their processes to end.
     pub(super) async fn stop_group(&self, frontend: bool) {
         let ids: Vec<(String, bool)> = {
@@ -313,12 +352,15 @@ impl Master {
         };
         let stub = server_remote::Client::new(&self.rpc);
         for (id, registered) in &ids {
+            // It leaves on purpose: its connection's end is not a loss to reconnect after.
+            self.rpc.expect_departure(id);
             let sent = *registered
                 && stub
                     .stop(
                         Target::server(id),
                         StopArgs {
                             reason: "cluster stop".into(),
+                            notice_only: false,
                         },
                     )
                     .await
@@ -373,6 +415,7 @@ impl Master {
             return;
         }
         tracing::info!("stopping the cluster: frontends first");
+        self.announce_stop().await;
         self.stop_group(true).await;
         self.stop_group(false).await;
         tracing::info!("every server stopped; master exits");
