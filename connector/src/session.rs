@@ -519,6 +519,12 @@ impl SessionService {
         read(&self.inner.maps).by_id.len()
     }
 
+    /// Number of distinct uids bound to at least one open session here (the users online
+    /// on this frontend; a user with two connections counts once).
+    pub fn uid_count(&self) -> usize {
+        read(&self.inner.maps).by_uid.len()
+    }
+
     /// Every open session.
     pub fn all(&self) -> Vec<Session> {
         read(&self.inner.maps).by_id.values().cloned().collect()

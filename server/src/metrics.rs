@@ -119,14 +119,19 @@ impl MetricsBuilder {
         RouteMetricsFamilies::register(&mut self.registry, routes)
     }
 
-    /// Adds a frontend's counters and queue depths, read from `frontend` at each scrape.
+    /// Adds a frontend's counters, queue depths and users online
+    /// (`shaddock_connector_users_online`: distinct uids bound to its sessions), read from
+    /// `frontend` at each scrape.
     pub fn frontend(mut self, frontend: &shaddock_connector::Frontend) -> Self {
         let f = frontend.clone();
         self.registry
             .register_collector(Box::new(ConnectorStatsCollector::new(move || f.stats())));
         let f = frontend.clone();
         self.registry
-            .register_collector(Box::new(QueueCollector(Box::new(move || f.queued()))));
+            .register_collector(Box::new(QueueCollector(Box::new(move || {
+                let (total, most) = f.queued();
+                (total, most, f.sessions().uid_count() as u64)
+            }))));
         self
     }
 
@@ -747,8 +752,9 @@ impl shaddock_connector::RouteMetrics for RouteMetricsFamilies {
     }
 }
 
-/// A frontend's outbound queues at scrape time: `(total, longest)` messages queued.
-struct QueueCollector(Box<dyn Fn() -> (u64, u64) + Send + Sync>);
+/// A frontend's gauges read at scrape time: `(total, longest)` messages queued and the
+/// users online (distinct uids bound to its sessions).
+struct QueueCollector(Box<dyn Fn() -> (u64, u64, u64) + Send + Sync>);
 
 impl fmt::Debug for QueueCollector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -758,7 +764,7 @@ impl fmt::Debug for QueueCollector {
 
 impl Collector for QueueCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
-        let (total, most) = (self.0)();
+        let (total, most, users) = (self.0)();
         for (name, help, v) in [
             (
                 "shaddock_connector_queued_messages",
@@ -769,6 +775,11 @@ impl Collector for QueueCollector {
                 "shaddock_connector_queued_messages_max",
                 "Messages queued for writing on the most loaded client connection",
                 most,
+            ),
+            (
+                "shaddock_connector_users_online",
+                "Users online: distinct uids bound to a client session here",
+                users,
             ),
         ] {
             let g = ConstGauge::new(v as i64);

@@ -321,11 +321,35 @@ async fn a_tls_cluster_serves_metrics_on_every_server_and_lists_their_urls() {
             .iter()
             .any(|x| x.metric == "shaddock_connector_queued_messages")
     );
+    // alice entered (her session is bound): one user online on connector 1.
+    assert_eq!(sum(&s, "shaddock_connector_users_online", &[]), 1.0);
+    // Kicks by reason and rate-limited connections are exported even while zero.
+    for reason in ["slow_consumer", "rate_limit", "other"] {
+        assert!(
+            s.samples
+                .iter()
+                .any(|x| x.metric == "shaddock_connector_kicks_total"
+                    && x.labels.get("reason") == Some(reason)),
+            "no kicks_total{{reason={reason}}}"
+        );
+    }
+    assert!(
+        s.samples
+            .iter()
+            .any(|x| x.metric == "shaddock_connector_rate_limited_total")
+    );
     // The forwards went over RPC (TLS) to the chat server: counted per peer.
     assert!(
         sum(
             &s,
             "shaddock_rpc_client_calls_total",
+            &[("peer", "chat-server-1")]
+        ) >= 2.0
+    );
+    assert!(
+        sum(
+            &s,
+            "shaddock_rpc_client_latency_seconds",
             &[("peer", "chat-server-1")]
         ) >= 2.0
     );
