@@ -6,8 +6,9 @@
 //! - `GET /admin`: the page (`chat/web/admin.html`, embedded; no external resource).
 //! - `GET /admin/api/state`: JSON, the master's `list` joined with what each server's
 //!   `/metrics` (servers.json `metricsPort`) shows now: cumulative CPU seconds, requests
-//!   (client requests and notifies over every route) and pushes; the page turns successive
-//!   samples into rates.
+//!   (a frontend's client requests and notifies over every route; a backend's RPC calls
+//!   served), pushes and, on a frontend, the users online (distinct bound uids); the page
+//!   turns successive samples into rates.
 //! - `POST /admin/api/restart/<server id>`: asks that server to stop (gracefully); the master
 //!   starts it again (its restart policy), as a new process.
 //! - `POST /admin/api/stop`: stops the cluster (the launcher then exits).
@@ -312,6 +313,7 @@ struct Sample {
     requests: f64,
     pushes: f64,
     connections: Option<f64>,
+    users: Option<f64>,
 }
 
 fn row_json(r: &ListRow, s: &Sample) -> Value {
@@ -319,6 +321,7 @@ fn row_json(r: &ListRow, s: &Sample) -> Value {
         "id": r.id,
         "serverType": r.server_type,
         "host": r.host,
+        "clientPort": r.client_port,
         "pid": r.pid,
         "state": r.state,
         "uptimeSecs": r.uptime_secs,
@@ -327,6 +330,7 @@ fn row_json(r: &ListRow, s: &Sample) -> Value {
         "cpuSeconds": s.cpu_seconds,
         "requests": s.requests as u64,
         "pushes": s.pushes as u64,
+        "users": s.users.map(|u| u as u64),
         "restarts": r.restarts,
         "metrics": s.ok,
     })
@@ -393,9 +397,15 @@ fn parse_sample(text: &str) -> Sample {
         ok: true,
         cpu_seconds: sum("process_cpu_seconds_total").unwrap_or(0.0),
         rss_bytes: sum("process_resident_memory_bytes").unwrap_or(0.0),
-        requests: sum("shaddock_frontend_messages_total").unwrap_or(0.0),
+        // A frontend counts its clients' requests and notifies; a backend has none of its
+        // own, so its requests are the RPC calls it served (forwarded client messages and
+        // remote calls of other servers).
+        requests: sum("shaddock_frontend_messages_total")
+            .or_else(|| sum("shaddock_rpc_server_calls_total"))
+            .unwrap_or(0.0),
         pushes: sum("shaddock_connector_pushes_total").unwrap_or(0.0),
         connections: sum("shaddock_connector_connections_active"),
+        users: sum("shaddock_connector_users_online"),
     }
 }
 
@@ -481,5 +491,18 @@ mod tests {
         assert_eq!(s.requests, 5.0);
         assert_eq!(s.cpu_seconds, 1.5);
         assert_eq!(s.connections, None);
+        assert_eq!(s.users, None);
+    }
+
+    #[test]
+    fn a_backend_counts_the_rpc_calls_it_served() {
+        let text = "# TYPE shaddock_rpc_server_calls counter\n\
+                    shaddock_rpc_server_calls_total{service=\"a\",method=\"x\"} 4\n\
+                    shaddock_rpc_server_calls_total{service=\"b\",method=\"y\"} 1\n\
+                    # TYPE shaddock_connector_users_online gauge\n\
+                    shaddock_connector_users_online 2\n";
+        let s = parse_sample(text);
+        assert_eq!(s.requests, 5.0);
+        assert_eq!(s.users, Some(2.0));
     }
 }

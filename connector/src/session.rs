@@ -654,8 +654,11 @@ mod tests {
             a.bind("bob"),
             Err(SessionError::AlreadyBound { .. })
         ));
+        assert_eq!(svc.uid_count(), 1);
         b.bind("alice").unwrap();
         assert_eq!(svc.get_by_uid("alice").len(), 2);
+        // One user on two sessions is one user online.
+        assert_eq!(svc.uid_count(), 1);
         assert!(matches!(
             a.unbind("bob"),
             Err(SessionError::NotBound { .. })
@@ -665,6 +668,8 @@ mod tests {
         assert_eq!(a.uid(), None);
         assert_eq!(svc.kick_by_uid("alice", "bye"), 1);
         assert_eq!(lock(&b.inner.kick_reason).as_deref(), Some("bye"));
+        b.unbind("alice").unwrap();
+        assert_eq!(svc.uid_count(), 0);
     }
 
     #[test]
