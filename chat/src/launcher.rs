@@ -74,6 +74,10 @@ pub struct LaunchArgs {
     /// Address the web page listens on; else page.json, else 127.0.0.1.
     #[arg(long)]
     pub page_host: Option<String>,
+    /// Port of the admin page (0: any free port); else the page port + 1 (any free port when
+    /// the page's is 0). The address and the token are printed at start.
+    #[arg(long, env = "SHADDOCK_CHAT_ADMIN_PORT")]
+    pub admin_port: Option<u16>,
     /// Seconds to wait for every server to come up.
     #[arg(long, default_value_t = 120)]
     pub start_timeout: u64,
@@ -185,8 +189,12 @@ async fn stop_signal() -> &'static str {
     }
 }
 
-fn master_stub(addr: &str) -> Result<master_remote::Client, String> {
+fn master_stub(
+    addr: &str,
+    master: &shaddock_server::config::MasterConfig,
+) -> Result<master_remote::Client, String> {
     let mut cfg = shaddock_server::secret::admin_rpc_config(addr)?;
+    cfg.tls = shaddock_server::secret::cluster_tls(master)?;
     cfg.reconnect_max_attempts = 1;
     master_client("master", addr, cfg)
         .ok_or_else(|| format!("the master printed a bad address `{addr}`"))
@@ -268,6 +276,17 @@ async fn run(cli: LaunchArgs) -> Result<(), String> {
             format!("cannot serve the chat page on {page_host}:{page_port}: {e} (choose another with --page-port)")
         })?;
     let page_bound = listener.local_addr().map_err(|e| e.to_string())?;
+    let admin_port = cli.admin_port.unwrap_or(if page_port == 0 {
+        0
+    } else {
+        page_port.saturating_add(1)
+    });
+    let admin_listener = tokio::net::TcpListener::bind((page_host.as_str(), admin_port))
+        .await
+        .map_err(|e| {
+            format!("cannot serve the admin page on {page_host}:{admin_port}: {e} (choose another with --admin-port)")
+        })?;
+    let admin_bound = admin_listener.local_addr().map_err(|e| e.to_string())?;
 
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
     let mut child = Command::new(exe)
@@ -313,7 +332,7 @@ async fn run(cli: LaunchArgs) -> Result<(), String> {
         tokio::select! {
             ev = rx.recv() => match ev {
                 Some(MasterEvent::Listening(addr)) => {
-                    stub = Some(master_stub(&addr)?);
+                    stub = Some(master_stub(&addr, &cluster.master)?);
                     master_addr = addr;
                 }
                 Some(MasterEvent::Ready) => ready = true,
@@ -387,13 +406,36 @@ async fn run(cli: LaunchArgs) -> Result<(), String> {
         ip => ip.to_string(),
     };
     let url = format!("http://{url_host}:{}/", page_bound.port());
+    let admin_url = format!("http://{url_host}:{}/admin", admin_bound.port());
+    let token = crate::admin::Token::from_env_or_random(admin_bound.port())?;
+    let admin_rpc = {
+        let mut cfg = shaddock_server::secret::admin_rpc_config(&master_addr)?;
+        cfg.tls = shaddock_server::secret::cluster_tls(&cluster.master)?;
+        cfg
+    };
+    let token_note = match &token.file {
+        Some(f) => format!("token {} (also in {})", token.reveal(), f.display()),
+        None => format!("token from ${}", crate::admin::TOKEN_ENV),
+    };
+    let token_file = token.file.clone();
+    let admin_task = tokio::spawn(crate::admin::serve(
+        admin_listener,
+        std::sync::Arc::new(crate::admin::Admin::new(master.clone(), admin_rpc, token)),
+        page_stop.clone(),
+    ));
     if let Value::Object(m) = &mut info {
         m.insert("page".into(), url.clone().into());
         m.insert("gate".into(), gate.clone().into());
         m.insert("master".into(), master_addr.clone().into());
+        m.insert("admin".into(), admin_url.clone().into());
+        m.insert(
+            "admin_token_file".into(),
+            token_file.map(|f| f.display().to_string()).into(),
+        );
     }
     // The machine-readable marker first; the human line is the last one a person sees.
     println!("{CHAT_READY_LINE} {info}");
+    println!("shaddock-chat: admin page {admin_url} ({token_note})");
     println!(
         "shaddock-chat: the chat is up: open {url} (gate {}; {} servers). Ctrl-C stops it.",
         gate.as_deref().unwrap_or("none"),
@@ -409,6 +451,7 @@ async fn run(cli: LaunchArgs) -> Result<(), String> {
     };
     page_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), page_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
     if status.success() {
         println!("shaddock-chat: stopped");
         Ok(())

@@ -43,6 +43,7 @@
 //! - [`page`]: the web page server (files of `chat/web`, embedded in the binary).
 //! - [`launcher`]: what the bare command runs: the master as a child, the page, signals.
 
+pub mod admin;
 pub mod app;
 pub mod launcher;
 pub mod page;

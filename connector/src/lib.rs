@@ -78,6 +78,7 @@ pub mod frontend;
 pub mod handler;
 mod handshake;
 pub mod limit;
+pub mod metrics;
 mod outbox;
 pub mod remote;
 pub mod rewind;
@@ -97,6 +98,7 @@ pub use handler::{
     Filter, FromRequest, Handler, HandlerError, Json, Proto, Request, RequestInfo, State,
 };
 pub use limit::{RateLimit, TokenBucket};
+pub use metrics::{MessageKind, RouteMetrics};
 pub use remote::{BindHook, RpcForwarder, SessionRemote};
 pub use session::{Session, SessionConfig, SessionError, SessionId, SessionService};
 pub use shaddock_protocol::BodyCodec;

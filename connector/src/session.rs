@@ -219,7 +219,9 @@ impl Session {
     /// [`SessionError::Closed`]; [`SessionError::QueueFull`], after which the client has been
     /// kicked as a slow consumer.
     pub fn send_encoded(&self, packages: Bytes) -> Result<(), SessionError> {
-        self.enqueue(packages, false)
+        self.enqueue(packages, false)?;
+        ConnectorStats::incr(&self.inner.stats.pushed);
+        Ok(())
     }
 
     /// Queues a response: written without waiting for the push flush interval, after the
@@ -517,6 +519,12 @@ impl SessionService {
         read(&self.inner.maps).by_id.len()
     }
 
+    /// Number of distinct uids bound to at least one open session here (the users online
+    /// on this frontend; a user with two connections counts once).
+    pub fn uid_count(&self) -> usize {
+        read(&self.inner.maps).by_uid.len()
+    }
+
     /// Every open session.
     pub fn all(&self) -> Vec<Session> {
         read(&self.inner.maps).by_id.values().cloned().collect()
@@ -646,8 +654,11 @@ mod tests {
             a.bind("bob"),
             Err(SessionError::AlreadyBound { .. })
         ));
+        assert_eq!(svc.uid_count(), 1);
         b.bind("alice").unwrap();
         assert_eq!(svc.get_by_uid("alice").len(), 2);
+        // One user on two sessions is one user online.
+        assert_eq!(svc.uid_count(), 1);
         assert!(matches!(
             a.unbind("bob"),
             Err(SessionError::NotBound { .. })
@@ -657,6 +668,8 @@ mod tests {
         assert_eq!(a.uid(), None);
         assert_eq!(svc.kick_by_uid("alice", "bye"), 1);
         assert_eq!(lock(&b.inner.kick_reason).as_deref(), Some("bye"));
+        b.unbind("alice").unwrap();
+        assert_eq!(svc.uid_count(), 0);
     }
 
     #[test]

@@ -18,6 +18,9 @@ pub struct ConnectorStats {
     pub(crate) protocol_errors: AtomicU64,
     pub(crate) accept_errors: AtomicU64,
     pub(crate) peak_parked: AtomicU64,
+    pub(crate) handshakes: AtomicU64,
+    pub(crate) handshakes_refused: AtomicU64,
+    pub(crate) pushed: AtomicU64,
 }
 
 /// A point-in-time copy of [`ConnectorStats`].
@@ -49,6 +52,12 @@ pub struct StatsSnapshot {
     /// messages, so this is at most the messages of one read: 64 KiB over TCP (plus a
     /// partial package left from the read before), one WebSocket message.
     pub peak_parked: u64,
+    /// Pomelo handshakes accepted (code 200).
+    pub handshakes: u64,
+    /// Pomelo handshakes refused (a client too old, a bad handshake body).
+    pub handshakes_refused: u64,
+    /// Pushes queued to sessions (one per session reached; responses not counted).
+    pub pushed: u64,
 }
 
 impl ConnectorStats {
@@ -67,6 +76,9 @@ impl ConnectorStats {
             protocol_errors: r(&self.protocol_errors),
             accept_errors: r(&self.accept_errors),
             peak_parked: r(&self.peak_parked),
+            handshakes: r(&self.handshakes),
+            handshakes_refused: r(&self.handshakes_refused),
+            pushed: r(&self.pushed),
         }
     }
 

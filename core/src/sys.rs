@@ -214,6 +214,9 @@ pub struct ServerEntry {
     /// The config's extra keys, as a JSON object.
     #[prost(string, tag = "8")]
     pub extra_json: String,
+    /// The port of its Prometheus endpoint actually bound (0: none).
+    #[prost(uint32, tag = "9")]
+    pub metrics_port: u32,
 }
 
 /// The live servers, with a version that grows on every change.
@@ -338,6 +341,9 @@ pub struct ListRow {
     pub state: String,
     #[prost(uint32, tag = "11")]
     pub restarts: u32,
+    /// `http://host:port/metrics` of its Prometheus endpoint, empty when it has none.
+    #[prost(string, tag = "12")]
+    pub metrics_url: String,
 }
 
 /// `master.list` reply.
@@ -347,6 +353,9 @@ pub struct ListReply {
     pub master_pid: u32,
     #[prost(message, repeated, tag = "2")]
     pub rows: Vec<ListRow>,
+    /// The master's own Prometheus endpoint (master.json `metricsPort`), empty without one.
+    #[prost(string, tag = "3")]
+    pub master_metrics_url: String,
 }
 
 /// A `key=value` argument of `add`.

@@ -64,7 +64,12 @@ enum Cmd {
         exit_with_parent: bool,
     },
     /// Lists the servers: id, type, pid, uptime, RSS, connections.
-    List,
+    List {
+        /// One JSON object instead of the table: the master (pid, metrics URL) and every
+        /// server (its row and its metrics URL).
+        #[arg(long)]
+        json: bool,
+    },
     /// Stops the cluster gracefully (frontends drain and kick their clients, then backends).
     Stop,
     /// Kills every server at once (SIGKILL), then the master.
@@ -89,7 +94,7 @@ pub fn run(app: App) -> ExitCode {
     let admin_command = cli.server_id.is_none()
         && matches!(
             cli.cmd,
-            Some(Cmd::List | Cmd::Stop | Cmd::Kill | Cmd::Add { .. } | Cmd::Init { .. })
+            Some(Cmd::List { .. } | Cmd::Stop | Cmd::Kill | Cmd::Add { .. } | Cmd::Init { .. })
         );
     crate::init_logging_with_default(if admin_command { "warn" } else { "info" });
     if let Err(e) = app.validate() {
@@ -182,13 +187,17 @@ async fn dispatch(app: App, cli: Cli) -> Result<(), String> {
             )
             .await
         }
-        Some(Cmd::List) => {
+        Some(Cmd::List { json }) => {
             let list = admin(&cli)
                 .await?
                 .list(target(), ())
                 .await
                 .map_err(rpc_err)?;
-            print!("{}", format_list(&list));
+            if json {
+                println!("{}", list_json(&list));
+            } else {
+                print!("{}", format_list(&list));
+            }
             Ok(())
         }
         Some(Cmd::Stop) => {
@@ -248,9 +257,17 @@ async fn run_server_mode(app: App, cli: &Cli, id: &str) -> Result<(), String> {
         .clone()
         .ok_or("--master is required with --server-id")?;
     let master_id = cli.master_id.clone().unwrap_or(cluster.master.id.clone());
-    crate::process::run_server(app, cluster.env, me, cluster.servers, master_id, master)
-        .await
-        .map_err(|e| e.to_string())
+    crate::process::run_server(
+        app,
+        cluster.env,
+        me,
+        cluster.servers,
+        master_id,
+        master,
+        cluster.master.rpc_tls.clone(),
+    )
+    .await
+    .map_err(|e| e.to_string())
 }
 
 const MASTER: &str = "master";
@@ -279,7 +296,13 @@ fn master_addr(cli: &Cli) -> Result<String, String> {
 async fn admin(cli: &Cli) -> Result<master_remote::Client, String> {
     let addr = master_addr(cli)?;
     // The cluster secret: $SHADDOCK_RPC_SECRET, else the master's secret file on this machine.
-    crate::process::master_client(MASTER, &addr, crate::secret::admin_rpc_config(&addr)?)
+    let mut cfg = crate::secret::admin_rpc_config(&addr)?;
+    // TLS with the cluster CA when master.json has `rpcTls` (a `--master` without a config
+    // directory talks plain TCP).
+    if let Ok(c) = load(cli) {
+        cfg.tls = crate::secret::cluster_tls(&c.master)?;
+    }
+    crate::process::master_client(MASTER, &addr, cfg)
         .ok_or_else(|| format!("bad master address `{addr}` (want host:port)"))
 }
 
@@ -306,6 +329,37 @@ fn human_bytes(n: u64) -> String {
 
 fn human_secs(s: u64) -> String {
     format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// `list --json`: `{"master": {"pid", "metricsUrl"}, "servers": [{"id", "serverType", "pid",
+/// "uptimeSecs", "rssBytes", "connections", "host", "port", "clientPort", "state",
+/// "restarts", "metricsUrl"}]}` (a `metricsUrl` is `null` without a `metricsPort`).
+pub(crate) fn list_json(list: &ListReply) -> serde_json::Value {
+    let url = |u: &str| (!u.is_empty()).then(|| u.to_owned());
+    let servers: Vec<serde_json::Value> = list
+        .rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "id": r.id,
+                "serverType": r.server_type,
+                "pid": r.pid,
+                "uptimeSecs": r.uptime_secs,
+                "rssBytes": r.rss_bytes,
+                "connections": r.connections,
+                "host": r.host,
+                "port": r.port,
+                "clientPort": r.client_port,
+                "state": r.state,
+                "restarts": r.restarts,
+                "metricsUrl": url(&r.metrics_url),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "master": {"pid": list.master_pid, "metricsUrl": url(&list.master_metrics_url)},
+        "servers": servers,
+    })
 }
 
 /// The `list` table.
@@ -385,8 +439,16 @@ mod tests {
                 client_port: 0,
                 state: "running".into(),
                 restarts: 0,
+                metrics_url: "http://127.0.0.1:9100/metrics".into(),
             }],
+            master_metrics_url: String::new(),
         };
+        let j = list_json(&list);
+        assert_eq!(
+            j["servers"][0]["metricsUrl"],
+            "http://127.0.0.1:9100/metrics"
+        );
+        assert!(j["master"]["metricsUrl"].is_null(), "{j}");
         let t = format_list(&list);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 2);

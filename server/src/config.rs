@@ -196,6 +196,9 @@ pub struct MasterConfig {
     /// TLS with a cluster CA on every RPC port of the cluster (`"rpcTls": {"ca", "cert",
     /// "key"}`, see [`RpcTlsFiles`]); `None` (the default): plain TCP.
     pub rpc_tls: Option<RpcTlsFiles>,
+    /// The HTTP port of the master's own Prometheus endpoint (`"metricsPort"`, `0`: any free
+    /// port); `None` (the default): none.
+    pub metrics_port: Option<u16>,
 }
 
 impl MasterConfig {
@@ -765,7 +768,10 @@ fn parse_master(file: &Path, text: &str, env: &str) -> Result<MasterConfig, Conf
             file.parent().unwrap_or(Path::new(".")),
         )?),
     };
+    let metrics_port =
+        def_port(&id, METRICS_PORT_KEY, m.remove(METRICS_PORT_KEY)).map_err(|e| ctx.def(e))?;
     Ok(MasterConfig {
+        metrics_port,
         id,
         host,
         port,

@@ -37,10 +37,13 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use shaddock_connector::StatsSnapshot;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
@@ -99,6 +102,36 @@ impl MetricsBuilder {
     ) -> Self {
         self.registry
             .register_collector(Box::new(ConnectorStatsCollector::new(snapshot)));
+        self
+    }
+
+    /// Adds everything a frontend counts: its connection counters
+    /// ([`ConnectorStatsCollector`]), its queue depths (`shaddock_connector_queued_messages`,
+    /// `shaddock_connector_queued_messages_max`, read at each scrape) and the per-route
+    /// metrics of [`RouteMetricsFamilies`]; returns the hook to give the frontend's builder
+    /// ([`shaddock_connector::FrontendBuilder::route_metrics`]). `routes` are the routes
+    /// that get their own label (the app's handler routes and its dictionary); any other
+    /// route is counted as [`UNKNOWN_ROUTE`].
+    pub fn frontend_routes<'a>(
+        &mut self,
+        routes: impl IntoIterator<Item = &'a str>,
+    ) -> Arc<RouteMetricsFamilies> {
+        RouteMetricsFamilies::register(&mut self.registry, routes)
+    }
+
+    /// Adds a frontend's counters, queue depths and users online
+    /// (`shaddock_connector_users_online`: distinct uids bound to its sessions), read from
+    /// `frontend` at each scrape.
+    pub fn frontend(mut self, frontend: &shaddock_connector::Frontend) -> Self {
+        let f = frontend.clone();
+        self.registry
+            .register_collector(Box::new(ConnectorStatsCollector::new(move || f.stats())));
+        let f = frontend.clone();
+        self.registry
+            .register_collector(Box::new(QueueCollector(Box::new(move || {
+                let (total, most) = f.queued();
+                (total, most, f.sessions().uid_count() as u64)
+            }))));
         self
     }
 
@@ -455,6 +488,8 @@ impl Collector for ProcessCollector {
 /// | `shaddock_connector_closed_total{reason}` | counter | `reason="handshake_timeout"`, `"heartbeat_timeout"`, `"protocol_error"` |
 /// | `shaddock_connector_accept_errors_total` | counter | `accept_errors` |
 /// | `shaddock_connector_peak_parked_messages` | gauge | `peak_parked` |
+/// | `shaddock_connector_handshakes_total{outcome}` | counter | `outcome="accepted"` (`handshakes`), `"refused"` (`handshakes_refused`) |
+/// | `shaddock_connector_pushes_total` | counter | `pushed` |
 pub struct ConnectorStatsCollector {
     snapshot: Box<dyn Fn() -> StatsSnapshot + Send + Sync>,
 }
@@ -478,6 +513,30 @@ impl ConnectorStatsCollector {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Reason {
     reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: &'static str,
+}
+
+fn by_outcome(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    values: &[(&'static str, u64)],
+) -> Result<(), fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    for (outcome, v) in values {
+        let c = ConstCounter::new(*v);
+        c.encode(family.encode_family(&Outcome { outcome })?)?;
+    }
+    Ok(())
 }
 
 impl Collector for ConnectorStatsCollector {
@@ -558,6 +617,21 @@ impl Collector for ConnectorStatsCollector {
             "Errors returned by accept on the client port",
             s.accept_errors,
         )?;
+        by_outcome(
+            &mut encoder,
+            "shaddock_connector_handshakes",
+            "Pomelo handshakes answered, by outcome",
+            &[
+                ("accepted", s.handshakes),
+                ("refused", s.handshakes_refused),
+            ],
+        )?;
+        counter(
+            &mut encoder,
+            "shaddock_connector_pushes",
+            "Pushes queued to client connections (one per connection reached)",
+            s.pushed,
+        )?;
         let parked = ConstGauge::new(s.peak_parked);
         parked.encode(encoder.encode_descriptor(
             "shaddock_connector_peak_parked_messages",
@@ -565,6 +639,152 @@ impl Collector for ConnectorStatsCollector {
             None,
             parked.metric_type(),
         )?)?;
+        Ok(())
+    }
+}
+
+/// The route label of a message whose route is not one of the app's (a client may send any
+/// name): labels stay bounded.
+pub const UNKNOWN_ROUTE: &str = "(unknown)";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+    kind: &'static str,
+}
+
+type LatencyFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
+fn route_latency() -> Histogram {
+    Histogram::new(shaddock_rpc::metrics::LATENCY_BUCKETS)
+}
+
+/// The handles of one route and kind.
+#[derive(Clone, Debug)]
+struct RouteHandles {
+    count: Counter,
+    errors: Counter,
+    latency: Histogram,
+}
+
+/// Per-route metrics of a frontend's messages (the [`shaddock_connector::RouteMetrics`]
+/// hook), labels `route` (one of the routes given at registration, else [`UNKNOWN_ROUTE`])
+/// and `kind` (`request` or `notify`):
+///
+/// | metric | kind |
+/// |---|---|
+/// | `shaddock_frontend_messages_total{route,kind}` | counter: messages handled |
+/// | `shaddock_frontend_message_errors_total{route,kind}` | counter: answered with an error |
+/// | `shaddock_frontend_message_latency_seconds{route,kind}` | histogram: filters + handler (or forward) |
+///
+/// The handles of every known route are made at registration, so a message costs one map
+/// lookup and three atomic updates.
+#[derive(Debug)]
+pub struct RouteMetricsFamilies {
+    known: HashMap<String, [RouteHandles; 2]>,
+    unknown: [RouteHandles; 2],
+}
+
+impl RouteMetricsFamilies {
+    fn register<'a>(
+        registry: &mut Registry,
+        routes: impl IntoIterator<Item = &'a str>,
+    ) -> Arc<Self> {
+        let count: Family<RouteLabels, Counter> = Family::default();
+        let errors: Family<RouteLabels, Counter> = Family::default();
+        let latency: LatencyFamily = Family::new_with_constructor(route_latency);
+        let r = registry.sub_registry_with_prefix("shaddock_frontend");
+        r.register(
+            "messages",
+            "Client requests and notifies handled, by route and kind",
+            count.clone(),
+        );
+        r.register(
+            "message_errors",
+            "Client requests and notifies answered with an error, by route and kind",
+            errors.clone(),
+        );
+        r.register_with_unit(
+            "message_latency",
+            "Time from a client message to its outcome (filters and handler or forward), by route and kind",
+            Unit::Seconds,
+            latency.clone(),
+        );
+        let handles = |route: &str| {
+            ["request", "notify"].map(|kind| {
+                let l = RouteLabels {
+                    route: route.to_owned(),
+                    kind,
+                };
+                RouteHandles {
+                    count: count.get_or_create_owned(&l),
+                    errors: errors.get_or_create_owned(&l),
+                    latency: latency.get_or_create_owned(&l),
+                }
+            })
+        };
+        let known = routes
+            .into_iter()
+            .map(|r| (r.to_owned(), handles(r)))
+            .collect();
+        Arc::new(Self {
+            known,
+            unknown: handles(UNKNOWN_ROUTE),
+        })
+    }
+}
+
+impl shaddock_connector::RouteMetrics for RouteMetricsFamilies {
+    fn handled(
+        &self,
+        route: &str,
+        kind: shaddock_connector::MessageKind,
+        took: Duration,
+        failed: bool,
+    ) {
+        let h = self.known.get(route).unwrap_or(&self.unknown);
+        let h = &h[usize::from(kind == shaddock_connector::MessageKind::Notify)];
+        h.count.inc();
+        if failed {
+            h.errors.inc();
+        }
+        h.latency.observe(took.as_secs_f64());
+    }
+}
+
+/// A frontend's gauges read at scrape time: `(total, longest)` messages queued and the
+/// users online (distinct uids bound to its sessions).
+struct QueueCollector(Box<dyn Fn() -> (u64, u64, u64) + Send + Sync>);
+
+impl fmt::Debug for QueueCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for QueueCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
+        let (total, most, users) = (self.0)();
+        for (name, help, v) in [
+            (
+                "shaddock_connector_queued_messages",
+                "Messages queued for writing, over every client connection",
+                total,
+            ),
+            (
+                "shaddock_connector_queued_messages_max",
+                "Messages queued for writing on the most loaded client connection",
+                most,
+            ),
+            (
+                "shaddock_connector_users_online",
+                "Users online: distinct uids bound to a client session here",
+                users,
+            ),
+        ] {
+            let g = ConstGauge::new(v as i64);
+            g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
         Ok(())
     }
 }

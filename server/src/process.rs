@@ -136,6 +136,14 @@ pub enum StartError {
     /// The master address is not `host:port`.
     #[error("bad master address `{0}` (want host:port)")]
     MasterAddr(String),
+    /// master.json's `rpcTls` files cannot be read, or the metrics port cannot be bound.
+    #[error("server `{server}`: {message}")]
+    Setup {
+        /// The server id.
+        server: String,
+        /// What failed, naming the file or the address.
+        message: String,
+    },
     /// The cluster secret in the environment is unusable.
     #[error("server `{server}`: {message}")]
     Secret {
@@ -186,7 +194,7 @@ pub fn master_client(id: &str, addr: &str, cfg: RpcConfig) -> Option<master_remo
     Some(master_remote::Client::new(&rpc))
 }
 
-fn entry_of(s: &ServerConfig) -> ServerEntry {
+fn entry_of(s: &ServerConfig, metrics_port: u16) -> ServerEntry {
     ServerEntry {
         id: s.id.clone(),
         server_type: s.server_type.clone(),
@@ -196,6 +204,7 @@ fn entry_of(s: &ServerConfig) -> ServerEntry {
         frontend: s.frontend,
         pid: std::process::id(),
         extra_json: serde_json::Value::Object(s.extra.clone()).to_string(),
+        metrics_port: u32::from(metrics_port),
     }
 }
 
@@ -269,6 +278,7 @@ pub(crate) async fn run_server(
     configured: Vec<ServerConfig>,
     master_id: String,
     master_addr: String,
+    rpc_tls: Option<crate::config::RpcTlsFiles>,
 ) -> Result<(), StartError> {
     let id = me.id.clone();
     let (mhost, mport) =
@@ -285,10 +295,24 @@ pub(crate) async fn run_server(
         .and_then(|l| l.local_addr().ok())
         .map(|a| a.port());
 
-    let rpc_cfg = rpc_config_from_env().map_err(|message| StartError::Secret {
+    let mut rpc_cfg = rpc_config_from_env().map_err(|message| StartError::Secret {
         server: id.clone(),
         message,
     })?;
+    let setup_err = |message: String| StartError::Setup {
+        server: id.clone(),
+        message,
+    };
+    if let Some(files) = &rpc_tls {
+        rpc_cfg.tls = Some(
+            files
+                .load()
+                .map_err(|e| setup_err(format!("master.json rpcTls: {e}")))?,
+        );
+    }
+    // The Prometheus endpoint's registry (served below, once the frontend exists).
+    let mut metrics = crate::metrics::MetricsBuilder::new();
+    rpc_cfg.metrics = Some(metrics.rpc());
     let rpc = RpcClient::new(rpc_cfg.clone());
     rpc.directory().add(ServerInfo::new(
         master_id.as_str(),
@@ -408,6 +432,16 @@ pub(crate) async fn run_server(
         if let Some(p) = &app.protos {
             builder = builder.protos(p.clone());
         }
+        // Per-route metrics, labelled by the app's routes only (others: "(unknown)").
+        let mut routes: Vec<&str> = app
+            .types
+            .values()
+            .flat_map(|d| d.handlers.keys().chain(d.frontend_handlers.keys()))
+            .map(String::as_str)
+            .collect();
+        routes.sort_unstable();
+        routes.dedup();
+        builder = builder.route_metrics(metrics.frontend_routes(routes));
         for setup in &def.frontend {
             builder = setup(&ctx, builder);
         }
@@ -416,6 +450,7 @@ pub(crate) async fn run_server(
             source,
         })?;
         ctx.set_frontend(frontend.clone());
+        metrics = metrics.frontend(&frontend);
         // Registered before the RPC server starts below, so backends can reach sessions.
         registry
             .add(session_remote(&ctx, &frontend))
@@ -437,13 +472,21 @@ pub(crate) async fn run_server(
         }));
     }
 
+    let metrics_server = metrics
+        .serve_for(&actual)
+        .await
+        .map_err(|e| setup_err(e.to_string()))?;
+    let metrics_port = metrics_server.as_ref().map_or(0, |m| m.local_addr().port());
+    if let Some(m) = &metrics_server {
+        tracing::debug!(server = %id, url = %m.url(), "metrics endpoint");
+    }
     let rpc_token = CancellationToken::new();
     let rpc_task =
         tokio::spawn(RpcServer::new(registry, rpc_cfg).serve(rpc_listener, rpc_token.clone()));
 
     // Register with the master (it may still be starting its listener: retry for a while).
     let master = master_remote::Client::new(&rpc);
-    let entry = entry_of(&actual);
+    let entry = entry_of(&actual, metrics_port);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let snap = loop {
         match master
@@ -535,6 +578,9 @@ pub(crate) async fn run_server(
     }
     rpc_token.cancel();
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, rpc_task).await;
+    if let Some(m) = metrics_server {
+        m.stop().await;
+    }
     tracing::debug!(server = %id, "stopped");
     Ok(())
 }

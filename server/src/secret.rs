@@ -124,6 +124,19 @@ pub fn admin_rpc_config(addr: &str) -> Result<RpcConfig, String> {
     Ok(cfg)
 }
 
+/// The TLS settings of a tool talking to the cluster of `master` (master.json's `rpcTls`
+/// read), or `None` when the cluster's RPC is plain TCP.
+///
+/// # Errors
+/// A file of `rpcTls` cannot be read or parsed (the message names it).
+pub fn cluster_tls(
+    master: &crate::config::MasterConfig,
+) -> Result<Option<shaddock_rpc::RpcTls>, String> {
+    master
+        .load_rpc_tls()
+        .map_err(|e| format!("master.json rpcTls: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

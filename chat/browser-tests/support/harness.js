@@ -162,4 +162,4 @@ async function openPage(context) {
   return page;
 }
 
-module.exports = { setUp, launchBrowser, openPage, pageWithGate, within, REPO_ROOT, WEB_DIR, STEP_MS };
+module.exports = { setUp, launchBrowser, openPage, pageWithGate, parseGate, within, REPO_ROOT, WEB_DIR, STEP_MS };

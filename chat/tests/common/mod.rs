@@ -232,6 +232,27 @@ impl Cluster {
         v
     }
 
+    /// The first stdout line after the ready line that starts with `prefix`, waiting at most
+    /// `within` (`None`: not printed in time, or stdout ended).
+    pub fn line_starting(&self, prefix: &str, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return Some(line),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Waits at most `within` for the launcher to exit on its own (no signal); its status,
+    /// or `None` if it was still running (it is then killed).
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let child = self.child.take()?;
+        wait_within(child, within).ok()
+    }
+
     /// SIGTERM to the launcher; its exit status (SIGKILL after `within`: then `None`).
     pub fn stop(&mut self, within: Duration) -> Option<ExitStatus> {
         let child = self.child.take()?;

@@ -37,6 +37,7 @@ pub struct FrontendBuilder {
     dictionary: Option<Arc<RouteDictionary>>,
     protos: Option<Arc<Protos>>,
     forwarder: Option<Arc<dyn Forwarder>>,
+    route_metrics: Option<Arc<dyn crate::metrics::RouteMetrics>>,
 }
 
 impl std::fmt::Debug for FrontendBuilder {
@@ -49,6 +50,13 @@ impl std::fmt::Debug for FrontendBuilder {
 }
 
 impl FrontendBuilder {
+    /// Times every request and notify into `metrics` (see [`crate::metrics`]).
+    #[must_use]
+    pub fn route_metrics(mut self, metrics: Arc<dyn crate::metrics::RouteMetrics>) -> Self {
+        self.route_metrics = Some(metrics);
+        self
+    }
+
     /// Registers a local handler for `route` (`"<this server type>.handler.method"`): an
     /// async fn of extractors ([`Session`], `Json<T>`, `State<T>`, ...).
     /// Malformed, foreign or duplicate routes make [`FrontendBuilder::build`] fail.
@@ -256,6 +264,7 @@ impl FrontendBuilder {
                 error_handler: self.error_handler,
                 codec,
                 forwarder: self.forwarder,
+                route_metrics: self.route_metrics,
                 tracker: TaskTracker::new(),
                 requests: TaskTracker::new(),
                 stop_accepting: CancellationToken::new(),
@@ -281,6 +290,7 @@ impl Frontend {
             dictionary: None,
             protos: None,
             forwarder: None,
+            route_metrics: None,
         }
     }
 }

@@ -53,6 +53,7 @@ pub(super) async fn dispatch(
 ) {
     // "An id of 0 means no response wanted" (§4.2).
     let wants_reply = msg.kind == MessageType::Request && msg.id != 0;
+    let timed = Timed::start(&inner, msg.kind);
     let route: String = match &msg.route {
         MessageRoute::Name(name) => name.as_str().to_owned(),
         MessageRoute::Code(code) => match inner.codec.dictionary().and_then(|d| d.route(*code)) {
@@ -73,6 +74,7 @@ pub(super) async fn dispatch(
                     let body = error_body(&inner, &info, &session, &e);
                     reply(&inner, &session, msg.id, "", &body);
                 }
+                timed.done(&inner, "", true);
                 return;
             }
         },
@@ -114,6 +116,7 @@ pub(super) async fn dispatch(
         }
     };
     filter::run_after(&inner.filters, &req, &outcome).await;
+    timed.done(&inner, &info.route, outcome.is_err());
     if let Err(e) = &outcome {
         tracing::debug!(route = %info.route, code = e.code, error = %e.message, "request failed");
     }
@@ -126,6 +129,28 @@ pub(super) async fn dispatch(
         reply(&inner, &session, info.id, &info.route, &body);
     }
     drop(answered);
+}
+
+/// The start of a message's handling, when the frontend has route metrics.
+struct Timed(Option<(std::time::Instant, crate::metrics::MessageKind)>);
+
+impl Timed {
+    fn start(inner: &Inner, kind: MessageType) -> Self {
+        Self(inner.route_metrics.as_ref().map(|_| {
+            let kind = if kind == MessageType::Request {
+                crate::metrics::MessageKind::Request
+            } else {
+                crate::metrics::MessageKind::Notify
+            };
+            (std::time::Instant::now(), kind)
+        }))
+    }
+
+    fn done(self, inner: &Inner, route: &str, failed: bool) {
+        if let (Some((at, kind)), Some(m)) = (self.0, &inner.route_metrics) {
+            m.handled(route, kind, at.elapsed(), failed);
+        }
+    }
 }
 
 /// The response body of a failed request: the app's error handler's, else `{code, msg}`.

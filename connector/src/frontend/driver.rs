@@ -220,8 +220,10 @@ where
                 Event::HandshakeRequest(body) => {
                     let (code, reply) = handshake::respond(&self.inner.handshake, &body);
                     if code == 200 {
+                        ConnectorStats::incr(&self.inner.stats.handshakes);
                         conn.accept_handshake(reply);
                     } else {
+                        ConnectorStats::incr(&self.inner.stats.handshakes_refused);
                         tracing::debug!(code, "handshake refused");
                         conn.reject_handshake(code, reply);
                     }

@@ -91,6 +91,8 @@ struct Inner {
     error_handler: Option<ErrorHandler>,
     codec: BodyCodec,
     forwarder: Option<Arc<dyn Forwarder>>,
+    /// Per-route metrics, if the application wants them.
+    route_metrics: Option<Arc<dyn crate::metrics::RouteMetrics>>,
     /// Connection tasks and in-flight handler tasks, waited for on shutdown.
     tracker: TaskTracker,
     /// In-flight request and notify tasks only (also in `tracker`), for the graceful drain.
@@ -137,5 +139,17 @@ impl Frontend {
     /// The counters.
     pub fn stats(&self) -> StatsSnapshot {
         self.inner.stats.snapshot()
+    }
+
+    /// The messages queued for writing now: their sum over every session and the longest
+    /// one queue (walks the sessions: for a scrape, not a hot path).
+    pub fn queued(&self) -> (u64, u64) {
+        let (mut total, mut most) = (0u64, 0u64);
+        for s in self.inner.sessions.all() {
+            let n = s.outbox().len() as u64;
+            total += n;
+            most = most.max(n);
+        }
+        (total, most)
     }
 }

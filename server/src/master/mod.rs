@@ -113,6 +113,40 @@ pub(crate) async fn run_master(
     }
     let mut rpc_cfg = RpcConfig::default();
     rpc_cfg.secret = rpc_secret.clone();
+    rpc_cfg.tls = cluster
+        .master
+        .load_rpc_tls()
+        .map_err(|e| format!("master {}: master.json rpcTls: {e}", cluster.master.id))?;
+    if rpc_cfg.tls.is_some() {
+        tracing::debug!("rpc ports use TLS with the cluster CA (rpcTls)");
+    }
+    // Its own Prometheus endpoint (RPC counters and the process), if master.json asks.
+    let mut metrics = crate::metrics::MetricsBuilder::new();
+    rpc_cfg.metrics = Some(metrics.rpc());
+    let metrics_server = match cluster.master.metrics_port {
+        Some(p) => Some(
+            metrics
+                .serve((cluster.master.host.as_str(), p))
+                .await
+                .map_err(|e| {
+                    format!(
+                        "master {}: cannot serve metrics on {}:{p} (metricsPort): {e}",
+                        cluster.master.id, cluster.master.host
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    let metrics_url = metrics_server
+        .as_ref()
+        .map(|m| {
+            format!(
+                "http://{}:{}/metrics",
+                cluster.master.host,
+                m.local_addr().port()
+            )
+        })
+        .unwrap_or_default();
     let (snap, _) = watch::channel(Arc::new(Snapshot::default()));
     let master = Arc::new(Master {
         state: Mutex::new(State::default()),
@@ -131,6 +165,7 @@ pub(crate) async fn run_master(
         stopping: AtomicBool::new(false),
         start_failure: Mutex::new(None),
         rpc_secret,
+        metrics_url,
     });
     {
         let mut st = lock(&master.state);
@@ -192,6 +227,9 @@ pub(crate) async fn run_master(
     // Let the CLI's last call get its reply before the port closes.
     rpc_token.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    if let Some(m) = metrics_server {
+        m.stop().await;
+    }
     match lock(&master.start_failure).take() {
         Some(failure) => Err(failure),
         None => Ok(()),

@@ -95,11 +95,18 @@ impl master_remote::Remote for MasterRemote {
                 client_port: m.entry.as_ref().map_or(0, |e| e.client_port),
                 state: m.state.to_string(),
                 restarts: m.restarts,
+                metrics_url: match &m.entry {
+                    Some(e) if e.metrics_port != 0 => {
+                        format!("http://{}:{}/metrics", e.host, e.metrics_port)
+                    }
+                    _ => String::new(),
+                },
             })
             .collect();
         Ok(ListReply {
             master_pid: std::process::id(),
             rows,
+            master_metrics_url: self.0.metrics_url.clone(),
         })
     }
 

@@ -97,6 +97,8 @@ pub(crate) struct Master {
     pub(super) start_failure: Mutex<Option<String>>,
     /// The cluster secret handed to every server started (environment only, never logged).
     pub(super) rpc_secret: Option<shaddock_rpc::ClusterSecret>,
+    /// The master's own Prometheus endpoint (`metricsPort` in master.json), empty without.
+    pub(super) metrics_url: String,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
