@@ -255,6 +255,16 @@ pub struct PlaceReply {
     pub generation: u64,
 }
 
+/// `master.rejoined`: a frontend has re-joined its sessions' keys that moved up to
+/// `generation` (or had none to re-join).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Rejoined {
+    #[prost(string, tag = "1")]
+    pub server_id: String,
+    #[prost(uint64, tag = "2")]
+    pub generation: u64,
+}
+
 /// `master.moves`: the keys moved after generation `since`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct MovesArgs {
@@ -446,6 +456,9 @@ remote! {
         fn place(PlaceArgs) -> PlaceReply;
         /// The keys placed again since a generation.
         fn moves(MovesArgs) -> MovesReply;
+        /// A frontend re-joined its sessions' moved keys up to a generation: a moved key is
+        /// served again (`place` answers for it) once every live frontend has.
+        fn rejoined(Rejoined) -> ();
         /// A frontend's uid claims as its sessions hold them: the master's claims of that
         /// frontend become exactly these.
         fn reconcile(ClaimSet) -> ();

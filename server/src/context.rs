@@ -14,7 +14,9 @@ use crate::backend::SessionInfo;
 use crate::channel::ChannelService;
 use crate::config::ServerConfig;
 use crate::placement::Placements;
-use crate::proto::{Claim, KickUid, MovesArgs, PlaceArgs, ServerEntry, Snapshot, master_remote};
+use crate::proto::{
+    Claim, KickUid, MovesArgs, PlaceArgs, Rejoined, ServerEntry, Snapshot, master_remote,
+};
 
 /// The live servers, shared by the context and the channel service.
 pub(crate) type ClusterView = Arc<RwLock<Arc<Snapshot>>>;
@@ -92,6 +94,8 @@ struct Inner {
     placements: Placements,
     /// On frontends: the placed types whose sessions re-join when their keys move.
     rejoins: OnceLock<Vec<RejoinSpec>>,
+    /// Re-joins and their confirmations run one at a time.
+    rejoin_order: tokio::sync::Mutex<()>,
 }
 
 /// A placed type's route key and re-join hook, on a frontend.
@@ -141,6 +145,7 @@ impl ServerContext {
                 stop: CancellationToken::new(),
                 placements: Placements::default(),
                 rejoins: OnceLock::new(),
+                rejoin_order: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -281,25 +286,49 @@ impl ServerContext {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(snap);
         if let Some(since) = self.inner.placements.advance(generation)
             && self.frontend().is_some()
-            && self.inner.rejoins.get().is_some_and(|r| !r.is_empty())
         {
-            tokio::spawn(self.clone().rejoin_moved(since));
+            tokio::spawn(self.clone().rejoin_and_confirm(since, generation));
+        }
+    }
+
+    /// Re-joins this frontend's sessions whose keys moved after `since`, then tells the master
+    /// it is done up to `generation`: the master serves a moved key again once every live
+    /// frontend has. One at a time, in order, so that a confirmation never overtakes an
+    /// earlier generation's re-join.
+    async fn rejoin_and_confirm(self, since: u64, generation: u64) {
+        let _in_order = self.inner.rejoin_order.lock().await;
+        if self.inner.rejoins.get().is_some_and(|r| !r.is_empty())
+            && !self.clone().rejoin_moved(since).await
+        {
+            return;
+        }
+        let master = master_remote::Client::new(&self.inner.rpc);
+        let args = Rejoined {
+            server_id: self.server_id().to_owned(),
+            generation,
+        };
+        if let Err(e) = master
+            .rejoined(Target::server(&self.inner.master_id), args)
+            .await
+        {
+            tracing::debug!(generation, cause = %e, "cannot confirm the re-join to the master");
         }
     }
 
     /// Runs the re-join hooks for this frontend's sessions whose keys moved after `since`.
-    async fn rejoin_moved(self, since: u64) {
+    /// `false`: the master could not say which keys moved (nothing was re-joined).
+    async fn rejoin_moved(self, since: u64) -> bool {
         let master = master_remote::Client::new(&self.inner.rpc);
         let target = Target::server(&self.inner.master_id);
         let reply = match master.moves(target, MovesArgs { since }).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(since, cause = %e, "cannot ask the master which keys moved; sessions not re-joined");
-                return;
+                return false;
             }
         };
         let (Some(frontend), Some(specs)) = (self.frontend(), self.inner.rejoins.get()) else {
-            return;
+            return true;
         };
         let sessions = frontend.sessions().all();
         for spec in specs {
@@ -353,6 +382,7 @@ impl ServerContext {
                 (spec.hook)(self.clone(), rejoin).await;
             }
         }
+        true
     }
 
     /// Binds a frontend session to `uid` cluster-wide: the master applies the duplicate-login

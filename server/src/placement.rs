@@ -157,6 +157,17 @@ impl PlacementTable {
         moves
     }
 
+    /// The generation of the latest kept move of `key` (a re-placement, or its server's
+    /// restart), if any.
+    pub fn moved_at(&self, server_type: &str, key: &[u8]) -> Option<u64> {
+        self.log.iter().rev().find_map(|(g, moves)| {
+            moves
+                .iter()
+                .any(|m| m.server_type == server_type && m.key == key)
+                .then_some(*g)
+        })
+    }
+
     /// The moves after generation `since` (`complete: false` if some are no longer kept).
     pub fn moves_since(&self, since: u64) -> MovesReply {
         let oldest_kept = self.log.front().map_or(self.generation + 1, |(g, _)| *g);

@@ -24,8 +24,8 @@ use crate::config::{ClusterConfig, RestartPolicy, ServerConfig, parse_server_def
 use crate::placement::PlacementTable;
 use crate::proto::{
     AddArgs, AddReply, Claim, ClaimSet, Count, KickUid, ListReply, ListRow, MovesArgs, MovesReply,
-    PlaceArgs, PlaceReply, ServerEntry, Snapshot, StatsReport, StopArgs, WatchArgs, master_remote,
-    server_remote,
+    PlaceArgs, PlaceReply, Rejoined, ServerEntry, Snapshot, StatsReport, StopArgs, WatchArgs,
+    master_remote, server_remote,
 };
 use shaddock_core::sys::{KickArgs, session_remote};
 
@@ -42,6 +42,9 @@ pub(crate) use state::ServerState;
 
 /// How long `watch` holds a request when nothing changes (below the RPC call timeout).
 const WATCH_HOLD: Duration = Duration::from_secs(5);
+/// How long `place` holds a key that moved (its server was lost or restarted) until every live
+/// frontend has re-joined its sessions there; below the RPC call timeout.
+const REJOIN_WAIT: Duration = Duration::from_secs(3);
 /// How long a graceful stop waits for one group of servers.
 const STOP_WAIT: Duration = Duration::from_secs(20);
 

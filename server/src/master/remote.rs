@@ -19,6 +19,11 @@ impl master_remote::Remote for MasterRemote {
             ));
         }
         let mut st = lock(&m.state);
+        if entry.frontend {
+            // A new frontend process holds no sessions: nothing of it to re-join.
+            let generation = st.placements.generation();
+            st.rejoined.insert(entry.id.clone(), generation);
+        }
         match st.servers.get_mut(&entry.id) {
             Some(s) => {
                 s.state = ServerState::Running;
@@ -205,6 +210,9 @@ impl master_remote::Remote for MasterRemote {
     }
 
     async fn place(&self, a: PlaceArgs) -> Result<PlaceReply, RemoteError> {
+        if !a.lookup_only {
+            self.0.await_rejoins(&a.server_type, &a.key).await;
+        }
         let mut st = lock(&self.0.state);
         let live: Vec<String> = st
             .servers
@@ -233,6 +241,17 @@ impl master_remote::Remote for MasterRemote {
 
     async fn moves(&self, a: MovesArgs) -> Result<MovesReply, RemoteError> {
         Ok(lock(&self.0.state).placements.moves_since(a.since))
+    }
+
+    async fn rejoined(&self, r: Rejoined) -> Result<(), RemoteError> {
+        let mut st = lock(&self.0.state);
+        let acked = st.rejoined.entry(r.server_id).or_default();
+        if r.generation > *acked {
+            *acked = r.generation;
+            // Wakes the `place` calls waiting for this frontend (and the watchers: harmless).
+            self.0.publish(&mut st);
+        }
+        Ok(())
     }
 
     async fn reconcile(&self, set: ClaimSet) -> Result<(), RemoteError> {

@@ -74,6 +74,34 @@ pub(super) struct State {
     pub(super) applied: HashMap<String, u64>,
     /// Where the keys of placed server types live.
     pub(super) placements: PlacementTable,
+    /// Frontend id -> the placement generation up to which it has re-joined its sessions'
+    /// moved keys (`master.rejoined`; a new frontend process starts up to date).
+    pub(super) rejoined: HashMap<String, u64>,
+}
+
+impl State {
+    /// The live frontends that have not re-joined the sessions of `key` yet: while any is
+    /// left, the key's room on its new server misses members, and a message sent there now
+    /// would not reach them. Empty when the key did not move lately.
+    pub(super) fn rejoin_pending(&self, server_type: &str, key: &[u8]) -> Vec<String> {
+        let generation = self.placements.generation();
+        let live_frontends = || {
+            self.servers
+                .values()
+                .filter(|s| s.cfg.frontend && s.entry.is_some())
+        };
+        let behind = |id: &str| self.rejoined.get(id).copied().unwrap_or(0);
+        if live_frontends().all(|s| behind(&s.cfg.id) >= generation) {
+            return Vec::new();
+        }
+        let Some(moved) = self.placements.moved_at(server_type, key) else {
+            return Vec::new();
+        };
+        live_frontends()
+            .filter(|s| behind(&s.cfg.id) < moved)
+            .map(|s| s.cfg.id.clone())
+            .collect()
+    }
 }
 
 pub(crate) struct Master {
@@ -133,5 +161,83 @@ impl CrashLog {
 
     pub(super) fn count(&self) -> usize {
         self.at.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn managed(id: &str, server_type: &str, frontend: bool, registered: bool) -> Managed {
+        let mut def = serde_json::json!({
+            "id": id, "serverType": server_type, "host": "127.0.0.1", "port": 0,
+            "frontend": frontend,
+        });
+        if frontend {
+            def["clientPort"] = 0.into();
+        }
+        let cfg = parse_server_def(def, None).expect("server def");
+        Managed {
+            cfg,
+            def_json: None,
+            pid: 1,
+            started: None,
+            state: ServerState::Running,
+            restarts: 0,
+            connections: 0,
+            entry: registered.then(|| ServerEntry {
+                id: id.to_owned(),
+                server_type: server_type.to_owned(),
+                frontend,
+                ..ServerEntry::default()
+            }),
+            stopping: false,
+            kill: CancellationToken::new(),
+            down_epoch: 0,
+            registered_once: true,
+        }
+    }
+
+    #[test]
+    fn a_moved_key_waits_for_every_live_frontend_to_rejoin() {
+        let mut st = State::default();
+        for m in [
+            managed("connector-1", "connector", true, true),
+            managed("connector-2", "connector", true, true),
+            managed("connector-3", "connector", true, false),
+            managed("chat-1", "chat", false, true),
+            managed("chat-2", "chat", false, true),
+        ] {
+            st.servers.insert(m.cfg.id.clone(), m);
+        }
+        st.placements.place("chat", b"room1", &["chat-1"]);
+        st.placements.place("chat", b"room2", &["chat-2"]);
+        // Nothing moved: nothing waits.
+        assert!(st.rejoin_pending("chat", b"room1").is_empty());
+
+        // chat-1 restarted: its room's members are gone until every frontend re-joins.
+        assert_eq!(st.placements.restarted("chat-1").len(), 1);
+        assert_eq!(
+            st.rejoin_pending("chat", b"room1"),
+            ["connector-1", "connector-2"],
+            "a frontend that is not registered (connector-3) is not waited for"
+        );
+        assert!(
+            st.rejoin_pending("chat", b"room2").is_empty(),
+            "room2 did not move"
+        );
+
+        st.rejoined.insert("connector-1".into(), 1);
+        assert_eq!(st.rejoin_pending("chat", b"room1"), ["connector-2"]);
+        st.rejoined.insert("connector-2".into(), 1);
+        assert!(st.rejoin_pending("chat", b"room1").is_empty());
+
+        // A later move of another key: the earlier key is not held again.
+        st.placements.move_from("chat", "chat-2", &["chat-1"]);
+        assert!(st.rejoin_pending("chat", b"room1").is_empty());
+        assert_eq!(
+            st.rejoin_pending("chat", b"room2"),
+            ["connector-1", "connector-2"]
+        );
     }
 }

@@ -3,6 +3,32 @@
 use super::*;
 
 impl Master {
+    /// Holds a `place` of a key that moved (its server was lost or restarted) until every live
+    /// frontend has re-joined its sessions' moved keys, at most [`REJOIN_WAIT`]: otherwise a
+    /// member re-joined by one frontend could send to the room before the members of another
+    /// frontend are back in it, and those would miss an acknowledged message.
+    pub(super) async fn await_rejoins(&self, server_type: &str, key: &[u8]) {
+        let deadline = tokio::time::Instant::now() + REJOIN_WAIT;
+        let mut changes = self.snap.subscribe();
+        loop {
+            let pending = lock(&self.state).rejoin_pending(server_type, key);
+            if pending.is_empty() {
+                return;
+            }
+            let woke = tokio::time::timeout_at(deadline, changes.changed()).await;
+            if !matches!(woke, Ok(Ok(()))) {
+                tracing::warn!(
+                    server_type,
+                    key = %String::from_utf8_lossy(key),
+                    frontends = ?pending,
+                    waited_ms = REJOIN_WAIT.as_millis() as u64,
+                    "a moved key is served before these frontends re-joined their sessions to it: their members may miss messages until they do"
+                );
+                return;
+            }
+        }
+    }
+
     pub(super) fn publish(&self, st: &mut State) {
         st.version += 1;
         let servers = st
