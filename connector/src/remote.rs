@@ -162,7 +162,12 @@ impl Forwarder for RpcForwarder {
         let msg = ForwardMessage {
             route: route.clone(),
             id: request.info().id,
-            body_json: Bytes::from(shaddock_protocol::json::to_vec(request.body())),
+            // The client's text when it was kept (valid JSON whose value re-encoding would
+            // not change, see `shaddock_protocol::json::passthrough`), else the value encoded.
+            body_json: match request.json_text() {
+                Some(text) => text.clone(),
+                None => Bytes::from(shaddock_protocol::json::to_vec(request.body())),
+            },
             session: Some(snapshot(&session)),
             body_protobuf: request.protobuf().cloned().unwrap_or_default(),
         };
