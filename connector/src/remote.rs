@@ -46,9 +46,7 @@ pub fn snapshot(session: &Session) -> SessionSnapshot {
         id: session.id(),
         frontend_id: session.frontend_id().to_owned(),
         uid: session.uid().unwrap_or_default(),
-        settings_json: Bytes::from(shaddock_protocol::json::to_vec(&Value::Object(
-            session.settings(),
-        ))),
+        settings_json: session.settings_json(),
     }
 }
 

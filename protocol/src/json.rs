@@ -34,6 +34,13 @@ pub fn to_string(value: &Value) -> String {
     String::from_utf8(to_vec(value)).unwrap_or_default()
 }
 
+/// `JSON.stringify` of an object held as a bare map (no `Value` around it).
+pub fn object_to_vec(map: &Map<String, Value>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    write_object(map, &mut out);
+    out
+}
+
 /// Append `JSON.stringify(value)` to `out`.
 pub fn write(value: &Value, out: &mut Vec<u8>) {
     match value {
