@@ -25,7 +25,6 @@
 //! Register [`Frontend::session_remote`] (or a [`SessionRemote`] with a bind hook, as a
 //! cluster does to claim uids cluster-wide) on the frontend's [`shaddock_rpc::RpcServer`].
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
@@ -57,7 +56,8 @@ pub type RouteKeyFn = Arc<dyn Fn(&Session, &str) -> Vec<u8> + Send + Sync>;
 #[derive(Clone)]
 pub struct RpcForwarder {
     rpc: RpcClient,
-    keys: Arc<RwLock<HashMap<String, RouteKeyFn>>>,
+    /// By server type (the app's config, not a client's choice: the fast hash).
+    keys: Arc<RwLock<shaddock_rpc::hash::FastMap<String, RouteKeyFn>>>,
 }
 
 impl std::fmt::Debug for RpcForwarder {

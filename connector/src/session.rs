@@ -381,7 +381,9 @@ fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 #[derive(Default)]
 struct Maps {
-    by_id: HashMap<SessionId, Session>,
+    /// Ids are the server's own: a fast unkeyed hash will do.
+    by_id: shaddock_rpc::hash::FastMap<SessionId, Session>,
+    /// Uids are the app's (often the client's) choice: std's keyed hash.
     by_uid: HashMap<String, Vec<SessionId>>,
 }
 
