@@ -25,7 +25,6 @@
 //! Register [`Frontend::session_remote`] (or a [`SessionRemote`] with a bind hook, as a
 //! cluster does to claim uids cluster-wide) on the frontend's [`shaddock_rpc::RpcServer`].
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
@@ -46,9 +45,7 @@ pub fn snapshot(session: &Session) -> SessionSnapshot {
         id: session.id(),
         frontend_id: session.frontend_id().to_owned(),
         uid: session.uid().unwrap_or_default(),
-        settings_json: Bytes::from(shaddock_protocol::json::to_vec(&Value::Object(
-            session.settings(),
-        ))),
+        settings_json: session.settings_json(),
     }
 }
 
@@ -59,7 +56,8 @@ pub type RouteKeyFn = Arc<dyn Fn(&Session, &str) -> Vec<u8> + Send + Sync>;
 #[derive(Clone)]
 pub struct RpcForwarder {
     rpc: RpcClient,
-    keys: Arc<RwLock<HashMap<String, RouteKeyFn>>>,
+    /// By server type (the app's config, not a client's choice: the fast hash).
+    keys: Arc<RwLock<shaddock_rpc::hash::FastMap<String, RouteKeyFn>>>,
 }
 
 impl std::fmt::Debug for RpcForwarder {
@@ -162,7 +160,12 @@ impl Forwarder for RpcForwarder {
         let msg = ForwardMessage {
             route: route.clone(),
             id: request.info().id,
-            body_json: Bytes::from(shaddock_protocol::json::to_vec(request.body())),
+            // The client's text when it was kept (valid JSON whose value re-encoding would
+            // not change, see `shaddock_protocol::json::passthrough`), else the value encoded.
+            body_json: match request.json_text() {
+                Some(text) => text.clone(),
+                None => Bytes::from(shaddock_protocol::json::to_vec(request.body())),
+            },
             session: Some(snapshot(&session)),
             body_protobuf: request.protobuf().cloned().unwrap_or_default(),
         };

@@ -86,12 +86,20 @@ pub type ClosedHook = Arc<dyn Fn(&Session, &str) + Send + Sync>;
 /// with that uid.
 pub type UnboundHook = Arc<dyn Fn(&Session, &str) + Send + Sync>;
 
+/// A session's settings, and their JSON text while they have not changed since it was made
+/// (sent with every forwarded request, see [`Session::settings_json`]).
+#[derive(Default)]
+struct Settings {
+    map: Map<String, Value>,
+    json: Option<Bytes>,
+}
+
 pub(crate) struct SessionInner {
     id: SessionId,
     frontend_id: Arc<str>,
     peer: SocketAddr,
     uid: RwLock<Option<String>>,
-    settings: RwLock<Map<String, Value>>,
+    settings: RwLock<Settings>,
     /// Encoded packages for the client; bounded (`queue_capacity`).
     outbound: Outbox,
     /// A kick asked for by anyone but the connection task, read by that task.
@@ -176,22 +184,44 @@ impl Session {
 
     /// Sets one setting (pomelo `session.set`).
     pub fn set(&self, key: impl Into<String>, value: Value) {
-        write(&self.inner.settings).insert(key.into(), value);
+        let mut settings = write(&self.inner.settings);
+        settings.map.insert(key.into(), value);
+        settings.json = None;
     }
 
     /// One setting (pomelo `session.get`).
     pub fn get(&self, key: &str) -> Option<Value> {
-        read(&self.inner.settings).get(key).cloned()
+        read(&self.inner.settings).map.get(key).cloned()
     }
 
     /// Removes one setting.
     pub fn remove(&self, key: &str) -> Option<Value> {
-        write(&self.inner.settings).remove(key)
+        let mut settings = write(&self.inner.settings);
+        let removed = settings.map.remove(key);
+        if removed.is_some() {
+            settings.json = None;
+        }
+        removed
     }
 
     /// A copy of all settings.
     pub fn settings(&self) -> Map<String, Value> {
-        read(&self.inner.settings).clone()
+        read(&self.inner.settings).map.clone()
+    }
+
+    /// All settings as a JSON object text (`JSON.stringify`), encoded once and kept until a
+    /// setting changes.
+    pub fn settings_json(&self) -> Bytes {
+        if let Some(json) = &read(&self.inner.settings).json {
+            return json.clone();
+        }
+        let mut settings = write(&self.inner.settings);
+        if let Some(json) = &settings.json {
+            return json.clone();
+        }
+        let json = Bytes::from(shaddock_protocol::json::object_to_vec(&settings.map));
+        settings.json = Some(json.clone());
+        json
     }
 
     /// Merges `settings` into this session's settings (pomelo `pushAll` from a backend).
@@ -204,12 +234,16 @@ impl Session {
     /// one lock. Keys in neither keep their value here, so a key set on this frontend (or by
     /// a concurrent request) while a backend held an older copy is not reverted.
     pub fn apply_settings(&self, set: Map<String, Value>, removed: &[String]) {
+        if set.is_empty() && removed.is_empty() {
+            return;
+        }
         let mut mine = write(&self.inner.settings);
+        mine.json = None;
         for (k, v) in set {
-            mine.insert(k, v);
+            mine.map.insert(k, v);
         }
         for k in removed {
-            mine.remove(k);
+            mine.map.remove(k);
         }
     }
 
@@ -347,7 +381,9 @@ fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 #[derive(Default)]
 struct Maps {
-    by_id: HashMap<SessionId, Session>,
+    /// Ids are the server's own: a fast unkeyed hash will do.
+    by_id: shaddock_rpc::hash::FastMap<SessionId, Session>,
+    /// Uids are the app's (often the client's) choice: std's keyed hash.
     by_uid: HashMap<String, Vec<SessionId>>,
 }
 
@@ -681,6 +717,31 @@ mod tests {
         b.bind("u").unwrap();
         assert_eq!(lock(&a.inner.kick_reason).as_deref(), Some("kick"));
         assert_eq!(*lock(&b.inner.kick_reason), None);
+    }
+
+    /// The settings' JSON text is kept while they do not change, and made again after each
+    /// change, whichever way it is made.
+    #[test]
+    fn settings_json_follows_every_change() {
+        let svc = service(false);
+        let a = session(&svc, 1);
+        assert_eq!(&a.settings_json()[..], b"{}");
+        a.set("rid", Value::from("room1"));
+        let first = a.settings_json();
+        assert_eq!(&first[..], br#"{"rid":"room1"}"#);
+        // kept: the same buffer
+        assert_eq!(a.settings_json().as_ptr(), first.as_ptr());
+        a.apply_settings(Map::new(), &[]);
+        assert_eq!(a.settings_json().as_ptr(), first.as_ptr());
+        let mut m = Map::new();
+        m.insert("2".into(), Value::from(true));
+        a.merge_settings(m);
+        assert_eq!(&a.settings_json()[..], br#"{"2":true,"rid":"room1"}"#);
+        a.apply_settings(Map::new(), &["2".to_owned()]);
+        assert_eq!(&a.settings_json()[..], br#"{"rid":"room1"}"#);
+        assert_eq!(a.remove("nope"), None);
+        assert_eq!(a.remove("rid"), Some(Value::from("room1")));
+        assert_eq!(&a.settings_json()[..], b"{}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -89,7 +89,10 @@ impl StateMap {
 pub struct Request<S> {
     info: RequestInfo,
     session: S,
-    body: Value,
+    /// The decoded body: set at once, or from `json_text` on first use.
+    body: OnceLock<Value>,
+    /// The body's JSON text when the request was made from text ([`Request::from_json_text`]).
+    json_text: Option<Bytes>,
     protobuf: Option<Bytes>,
     state: StateMap,
 }
@@ -100,7 +103,23 @@ impl<S> Request<S> {
         Self {
             info,
             session,
-            body,
+            body: OnceLock::from(body),
+            json_text: None,
+            protobuf: None,
+            state: StateMap::default(),
+        }
+    }
+
+    /// A request whose body is the JSON text `text`, already checked to be valid JSON that
+    /// survives re-encoding ([`shaddock_protocol::json::passthrough`]); it is parsed (with
+    /// [`shaddock_protocol::json::from_slice`]) only if someone reads [`Request::body`], and
+    /// a frontend forwards the text as it is.
+    pub fn from_json_text(info: RequestInfo, session: S, text: Bytes) -> Self {
+        Self {
+            info,
+            session,
+            body: OnceLock::new(),
+            json_text: Some(text),
             protobuf: None,
             state: StateMap::default(),
         }
@@ -138,7 +157,19 @@ impl<S> Request<S> {
 
     /// The body, decoded as JSON (protobuf bodies decoded with their schema).
     pub fn body(&self) -> &Value {
-        &self.body
+        self.body.get_or_init(|| {
+            // `from_json_text` takes checked text: this parse does not fail.
+            self.json_text
+                .as_ref()
+                .and_then(|t| shaddock_protocol::json::from_slice(t).ok())
+                .unwrap_or(Value::Null)
+        })
+    }
+
+    /// The body's JSON text, when the request was made from it ([`Request::from_json_text`]):
+    /// what a frontend forwards instead of encoding [`Request::body`] again.
+    pub fn json_text(&self) -> Option<&Bytes> {
+        self.json_text.as_ref()
     }
 
     /// The raw protobuf body, when the route's body is protobuf.

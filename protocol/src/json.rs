@@ -34,6 +34,13 @@ pub fn to_string(value: &Value) -> String {
     String::from_utf8(to_vec(value)).unwrap_or_default()
 }
 
+/// `JSON.stringify` of an object held as a bare map (no `Value` around it).
+pub fn object_to_vec(map: &Map<String, Value>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    write_object(map, &mut out);
+    out
+}
+
 /// Append `JSON.stringify(value)` to `out`.
 pub fn write(value: &Value, out: &mut Vec<u8>) {
     match value {
@@ -270,6 +277,117 @@ pub fn from_slice(bytes: &[u8]) -> Result<Value, Error> {
     })
 }
 
+/// The JSON text of `bytes` to pass on unparsed, when that is the same as passing on
+/// `to_vec(&from_slice(bytes)?)`: whoever parses the text with [`from_slice`] gets the value
+/// it would have got from the re-encoded text. Checked by one pass of serde_json's parser that
+/// builds nothing.
+///
+/// `Ok(Some(text))`: `bytes` as they are when they are valid UTF-8, else the text after
+/// [`decode_text`] (so the text is always UTF-8). `Ok(None)`: valid JSON whose value changes
+/// when re-encoded — an integral number written as a float (`1.0`, `1e2`, `-0`: `JSON.stringify`
+/// writes it as an integer, which parses back as one) or an integer-like object key (written
+/// first, so the keys come back in another order); parse it instead. `Err(())`: not one JSON
+/// value; [`from_slice`] gives the error.
+///
+/// # Errors
+/// `Err(())` when the text is not one JSON value.
+#[allow(clippy::result_unit_err)]
+pub fn passthrough(bytes: &bytes::Bytes) -> Result<Option<bytes::Bytes>, ()> {
+    let text = decode_text(bytes);
+    let Ok(Probe(same)) = serde_json::from_str::<Probe>(&text) else {
+        return Err(());
+    };
+    if !same {
+        return Ok(None);
+    }
+    Ok(Some(match text {
+        Cow::Borrowed(_) => bytes.clone(),
+        Cow::Owned(text) => bytes::Bytes::from(text.into_bytes()),
+    }))
+}
+
+/// One JSON value walked without building it: whether it survives `JSON.stringify` then
+/// [`from_slice`] unchanged (see [`passthrough`]).
+struct Probe(bool);
+
+impl<'de> serde::Deserialize<'de> for Probe {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ProbeVisitor)
+    }
+}
+
+struct ProbeVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ProbeVisitor {
+    type Value = Probe;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Probe, E> {
+        Ok(Probe(true))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Probe, E> {
+        Ok(Probe(true))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Probe, E> {
+        Ok(Probe(true))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Probe, E> {
+        // An integral float (1.0, 1e2, -0) is written as an integer and comes back as one;
+        // those above 1e21 would not, but are rare enough to take the slow path too.
+        Ok(Probe(v.fract() != 0.0))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Probe, E> {
+        Ok(Probe(true))
+    }
+
+    fn visit_unit<E>(self) -> Result<Probe, E> {
+        Ok(Probe(true))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Probe, A::Error> {
+        let mut same = true;
+        while let Some(Probe(item)) = seq.next_element()? {
+            same &= item;
+        }
+        Ok(Probe(same))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Probe, A::Error> {
+        let mut same = true;
+        while let Some(KeyProbe(key)) = map.next_key()? {
+            let Probe(value) = map.next_value()?;
+            same &= key && value;
+        }
+        Ok(Probe(same))
+    }
+}
+
+/// An object key: `false` when integer-like (JavaScript writes those first).
+struct KeyProbe(bool);
+
+impl<'de> serde::Deserialize<'de> for KeyProbe {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = KeyProbe;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_str<E>(self, k: &str) -> Result<KeyProbe, E> {
+                Ok(KeyProbe(array_index(k).is_none()))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
 /// JavaScript truthiness of a JSON value (`null`, `false`, `0`, `""` are falsy).
 pub fn is_truthy(value: &Value) -> bool {
     match value {
@@ -387,6 +505,68 @@ mod tests {
             to_string(&v),
             "{\"2\":\"x\",\"10\":0,\"b\":1,\"a\":[1,\"é😀\\n\\u001f\",null,true],\"01\":1}"
         );
+    }
+
+    /// `passthrough` keeps the text exactly when parsing it gives the value parsing its
+    /// re-encoding gives, and says so otherwise; invalid JSON is refused as `from_slice`
+    /// refuses it.
+    #[test]
+    fn passthrough_only_when_the_value_survives_reencoding() {
+        let same: &[&[u8]] = &[
+            b"{}",
+            b" { \"content\" : \"hi \\u00e9\", \"n\": [1, -2, 2.5, 1.5e-7, true, null] } ",
+            b"{\"a\":{\"b\":[{\"c\":\"\\ud83d\\ude00\"}]},\"01\":1,\"x1\":2}",
+            b"\"text\"",
+            b"9007199254740993",
+            b"{\"dup\":1,\"dup\":2}",
+        ];
+        for &text in same {
+            let bytes = bytes::Bytes::copy_from_slice(text);
+            let out = passthrough(&bytes).unwrap().expect("passed through");
+            assert_eq!(out, bytes);
+            let direct = from_slice(&out).unwrap();
+            let reencoded = from_slice(&to_vec(&from_slice(text).unwrap())).unwrap();
+            assert_eq!(direct, reencoded, "{}", String::from_utf8_lossy(text));
+        }
+        // Invalid UTF-8 and CESU-8 pass on as the decoded text.
+        let bytes = bytes::Bytes::from_static(b"{\"m\":\"\xed\xa0\xbd\xed\xb8\x80\xff\"}");
+        let out = passthrough(&bytes).unwrap().unwrap();
+        assert_eq!(&out[..], "{\"m\":\"😀\u{fffd}\"}".as_bytes());
+        let changes: &[&[u8]] = &[
+            b"{\"n\":1.0}",
+            b"[1e2]",
+            b"-0",
+            b"{\"n\":18446744073709551616}",
+            b"{\"b\":1,\"2\":2}",
+        ];
+        for &text in changes {
+            let bytes = bytes::Bytes::copy_from_slice(text);
+            assert_eq!(
+                passthrough(&bytes),
+                Ok(None),
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+            assert!(from_slice(text).is_ok());
+        }
+        for text in [
+            &b""[..],
+            b"{",
+            b"{\"a\":}",
+            b"[1,]",
+            b"{} x",
+            b"1e400",
+            b"\"\\ud800\"",
+        ] {
+            let bytes = bytes::Bytes::copy_from_slice(text);
+            assert_eq!(
+                passthrough(&bytes),
+                Err(()),
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+            assert!(from_slice(text).is_err());
+        }
     }
 
     #[test]

@@ -6,11 +6,11 @@ use crate::directory::{
 };
 use crate::error::RpcError;
 use crate::frame::{CodecError, Frame, FrameCodec, Name, Namespace, WireError};
+use crate::hash::FastMap;
 use crate::io::spawn_writer;
 use crate::payload::Payload;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -41,7 +41,7 @@ pub struct RpcClient {
 struct ClientInner {
     directory: PeerDirectory,
     config: Arc<RpcConfig>,
-    routers: RwLock<HashMap<String, Arc<dyn Router>>>,
+    routers: RwLock<FastMap<String, Arc<dyn Router>>>,
     default_router: Arc<dyn Router>,
 }
 
@@ -67,7 +67,7 @@ impl RpcClient {
             inner: Arc::new(ClientInner {
                 directory,
                 config: Arc::new(config),
-                routers: RwLock::new(HashMap::new()),
+                routers: RwLock::new(FastMap::default()),
                 default_router: Arc::new(Crc32Router),
             }),
         }
@@ -445,7 +445,7 @@ enum Lost {
 struct PendingMap {
     /// Set when the connection is gone; no call may register after that.
     closed: Option<Lost>,
-    calls: HashMap<u32, oneshot::Sender<Result<Bytes, WireError>>>,
+    calls: FastMap<u32, oneshot::Sender<Result<Bytes, WireError>>>,
 }
 
 type Reply = oneshot::Receiver<Result<Bytes, WireError>>;

@@ -1,8 +1,8 @@
 //! Who the peers are: [`ServerInfo`], the live [`PeerDirectory`], [`Router`]s and [`Target`]s.
 
 use crate::client::Link;
+use crate::hash::FastMap;
 use std::borrow::Borrow;
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, OnceLock, RwLock};
 
@@ -158,8 +158,8 @@ pub(crate) struct PeerEntry {
 
 #[derive(Default)]
 struct Inner {
-    by_id: HashMap<ServerId, Arc<PeerEntry>>,
-    by_type: HashMap<String, Arc<[ServerInfo]>>,
+    by_id: FastMap<ServerId, Arc<PeerEntry>>,
+    by_type: FastMap<String, Arc<[ServerInfo]>>,
 }
 
 /// The live set of peer servers, shared by clones and safe to update from any task while calls

@@ -120,6 +120,7 @@ pub mod config;
 pub mod directory;
 pub mod error;
 pub mod frame;
+pub mod hash;
 mod io;
 pub mod metrics;
 pub mod payload;

@@ -12,9 +12,9 @@
 
 use crate::error::RemoteError;
 use crate::frame::{ErrorKind, Namespace, WireError};
+use crate::hash::FastMap;
 use crate::payload::PayloadError;
 use bytes::Bytes;
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -176,7 +176,7 @@ impl<F: RpcFilter> DynRpcFilter for F {
 /// calls. Built once, then shared.
 #[derive(Default, Clone)]
 pub struct Registry {
-    spaces: [HashMap<&'static str, Arc<dyn Service>>; 2],
+    spaces: [FastMap<&'static str, Arc<dyn Service>>; 2],
     filters: Vec<Arc<dyn DynRpcFilter>>,
 }
 

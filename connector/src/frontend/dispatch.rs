@@ -84,7 +84,11 @@ pub(super) async fn dispatch(
     // The body decoded once, for filters and the handler or forwarder alike; a body that
     // does not decode is answered with the decoder's message (after filters see it too).
     let (req, early) = match decode(&inner, &info, &msg.body) {
-        Ok((body, protobuf)) => {
+        Ok(Body::Text(text)) => (
+            Request::from_json_text(info, session.clone(), text).with_state(inner.state.clone()),
+            None,
+        ),
+        Ok(Body::Value(body, protobuf)) => {
             let mut req = Request::new(info, session.clone(), body).with_state(inner.state.clone());
             if let Some(raw) = protobuf {
                 req = req.with_protobuf(raw);
@@ -161,13 +165,18 @@ fn error_body(inner: &Inner, info: &RequestInfo, session: &Session, e: &HandlerE
     }
 }
 
+/// A request body as [`decode`] leaves it.
+enum Body {
+    /// Valid JSON text that survives re-encoding: parsed only when a filter or handler reads
+    /// it, forwarded as it is (no parse and encode per forwarded request).
+    Text(Bytes),
+    /// The decoded body, and the raw protobuf bytes when the route's body is protobuf.
+    Value(Value, Option<Bytes>),
+}
+
 /// The route's body: JSON, or protobuf (decoded with its schema, the raw bytes kept for
 /// `Proto<T>`); the route is checked to be `serverType.handler.method` first.
-fn decode(
-    inner: &Inner,
-    info: &RequestInfo,
-    raw: &Bytes,
-) -> Result<(Value, Option<Bytes>), HandlerError> {
+fn decode(inner: &Inner, info: &RequestInfo, raw: &Bytes) -> Result<Body, HandlerError> {
     Route::parse(&info.route).map_err(|e| {
         tracing::warn!(route = %info.route, cause = %e, "route is not serverType.handler.method");
         HandlerError::internal(format!(
@@ -175,6 +184,13 @@ fn decode(
             info.route
         ))
     })?;
+    // Text that is not JSON, or whose value re-encoding would change, takes the decode below
+    // (which words the error, or builds the value the backend would have got).
+    if !inner.codec.is_protobuf_request(&info.route)
+        && let Ok(Some(text)) = shaddock_protocol::json::passthrough(raw)
+    {
+        return Ok(Body::Text(text));
+    }
     let body = inner
         .codec
         .decode(&info.route, raw)
@@ -183,7 +199,7 @@ fn decode(
         .codec
         .is_protobuf_request(&info.route)
         .then(|| raw.clone());
-    Ok((body, protobuf))
+    Ok(Body::Value(body, protobuf))
 }
 
 async fn run_request(inner: &Inner, req: &Request<Session>) -> Outcome {
