@@ -13,8 +13,12 @@ use crate::app::{Rejoin, RejoinHook, RouteKey};
 use crate::backend::SessionInfo;
 use crate::channel::ChannelService;
 use crate::config::ServerConfig;
+use crate::cluster::{ClaimOutcome, ClaimPolicy, ClusterBackend, ServerRecord, UidClaim};
 use crate::placement::Placements;
-use crate::proto::{Claim, KickUid, MovesArgs, PlaceArgs, ServerEntry, Snapshot, master_remote};
+use crate::proto::{
+    Claim, KickArgs, KickUid, MovesArgs, PlaceArgs, ServerEntry, Snapshot, master_remote,
+    session_remote,
+};
 
 /// The live servers, shared by the context and the channel service.
 pub(crate) type ClusterView = Arc<RwLock<Arc<Snapshot>>>;
@@ -73,6 +77,14 @@ pub enum BindError {
         /// The RPC error.
         source: RpcError,
     },
+    /// The cluster registry (NATS) could not take the claim.
+    #[error("bind of uid `{uid}`: cluster registry: {message}")]
+    Cluster {
+        /// The uid.
+        uid: String,
+        /// The backend's error.
+        message: String,
+    },
     /// The local session refused it (already bound to another uid, closed).
     #[error(transparent)]
     Session(#[from] SessionError),
@@ -92,6 +104,14 @@ struct Inner {
     placements: Placements,
     /// On frontends: the placed types whose sessions re-join when their keys move.
     rejoins: OnceLock<Vec<RejoinSpec>>,
+    /// In a cluster on NATS (master.json's `cluster`): this process's backend handle, the
+    /// source of the cluster view, placements and uid claims. `None`: the master is.
+    backend: Option<Arc<dyn ClusterBackend>>,
+    /// The duplicate-login policy uid claims follow on the backend (`None`: any number of
+    /// sessions per uid, no claims).
+    policy: Option<ClaimPolicy>,
+    /// This run's start time (ms since the Unix epoch), as its [`ServerRecord`] carries it.
+    start_time: u64,
 }
 
 /// A placed type's route key and re-join hook, on a frontend.
@@ -124,7 +144,12 @@ impl ServerContext {
         rpc: RpcClient,
         master_id: String,
         codec: BodyCodec,
+        backend: Option<Arc<dyn ClusterBackend>>,
+        policy: Option<ClaimPolicy>,
     ) -> Self {
+        let start_time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let cluster: ClusterView = Arc::default();
         let channels = ChannelService::new(rpc.clone(), codec.clone(), cluster.clone());
         Self {
@@ -141,6 +166,9 @@ impl ServerContext {
                 stop: CancellationToken::new(),
                 placements: Placements::default(),
                 rejoins: OnceLock::new(),
+                backend,
+                policy,
+                start_time,
             }),
         }
     }
@@ -250,6 +278,135 @@ impl ServerContext {
     /// Installs a new cluster view and brings the peer directory in line with it: new
     /// servers become routable, removed ones are dropped (their connections close).
     pub(crate) fn apply_snapshot(&self, snap: Snapshot) {
+        if self.inner.backend.is_some() {
+            // On NATS the registry is the cluster view; the master's covers one host.
+            return;
+        }
+        let generation = snap.placement_generation;
+        self.install_view(snap);
+        if let Some(since) = self.inner.placements.advance(generation)
+            && self.frontend().is_some()
+            && self.inner.rejoins.get().is_some_and(|r| !r.is_empty())
+        {
+            tokio::spawn(self.clone().rejoin_moved(since));
+        }
+    }
+
+    /// The backend handle, in a cluster on NATS.
+    pub(crate) fn backend(&self) -> Option<&Arc<dyn ClusterBackend>> {
+        self.inner.backend.as_ref()
+    }
+
+    /// This run's record for the registry (connections 0: refreshed by the stats loop).
+    pub(crate) fn record(&self) -> ServerRecord {
+        let s = &self.inner.server;
+        ServerRecord {
+            id: s.id.clone(),
+            server_type: s.server_type.clone(),
+            host: s.host.clone(),
+            port: s.port.unwrap_or(0),
+            client_port: s.client_port.filter(|&p| p != 0),
+            frontend: s.frontend,
+            pid: std::process::id(),
+            start_time: self.inner.start_time,
+            connections: 0,
+        }
+    }
+
+    /// In a cluster on NATS: installs the registry's live servers as the cluster view (the
+    /// peer directory follows: new servers routable, removed ones dropped).
+    pub(crate) fn apply_records(&self, version: u64, records: &[ServerRecord]) {
+        let servers = records
+            .iter()
+            .map(|r| ServerEntry {
+                id: r.id.clone(),
+                server_type: r.server_type.clone(),
+                host: r.host.clone(),
+                port: u32::from(r.port),
+                client_port: u32::from(r.client_port.unwrap_or(0)),
+                frontend: r.frontend,
+                pid: r.pid,
+                extra_json: String::new(),
+                metrics_port: 0,
+            })
+            .collect();
+        self.install_view(Snapshot {
+            version,
+            servers,
+            placement_generation: 0,
+        });
+    }
+
+    /// In a cluster on NATS: `lost` left the registry (expired or deregistered). Its cached
+    /// placements are dropped, its keys placed again on survivors (every server may ask: the
+    /// compare-and-set makes one win), and on a frontend the sessions whose keys were there
+    /// re-join them where they are now (the app's re-join hook; a key whose server came back
+    /// under the same id stays there and is re-joined there, its state being gone).
+    pub(crate) async fn server_lost(self, lost: ServerRecord) {
+        let Some(backend) = self.inner.backend.clone() else {
+            return;
+        };
+        let mut keys: std::collections::BTreeSet<(String, Vec<u8>)> = self
+            .inner
+            .placements
+            .forget_server(&lost.id)
+            .into_iter()
+            .collect();
+        keys.extend(backend.placements_of(&lost.id));
+        match backend.reassign_lost(&lost.id).await {
+            Ok(moved) if !moved.is_empty() => {
+                tracing::info!(server = %lost.id, keys = moved.len(), "lost server's keys placed on survivors");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(server = %lost.id, cause = %e, "cannot place the lost server's keys again (the next call to each does)");
+            }
+        }
+        let (Some(frontend), Some(specs)) = (self.frontend(), self.inner.rejoins.get()) else {
+            return;
+        };
+        if keys.is_empty() || specs.is_empty() {
+            return;
+        }
+        let sessions = frontend.sessions().all();
+        for spec in specs {
+            let mut by_key: std::collections::HashMap<String, Vec<Session>> =
+                std::collections::HashMap::new();
+            for s in sessions.iter().filter(|s| !s.is_closed()) {
+                let key = (spec.key)(&SessionInfo::of(s));
+                if keys.contains(&(spec.server_type.clone(), key.clone().into_bytes())) {
+                    by_key.entry(key).or_default().push(s.clone());
+                }
+            }
+            if by_key.is_empty() {
+                continue;
+            }
+            tracing::info!(server = %lost.id, server_type = %spec.server_type, keys = by_key.len(), "re-joining sessions whose server was lost");
+            for (key, sessions) in by_key {
+                let server_id = match backend.place(&spec.server_type, key.as_bytes()).await {
+                    Ok(Some(id)) => id,
+                    Ok(None) => {
+                        tracing::warn!(key = %key, server_type = %spec.server_type, "no live server to re-join on");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(key = %key, cause = %e, "cannot place the key again; sessions not re-joined");
+                        continue;
+                    }
+                };
+                let rejoin = Rejoin {
+                    server_type: spec.server_type.clone(),
+                    key,
+                    server_id,
+                    sessions,
+                };
+                (spec.hook)(self.clone(), rejoin).await;
+            }
+        }
+    }
+
+    /// Installs a cluster view and brings the peer directory in line with it.
+    fn install_view(&self, snap: Snapshot) {
         let dir = self.inner.rpc.directory();
         let mut live = std::collections::HashSet::new();
         for e in &snap.servers {
@@ -273,18 +430,11 @@ impl ServerContext {
                 dir.remove(known.id.as_str());
             }
         }
-        let generation = snap.placement_generation;
         *self
             .inner
             .cluster
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(snap);
-        if let Some(since) = self.inner.placements.advance(generation)
-            && self.frontend().is_some()
-            && self.inner.rejoins.get().is_some_and(|r| !r.is_empty())
-        {
-            tokio::spawn(self.clone().rejoin_moved(since));
-        }
     }
 
     /// Runs the re-join hooks for this frontend's sessions whose keys moved after `since`.
@@ -365,6 +515,9 @@ impl ServerContext {
         if session.uid().as_deref() == Some(uid) {
             return Ok(());
         }
+        if let Some(backend) = &self.inner.backend {
+            return self.bind_on_backend(backend, session, uid).await;
+        }
         let claim = Claim {
             uid: uid.to_owned(),
             frontend_id: session.frontend_id().to_owned(),
@@ -400,9 +553,91 @@ impl ServerContext {
         Ok(())
     }
 
+    /// [`Self::bind`] in a cluster on NATS: the claim is a compare-and-set in the uid bucket.
+    async fn bind_on_backend(
+        &self,
+        backend: &Arc<dyn ClusterBackend>,
+        session: &Session,
+        uid: &str,
+    ) -> Result<(), BindError> {
+        let Some(policy) = self.inner.policy else {
+            session.bind(uid)?;
+            return Ok(());
+        };
+        let claim = UidClaim {
+            frontend: session.frontend_id().to_owned(),
+            frontend_start: self.inner.start_time,
+            session: session.id(),
+        };
+        match backend.claim_uid(uid, claim.clone(), policy).await {
+            Ok(ClaimOutcome::Claimed { replaced }) => {
+                if let Some(old) = replaced {
+                    tracing::info!(uid, old = %old.frontend, new = %claim.frontend, "duplicate login: kicking the old session");
+                    self.kick_session(&old.frontend, old.session, "", "logged in elsewhere")
+                        .await;
+                }
+            }
+            Ok(ClaimOutcome::Refused { owner }) => {
+                return Err(BindError::Refused {
+                    uid: uid.to_owned(),
+                    reason: format!("uid `{uid}` is already logged in on `{}`", owner.frontend),
+                });
+            }
+            Err(e) => {
+                return Err(BindError::Cluster {
+                    uid: uid.to_owned(),
+                    message: e.to_string(),
+                });
+            }
+        }
+        if let Err(e) = session.bind(uid) {
+            if let Err(re) = backend.release_uid(uid, &claim).await {
+                tracing::debug!(uid, cause = %re, "uid claim not released after a failed bind");
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Kicks a session (by id, or every session of `uid` when it is not empty) on a frontend;
+    /// returns how many were kicked (0 when the frontend cannot be reached, logged).
+    async fn kick_session(&self, frontend: &str, session_id: u64, uid: &str, reason: &str) -> u64 {
+        let args = KickArgs {
+            session_id,
+            uid: uid.to_owned(),
+            reason: reason.to_owned(),
+        };
+        match session_remote::Client::new(&self.inner.rpc)
+            .kick(Target::server(frontend), args)
+            .await
+        {
+            Ok(c) => c.n,
+            Err(e) => {
+                tracing::warn!(%frontend, cause = %e, "could not kick the session there");
+                0
+            }
+        }
+    }
+
     /// Tells the master this claim is no longer held (it drops it only if it is still this
     /// frontend's and session's).
     pub(crate) fn release_claim(&self, claim: Claim) {
+        if let Some(backend) = self.inner.backend.clone() {
+            if self.inner.policy.is_none() {
+                return;
+            }
+            let c = UidClaim {
+                frontend: claim.frontend_id,
+                frontend_start: self.inner.start_time,
+                session: claim.session_id,
+            };
+            tokio::spawn(async move {
+                if let Err(e) = backend.release_uid(&claim.uid, &c).await {
+                    tracing::debug!(uid = %claim.uid, cause = %e, "uid claim not released");
+                }
+            });
+            return;
+        }
         let rpc = self.inner.rpc.clone();
         let master = self.inner.master_id.clone();
         tokio::spawn(async move {
@@ -418,6 +653,18 @@ impl ServerContext {
     /// # Errors
     /// The master could not be reached.
     pub async fn kick_uid(&self, uid: &str, reason: &str) -> Result<u64, RpcError> {
+        if let Some(backend) = &self.inner.backend {
+            let owner = backend
+                .uid_owner(uid)
+                .await
+                .map_err(|e| RpcError::RemoteInternal {
+                    message: format!("cluster registry: {e}"),
+                })?;
+            return Ok(match owner {
+                Some(o) => self.kick_session(&o.frontend, 0, uid, reason).await,
+                None => 0,
+            });
+        }
         let master = master_remote::Client::new(&self.inner.rpc);
         let n = master
             .kick_uid(
@@ -478,6 +725,8 @@ mod tests {
             RpcClient::new(RpcConfig::default()),
             "master".into(),
             BodyCodec::default(),
+            None,
+            Some(ClaimPolicy::KickOld),
         );
         let ids: Vec<&str> = ctx
             .configured_servers()

@@ -18,6 +18,7 @@ use std::sync::{Arc, RwLock};
 
 use shaddock_rpc::{PlaceFuture, Router, RpcClient, RpcError, ServerId, ServerInfo, Target};
 
+use crate::cluster::ClusterBackend;
 use crate::proto::{Moved, MovesReply, PlaceArgs, master_remote};
 
 /// How many re-placement events the master keeps for `master.moves`; a frontend further behind
@@ -195,6 +196,7 @@ impl Placements {
         server_type: &str,
         rpc: &RpcClient,
         master_id: &str,
+        backend: Option<Arc<dyn ClusterBackend>>,
     ) -> PlacementRouter {
         let cache = self
             .caches
@@ -209,7 +211,32 @@ impl Placements {
             generation: self.generation.clone(),
             rpc: rpc.clone(),
             master_id: master_id.to_owned(),
+            backend,
         }
+    }
+
+    /// Drops every cached placement on `server_id` (lost) and returns them: (type, key).
+    pub(crate) fn forget_server(&self, server_id: &str) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        for (t, cache) in self
+            .caches
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            cache
+                .keys
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .retain(|k, id| {
+                    let on_lost = id.as_str() == server_id;
+                    if on_lost {
+                        out.push((t.clone(), k.clone()));
+                    }
+                    !on_lost
+                });
+        }
+        out
     }
 
     /// A snapshot with placement generation `g` arrived: if it is new, every cached placement
@@ -238,13 +265,23 @@ impl Placements {
 /// The RPC router of a placed server type: a key's server comes from the cluster's placement
 /// table (asked once, then cached until the placement generation changes). A cached server
 /// that is down is still answered, so its calls fail fast instead of going elsewhere.
-#[derive(Debug)]
 pub struct PlacementRouter {
     server_type: String,
     cache: Arc<Cache>,
     generation: Arc<AtomicU64>,
     rpc: RpcClient,
     master_id: String,
+    /// In a cluster on NATS: placements come from the backend, not the master.
+    backend: Option<Arc<dyn ClusterBackend>>,
+}
+
+impl std::fmt::Debug for PlacementRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlacementRouter")
+            .field("server_type", &self.server_type)
+            .field("on_backend", &self.backend.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Router for PlacementRouter {
@@ -264,6 +301,30 @@ impl Router for PlacementRouter {
             lookup_only: false,
         };
         let cache = self.cache.clone();
+        if let Some(backend) = self.backend.clone() {
+            return Some(Box::pin(async move {
+                let no_server = || RpcError::NoServer {
+                    server_type: args.server_type.clone(),
+                };
+                let id = match backend.place(&args.server_type, &args.key).await {
+                    Ok(Some(id)) => ServerId::from(id),
+                    Ok(None) => return Err(no_server()),
+                    Err(e) => {
+                        tracing::warn!(server_type = %args.server_type, cause = %e, "cannot place a key on the cluster backend");
+                        return Err(no_server());
+                    }
+                };
+                let mut keys = cache
+                    .keys
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if keys.len() >= CACHE_MAX {
+                    keys.clear();
+                }
+                keys.insert(args.key.clone(), id.clone());
+                Ok(id)
+            }));
+        }
         let generation = self.generation.clone();
         let rpc = self.rpc.clone();
         let master = self.master_id.clone();
