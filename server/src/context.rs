@@ -2,6 +2,7 @@
 //! bound), the live cluster as the master reports it, its RPC client, channels and frontend.
 
 use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
 
 // The frontend-running side: the frontend this server may run, and its sessions.
 use shaddock_connector::{Frontend, Session, SessionError};
@@ -112,6 +113,21 @@ struct Inner {
     policy: Option<ClaimPolicy>,
     /// This run's start time (ms since the Unix epoch), as its [`ServerRecord`] carries it.
     start_time: u64,
+    /// Lost server runs (id, start time) this server has handled already.
+    losses_seen: std::sync::Mutex<std::collections::HashSet<(String, u64)>>,
+    /// Losses another frontend noticed and this one follows until `settled`.
+    following: std::sync::Mutex<std::collections::HashSet<(String, u64)>>,
+}
+
+/// How long a noticer waits for each frontend's `clusterMoves.lost`.
+const MOVE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a follower holds new placements at most when `settled` does not come.
+const MOVE_HOLD_MAX: Duration = Duration::from_secs(10);
+/// How many times a follower reads a moved key's placement (25 ms apart).
+const MOVE_READ_TRIES: u32 = 80;
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A placed type's route key and re-join hook, on a frontend.
@@ -169,6 +185,8 @@ impl ServerContext {
                 backend,
                 policy,
                 start_time,
+                losses_seen: std::sync::Mutex::default(),
+                following: std::sync::Mutex::default(),
             }),
         }
     }
@@ -337,22 +355,24 @@ impl ServerContext {
         });
     }
 
-    /// In a cluster on NATS: `lost` left the registry (expired or deregistered). Its cached
-    /// placements are dropped, its keys placed again on survivors (every server may ask: the
-    /// compare-and-set makes one win), and on a frontend the sessions whose keys were there
-    /// re-join them where they are now (the app's re-join hook; a key whose server came back
-    /// under the same id stays there and is re-joined there, its state being gone).
+    /// In a cluster on NATS: `lost` left the registry as this server's handle sees it
+    /// (expired or deregistered). This server is the *noticer* of the loss: it stops placing
+    /// uncached keys, drops its cached placements on `lost`, places `lost`'s keys again on
+    /// survivors (every server may: the compare-and-set makes one win), and, on a frontend,
+    /// first has every other frontend re-join its sessions' keys (`clusterMoves.lost`,
+    /// awaited), then re-joins its own, then lets them all place keys again
+    /// (`clusterMoves.settled`). So no message is acknowledged in a moved room before every
+    /// member is back in it. A key whose server came back under the same id stays there and
+    /// is re-joined there (its state is gone).
     pub(crate) async fn server_lost(self, lost: ServerRecord) {
         let Some(backend) = self.inner.backend.clone() else {
             return;
         };
-        let mut keys: std::collections::BTreeSet<(String, Vec<u8>)> = self
-            .inner
-            .placements
-            .forget_server(&lost.id)
-            .into_iter()
-            .collect();
-        keys.extend(backend.placements_of(&lost.id));
+        if !self.first_sight(&lost.id, lost.start_time) {
+            return;
+        }
+        self.inner.placements.begin_move();
+        let keys = self.keys_on(&backend, &lost.id);
         match backend.reassign_lost(&lost.id).await {
             Ok(moved) if !moved.is_empty() => {
                 tracing::info!(server = %lost.id, keys = moved.len(), "lost server's keys placed on survivors");
@@ -362,6 +382,120 @@ impl ServerContext {
                 tracing::warn!(server = %lost.id, cause = %e, "cannot place the lost server's keys again (the next call to each does)");
             }
         }
+        let others: Vec<String> = if self.frontend().is_some() {
+            backend
+                .servers()
+                .into_iter()
+                .filter(|s| s.frontend && s.id != self.server_id() && s.id != lost.id)
+                .map(|s| s.id)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let stub = crate::moves::cluster_moves::Client::new(&self.inner.rpc);
+        let mut calls = tokio::task::JoinSet::new();
+        for id in &others {
+            let (stub, id, lost_id) = (stub.clone(), id.clone(), lost.id.clone());
+            let start = lost.start_time;
+            calls.spawn(async move {
+                let r = tokio::time::timeout(
+                    MOVE_CALL_TIMEOUT,
+                    stub.lost(Target::server(&id), lost_id, start),
+                )
+                .await;
+                (id, r)
+            });
+        }
+        while let Some(done) = calls.join_next().await {
+            match done {
+                Ok((_, Ok(Ok(())))) => {}
+                Ok((id, Ok(Err(e)))) => {
+                    tracing::warn!(frontend = %id, cause = %e, "frontend not told of the lost server");
+                }
+                Ok((id, Err(_))) => {
+                    tracing::warn!(frontend = %id, "frontend did not answer about the lost server in time");
+                }
+                Err(e) => tracing::warn!(cause = %e, "lost-server call task failed"),
+            }
+        }
+        self.rejoin_keys(&backend, &lost.id, &keys, true).await;
+        self.inner.placements.end_move();
+        for id in others {
+            let (stub, lost_id) = (stub.clone(), lost.id.clone());
+            let start = lost.start_time;
+            tokio::spawn(async move {
+                if let Err(e) = stub.notify().settled(Target::server(&id), lost_id, start).await {
+                    tracing::debug!(frontend = %id, cause = %e, "settled not sent (it clears by itself)");
+                }
+            });
+        }
+    }
+
+    /// `clusterMoves.lost` from the noticer of a loss: re-join this frontend's sessions whose
+    /// keys were on `lost_id` where they are now, and place no uncached key until `settled`
+    /// (or [`MOVE_HOLD_MAX`]). Nothing to do when this server saw the loss already.
+    pub(crate) async fn follow_loss(&self, lost_id: String, start_time: u64) {
+        let Some(backend) = self.inner.backend.clone() else {
+            return;
+        };
+        if !self.first_sight(&lost_id, start_time) {
+            return;
+        }
+        self.inner.placements.begin_move();
+        lock(&self.inner.following).insert((lost_id.clone(), start_time));
+        let keys = self.keys_on(&backend, &lost_id);
+        self.rejoin_keys(&backend, &lost_id, &keys, false).await;
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(MOVE_HOLD_MAX).await;
+            me.settle(&lost_id, start_time);
+        });
+    }
+
+    /// `clusterMoves.settled`: the move of `lost_id`'s keys is over everywhere.
+    pub(crate) fn settle(&self, lost_id: &str, start_time: u64) {
+        if lock(&self.inner.following).remove(&(lost_id.to_owned(), start_time)) {
+            self.inner.placements.end_move();
+        }
+    }
+
+    /// Whether this is the first time this server handles the loss of this run of `id`.
+    fn first_sight(&self, id: &str, start_time: u64) -> bool {
+        let mut seen = lock(&self.inner.losses_seen);
+        if seen.len() > 4096 {
+            seen.clear();
+        }
+        seen.insert((id.to_owned(), start_time))
+    }
+
+    /// The keys this server knows on `server_id` (its route caches, dropped, and the
+    /// backend's cache).
+    fn keys_on(
+        &self,
+        backend: &Arc<dyn ClusterBackend>,
+        server_id: &str,
+    ) -> std::collections::BTreeSet<(String, Vec<u8>)> {
+        let mut keys: std::collections::BTreeSet<(String, Vec<u8>)> = self
+            .inner
+            .placements
+            .forget_server(server_id)
+            .into_iter()
+            .collect();
+        keys.extend(backend.placements_of(server_id));
+        keys
+    }
+
+    /// Runs the re-join hooks for this frontend's sessions whose keys are in `keys` (they
+    /// were on `lost`), on the server each key is on now. `noticer`: this handle judged
+    /// `lost` lost, so `place` moves a key still there; else the noticer moved them and this
+    /// handle reads where to (waiting a little for its cache to see the move).
+    async fn rejoin_keys(
+        &self,
+        backend: &Arc<dyn ClusterBackend>,
+        lost: &str,
+        keys: &std::collections::BTreeSet<(String, Vec<u8>)>,
+        noticer: bool,
+    ) {
         let (Some(frontend), Some(specs)) = (self.frontend(), self.inner.rejoins.get()) else {
             return;
         };
@@ -381,18 +515,13 @@ impl ServerContext {
             if by_key.is_empty() {
                 continue;
             }
-            tracing::info!(server = %lost.id, server_type = %spec.server_type, keys = by_key.len(), "re-joining sessions whose server was lost");
+            tracing::info!(server = %lost, server_type = %spec.server_type, keys = by_key.len(), "re-joining sessions whose server was lost");
             for (key, sessions) in by_key {
-                let server_id = match backend.place(&spec.server_type, key.as_bytes()).await {
-                    Ok(Some(id)) => id,
-                    Ok(None) => {
-                        tracing::warn!(key = %key, server_type = %spec.server_type, "no live server to re-join on");
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(key = %key, cause = %e, "cannot place the key again; sessions not re-joined");
-                        continue;
-                    }
+                let Some(server_id) = self
+                    .now_on(backend, &spec.server_type, &key, lost, noticer)
+                    .await
+                else {
+                    continue;
                 };
                 let rejoin = Rejoin {
                     server_type: spec.server_type.clone(),
@@ -403,6 +532,46 @@ impl ServerContext {
                 (spec.hook)(self.clone(), rejoin).await;
             }
         }
+    }
+
+    /// Where `key` (formerly on `lost`) is now; `None` (logged) when it cannot be told.
+    async fn now_on(
+        &self,
+        backend: &Arc<dyn ClusterBackend>,
+        server_type: &str,
+        key: &str,
+        lost: &str,
+        noticer: bool,
+    ) -> Option<String> {
+        if noticer {
+            return match backend.place(server_type, key.as_bytes()).await {
+                Ok(Some(id)) => Some(id),
+                Ok(None) => {
+                    tracing::warn!(%key, %server_type, "no live server to re-join on");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(%key, cause = %e, "cannot place the key again; sessions not re-joined");
+                    None
+                }
+            };
+        }
+        // The noticer wrote the new placement before calling; this handle's cache of the
+        // placements follows the bucket's watch, a few milliseconds behind at most. There
+        // is no event for one key's change to wait on, so it is read again, bounded.
+        for _ in 0..MOVE_READ_TRIES {
+            match backend.placement(server_type, key.as_bytes()).await {
+                Ok(Some(id)) if id != lost => return Some(id),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(%key, cause = %e, "cannot read where the key is now");
+                    return None;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        tracing::warn!(%key, %lost, "the key's new placement was not seen in time; sessions not re-joined");
+        None
     }
 
     /// Installs a cluster view and brings the peer directory in line with it.

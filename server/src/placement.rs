@@ -187,6 +187,10 @@ struct Cache {
 pub(crate) struct Placements {
     caches: RwLock<HashMap<String, Arc<Cache>>>,
     generation: Arc<AtomicU64>,
+    /// In a cluster on NATS: lost servers whose keys this server is moving now. While any
+    /// is, keys not in the cache are not placed (their calls fail, unacknowledged), so that
+    /// no message is acknowledged in a room before every frontend has re-joined its members.
+    moving: Arc<AtomicU64>,
 }
 
 impl Placements {
@@ -212,7 +216,20 @@ impl Placements {
             rpc: rpc.clone(),
             master_id: master_id.to_owned(),
             backend,
+            moving: self.moving.clone(),
         }
+    }
+
+    /// A move of a lost server's keys begins (see `moving`).
+    pub(crate) fn begin_move(&self) {
+        self.moving.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A move begun with [`Self::begin_move`] ends.
+    pub(crate) fn end_move(&self) {
+        let _ = self
+            .moving
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
     }
 
     /// Drops every cached placement on `server_id` (lost) and returns them: (type, key).
@@ -273,6 +290,8 @@ pub struct PlacementRouter {
     master_id: String,
     /// In a cluster on NATS: placements come from the backend, not the master.
     backend: Option<Arc<dyn ClusterBackend>>,
+    /// Shared with [`Placements`]: moves in progress on this server.
+    moving: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for PlacementRouter {
@@ -302,10 +321,14 @@ impl Router for PlacementRouter {
         };
         let cache = self.cache.clone();
         if let Some(backend) = self.backend.clone() {
+            let moving = self.moving.load(Ordering::SeqCst) > 0;
             return Some(Box::pin(async move {
                 let no_server = || RpcError::NoServer {
                     server_type: args.server_type.clone(),
                 };
+                if moving {
+                    return Err(no_server());
+                }
                 let id = match backend.place(&args.server_type, &args.key).await {
                     Ok(Some(id)) => ServerId::from(id),
                     Ok(None) => return Err(no_server()),

@@ -475,6 +475,13 @@ pub(crate) async fn run_server(
         registry
             .add(session_remote(&ctx, &frontend))
             .map_err(reg_err)?;
+        if backend.is_some() {
+            registry
+                .add(crate::moves::cluster_moves::Server::new(
+                    crate::moves::MovesRemote { ctx: ctx.clone() },
+                ))
+                .map_err(reg_err)?;
+        }
         // A uid's claim at the master ends with its session, and with an unbind.
         let hook_ctx = ctx.clone();
         frontend.sessions().on_closed(move |s, _reason| {
