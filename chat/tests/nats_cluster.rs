@@ -100,7 +100,12 @@ impl Drop for Launcher {
     fn drop(&mut self) {
         let pids: Vec<u32> = self.info["pids"]
             .as_array()
-            .map(|a| a.iter().filter_map(Value::as_u64).map(|p| p as u32).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_u64)
+                    .map(|p| p as u32)
+                    .collect()
+            })
             .unwrap_or_default();
         let master = self.info["master_pid"].as_u64().map(|p| p as u32);
         if let Some(mut c) = self.child.take() {
@@ -118,7 +123,11 @@ impl Drop for Launcher {
             }
         }
         if std::thread::panicking() {
-            eprintln!("--- launcher log {} ---\n{}", self.log.display(), self.log());
+            eprintln!(
+                "--- launcher log {} ---\n{}",
+                self.log.display(),
+                self.log()
+            );
         }
     }
 }
@@ -279,9 +288,21 @@ async fn two_launchers_on_nats_a_killed_chat_server_s_room_comes_back_on_the_oth
     let ok_at_kill = ok.load(Ordering::SeqCst);
     let killed_at = Instant::now();
     signal(victim.pid, "KILL");
-    reaches(&ok, ok_at_kill + 1, Duration::from_secs(45), "the room back").await;
+    reaches(
+        &ok,
+        ok_at_kill + 1,
+        Duration::from_secs(45),
+        "the room back",
+    )
+    .await;
     let healed = killed_at.elapsed();
-    reaches(&ok, ok_at_kill + 50, Duration::from_secs(45), "the room served again").await;
+    reaches(
+        &ok,
+        ok_at_kill + 50,
+        Duration::from_secs(45),
+        "the room served again",
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     let acked = timeout(STEP * 4, load)
         .await
@@ -293,7 +314,10 @@ async fn two_launchers_on_nats_a_killed_chat_server_s_room_comes_back_on_the_oth
         .expect("placement read")
         .expect("still placed");
     assert_ne!(now_on, on, "the room moved off the killed server");
-    assert!(!alive(victim.pid), "the killed server stays down (restart off)");
+    assert!(
+        !alive(victim.pid),
+        "the killed server stays down (restart off)"
+    );
 
     // The listener (other host, other connector) hears every acknowledged message.
     let mut got = Vec::new();

@@ -280,8 +280,7 @@ async fn run_server_mode(app: App, cli: &Cli, id: &str) -> Result<(), String> {
         cluster.servers,
         master_id,
         master,
-        cluster.master.rpc_tls.clone(),
-        cluster.master.cluster.clone(),
+        cluster.master.clone(),
     )
     .await
     .map_err(|e| e.to_string())

@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{Rejoin, RejoinHook, RouteKey};
 use crate::backend::SessionInfo;
 use crate::channel::ChannelService;
-use crate::config::ServerConfig;
 use crate::cluster::{ClaimOutcome, ClaimPolicy, ClusterBackend, ServerRecord, UidClaim};
+use crate::config::ServerConfig;
 use crate::placement::Placements;
 use crate::proto::{
     Claim, KickArgs, KickUid, MovesArgs, PlaceArgs, ServerEntry, Snapshot, master_remote,
@@ -119,6 +119,13 @@ struct Inner {
     following: std::sync::Mutex<std::collections::HashSet<(String, u64)>>,
 }
 
+/// A server of a cluster on NATS: its backend handle and the duplicate-login policy its uid
+/// claims follow (`None`: any number of sessions per uid, no claims).
+pub(crate) struct OnNats {
+    pub(crate) backend: Arc<dyn ClusterBackend>,
+    pub(crate) policy: Option<ClaimPolicy>,
+}
+
 /// How long a noticer waits for each frontend's `clusterMoves.lost`.
 const MOVE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a follower holds new placements at most when `settled` does not come.
@@ -160,9 +167,12 @@ impl ServerContext {
         rpc: RpcClient,
         master_id: String,
         codec: BodyCodec,
-        backend: Option<Arc<dyn ClusterBackend>>,
-        policy: Option<ClaimPolicy>,
+        nats: Option<OnNats>,
     ) -> Self {
+        let (backend, policy) = match nats {
+            Some(n) => (Some(n.backend), n.policy),
+            None => (None, None),
+        };
         let start_time = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
@@ -424,7 +434,11 @@ impl ServerContext {
             let (stub, lost_id) = (stub.clone(), lost.id.clone());
             let start = lost.start_time;
             tokio::spawn(async move {
-                if let Err(e) = stub.notify().settled(Target::server(&id), lost_id, start).await {
+                if let Err(e) = stub
+                    .notify()
+                    .settled(Target::server(&id), lost_id, start)
+                    .await
+                {
                     tracing::debug!(frontend = %id, cause = %e, "settled not sent (it clears by itself)");
                 }
             });
@@ -895,7 +909,6 @@ mod tests {
             "master".into(),
             BodyCodec::default(),
             None,
-            Some(ClaimPolicy::KickOld),
         );
         let ids: Vec<&str> = ctx
             .configured_servers()

@@ -279,9 +279,10 @@ pub(crate) async fn run_server(
     configured: Vec<ServerConfig>,
     master_id: String,
     master_addr: String,
-    rpc_tls: Option<crate::config::RpcTlsFiles>,
-    nats: Option<crate::cluster::ClusterConfig>,
+    master_cfg: crate::config::MasterConfig,
 ) -> Result<(), StartError> {
+    let rpc_tls = master_cfg.rpc_tls;
+    let nats = master_cfg.cluster;
     let id = me.id.clone();
     let (mhost, mport) =
         split_addr(&master_addr).ok_or_else(|| StartError::MasterAddr(master_addr.clone()))?;
@@ -352,8 +353,9 @@ pub(crate) async fn run_server(
         rpc.clone(),
         master_id.clone(),
         BodyCodec::new(dictionary.clone(), app.protos.clone()),
-        backend.clone(),
-        policy,
+        backend
+            .clone()
+            .map(|backend| crate::context::OnNats { backend, policy }),
     );
     // What handlers extract: the app's state and this server's context.
     let state = app.server_state(&ctx);
@@ -715,10 +717,10 @@ async fn registry_loop(
         let now = backend.servers();
         version += 1;
         ctx.apply_records(version, &now);
-        for gone in known
-            .iter()
-            .filter(|k| !now.iter().any(|n| n.id == k.id && n.start_time == k.start_time))
-        {
+        for gone in known.iter().filter(|k| {
+            !now.iter()
+                .any(|n| n.id == k.id && n.start_time == k.start_time)
+        }) {
             if gone.id == ctx.server_id() {
                 continue;
             }
