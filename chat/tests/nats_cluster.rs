@@ -253,6 +253,30 @@ async fn two_launchers_on_nats_a_killed_chat_server_s_room_comes_back_on_the_oth
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // `list` from either host reads the registry: every server of both launchers.
+    let out = Command::new(env!("CARGO_BIN_EXE_shaddock-chat"))
+        .arg("--config")
+        .arg(&dir)
+        .arg("list")
+        .env_remove("SHADDOCK_ENV")
+        .output()
+        .expect("run list");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "list: {table} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for id in [
+        "gate-server-1",
+        "connector-server-1",
+        "connector-server-2",
+        "chat-server-1",
+        "chat-server-2",
+    ] {
+        assert!(table.contains(id), "list shows {id}: {table}");
+    }
+
     let room = "lobby";
     let (talker, _) = enter(&ca, "talker", room).await;
     let (mut listener, r) = enter(&cb, "listener", room).await;

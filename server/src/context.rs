@@ -130,8 +130,38 @@ pub(crate) struct OnNats {
 const MOVE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a follower holds new placements at most when `settled` does not come.
 const MOVE_HOLD_MAX: Duration = Duration::from_secs(10);
-/// How many times a follower reads a moved key's placement (25 ms apart).
-const MOVE_READ_TRIES: u32 = 80;
+/// How long a noticer keeps trying to place one key again while the store cannot write
+/// (a JetStream leader election after a NATS node was lost).
+const PLACE_AGAIN_FOR: Duration = Duration::from_secs(10);
+
+/// Places `key` (formerly on a lost server) again; retried with a short backoff while the
+/// store is unavailable, for at most [`PLACE_AGAIN_FOR`]. `None` (logged) when it cannot.
+async fn place_again(
+    backend: &Arc<dyn ClusterBackend>,
+    server_type: &str,
+    key: &[u8],
+) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + PLACE_AGAIN_FOR;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match backend.place(server_type, key).await {
+            Ok(Some(id)) => return Some(id),
+            Ok(None) => {
+                tracing::warn!(key = %String::from_utf8_lossy(key), %server_type, "no live server to place the key on");
+                return None;
+            }
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(cause = %e, "placing a lost server's key again: retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => {
+                tracing::warn!(key = %String::from_utf8_lossy(key), cause = %e, "cannot place the key again; its sessions are not re-joined");
+                return None;
+            }
+        }
+    }
+}
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -366,59 +396,58 @@ impl ServerContext {
     }
 
     /// In a cluster on NATS: `lost` left the registry as this server's handle sees it
-    /// (expired or deregistered). This server is the *noticer* of the loss: it stops placing
-    /// uncached keys, drops its cached placements on `lost`, places `lost`'s keys again on
-    /// survivors (every server may: the compare-and-set makes one win), and, on a frontend,
-    /// first has every other frontend re-join its sessions' keys (`clusterMoves.lost`,
-    /// awaited), then re-joins its own, then lets them all place keys again
-    /// (`clusterMoves.settled`). So no message is acknowledged in a moved room before every
-    /// member is back in it. A key whose server came back under the same id stays there and
-    /// is re-joined there (its state is gone).
-    pub(crate) async fn server_lost(self, lost: ServerRecord) {
+    /// (expired or deregistered). This server is the *noticer* of the loss:
+    /// 1. it stops placing uncached keys, drops its cached placements on `lost`, and (on a
+    ///    frontend) asks every other frontend to do the same and to say which of its
+    ///    sessions' keys were there (`clusterMoves.lost`, awaited);
+    /// 2. it places every one of those keys again on a survivor (its own handle judged
+    ///    `lost` lost; the compare-and-set makes concurrent placers agree; a key whose server
+    ///    came back under the same id stays there, its state gone);
+    /// 3. it has every other frontend re-join its sessions' keys there
+    ///    (`clusterMoves.rejoin`, awaited), then re-joins its own;
+    /// 4. every frontend places keys again (`clusterMoves.settled`).
+    ///
+    /// So no message is acknowledged in a moved room before all its members are back in it.
+    pub(crate) async fn server_lost(self, lost_id: String, lost_start: u64) {
         let Some(backend) = self.inner.backend.clone() else {
             return;
         };
-        if !self.first_sight(&lost.id, lost.start_time) {
+        if !self.first_sight(&lost_id, lost_start) {
             return;
         }
         self.inner.placements.begin_move();
-        let keys = self.keys_on(&backend, &lost.id);
-        match backend.reassign_lost(&lost.id).await {
-            Ok(moved) if !moved.is_empty() => {
-                tracing::info!(server = %lost.id, keys = moved.len(), "lost server's keys placed on survivors");
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(server = %lost.id, cause = %e, "cannot place the lost server's keys again (the next call to each does)");
-            }
-        }
+        let mut keys = self.keys_on(&backend, &lost_id);
         let others: Vec<String> = if self.frontend().is_some() {
             backend
                 .servers()
                 .into_iter()
-                .filter(|s| s.frontend && s.id != self.server_id() && s.id != lost.id)
+                .filter(|s| s.frontend && s.id != self.server_id() && s.id != lost_id)
                 .map(|s| s.id)
                 .collect()
         } else {
             Vec::new()
         };
         let stub = crate::moves::cluster_moves::Client::new(&self.inner.rpc);
+        // 1. Every frontend holds its placements and tells its keys on `lost`.
         let mut calls = tokio::task::JoinSet::new();
         for id in &others {
-            let (stub, id, lost_id) = (stub.clone(), id.clone(), lost.id.clone());
-            let start = lost.start_time;
+            let (stub, id, lost) = (stub.clone(), id.clone(), lost_id.clone());
             calls.spawn(async move {
                 let r = tokio::time::timeout(
                     MOVE_CALL_TIMEOUT,
-                    stub.lost(Target::server(&id), lost_id, start),
+                    stub.lost(Target::server(&id), lost, lost_start),
                 )
                 .await;
                 (id, r)
             });
         }
+        let mut followers = Vec::new();
         while let Some(done) = calls.join_next().await {
             match done {
-                Ok((_, Ok(Ok(())))) => {}
+                Ok((id, Ok(Ok(theirs)))) => {
+                    keys.extend(theirs);
+                    followers.push(id);
+                }
                 Ok((id, Ok(Err(e)))) => {
                     tracing::warn!(frontend = %id, cause = %e, "frontend not told of the lost server");
                 }
@@ -428,15 +457,51 @@ impl ServerContext {
                 Err(e) => tracing::warn!(cause = %e, "lost-server call task failed"),
             }
         }
-        self.rejoin_keys(&backend, &lost.id, &keys, true).await;
+        // 2. Every key placed again.
+        match backend.reassign_lost(&lost_id).await {
+            Ok(moved) if !moved.is_empty() => {
+                tracing::info!(server = %lost_id, keys = moved.len(), "lost server's keys placed on survivors");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(server = %lost_id, cause = %e, "cannot place the lost server's keys again yet: placing the known ones one by one");
+            }
+        }
+        let mut now_on: Vec<(String, Vec<u8>, String)> = Vec::new();
+        for (server_type, key) in &keys {
+            if let Some(to) = place_again(&backend, server_type, key).await {
+                now_on.push((server_type.clone(), key.clone(), to));
+            }
+        }
+        // 3. Every frontend re-joins, this one last.
+        let mut calls = tokio::task::JoinSet::new();
+        for id in &followers {
+            let (stub, id, lost, map) = (stub.clone(), id.clone(), lost_id.clone(), now_on.clone());
+            calls.spawn(async move {
+                let r = tokio::time::timeout(
+                    MOVE_CALL_TIMEOUT,
+                    stub.rejoin(Target::server(&id), lost, lost_start, map),
+                )
+                .await;
+                (id, r)
+            });
+        }
+        while let Some(done) = calls.join_next().await {
+            if let Ok((id, r)) = done
+                && !matches!(r, Ok(Ok(())))
+            {
+                tracing::warn!(frontend = %id, "frontend did not confirm its re-joins in time");
+            }
+        }
+        self.rejoin_keys(&lost_id, &now_on).await;
+        // 4. Placements again, everywhere.
         self.inner.placements.end_move();
-        for id in others {
-            let (stub, lost_id) = (stub.clone(), lost.id.clone());
-            let start = lost.start_time;
+        for id in followers {
+            let (stub, lost) = (stub.clone(), lost_id.clone());
             tokio::spawn(async move {
                 if let Err(e) = stub
                     .notify()
-                    .settled(Target::server(&id), lost_id, start)
+                    .settled(Target::server(&id), lost, lost_start)
                     .await
                 {
                     tracing::debug!(frontend = %id, cause = %e, "settled not sent (it clears by itself)");
@@ -445,32 +510,45 @@ impl ServerContext {
         }
     }
 
-    /// `clusterMoves.lost` from the noticer of a loss: re-join this frontend's sessions whose
-    /// keys were on `lost_id` where they are now, and place no uncached key until `settled`
-    /// (or [`MOVE_HOLD_MAX`]). Nothing to do when this server saw the loss already.
-    pub(crate) async fn follow_loss(&self, lost_id: String, start_time: u64) {
+    /// `clusterMoves.lost` from the noticer of a loss: hold new placements, drop the cached
+    /// ones on `lost_id`, and tell which keys this server knew there. If the noticer does
+    /// not settle within [`MOVE_HOLD_MAX`], this server handles the loss itself.
+    pub(crate) fn follow_loss(&self, lost_id: String, start_time: u64) -> Vec<(String, Vec<u8>)> {
         let Some(backend) = self.inner.backend.clone() else {
-            return;
+            return Vec::new();
         };
         if !self.first_sight(&lost_id, start_time) {
-            return;
+            // Noticed here too: this server re-joins its own sessions itself.
+            return Vec::new();
         }
         self.inner.placements.begin_move();
         lock(&self.inner.following).insert((lost_id.clone(), start_time));
         let keys = self.keys_on(&backend, &lost_id);
-        self.rejoin_keys(&backend, &lost_id, &keys, false).await;
         let me = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(MOVE_HOLD_MAX).await;
-            me.settle(&lost_id, start_time);
+            if me.settle(&lost_id, start_time) {
+                tracing::warn!(server = %lost_id, "the loss's noticer never settled: handling it here");
+                lock(&me.inner.losses_seen).remove(&(lost_id.clone(), start_time));
+                me.server_lost(lost_id, start_time).await;
+            }
         });
+        keys.into_iter().collect()
     }
 
-    /// `clusterMoves.settled`: the move of `lost_id`'s keys is over everywhere.
-    pub(crate) fn settle(&self, lost_id: &str, start_time: u64) {
-        if lock(&self.inner.following).remove(&(lost_id.to_owned(), start_time)) {
+    /// `clusterMoves.rejoin`: re-join this frontend's sessions whose keys are in `now_on`.
+    pub(crate) async fn follow_rejoin(&self, lost_id: &str, now_on: &[(String, Vec<u8>, String)]) {
+        self.rejoin_keys(lost_id, now_on).await;
+    }
+
+    /// `clusterMoves.settled`: the move of `lost_id`'s keys is over everywhere. `true` when
+    /// this server was holding for it.
+    pub(crate) fn settle(&self, lost_id: &str, start_time: u64) -> bool {
+        let held = lock(&self.inner.following).remove(&(lost_id.to_owned(), start_time));
+        if held {
             self.inner.placements.end_move();
         }
+        held
     }
 
     /// Whether this is the first time this server handles the loss of this run of `id`.
@@ -499,21 +577,13 @@ impl ServerContext {
         keys
     }
 
-    /// Runs the re-join hooks for this frontend's sessions whose keys are in `keys` (they
-    /// were on `lost`), on the server each key is on now. `noticer`: this handle judged
-    /// `lost` lost, so `place` moves a key still there; else the noticer moved them and this
-    /// handle reads where to (waiting a little for its cache to see the move).
-    async fn rejoin_keys(
-        &self,
-        backend: &Arc<dyn ClusterBackend>,
-        lost: &str,
-        keys: &std::collections::BTreeSet<(String, Vec<u8>)>,
-        noticer: bool,
-    ) {
+    /// Runs the re-join hooks for this frontend's sessions whose keys are in `now_on`
+    /// (type, key, the server it is on now).
+    async fn rejoin_keys(&self, lost: &str, now_on: &[(String, Vec<u8>, String)]) {
         let (Some(frontend), Some(specs)) = (self.frontend(), self.inner.rejoins.get()) else {
             return;
         };
-        if keys.is_empty() || specs.is_empty() {
+        if now_on.is_empty() || specs.is_empty() {
             return;
         }
         let sessions = frontend.sessions().all();
@@ -521,71 +591,29 @@ impl ServerContext {
             let mut by_key: std::collections::HashMap<String, Vec<Session>> =
                 std::collections::HashMap::new();
             for s in sessions.iter().filter(|s| !s.is_closed()) {
-                let key = (spec.key)(&SessionInfo::of(s));
-                if keys.contains(&(spec.server_type.clone(), key.clone().into_bytes())) {
-                    by_key.entry(key).or_default().push(s.clone());
+                by_key
+                    .entry((spec.key)(&SessionInfo::of(s)))
+                    .or_default()
+                    .push(s.clone());
+            }
+            for (server_type, key, server_id) in now_on {
+                if *server_type != spec.server_type {
+                    continue;
                 }
-            }
-            if by_key.is_empty() {
-                continue;
-            }
-            tracing::info!(server = %lost, server_type = %spec.server_type, keys = by_key.len(), "re-joining sessions whose server was lost");
-            for (key, sessions) in by_key {
-                let Some(server_id) = self
-                    .now_on(backend, &spec.server_type, &key, lost, noticer)
-                    .await
-                else {
+                let key = String::from_utf8_lossy(key).into_owned();
+                let Some(sessions) = by_key.remove(&key) else {
                     continue;
                 };
+                tracing::info!(server = %lost, %key, to = %server_id, sessions = sessions.len(), "re-joining sessions whose server was lost");
                 let rejoin = Rejoin {
                     server_type: spec.server_type.clone(),
                     key,
-                    server_id,
+                    server_id: server_id.clone(),
                     sessions,
                 };
                 (spec.hook)(self.clone(), rejoin).await;
             }
         }
-    }
-
-    /// Where `key` (formerly on `lost`) is now; `None` (logged) when it cannot be told.
-    async fn now_on(
-        &self,
-        backend: &Arc<dyn ClusterBackend>,
-        server_type: &str,
-        key: &str,
-        lost: &str,
-        noticer: bool,
-    ) -> Option<String> {
-        if noticer {
-            return match backend.place(server_type, key.as_bytes()).await {
-                Ok(Some(id)) => Some(id),
-                Ok(None) => {
-                    tracing::warn!(%key, %server_type, "no live server to re-join on");
-                    None
-                }
-                Err(e) => {
-                    tracing::warn!(%key, cause = %e, "cannot place the key again; sessions not re-joined");
-                    None
-                }
-            };
-        }
-        // The noticer wrote the new placement before calling; this handle's cache of the
-        // placements follows the bucket's watch, a few milliseconds behind at most. There
-        // is no event for one key's change to wait on, so it is read again, bounded.
-        for _ in 0..MOVE_READ_TRIES {
-            match backend.placement(server_type, key.as_bytes()).await {
-                Ok(Some(id)) if id != lost => return Some(id),
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(%key, cause = %e, "cannot read where the key is now");
-                    return None;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        tracing::warn!(%key, %lost, "the key's new placement was not seen in time; sessions not re-joined");
-        None
     }
 
     /// Installs a cluster view and brings the peer directory in line with it.

@@ -725,7 +725,7 @@ async fn registry_loop(
                 continue;
             }
             tracing::info!(server = %gone.id, "server left the cluster registry");
-            tokio::spawn(ctx.clone().server_lost(gone.clone()));
+            tokio::spawn(ctx.clone().server_lost(gone.id.clone(), gone.start_time));
         }
         known = now;
     }
