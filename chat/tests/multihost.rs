@@ -13,6 +13,7 @@
 //! - one NATS node is killed: no error, no move, no disconnect, nothing lost;
 //! - a fourth host added live (namespace, launcher): the gate sends new users to its
 //!   connector and a new room goes to its chat server.
+//!
 //! How long each fault took to heal is printed (`FIGURE` lines), never asserted.
 
 mod common;
