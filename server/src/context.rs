@@ -127,7 +127,7 @@ pub(crate) struct OnNats {
 }
 
 /// How long a noticer waits for each frontend's `clusterMoves.lost`.
-const MOVE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+const MOVE_CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a follower holds new placements at most when `settled` does not come.
 const MOVE_HOLD_MAX: Duration = Duration::from_secs(10);
 /// How long a noticer keeps trying to place one key again while the store cannot write
@@ -408,11 +408,19 @@ impl ServerContext {
     /// 4. every frontend places keys again (`clusterMoves.settled`).
     ///
     /// So no message is acknowledged in a moved room before all its members are back in it.
-    pub(crate) async fn server_lost(self, lost_id: String, lost_start: u64) {
+    pub(crate) async fn server_lost(
+        self,
+        lost_id: String,
+        lost_start: u64,
+        also_gone: Arc<Vec<String>>,
+    ) {
         let Some(backend) = self.inner.backend.clone() else {
             return;
         };
         if !self.first_sight(&lost_id, lost_start) {
+            // Followed already: only the placements this server cached on `lost` since (its
+            // handle, not having judged the loss yet, could still answer it) are dropped.
+            self.inner.placements.forget_server(&lost_id);
             return;
         }
         self.inner.placements.begin_move();
@@ -421,7 +429,12 @@ impl ServerContext {
             backend
                 .servers()
                 .into_iter()
-                .filter(|s| s.frontend && s.id != self.server_id() && s.id != lost_id)
+                .filter(|s| {
+                    s.frontend
+                        && s.id != self.server_id()
+                        && s.id != lost_id
+                        && !also_gone.contains(&s.id)
+                })
                 .map(|s| s.id)
                 .collect()
         } else {
@@ -530,7 +543,7 @@ impl ServerContext {
             if me.settle(&lost_id, start_time) {
                 tracing::warn!(server = %lost_id, "the loss's noticer never settled: handling it here");
                 lock(&me.inner.losses_seen).remove(&(lost_id.clone(), start_time));
-                me.server_lost(lost_id, start_time).await;
+                me.server_lost(lost_id, start_time, Arc::default()).await;
             }
         });
         keys.into_iter().collect()
@@ -578,8 +591,12 @@ impl ServerContext {
     }
 
     /// Runs the re-join hooks for this frontend's sessions whose keys are in `now_on`
-    /// (type, key, the server it is on now).
+    /// (type, key, the server it is on now), after caching those placements (calls route
+    /// there at once, whatever this server's handle still believes).
     async fn rejoin_keys(&self, lost: &str, now_on: &[(String, Vec<u8>, String)]) {
+        for (server_type, key, server_id) in now_on {
+            self.inner.placements.remember(server_type, key, server_id);
+        }
         let (Some(frontend), Some(specs)) = (self.frontend(), self.inner.rejoins.get()) else {
             return;
         };

@@ -180,6 +180,9 @@ impl PlacementTable {
 #[derive(Debug, Default)]
 struct Cache {
     keys: RwLock<HashMap<Vec<u8>, ServerId>>,
+    /// Keys being moved (a lost server's, in a cluster on NATS): not routed, from the cache
+    /// either, until every move in progress on this server ends.
+    held: RwLock<std::collections::HashSet<Vec<u8>>>,
 }
 
 /// Every placed type's cache on this server, and the generation they belong to.
@@ -220,6 +223,34 @@ impl Placements {
         }
     }
 
+    /// Caches where `key` of `server_type` is now (told by the noticer of a loss).
+    pub(crate) fn remember(&self, server_type: &str, key: &[u8], server_id: &str) {
+        let cache = self
+            .caches
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(server_type)
+            .cloned();
+        if let Some(cache) = cache {
+            let mut keys = cache
+                .keys
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if keys.len() >= CACHE_MAX {
+                keys.clear();
+            }
+            keys.insert(key.to_vec(), ServerId::from(server_id.to_owned()));
+            drop(keys);
+            if self.moving.load(Ordering::SeqCst) > 0 {
+                cache
+                    .held
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(key.to_vec());
+            }
+        }
+    }
+
     /// A move of a lost server's keys begins (see `moving`).
     pub(crate) fn begin_move(&self) {
         self.moving.fetch_add(1, Ordering::SeqCst);
@@ -227,9 +258,23 @@ impl Placements {
 
     /// A move begun with [`Self::begin_move`] ends.
     pub(crate) fn end_move(&self) {
-        let _ = self
+        let before = self
             .moving
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if before == Ok(1) {
+            for cache in self
+                .caches
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .values()
+            {
+                cache
+                    .held
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clear();
+            }
+        }
     }
 
     /// Drops every cached placement on `server_id` (lost) and returns them: (type, key).
@@ -305,6 +350,15 @@ impl std::fmt::Debug for PlacementRouter {
 
 impl Router for PlacementRouter {
     fn route(&self, key: &[u8], _servers: &[ServerInfo]) -> Option<ServerId> {
+        if self
+            .cache
+            .held
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(key)
+        {
+            return None;
+        }
         self.cache
             .keys
             .read()
@@ -321,7 +375,13 @@ impl Router for PlacementRouter {
         };
         let cache = self.cache.clone();
         if let Some(backend) = self.backend.clone() {
-            let moving = self.moving.load(Ordering::SeqCst) > 0;
+            let moving = self.moving.load(Ordering::SeqCst) > 0
+                || self
+                    .cache
+                    .held
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .contains(key);
             return Some(Box::pin(async move {
                 let no_server = || RpcError::NoServer {
                     server_type: args.server_type.clone(),

@@ -717,15 +717,22 @@ async fn registry_loop(
         let now = backend.servers();
         version += 1;
         ctx.apply_records(version, &now);
-        for gone in known.iter().filter(|k| {
-            !now.iter()
-                .any(|n| n.id == k.id && n.start_time == k.start_time)
-        }) {
-            if gone.id == ctx.server_id() {
-                continue;
-            }
-            tracing::info!(server = %gone.id, "server left the cluster registry");
-            tokio::spawn(ctx.clone().server_lost(gone.id.clone(), gone.start_time));
+        let gone: Vec<&ServerRecord> = known
+            .iter()
+            .filter(|k| {
+                !now.iter()
+                    .any(|n| n.id == k.id && n.start_time == k.start_time)
+            })
+            .filter(|k| k.id != ctx.server_id())
+            .collect();
+        // Servers lost together (a host) are not asked about each other's loss.
+        let gone_ids: Arc<Vec<String>> = Arc::new(gone.iter().map(|g| g.id.clone()).collect());
+        for g in gone {
+            tracing::info!(server = %g.id, "server left the cluster registry");
+            tokio::spawn(
+                ctx.clone()
+                    .server_lost(g.id.clone(), g.start_time, gone_ids.clone()),
+            );
         }
         known = now;
     }
