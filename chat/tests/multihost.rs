@@ -1,7 +1,8 @@
 //! The chat across hosts (issue 15): 3 hosts as network namespaces of the test's own
 //! (test-support `Hosts`: veth + bridge, private addresses, torn down at the end), one
 //! JetStream nats-server per host clustered together, and one `shaddock-chat --host-id hN`
-//! launcher per host running that host's servers: the gate on h0, one connector and one chat
+//! launcher per host running that host's servers (h1's without `--host-id`: it finds them by
+//! their addresses): the gate on h0, one connector and one chat
 //! server on each host. Users on the three hosts' connectors share rooms under a steady,
 //! bounded chat load.
 //!
@@ -40,11 +41,12 @@ const HOSTS: usize = 3;
 fn launch(hosts: &Hosts, i: usize, dir: &std::path::Path, secret: &str) -> Value {
     let log = dir.join(format!("launcher-h{i}.log"));
     let mut cmd = hosts.command(i, env!("CARGO_BIN_EXE_shaddock-chat"));
-    cmd.arg("--config")
-        .arg(dir)
-        .arg("--host-id")
-        .arg(format!("h{i}"))
-        .arg("--page-port")
+    cmd.arg("--config").arg(dir);
+    // Host 1's launcher finds its servers by their addresses (no --host-id).
+    if i != 1 {
+        cmd.arg("--host-id").arg(format!("h{i}"));
+    }
+    cmd.arg("--page-port")
         .arg("0")
         .arg("--admin-port")
         .arg("0")

@@ -286,14 +286,11 @@ async fn run_server_mode(app: App, cli: &Cli, id: &str) -> Result<(), String> {
     .map_err(|e| e.to_string())
 }
 
-/// A cluster on NATS: this launcher's master runs only the servers of `--host-id`, listens on
+/// A cluster on NATS: this launcher's master runs only the servers of `--host-id` (without
+/// it: the servers whose `host` is an address of this machine), listens on
 /// `--master` when given (several launchers on one machine), and the RPC secret must be the
 /// same on every host (it cannot be a random one of each master).
 fn one_host(cluster: &mut ClusterConfig, cli: &Cli) -> Result<(), String> {
-    let host = cli.host_id.clone().ok_or(
-        "master.json has a `cluster` section (a cluster on NATS): give --host-id ID, the \
-         servers.json `hostId` (else `host`) of the servers this launcher runs",
-    )?;
     if cluster.master.random_rpc_secret && crate::process::rpc_secret_from_env()?.is_none() {
         return Err(format!(
             "a cluster on NATS spans hosts: set ${} to one secret (hex, 16 bytes or more) on \
@@ -302,7 +299,24 @@ fn one_host(cluster: &mut ClusterConfig, cli: &Cli) -> Result<(), String> {
         ));
     }
     let all = cluster.servers.len();
-    cluster.servers.retain(|s| s.host_id() == host);
+    let host = match &cli.host_id {
+        Some(h) => {
+            cluster.servers.retain(|s| s.host_id() == h);
+            h.clone()
+        }
+        None => {
+            cluster.servers.retain(|s| is_local_address(&s.host));
+            if cluster.servers.is_empty() {
+                return Err(
+                    "master.json has a `cluster` section (a cluster on NATS) and no server of \
+                     servers.json has a `host` of this machine: give --host-id ID (the \
+                     servers' `hostId`, else `host`)"
+                        .into(),
+                );
+            }
+            "(this machine's addresses)".to_owned()
+        }
+    };
     if let Some(addr) = &cli.master {
         let (h, p) = addr
             .rsplit_once(':')
@@ -313,6 +327,16 @@ fn one_host(cluster: &mut ClusterConfig, cli: &Cli) -> Result<(), String> {
     }
     tracing::info!(host_id = %host, servers = cluster.servers.len(), of = all, "cluster on NATS: this launcher runs its host's servers");
     Ok(())
+}
+
+/// Whether `host` (an address or a name) is an address of this machine: one a socket can be
+/// bound to here.
+fn is_local_address(host: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    (host, 0)
+        .to_socket_addrs()
+        .map(|mut addrs| addrs.any(|a| std::net::UdpSocket::bind(a).is_ok()))
+        .unwrap_or(false)
 }
 
 /// `list` in a cluster on NATS: every live server of the registry, from any host.
@@ -550,6 +574,14 @@ mod tests {
                 "running"
             ]
         );
+    }
+
+    #[test]
+    fn local_addresses_are_the_bindable_ones() {
+        assert!(is_local_address("127.0.0.1"));
+        assert!(is_local_address("localhost"));
+        // TEST-NET-3 (RFC 5737): never an address of this machine.
+        assert!(!is_local_address("203.0.113.7"));
     }
 
     #[test]
