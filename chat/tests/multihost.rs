@@ -492,10 +492,15 @@ impl Setup {
         }
     }
 
+    /// Ends everything; the launchers' logs are kept with `CHAT_TEST_KEEP_LOGS` set.
     fn teardown(self) {
         let dir = self.dir.clone();
         drop(self);
-        let _ = std::fs::remove_dir_all(&dir);
+        if std::env::var_os("CHAT_TEST_KEEP_LOGS").is_some() {
+            eprintln!("logs kept in {}", dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 }
 
