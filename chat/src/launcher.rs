@@ -78,6 +78,14 @@ pub struct LaunchArgs {
     /// the page's is 0). The address and the token are printed at start.
     #[arg(long, env = "SHADDOCK_CHAT_ADMIN_PORT")]
     pub admin_port: Option<u16>,
+    /// In a cluster on NATS (master.json's `cluster`): the host whose servers this launcher
+    /// runs (their servers.json `hostId`, else `host`); one launcher per host.
+    #[arg(long)]
+    pub host_id: Option<String>,
+    /// Where this launcher's master listens (`host:port`), instead of master.json's address:
+    /// for several launchers of a cluster on NATS on one machine.
+    #[arg(long)]
+    pub master: Option<String>,
     /// Seconds to wait for every server to come up.
     #[arg(long, default_value_t = 120)]
     pub start_timeout: u64,
@@ -289,11 +297,15 @@ async fn run(cli: LaunchArgs) -> Result<(), String> {
     let admin_bound = admin_listener.local_addr().map_err(|e| e.to_string())?;
 
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
-    let mut child = Command::new(exe)
-        .arg("--config")
-        .arg(&config_dir)
-        .arg("-e")
-        .arg(&env)
+    let mut command = Command::new(exe);
+    command.arg("--config").arg(&config_dir).arg("-e").arg(&env);
+    if let Some(h) = &cli.host_id {
+        command.arg("--host-id").arg(h);
+    }
+    if let Some(m) = &cli.master {
+        command.arg("--master").arg(m);
+    }
+    let mut child = command
         .arg("start")
         // The master stops the cluster when this pipe closes: when we exit, however we die
         // (SIGKILL included), it and its servers go too.

@@ -25,6 +25,8 @@ const VALUE_OPTIONS: &[&str] = &[
     "--start-timeout",
     "--log",
     "--pid-file",
+    "--host-id",
+    "--admin-port",
 ];
 
 /// What the arguments ask for: the server CLI (and whether `--config` was given), or the

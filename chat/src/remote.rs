@@ -62,6 +62,7 @@ shaddock_rpc::remote! {
 #[derive(Debug, Clone)]
 pub struct Rooms {
     channels: ChannelService,
+    ctx: ServerContext,
 }
 
 impl Rooms {
@@ -69,6 +70,7 @@ impl Rooms {
     pub fn new(ctx: &ServerContext) -> Self {
         Self {
             channels: ctx.channels().clone(),
+            ctx: ctx.clone(),
         }
     }
 
@@ -104,6 +106,15 @@ impl chat_remote::Remote for ChatRemote {
             rid,
         };
         let channels = self.rooms.channels();
+        // A member whose frontend is gone (its host died: nobody kicked it) gives its name up
+        // to the user coming back under it.
+        if let Some(held) = channels.get(&m.rid).and_then(|c| c.member(&m.uid))
+            && held != m.frontend_id
+            && !self.rooms.ctx.servers().iter().any(|s| s.id == held)
+        {
+            tracing::info!(room = %m.rid, uid = %m.uid, lost = %held, "member of a lost frontend replaced");
+            channels.leave(&m.rid, &m.uid, &held);
+        }
         // Check and join in one step: a room is removed with its last member, and this join
         // can never land in a room a concurrent kick has just removed.
         if channels.try_join(&m.rid, &m.uid, &m.frontend_id).is_err() {

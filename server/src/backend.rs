@@ -514,6 +514,7 @@ mod tests {
             back_rpc,
             "master".into(),
             shaddock_protocol::BodyCodec::default(),
+            None,
         );
         let gate = release.clone();
         let observer = frontend.clone();

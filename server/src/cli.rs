@@ -25,6 +25,10 @@ struct Cli {
     /// The master's `host:port` (default: from master.json).
     #[arg(long, global = true)]
     master: Option<String>,
+    /// In a cluster on NATS (master.json's `cluster`): the host this launcher runs the
+    /// servers of (their servers.json `hostId`, else their `host`).
+    #[arg(long, global = true)]
+    host_id: Option<String>,
     /// (internal) run as this server, started by the master.
     #[arg(long, hide = true)]
     server_id: Option<String>,
@@ -166,12 +170,15 @@ async fn dispatch(app: App, cli: Cli) -> Result<(), String> {
     }
     match cli.cmd {
         None | Some(Cmd::Start { .. }) => {
-            let cluster = load(&cli)?;
+            let mut cluster = load(&cli)?;
             // Every route must have servers of its kind, and the dictionary must build:
             // refused here, before any server starts.
             app.check_routes(&cluster.servers, &cli.config.join("servers.json"))
                 .map_err(|e| e.to_string())?;
             app.route_dictionary().map_err(|e| e.to_string())?;
+            if cluster.master.cluster.is_some() {
+                one_host(&mut cluster, &cli)?;
+            }
             let exit_with_parent = matches!(
                 cli.cmd,
                 Some(Cmd::Start {
@@ -186,6 +193,15 @@ async fn dispatch(app: App, cli: Cli) -> Result<(), String> {
                 exit_with_parent,
             )
             .await
+        }
+        Some(Cmd::List { json }) if load(&cli).is_ok_and(|c| c.master.cluster.is_some()) => {
+            let list = list_registry(&cli).await?;
+            if json {
+                println!("{}", list_json(&list));
+            } else {
+                print!("{}", format_list(&list));
+            }
+            Ok(())
         }
         Some(Cmd::List { json }) => {
             let list = admin(&cli)
@@ -264,10 +280,101 @@ async fn run_server_mode(app: App, cli: &Cli, id: &str) -> Result<(), String> {
         cluster.servers,
         master_id,
         master,
-        cluster.master.rpc_tls.clone(),
+        cluster.master.clone(),
     )
     .await
     .map_err(|e| e.to_string())
+}
+
+/// A cluster on NATS: this launcher's master runs only the servers of `--host-id` (without
+/// it: the servers whose `host` is an address of this machine), listens on
+/// `--master` when given (several launchers on one machine), and the RPC secret must be the
+/// same on every host (it cannot be a random one of each master).
+fn one_host(cluster: &mut ClusterConfig, cli: &Cli) -> Result<(), String> {
+    if cluster.master.random_rpc_secret && crate::process::rpc_secret_from_env()?.is_none() {
+        return Err(format!(
+            "a cluster on NATS spans hosts: set ${} to one secret (hex, 16 bytes or more) on \
+             every host, or \"rpcSecret\": \"none\" in master.json",
+            crate::process::RPC_SECRET_ENV
+        ));
+    }
+    let all = cluster.servers.len();
+    let host = match &cli.host_id {
+        Some(h) => {
+            cluster.servers.retain(|s| s.host_id() == h);
+            h.clone()
+        }
+        None => {
+            cluster.servers.retain(|s| is_local_address(&s.host));
+            if cluster.servers.is_empty() {
+                return Err(
+                    "master.json has a `cluster` section (a cluster on NATS) and no server of \
+                     servers.json has a `host` of this machine: give --host-id ID (the \
+                     servers' `hostId`, else `host`)"
+                        .into(),
+                );
+            }
+            "(this machine's addresses)".to_owned()
+        }
+    };
+    if let Some(addr) = &cli.master {
+        let (h, p) = addr
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.to_owned(), p.parse().ok()?)))
+            .ok_or_else(|| format!("--master {addr}: want host:port"))?;
+        cluster.master.host = h;
+        cluster.master.port = p;
+    }
+    tracing::info!(host_id = %host, servers = cluster.servers.len(), of = all, "cluster on NATS: this launcher runs its host's servers");
+    Ok(())
+}
+
+/// Whether `host` (an address or a name) is an address of this machine: one a socket can be
+/// bound to here.
+fn is_local_address(host: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    (host, 0)
+        .to_socket_addrs()
+        .map(|mut addrs| addrs.any(|a| std::net::UdpSocket::bind(a).is_ok()))
+        .unwrap_or(false)
+}
+
+/// `list` in a cluster on NATS: every live server of the registry, from any host.
+async fn list_registry(cli: &Cli) -> Result<ListReply, String> {
+    let c = load(cli)?;
+    let Some(nats) = &c.master.cluster else {
+        return Err("no `cluster` section in master.json".into());
+    };
+    let backend = crate::cluster::NatsBackend::connect(nats, "admin-list")
+        .await
+        .map_err(|e| e.to_string())?;
+    use crate::cluster::ClusterBackend as _;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let rows = backend
+        .servers()
+        .into_iter()
+        .map(|r| crate::proto::ListRow {
+            uptime_secs: now.saturating_sub(r.start_time) / 1000,
+            id: r.id,
+            server_type: r.server_type,
+            pid: r.pid,
+            rss_bytes: 0,
+            connections: r.connections,
+            host: r.host,
+            port: u32::from(r.port),
+            client_port: u32::from(r.client_port.unwrap_or(0)),
+            state: "running".into(),
+            restarts: 0,
+            metrics_url: String::new(),
+        })
+        .collect();
+    Ok(ListReply {
+        master_pid: 0,
+        rows,
+        master_metrics_url: String::new(),
+    })
 }
 
 const MASTER: &str = "master";
@@ -467,6 +574,14 @@ mod tests {
                 "running"
             ]
         );
+    }
+
+    #[test]
+    fn local_addresses_are_the_bindable_ones() {
+        assert!(is_local_address("127.0.0.1"));
+        assert!(is_local_address("localhost"));
+        // TEST-NET-3 (RFC 5737): never an address of this machine.
+        assert!(!is_local_address("203.0.113.7"));
     }
 
     #[test]

@@ -132,6 +132,17 @@ impl ServerConfig {
             .find_map(|k| self.extra.get(*k).and_then(Value::as_bool))
     }
 
+    /// The host this server belongs to in a cluster on NATS: its `"hostId"` in servers.json,
+    /// else its `host`. A launcher started with `--host-id X` runs the servers whose host id
+    /// is `X`.
+    pub fn host_id(&self) -> &str {
+        self.extra
+            .get("hostId")
+            .and_then(Value::as_str)
+            .filter(|h| !h.is_empty())
+            .unwrap_or(&self.host)
+    }
+
     /// `host:port` of the RPC listener, if the server has one.
     pub fn rpc_addr(&self) -> Option<String> {
         self.port.map(|p| format!("{}:{p}", self.host))
@@ -199,6 +210,11 @@ pub struct MasterConfig {
     /// The HTTP port of the master's own Prometheus endpoint (`"metricsPort"`, `0`: any free
     /// port); `None` (the default): none.
     pub metrics_port: Option<u16>,
+    /// The `cluster` section (issue 15): NATS servers and the app's name. Present: the
+    /// cluster runs on NATS, one launcher per host (`start --host-id`), and every server
+    /// registers in and routes by the NATS registry. Absent (the default): the single-machine
+    /// master is the registry, as before.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl MasterConfig {
@@ -770,7 +786,10 @@ fn parse_master(file: &Path, text: &str, env: &str) -> Result<MasterConfig, Conf
     };
     let metrics_port =
         def_port(&id, METRICS_PORT_KEY, m.remove(METRICS_PORT_KEY)).map_err(|e| ctx.def(e))?;
+    let cluster = crate::cluster::ClusterConfig::from_master_env(file, env, &Value::Object(m))
+        .map_err(|e| ctx.invalid(&id, "cluster", e.to_string()))?;
     Ok(MasterConfig {
+        cluster,
         metrics_port,
         id,
         host,

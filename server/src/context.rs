@@ -2,6 +2,7 @@
 //! bound), the live cluster as the master reports it, its RPC client, channels and frontend.
 
 use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
 
 // The frontend-running side: the frontend this server may run, and its sessions.
 use shaddock_connector::{Frontend, Session, SessionError};
@@ -12,10 +13,12 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{Rejoin, RejoinHook, RouteKey};
 use crate::backend::SessionInfo;
 use crate::channel::ChannelService;
+use crate::cluster::{ClaimOutcome, ClaimPolicy, ClusterBackend, ServerRecord, UidClaim};
 use crate::config::ServerConfig;
 use crate::placement::Placements;
 use crate::proto::{
-    Claim, KickUid, MovesArgs, PlaceArgs, Rejoined, ServerEntry, Snapshot, master_remote,
+    Claim, KickArgs, KickUid, MovesArgs, PlaceArgs, Rejoined, ServerEntry, Snapshot, master_remote,
+    session_remote,
 };
 
 /// The live servers, shared by the context and the channel service.
@@ -75,6 +78,14 @@ pub enum BindError {
         /// The RPC error.
         source: RpcError,
     },
+    /// The cluster registry (NATS) could not take the claim.
+    #[error("bind of uid `{uid}`: cluster registry: {message}")]
+    Cluster {
+        /// The uid.
+        uid: String,
+        /// The backend's error.
+        message: String,
+    },
     /// The local session refused it (already bound to another uid, closed).
     #[error(transparent)]
     Session(#[from] SessionError),
@@ -96,6 +107,66 @@ struct Inner {
     rejoins: OnceLock<Vec<RejoinSpec>>,
     /// Re-joins and their confirmations run one at a time.
     rejoin_order: tokio::sync::Mutex<()>,
+    /// In a cluster on NATS (master.json's `cluster`): this process's backend handle, the
+    /// source of the cluster view, placements and uid claims. `None`: the master is.
+    backend: Option<Arc<dyn ClusterBackend>>,
+    /// The duplicate-login policy uid claims follow on the backend (`None`: any number of
+    /// sessions per uid, no claims).
+    policy: Option<ClaimPolicy>,
+    /// This run's start time (ms since the Unix epoch), as its [`ServerRecord`] carries it.
+    start_time: u64,
+    /// Lost server runs (id, start time) this server has handled already.
+    losses_seen: std::sync::Mutex<std::collections::HashSet<(String, u64)>>,
+    /// Losses another frontend noticed and this one follows until `settled`.
+    following: std::sync::Mutex<std::collections::HashSet<(String, u64)>>,
+}
+
+/// A server of a cluster on NATS: its backend handle and the duplicate-login policy its uid
+/// claims follow (`None`: any number of sessions per uid, no claims).
+pub(crate) struct OnNats {
+    pub(crate) backend: Arc<dyn ClusterBackend>,
+    pub(crate) policy: Option<ClaimPolicy>,
+}
+
+/// How long a noticer waits for each frontend's `clusterMoves.lost`.
+const MOVE_CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a follower holds new placements at most when `settled` does not come.
+const MOVE_HOLD_MAX: Duration = Duration::from_secs(10);
+/// How long a noticer keeps trying to place one key again while the store cannot write
+/// (a JetStream leader election after a NATS node was lost).
+const PLACE_AGAIN_FOR: Duration = Duration::from_secs(10);
+
+/// Places `key` (formerly on a lost server) again; retried with a short backoff while the
+/// store is unavailable, for at most [`PLACE_AGAIN_FOR`]. `None` (logged) when it cannot.
+async fn place_again(
+    backend: &Arc<dyn ClusterBackend>,
+    server_type: &str,
+    key: &[u8],
+) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + PLACE_AGAIN_FOR;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match backend.place(server_type, key).await {
+            Ok(Some(id)) => return Some(id),
+            Ok(None) => {
+                tracing::warn!(key = %String::from_utf8_lossy(key), %server_type, "no live server to place the key on");
+                return None;
+            }
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(cause = %e, "placing a lost server's key again: retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => {
+                tracing::warn!(key = %String::from_utf8_lossy(key), cause = %e, "cannot place the key again; its sessions are not re-joined");
+                return None;
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A placed type's route key and re-join hook, on a frontend.
@@ -128,7 +199,15 @@ impl ServerContext {
         rpc: RpcClient,
         master_id: String,
         codec: BodyCodec,
+        nats: Option<OnNats>,
     ) -> Self {
+        let (backend, policy) = match nats {
+            Some(n) => (Some(n.backend), n.policy),
+            None => (None, None),
+        };
+        let start_time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let cluster: ClusterView = Arc::default();
         let channels = ChannelService::new(rpc.clone(), codec.clone(), cluster.clone());
         Self {
@@ -146,6 +225,11 @@ impl ServerContext {
                 placements: Placements::default(),
                 rejoins: OnceLock::new(),
                 rejoin_order: tokio::sync::Mutex::new(()),
+                backend,
+                policy,
+                start_time,
+                losses_seen: std::sync::Mutex::default(),
+                following: std::sync::Mutex::default(),
             }),
         }
     }
@@ -255,6 +339,304 @@ impl ServerContext {
     /// Installs a new cluster view and brings the peer directory in line with it: new
     /// servers become routable, removed ones are dropped (their connections close).
     pub(crate) fn apply_snapshot(&self, snap: Snapshot) {
+        if self.inner.backend.is_some() {
+            // On NATS the registry is the cluster view; the master's covers one host.
+            return;
+        }
+        let generation = snap.placement_generation;
+        self.install_view(snap);
+        if let Some(since) = self.inner.placements.advance(generation)
+            && self.frontend().is_some()
+        {
+            tokio::spawn(self.clone().rejoin_and_confirm(since, generation));
+        }
+    }
+
+    /// The backend handle, in a cluster on NATS.
+    pub(crate) fn backend(&self) -> Option<&Arc<dyn ClusterBackend>> {
+        self.inner.backend.as_ref()
+    }
+
+    /// This run's record for the registry (connections 0: refreshed by the stats loop).
+    pub(crate) fn record(&self) -> ServerRecord {
+        let s = &self.inner.server;
+        ServerRecord {
+            id: s.id.clone(),
+            server_type: s.server_type.clone(),
+            host: s.host.clone(),
+            port: s.port.unwrap_or(0),
+            client_port: s.client_port.filter(|&p| p != 0),
+            frontend: s.frontend,
+            pid: std::process::id(),
+            start_time: self.inner.start_time,
+            connections: 0,
+        }
+    }
+
+    /// In a cluster on NATS: installs the registry's live servers as the cluster view (the
+    /// peer directory follows: new servers routable, removed ones dropped).
+    pub(crate) fn apply_records(&self, version: u64, records: &[ServerRecord]) {
+        let servers = records
+            .iter()
+            .map(|r| ServerEntry {
+                id: r.id.clone(),
+                server_type: r.server_type.clone(),
+                host: r.host.clone(),
+                port: u32::from(r.port),
+                client_port: u32::from(r.client_port.unwrap_or(0)),
+                frontend: r.frontend,
+                pid: r.pid,
+                extra_json: String::new(),
+                metrics_port: 0,
+            })
+            .collect();
+        self.install_view(Snapshot {
+            version,
+            servers,
+            placement_generation: 0,
+        });
+    }
+
+    /// In a cluster on NATS: `lost` left the registry as this server's handle sees it
+    /// (expired or deregistered). This server is the *noticer* of the loss:
+    /// 1. it stops placing uncached keys, drops its cached placements on `lost`, and (on a
+    ///    frontend) asks every other frontend to do the same and to say which of its
+    ///    sessions' keys were there (`clusterMoves.lost`, awaited);
+    /// 2. it places every one of those keys again on a survivor (its own handle judged
+    ///    `lost` lost; the compare-and-set makes concurrent placers agree; a key whose server
+    ///    came back under the same id stays there, its state gone);
+    /// 3. it has every other frontend re-join its sessions' keys there
+    ///    (`clusterMoves.rejoin`, awaited), then re-joins its own;
+    /// 4. every frontend places keys again (`clusterMoves.settled`).
+    ///
+    /// So no message is acknowledged in a moved room before all its members are back in it.
+    pub(crate) async fn server_lost(
+        self,
+        lost_id: String,
+        lost_start: u64,
+        also_gone: Arc<Vec<String>>,
+    ) {
+        let Some(backend) = self.inner.backend.clone() else {
+            return;
+        };
+        if !self.first_sight(&lost_id, lost_start) {
+            // Followed already: only the placements this server cached on `lost` since (its
+            // handle, not having judged the loss yet, could still answer it) are dropped.
+            self.inner.placements.forget_server(&lost_id);
+            return;
+        }
+        self.inner.placements.begin_move();
+        let mut keys = self.keys_on(&backend, &lost_id);
+        let others: Vec<String> = if self.frontend().is_some() {
+            backend
+                .servers()
+                .into_iter()
+                .filter(|s| {
+                    s.frontend
+                        && s.id != self.server_id()
+                        && s.id != lost_id
+                        && !also_gone.contains(&s.id)
+                })
+                .map(|s| s.id)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let stub = crate::moves::cluster_moves::Client::new(&self.inner.rpc);
+        // 1. Every frontend holds its placements and tells its keys on `lost`.
+        let mut calls = tokio::task::JoinSet::new();
+        for id in &others {
+            let (stub, id, lost) = (stub.clone(), id.clone(), lost_id.clone());
+            calls.spawn(async move {
+                let r = tokio::time::timeout(
+                    MOVE_CALL_TIMEOUT,
+                    stub.lost(Target::server(&id), lost, lost_start),
+                )
+                .await;
+                (id, r)
+            });
+        }
+        let mut followers = Vec::new();
+        while let Some(done) = calls.join_next().await {
+            match done {
+                Ok((id, Ok(Ok(theirs)))) => {
+                    keys.extend(theirs);
+                    followers.push(id);
+                }
+                Ok((id, Ok(Err(e)))) => {
+                    tracing::warn!(frontend = %id, cause = %e, "frontend not told of the lost server");
+                }
+                Ok((id, Err(_))) => {
+                    tracing::warn!(frontend = %id, "frontend did not answer about the lost server in time");
+                }
+                Err(e) => tracing::warn!(cause = %e, "lost-server call task failed"),
+            }
+        }
+        // 2. Every key placed again.
+        match backend.reassign_lost(&lost_id).await {
+            Ok(moved) if !moved.is_empty() => {
+                tracing::info!(server = %lost_id, keys = moved.len(), "lost server's keys placed on survivors");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(server = %lost_id, cause = %e, "cannot place the lost server's keys again yet: placing the known ones one by one");
+            }
+        }
+        let mut now_on: Vec<(String, Vec<u8>, String)> = Vec::new();
+        for (server_type, key) in &keys {
+            if let Some(to) = place_again(&backend, server_type, key).await {
+                now_on.push((server_type.clone(), key.clone(), to));
+            }
+        }
+        // 3. Every frontend re-joins, this one last.
+        let mut calls = tokio::task::JoinSet::new();
+        for id in &followers {
+            let (stub, id, lost, map) = (stub.clone(), id.clone(), lost_id.clone(), now_on.clone());
+            calls.spawn(async move {
+                let r = tokio::time::timeout(
+                    MOVE_CALL_TIMEOUT,
+                    stub.rejoin(Target::server(&id), lost, lost_start, map),
+                )
+                .await;
+                (id, r)
+            });
+        }
+        while let Some(done) = calls.join_next().await {
+            if let Ok((id, r)) = done
+                && !matches!(r, Ok(Ok(())))
+            {
+                tracing::warn!(frontend = %id, "frontend did not confirm its re-joins in time");
+            }
+        }
+        self.rejoin_keys(&lost_id, &now_on).await;
+        // 4. Placements again, everywhere.
+        self.inner.placements.end_move();
+        for id in followers {
+            let (stub, lost) = (stub.clone(), lost_id.clone());
+            tokio::spawn(async move {
+                if let Err(e) = stub
+                    .notify()
+                    .settled(Target::server(&id), lost, lost_start)
+                    .await
+                {
+                    tracing::debug!(frontend = %id, cause = %e, "settled not sent (it clears by itself)");
+                }
+            });
+        }
+    }
+
+    /// `clusterMoves.lost` from the noticer of a loss: hold new placements, drop the cached
+    /// ones on `lost_id`, and tell which keys this server knew there. If the noticer does
+    /// not settle within [`MOVE_HOLD_MAX`], this server handles the loss itself.
+    pub(crate) fn follow_loss(&self, lost_id: String, start_time: u64) -> Vec<(String, Vec<u8>)> {
+        let Some(backend) = self.inner.backend.clone() else {
+            return Vec::new();
+        };
+        if !self.first_sight(&lost_id, start_time) {
+            // Noticed here too: this server re-joins its own sessions itself.
+            return Vec::new();
+        }
+        self.inner.placements.begin_move();
+        lock(&self.inner.following).insert((lost_id.clone(), start_time));
+        let keys = self.keys_on(&backend, &lost_id);
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(MOVE_HOLD_MAX).await;
+            if me.settle(&lost_id, start_time) {
+                tracing::warn!(server = %lost_id, "the loss's noticer never settled: handling it here");
+                lock(&me.inner.losses_seen).remove(&(lost_id.clone(), start_time));
+                me.server_lost(lost_id, start_time, Arc::default()).await;
+            }
+        });
+        keys.into_iter().collect()
+    }
+
+    /// `clusterMoves.rejoin`: re-join this frontend's sessions whose keys are in `now_on`.
+    pub(crate) async fn follow_rejoin(&self, lost_id: &str, now_on: &[(String, Vec<u8>, String)]) {
+        self.rejoin_keys(lost_id, now_on).await;
+    }
+
+    /// `clusterMoves.settled`: the move of `lost_id`'s keys is over everywhere. `true` when
+    /// this server was holding for it.
+    pub(crate) fn settle(&self, lost_id: &str, start_time: u64) -> bool {
+        let held = lock(&self.inner.following).remove(&(lost_id.to_owned(), start_time));
+        if held {
+            self.inner.placements.end_move();
+        }
+        held
+    }
+
+    /// Whether this is the first time this server handles the loss of this run of `id`.
+    fn first_sight(&self, id: &str, start_time: u64) -> bool {
+        let mut seen = lock(&self.inner.losses_seen);
+        if seen.len() > 4096 {
+            seen.clear();
+        }
+        seen.insert((id.to_owned(), start_time))
+    }
+
+    /// The keys this server knows on `server_id` (its route caches, dropped, and the
+    /// backend's cache).
+    fn keys_on(
+        &self,
+        backend: &Arc<dyn ClusterBackend>,
+        server_id: &str,
+    ) -> std::collections::BTreeSet<(String, Vec<u8>)> {
+        let mut keys: std::collections::BTreeSet<(String, Vec<u8>)> = self
+            .inner
+            .placements
+            .forget_server(server_id)
+            .into_iter()
+            .collect();
+        keys.extend(backend.placements_of(server_id));
+        keys
+    }
+
+    /// Runs the re-join hooks for this frontend's sessions whose keys are in `now_on`
+    /// (type, key, the server it is on now), after caching those placements (calls route
+    /// there at once, whatever this server's handle still believes).
+    async fn rejoin_keys(&self, lost: &str, now_on: &[(String, Vec<u8>, String)]) {
+        for (server_type, key, server_id) in now_on {
+            self.inner.placements.remember(server_type, key, server_id);
+        }
+        let (Some(frontend), Some(specs)) = (self.frontend(), self.inner.rejoins.get()) else {
+            return;
+        };
+        if now_on.is_empty() || specs.is_empty() {
+            return;
+        }
+        let sessions = frontend.sessions().all();
+        for spec in specs {
+            let mut by_key: std::collections::HashMap<String, Vec<Session>> =
+                std::collections::HashMap::new();
+            for s in sessions.iter().filter(|s| !s.is_closed()) {
+                by_key
+                    .entry((spec.key)(&SessionInfo::of(s)))
+                    .or_default()
+                    .push(s.clone());
+            }
+            for (server_type, key, server_id) in now_on {
+                if *server_type != spec.server_type {
+                    continue;
+                }
+                let key = String::from_utf8_lossy(key).into_owned();
+                let Some(sessions) = by_key.remove(&key) else {
+                    continue;
+                };
+                tracing::info!(server = %lost, %key, to = %server_id, sessions = sessions.len(), "re-joining sessions whose server was lost");
+                let rejoin = Rejoin {
+                    server_type: spec.server_type.clone(),
+                    key,
+                    server_id: server_id.clone(),
+                    sessions,
+                };
+                (spec.hook)(self.clone(), rejoin).await;
+            }
+        }
+    }
+
+    /// Installs a cluster view and brings the peer directory in line with it.
+    fn install_view(&self, snap: Snapshot) {
         let dir = self.inner.rpc.directory();
         let mut live = std::collections::HashSet::new();
         for e in &snap.servers {
@@ -278,17 +660,11 @@ impl ServerContext {
                 dir.remove(known.id.as_str());
             }
         }
-        let generation = snap.placement_generation;
         *self
             .inner
             .cluster
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(snap);
-        if let Some(since) = self.inner.placements.advance(generation)
-            && self.frontend().is_some()
-        {
-            tokio::spawn(self.clone().rejoin_and_confirm(since, generation));
-        }
     }
 
     /// Re-joins this frontend's sessions whose keys moved after `since`, then tells the master
@@ -395,6 +771,9 @@ impl ServerContext {
         if session.uid().as_deref() == Some(uid) {
             return Ok(());
         }
+        if let Some(backend) = &self.inner.backend {
+            return self.bind_on_backend(backend, session, uid).await;
+        }
         let claim = Claim {
             uid: uid.to_owned(),
             frontend_id: session.frontend_id().to_owned(),
@@ -430,9 +809,91 @@ impl ServerContext {
         Ok(())
     }
 
+    /// [`Self::bind`] in a cluster on NATS: the claim is a compare-and-set in the uid bucket.
+    async fn bind_on_backend(
+        &self,
+        backend: &Arc<dyn ClusterBackend>,
+        session: &Session,
+        uid: &str,
+    ) -> Result<(), BindError> {
+        let Some(policy) = self.inner.policy else {
+            session.bind(uid)?;
+            return Ok(());
+        };
+        let claim = UidClaim {
+            frontend: session.frontend_id().to_owned(),
+            frontend_start: self.inner.start_time,
+            session: session.id(),
+        };
+        match backend.claim_uid(uid, claim.clone(), policy).await {
+            Ok(ClaimOutcome::Claimed { replaced }) => {
+                if let Some(old) = replaced {
+                    tracing::info!(uid, old = %old.frontend, new = %claim.frontend, "duplicate login: kicking the old session");
+                    self.kick_session(&old.frontend, old.session, "", "logged in elsewhere")
+                        .await;
+                }
+            }
+            Ok(ClaimOutcome::Refused { owner }) => {
+                return Err(BindError::Refused {
+                    uid: uid.to_owned(),
+                    reason: format!("uid `{uid}` is already logged in on `{}`", owner.frontend),
+                });
+            }
+            Err(e) => {
+                return Err(BindError::Cluster {
+                    uid: uid.to_owned(),
+                    message: e.to_string(),
+                });
+            }
+        }
+        if let Err(e) = session.bind(uid) {
+            if let Err(re) = backend.release_uid(uid, &claim).await {
+                tracing::debug!(uid, cause = %re, "uid claim not released after a failed bind");
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Kicks a session (by id, or every session of `uid` when it is not empty) on a frontend;
+    /// returns how many were kicked (0 when the frontend cannot be reached, logged).
+    async fn kick_session(&self, frontend: &str, session_id: u64, uid: &str, reason: &str) -> u64 {
+        let args = KickArgs {
+            session_id,
+            uid: uid.to_owned(),
+            reason: reason.to_owned(),
+        };
+        match session_remote::Client::new(&self.inner.rpc)
+            .kick(Target::server(frontend), args)
+            .await
+        {
+            Ok(c) => c.n,
+            Err(e) => {
+                tracing::warn!(%frontend, cause = %e, "could not kick the session there");
+                0
+            }
+        }
+    }
+
     /// Tells the master this claim is no longer held (it drops it only if it is still this
     /// frontend's and session's).
     pub(crate) fn release_claim(&self, claim: Claim) {
+        if let Some(backend) = self.inner.backend.clone() {
+            if self.inner.policy.is_none() {
+                return;
+            }
+            let c = UidClaim {
+                frontend: claim.frontend_id,
+                frontend_start: self.inner.start_time,
+                session: claim.session_id,
+            };
+            tokio::spawn(async move {
+                if let Err(e) = backend.release_uid(&claim.uid, &c).await {
+                    tracing::debug!(uid = %claim.uid, cause = %e, "uid claim not released");
+                }
+            });
+            return;
+        }
         let rpc = self.inner.rpc.clone();
         let master = self.inner.master_id.clone();
         tokio::spawn(async move {
@@ -448,6 +909,18 @@ impl ServerContext {
     /// # Errors
     /// The master could not be reached.
     pub async fn kick_uid(&self, uid: &str, reason: &str) -> Result<u64, RpcError> {
+        if let Some(backend) = &self.inner.backend {
+            let owner = backend
+                .uid_owner(uid)
+                .await
+                .map_err(|e| RpcError::RemoteInternal {
+                    message: format!("cluster registry: {e}"),
+                })?;
+            return Ok(match owner {
+                Some(o) => self.kick_session(&o.frontend, 0, uid, reason).await,
+                None => 0,
+            });
+        }
         let master = master_remote::Client::new(&self.inner.rpc);
         let n = master
             .kick_uid(
@@ -508,6 +981,7 @@ mod tests {
             RpcClient::new(RpcConfig::default()),
             "master".into(),
             BodyCodec::default(),
+            None,
         );
         let ids: Vec<&str> = ctx
             .configured_servers()

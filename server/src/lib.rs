@@ -44,6 +44,7 @@ mod frontend;
 mod init;
 pub mod master;
 pub mod metrics;
+mod moves;
 pub mod placement;
 pub mod process;
 pub mod procfs;

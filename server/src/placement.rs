@@ -18,6 +18,7 @@ use std::sync::{Arc, RwLock};
 
 use shaddock_rpc::{PlaceFuture, Router, RpcClient, RpcError, ServerId, ServerInfo, Target};
 
+use crate::cluster::ClusterBackend;
 use crate::proto::{Moved, MovesReply, PlaceArgs, master_remote};
 
 /// How many re-placement events the master keeps for `master.moves`; a frontend further behind
@@ -190,6 +191,9 @@ impl PlacementTable {
 #[derive(Debug, Default)]
 struct Cache {
     keys: RwLock<HashMap<Vec<u8>, ServerId>>,
+    /// Keys being moved (a lost server's, in a cluster on NATS): not routed, from the cache
+    /// either, until every move in progress on this server ends.
+    held: RwLock<std::collections::HashSet<Vec<u8>>>,
 }
 
 /// Every placed type's cache on this server, and the generation they belong to.
@@ -197,6 +201,10 @@ struct Cache {
 pub(crate) struct Placements {
     caches: RwLock<HashMap<String, Arc<Cache>>>,
     generation: Arc<AtomicU64>,
+    /// In a cluster on NATS: lost servers whose keys this server is moving now. While any
+    /// is, keys not in the cache are not placed (their calls fail, unacknowledged), so that
+    /// no message is acknowledged in a room before every frontend has re-joined its members.
+    moving: Arc<AtomicU64>,
 }
 
 impl Placements {
@@ -206,6 +214,7 @@ impl Placements {
         server_type: &str,
         rpc: &RpcClient,
         master_id: &str,
+        backend: Option<Arc<dyn ClusterBackend>>,
     ) -> PlacementRouter {
         let cache = self
             .caches
@@ -220,7 +229,87 @@ impl Placements {
             generation: self.generation.clone(),
             rpc: rpc.clone(),
             master_id: master_id.to_owned(),
+            backend,
+            moving: self.moving.clone(),
         }
+    }
+
+    /// Caches where `key` of `server_type` is now (told by the noticer of a loss).
+    pub(crate) fn remember(&self, server_type: &str, key: &[u8], server_id: &str) {
+        let cache = self
+            .caches
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(server_type)
+            .cloned();
+        if let Some(cache) = cache {
+            let mut keys = cache
+                .keys
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if keys.len() >= CACHE_MAX {
+                keys.clear();
+            }
+            keys.insert(key.to_vec(), ServerId::from(server_id.to_owned()));
+            drop(keys);
+            if self.moving.load(Ordering::SeqCst) > 0 {
+                cache
+                    .held
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(key.to_vec());
+            }
+        }
+    }
+
+    /// A move of a lost server's keys begins (see `moving`).
+    pub(crate) fn begin_move(&self) {
+        self.moving.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A move begun with [`Self::begin_move`] ends.
+    pub(crate) fn end_move(&self) {
+        let before = self
+            .moving
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if before == Ok(1) {
+            for cache in self
+                .caches
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .values()
+            {
+                cache
+                    .held
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clear();
+            }
+        }
+    }
+
+    /// Drops every cached placement on `server_id` (lost) and returns them: (type, key).
+    pub(crate) fn forget_server(&self, server_id: &str) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        for (t, cache) in self
+            .caches
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            cache
+                .keys
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .retain(|k, id| {
+                    let on_lost = id.as_str() == server_id;
+                    if on_lost {
+                        out.push((t.clone(), k.clone()));
+                    }
+                    !on_lost
+                });
+        }
+        out
     }
 
     /// A snapshot with placement generation `g` arrived: if it is new, every cached placement
@@ -249,17 +338,38 @@ impl Placements {
 /// The RPC router of a placed server type: a key's server comes from the cluster's placement
 /// table (asked once, then cached until the placement generation changes). A cached server
 /// that is down is still answered, so its calls fail fast instead of going elsewhere.
-#[derive(Debug)]
 pub struct PlacementRouter {
     server_type: String,
     cache: Arc<Cache>,
     generation: Arc<AtomicU64>,
     rpc: RpcClient,
     master_id: String,
+    /// In a cluster on NATS: placements come from the backend, not the master.
+    backend: Option<Arc<dyn ClusterBackend>>,
+    /// Shared with [`Placements`]: moves in progress on this server.
+    moving: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for PlacementRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlacementRouter")
+            .field("server_type", &self.server_type)
+            .field("on_backend", &self.backend.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Router for PlacementRouter {
     fn route(&self, key: &[u8], _servers: &[ServerInfo]) -> Option<ServerId> {
+        if self
+            .cache
+            .held
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(key)
+        {
+            return None;
+        }
         self.cache
             .keys
             .read()
@@ -275,6 +385,40 @@ impl Router for PlacementRouter {
             lookup_only: false,
         };
         let cache = self.cache.clone();
+        if let Some(backend) = self.backend.clone() {
+            let moving = self.moving.load(Ordering::SeqCst) > 0
+                || self
+                    .cache
+                    .held
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .contains(key);
+            return Some(Box::pin(async move {
+                let no_server = || RpcError::NoServer {
+                    server_type: args.server_type.clone(),
+                };
+                if moving {
+                    return Err(no_server());
+                }
+                let id = match backend.place(&args.server_type, &args.key).await {
+                    Ok(Some(id)) => ServerId::from(id),
+                    Ok(None) => return Err(no_server()),
+                    Err(e) => {
+                        tracing::warn!(server_type = %args.server_type, cause = %e, "cannot place a key on the cluster backend");
+                        return Err(no_server());
+                    }
+                };
+                let mut keys = cache
+                    .keys
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if keys.len() >= CACHE_MAX {
+                    keys.clear();
+                }
+                keys.insert(args.key.clone(), id.clone());
+                Ok(id)
+            }));
+        }
         let generation = self.generation.clone();
         let rpc = self.rpc.clone();
         let master = self.master_id.clone();

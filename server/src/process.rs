@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, Hook};
 use crate::backend::MsgRemote;
+use crate::cluster::{ClaimPolicy, ClusterBackend, ServerRecord};
 use crate::config::ServerConfig;
 use crate::context::{RejoinSpec, ServerContext};
 use crate::frontend::{forwarder, session_remote};
@@ -278,8 +279,10 @@ pub(crate) async fn run_server(
     configured: Vec<ServerConfig>,
     master_id: String,
     master_addr: String,
-    rpc_tls: Option<crate::config::RpcTlsFiles>,
+    master_cfg: crate::config::MasterConfig,
 ) -> Result<(), StartError> {
+    let rpc_tls = master_cfg.rpc_tls;
+    let nats = master_cfg.cluster;
     let id = me.id.clone();
     let (mhost, mport) =
         split_addr(&master_addr).ok_or_else(|| StartError::MasterAddr(master_addr.clone()))?;
@@ -329,6 +332,20 @@ pub(crate) async fn run_server(
         server: id.clone(),
         source,
     })?;
+    // In a cluster on NATS: this process's own backend handle (registry, placements, uids).
+    let backend: Option<Arc<dyn ClusterBackend>> = match &nats {
+        Some(cfg) => Some(Arc::new(
+            crate::cluster::NatsBackend::connect(cfg, &id)
+                .await
+                .map_err(|e| setup_err(format!("cluster backend: {e}")))?,
+        )),
+        None => None,
+    };
+    let policy = match app.duplicate_login {
+        crate::app::DuplicateLogin::KickOld => Some(ClaimPolicy::KickOld),
+        crate::app::DuplicateLogin::RefuseNew => Some(ClaimPolicy::RefuseNew),
+        crate::app::DuplicateLogin::Allow => None,
+    };
     let ctx = ServerContext::new(
         actual.clone(),
         configured,
@@ -336,13 +353,18 @@ pub(crate) async fn run_server(
         rpc.clone(),
         master_id.clone(),
         BodyCodec::new(dictionary.clone(), app.protos.clone()),
+        backend
+            .clone()
+            .map(|backend| crate::context::OnNats { backend, policy }),
     );
     // What handlers extract: the app's state and this server's context.
     let state = app.server_state(&ctx);
     let mut rejoins = Vec::new();
     for (t, d) in &app.types {
         if d.placed {
-            let router = ctx.placements().router(t, &rpc, &master_id);
+            let router = ctx
+                .placements()
+                .router(t, &rpc, &master_id, backend.clone());
             rpc.set_router(t.clone(), Arc::new(router));
             if let (Some(key), Some(hook)) = (&d.route_key, &d.rejoin) {
                 rejoins.push(RejoinSpec {
@@ -455,6 +477,13 @@ pub(crate) async fn run_server(
         registry
             .add(session_remote(&ctx, &frontend))
             .map_err(reg_err)?;
+        if backend.is_some() {
+            registry
+                .add(crate::moves::cluster_moves::Server::new(
+                    crate::moves::MovesRemote { ctx: ctx.clone() },
+                ))
+                .map_err(reg_err)?;
+        }
         // A uid's claim at the master ends with its session, and with an unbind.
         let hook_ctx = ctx.clone();
         frontend.sessions().on_closed(move |s, _reason| {
@@ -507,8 +536,11 @@ pub(crate) async fn run_server(
             }
         }
     };
+    let master_version = snap.version;
     ctx.apply_snapshot(snap);
-    if let Some(frontend) = ctx.frontend() {
+    if let Some(frontend) = ctx.frontend()
+        && backend.is_none()
+    {
         // The master's claims under this id become exactly what its sessions hold: none
         // left from an earlier process of this id.
         let claims = frontend
@@ -526,6 +558,20 @@ pub(crate) async fn run_server(
         }
     }
     tracing::debug!(server = %id, rpc = ?actual.port, client = ?actual.client_port, "server registered with the master");
+    let bg = CancellationToken::new();
+    if let Some(backend) = &backend {
+        // The registry's watch first, so that no change between the read and the watch is
+        // missed; then this server's own record, then the view as it is now.
+        let watch = backend.watch();
+        backend
+            .register(ctx.record())
+            .await
+            .map_err(|e| setup_err(format!("cluster registry: {e}")))?;
+        let known = backend.servers();
+        ctx.apply_records(0, &known);
+        tokio::spawn(registry_loop(ctx.clone(), watch, known, bg.clone()));
+        tracing::debug!(server = %id, "server registered in the cluster registry");
+    }
     for c in &app.components {
         if let Err(e) = c.run(Hook::AfterStart, &ctx).await {
             tracing::error!(server = %id, component = c.name(), cause = %e, "component's after_start failed: stopping");
@@ -534,8 +580,7 @@ pub(crate) async fn run_server(
     }
 
     let stop = ctx.stop_token().clone();
-    let bg = CancellationToken::new();
-    tokio::spawn(watch_loop(ctx.clone(), bg.clone()));
+    tokio::spawn(watch_loop(ctx.clone(), master_version, bg.clone()));
     tokio::spawn(stats_loop(ctx.clone(), bg.clone()));
     tokio::spawn(stdin_watch(ctx.clone()));
 
@@ -545,6 +590,12 @@ pub(crate) async fn run_server(
     }
     tracing::debug!(server = %id, "stopping");
     bg.cancel();
+    if let Some(backend) = &backend {
+        // Peers stop routing here at once (a record left to expire would take the TTL).
+        if let Err(e) = backend.deregister(&id).await {
+            tracing::debug!(cause = %e, "not deregistered from the cluster registry (its record expires)");
+        }
+    }
     for c in &app.components {
         if let Err(e) = c.run(Hook::BeforeStop, &ctx).await {
             tracing::warn!(server = %id, component = c.name(), cause = %e, "component's before_stop failed");
@@ -642,10 +693,55 @@ pub(crate) async fn terminated() {
     }
 }
 
-/// Follows the master's cluster view with a long poll.
-async fn watch_loop(ctx: ServerContext, stop: CancellationToken) {
+/// In a cluster on NATS: follows the registry. Every change re-reads the live servers (so a
+/// lagged watcher misses nothing) and installs them as the cluster view; a server gone from
+/// it (by id and run) is handled as lost ([`ServerContext::server_lost`]).
+async fn registry_loop(
+    ctx: ServerContext,
+    mut watch: crate::cluster::ServerWatch,
+    mut known: Vec<ServerRecord>,
+    stop: CancellationToken,
+) {
+    let Some(backend) = ctx.backend().cloned() else {
+        return;
+    };
+    let mut version = 0u64;
+    loop {
+        let ev = tokio::select! {
+            () = stop.cancelled() => return,
+            ev = watch.next() => ev,
+        };
+        if ev.is_none() {
+            return;
+        }
+        let now = backend.servers();
+        version += 1;
+        ctx.apply_records(version, &now);
+        let gone: Vec<&ServerRecord> = known
+            .iter()
+            .filter(|k| {
+                !now.iter()
+                    .any(|n| n.id == k.id && n.start_time == k.start_time)
+            })
+            .filter(|k| k.id != ctx.server_id())
+            .collect();
+        // Servers lost together (a host) are not asked about each other's loss.
+        let gone_ids: Arc<Vec<String>> = Arc::new(gone.iter().map(|g| g.id.clone()).collect());
+        for g in gone {
+            tracing::info!(server = %g.id, "server left the cluster registry");
+            tokio::spawn(
+                ctx.clone()
+                    .server_lost(g.id.clone(), g.start_time, gone_ids.clone()),
+            );
+        }
+        known = now;
+    }
+}
+
+/// Follows the master's cluster view with a long poll (in a cluster on NATS, only so that the
+/// master knows this server is up: the view itself comes from the registry).
+async fn watch_loop(ctx: ServerContext, mut version: u64, stop: CancellationToken) {
     let master = master_remote::Client::new(ctx.rpc());
-    let mut version = ctx.snapshot().version;
     loop {
         let args = WatchArgs {
             version,
@@ -683,6 +779,11 @@ async fn stats_loop(ctx: ServerContext, stop: CancellationToken) {
             _ = tick.tick() => {}
         }
         let connections = ctx.frontend().map_or(0, |f| f.sessions().count() as u64);
+        if let Some(backend) = ctx.backend()
+            && let Err(e) = backend.set_connections(ctx.server_id(), connections)
+        {
+            tracing::debug!(cause = %e, "connection count not set in the registry");
+        }
         let report = StatsReport {
             server_id: ctx.server_id().to_owned(),
             connections,
