@@ -42,8 +42,13 @@ use super::{BoxFuture, ClusterError, ClusterStats, MIN_TTL, PUSH_SUBSCRIPTION_CA
 
 /// How long the delete markers of expired records stay in the registry bucket.
 const MARKER_TTL: Duration = Duration::from_secs(60);
-/// Client ping interval: a dead NATS node is noticed after two missed pings.
-const PING_INTERVAL: Duration = Duration::from_secs(1);
+/// Client ping interval. async-nats drops a connection when a third ping goes out with two
+/// still unanswered, so a dead link is noticed 2-3 intervals after it died: 0.8-1.2 s here.
+/// With 1 s it took up to 3 s, and with the last refresh up to a period (1 s) before the cut,
+/// a server on the cut node went unrefreshed for longer than the 3 s TTL before its backend
+/// was on another node: its watchers judged a live server lost (seen in
+/// `nats_cut_link_is_noticed_by_pings`).
+const PING_INTERVAL: Duration = Duration::from_millis(400);
 /// Timeout of one JetStream request.
 const JS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Used until the push connection has told its server's max payload.
