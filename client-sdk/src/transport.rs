@@ -60,6 +60,10 @@ pub(crate) enum ReadError {
 /// Bytes the TCP read buffer grows by when it runs low. Package bodies share the buffer, so
 /// a block stays allocated until the last push read from it is dropped.
 const READ_CHUNK: usize = 16 * 1024;
+/// tungstenite's read buffer: it zero-fills the free part of it before every read, so its
+/// size is paid per read (at 16 KiB that memset was ~2/3 of the generator's instructions on
+/// WebSocket); a larger frame grows it for as long as it needs.
+const WS_READ_BUFFER: usize = 4 * 1024;
 /// Grow the read buffer before a read when less than this is free (no tiny reads).
 const MIN_READ: usize = 4 * 1024;
 
@@ -100,9 +104,9 @@ impl Conn {
                 let url = format!("{scheme}://{authority}{}", config.ws_path);
                 // read_buffer_size: tungstenite zero-fills the free part of its read buffer
                 // (default 128 KiB) before every read; at the default that memset was ~46% of
-                // the load generator's CPU on WebSocket.
+                // the load generator's CPU on WebSocket (see WS_READ_BUFFER).
                 let ws_config = WebSocketConfig::default()
-                    .read_buffer_size(READ_CHUNK)
+                    .read_buffer_size(WS_READ_BUFFER)
                     .max_message_size(Some(config.max_message_size))
                     .max_frame_size(Some(config.max_message_size));
                 let (ws, _response) =
