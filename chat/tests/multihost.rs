@@ -83,7 +83,13 @@ fn launch(hosts: &Hosts, i: usize, dir: &std::path::Path, secret: &str) -> Value
 }
 
 fn client_config() -> ClientConfig {
-    ClientConfig::default().with_request_timeout(STEP)
+    let mut c = ClientConfig::default().with_request_timeout(STEP);
+    // Listeners are read only when the load ends, and the SDK drops pushes past this many
+    // unread ones (by design: a bounded queue). A slow heal on a loaded machine let a room
+    // run past the default 256 messages, and its listener "missed" the rest. The load sends
+    // at most 2,000 per room.
+    c.push_capacity = 4096;
+    c
 }
 
 struct User {
@@ -210,6 +216,28 @@ async fn heard(u: &mut User, want: usize) -> Vec<String> {
                     .unwrap_or("")
                     .to_owned(),
             ),
+            _ => break,
+        }
+    }
+    got
+}
+
+/// What `u` hears until every message of `want` has come (or nothing more comes for a step):
+/// extras, such as a message pushed just before its server died and never acknowledged, do
+/// not end the wait early.
+async fn heard_all(u: &mut User, want: &[String]) -> Vec<String> {
+    let mut left: std::collections::HashSet<&String> = want.iter().collect();
+    let mut got = Vec::new();
+    while !left.is_empty() {
+        match timeout(STEP, u.chat.recv()).await {
+            Ok(Some(p)) => {
+                let msg = p.value().expect("body")["msg"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned();
+                left.remove(&msg);
+                got.push(msg);
+            }
             _ => break,
         }
     }
@@ -474,13 +502,18 @@ impl Setup {
                     continue;
                 }
                 assert!(!l.dropped.load(Ordering::SeqCst), "{} disconnected", l.name);
-                let got = heard(l, acked.len()).await;
+                let got = heard_all(l, &acked).await;
                 let missing: Vec<&String> = acked.iter().filter(|m| !got.contains(m)).collect();
+                let mut seen = std::collections::HashSet::new();
+                let repeated: Vec<&String> = got.iter().filter(|m| !seen.insert(*m)).collect();
                 assert!(
                     missing.is_empty(),
-                    "{} ({}) missed acknowledged messages: {missing:?}",
+                    "{} ({}) missed acknowledged messages: {missing:?} (heard {} messages, \
+                     {} acknowledged; repeated: {repeated:?})",
                     l.name,
-                    r.name
+                    r.name,
+                    got.len(),
+                    acked.len()
                 );
             }
             eprintln!(

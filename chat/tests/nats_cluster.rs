@@ -138,7 +138,10 @@ struct User {
 }
 
 async fn enter(addr: &str, name: &str, room: &str) -> (User, Value) {
-    let cfg = ClientConfig::default().with_request_timeout(STEP);
+    let mut cfg = ClientConfig::default().with_request_timeout(STEP);
+    // The listener is read when the load ends; the SDK drops pushes past this many unread
+    // ones (a bounded queue, by design), and the default 256 is within reach of a slow heal.
+    cfg.push_capacity = 4096;
     let (client, _events) = timeout(STEP, Client::connect(addr, Transport::Tcp, cfg))
         .await
         .expect("connect in time")

@@ -39,7 +39,11 @@ struct User {
 }
 
 fn config() -> ClientConfig {
-    ClientConfig::default().with_request_timeout(STEP)
+    let mut c = ClientConfig::default().with_request_timeout(STEP);
+    // Listeners are read when the load ends; the SDK drops pushes past this many unread
+    // ones (a bounded queue, by design), and the default 256 is within reach of a slow heal.
+    c.push_capacity = 4096;
+    c
 }
 
 /// Through the gate into `room`; returns the user and the names the room answered.
