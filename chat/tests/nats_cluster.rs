@@ -84,6 +84,39 @@ impl Launcher {
         l
     }
 
+    /// Waits (bounded) for the launcher to end on its own and returns how it ended.
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let c = self.child.as_mut().expect("the launcher's process");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = c.try_wait().expect("wait for the launcher") {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the launcher did not end within {within:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Every pid it started: its servers' and its master's.
+    fn pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.info["pids"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_u64)
+                    .map(|p| p as u32)
+                    .collect()
+            })
+            .unwrap_or_default();
+        pids.extend(self.info["master_pid"].as_u64().map(|p| p as u32));
+        pids
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -216,14 +249,9 @@ async fn two_launchers_on_nats_a_killed_and_restarted_chat_server_s_room_comes_b
     killed_chat_server(true).await;
 }
 
-/// One test at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-async fn killed_chat_server(restart: bool) {
-    let hosts = Hosts::create(3).expect("3 hosts for the NATS nodes (needs root and iproute2)");
-    let nats = NatsCluster::start(&hosts, &[0, 1, 2]).expect("3-node JetStream cluster");
-    let app = format!("chattest{}", std::process::id());
-    let dir = tmp_dir();
+/// servers.json, master.json and page.json of the two hosts: a (gate, connector-server-1,
+/// chat-server-1) and b (connector-server-2, chat-server-2), all on 127.0.0.1.
+fn write_config(dir: &std::path::Path, nats: &NatsCluster, app: &str, restart: bool) {
     let server = |id: &str, host: &str, frontend: bool| {
         let mut v = json!({"id": id, "host": "127.0.0.1", "hostId": host, "port": 0});
         if frontend {
@@ -248,6 +276,17 @@ async fn killed_chat_server(restart: bool) {
         json!({"development": {"host": "127.0.0.1", "port": 0}}).to_string(),
     )
     .unwrap();
+}
+
+/// One test at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn killed_chat_server(restart: bool) {
+    let hosts = Hosts::create(3).expect("3 hosts for the NATS nodes (needs root and iproute2)");
+    let nats = NatsCluster::start(&hosts, &[0, 1, 2]).expect("3-node JetStream cluster");
+    let app = format!("chattest{}", std::process::id());
+    let dir = tmp_dir();
+    write_config(&dir, &nats, &app, restart);
     let secret = shaddock_rpc::ClusterSecret::generate()
         .expect("secret")
         .to_hex();
@@ -392,6 +431,230 @@ async fn killed_chat_server(restart: bool) {
     drop(listener);
     drop(b);
     drop(a);
+    drop(nats);
+    drop(hosts);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `shaddock-chat --config DIR ARGS...` run to its end.
+fn admin_cmd(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_shaddock-chat"))
+        .arg("--config")
+        .arg(dir)
+        .args(args)
+        .env_remove("SHADDOCK_ENV")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run shaddock-chat");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Two launchers up (a and b) with every server in the registry.
+async fn two_hosts(
+    name: &str,
+) -> (
+    Hosts,
+    NatsCluster,
+    std::path::PathBuf,
+    NatsBackend,
+    Launcher,
+    Launcher,
+) {
+    let hosts = Hosts::create(3).expect("3 hosts for the NATS nodes (needs root and iproute2)");
+    let nats = NatsCluster::start(&hosts, &[0, 1, 2]).expect("3-node JetStream cluster");
+    let app = format!("{name}{}", std::process::id());
+    let dir = tmp_dir();
+    write_config(&dir, &nats, &app, true);
+    let secret = shaddock_rpc::ClusterSecret::generate()
+        .expect("secret")
+        .to_hex();
+    let a = Launcher::start(&dir, "a", &secret);
+    let b = Launcher::start(&dir, "b", &secret);
+    let view = NatsBackend::connect(&ClusterConfig::new(nats.urls(), &app), "test")
+        .await
+        .expect("the test's backend");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while view.servers().len() < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "not every server in the registry: {:?}",
+            view.servers()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (hosts, nats, dir, view, a, b)
+}
+
+/// `add` from host a of a chat server of host b starts it on b's launcher: it is in `list`
+/// and takes a new room; `add` for a host with no launcher is refused; `stop` from host a
+/// ends both launchers cleanly (exit 0, every process gone); a second `stop` names the hosts
+/// that no longer answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_from_one_host_runs_on_the_other_and_stop_from_one_host_ends_both() {
+    let _one = SERIAL.lock().await;
+    let (hosts, nats, dir, view, mut a, mut b) = two_hosts("admintest").await;
+
+    let (ok, out, err) = admin_cmd(
+        &dir,
+        &[
+            "--host-id",
+            "a",
+            "add",
+            "id=chat-server-3",
+            "serverType=chat",
+            "host=127.0.0.1",
+            "hostId=b",
+            "port=0",
+        ],
+    );
+    assert!(ok, "add: {out} {err}");
+    assert!(out.contains("host b: added chat-server-3"), "add: {out}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let added = loop {
+        if let Some(r) = view.servers().into_iter().find(|s| s.id == "chat-server-3") {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "chat-server-3 not in the registry: {:?}",
+            view.servers()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (ok, table, err) = admin_cmd(&dir, &["list"]);
+    assert!(ok && table.contains("chat-server-3"), "list: {table} {err}");
+    // b's master started it: its parent is b's master process.
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", added.pid)).expect("its stat");
+    let ppid: u32 = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .expect("its parent pid");
+    assert_eq!(
+        Some(u64::from(ppid)),
+        b.info["master_pid"].as_u64(),
+        "chat-server-3 runs under b's master"
+    );
+
+    // New rooms: one of them lands on chat-server-3 and is served there.
+    let mut users = Vec::new();
+    let mut on_new = None;
+    for i in 0..30 {
+        let room = format!("new-{i}");
+        let (user, _) = enter(&a.connector(), &format!("u{i}"), &room).await;
+        let on = view
+            .placement("chat", room.as_bytes())
+            .await
+            .expect("placement read")
+            .expect("the room is placed");
+        users.push(user);
+        if on == "chat-server-3" {
+            on_new = Some(users.len() - 1);
+            break;
+        }
+    }
+    let i = on_new.expect("a new room placed on chat-server-3 within 30 rooms");
+    let r = timeout(
+        STEP,
+        users[i]
+            .client
+            .request(SEND, &json!({"content": "hello 3", "target": "*"})),
+    )
+    .await
+    .expect("send in time")
+    .expect("send");
+    assert_eq!(r, json!({}), "send in the room on chat-server-3");
+    let p = timeout(STEP, users[i].chat.recv())
+        .await
+        .expect("the message in time")
+        .expect("the message");
+    assert_eq!(p.value().expect("body")["msg"], "hello 3");
+
+    // No launcher of host c: refused, naming it.
+    let (ok, out, err) = admin_cmd(
+        &dir,
+        &[
+            "add",
+            "id=chat-server-9",
+            "serverType=chat",
+            "host=127.0.0.1",
+            "hostId=c",
+        ],
+    );
+    assert!(!ok, "add on a host with no launcher: {out}");
+    assert!(err.contains("no launcher of host `c` is up"), "{err}");
+    drop(users);
+
+    let mut pids = a.pids();
+    pids.extend(b.pids());
+    pids.push(added.pid);
+    let (ok, out, err) = admin_cmd(&dir, &["--host-id", "a", "stop"]);
+    assert!(ok, "stop: {out} {err}");
+    for line in [
+        "host a: stopping",
+        "host b: stopping",
+        "host a: ",
+        "host b: ",
+        "cluster stopped",
+    ] {
+        assert!(out.contains(line), "stop prints {line:?}: {out}");
+    }
+    assert!(out.contains("host b: 3 servers stopped"), "{out}");
+    let sa = a.wait_exit(Duration::from_secs(60));
+    let sb = b.wait_exit(Duration::from_secs(60));
+    assert!(
+        sa.success() && sb.success(),
+        "launchers ended with {sa} and {sb}"
+    );
+    for pid in &pids {
+        assert!(!alive(*pid), "pid {pid} is gone after stop");
+    }
+
+    // Nobody answers any more: the command fails naming both hosts.
+    let (ok, out, err) = admin_cmd(&dir, &["stop"]);
+    assert!(!ok, "stop with no launcher up: {out}");
+    assert!(err.contains("host(s) a, b"), "{err}");
+
+    drop(b);
+    drop(a);
+    drop(view);
+    drop(nats);
+    drop(hosts);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `kill` from one host kills every process of both launchers, which then end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_from_one_host_ends_both_launchers() {
+    let _one = SERIAL.lock().await;
+    let (hosts, nats, dir, view, mut a, mut b) = two_hosts("killtest").await;
+    let mut pids = a.pids();
+    pids.extend(b.pids());
+    let (ok, out, err) = admin_cmd(&dir, &["--host-id", "b", "kill"]);
+    assert!(ok, "kill: {out} {err}");
+    for line in [
+        "host a: killing 3 servers",
+        "host b: killing 2 servers",
+        "cluster killed",
+    ] {
+        assert!(out.contains(line), "kill prints {line:?}: {out}");
+    }
+    let sa = a.wait_exit(Duration::from_secs(60));
+    let sb = b.wait_exit(Duration::from_secs(60));
+    assert!(
+        sa.success() && sb.success(),
+        "launchers ended with {sa} and {sb}"
+    );
+    for pid in &pids {
+        assert!(!alive(*pid), "pid {pid} is gone after kill");
+    }
+    drop(b);
+    drop(a);
+    drop(view);
     drop(nats);
     drop(hosts);
     let _ = std::fs::remove_dir_all(&dir);

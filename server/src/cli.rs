@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use shaddock_rpc::{RpcError, Target};
 
 use crate::app::App;
+use crate::cluster::admin::{AdminReply, AdminRequest, all_subject, host_subject};
 use crate::config::{ClusterConfig, choose_env};
 use crate::proto::{AddArgs, KeyValue, ListReply, master_remote};
 
@@ -191,10 +192,11 @@ async fn dispatch(app: App, cli: Cli) -> Result<(), String> {
                 cli.config.clone(),
                 app.duplicate_login,
                 exit_with_parent,
+                cli.host_id.clone(),
             )
             .await
         }
-        Some(Cmd::List { json }) if load(&cli).is_ok_and(|c| c.master.cluster.is_some()) => {
+        Some(Cmd::List { json }) if nats_mode(&cli) => {
             let list = list_registry(&cli).await?;
             if json {
                 println!("{}", list_json(&list));
@@ -216,6 +218,9 @@ async fn dispatch(app: App, cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
+        Some(Cmd::Stop) if nats_mode(&cli) => stop_cluster_on_nats(&cli, AdminRequest::Stop).await,
+        Some(Cmd::Kill) if nats_mode(&cli) => stop_cluster_on_nats(&cli, AdminRequest::Kill).await,
+        Some(Cmd::Add { ref pairs }) if nats_mode(&cli) => add_on_nats(&cli, pairs).await,
         Some(Cmd::Stop) => {
             let stub = admin(&cli).await?;
             // The master leaves after this on purpose: not a connection to reconnect.
@@ -337,6 +342,175 @@ fn is_local_address(host: &str) -> bool {
         .to_socket_addrs()
         .map(|mut addrs| addrs.any(|a| std::net::UdpSocket::bind(a).is_ok()))
         .unwrap_or(false)
+}
+
+/// Whether master.json has a `cluster` section: the admin verbs then go through NATS.
+fn nats_mode(cli: &Cli) -> bool {
+    load(cli).is_ok_and(|c| c.master.cluster.is_some())
+}
+
+/// How long each host's launcher has to acknowledge `stop` / `kill`.
+const ADMIN_ACK_WAIT: Duration = Duration::from_secs(5);
+/// How long a host's launcher has to finish `stop` / `kill` once it acknowledged.
+const ADMIN_DONE_WAIT: Duration = Duration::from_secs(90);
+
+/// `stop` / `kill` in a cluster on NATS, from any host: asks every host's launcher on the
+/// cluster-wide subject, prints a line per host as it answers, waits until each that
+/// answered has ended, and fails naming every host of servers.json that did not answer.
+async fn stop_cluster_on_nats(cli: &Cli, req: AdminRequest) -> Result<(), String> {
+    use futures_util::StreamExt as _;
+    let c = load(cli)?;
+    let Some(nats) = &c.master.cluster else {
+        return Err("no `cluster` section in master.json".into());
+    };
+    let mut expected: Vec<String> = c.servers.iter().map(|s| s.host_id().to_owned()).collect();
+    expected.sort();
+    expected.dedup();
+    let client = crate::cluster::nats::admin_connection(nats, "admin-cli")
+        .await
+        .map_err(|e| e.to_string())?;
+    let inbox = client.new_inbox();
+    let mut replies = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| format!("NATS: subscribe to {inbox}: {e}"))?;
+    let body = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
+    client
+        .publish_with_reply(all_subject(&nats.app), inbox, body.into())
+        .await
+        .map_err(|e| format!("NATS: {e}"))?;
+    client.flush().await.map_err(|e| format!("NATS: {e}"))?;
+    let verb = if matches!(req, AdminRequest::Stop) {
+        "stop"
+    } else {
+        "kill"
+    };
+    // Host (as its launcher names itself) -> whether it is done.
+    let mut answered: std::collections::BTreeMap<String, bool> = Default::default();
+    let covers = |answered: &std::collections::BTreeMap<String, bool>, h: &str| {
+        answered.keys().any(|k| k.split(',').any(|x| x == h))
+    };
+    let ack_deadline = tokio::time::Instant::now() + ADMIN_ACK_WAIT;
+    let done_deadline = ack_deadline + ADMIN_DONE_WAIT;
+    loop {
+        let all_acked = expected.iter().all(|h| covers(&answered, h));
+        let all_done = answered.values().all(|&d| d);
+        if all_acked && all_done && !answered.is_empty() {
+            break;
+        }
+        // Waiting for acknowledgements until ADMIN_ACK_WAIT; after that only for the
+        // hosts that acknowledged to finish.
+        let deadline = if all_acked || tokio::time::Instant::now() >= ack_deadline {
+            if all_done {
+                break;
+            }
+            done_deadline
+        } else {
+            ack_deadline
+        };
+        let msg = match tokio::time::timeout_at(deadline, replies.next()).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Err("NATS: the reply subscription ended".into()),
+            Err(_) if deadline == ack_deadline => continue,
+            Err(_) => break,
+        };
+        let r: AdminReply = match serde_json::from_slice(&msg.payload) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(cause = %e, "an admin reply that is not one");
+                continue;
+            }
+        };
+        println!("host {}: {}", r.host, r.message);
+        if !r.ok {
+            answered.insert(r.host, true);
+            continue;
+        }
+        answered.insert(r.host, r.done);
+    }
+    let silent: Vec<&str> = expected
+        .iter()
+        .filter(|h| !covers(&answered, h))
+        .map(String::as_str)
+        .collect();
+    let unfinished: Vec<&str> = answered
+        .iter()
+        .filter(|(_, d)| !**d)
+        .map(|(h, _)| h.as_str())
+        .collect();
+    let mut problems = Vec::new();
+    if !silent.is_empty() {
+        problems.push(format!(
+            "no launcher answered `{verb}` within {ADMIN_ACK_WAIT:?} for host(s) {} (not \
+             running, or not on this NATS)",
+            silent.join(", ")
+        ));
+    }
+    if !unfinished.is_empty() {
+        problems.push(format!(
+            "host(s) {} did not finish `{verb}` within {ADMIN_DONE_WAIT:?}",
+            unfinished.join(", ")
+        ));
+    }
+    if problems.is_empty() {
+        println!(
+            "cluster {}",
+            if verb == "stop" { "stopped" } else { "killed" }
+        );
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// `add` in a cluster on NATS, from any host: the launcher of the new server's host
+/// (`hostId=`, else `host=`) adds it; refused when none is up.
+async fn add_on_nats(cli: &Cli, pairs: &[String]) -> Result<(), String> {
+    let c = load(cli)?;
+    let Some(nats) = &c.master.cluster else {
+        return Err("no `cluster` section in master.json".into());
+    };
+    let mut kv = Vec::new();
+    for p in pairs {
+        let (k, v) = p
+            .split_once('=')
+            .ok_or_else(|| format!("`{p}` is not key=value"))?;
+        kv.push((k.to_owned(), v.to_owned()));
+    }
+    let find = |key: &str| kv.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    let host = find("hostId")
+        .filter(|h| !h.is_empty())
+        .or_else(|| find("host"))
+        .ok_or("in a cluster on NATS `add` needs the server's host: hostId=ID or host=ADDR")?;
+    let client = crate::cluster::nats::admin_connection(nats, "admin-cli")
+        .await
+        .map_err(|e| e.to_string())?;
+    let body = serde_json::to_vec(&AdminRequest::Add { pairs: kv }).map_err(|e| e.to_string())?;
+    let subject = host_subject(&nats.app, &host);
+    let msg = match tokio::time::timeout(ADMIN_ACK_WAIT, client.request(subject, body.into())).await
+    {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
+            return Err(format!(
+                "no launcher of host `{host}` is up (none listens on NATS): start one there \
+                 with --host-id {host}"
+            ));
+        }
+        Ok(Err(e)) => return Err(format!("add on host `{host}`: {e}")),
+        Err(_) => {
+            return Err(format!(
+                "no launcher of host `{host}` answered within {ADMIN_ACK_WAIT:?}"
+            ));
+        }
+    };
+    let r: AdminReply = serde_json::from_slice(&msg.payload)
+        .map_err(|e| format!("host `{host}` answered something else: {e}"))?;
+    if r.ok {
+        println!("host {}: {}", r.host, r.message);
+        Ok(())
+    } else {
+        Err(format!("host {}: {}", r.host, r.message))
+    }
 }
 
 /// `list` in a cluster on NATS: every live server of the registry, from any host.

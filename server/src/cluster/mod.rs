@@ -68,6 +68,7 @@
 //! - `core`: the rules above over the store trait.
 //! - [`embedded`], [`nats`]: the two stores and their handles.
 
+pub mod admin;
 pub mod config;
 mod core;
 pub mod embedded;

@@ -543,3 +543,12 @@ impl Store for NatsStore {
         }
     }
 }
+
+/// A plain NATS connection with the config's credentials, TLS and pings, for the admin verbs
+/// (request / reply on the app's admin subjects, [`super::admin`]).
+pub(crate) async fn admin_connection(
+    config: &ClusterConfig,
+    name: &str,
+) -> Result<Client, ClusterError> {
+    connect_one(config, name, &Arc::new(Counters::default())).await
+}

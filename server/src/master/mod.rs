@@ -29,6 +29,7 @@ use crate::proto::{
 };
 use shaddock_core::sys::{KickArgs, session_remote};
 
+mod nats_admin;
 mod output;
 mod remote;
 mod state;
@@ -78,6 +79,7 @@ pub(crate) async fn run_master(
     config_dir: PathBuf,
     policy: DuplicateLogin,
     exit_with_parent: bool,
+    host_id: Option<String>,
 ) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
     let listener =
@@ -198,6 +200,23 @@ pub(crate) async fn run_master(
         .map_err(|e| e.to_string())?;
     let rpc_token = CancellationToken::new();
     let server = tokio::spawn(RpcServer::new(registry, rpc_cfg).serve(listener, rpc_token.clone()));
+    // A cluster on NATS: `stop`, `kill` and `add` from any host reach this master there.
+    let admin_task = match &cluster.master.cluster {
+        Some(nats) => {
+            let mut hosts: Vec<String> = match host_id {
+                Some(h) => vec![h],
+                None => cluster
+                    .servers
+                    .iter()
+                    .map(|s| s.host_id().to_owned())
+                    .collect(),
+            };
+            hosts.sort();
+            hosts.dedup();
+            Some(nats_admin::serve(master.clone(), nats, hosts).await?)
+        }
+        None => None,
+    };
     say(&format!("{LISTENING_LINE} {addr}"));
     tracing::info!(master = %cluster.master.id, %addr, env = %cluster.env, servers = cluster.servers.len(), "master listening");
     if cluster.servers.is_empty() && !master.ready.swap(true, Ordering::SeqCst) {
@@ -227,6 +246,10 @@ pub(crate) async fn run_master(
     // A stop already under way (`stop`, `kill`, a failed start) finishes first: leaving now
     // would kill the servers it is stopping gracefully.
     master.exit.cancelled().await;
+    // A `stop` or `kill` from NATS gets its last answer (`done`) before we go.
+    if let Some(t) = admin_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
     // Let the CLI's last call get its reply before the port closes.
     rpc_token.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
