@@ -165,6 +165,22 @@ async fn place_again(
     }
 }
 
+/// This frontend's open `sessions` grouped by the route key `spec` gives them.
+fn sessions_by_key(
+    spec: &RejoinSpec,
+    sessions: &[Session],
+) -> std::collections::HashMap<String, Vec<Session>> {
+    let mut by_key: std::collections::HashMap<String, Vec<Session>> =
+        std::collections::HashMap::new();
+    for s in sessions.iter().filter(|s| !s.is_closed()) {
+        by_key
+            .entry((spec.key)(&SessionInfo::of(s)))
+            .or_default()
+            .push(s.clone());
+    }
+    by_key
+}
+
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -607,14 +623,7 @@ impl ServerContext {
         }
         let sessions = frontend.sessions().all();
         for spec in specs {
-            let mut by_key: std::collections::HashMap<String, Vec<Session>> =
-                std::collections::HashMap::new();
-            for s in sessions.iter().filter(|s| !s.is_closed()) {
-                by_key
-                    .entry((spec.key)(&SessionInfo::of(s)))
-                    .or_default()
-                    .push(s.clone());
-            }
+            let mut by_key = sessions_by_key(spec, &sessions);
             for (server_type, key, server_id) in now_on {
                 if *server_type != spec.server_type {
                     continue;
@@ -708,14 +717,7 @@ impl ServerContext {
         };
         let sessions = frontend.sessions().all();
         for spec in specs {
-            let mut by_key: std::collections::HashMap<String, Vec<Session>> =
-                std::collections::HashMap::new();
-            for s in sessions.iter().filter(|s| !s.is_closed()) {
-                by_key
-                    .entry((spec.key)(&SessionInfo::of(s)))
-                    .or_default()
-                    .push(s.clone());
-            }
+            let mut by_key = sessions_by_key(spec, &sessions);
             // Where each of those keys lives now: from the moves (the last move of a key
             // wins), or, when the master no longer has all of them, asked key by key.
             let mut now: Vec<(String, String)> = Vec::new();

@@ -196,6 +196,29 @@ struct Cache {
     held: RwLock<std::collections::HashSet<Vec<u8>>>,
 }
 
+impl Cache {
+    /// Caches `key` on `id`, forgetting every cached key first when the cache is full (the
+    /// placement table still knows them).
+    fn insert(&self, key: Vec<u8>, id: ServerId) {
+        let mut keys = self
+            .keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if keys.len() >= CACHE_MAX {
+            keys.clear();
+        }
+        keys.insert(key, id);
+    }
+
+    /// Whether `key` is held while a move is in progress (not routed, from the cache either).
+    fn is_held(&self, key: &[u8]) -> bool {
+        self.held
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(key)
+    }
+}
+
 /// Every placed type's cache on this server, and the generation they belong to.
 #[derive(Debug, Default)]
 pub(crate) struct Placements {
@@ -243,15 +266,7 @@ impl Placements {
             .get(server_type)
             .cloned();
         if let Some(cache) = cache {
-            let mut keys = cache
-                .keys
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if keys.len() >= CACHE_MAX {
-                keys.clear();
-            }
-            keys.insert(key.to_vec(), ServerId::from(server_id.to_owned()));
-            drop(keys);
+            cache.insert(key.to_vec(), ServerId::from(server_id.to_owned()));
             if self.moving.load(Ordering::SeqCst) > 0 {
                 cache
                     .held
@@ -361,13 +376,7 @@ impl std::fmt::Debug for PlacementRouter {
 
 impl Router for PlacementRouter {
     fn route(&self, key: &[u8], _servers: &[ServerInfo]) -> Option<ServerId> {
-        if self
-            .cache
-            .held
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains(key)
-        {
+        if self.cache.is_held(key) {
             return None;
         }
         self.cache
@@ -386,13 +395,7 @@ impl Router for PlacementRouter {
         };
         let cache = self.cache.clone();
         if let Some(backend) = self.backend.clone() {
-            let moving = self.moving.load(Ordering::SeqCst) > 0
-                || self
-                    .cache
-                    .held
-                    .read()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .contains(key);
+            let moving = self.moving.load(Ordering::SeqCst) > 0 || self.cache.is_held(key);
             return Some(Box::pin(async move {
                 let no_server = || RpcError::NoServer {
                     server_type: args.server_type.clone(),
@@ -408,14 +411,7 @@ impl Router for PlacementRouter {
                         return Err(no_server());
                     }
                 };
-                let mut keys = cache
-                    .keys
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if keys.len() >= CACHE_MAX {
-                    keys.clear();
-                }
-                keys.insert(args.key.clone(), id.clone());
+                cache.insert(args.key.clone(), id.clone());
                 Ok(id)
             }));
         }
@@ -436,14 +432,7 @@ impl Router for PlacementRouter {
             // An answer older than the placements this server knows may be stale: use it for
             // this call only.
             if reply.generation >= generation.load(Ordering::SeqCst) {
-                let mut keys = cache
-                    .keys
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                if keys.len() >= CACHE_MAX {
-                    keys.clear();
-                }
-                keys.insert(key, id.clone());
+                cache.insert(key, id.clone());
             }
             Ok(id)
         }))
