@@ -28,10 +28,12 @@ fn example_binary() -> String {
         }
     }
     let out = cargo
+        // `--workspace`, not `-p shaddock-client`: the dependencies' features are then unified
+        // as in `cargo test --workspace`, which has built this example already, so the build is
+        // a no-op. With `-p` it built some twenty crates again (a minute, 200 MB of target/).
         .args([
             "build",
-            "-p",
-            "shaddock-client",
+            "--workspace",
             "--example",
             "chat",
             "--message-format=json",
@@ -44,7 +46,13 @@ fn example_binary() -> String {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "chat")
+        .filter(|v| {
+            v["reason"] == "compiler-artifact"
+                && v["target"]["name"] == "chat"
+                && v["manifest_path"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with("client-sdk/Cargo.toml"))
+        })
         .find_map(|v| v["executable"].as_str().map(str::to_owned))
         .expect("the example's executable in cargo's output")
 }
