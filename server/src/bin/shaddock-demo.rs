@@ -7,7 +7,8 @@
 //! - `chat.chatHandler.join` adds the user to channel `rid`; `send {msg}` pushes `onChat` to
 //!   the channel; `whoami` answers which chat server ran it; `slow {ms}` pushes `onSlow`, then answers after `ms`.
 //!
-//! - `broadcast {..}` pushes `onBroadcast` to every session of every connector;
+//! - `broadcast {..}` pushes `onBroadcast` to every session of every connector (answers
+//!   `rpcs`, `sent`, and `published`: 1 in a cluster on NATS, where it is one NATS message);
 //!   `kickUser {uid}` kicks a uid wherever it is; a body with `"forbidden": true` is refused
 //!   by a backend filter; a `Lifecycle` component records start/after_start/before_stop/stop per server
 //!   in `$SHADDOCK_DEMO_LIFECYCLE_DIR`; `SHADDOCK_DEMO_DUPLICATE=refuse` refuses duplicate
@@ -138,7 +139,12 @@ fn main() -> ExitCode {
                     .broadcast("connector", "onBroadcast", &b)
                     .await
                     .map_err(err)?;
-                Ok::<_, HandlerError>(json!({"code": 200, "rpcs": sum.rpcs, "sent": sum.sent}))
+                Ok::<_, HandlerError>(json!({
+                    "code": 200,
+                    "rpcs": sum.rpcs,
+                    "sent": sum.sent,
+                    "published": sum.published,
+                }))
             },
         )
         .handler(

@@ -8,7 +8,8 @@
 //!   backstop that removes records nobody refreshes: an expired record becomes a delete marker
 //!   every watcher receives (nats-server ≥ 2.11: `allow_msg_ttl` +
 //!   `subject_delete_marker_ttl`; without them an expiry is silent).
-//! - **Subjects**: `shaddock.<app>.push.<frontend, base64url>` and `shaddock.<app>.broadcast`,
+//! - **Subjects**: `shaddock.<app>.push.<frontend, base64url>` and
+//!   `shaddock.<app>.broadcast.<frontend type, base64url>`,
 //!   core NATS (at most once: a push to a frontend that is gone is gone too).
 //! - **Two connections**: one for control (KV, watches), one for pushes, so that a burst of
 //!   pushes never delays a refresh or a claim, and a slow push reader never makes the server
