@@ -532,16 +532,20 @@ async fn list_registry(cli: &Cli) -> Result<ListReply, String> {
         eprintln!("warning: the cluster registry is degraded ({reason}): the list may be stale");
     }
     let rows = backend
-        .servers()
+        .servers_refreshed()
+        .await
         .into_iter()
-        .map(|r| crate::proto::ListRow {
+        .map(|(r, fresh)| crate::proto::ListRow {
             uptime_secs: now.saturating_sub(r.start_time) / 1000,
             metrics_url: r
                 .metrics_port
                 .map(|p| format!("http://{}:{p}/metrics", r.host))
                 .unwrap_or_default(),
-            // A server whose own backend was degraded at its last refresh says so.
-            state: if r.degraded.is_some() {
+            // Not refreshed within a TTL: lost (its record not yet expired). A server whose own
+            // backend was degraded at its last refresh says so.
+            state: if !fresh {
+                "lost".into()
+            } else if r.degraded.is_some() {
                 "degraded".into()
             } else {
                 "running".into()

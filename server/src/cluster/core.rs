@@ -349,6 +349,16 @@ impl<S: Store> Core<S> {
         &self.inner.store
     }
 
+    /// When this handle last saw `id`'s record written (loaded or refreshed).
+    pub(crate) fn last_seen(&self, id: &str) -> Option<Instant> {
+        lock(&self.inner.liveness).seen.get(id).map(|&(at, _)| at)
+    }
+
+    /// The record TTL.
+    pub(crate) fn ttl(&self) -> Duration {
+        self.inner.ttl
+    }
+
     pub(crate) async fn register(&self, record: ServerRecord) -> Result<(), ClusterError> {
         let key = server_key(&record.id)?;
         let value = to_json(&record);

@@ -143,6 +143,32 @@ impl NatsBackend {
         Ok(Self { core })
     }
 
+    /// The live servers, each with whether this handle has seen its record refreshed since it
+    /// loaded it: waits until every record is refreshed or one TTL has passed. A fresh handle
+    /// (a `list` tool) cannot tell a live record from one whose server died a moment ago
+    /// until the TTL has passed without a refresh (`false`: not refreshed within the TTL, the
+    /// server is most likely lost; its record expires within the bound).
+    pub async fn servers_refreshed(&self) -> Vec<(super::ServerRecord, bool)> {
+        use super::ClusterBackend as _;
+        let since = tokio::time::Instant::now();
+        let deadline = tokio::time::Instant::now() + self.core.ttl();
+        let fresh = |id: &str| self.core.last_seen(id).is_some_and(|at| at > since);
+        loop {
+            let all = self.servers();
+            let done = all.iter().all(|r| fresh(&r.id));
+            if done || tokio::time::Instant::now() >= deadline {
+                return all
+                    .into_iter()
+                    .map(|r| {
+                        let f = fresh(&r.id);
+                        (r, f)
+                    })
+                    .collect();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The `server_name` of the NATS node the control connection is on now.
     pub fn connected_server(&self) -> Option<String> {
         let c = &self.core.store().control;
