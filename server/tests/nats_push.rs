@@ -143,10 +143,10 @@ impl Launcher {
         let v: Value = serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("list --json is not JSON ({e}): {out:?}"));
         for s in v["servers"].as_array().into_iter().flatten() {
-            if let Some(pid) = s["pid"].as_u64().filter(|&p| p != 0) {
-                if !self.pids.contains(&(pid as u32)) {
-                    self.pids.push(pid as u32);
-                }
+            if let Some(pid) = s["pid"].as_u64().filter(|&p| p != 0)
+                && !self.pids.contains(&(pid as u32))
+            {
+                self.pids.push(pid as u32);
             }
         }
         v
