@@ -502,9 +502,10 @@ pub(crate) async fn run_server(
                     crate::moves::MovesRemote { ctx: ctx.clone() },
                 ))
                 .map_err(reg_err)?;
-            // App-wide broadcasts (and uid pushes) published on NATS for this frontend; read
-            // before this server is in the registry, so that no broadcast sent once it is
-            // routable is missed by this subscription.
+            // App-wide broadcasts (and uid pushes) published on NATS for this frontend,
+            // subscribed before this server is in the registry. NATS spreads the interest to
+            // its other nodes asynchronously: a broadcast published on another node in the
+            // first moments after this frontend appeared can still miss it (at most once).
             let pushes = backend
                 .subscribe_pushes(&id, &me.server_type)
                 .await
