@@ -334,6 +334,31 @@ async fn killed_chat_server(restart: bool) {
     ] {
         assert!(table.contains(id), "list shows {id}: {table}");
     }
+    // `list --json` from the registry carries what the embedded one does: RSS (refreshed
+    // with the record every second: wait for it), restarts, state, and the metrics URL
+    // (none here: no metricsPort in this servers.json).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, out, err) = admin_cmd(&dir, &["list", "--json"]);
+        assert!(ok, "list --json: {out} {err}");
+        let v: Value = serde_json::from_str(&out).expect("list --json is JSON");
+        let rows = v["servers"].as_array().expect("servers").clone();
+        assert_eq!(rows.len(), 5, "{v}");
+        for r in &rows {
+            assert_eq!(r["state"], "running", "{r}");
+            assert_eq!(r["restarts"], 0, "{r}");
+            assert!(r["metricsUrl"].is_null(), "{r}");
+            assert!(r["pid"].as_u64().is_some_and(|p| p > 0), "{r}");
+        }
+        if rows
+            .iter()
+            .all(|r| r["rssBytes"].as_u64().is_some_and(|b| b > 1 << 20))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "RSS of every server: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let room = "lobby";
     let (talker, _) = enter(&ca, "talker", room).await;
@@ -401,6 +426,32 @@ async fn killed_chat_server(restart: bool) {
         assert_ne!(now_on, on, "the room moved off the killed server");
     }
     assert!(!alive(victim.pid), "the killed process is gone");
+    // `list` on NATS: restarted, the server's row says so (its launcher passes the count);
+    // not restarted, it is gone or shown lost, never running.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, out, err) = admin_cmd(&dir, &["list", "--json"]);
+        assert!(ok, "list --json: {out} {err}");
+        let v: Value = serde_json::from_str(&out).expect("list --json is JSON");
+        let row = v["servers"]
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["id"] == victim.id))
+            .cloned();
+        let done = match (&row, restart) {
+            (Some(r), true) => r["restarts"] == 1 && r["state"] == "running",
+            (Some(r), false) => r["state"] == "lost",
+            (None, restart) => !restart,
+        };
+        if done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} after its kill (restart {restart}): {v}",
+            victim.id
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // The listener (other host, other connector) hears every acknowledged message.
     let mut got = Vec::new();

@@ -6,6 +6,11 @@
 //! the member uids there; the frontend queues the same buffer to each session. A broadcast to
 //! 10 000 members on 2 connectors is 2 RPCs.
 //!
+//! An app-wide [`ChannelService::broadcast`] (every session of every frontend of a type) is one
+//! `sessionRemote.broadcast` RPC per frontend on one machine; in a cluster on NATS it is **one**
+//! NATS message ([`ClusterBackend::broadcast`]) whatever the number of frontends, which each
+//! frontend reads from its push subscription and queues to its sessions as the RPC would.
+//!
 //! A channel exists from its first member's join to its last member's leave: the service
 //! removes it when it empties, so a backend's memory follows the channels in use, not every
 //! channel ever used. Joins and leaves hold the service's lock for the map lookup and the
@@ -18,7 +23,9 @@ use bytes::Bytes;
 use serde_json::Value;
 use shaddock_rpc::{RpcClient, RpcError, Target};
 
+use crate::cluster::{ClusterBackend, ClusterError};
 use crate::context::ClusterView;
+use crate::metrics::ClusterPushMetrics;
 use shaddock_core::sys::{PushArgs, session_remote};
 use shaddock_protocol::BodyCodec;
 
@@ -42,6 +49,17 @@ pub enum PushError {
         /// The error.
         source: RpcError,
     },
+    /// A cluster on NATS could not publish the broadcast (the package over the NATS max
+    /// payload: [`ClusterError::PushTooLarge`]; NATS unreachable). Nothing was sent.
+    #[error("broadcast on route `{route}` to frontends `{frontend_type}` not published: {source}")]
+    Cluster {
+        /// The route.
+        route: String,
+        /// The frontend type.
+        frontend_type: String,
+        /// The backend's error.
+        source: ClusterError,
+    },
 }
 
 /// Outcome of a push to several frontends.
@@ -50,6 +68,9 @@ pub enum PushError {
 pub struct PushSummary {
     /// RPCs made (one per frontend).
     pub rpcs: usize,
+    /// Messages published on the cluster's NATS subjects (a broadcast in a cluster on NATS:
+    /// 1, and no RPC).
+    pub published: usize,
     /// Sessions the message was queued for, as the frontends reported.
     pub sent: u64,
     /// Frontends the push could not reach, with the reason.
@@ -75,6 +96,14 @@ pub(crate) struct Pusher {
     rpc: RpcClient,
     codec: BodyCodec,
     cluster: ClusterView,
+    nats: Option<NatsPushes>,
+}
+
+/// In a cluster on NATS: where app-wide broadcasts are published, and their counters.
+#[derive(Clone)]
+pub(crate) struct NatsPushes {
+    pub(crate) backend: std::sync::Arc<dyn ClusterBackend>,
+    pub(crate) metrics: ClusterPushMetrics,
 }
 
 impl Pusher {
@@ -359,7 +388,12 @@ impl std::fmt::Debug for ChannelService {
 }
 
 impl ChannelService {
-    pub(crate) fn new(rpc: RpcClient, codec: BodyCodec, cluster: ClusterView) -> Self {
+    pub(crate) fn new(
+        rpc: RpcClient,
+        codec: BodyCodec,
+        cluster: ClusterView,
+        nats: Option<NatsPushes>,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 channels: Mutex::default(),
@@ -367,6 +401,7 @@ impl ChannelService {
                     rpc,
                     codec,
                     cluster,
+                    nats,
                 },
             }),
         }
@@ -501,10 +536,12 @@ impl ChannelService {
     }
 
     /// Pushes to every session of every frontend of `frontend_type` (pomelo's
-    /// `broadcast`): encoded once, one RPC per frontend.
+    /// `broadcast`): encoded once, one RPC per frontend; in a cluster on NATS, one NATS
+    /// message for all of them (`published` 1, `rpcs` 0; `sent` is not known there: 0).
     ///
     /// # Errors
-    /// [`PushError::Encode`].
+    /// [`PushError::Encode`]; on NATS [`PushError::Cluster`] (logged and counted in
+    /// `shaddock_cluster_broadcast_errors_total`), e.g. a package over the max payload.
     pub async fn broadcast(
         &self,
         frontend_type: &str,
@@ -512,6 +549,26 @@ impl ChannelService {
         body: &Value,
     ) -> Result<PushSummary, PushError> {
         let package = self.shared.pusher.encode(route, body)?;
+        if let Some(nats) = &self.shared.pusher.nats {
+            return match nats.backend.broadcast(frontend_type, package).await {
+                Ok(()) => {
+                    nats.metrics.broadcasts_published.inc();
+                    Ok(PushSummary {
+                        published: 1,
+                        ..PushSummary::default()
+                    })
+                }
+                Err(source) => {
+                    nats.metrics.broadcast_errors.inc();
+                    tracing::warn!(route, frontend_type, cause = %source, "broadcast not published on NATS");
+                    Err(PushError::Cluster {
+                        route: route.to_owned(),
+                        frontend_type: frontend_type.to_owned(),
+                        source,
+                    })
+                }
+            };
+        }
         let snap = self
             .shared
             .pusher
@@ -558,6 +615,7 @@ mod tests {
             RpcClient::new(RpcConfig::default()),
             BodyCodec::default(),
             Arc::default(),
+            None,
         )
     }
 

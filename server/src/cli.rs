@@ -526,22 +526,39 @@ async fn list_registry(cli: &Cli) -> Result<ListReply, String> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    // What the registry says as seen by this tool's own handle: degraded here (no quorum,
+    // say) means the rows are the cache's, not news.
+    if let crate::cluster::Health::Degraded(reason) = &*backend.health().borrow() {
+        eprintln!("warning: the cluster registry is degraded ({reason}): the list may be stale");
+    }
     let rows = backend
-        .servers()
+        .servers_refreshed()
+        .await
         .into_iter()
-        .map(|r| crate::proto::ListRow {
+        .map(|(r, fresh)| crate::proto::ListRow {
             uptime_secs: now.saturating_sub(r.start_time) / 1000,
+            metrics_url: r
+                .metrics_port
+                .map(|p| format!("http://{}:{p}/metrics", r.host))
+                .unwrap_or_default(),
+            // Not refreshed within a TTL: lost (its record not yet expired). A server whose own
+            // backend was degraded at its last refresh says so.
+            state: if !fresh {
+                "lost".into()
+            } else if r.degraded.is_some() {
+                "degraded".into()
+            } else {
+                "running".into()
+            },
             id: r.id,
             server_type: r.server_type,
             pid: r.pid,
-            rss_bytes: 0,
+            rss_bytes: r.rss_bytes,
             connections: r.connections,
             host: r.host,
             port: u32::from(r.port),
             client_port: u32::from(r.client_port.unwrap_or(0)),
-            state: "running".into(),
-            restarts: 0,
-            metrics_url: String::new(),
+            restarts: r.restarts,
         })
         .collect();
     Ok(ListReply {

@@ -126,6 +126,8 @@ struct Inner {
 pub(crate) struct OnNats {
     pub(crate) backend: Arc<dyn ClusterBackend>,
     pub(crate) policy: Option<ClaimPolicy>,
+    /// The counters of broadcasts published on NATS (the channel service's).
+    pub(crate) pushes: crate::metrics::ClusterPushMetrics,
 }
 
 /// How long a noticer waits for each frontend's `clusterMoves.lost`.
@@ -217,15 +219,23 @@ impl ServerContext {
         codec: BodyCodec,
         nats: Option<OnNats>,
     ) -> Self {
-        let (backend, policy) = match nats {
-            Some(n) => (Some(n.backend), n.policy),
-            None => (None, None),
+        let (backend, policy, nats_pushes) = match nats {
+            Some(n) => (
+                Some(n.backend.clone()),
+                n.policy,
+                Some(crate::channel::NatsPushes {
+                    backend: n.backend,
+                    metrics: n.pushes,
+                }),
+            ),
+            None => (None, None, None),
         };
         let start_time = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let cluster: ClusterView = Arc::default();
-        let channels = ChannelService::new(rpc.clone(), codec.clone(), cluster.clone());
+        let channels =
+            ChannelService::new(rpc.clone(), codec.clone(), cluster.clone(), nats_pushes);
         Self {
             inner: Arc::new(Inner {
                 server,
@@ -373,7 +383,8 @@ impl ServerContext {
         self.inner.backend.as_ref()
     }
 
-    /// This run's record for the registry (connections 0: refreshed by the stats loop).
+    /// This run's record for the registry (connections and RSS 0: refreshed by the stats
+    /// loop; `metrics_port` set by the caller once the endpoint is bound).
     pub(crate) fn record(&self) -> ServerRecord {
         let s = &self.inner.server;
         ServerRecord {
@@ -386,6 +397,10 @@ impl ServerContext {
             pid: std::process::id(),
             start_time: self.inner.start_time,
             connections: 0,
+            rss_bytes: 0,
+            restarts: crate::process::restarts_from_env(),
+            metrics_port: None,
+            degraded: None,
         }
     }
 

@@ -94,6 +94,34 @@ impl MetricsBuilder {
         shaddock_rpc::RpcMetrics::register(&mut self.registry)
     }
 
+    /// Registers the counters of pushes that go through the cluster's NATS subjects instead
+    /// of RPCs (a cluster on NATS, issue 15); see [`ClusterPushMetrics`].
+    pub fn cluster_pushes(&mut self) -> ClusterPushMetrics {
+        let m = ClusterPushMetrics::default();
+        let r = self.registry.sub_registry_with_prefix("shaddock_cluster");
+        r.register(
+            "broadcasts_published",
+            "App-wide broadcasts published as one NATS message (backends)",
+            m.broadcasts_published.clone(),
+        );
+        r.register(
+            "broadcast_errors",
+            "App-wide broadcasts that could not be published (too large for the NATS max payload, NATS unreachable)",
+            m.broadcast_errors.clone(),
+        );
+        r.register(
+            "broadcasts_received",
+            "App-wide broadcasts received from NATS and queued to every session (frontends)",
+            m.broadcasts_received.clone(),
+        );
+        r.register(
+            "pushes_received",
+            "Uid pushes received from NATS and queued to their sessions (frontends)",
+            m.pushes_received.clone(),
+        );
+        m
+    }
+
     /// Adds a frontend's connection counters, read from `snapshot` at each scrape (e.g.
     /// `move || stats.snapshot()` with the frontend's `Arc<ConnectorStats>`).
     pub fn connector_stats(
@@ -172,6 +200,21 @@ impl MetricsBuilder {
             )),
         }
     }
+}
+
+/// Counters of the pushes that travel on the cluster's NATS subjects (served as
+/// `shaddock_cluster_*_total`). Clones count into the same counters.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ClusterPushMetrics {
+    /// Broadcasts published, one NATS message each (on backends).
+    pub broadcasts_published: Counter,
+    /// Broadcasts refused before publishing (on backends).
+    pub broadcast_errors: Counter,
+    /// Broadcast messages received and queued to every session (on frontends).
+    pub broadcasts_received: Counter,
+    /// Uid push messages received and queued to their sessions (on frontends).
+    pub pushes_received: Counter,
 }
 
 /// Serves `registry` at `GET /metrics` on `addr`, adding the [`ProcessCollector`] to it.

@@ -32,6 +32,18 @@ pub const FAILED_LINE: &str = "SHADDOCK_SERVER_FAILED";
 /// never logged.
 pub const RPC_SECRET_ENV: &str = "SHADDOCK_RPC_SECRET";
 
+/// The environment variable in which a launcher tells a server how many times it restarted
+/// it (carried in its registry record, shown by `list` in a cluster on NATS).
+pub const RESTARTS_ENV: &str = "SHADDOCK_RESTARTS";
+
+/// The restarts in [`RESTARTS_ENV`] (0 when unset or unreadable).
+pub(crate) fn restarts_from_env() -> u32 {
+    std::env::var(RESTARTS_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The cluster secret in [`RPC_SECRET_ENV`], if set and not empty.
 ///
 /// # Errors
@@ -346,6 +358,8 @@ pub(crate) async fn run_server(
         crate::app::DuplicateLogin::RefuseNew => Some(ClaimPolicy::RefuseNew),
         crate::app::DuplicateLogin::Allow => None,
     };
+    // Pushes on NATS (app-wide broadcasts), counted on /metrics.
+    let cluster_pushes = backend.as_ref().map(|_| metrics.cluster_pushes());
     let ctx = ServerContext::new(
         actual.clone(),
         configured,
@@ -355,7 +369,12 @@ pub(crate) async fn run_server(
         BodyCodec::new(dictionary.clone(), app.protos.clone()),
         backend
             .clone()
-            .map(|backend| crate::context::OnNats { backend, policy }),
+            .zip(cluster_pushes.clone())
+            .map(|(backend, pushes)| crate::context::OnNats {
+                backend,
+                policy,
+                pushes,
+            }),
     );
     // What handlers extract: the app's state and this server's context.
     let state = app.server_state(&ctx);
@@ -477,12 +496,26 @@ pub(crate) async fn run_server(
         registry
             .add(session_remote(&ctx, &frontend))
             .map_err(reg_err)?;
-        if backend.is_some() {
+        if let (Some(backend), Some(counters)) = (&backend, &cluster_pushes) {
             registry
                 .add(crate::moves::cluster_moves::Server::new(
                     crate::moves::MovesRemote { ctx: ctx.clone() },
                 ))
                 .map_err(reg_err)?;
+            // App-wide broadcasts (and uid pushes) published on NATS for this frontend,
+            // subscribed before this server is in the registry. NATS spreads the interest to
+            // its other nodes asynchronously: a broadcast published on another node in the
+            // first moments after this frontend appeared can still miss it (at most once).
+            let pushes = backend
+                .subscribe_pushes(&id, &me.server_type)
+                .await
+                .map_err(|e| setup_err(format!("cluster push subscription: {e}")))?;
+            tokio::spawn(run_cluster_pushes(
+                frontend.clone(),
+                pushes,
+                counters.clone(),
+                client_token.clone(),
+            ));
         }
         // A uid's claim at the master ends with its session, and with an unbind.
         let hook_ctx = ctx.clone();
@@ -563,8 +596,10 @@ pub(crate) async fn run_server(
         // The registry's watch first, so that no change between the read and the watch is
         // missed; then this server's own record, then the view as it is now.
         let watch = backend.watch();
+        let mut record = ctx.record();
+        record.metrics_port = (metrics_port != 0).then_some(metrics_port);
         backend
-            .register(ctx.record())
+            .register(record)
             .await
             .map_err(|e| setup_err(format!("cluster registry: {e}")))?;
         let known = backend.servers();
@@ -634,6 +669,40 @@ pub(crate) async fn run_server(
     }
     tracing::debug!(server = %id, "stopped");
     Ok(())
+}
+
+/// Queues each push read from NATS to this frontend's sessions, as `sessionRemote.broadcast`
+/// and `sessionRemote.push` would (the same queues and counters), until `stop`.
+async fn run_cluster_pushes(
+    frontend: Frontend,
+    mut pushes: crate::cluster::PushStream,
+    counters: crate::metrics::ClusterPushMetrics,
+    stop: CancellationToken,
+) {
+    let id = frontend.config().frontend_id.clone();
+    loop {
+        let push = tokio::select! {
+            () = stop.cancelled() => return,
+            p = pushes.next() => p,
+        };
+        let Some(push) = push else {
+            if !stop.is_cancelled() {
+                tracing::warn!(frontend = %id, "the NATS push subscription ended: broadcasts no longer reach this frontend");
+            }
+            return;
+        };
+        let report = match &push.uids {
+            None => {
+                counters.broadcasts_received.inc();
+                frontend.broadcast_encoded(&push.package)
+            }
+            Some(uids) => {
+                counters.pushes_received.inc();
+                frontend.push_encoded_to_uids(uids, &push.package)
+            }
+        };
+        tracing::trace!(frontend = %id, sent = report.sent, full = report.full, missing = report.missing, broadcast = push.uids.is_none(), "push from NATS queued");
+    }
 }
 
 /// The master's claim of `uid` by this session.
@@ -779,10 +848,13 @@ async fn stats_loop(ctx: ServerContext, stop: CancellationToken) {
             _ = tick.tick() => {}
         }
         let connections = ctx.frontend().map_or(0, |f| f.sessions().count() as u64);
-        if let Some(backend) = ctx.backend()
-            && let Err(e) = backend.set_connections(ctx.server_id(), connections)
-        {
-            tracing::debug!(cause = %e, "connection count not set in the registry");
+        if let Some(backend) = ctx.backend() {
+            if let Err(e) = backend.set_connections(ctx.server_id(), connections) {
+                tracing::debug!(cause = %e, "connection count not set in the registry");
+            }
+            if let Ok(p) = crate::metrics::ProcessStats::read() {
+                let _ = backend.set_rss(ctx.server_id(), p.rss_bytes);
+            }
         }
         let report = StatsReport {
             server_id: ctx.server_id().to_owned(),

@@ -85,6 +85,10 @@ fn rec(id: &str, server_type: &str, frontend: bool) -> ServerRecord {
         pid: std::process::id(),
         start_time: ms * 1000 + NEXT_START.fetch_add(1, Ordering::Relaxed),
         connections: 0,
+        rss_bytes: 0,
+        restarts: 0,
+        metrics_port: None,
+        degraded: None,
     }
 }
 
@@ -581,8 +585,8 @@ async fn case_pushes(fx: &Fx) {
     let f1 = fx.connect("f1").await;
     let f2 = fx.connect("f2").await;
     let s = fx.connect("s").await;
-    let mut in1 = f1.subscribe_pushes("conn-1").await.unwrap();
-    let mut in2 = f2.subscribe_pushes("conn-2").await.unwrap();
+    let mut in1 = f1.subscribe_pushes("conn-1", "connector").await.unwrap();
+    let mut in2 = f2.subscribe_pushes("conn-2", "connector").await.unwrap();
 
     // Subscriptions reach the other NATS nodes asynchronously: broadcast until both hear.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -594,7 +598,7 @@ async fn case_pushes(fx: &Fx) {
             "broadcasts not heard within 10 s: {heard:?}"
         );
         n += 1;
-        s.broadcast(Bytes::from(format!("probe-{n}")))
+        s.broadcast("connector", Bytes::from(format!("probe-{n}")))
             .await
             .unwrap();
         let wait = Duration::from_millis(200);
@@ -641,10 +645,16 @@ async fn case_pushes(fx: &Fx) {
         Err(ClusterError::PushTooLarge { .. })
     ));
     assert!(matches!(
-        s.broadcast(Bytes::from(vec![0; max])).await,
+        s.broadcast("connector", Bytes::from(vec![0; max])).await,
         Err(ClusterError::PushTooLarge { .. })
     ));
-    s.broadcast(Bytes::from_static(b"to all")).await.unwrap();
+    s.broadcast("connector", Bytes::from_static(b"to all"))
+        .await
+        .unwrap();
+    // A broadcast to another frontend type reaches neither.
+    s.broadcast("gate", Bytes::from_static(b"to gates"))
+        .await
+        .unwrap();
     let all = Push {
         package: Bytes::from_static(b"to all"),
         uids: None,
@@ -663,6 +673,16 @@ async fn case_pushes(fx: &Fx) {
         next(&mut in1).await.unwrap(),
         all,
         "conn-1 got the broadcast"
+    );
+    // The broadcast to the gates, published after the one to the connectors on the same
+    // subscription order, reached no connector.
+    s.broadcast("connector", Bytes::from_static(b"after"))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut in1).await.unwrap().package,
+        Bytes::from_static(b"after"),
+        "conn-1's next broadcast is the next one to its type, not the one to the gates"
     );
 
     // A reader that does not keep up: the overflow is dropped and counted, not buffered
@@ -802,7 +822,7 @@ fn nats_semantics() {
 async fn nats_bad_input(urls: &[String]) {
     let fx = Fx::nats(urls, "badin");
     let b = fx.connect("b").await;
-    let mut pushes = b.subscribe_pushes("conn-1").await.unwrap();
+    let mut pushes = b.subscribe_pushes("conn-1", "connector").await.unwrap();
     let raw = async_nats::connect(urls[0].as_str()).await.unwrap();
     let js = async_nats::jetstream::new(raw.clone());
     let servers = js.get_key_value("badin-servers").await.unwrap();

@@ -7,7 +7,9 @@
 //! - `chat.chatHandler.join` adds the user to channel `rid`; `send {msg}` pushes `onChat` to
 //!   the channel; `whoami` answers which chat server ran it; `slow {ms}` pushes `onSlow`, then answers after `ms`.
 //!
-//! - `broadcast {..}` pushes `onBroadcast` to every session of every connector;
+//! - `broadcast {..}` pushes `onBroadcast` to every session of every connector (`pad: n`
+//!   adds n bytes to the body; answers
+//!   `rpcs`, `sent`, and `published`: 1 in a cluster on NATS, where it is one NATS message);
 //!   `kickUser {uid}` kicks a uid wherever it is; a body with `"forbidden": true` is refused
 //!   by a backend filter; a `Lifecycle` component records start/after_start/before_stop/stop per server
 //!   in `$SHADDOCK_DEMO_LIFECYCLE_DIR`; `SHADDOCK_DEMO_DUPLICATE=refuse` refuses duplicate
@@ -131,14 +133,23 @@ fn main() -> ExitCode {
         })
         .handler(
             "chat.chatHandler.broadcast",
-            |s: BackendSession, b: Value| async move {
+            |s: BackendSession, mut b: Value| async move {
+                // `{"pad": n}`: a body of n bytes more (larger than a client may send).
+                if let Some(n) = b["pad"].as_u64() {
+                    b["pad"] = json!("x".repeat(n.min(8 << 20) as usize));
+                }
                 let sum = s
                     .ctx()
                     .channels()
                     .broadcast("connector", "onBroadcast", &b)
                     .await
                     .map_err(err)?;
-                Ok::<_, HandlerError>(json!({"code": 200, "rpcs": sum.rpcs, "sent": sum.sent}))
+                Ok::<_, HandlerError>(json!({
+                    "code": 200,
+                    "rpcs": sum.rpcs,
+                    "sent": sum.sent,
+                    "published": sum.published,
+                }))
             },
         )
         .handler(

@@ -216,8 +216,10 @@ pub(crate) fn push_subject(frontend: &str) -> String {
     format!("push.{}", B64.encode(frontend))
 }
 
-/// Subject of the broadcasts.
-pub(crate) const BROADCAST_SUBJECT: &str = "broadcast";
+/// Subject of the broadcasts to the frontends of one type.
+pub(crate) fn broadcast_subject(frontend_type: &str) -> String {
+    format!("broadcast.{}", B64.encode(frontend_type))
+}
 
 /// A server registered through this handle, and its refresher.
 struct Registered {
@@ -347,6 +349,16 @@ impl<S: Store> Core<S> {
         &self.inner.store
     }
 
+    /// When this handle last saw `id`'s record written (loaded or refreshed).
+    pub(crate) fn last_seen(&self, id: &str) -> Option<Instant> {
+        lock(&self.inner.liveness).seen.get(id).map(|&(at, _)| at)
+    }
+
+    /// The record TTL.
+    pub(crate) fn ttl(&self) -> Duration {
+        self.inner.ttl
+    }
+
     pub(crate) async fn register(&self, record: ServerRecord) -> Result<(), ClusterError> {
         let key = server_key(&record.id)?;
         let value = to_json(&record);
@@ -378,11 +390,23 @@ impl<S: Store> Core<S> {
     }
 
     pub(crate) fn set_connections(&self, id: &str, n: u64) -> Result<(), ClusterError> {
+        self.update_record(id, |r| r.connections = n)
+    }
+
+    pub(crate) fn set_rss(&self, id: &str, rss_bytes: u64) -> Result<(), ClusterError> {
+        self.update_record(id, |r| r.rss_bytes = rss_bytes)
+    }
+
+    fn update_record(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut ServerRecord),
+    ) -> Result<(), ClusterError> {
         let reg = lock(&self.inner.registered);
         let r = reg
             .get(id)
             .ok_or_else(|| ClusterError::NotRegistered(id.to_owned()))?;
-        lock(&r.record).connections = n;
+        f(&mut lock(&r.record));
         Ok(())
     }
 
@@ -697,23 +721,34 @@ impl<S: Store> Core<S> {
         Ok(n)
     }
 
-    pub(crate) async fn broadcast(&self, package: Bytes) -> Result<(), ClusterError> {
+    pub(crate) async fn broadcast(
+        &self,
+        frontend_type: &str,
+        package: Bytes,
+    ) -> Result<(), ClusterError> {
+        if frontend_type.is_empty() {
+            return Err(ClusterError::Invalid {
+                what: "frontend type",
+                value: String::new(),
+            });
+        }
         let m = push::encode_all(&package, self.inner.store.max_payload())?;
         self.inner
             .store
-            .publish(BROADCAST_SUBJECT.to_owned(), m)
+            .publish(broadcast_subject(frontend_type), m)
             .await
     }
 
     pub(crate) async fn subscribe_pushes(
         &self,
         frontend: &str,
+        frontend_type: &str,
     ) -> Result<PushStream, ClusterError> {
         let own = self.inner.store.subscribe(push_subject(frontend)).await?;
         let all = self
             .inner
             .store
-            .subscribe(BROADCAST_SUBJECT.to_owned())
+            .subscribe(broadcast_subject(frontend_type))
             .await?;
         Ok(PushStream::new(
             futures_util::stream::select(own, all).boxed(),
@@ -762,8 +797,13 @@ async fn run_refresh<S: Store>(
     loop {
         tokio::time::sleep_until(next).await;
         let started = Instant::now();
+        let degraded = match &*inner.health.borrow() {
+            Health::Ok => None,
+            Health::Degraded(reason) => Some(reason.clone()),
+        };
         let (value, id, start, pid) = {
-            let r = lock(&record);
+            let mut r = lock(&record);
+            r.degraded = degraded;
             (to_json(&*r), r.id.clone(), r.start_time, r.pid)
         };
         let attempt = async {
@@ -1135,6 +1175,13 @@ macro_rules! impl_backend {
             ) -> Result<(), $crate::cluster::ClusterError> {
                 self.$field.set_connections(server_id, connections)
             }
+            fn set_rss(
+                &self,
+                server_id: &str,
+                rss_bytes: u64,
+            ) -> Result<(), $crate::cluster::ClusterError> {
+                self.$field.set_rss(server_id, rss_bytes)
+            }
             fn deregister<'a>(
                 &'a self,
                 server_id: &'a str,
@@ -1217,20 +1264,22 @@ macro_rules! impl_backend {
             ) -> $crate::cluster::BoxFuture<'a, Result<usize, $crate::cluster::ClusterError>> {
                 Box::pin(self.$field.push(frontend, package, uids))
             }
-            fn broadcast(
-                &self,
+            fn broadcast<'a>(
+                &'a self,
+                frontend_type: &'a str,
                 package: bytes::Bytes,
-            ) -> $crate::cluster::BoxFuture<'_, Result<(), $crate::cluster::ClusterError>> {
-                Box::pin(self.$field.broadcast(package))
+            ) -> $crate::cluster::BoxFuture<'a, Result<(), $crate::cluster::ClusterError>> {
+                Box::pin(self.$field.broadcast(frontend_type, package))
             }
             fn subscribe_pushes<'a>(
                 &'a self,
                 frontend: &'a str,
+                frontend_type: &'a str,
             ) -> $crate::cluster::BoxFuture<
                 'a,
                 Result<$crate::cluster::PushStream, $crate::cluster::ClusterError>,
             > {
-                Box::pin(self.$field.subscribe_pushes(frontend))
+                Box::pin(self.$field.subscribe_pushes(frontend, frontend_type))
             }
             fn health(&self) -> tokio::sync::watch::Receiver<$crate::cluster::Health> {
                 self.$field.health()

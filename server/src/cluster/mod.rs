@@ -35,7 +35,8 @@
 //!   keeps nothing that moved meanwhile.
 //! - **Pushes.** [`ClusterBackend::push`] sends the encoded package once per frontend with the
 //!   uids it is for, split in as many messages as the store's max payload needs;
-//!   [`ClusterBackend::broadcast`] is one message for every session of every frontend. A
+//!   [`ClusterBackend::broadcast`] is one message for every session of every frontend of a
+//!   type (each frontend's channel service publishes its app-wide broadcasts so). A
 //!   frontend reads both with [`ClusterBackend::subscribe_pushes`] (NATS: its own connection,
 //!   apart from the control traffic; slow-consumer drops are counted in [`ClusterStats`]).
 //! - **Health.** [`ClusterBackend::health`] is [`Health::Ok`] or [`Health::Degraded`] with the
@@ -55,7 +56,7 @@
 //! - A frontend claims a uid on bind ([`ClusterBackend::claim_uid`] with the app's duplicate
 //!   login policy; kick the returned `replaced` session through its frontend), releases it on
 //!   unbind and close; `kick_uid` asks [`ClusterBackend::uid_owner`] where the session is.
-//! - A frontend reads [`ClusterBackend::subscribe_pushes`] for its id and writes each
+//! - A frontend reads [`ClusterBackend::subscribe_pushes`] for its id and type and writes each
 //!   [`Push`]'s package to the sessions of its uids (all sessions when `uids` is `None`).
 //! - [`ClusterBackend::health`] goes to the admin `list` and the logs; nothing exits on it.
 //!
@@ -126,6 +127,20 @@ pub struct ServerRecord {
     /// Client connections it holds (refreshed with the record).
     #[serde(default)]
     pub connections: u64,
+    /// Its resident set size in bytes (refreshed with the record; 0: not known, as in
+    /// records of earlier versions).
+    #[serde(default)]
+    pub rss_bytes: u64,
+    /// How many times its launcher restarted it (0: never, or not known).
+    #[serde(default)]
+    pub restarts: u32,
+    /// Its Prometheus endpoint's port (`metricsPort`), if it serves one, on `host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_port: Option<u16>,
+    /// Why its cluster backend is degraded, as of its last refresh ([`Health::Degraded`]);
+    /// `None`: it was healthy. Filled in by the refresher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
 }
 
 /// A change of the registry, as [`ServerWatch::next`] yields it.
@@ -300,6 +315,12 @@ pub trait ClusterBackend: Send + Sync + 'static {
     /// [`ClusterError::NotRegistered`] when this handle does not register `server_id`.
     fn set_connections(&self, server_id: &str, connections: u64) -> Result<(), ClusterError>;
 
+    /// Sets the resident set size the next refreshes of `server_id` carry.
+    ///
+    /// # Errors
+    /// [`ClusterError::NotRegistered`] when this handle does not register `server_id`.
+    fn set_rss(&self, server_id: &str, rss_bytes: u64) -> Result<(), ClusterError>;
+
     /// Stops refreshing `server_id` and deletes its record (every watcher sees it removed).
     fn deregister<'a>(&'a self, server_id: &'a str) -> BoxFuture<'a, Result<(), ClusterError>>;
 
@@ -377,14 +398,26 @@ pub trait ClusterBackend: Send + Sync + 'static {
         uids: &'a [String],
     ) -> BoxFuture<'a, Result<usize, ClusterError>>;
 
-    /// Pushes `package` to every session of every frontend: one message.
-    fn broadcast(&self, package: Bytes) -> BoxFuture<'_, Result<(), ClusterError>>;
+    /// Pushes `package` to every session of every frontend of `frontend_type` (pomelo's
+    /// `channelService.broadcast(frontendType, ...)`): one message, whatever the number of
+    /// frontends.
+    ///
+    /// # Errors
+    /// [`ClusterError::PushTooLarge`] when the package does not fit the max payload (nothing is
+    /// sent); [`ClusterError::Invalid`] for an empty type; [`ClusterError::Unavailable`].
+    fn broadcast<'a>(
+        &'a self,
+        frontend_type: &'a str,
+        package: Bytes,
+    ) -> BoxFuture<'a, Result<(), ClusterError>>;
 
-    /// The pushes and broadcasts for `frontend`, from now on: pushes in the order they were
-    /// sent, broadcasts too, but a push and a broadcast in no particular order between them.
+    /// The pushes for `frontend` and the broadcasts to its type `frontend_type`, from now on:
+    /// pushes in the order they were sent, broadcasts too, but a push and a broadcast in no
+    /// particular order between them.
     fn subscribe_pushes<'a>(
         &'a self,
         frontend: &'a str,
+        frontend_type: &'a str,
     ) -> BoxFuture<'a, Result<PushStream, ClusterError>>;
 
     /// The current health and its changes.

@@ -8,7 +8,8 @@
 //!   backstop that removes records nobody refreshes: an expired record becomes a delete marker
 //!   every watcher receives (nats-server ≥ 2.11: `allow_msg_ttl` +
 //!   `subject_delete_marker_ttl`; without them an expiry is silent).
-//! - **Subjects**: `shaddock.<app>.push.<frontend, base64url>` and `shaddock.<app>.broadcast`,
+//! - **Subjects**: `shaddock.<app>.push.<frontend, base64url>` and
+//!   `shaddock.<app>.broadcast.<frontend type, base64url>`,
 //!   core NATS (at most once: a push to a frontend that is gone is gone too).
 //! - **Two connections**: one for control (KV, watches), one for pushes, so that a burst of
 //!   pushes never delays a refresh or a claim, and a slow push reader never makes the server
@@ -140,6 +141,32 @@ impl NatsBackend {
         .await;
         tracing::info!(app = %config.app, backend = name, urls = ?config.nats, "cluster backend on NATS ready");
         Ok(Self { core })
+    }
+
+    /// The live servers, each with whether this handle has seen its record refreshed since it
+    /// loaded it: waits until every record is refreshed or one TTL has passed. A fresh handle
+    /// (a `list` tool) cannot tell a live record from one whose server died a moment ago
+    /// until the TTL has passed without a refresh (`false`: not refreshed within the TTL, the
+    /// server is most likely lost; its record expires within the bound).
+    pub async fn servers_refreshed(&self) -> Vec<(super::ServerRecord, bool)> {
+        use super::ClusterBackend as _;
+        let since = tokio::time::Instant::now();
+        let deadline = tokio::time::Instant::now() + self.core.ttl();
+        let fresh = |id: &str| self.core.last_seen(id).is_some_and(|at| at > since);
+        loop {
+            let all = self.servers();
+            let done = all.iter().all(|r| fresh(&r.id));
+            if done || tokio::time::Instant::now() >= deadline {
+                return all
+                    .into_iter()
+                    .map(|r| {
+                        let f = fresh(&r.id);
+                        (r, f)
+                    })
+                    .collect();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The `server_name` of the NATS node the control connection is on now.

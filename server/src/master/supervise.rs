@@ -55,7 +55,7 @@ impl Master {
             at: VecDeque::new(),
         };
         loop {
-            let (cfg, def_json, kill) = {
+            let (cfg, def_json, kill, restarts) = {
                 let mut st = lock(&self.state);
                 let Some(m) = st.servers.get_mut(&id) else {
                     return;
@@ -67,7 +67,12 @@ impl Master {
                     }
                     return;
                 }
-                (m.cfg.clone(), m.def_json.clone(), m.kill.clone())
+                (
+                    m.cfg.clone(),
+                    m.def_json.clone(),
+                    m.kill.clone(),
+                    m.restarts,
+                )
             };
             let mut cmd = tokio::process::Command::new(&self.exe);
             cmd.arg("--server-id")
@@ -89,6 +94,7 @@ impl Master {
                 Some(s) => cmd.env(crate::process::RPC_SECRET_ENV, s.to_hex()),
                 None => cmd.env_remove(crate::process::RPC_SECRET_ENV),
             };
+            cmd.env(crate::process::RESTARTS_ENV, restarts.to_string());
             if let Some(n) = cfg
                 .extra
                 .get("worker-threads")
