@@ -134,6 +134,15 @@ pub struct ServerConnection {
     events: VecDeque<Event>,
 }
 
+/// Frees a drained queue's buffer: a connection spends its life idle between a few packages
+/// (handshake, heartbeats), and a kept buffer of four slots is 160 bytes per connection; a
+/// new one costs an allocation per heartbeat instead.
+fn release_if_empty<T>(queue: &mut VecDeque<T>) {
+    if queue.is_empty() && queue.capacity() > 0 {
+        *queue = VecDeque::new();
+    }
+}
+
 impl ServerConnection {
     /// A connection that started at `now`, waiting for the client's HANDSHAKE.
     pub fn new(config: ConnectionConfig, now: Instant) -> Self {
@@ -249,7 +258,11 @@ impl ServerConnection {
 
     /// The next package to write, in order.
     pub fn poll_transmit(&mut self) -> Option<Package> {
-        self.transmit.pop_front()
+        let p = self.transmit.pop_front();
+        if p.is_none() {
+            release_if_empty(&mut self.transmit);
+        }
+        p
     }
 
     /// When [`ServerConnection::handle_timeout`] must next be called; `None` = no timer.
@@ -263,7 +276,11 @@ impl ServerConnection {
 
     /// The next event for the owner.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let e = self.events.pop_front();
+        if e.is_none() {
+            release_if_empty(&mut self.events);
+        }
+        e
     }
 
     /// "Whenever it gets a HEARTBEAT (or the ack), it sends a HEARTBEAT back at once and
@@ -335,6 +352,18 @@ mod tests {
             vec![PackageType::Handshake, PackageType::Heartbeat]
         );
         c
+    }
+
+    /// An idle connection keeps no queue buffers: drained queues are freed.
+    #[test]
+    fn drained_queues_hold_no_memory() {
+        let clock = Clock(Instant::now());
+        let mut c = established(&clock);
+        c.handle_package(pkg(PackageType::Heartbeat), clock.0);
+        assert_eq!(kinds(&mut c), vec![PackageType::Heartbeat]);
+        assert_eq!(c.poll_event(), None);
+        assert_eq!(c.transmit.capacity(), 0);
+        assert_eq!(c.events.capacity(), 0);
     }
 
     #[test]

@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, kv};
 use async_nats::{Client, ConnectOptions, Event};
 use bytes::Bytes;
@@ -385,18 +386,33 @@ fn removed(op: kv::Operation) -> bool {
     !matches!(op, kv::Operation::Put)
 }
 
+/// Whether a bucket's stream message is a delete, a purge or an expiry marker rather than a
+/// value (the headers async-nats reads for `Entry::operation`).
+fn raw_removed(headers: &async_nats::HeaderMap) -> bool {
+    headers.get("KV-Operation").is_some_and(|op| op.as_str() != "PUT")
+        || headers.get(async_nats::header::NATS_MARKER_REASON).is_some()
+}
+
 impl Store for NatsStore {
     fn get(&self, b: Bucket, key: &str) -> BoxFuture<'_, Result<Option<KvEntry>, ClusterError>> {
         let key = key.to_owned();
         Box::pin(async move {
-            match self.kv(b).entry(key.clone()).await {
-                Ok(Some(e)) if !removed(e.operation) => Ok(Some(KvEntry {
+            // From the stream's leader (JetStream's STREAM.MSG.GET), not `Store::entry`: KV
+            // buckets allow direct gets, which any replica answers, and a follower can answer
+            // with a value older than one this server has already read or seen in its watch.
+            // nats_backend caught it: a server record read as the new run, then as the old one
+            // again, so a uid claim of the old run was judged live and a login refused.
+            let kv = self.kv(b);
+            let subject = format!("{}{key}", kv.prefix);
+            match kv.stream.get_last_raw_message_by_subject(&subject).await {
+                Ok(m) if !raw_removed(&m.headers) => Ok(Some(KvEntry {
                     key,
-                    value: e.value,
-                    revision: e.revision,
+                    value: m.payload,
+                    revision: m.sequence,
                     removed: false,
                 })),
                 Ok(_) => Ok(None),
+                Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
                 Err(e) => Err(self.unavailable(b, "get", &key, e)),
             }
         })
