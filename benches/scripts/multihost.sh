@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The load scenarios (connect, request, broadcast) on a 3-host cluster beside one machine, in
+# The load scenarios (connect, request, broadcast; and idle) on a 3-host cluster beside one machine, in
 # one run (issue 15's figures): builds the release binaries, then runs
 # `target/release/multihost` (benches/src/bin/multihost.rs), which for each scenario starts a
 # fresh cluster of each setup, runs the load generator (`target/release/load`, the one
@@ -20,9 +20,10 @@
 #   CARGO_TARGET_DIR   where to build (default: target)
 #   RESULTS            file the JSON result lines are appended to (default: a new
 #                      $CARGO_TARGET_DIR/multihost-results-<time>.jsonl)
-#   CONNECT_ARGS, REQUEST_ARGS, BROADCAST_ARGS   the scenarios' generator arguments (defaults:
+#   CONNECT_ARGS, REQUEST_ARGS, BROADCAST_ARGS, IDLE_ARGS   the scenarios' arguments (defaults:
 #                      "connect --clients 5000", "request --clients 200 --duration 15",
-#                      "broadcast --rooms 1 --room-size 1000 --senders 10 --rate 100 --duration 5 --workers 2")
+#                      "broadcast --rooms 1 --room-size 1000 --senders 10 --rate 100 --duration 5 --workers 2",
+#                      "idle --clients 1000 --hold 10": heartbeats only, the background cost)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -32,7 +33,7 @@ PASS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-write) WRITE=0; shift ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) PASS+=("$1"); shift ;;
   esac
 done
@@ -42,6 +43,7 @@ RESULTS="${RESULTS:-$CARGO_TARGET_DIR/multihost-results-$(date -u +%Y%m%dT%H%M%S
 CONNECT_ARGS="${CONNECT_ARGS:-connect --clients 5000}"
 REQUEST_ARGS="${REQUEST_ARGS:-request --clients 200 --duration 15}"
 BROADCAST_ARGS="${BROADCAST_ARGS:-broadcast --rooms 1 --room-size 1000 --senders 10 --rate 100 --duration 5 --workers 2}"
+IDLE_ARGS="${IDLE_ARGS:-idle --clients 1000 --hold 10}"
 log() { echo "== multihost.sh: $*" >&2; }
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -74,6 +76,7 @@ trap 'rm -f "$HEADER"' EXIT
   echo "load --gate GATE --deadline 300 --stack one-machine|3-hosts --stack-pid PIDS [--allow-net NET] --transport tcp $CONNECT_ARGS"
   echo "load ... $REQUEST_ARGS"
   echo "load ... $BROADCAST_ARGS"
+  echo "load ... $IDLE_ARGS"
   echo '```'
 } >"$HEADER"
 
@@ -82,7 +85,7 @@ status=0
 # shellcheck disable=SC2086
 "$CARGO_TARGET_DIR/release/multihost" --results "$RESULTS" \
   --connect-args "$CONNECT_ARGS" --request-args "$REQUEST_ARGS" --broadcast-args "$BROADCAST_ARGS" \
-  ${PASS[@]+"${PASS[@]}"} >/dev/null || status=$?
+  --idle-args "$IDLE_ARGS" ${PASS[@]+"${PASS[@]}"} >/dev/null || status=$?
 if [ ! -s "$RESULTS" ]; then
   log "no run produced a result line"
   exit 1

@@ -71,11 +71,11 @@ struct Args {
     /// File the generator's JSON lines are appended to.
     #[arg(long)]
     results: PathBuf,
-    /// Scenarios, in order (comma list of connect, request, broadcast).
+    /// Scenarios, in order (comma list of connect, request, broadcast, idle).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "connect,request,broadcast"
+        default_value = "connect,request,broadcast,idle"
     )]
     scenarios: Vec<String>,
     /// Setups, in order, each scenario on each (comma list of one-machine, 3-hosts).
@@ -93,6 +93,9 @@ struct Args {
         default_value = "broadcast --rooms 1 --room-size 1000 --senders 10 --rate 100 --duration 5 --workers 2"
     )]
     broadcast_args: String,
+    /// Arguments of the idle scenario (heartbeats only: the clusters' background cost).
+    #[arg(long, default_value = "idle --clients 1000 --hold 10")]
+    idle_args: String,
     /// Client transport (tcp or ws).
     #[arg(long, default_value = "tcp")]
     transport: String,
@@ -194,6 +197,7 @@ async fn run_all(args: &Args) -> Result<(), String> {
             "connect" => &args.connect_args,
             "request" => &args.request_args,
             "broadcast" => &args.broadcast_args,
+            "idle" => &args.idle_args,
             other => return Err(format!("--scenarios: unknown scenario `{other}`")),
         };
         for setup in &args.setups {
@@ -684,10 +688,11 @@ const KINDS: [(&str, &str); 4] = [
     ("nats", "NATS nodes"),
 ];
 
-const SCENARIOS: [(&str, &str); 3] = [
+const SCENARIOS: [(&str, &str); 4] = [
     ("connect", "µs per connection (setup)"),
     ("request", "µs per request"),
     ("broadcast", "µs per delivered push"),
+    ("idle", "µs per connection-second"),
 ];
 
 /// (scenario, key, label) of the figures after CPU.
@@ -708,6 +713,47 @@ const FIGURES: &[(&str, &str, &str)] = &[
     ("broadcast", "latency_us.p50", "delivery latency p50 (µs)"),
     ("broadcast", "latency_us.p99", "delivery latency p99 (µs)"),
     ("broadcast", "loss_ratio", "loss (lost / expected)"),
+    ("idle", "alive", "connections alive at the end of the hold"),
+    (
+        "connect",
+        "cpu.by_kind.nats.cores",
+        "NATS nodes' CPU (cores, over the setup)",
+    ),
+    (
+        "request",
+        "cpu.by_kind.nats.cores",
+        "NATS nodes' CPU (cores, over the phase)",
+    ),
+    (
+        "broadcast",
+        "cpu.by_kind.nats.cores",
+        "NATS nodes' CPU (cores, over the phase)",
+    ),
+    (
+        "idle",
+        "cpu.by_kind.nats.cores",
+        "NATS nodes' CPU (cores, over the hold)",
+    ),
+    (
+        "connect",
+        "cpu.server_cpu_us",
+        "servers' CPU over the setup (µs)",
+    ),
+    (
+        "request",
+        "cpu.server_cpu_us",
+        "servers' CPU over the phase (µs)",
+    ),
+    (
+        "broadcast",
+        "cpu.server_cpu_us",
+        "servers' CPU over the phase (µs)",
+    ),
+    (
+        "idle",
+        "cpu.server_cpu_us",
+        "servers' CPU over the hold (µs)",
+    ),
 ];
 
 const PARAMS: &[&str] = &[
@@ -718,6 +764,7 @@ const PARAMS: &[&str] = &[
     "senders",
     "rate",
     "duration_s",
+    "hold_s",
     "intended",
     "sent",
     "workers",
