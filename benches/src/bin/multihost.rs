@@ -232,7 +232,9 @@ async fn run_all(args: &Args) -> Result<(), String> {
             }
         }
     }
-    report(args)?;
+    if args.results.exists() {
+        report(args)?;
+    }
     if failed.is_empty() {
         Ok(())
     } else {
@@ -444,17 +446,17 @@ async fn ready(
     name: &str,
     log_file: &Path,
 ) -> Result<Value, String> {
-    match tokio::time::timeout(START_TIMEOUT, rx).await {
-        Ok(Ok(v)) => Ok(v),
-        _ => {
-            let text = std::fs::read_to_string(log_file).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(15).collect();
-            Err(format!(
-                "{name} not ready within {START_TIMEOUT:?}; its log ends with:\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            ))
-        }
-    }
+    let why = match tokio::time::timeout(START_TIMEOUT, rx).await {
+        Ok(Ok(v)) => return Ok(v),
+        Ok(Err(_)) => "ended its output without a ready line".to_owned(),
+        Err(_) => format!("not ready within {START_TIMEOUT:?}"),
+    };
+    let text = std::fs::read_to_string(log_file).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(15).collect();
+    Err(format!(
+        "{name} {why}; its log ends with:\n{}",
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    ))
 }
 
 impl Stack {
