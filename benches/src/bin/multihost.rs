@@ -108,6 +108,10 @@ struct Args {
     /// BENCHMARKS.md whose generated block (between the multihost markers) is rewritten.
     #[arg(long)]
     write: Option<PathBuf>,
+    /// MTU of the hosts' links (bridge and veth pairs; default: 1500 as made). Loopback,
+    /// which the one-machine setup uses, has 65536; veth takes at most 65535.
+    #[arg(long)]
+    hosts_mtu: Option<u32>,
     /// Only render the tables from `--results` (no run).
     #[arg(long)]
     report_only: bool,
@@ -203,7 +207,7 @@ async fn run_all(args: &Args) -> Result<(), String> {
         for setup in &args.setups {
             log(&format!("{scenario} on {setup}: starting the cluster"));
             let outcome = async {
-                let stack = Stack::start(setup, &chat).await?;
+                let stack = Stack::start(setup, &chat, args.hosts_mtu).await?;
                 log(&format!(
                     "{scenario} on {setup}: load {scenario_args} against {}",
                     stack.gate
@@ -460,11 +464,11 @@ async fn ready(
 }
 
 impl Stack {
-    async fn start(setup: &str, chat: &Path) -> Result<Self, String> {
+    async fn start(setup: &str, chat: &Path, mtu: Option<u32>) -> Result<Self, String> {
         let stack = if setup == ONE {
             Self::one_machine(chat).await?
         } else {
-            Self::three_hosts(chat).await?
+            Self::three_hosts(chat, mtu).await?
         };
         stack.wait_gate_names_every_connector().await?;
         Ok(stack)
@@ -521,8 +525,13 @@ impl Stack {
         Ok(stack)
     }
 
-    async fn three_hosts(chat: &Path) -> Result<Self, String> {
+    async fn three_hosts(chat: &Path, mtu: Option<u32>) -> Result<Self, String> {
         let hosts = Hosts::create(HOSTS).map_err(|e| format!("{HOSTS} hosts: {e}"))?;
+        if let Some(mtu) = mtu {
+            hosts
+                .set_mtu(mtu)
+                .map_err(|e| format!("MTU {mtu} on the hosts' links: {e}"))?;
+        }
         let nats = NatsCluster::start(&hosts, &[0, 1, 2])
             .map_err(|e| format!("the JetStream cluster: {e}"))?;
         let dir = config_dir()?;
