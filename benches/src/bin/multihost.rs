@@ -581,8 +581,7 @@ impl Stack {
             let child = hosts
                 .take_child(pid)
                 .ok_or("the launcher just spawned is gone")?;
-            // The child is reaped by the reader thread's owner (dropped there after EOF);
-            // the hosts' teardown kills it with its namespace.
+            // Killed with its namespace by the hosts' teardown; this thread reaps it then.
             let (rx, child) = watch_ready(child, format!("h{i}'s launcher"));
             std::thread::spawn(move || {
                 let mut child = child;
