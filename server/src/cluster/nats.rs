@@ -389,8 +389,12 @@ fn removed(op: kv::Operation) -> bool {
 /// Whether a bucket's stream message is a delete, a purge or an expiry marker rather than a
 /// value (the headers async-nats reads for `Entry::operation`).
 fn raw_removed(headers: &async_nats::HeaderMap) -> bool {
-    headers.get("KV-Operation").is_some_and(|op| op.as_str() != "PUT")
-        || headers.get(async_nats::header::NATS_MARKER_REASON).is_some()
+    headers
+        .get("KV-Operation")
+        .is_some_and(|op| op.as_str() != "PUT")
+        || headers
+            .get(async_nats::header::NATS_MARKER_REASON)
+            .is_some()
 }
 
 impl Store for NatsStore {
