@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use shaddock_protocol::connection::{CloseReason, Event, ServerConnection};
 use shaddock_protocol::message::{Message, MessageType};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -390,14 +391,19 @@ where
             refuse_stopping(&self.inner, &self.session, &msg);
             return;
         }
+        let Some(handling) = dispatch(inner, session.clone(), msg, answered) else {
+            return;
+        };
+        // A combinator, not an `async` block: a block would hold `handling` twice (as its
+        // capture and as the future it awaits), and the task is allocated per message.
         self.inner.tracker.spawn(
-            async move {
-                dispatch(inner, session.clone(), msg, answered).await;
-                drop(permit);
-                // Pushes lingering for this request are due now (see `take_due`).
-                session.outbox().wake_if_queued();
-            }
-            .in_current_span(),
+            handling
+                .map(move |()| {
+                    drop(permit);
+                    // Pushes lingering for this request are due now (see `take_due`).
+                    session.outbox().wake_if_queued();
+                })
+                .in_current_span(),
         );
     }
 }
