@@ -314,7 +314,9 @@ impl RpcServer {
                     // Never polled here: handler code (even up to its first await) runs in
                     // its own task, so a CPU-heavy or blocking handler cannot stall the read
                     // loop and the other calls multiplexed on this connection.
-                    tokio::spawn(async move {
+                    // Boxed: tokio's spawn then moves a pointer, not the future, into and
+                    // inside the task cell.
+                    tokio::spawn(Box::pin(async move {
                         let result = run_guarded(call).await;
                         let frame = reply_frame(id, result, &service, &method, max);
                         if let Some((m, started)) = metered {
@@ -323,7 +325,7 @@ impl RpcServer {
                         // The connection may be gone; then the reply has nowhere to go.
                         send_reply(&tx, frame).await;
                         drop(permit);
-                    });
+                    }));
                 }
                 Some(Ok(Frame::Notify {
                     namespace,

@@ -396,7 +396,9 @@ where
         };
         // A combinator, not an `async` block: a block would hold `handling` twice (as its
         // capture and as the future it awaits), and the task is allocated per message.
-        self.inner.tracker.spawn(
+        // Boxed: the task then holds a pointer, and tokio's spawn moves (copies) that
+        // instead of the ~1 KB future into and inside the task cell.
+        self.inner.tracker.spawn(Box::pin(
             handling
                 .map(move |()| {
                     drop(permit);
@@ -404,6 +406,6 @@ where
                     session.outbox().wake_if_queued();
                 })
                 .in_current_span(),
-        );
+        ));
     }
 }
