@@ -9,6 +9,12 @@
 use std::ffi::OsString;
 use std::process::ExitCode;
 
+/// mimalloc instead of glibc's malloc, in every process of the cluster (see BENCHMARKS.md,
+/// the in-process section: glibc's large and aligned allocations, such as tokio's task cells
+/// and the boxed handler futures of every request, cost 600-1,700 instructions each).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The server CLI's subcommands.
 const SERVER_COMMANDS: &[&str] = &["start", "list", "stop", "kill", "add", "init", "help"];
 /// Options that take a value (as the next argument when not written `--opt=value`).

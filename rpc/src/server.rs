@@ -314,16 +314,18 @@ impl RpcServer {
                     // Never polled here: handler code (even up to its first await) runs in
                     // its own task, so a CPU-heavy or blocking handler cannot stall the read
                     // loop and the other calls multiplexed on this connection.
-                    tokio::spawn(async move {
+                    // Boxed: tokio's spawn then moves a pointer, not the future, into and
+                    // inside the task cell.
+                    tokio::spawn(Box::pin(async move {
                         let result = run_guarded(call).await;
                         let frame = reply_frame(id, result, &service, &method, max);
                         if let Some((m, started)) = metered {
                             count_served(&m, &frame, &service, &method, started.elapsed());
                         }
                         // The connection may be gone; then the reply has nowhere to go.
-                        let _ = tx.send(frame).await;
+                        send_reply(&tx, frame).await;
                         drop(permit);
-                    });
+                    }));
                 }
                 Some(Ok(Frame::Notify {
                     namespace,
@@ -550,6 +552,18 @@ async fn idle_tick(idle: &mut Option<IdleCheck>) -> Option<Duration> {
     }
     let silent = now.saturating_duration_since(idle.last_seen);
     (silent >= idle.timeout).then_some(silent)
+}
+
+/// Queues a call's reply frame: at once when the queue has room, else waits for room (a
+/// boxed wait, so that the call's task, spawned per call, stays small: a smaller task is
+/// a cheaper allocation).
+async fn send_reply(tx: &mpsc::Sender<Frame>, frame: Frame) {
+    match tx.try_send(frame) {
+        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+        Err(mpsc::error::TrySendError::Full(frame)) => {
+            let _ = Box::pin(tx.send(frame)).await;
+        }
+    }
 }
 
 /// Runs a call, turning a handler panic into an [`ErrorKind::Internal`] error.

@@ -43,6 +43,10 @@ use shaddock_server::channel::encode_push;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+/// The allocator of the chat's processes (`chat/src/main.rs`), so that the figures are theirs.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SEND_ROUTE: &str = "chat.chatHandler.send";
 const ENTER_ROUTE: &str = "connector.entryHandler.enter";
 const ON_CHAT: &str = "onChat";

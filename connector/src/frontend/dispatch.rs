@@ -1,6 +1,7 @@
 //! One request or notify: route, body, filters, then the local handler or the forwarder;
 //! the response is queued on the session.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -37,7 +38,8 @@ pub(super) fn refuse_stopping(inner: &Inner, session: &Session, msg: &Message) {
 }
 
 /// Handles one request or notify and queues its response; drops `answered` once the
-/// response is queued (or when there is none to send).
+/// response is queued (or when there is none to send). Returns the future that does it, or
+/// `None` when the message was dealt with at once (a route code not in the dictionary).
 ///
 /// When the graceful drain gives up on it (`give_up`), the request is answered with a
 /// code-500 [`GAVE_UP_MESSAGE`] at once and its handler runs on; its result then goes to the
@@ -45,15 +47,43 @@ pub(super) fn refuse_stopping(inner: &Inner, session: &Session, msg: &Message) {
 ///
 /// Every failure answers a message the client's developer can act on; the detail (route,
 /// cause) is logged, in the connection's span (which names the peer).
-pub(super) async fn dispatch(
+pub(super) fn dispatch(
     inner: Arc<Inner>,
     session: Session,
     msg: Message,
     answered: TaskTrackerToken,
+) -> Option<impl Future<Output = ()> + Send + 'static> {
+    // The route and the body are resolved here, before the future: what only this part
+    // needs (the message, the route's name) is not kept in the future's state, which is
+    // allocated per message (a smaller one is a cheaper allocation). `None`: handled here.
+    let (wants_reply, timed, prepared) = prepare(&inner, &session, msg);
+    let (req, early) = prepared?;
+    Some(handle(
+        inner,
+        session,
+        req,
+        early,
+        answered,
+        wants_reply,
+        timed,
+    ))
+}
+
+/// The synchronous start of [`dispatch`]: whether a reply is wanted, the metrics start, and
+/// the request with its early error (`None`: nothing more to do; answered here if needed).
+#[allow(clippy::type_complexity)]
+fn prepare(
+    inner: &Arc<Inner>,
+    session: &Session,
+    msg: Message,
+) -> (
+    bool,
+    Timed,
+    Option<(Request<Session>, Option<HandlerError>)>,
 ) {
     // "An id of 0 means no response wanted" (§4.2).
     let wants_reply = msg.kind == MessageType::Request && msg.id != 0;
-    let timed = Timed::start(&inner, msg.kind);
+    let timed = Timed::start(inner, msg.kind);
     let route: String = match &msg.route {
         MessageRoute::Name(name) => name.as_str().to_owned(),
         MessageRoute::Code(code) => match inner.codec.dictionary().and_then(|d| d.route(*code)) {
@@ -71,19 +101,19 @@ pub(super) async fn dispatch(
                         "route code {code} is not in this server's route dictionary: \
                              send the route by name, or reconnect to get the current dictionary"
                     ));
-                    let body = error_body(&inner, &info, &session, &e);
-                    reply(&inner, &session, msg.id, "", &body);
+                    let body = error_body(inner, &info, session, &e);
+                    reply(inner, session, msg.id, "", &body);
                 }
-                timed.done(&inner, "", true);
-                return;
+                timed.done(inner, "", true);
+                return (wants_reply, Timed(None), None);
             }
         },
-        _ => return,
+        _ => return (wants_reply, Timed(None), None),
     };
     let info = RequestInfo::new(route, msg.id, msg.kind);
     // The body decoded once, for filters and the handler or forwarder alike; a body that
     // does not decode is answered with the decoder's message (after filters see it too).
-    let (req, early) = match decode(&inner, &info, &msg.body) {
+    let prepared = match decode(inner, &info, &msg.body) {
         Ok(Body::Text(text)) => (
             Request::from_json_text(info, session.clone(), text).with_state(inner.state.clone()),
             None,
@@ -97,6 +127,19 @@ pub(super) async fn dispatch(
         }
         Err(e) => (Request::new(info, session.clone(), Value::Null), Some(e)),
     };
+    (wants_reply, timed, Some(prepared))
+}
+
+/// The asynchronous part of [`dispatch`]: filters, the handler or forwarder, the response.
+async fn handle(
+    inner: Arc<Inner>,
+    session: Session,
+    req: Request<Session>,
+    early: Option<HandlerError>,
+    answered: TaskTrackerToken,
+    wants_reply: bool,
+    timed: Timed,
+) {
     let info = req.info();
     let run = async {
         match early {

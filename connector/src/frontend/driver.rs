@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use shaddock_protocol::connection::{CloseReason, Event, ServerConnection};
 use shaddock_protocol::message::{Message, MessageType};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -390,14 +391,21 @@ where
             refuse_stopping(&self.inner, &self.session, &msg);
             return;
         }
-        self.inner.tracker.spawn(
-            async move {
-                dispatch(inner, session.clone(), msg, answered).await;
-                drop(permit);
-                // Pushes lingering for this request are due now (see `take_due`).
-                session.outbox().wake_if_queued();
-            }
-            .in_current_span(),
-        );
+        let Some(handling) = dispatch(inner, session.clone(), msg, answered) else {
+            return;
+        };
+        // A combinator, not an `async` block: a block would hold `handling` twice (as its
+        // capture and as the future it awaits), and the task is allocated per message.
+        // Boxed: the task then holds a pointer, and tokio's spawn moves (copies) that
+        // instead of the ~1 KB future into and inside the task cell.
+        self.inner.tracker.spawn(Box::pin(
+            handling
+                .map(move |()| {
+                    drop(permit);
+                    // Pushes lingering for this request are due now (see `take_due`).
+                    session.outbox().wake_if_queued();
+                })
+                .in_current_span(),
+        ));
     }
 }
