@@ -445,11 +445,7 @@ pub fn render(results: &BTreeMap<RunKey, Value>, header: &str) -> String {
                     let _ = writeln!(md, "- {stack}: not run (see the script's output).");
                     continue;
                 };
-                let params: Vec<String> = PARAMS
-                    .iter()
-                    .filter_map(|k| run.get(*k).map(|v| format!("{k} {}", plain(v))))
-                    .collect();
-                let _ = writeln!(md, "- {stack}: {}", params.join(", "));
+                let _ = writeln!(md, "- {stack}: {}", params_line(run));
             }
             md.push('\n');
             md.push_str(
@@ -479,6 +475,16 @@ pub fn render(results: &BTreeMap<RunKey, Value>, header: &str) -> String {
         let _ = writeln!(md, "| {text} | {v} |");
     }
     md
+}
+
+/// The parameters of a result line (clients, rooms, rate ...), as `name value` pairs joined
+/// by ", ": the line under each scenario's heading in the generated tables.
+pub fn params_line(run: &Value) -> String {
+    PARAMS
+        .iter()
+        .filter_map(|k| run.get(*k).map(|v| format!("{k} {}", plain(v))))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn plain(v: &Value) -> String {

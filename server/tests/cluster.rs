@@ -42,12 +42,9 @@ impl Drop for Cluster {
             let _ = m.kill();
             let _ = m.wait();
         }
-        for pid in std::iter::once(&self.master_pid).chain(&self.pids) {
-            let _ = Command::new("kill")
-                .args(["-9", &pid.to_string()])
-                .stderr(Stdio::null())
-                .status();
-        }
+        shaddock_test_support::process::kill9_all(
+            std::iter::once(&self.master_pid).chain(&self.pids),
+        );
         if std::thread::panicking() {
             eprintln!("cluster files kept in {}", self.dir.display());
         } else {

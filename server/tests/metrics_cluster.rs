@@ -50,12 +50,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = self.master.kill();
         let _ = self.master.wait();
-        for pid in &self.pids {
-            let _ = Command::new("kill")
-                .args(["-9", &pid.to_string()])
-                .stderr(Stdio::null())
-                .status();
-        }
+        shaddock_test_support::process::kill9_all(&self.pids);
         if std::thread::panicking() {
             eprintln!("cluster files kept in {}", self.dir.display());
         } else {

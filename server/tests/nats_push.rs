@@ -157,12 +157,7 @@ impl Drop for Launcher {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        for pid in &self.pids {
-            let _ = Command::new("kill")
-                .args(["-9", &pid.to_string()])
-                .stderr(Stdio::null())
-                .status();
-        }
+        shaddock_test_support::process::kill9_all(&self.pids);
         if std::thread::panicking() {
             eprintln!("--- launcher log ---\n{}", self.log());
         } else {

@@ -5,9 +5,11 @@
 //! - [`logs`]: capture one test's `tracing` output and wait for a line about a peer.
 //! - [`netns`]: several hosts on one machine (network namespaces on a bridge), torn down on drop.
 //! - [`nats`]: a JetStream nats-server cluster across such hosts.
+//! - [`process`]: end the processes a test started, by PID.
 //! - [`tls`]: a CA and a server certificate made at test time.
 
 pub mod logs;
 pub mod nats;
 pub mod netns;
+pub mod process;
 pub mod tls;

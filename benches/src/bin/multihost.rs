@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use serde_json::{Value, json};
 use shaddock_benches::procfs;
-use shaddock_benches::report::fmt_num;
+use shaddock_benches::report::{fmt_num, params_line};
 use shaddock_client::{ClientConfig, Transport, query_entry};
 use shaddock_server::cluster::{ClusterBackend, ClusterConfig, NatsBackend};
 use shaddock_test_support::nats::NatsCluster;
@@ -766,21 +766,6 @@ const FIGURES: &[(&str, &str, &str)] = &[
     ),
 ];
 
-const PARAMS: &[&str] = &[
-    "clients",
-    "connected",
-    "rooms",
-    "room_size",
-    "senders",
-    "rate",
-    "duration_s",
-    "hold_s",
-    "intended",
-    "sent",
-    "workers",
-    "transport",
-];
-
 /// The last line per (scenario, setup) of a results text.
 fn latest(text: &str) -> std::collections::BTreeMap<(String, String), Value> {
     let mut out = std::collections::BTreeMap::new();
@@ -865,17 +850,7 @@ fn render(text: &str, header: &str) -> String {
                     let _ = writeln!(md, "- {setup}: not run (see the runner's output).");
                 }
                 Some(v) => {
-                    let p: Vec<String> = PARAMS
-                        .iter()
-                        .filter_map(|k| {
-                            let x = v.get(*k)?;
-                            Some(match x {
-                                Value::String(s) => format!("{k} {s}"),
-                                x => format!("{k} {}", cell(x.as_f64())),
-                            })
-                        })
-                        .collect();
-                    let _ = writeln!(md, "- {setup}: {}", p.join(", "));
+                    let _ = writeln!(md, "- {setup}: {}", params_line(v));
                 }
             }
         }
