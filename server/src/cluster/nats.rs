@@ -215,7 +215,10 @@ async fn connect_one(
         .name(format!("shaddock-{}-{name}", config.app))
         .ping_interval(PING_INTERVAL)
         .subscription_capacity(PUSH_SUBSCRIPTION_CAPACITY)
-        .connection_timeout(Duration::from_secs(2))
+        // A node on a host that is cut off does not refuse: the attempt waits for this. After
+        // a cut that took 2 s of a 3 s TTL, and the servers it kept from NATS were judged lost.
+        .connection_timeout(CONNECT_TIMEOUT)
+        .retain_servers_order()
         .retry_on_initial_connect()
         .max_reconnects(None)
         .reconnect_delay_callback(|attempt| {
@@ -269,11 +272,48 @@ async fn connect_one(
             }
         });
     let client = opts
-        .connect(config.nats.as_slice())
+        .connect(ordered_urls(&config.nats).as_slice())
         .await
         .map_err(|e| ClusterError::Unavailable(format!("NATS {:?}: {e}", config.nats)))?;
     let _ = me.set(client.clone());
     Ok(client)
+}
+
+/// How long one attempt to reach a NATS node may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(750);
+
+/// The NATS URLs in the order this process tries them (the client keeps the order): the
+/// nodes on this machine first, then the others, each group rotated by the process id so
+/// that the processes of a host spread over the nodes. A process on its own host's node is
+/// not cut off from NATS when another host's link is: with a random order, a cut of one of
+/// three hosts took the other hosts' servers on its node with it, and those servers, alive
+/// and serving, were judged lost and their pushes refused (multihost, cut link).
+fn ordered_urls(urls: &[String]) -> Vec<String> {
+    let (mut local, mut other): (Vec<String>, Vec<String>) =
+        urls.iter().cloned().partition(|u| url_is_local(u));
+    let turn = std::process::id() as usize;
+    for group in [&mut local, &mut other] {
+        if !group.is_empty() {
+            let n = turn % group.len();
+            group.rotate_left(n);
+        }
+    }
+    local.extend(other);
+    local
+}
+
+/// Whether a `nats://` / `tls://` URL names an IP address of this machine (loopback, or one
+/// a socket can be bound to here). Host names are not resolved: they count as remote.
+fn url_is_local(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let rest = rest.split('/').next().unwrap_or(rest);
+    let host = match rest.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => rest.rsplit_once(':').map_or(rest, |(h, _)| h),
+    };
+    host.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok())
 }
 
 struct Buckets {
@@ -598,4 +638,31 @@ pub(crate) async fn admin_connection(
     name: &str,
 ) -> Result<Client, ClusterError> {
     connect_one(config, name, &Arc::new(Counters::default())).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_machine_s_nodes_are_tried_first() {
+        assert!(url_is_local("nats://127.0.0.1:4222"));
+        assert!(url_is_local("nats://user:secret@127.0.0.1:4222"));
+        assert!(url_is_local("tls://[::1]:4222"));
+        // TEST-NET-1: no machine has it; a name is not resolved.
+        assert!(!url_is_local("nats://192.0.2.7:4222"));
+        assert!(!url_is_local("nats://nats.example:4222"));
+        let urls: Vec<String> = [
+            "nats://192.0.2.7:4222",
+            "nats://127.0.0.1:4222",
+            "nats://192.0.2.8:4222",
+        ]
+        .map(String::from)
+        .into();
+        let ordered = ordered_urls(&urls);
+        assert_eq!(ordered[0], "nats://127.0.0.1:4222");
+        let mut rest = ordered[1..].to_vec();
+        rest.sort();
+        assert_eq!(rest, ["nats://192.0.2.7:4222", "nats://192.0.2.8:4222"]);
+    }
 }
