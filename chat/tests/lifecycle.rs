@@ -41,7 +41,9 @@ fn a_gate_that_cannot_listen_fails_the_launch_at_once_and_says_why() {
         .arg("--config")
         .arg(&dir)
         .args(["--start-timeout", "300"])
-        .env("RUST_LOG", "warn")
+        // The master's supervision at debug: which server, if any, is slow to stop (this
+        // test once took 40 s, STOP_WAIT twice, with nothing in a warn-level log to say why).
+        .env("RUST_LOG", "warn,shaddock_server::master=debug")
         .env_remove("SHADDOCK_ENV")
         .env_remove("SHADDOCK_CHAT_PAGE_PORT")
         .stdin(Stdio::null())
