@@ -56,31 +56,23 @@ pub(super) fn dispatch(
     // The route and the body are resolved here, before the future: what only this part
     // needs (the message, the route's name) is not kept in the future's state, which is
     // allocated per message (a smaller one is a cheaper allocation). `None`: handled here.
-    let (wants_reply, timed, prepared) = prepare(&inner, &session, msg);
-    let (req, early) = prepared?;
-    Some(handle(
-        inner,
-        session,
-        req,
-        early,
-        answered,
-        wants_reply,
-        timed,
-    ))
+    let prepared = prepare(&inner, &session, msg)?;
+    Some(handle(inner, session, prepared, answered))
 }
 
-/// The synchronous start of [`dispatch`]: whether a reply is wanted, the metrics start, and
-/// the request with its early error (`None`: nothing more to do; answered here if needed).
-#[allow(clippy::type_complexity)]
-fn prepare(
-    inner: &Arc<Inner>,
-    session: &Session,
-    msg: Message,
-) -> (
-    bool,
-    Timed,
-    Option<(Request<Session>, Option<HandlerError>)>,
-) {
+/// A message after [`prepare`]: what [`handle`] needs of it.
+struct Prepared {
+    req: Request<Session>,
+    /// The body did not decode: the error to answer with (after the filters see it).
+    early: Option<HandlerError>,
+    /// A request with an id (§4.2: 0 means no response wanted).
+    wants_reply: bool,
+    timed: Timed,
+}
+
+/// The synchronous start of [`dispatch`]: the route and the body resolved, the metrics
+/// started. `None`: nothing more to do (answered here if needed).
+fn prepare(inner: &Arc<Inner>, session: &Session, msg: Message) -> Option<Prepared> {
     // "An id of 0 means no response wanted" (§4.2).
     let wants_reply = msg.kind == MessageType::Request && msg.id != 0;
     let timed = Timed::start(inner, msg.kind);
@@ -105,15 +97,15 @@ fn prepare(
                     reply(inner, session, msg.id, "", &body);
                 }
                 timed.done(inner, "", true);
-                return (wants_reply, Timed(None), None);
+                return None;
             }
         },
-        _ => return (wants_reply, Timed(None), None),
+        _ => return None,
     };
     let info = RequestInfo::new(route, msg.id, msg.kind);
     // The body decoded once, for filters and the handler or forwarder alike; a body that
     // does not decode is answered with the decoder's message (after filters see it too).
-    let prepared = match decode(inner, &info, &msg.body) {
+    let (req, early) = match decode(inner, &info, &msg.body) {
         Ok(Body::Text(text)) => (
             Request::from_json_text(info, session.clone(), text).with_state(inner.state.clone()),
             None,
@@ -127,19 +119,22 @@ fn prepare(
         }
         Err(e) => (Request::new(info, session.clone(), Value::Null), Some(e)),
     };
-    (wants_reply, timed, Some(prepared))
+    Some(Prepared {
+        req,
+        early,
+        wants_reply,
+        timed,
+    })
 }
 
 /// The asynchronous part of [`dispatch`]: filters, the handler or forwarder, the response.
-async fn handle(
-    inner: Arc<Inner>,
-    session: Session,
-    req: Request<Session>,
-    early: Option<HandlerError>,
-    answered: TaskTrackerToken,
-    wants_reply: bool,
-    timed: Timed,
-) {
+async fn handle(inner: Arc<Inner>, session: Session, p: Prepared, answered: TaskTrackerToken) {
+    let Prepared {
+        req,
+        early,
+        wants_reply,
+        timed,
+    } = p;
     let info = req.info();
     let run = async {
         match early {
