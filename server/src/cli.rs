@@ -340,7 +340,7 @@ fn is_local_address(host: &str) -> bool {
     use std::net::ToSocketAddrs;
     (host, 0)
         .to_socket_addrs()
-        .map(|mut addrs| addrs.any(|a| std::net::UdpSocket::bind(a).is_ok()))
+        .map(|mut addrs| addrs.any(|a| crate::cluster::is_local_ip(a.ip())))
         .unwrap_or(false)
 }
 

@@ -143,6 +143,12 @@ pub struct ServerRecord {
     pub degraded: Option<String>,
 }
 
+/// Whether `ip` is an address of this machine: loopback, or one a socket can be bound to
+/// here (which hosts of servers.json a launcher runs; which NATS nodes a server tries first).
+pub(crate) fn is_local_ip(ip: std::net::IpAddr) -> bool {
+    ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok()
+}
+
 /// A change of the registry, as [`ServerWatch::next`] yields it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerEvent {

@@ -313,7 +313,7 @@ fn url_is_local(url: &str) -> bool {
         None => rest.rsplit_once(':').map_or(rest, |(h, _)| h),
     };
     host.parse::<std::net::IpAddr>()
-        .is_ok_and(|ip| ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok())
+        .is_ok_and(super::is_local_ip)
 }
 
 struct Buckets {
