@@ -167,7 +167,8 @@ fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(v, |v, k| v.get(k))
 }
 
-fn num(v: &Value, path: &str) -> Option<f64> {
+/// A dotted key path in a JSON object, as a number.
+pub fn num(v: &Value, path: &str) -> Option<f64> {
     lookup(v, path)?.as_f64()
 }
 
@@ -273,12 +274,13 @@ fn other_per_unit(v: &Value) -> Option<f64> {
     Some(sum)
 }
 
-fn cell(x: Option<f64>) -> String {
+/// A table cell: the number as [`fmt_num`] writes it, `–` when there is none.
+pub fn cell(x: Option<f64>) -> String {
     x.map_or_else(|| "–".to_owned(), fmt_num)
 }
 
 /// A CPU figure in µs: one decimal below 100, whole numbers above.
-fn cpu_cell(x: Option<f64>) -> String {
+pub fn cpu_cell(x: Option<f64>) -> String {
     match x {
         Some(x) if x.is_finite() && x.abs() < 100.0 => format!("{x:.1}"),
         other => cell(other),

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use serde_json::{Value, json};
 use shaddock_benches::procfs;
-use shaddock_benches::report::{fmt_num, params_line};
+use shaddock_benches::report::{cell, cpu_cell, num, params_line};
 use shaddock_client::{ClientConfig, Transport, query_entry};
 use shaddock_server::cluster::{ClusterBackend, ClusterConfig, NatsBackend};
 use shaddock_test_support::nats::NatsCluster;
@@ -670,25 +670,6 @@ impl Stack {
 
 // ---------------------------------------------------------------------------------------
 // The tables.
-
-/// A dotted key path in a JSON object, as a number.
-fn num(v: &Value, path: &str) -> Option<f64> {
-    path.split('.')
-        .try_fold(v, |v, k| v.get(k))
-        .and_then(Value::as_f64)
-}
-
-fn cpu_cell(x: Option<f64>) -> String {
-    match x {
-        Some(x) if x.is_finite() && x.abs() < 100.0 => format!("{x:.1}"),
-        Some(x) => fmt_num(x),
-        None => "–".to_owned(),
-    }
-}
-
-fn cell(x: Option<f64>) -> String {
-    x.map_or_else(|| "–".to_owned(), fmt_num)
-}
 
 /// The kinds with a column of their own; the masters and launchers are "other".
 const KINDS: [(&str, &str); 4] = [
