@@ -249,6 +249,28 @@ async fn enter(addr: &str, uid: &str) -> (User, Value) {
     (u, r)
 }
 
+/// Enters `uid` (room r1) as `u` again every `pause` until it is let in; panics saying
+/// "`uid` not free `what`" after `within`. How many enters were refused before.
+async fn enter_when_free(
+    u: &User,
+    uid: &str,
+    within: Duration,
+    pause: Duration,
+    what: &str,
+) -> usize {
+    let deadline = Instant::now() + within;
+    let mut refusals = 0;
+    loop {
+        let r = request(u, ENTER, json!({"uid": uid, "rid": "r1"})).await;
+        if r["code"] == 200 {
+            return refusals;
+        }
+        refusals += 1;
+        assert!(Instant::now() < deadline, "{uid} not free {what}: {r}");
+        tokio::time::sleep(pause).await;
+    }
+}
+
 /// Waits (bounded) for the KICK of `u`; its reason.
 async fn kicked(u: &mut User) -> String {
     let deadline = tokio::time::Instant::now() + STEP;
@@ -459,19 +481,9 @@ async fn refuse_new_claims_are_released_on_close_and_unbind_and_freed_with_a_kil
     // Close releases: carol on connector 2 succeeds without waiting for any TTL (connector 1
     // is alive: nothing but the release can free the claim).
     drop(first);
-    let deadline = Instant::now() + STEP;
     let took = Instant::now();
-    loop {
-        let r = request(&second, ENTER, json!({"uid": "carol", "rid": "r1"})).await;
-        if r["code"] == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "carol not free after her session closed: {r}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let pause = Duration::from_millis(50);
+    enter_when_free(&second, "carol", STEP, pause, "after her session closed").await;
     eprintln!(
         "claim released on close: carol back in after {:?}",
         took.elapsed()
@@ -486,18 +498,7 @@ async fn refuse_new_claims_are_released_on_close_and_unbind_and_freed_with_a_kil
     .await;
     assert_eq!(r["code"], 200, "{r}");
     let third = connect(&c1).await;
-    let deadline = Instant::now() + STEP;
-    loop {
-        let r = request(&third, ENTER, json!({"uid": "carol", "rid": "r1"})).await;
-        if r["code"] == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "carol not free after the unbind: {r}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    enter_when_free(&third, "carol", STEP, pause, "after the unbind").await;
 
     // A frontend killed with SIGKILL (not restarted): its uid is refused while its record
     // lives, and free once it expired (TTL 3 s + 2 s bound), with no clean-up by anyone.
@@ -505,26 +506,16 @@ async fn refuse_new_claims_are_released_on_close_and_unbind_and_freed_with_a_kil
     assert_eq!(r["code"], 200, "{r}");
     let victim = server(&list, "connector-server-2")["pid"].as_u64().unwrap() as u32;
     let killed = Instant::now();
-    let status = Command::new("kill")
-        .args(["-9", &victim.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    assert!(shaddock_test_support::process::kill9(victim));
     let again = connect(&c1).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut refusals = 0;
-    loop {
-        let r = request(&again, ENTER, json!({"uid": "dora", "rid": "r1"})).await;
-        if r["code"] == 200 {
-            break;
-        }
-        refusals += 1;
-        assert!(
-            Instant::now() < deadline,
-            "dora not free 30 s after her connector was killed: {r}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let refusals = enter_when_free(
+        &again,
+        "dora",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        "30 s after her connector was killed",
+    )
+    .await;
     eprintln!(
         "claim of a SIGKILLed frontend freed after {:?} ({refusals} refused logins before)",
         killed.elapsed()
