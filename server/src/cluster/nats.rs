@@ -152,7 +152,7 @@ impl NatsBackend {
     pub async fn servers_refreshed(&self) -> Vec<(super::ServerRecord, bool)> {
         use super::ClusterBackend as _;
         let since = tokio::time::Instant::now();
-        let deadline = tokio::time::Instant::now() + self.core.ttl();
+        let deadline = since + self.core.ttl();
         let fresh = |id: &str| self.core.last_seen(id).is_some_and(|at| at > since);
         loop {
             let all = self.servers();
