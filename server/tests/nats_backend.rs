@@ -1069,6 +1069,168 @@ fn nats_quorum_lost_degrades_and_recovers() {
     });
 }
 
+/// A server that dies while JetStream cannot write (no quorum) is still judged lost, within
+/// the bound: liveness is judged from the beats on core NATS, not from the store's refreshes
+/// (which a JetStream election or a lost quorum stop for everyone). Servers that still beat
+/// are not lost meanwhile, and the dead one stays lost when the quorum is back.
+#[test]
+fn nats_a_server_that_dies_while_the_store_cannot_write_is_judged_lost() {
+    init_logs();
+    let (hosts, mut cluster) = nats_cluster();
+    let fx = Fx::nats(&cluster.urls(), "nostore");
+    runtime().block_on(async {
+        let dying = fx.connect("dying").await;
+        let stays = fx.connect("stays").await;
+        let w = fx.connect("w").await;
+        let chat1 = rec("chat-1", "chat", false);
+        let chat2 = rec("chat-2", "chat", false);
+        register_seen(&fx, &dying, &chat1, &[&w]).await;
+        register_seen(&fx, &stays, &chat2, &[&w]).await;
+        let mut watch = w.watch();
+
+        cluster.kill(&hosts, 1).unwrap();
+        cluster.kill(&hosts, 2).unwrap();
+        let mut h = w.health();
+        let degraded = tokio::time::timeout(
+            Duration::from_secs(15),
+            h.wait_for(|h| matches!(h, Health::Degraded(_))),
+        )
+        .await
+        .is_ok();
+        assert!(degraded, "not degraded within 15 s");
+        // Every handle is back on the one node left, beating: nobody is lost.
+        let quiet = events_during(&mut watch, fx.ttl() * 2).await;
+        assert!(
+            !quiet.iter().any(|e| matches!(e, ServerEvent::Removed(_))),
+            "a beating server was lost while the store could not write: {quiet:?}"
+        );
+
+        let died = Instant::now();
+        drop(dying);
+        let within = fx.lost_within() * 2;
+        let mut others = Vec::new();
+        let deadline = died + within;
+        loop {
+            match tokio::time::timeout_at(deadline, watch.next()).await {
+                Ok(Some(ServerEvent::Removed(r))) if r.id == "chat-1" => break,
+                Ok(Some(e)) => others.push(e),
+                Ok(None) => panic!("watch ended"),
+                Err(_) => panic!(
+                    "chat-1 not judged lost within {within:?} while the store could not write"
+                ),
+            }
+        }
+        eprintln!(
+            "FIGURE a server dead while JetStream had no quorum: judged lost {:?} after",
+            died.elapsed()
+        );
+        assert!(
+            !others.iter().any(|e| matches!(e, ServerEvent::Removed(_))),
+            "another server was lost meanwhile: {others:?}"
+        );
+        assert!(has(&w, "chat-2") && !has(&w, "chat-1"));
+
+        cluster.restart(&hosts, 1).unwrap();
+        cluster.restart(&hosts, 2).unwrap();
+        tokio::task::block_in_place(|| cluster.wait_healthy(&[0, 1, 2], Duration::from_secs(60)))
+            .unwrap();
+        healthy(&w, Duration::from_secs(60), "w after the quorum came back").await;
+        healthy(
+            &stays,
+            Duration::from_secs(60),
+            "stays after the quorum came back",
+        )
+        .await;
+        // A full refresh round with the store writing again: chat-2 is refreshed, chat-1 (its
+        // record still in the bucket until the store's own expiry) is not back.
+        stays.set_connections("chat-2", 7).unwrap();
+        until(
+            fx.ttl() * 3,
+            "chat-2 refreshed after the quorum came back",
+            || {
+                w.servers()
+                    .iter()
+                    .any(|r| r.id == "chat-2" && r.connections == 7)
+            },
+        )
+        .await;
+        assert!(
+            !has(&w, "chat-1"),
+            "the dead server came back in the registry"
+        );
+    });
+}
+
+/// A dead run's record written again without the run beating (a refresh that reached the store
+/// late: a JetStream proposal committed when the quorum came back, after the process died)
+/// does not bring the server back: it is not listed, and its uid claims stay free. The same
+/// run beating again does bring it back.
+#[test]
+fn nats_a_dead_run_s_late_record_write_does_not_bring_it_back() {
+    use base64::Engine as _;
+    init_logs();
+    let (_hosts, cluster) = nats_cluster();
+    let fx = Fx::nats(&cluster.urls(), "zombie");
+    runtime().block_on(async {
+        let dying = fx.connect("dying").await;
+        let w = fx.connect("w").await;
+        let conn1 = rec("conn-1", "connector", true);
+        let conn2 = rec("conn-2", "connector", true);
+        register_seen(&fx, &dying, &conn1, &[&w]).await;
+        register_seen(&fx, &w, &conn2, &[&w]).await;
+        let held = w
+            .claim_uid("alice", claim(&conn1, 1), ClaimPolicy::RefuseNew)
+            .await
+            .unwrap();
+        assert!(matches!(held, ClaimOutcome::Claimed { .. }), "{held:?}");
+        let mut watch = w.watch();
+        drop(dying);
+        expect_event(
+            &mut watch,
+            fx.lost_within(),
+            "conn-1 lost",
+            removed("conn-1"),
+        )
+        .await;
+
+        // The late write, straight into the bucket as a refresher writes it.
+        let raw = async_nats::connect(cluster.urls()[0].as_str())
+            .await
+            .unwrap();
+        let kv = async_nats::jetstream::new(raw)
+            .get_key_value("zombie-servers")
+            .await
+            .unwrap();
+        let key = format!(
+            "s{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("conn-1")
+        );
+        kv.put(&key, serde_json::to_vec(&conn1).unwrap().into())
+            .await
+            .unwrap();
+        let after = events_during(&mut watch, fx.ttl() * 2).await;
+        assert!(
+            !after.iter().any(added("conn-1")),
+            "a late write brought a dead run back: {after:?}"
+        );
+        assert!(!has(&w, "conn-1"));
+        let c = w
+            .claim_uid("alice", claim(&conn2, 2), ClaimPolicy::RefuseNew)
+            .await
+            .unwrap();
+        assert!(
+            matches!(c, ClaimOutcome::Claimed { .. }),
+            "the dead run's claim is still held: {c:?}"
+        );
+
+        // The same run beating again (its process was only cut off) is back.
+        let back = fx.connect("back").await;
+        back.register(conn1.clone()).await.unwrap();
+        expect_event(&mut watch, fx.lost_within(), "conn-1 back", added("conn-1")).await;
+        assert!(has(&w, "conn-1"));
+    });
+}
+
 /// A node in lame-duck mode (SIGUSR2): the backend's connections move to another node at once
 /// (well before the node's 20 s grace period would evict them), and it stays healthy.
 #[test]

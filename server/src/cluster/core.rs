@@ -51,13 +51,42 @@ pub(crate) const BACKSTOP_TTLS: u32 = 5;
 /// started again, makes no server lost: every record gets a full TTL again once both work.
 /// Judgments are made at progress events only. The bucket's own expiry (`BACKSTOP_TTLS` ×
 /// TTL) removes what nobody refreshes for good.
+///
+/// **Beats.** Every handle also sends a beat each refresh period on plain pub/sub (NATS core,
+/// no JetStream): its heartbeat key and the servers it refreshes ([`Beat`]). A beat counts as
+/// a refresh of those records, and a handle's own beat coming back counts as progress. So
+/// liveness does not wait for the store: while a JetStream bucket elects a new leader (4-9 s
+/// when its leader's node died), the servers that still beat stay live and the ones that
+/// stopped are judged lost one TTL after their last beat, instead of one TTL after the store
+/// takes writes again. A record's refreshes still count as before: a server is live while
+/// either reaches this handle.
 struct Liveness {
     /// Server id → when its latest refresh was delivered, and its revision.
     seen: HashMap<String, (Instant, u64)>,
-    /// Server id → the revision at which this handle judged it lost.
-    judged: HashMap<String, u64>,
+    /// Server id → how this handle judged it lost.
+    judged: HashMap<String, Judged>,
     last_progress: Instant,
     progress_since: Instant,
+}
+
+/// A server this handle judged lost.
+struct Judged {
+    /// The revision of its record at that moment.
+    revision: u64,
+    /// Its run (start time, pid), once known.
+    run: Option<(u64, u32)>,
+    /// The same run's record written again since (a refresh that reached the store late, for
+    /// instance committed when a JetStream quorum came back after the process had died): held
+    /// here, not listed, until the run beats again ([`apply_beat`]).
+    revivable: Option<(ServerRecord, u64)>,
+}
+
+impl Judged {
+    /// Whether `r` (at `revision`) is still the judged run: an old refresh, or the same run
+    /// written again but not beating.
+    fn covers(&self, r: &ServerRecord, revision: u64) -> bool {
+        revision <= self.revision || self.run == Some((r.start_time, r.pid))
+    }
 }
 
 /// The three buckets of an app.
@@ -146,6 +175,11 @@ pub(crate) trait Store: Send + Sync + 'static {
         &self,
         subject: String,
     ) -> BoxFuture<'_, Result<BoxStream<'static, Bytes>, ClusterError>>;
+    /// Sends a liveness beat to every handle of the app: plain pub/sub on the control
+    /// connection, never through the key-value store (see [`Liveness`]).
+    fn beat(&self, payload: Bytes) -> BoxFuture<'_, Result<(), ClusterError>>;
+    /// Every handle's beats from now on.
+    fn beats(&self) -> BoxFuture<'_, Result<BoxStream<'static, Bytes>, ClusterError>>;
     /// The largest message `publish` takes.
     fn max_payload(&self) -> usize;
     /// `Ok` when the store is reachable (cheap, no request); the error says why not.
@@ -158,6 +192,17 @@ pub(crate) trait Store: Send + Sync + 'static {
 #[derive(Debug, Serialize, Deserialize)]
 struct PlacementValue {
     server: String,
+}
+
+/// What a handle sends each refresh period on [`Store::beat`] (see [`Liveness`]).
+#[derive(Debug, Serialize, Deserialize)]
+struct Beat {
+    /// The sender's heartbeat key: its own beat coming back is progress.
+    #[serde(rename = "h")]
+    handle: String,
+    /// The runs it refreshes: (server id, start time, pid).
+    #[serde(rename = "s")]
+    servers: Vec<(String, u64, u32)>,
 }
 
 pub(crate) fn server_key(id: &str) -> Result<String, ClusterError> {
@@ -210,6 +255,10 @@ fn parse_placement_key(k: &str) -> Option<(String, Vec<u8>)> {
     let key = B64.decode(key.strip_prefix('k')?).ok()?;
     Some((String::from_utf8(t).ok()?, key))
 }
+
+/// Subject of the liveness beats ([`Store::beat`]). NATS sends them on the control connection,
+/// apart from the pushes, so that a flood of pushes cannot delay or drop them.
+pub(crate) const BEAT_SUBJECT: &str = "alive";
 
 /// Subject of the pushes for one frontend.
 pub(crate) fn push_subject(frontend: &str) -> String {
@@ -327,6 +376,8 @@ impl<S: Store> Core<S> {
             tasks.push(tokio::spawn(run_watch(inner.clone(), b)).abort_handle());
         }
         tasks.push(tokio::spawn(run_health(inner.clone())).abort_handle());
+        tasks.push(tokio::spawn(run_beats(inner.clone())).abort_handle());
+        tasks.push(tokio::spawn(run_beat_watch(inner.clone())).abort_handle());
         // Built before the wait, so that the tasks stop if this future is dropped.
         let core = Self { inner, tasks };
         let inner = &core.inner;
@@ -449,15 +500,18 @@ impl<S: Store> Core<S> {
         else {
             return Ok(false);
         };
-        // Judged lost, and not refreshed since: lost, although the store still holds it.
+        let Ok(r) = serde_json::from_slice::<ServerRecord>(&e.value) else {
+            return Ok(false);
+        };
+        // Judged lost, and not beating since: lost, although the store still holds it.
         if lock(&self.inner.liveness)
             .judged
             .get(id)
-            .is_some_and(|&rev| rev >= e.revision)
+            .is_some_and(|j| j.covers(&r, e.revision))
         {
             return Ok(false);
         }
-        Ok(serde_json::from_slice::<ServerRecord>(&e.value).is_ok_and(|r| fits(&r)))
+        Ok(fits(&r))
     }
 
     pub(crate) async fn claim_uid(
@@ -878,15 +932,25 @@ fn progress<S: Store>(inner: &Inner<S>, now: Instant) {
             .collect();
         for (id, rev) in &lost {
             l.seen.remove(id);
-            l.judged.insert(id.clone(), *rev);
+            l.judged.insert(
+                id.clone(),
+                Judged {
+                    revision: *rev,
+                    run: None,
+                    revivable: None,
+                },
+            );
         }
         lost.into_iter().map(|(id, _)| id).collect()
     };
     for id in lost {
         let old = write(&inner.servers).remove(&id);
         if let Some(old) = old {
+            if let Some(j) = lock(&inner.liveness).judged.get_mut(&id) {
+                j.run = Some((old.start_time, old.pid));
+            }
             tracing::warn!(backend = %inner.name, server = %id, host = %old.host, port = old.port,
-                "server lost: its record was not refreshed for {:?}", inner.ttl);
+                "server lost: neither its record nor its beat came for {:?}", inner.ttl);
             let _ = inner.events.send(ServerEvent::Removed(old));
         }
     }
@@ -1038,9 +1102,18 @@ fn apply_server<S: Store>(inner: &Inner<S>, e: KvEntry) {
     let now = Instant::now();
     {
         let mut l = lock(&inner.liveness);
-        if l.judged.get(&id).is_some_and(|&rev| rev >= e.revision) {
-            // The refresh it was judged lost on, delivered again (a watch restarted).
-            return;
+        if let Some(j) = l.judged.get_mut(&id) {
+            if e.revision <= j.revision {
+                // The refresh it was judged lost on, delivered again (a watch restarted).
+                return;
+            }
+            if j.covers(&record, e.revision) {
+                // The judged run written again: it comes back only when it beats again, so
+                // that a late write of a dead process does not list it.
+                j.revivable = Some((record, e.revision));
+                return;
+            }
+            // Another run of this id (a restart): a new server.
         }
         l.judged.remove(&id);
         if l.seen.get(&id).is_some_and(|&(_, rev)| rev == e.revision) {
@@ -1082,6 +1155,123 @@ fn apply_placement<S: Store>(inner: &Inner<S>, e: KvEntry) {
             inner.bad_entries.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(backend = %inner.name, key = %e.key, "placements bucket: unreadable value, skipped: {err}");
         }
+    }
+}
+
+/// Sends this handle's [`Beat`] every refresh period: its heartbeat key and the runs whose
+/// refreshers still run. A failed send is logged once until one succeeds again.
+async fn run_beats<S: Store>(inner: Arc<Inner<S>>) {
+    let period = inner.ttl / 3;
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let servers = lock(&inner.registered)
+            .values()
+            .filter(|r| !r.task.is_finished())
+            .map(|r| {
+                let r = lock(&r.record);
+                (r.id.clone(), r.start_time, r.pid)
+            })
+            .collect();
+        let beat = to_json(&Beat {
+            handle: inner.heartbeat_key.clone(),
+            servers,
+        });
+        match tokio::time::timeout(period, inner.store.beat(beat)).await {
+            Ok(Ok(())) => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!(backend = %inner.name, "liveness beats sent again");
+                }
+            }
+            Ok(Err(e)) if !failing => {
+                failing = true;
+                tracing::warn!(backend = %inner.name, "cannot send the liveness beat: {e}");
+            }
+            Err(_) if !failing => {
+                failing = true;
+                tracing::warn!(backend = %inner.name, "liveness beat not sent within {period:?}");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Reads every handle's beats (see [`Liveness`]); the subscription is made again if it ends.
+async fn run_beat_watch<S: Store>(inner: Arc<Inner<S>>) {
+    loop {
+        match inner.store.beats().await {
+            Ok(mut beats) => {
+                while let Some(b) = beats.next().await {
+                    apply_beat(&inner, &b);
+                }
+                tracing::warn!(backend = %inner.name, "liveness beat subscription ended, subscribing again");
+            }
+            Err(e) => {
+                tracing::warn!(backend = %inner.name, "cannot subscribe to liveness beats: {e}");
+            }
+        }
+        tokio::time::sleep(WATCH_RETRY).await;
+    }
+}
+
+/// One beat: a refresh of the runs it names that this handle holds as live (a run it does not
+/// know yet, or judged lost, waits for its record), and progress if it is this handle's own.
+fn apply_beat<S: Store>(inner: &Inner<S>, payload: &[u8]) {
+    let beat: Beat = match serde_json::from_slice(payload) {
+        Ok(b) => b,
+        Err(e) => {
+            inner.bad_entries.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(backend = %inner.name, "unreadable liveness beat, skipped: {e}");
+            return;
+        }
+    };
+    let now = Instant::now();
+    let known: Vec<&str> = {
+        let servers = read(&inner.servers);
+        beat.servers
+            .iter()
+            .filter(|(id, start, pid)| {
+                servers
+                    .get(id)
+                    .is_some_and(|r| r.start_time == *start && r.pid == *pid)
+            })
+            .map(|(id, _, _)| id.as_str())
+            .collect()
+    };
+    let revived: Vec<ServerRecord> = {
+        let mut l = lock(&inner.liveness);
+        for &id in &known {
+            if let Some((at, _)) = l.seen.get_mut(id) {
+                *at = now;
+            }
+        }
+        let mut revived = Vec::new();
+        for (id, start, pid) in &beat.servers {
+            let back = l
+                .judged
+                .get(id)
+                .is_some_and(|j| j.run == Some((*start, *pid)) && j.revivable.is_some());
+            if back
+                && let Some(Judged {
+                    revivable: Some((record, revision)),
+                    ..
+                }) = l.judged.remove(id)
+            {
+                l.seen.insert(id.clone(), (now, revision));
+                revived.push(record);
+            }
+        }
+        revived
+    };
+    for record in revived {
+        tracing::info!(backend = %inner.name, server = %record.id, "server back: it beats again and its record was refreshed");
+        write(&inner.servers).insert(record.id.clone(), record.clone());
+        let _ = inner.events.send(ServerEvent::Added(record));
+    }
+    if beat.handle == inner.heartbeat_key {
+        progress(inner, now);
     }
 }
 

@@ -18,7 +18,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
 use super::core::{
-    BACKSTOP_TTLS, Bucket, Cas, Core, KvEntry, Store, Watch, WatchItem, impl_backend,
+    BACKSTOP_TTLS, BEAT_SUBJECT, Bucket, Cas, Core, KvEntry, Store, Watch, WatchItem, impl_backend,
 };
 use super::{BoxFuture, ClusterError, ClusterStats, DEFAULT_TTL, PUSH_SUBSCRIPTION_CAPACITY};
 
@@ -363,6 +363,14 @@ impl Store for MemStore {
             .or_default()
             .push(tx);
         ready(Ok(tokio_stream_from(rx)))
+    }
+
+    fn beat(&self, payload: Bytes) -> BoxFuture<'_, Result<(), ClusterError>> {
+        self.publish(BEAT_SUBJECT.to_owned(), payload)
+    }
+
+    fn beats(&self) -> BoxFuture<'_, Result<BoxStream<'static, Bytes>, ClusterError>> {
+        self.subscribe(BEAT_SUBJECT.to_owned())
     }
 
     fn max_payload(&self) -> usize {

@@ -16,9 +16,14 @@
 //!   TTL/3 until [`ClusterBackend::deregister`] or until the handle is dropped (a crash). A
 //!   record not refreshed for the TTL is lost, and every handle's [`ClusterBackend::watch`]
 //!   sees it removed: a lost server is known as lost within **TTL + 2 s** (default TTL 3 s, so
-//!   within 5 s). Each handle judges it from the refreshes it sees, counting the TTL only while
-//!   the registry makes progress, so that a store that cannot write for a while (a JetStream
-//!   leader election) loses nobody. The store itself drops a record after 5 TTLs without
+//!   within 5 s). Each handle judges it from the refreshes and the beats it sees: every handle
+//!   also sends a beat each TTL/3 on plain pub/sub (core NATS, not JetStream) naming the runs
+//!   it refreshes. The TTL is counted only while this handle sees progress (its own heartbeat
+//!   or beat coming back), so that a store that cannot deliver for a while loses nobody; and
+//!   because beats do not need the store, a server that dies while JetStream cannot write (a
+//!   leader election, 4-9 s after the node that led a bucket died) is still judged lost one
+//!   TTL after its last beat. A judged run whose record is written again (a late write) is
+//!   listed again only once it beats again. The store itself drops a record after 5 TTLs without
 //!   refresh (NATS: the bucket's `max_age` with limit markers, which nats-server ≥ 2.11 turns
 //!   into a delete marker that watchers receive). [`ClusterBackend::servers`] answers from the
 //!   handle's cache, also while the cluster is degraded.
@@ -61,7 +66,9 @@
 //! - [`ClusterBackend::health`] goes to the admin `list` and the logs; nothing exits on it.
 //!
 //! Load on the store: every handle writes a heartbeat to two buckets and every registered
-//! record is rewritten once per refresh period (TTL/3, 1 s by default).
+//! record is rewritten once per refresh period (TTL/3, 1 s by default); every handle also
+//! publishes one beat per period, which every handle receives (n² small messages a period for
+//! n handles, as for the records' refreshes through the watch).
 //!
 //! # Layout
 //! - [`config`]: the `cluster` section of master.json ([`ClusterConfig`]).

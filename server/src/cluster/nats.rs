@@ -38,7 +38,7 @@ use futures_util::stream::BoxStream;
 
 use super::config::{ClusterConfig, valid_app};
 use super::core::{
-    BACKSTOP_TTLS, Bucket, Cas, Core, KvEntry, Store, Watch, WatchItem, impl_backend,
+    BACKSTOP_TTLS, BEAT_SUBJECT, Bucket, Cas, Core, KvEntry, Store, Watch, WatchItem, impl_backend,
 };
 use super::{BoxFuture, ClusterError, ClusterStats, MIN_TTL, PUSH_SUBSCRIPTION_CAPACITY};
 
@@ -600,6 +600,27 @@ impl Store for NatsStore {
             let subject = format!("{}{subject}", self.prefix);
             let sub =
                 self.pushes.subscribe(subject.clone()).await.map_err(|e| {
+                    ClusterError::Unavailable(format!("subscribe to {subject}: {e}"))
+                })?;
+            Ok(sub.map(|m| m.payload).boxed())
+        })
+    }
+
+    fn beat(&self, payload: Bytes) -> BoxFuture<'_, Result<(), ClusterError>> {
+        Box::pin(async move {
+            let subject = format!("{}{BEAT_SUBJECT}", self.prefix);
+            self.control
+                .publish(subject.clone(), payload)
+                .await
+                .map_err(|e| ClusterError::Unavailable(format!("publish on {subject}: {e}")))
+        })
+    }
+
+    fn beats(&self) -> BoxFuture<'_, Result<BoxStream<'static, Bytes>, ClusterError>> {
+        Box::pin(async move {
+            let subject = format!("{}{BEAT_SUBJECT}", self.prefix);
+            let sub =
+                self.control.subscribe(subject.clone()).await.map_err(|e| {
                     ClusterError::Unavailable(format!("subscribe to {subject}: {e}"))
                 })?;
             Ok(sub.map(|m| m.payload).boxed())
