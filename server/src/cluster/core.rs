@@ -492,6 +492,15 @@ impl<S: Store> Core<S> {
         if read(&self.inner.servers).get(id).is_some_and(fits) {
             return Ok(true);
         }
+        // Judged lost here (that run, or any when `start` is not given) and not beating since:
+        // lost, without asking the store. Right after a host was lost the store may be
+        // electing new leaders for seconds (when the lost node led the registry's bucket),
+        // and this answer is what re-placing the lost server's keys waits for.
+        if lock(&self.inner.liveness).judged.get(id).is_some_and(|j| {
+            start.is_none_or(|s| j.run.is_none_or(|(run_start, _)| run_start == s))
+        }) {
+            return Ok(false);
+        }
         let Some(e) = self
             .inner
             .store
