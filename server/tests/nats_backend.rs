@@ -913,6 +913,38 @@ async fn healthy(b: &impl AsBackend, within: Duration, what: &str) {
     );
 }
 
+/// Kills nodes 1 and 2 of 3 (no JetStream quorum left) and waits until `w` says degraded.
+async fn lose_quorum(hosts: &Hosts, cluster: &mut NatsCluster, w: &Backend) {
+    cluster.kill(hosts, 1).unwrap();
+    cluster.kill(hosts, 2).unwrap();
+    let mut h = w.health();
+    let degraded = tokio::time::timeout(
+        Duration::from_secs(15),
+        h.wait_for(|h| matches!(h, Health::Degraded(_))),
+    )
+    .await
+    .is_ok();
+    assert!(degraded, "not degraded within 15 s");
+    eprintln!("degraded: {:?}", *h.borrow());
+}
+
+/// Starts nodes 1 and 2 again and waits until the cluster and every one of `backends` are
+/// healthy.
+async fn regain_quorum(hosts: &Hosts, cluster: &mut NatsCluster, backends: &[(&str, &Backend)]) {
+    cluster.restart(hosts, 1).unwrap();
+    cluster.restart(hosts, 2).unwrap();
+    tokio::task::block_in_place(|| cluster.wait_healthy(&[0, 1, 2], Duration::from_secs(60)))
+        .unwrap();
+    for (name, b) in backends {
+        healthy(
+            *b,
+            Duration::from_secs(60),
+            &format!("{name} after the quorum came back"),
+        )
+        .await;
+    }
+}
+
 /// Killing the node that leads the registry's stream (the worst one: a JetStream election
 /// follows) changes nothing: no server is lost, claims and placements keep working, the keys
 /// stay where they were.
@@ -1014,17 +1046,7 @@ fn nats_quorum_lost_degrades_and_recovers() {
         healthy(&w, Duration::from_secs(10), "before").await;
         let mut watch = w.watch();
 
-        cluster.kill(&hosts, 1).unwrap();
-        cluster.kill(&hosts, 2).unwrap();
-        let mut h = w.health();
-        let degraded = tokio::time::timeout(
-            Duration::from_secs(15),
-            h.wait_for(|h| matches!(h, Health::Degraded(_))),
-        )
-        .await
-        .is_ok();
-        assert!(degraded, "not degraded within 15 s");
-        eprintln!("degraded: {:?}", *h.borrow());
+        lose_quorum(&hosts, &mut cluster, &w).await;
 
         // Cached reads go on; writes fail with a typed error, in bounded time.
         let ids: Vec<String> = w.servers().into_iter().map(|r| r.id).collect();
@@ -1044,18 +1066,7 @@ fn nats_quorum_lost_degrades_and_recovers() {
             "no server is lost while the registry cannot progress: {quiet:?}"
         );
 
-        cluster.restart(&hosts, 1).unwrap();
-        cluster.restart(&hosts, 2).unwrap();
-        tokio::task::block_in_place(|| cluster.wait_healthy(&[0, 1, 2], Duration::from_secs(60)))
-            .unwrap();
-        for (name, b) in [("r", &r), ("w", &w)] {
-            healthy(
-                b,
-                Duration::from_secs(60),
-                &format!("{name} after the quorum came back"),
-            )
-            .await;
-        }
+        regain_quorum(&hosts, &mut cluster, &[("r", &r), ("w", &w)]).await;
         until(Duration::from_secs(20), "both records listed again", || {
             has(&w, "chat-1") && has(&w, "conn-1")
         })
@@ -1088,16 +1099,7 @@ fn nats_a_server_that_dies_while_the_store_cannot_write_is_judged_lost() {
         register_seen(&fx, &stays, &chat2, &[&w]).await;
         let mut watch = w.watch();
 
-        cluster.kill(&hosts, 1).unwrap();
-        cluster.kill(&hosts, 2).unwrap();
-        let mut h = w.health();
-        let degraded = tokio::time::timeout(
-            Duration::from_secs(15),
-            h.wait_for(|h| matches!(h, Health::Degraded(_))),
-        )
-        .await
-        .is_ok();
-        assert!(degraded, "not degraded within 15 s");
+        lose_quorum(&hosts, &mut cluster, &w).await;
         // Every handle is back on the one node left, beating: nobody is lost.
         let quiet = events_during(&mut watch, fx.ttl() * 2).await;
         assert!(
@@ -1130,17 +1132,7 @@ fn nats_a_server_that_dies_while_the_store_cannot_write_is_judged_lost() {
         );
         assert!(has(&w, "chat-2") && !has(&w, "chat-1"));
 
-        cluster.restart(&hosts, 1).unwrap();
-        cluster.restart(&hosts, 2).unwrap();
-        tokio::task::block_in_place(|| cluster.wait_healthy(&[0, 1, 2], Duration::from_secs(60)))
-            .unwrap();
-        healthy(&w, Duration::from_secs(60), "w after the quorum came back").await;
-        healthy(
-            &stays,
-            Duration::from_secs(60),
-            "stays after the quorum came back",
-        )
-        .await;
+        regain_quorum(&hosts, &mut cluster, &[("w", &w), ("stays", &stays)]).await;
         // A full refresh round with the store writing again: chat-2 is refreshed, chat-1 (its
         // record still in the bucket until the store's own expiry) is not back.
         stays.set_connections("chat-2", 7).unwrap();
