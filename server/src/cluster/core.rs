@@ -1189,10 +1189,9 @@ async fn run_beats<S: Store>(inner: Arc<Inner<S>>) {
             servers,
         });
         match tokio::time::timeout(period, inner.store.beat(beat)).await {
-            Ok(Ok(())) => {
-                if std::mem::take(&mut failing) {
-                    tracing::info!(backend = %inner.name, "liveness beats sent again");
-                }
+            Ok(Ok(())) if failing => {
+                failing = false;
+                tracing::info!(backend = %inner.name, "liveness beats sent again");
             }
             Ok(Err(e)) if !failing => {
                 failing = true;
