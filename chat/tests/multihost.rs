@@ -940,9 +940,6 @@ async fn a_cut_host_keeps_its_sessions_and_comes_back_when_its_link_is_restored(
     // The link restored.
     let restored = Instant::now();
     s.hosts.restore_link(2).expect("restore h2's link");
-    tokio::task::block_in_place(|| s.nats.wait_healthy(&[2], Duration::from_secs(60)))
-        .expect("h2's NATS node current again");
-    let node_back = restored.elapsed();
     let deadline = Instant::now() + Duration::from_secs(60);
     let runs_after = loop {
         let now: Vec<(String, u32, u64)> = s
@@ -1072,10 +1069,15 @@ async fn a_cut_host_keeps_its_sessions_and_comes_back_when_its_link_is_restored(
     );
     eprintln!("the new room went to {fresh_on}");
     s.finish(Some(hit), &[0, 1]).await;
+    // h2's NATS node reports JetStream current (`/healthz`) again. Looked at last, once the
+    // load is over: it took 55-59 s in some runs, long after h2's servers wrote through it.
+    tokio::task::block_in_place(|| s.nats.wait_healthy(&[2], Duration::from_secs(120)))
+        .expect("h2's NATS node current again");
+    let node_back = restored.elapsed();
     eprintln!(
         "FIGURE host h2 link cut for {cut_for:?} then restored: its room {room} had moved to \
-         {moved_to} {healed:?} after the cut; h2's NATS node current {node_back:?} and its \
-         servers in the registry {servers_back:?} after the restore"
+         {moved_to} {healed:?} after the cut; h2's servers in the registry {servers_back:?} \
+         and its NATS node healthy {node_back:?} after the restore"
     );
     drop((own_a, own_b, fresh_l, fresh_t, late));
     drop(h2);
