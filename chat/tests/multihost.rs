@@ -11,6 +11,10 @@
 //!   and h1 keep chatting without a disconnect (rooms on survivors see no error at all),
 //!   h2's room comes back on a survivor with its members (the listeners of h0 and h1 hear
 //!   every acknowledged message), and h2's users come back in through the gate;
+//! - h2's link cut and restored: h2's own side keeps its sessions served while cut (its NATS
+//!   node without quorum), and once the link is back its servers (the same runs) rejoin the
+//!   registry, the moved room stays on the survivor and h2's users are in it again, h2 takes
+//!   new users and a new room;
 //! - one NATS node is killed: no error, no move, no disconnect, nothing lost;
 //! - a fourth host added live (namespace, launcher): the gate sends new users to its
 //!   connector and a new room goes to its chat server.
@@ -720,4 +724,408 @@ async fn a_fourth_host_added_live_takes_new_users_and_rooms() {
     );
     drop((talker, listener));
     s.teardown();
+}
+
+/// Reads `u`'s onChat pushes (skipping others) until `text` comes; whether it came within
+/// `within`.
+async fn hears_text(u: &mut User, text: &str, within: Duration) -> bool {
+    hears_match(u, |m| m == text, within).await.is_some()
+}
+
+/// Reads `u`'s onChat pushes until one whose text `want` accepts; that text, if one came
+/// within `within`.
+async fn hears_match(
+    u: &mut User,
+    want: impl Fn(&str) -> bool,
+    within: Duration,
+) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, u.chat.recv()).await {
+            Ok(Some(p)) => {
+                let text = p
+                    .value()
+                    .ok()
+                    .and_then(|v| v["msg"].as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                if want(&text) {
+                    return Some(text);
+                }
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// One message from `u` to its room: its answer (`{}` when acknowledged) or why not.
+async fn say(u: &User, text: &str) -> Result<Value, String> {
+    match timeout(
+        STEP,
+        u.client
+            .request(SEND, &json!({"content": text, "target": "*"})),
+    )
+    .await
+    {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {STEP:?}")),
+    }
+}
+
+/// `shaddock-chat --config DIR list --json` run inside host `i` (while its link is cut, its
+/// NATS node is the only one it reaches), ended after `within` at the latest (coreutils
+/// `timeout`, which kills its own child): (exit code, stdout, stderr).
+fn list_on_host(
+    s: &Setup,
+    i: usize,
+    dir: &std::path::Path,
+    within: Duration,
+) -> (Option<i32>, String, String) {
+    let mut cmd = s.hosts.command(i, "timeout");
+    cmd.arg(format!("{}s", within.as_secs()))
+        .arg(env!("CARGO_BIN_EXE_shaddock-chat"))
+        .arg("--config")
+        .arg(dir)
+        .arg("list")
+        .arg("--json")
+        .env_remove("SHADDOCK_ENV")
+        .env("SHADDOCK_RPC_SECRET", &s.secret)
+        .env("RUST_LOG", "warn");
+    let out = cmd.output().expect("run list inside the host");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `list` run on the cut h2 (a config copy with a 5 s connect timeout instead of 30 s): its
+/// servers listed degraded, as issue 15 asks, or (today) a clean failure naming the cause.
+fn list_on_the_cut_host(s: &Setup, h2_ids: &[&str]) {
+    // `list` on the cut host (a config copy with a 5 s connect timeout instead of 30 s). It
+    // cannot list anything today: the tool makes its own NATS handle, which needs JetStream
+    // (bucket create-or-update) and fails without a quorum; it must end and say why.
+    let list_dir = s.dir.join("list-cfg");
+    std::fs::create_dir_all(&list_dir).expect("list config dir");
+    for f in ["servers.json", "page.json"] {
+        std::fs::copy(s.dir.join(f), list_dir.join(f)).expect("copy the config");
+    }
+    let mut master: Value = serde_json::from_str(
+        &std::fs::read_to_string(s.dir.join("master.json")).expect("master.json"),
+    )
+    .expect("master.json is JSON");
+    master["development"]["cluster"]["connectTimeoutMs"] = json!(5000);
+    std::fs::write(list_dir.join("master.json"), master.to_string()).expect("master.json");
+    let (code, out, err) =
+        tokio::task::block_in_place(|| list_on_host(s, 2, &list_dir, Duration::from_secs(60)));
+    eprintln!(
+        "list on the cut h2: exit {code:?}; stdout: {out:?}; stderr ends: {:?}",
+        err.lines().last().unwrap_or("")
+    );
+    match serde_json::from_str::<Value>(&out) {
+        // What the issue asks for: the host's servers listed as degraded.
+        Ok(v) => {
+            for id in h2_ids {
+                let row = v["servers"]
+                    .as_array()
+                    .and_then(|rows| rows.iter().find(|r| r["id"] == *id));
+                assert_eq!(
+                    row.map(|r| r["state"].clone()),
+                    Some(json!("degraded")),
+                    "list on the cut h2: {id} is not shown degraded: {v}"
+                );
+            }
+        }
+        // What it does today: a clean failure that names the cause, within the bound.
+        Err(_) => {
+            assert_eq!(
+                code,
+                Some(1),
+                "list on the cut h2 neither listed nor failed cleanly (124: killed by the \
+                 60 s timeout); stderr: {err}"
+            );
+            assert!(
+                err.contains("cluster store unavailable"),
+                "list on the cut h2 fails without saying why: {err}"
+            );
+        }
+    }
+}
+
+/// Host 2's link cut, then restored (issue 15); `long`: for 20 s, past its records' expiry
+/// in the store (15 s), with `list` run on h2 while cut; else restored as soon as its room
+/// has moved and its own side is checked (usually within the 15 s: its records are still
+/// there and its servers only refresh them; the FIGURE line says how long it was). While
+/// cut, its own side (its NATS node alone, without quorum): two users connected from inside
+/// h2 stay connected and chat in their room on h2's chat server, h2's servers log their
+/// backend degraded, and `list` run on h2 ends with the reason (it cannot list: see
+/// `list_on_the_cut_host`). Once the link is back:
+/// h2's NATS node is current again, its servers are back in the registry as the same runs
+/// (same pid and start time: they never exited), `list` on h0 shows them running, the room
+/// that moved to a survivor stays there and no other room moved, h2's two users are in that
+/// room again (they hear its talker on h0, a user of h0 hears them), the gate sends a new
+/// user to h2's connector, a new room goes to h2's chat server, and the surviving hosts'
+/// users were never disconnected and heard every acknowledged message.
+async fn cut_and_restore_host_2(long: bool) {
+    let _one = SERIAL.lock().await;
+    let mut s = setup(false).await;
+    let hit = s
+        .rooms
+        .iter()
+        .position(|r| r.on == "chat-server-3")
+        .expect("a room on h2's chat server");
+    let room = s.rooms[hit].name.clone();
+    let h2_ids = ["connector-server-3", "chat-server-3"];
+    let runs_before: Vec<(String, u32, u64)> = s
+        .view
+        .servers()
+        .into_iter()
+        .filter(|r| h2_ids.contains(&r.id.as_str()))
+        .map(|r| (r.id, r.pid, r.start_time))
+        .collect();
+    assert_eq!(runs_before.len(), 2, "h2's servers in the registry");
+    // Two users of h2's own side, connected from inside h2 (the test process cannot reach h2
+    // while its link is cut), in the room on h2's chat server.
+    let h2 = s.hosts.runtime(2).expect("a runtime inside h2");
+    let c3 = s.connector(2);
+    let (addr, r) = (c3.clone(), room.clone());
+    let (own_a, mut own_b) = h2
+        .spawn(async move {
+            (
+                enter(&addr, "own-a", &r).await,
+                enter(&addr, "own-b", &r).await,
+            )
+        })
+        .await
+        .expect("h2's own users");
+    assert_eq!(say(&own_a, "own-before").await, Ok(json!({})));
+    assert!(
+        hears_text(&mut own_b, "own-before", STEP).await,
+        "own-b hears own-a before the cut"
+    );
+
+    // The cut.
+    let at = Instant::now();
+    s.hosts.cut_link(2).expect("cut h2's link");
+    let (hit2, healed) = s.room_back("chat-server-3", at).await;
+    assert_eq!(hit2, hit);
+    let moved_to = s.on(&room).await;
+    assert_ne!(moved_to, "chat-server-3");
+
+    // h2's own side, still cut: its users stay connected and keep chatting in their room.
+    let mut own_acked = 0;
+    let mut own_heard = 0;
+    let mut own_errors = Vec::new();
+    for i in 0..5 {
+        let text = format!("own-cut-{i}");
+        match say(&own_a, &text).await {
+            Ok(r) if r == json!({}) => {
+                own_acked += 1;
+                if hears_text(&mut own_b, &text, STEP).await {
+                    own_heard += 1;
+                }
+            }
+            other => own_errors.push(format!("{text}: {other:?}")),
+        }
+    }
+    eprintln!(
+        "h2's own side while cut: {own_acked} of 5 acknowledged, {own_heard} heard; errors: {own_errors:?}"
+    );
+    assert!(
+        own_acked == 5 && own_heard == 5,
+        "h2's own users while cut: {own_acked} of 5 acknowledged, {own_heard} heard; errors: {own_errors:?}"
+    );
+    // h2's servers say their registry is degraded (their log: the launcher's stderr).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log_h2 = std::fs::read_to_string(s.dir.join("launcher-h2.log")).unwrap_or_default();
+        let says = |id: &str| {
+            log_h2
+                .lines()
+                .any(|l| l.contains("cluster backend degraded") && l.contains(&format!("@{id}")))
+        };
+        if h2_ids.iter().all(|id| says(id)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "h2's servers did not log their backend degraded within 30 s of the cut"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if long {
+        list_on_the_cut_host(&s, &h2_ids);
+    }
+    assert!(
+        !own_a.dropped.load(Ordering::SeqCst),
+        "own-a disconnected while cut"
+    );
+    assert!(
+        !own_b.dropped.load(Ordering::SeqCst),
+        "own-b disconnected while cut"
+    );
+    // The cut lasts past the records' expiry in the store (5 TTLs, 15 s): h2's servers must
+    // write their records again (create), not merely refresh them (the shorter cut's path).
+    if long {
+        let expired = Duration::from_secs(20);
+        tokio::time::sleep(expired.saturating_sub(at.elapsed())).await;
+    }
+    let cut_for = at.elapsed();
+
+    // The link restored.
+    let restored = Instant::now();
+    s.hosts.restore_link(2).expect("restore h2's link");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let runs_after = loop {
+        let now: Vec<(String, u32, u64)> = s
+            .view
+            .servers()
+            .into_iter()
+            .filter(|r| h2_ids.contains(&r.id.as_str()))
+            .map(|r| (r.id, r.pid, r.start_time))
+            .collect();
+        if now.len() == 2 {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "h2's servers not back in the registry 60 s after the link: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let servers_back = restored.elapsed();
+    let mut sorted_before = runs_before.clone();
+    sorted_before.sort();
+    let mut sorted_after = runs_after.clone();
+    sorted_after.sort();
+    eprintln!("h2's runs before {sorted_before:?} after {sorted_after:?}");
+    assert_eq!(
+        sorted_after, sorted_before,
+        "h2's servers came back as other runs (restarted), not the ones that served through \
+         the cut"
+    );
+    assert_eq!(
+        s.on(&room).await,
+        moved_to,
+        "the moved room stays on the survivor"
+    );
+    for r in &s.rooms {
+        if r.name != room {
+            assert_eq!(s.on(&r.name).await, r.on, "room {} moved", r.name);
+        }
+    }
+    // `list` from a surviving host: h2's servers running again, same pids (their first
+    // record after the restore may still carry the degraded state: a few lists, bounded).
+    let mut listed = Value::Null;
+    for _ in 0..10 {
+        let (code, out, err) =
+            tokio::task::block_in_place(|| list_on_host(&s, 0, &s.dir, Duration::from_secs(60)));
+        assert_eq!(code, Some(0), "list on h0 after the restore: {err}");
+        listed = serde_json::from_str(&out).expect("list --json");
+        let running = |id: &str| {
+            listed["servers"]
+                .as_array()
+                .and_then(|rows| rows.iter().find(|r| r["id"] == id))
+                .is_some_and(|r| r["state"] == "running")
+        };
+        if h2_ids.iter().all(|id| running(id)) {
+            break;
+        }
+    }
+    for (id, pid, _) in &sorted_before {
+        let row = listed["servers"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["id"] == id.as_str()))
+            .unwrap_or_else(|| panic!("{id} not listed after the restore: {listed}"));
+        assert_eq!(row["state"], "running", "{id} after the restore: {row}");
+        assert_eq!(row["pid"], json!(pid), "{id} after the restore: {row}");
+    }
+    // h2's own users after the link is back: in one room with the surviving hosts' users
+    // again. own-b hears the room's talker (on h0), a user of h0 entering the room now hears
+    // own-a, and own-b too.
+    let r = &s.rooms[hit];
+    let sent = r.ok.load(Ordering::SeqCst) + r.errors.load(Ordering::SeqCst);
+    let prefix = format!("{room}-");
+    let talker_heard = hears_match(
+        &mut own_b,
+        |m| {
+            m.strip_prefix(&prefix)
+                .and_then(|n| n.parse::<usize>().ok())
+                .is_some_and(|n| n >= sent)
+        },
+        STEP,
+    )
+    .await;
+    let mut late = enter(&s.connector(0), "late-l0", &room).await;
+    let own_back = say(&own_a, "own-back").await;
+    let late_hears = hears_text(&mut late, "own-back", STEP).await;
+    let own_b_hears = hears_text(&mut own_b, "own-back", STEP).await;
+    eprintln!(
+        "after the restore: own-b heard the talker: {talker_heard:?}; own-a says: {own_back:?}; \
+         heard by late-l0 (h0): {late_hears}, by own-b: {own_b_hears}"
+    );
+    assert!(
+        talker_heard.is_some(),
+        "own-b (h2) does not hear its room's talker (h0) once the link is back: h2 still \
+         routes the room to the server it moved off"
+    );
+    assert_eq!(own_back, Ok(json!({})), "own-a sends once the link is back");
+    assert!(
+        late_hears,
+        "a user of h0 who entered {room} after the restore does not hear own-a (h2)"
+    );
+    assert!(own_b_hears, "own-b hears own-a once the link is back");
+
+    // A new room goes to the returning chat server (it holds none now), and a new user the
+    // gate sends to the returning connector chats there with a user of a surviving host.
+    let mut on_h2 = None;
+    for n in 0..40 {
+        let name = format!("back{n}");
+        let e = timeout(
+            STEP,
+            query_entry(&s.gate, Transport::Tcp, &name, &client_config()),
+        )
+        .await
+        .expect("queryEntry in time")
+        .expect("queryEntry");
+        if e.addr() == c3 {
+            on_h2 = Some(name);
+            break;
+        }
+    }
+    let back_name = on_h2.expect("the gate sends new users to the returning host's connector");
+    let mut fresh_l = enter(&s.connector(0), "fresh-l0", "fresh").await;
+    let fresh_on = s.on("fresh").await;
+    let fresh_t = enter(&c3, &back_name, "fresh").await;
+    assert_eq!(say(&fresh_t, "hello again").await, Ok(json!({})));
+    assert!(
+        hears_text(&mut fresh_l, "hello again", STEP).await,
+        "a user of h0 hears the returning host's new user"
+    );
+    eprintln!("the new room went to {fresh_on}");
+    s.finish(Some(hit), &[0, 1]).await;
+    // h2's NATS node reports JetStream current (`/healthz`) again. Looked at last, once the
+    // load is over: it took 55-59 s in some runs, long after h2's servers wrote through it.
+    tokio::task::block_in_place(|| s.nats.wait_healthy(&[2], Duration::from_secs(120)))
+        .expect("h2's NATS node current again");
+    let node_back = restored.elapsed();
+    eprintln!(
+        "FIGURE host h2 link cut for {cut_for:?} (past the 15 s record expiry: {}) then restored: its room {room} had moved to \
+         {moved_to} {healed:?} after the cut; h2's servers in the registry {servers_back:?} \
+         and its NATS node healthy {node_back:?} after the restore",
+        cut_for > Duration::from_secs(15)
+    );
+    drop((own_a, own_b, fresh_l, fresh_t, late));
+    drop(h2);
+    s.teardown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_host_keeps_its_sessions_and_comes_back_when_its_link_is_restored() {
+    cut_and_restore_host_2(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_briefly_cut_host_s_users_follow_their_moved_room_once_its_link_is_back() {
+    cut_and_restore_host_2(false).await;
 }

@@ -623,6 +623,32 @@ impl ServerContext {
         keys
     }
 
+    /// In a cluster on NATS, once this server's backend is healthy again: every cached
+    /// placement the registry now puts on another server (moved while this host was cut off)
+    /// is routed there from now on, and this frontend's sessions of those keys re-join there.
+    pub(crate) async fn recheck_placements(&self) {
+        let Some(backend) = self.inner.backend.clone() else {
+            return;
+        };
+        let mut moved: std::collections::BTreeMap<String, Vec<(String, Vec<u8>, String)>> =
+            std::collections::BTreeMap::new();
+        for (server_type, key, was) in self.inner.placements.cached() {
+            match backend.placement(&server_type, &key).await {
+                Ok(Some(now)) if now != was => {
+                    moved.entry(was).or_default().push((server_type, key, now));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(%server_type, key = %String::from_utf8_lossy(&key), cause = %e, "cannot check a cached placement after the cluster was degraded");
+                }
+            }
+        }
+        for (was, now_on) in moved {
+            tracing::info!(server = %was, keys = now_on.len(), "keys moved off a server while this host was cut off: re-joining them where they are now");
+            self.rejoin_keys(&was, &now_on).await;
+        }
+    }
+
     /// Runs the re-join hooks for this frontend's sessions whose keys are in `now_on`
     /// (type, key, the server it is on now), after caching those placements (calls route
     /// there at once, whatever this server's handle still believes).

@@ -303,6 +303,27 @@ impl Placements {
         }
     }
 
+    /// Every cached placement: (type, key, server id).
+    pub(crate) fn cached(&self) -> Vec<(String, Vec<u8>, String)> {
+        let mut out = Vec::new();
+        for (t, cache) in self
+            .caches
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            for (k, id) in cache
+                .keys
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+            {
+                out.push((t.clone(), k.clone(), id.as_str().to_owned()));
+            }
+        }
+        out
+    }
+
     /// Drops every cached placement on `server_id` (lost) and returns them: (type, key).
     pub(crate) fn forget_server(&self, server_id: &str) -> Vec<(String, Vec<u8>)> {
         let mut out = Vec::new();

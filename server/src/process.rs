@@ -605,6 +605,9 @@ pub(crate) async fn run_server(
         let known = backend.servers();
         ctx.apply_records(0, &known);
         tokio::spawn(registry_loop(ctx.clone(), watch, known, bg.clone()));
+        if ctx.frontend().is_some() {
+            tokio::spawn(recheck_after_degraded(ctx.clone(), bg.clone()));
+        }
         tracing::debug!(server = %id, "server registered in the cluster registry");
     }
     for c in &app.components {
@@ -804,6 +807,34 @@ async fn registry_loop(
             );
         }
         known = now;
+    }
+}
+
+/// In a cluster on NATS, on a frontend: each time its backend is healthy again after being
+/// degraded (its host cut off, its NATS without quorum), checks its cached placements against
+/// the registry's ([`ServerContext::recheck_placements`]). While it was cut off, the other
+/// hosts may have judged its servers lost and moved their keys: nobody asked this frontend
+/// to re-join its sessions (it was lost with them), and it would go on routing them to the
+/// old server.
+async fn recheck_after_degraded(ctx: ServerContext, stop: CancellationToken) {
+    let Some(backend) = ctx.backend().cloned() else {
+        return;
+    };
+    let mut health = backend.health();
+    let mut degraded = matches!(
+        *health.borrow_and_update(),
+        crate::cluster::Health::Degraded(_)
+    );
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            r = health.changed() => if r.is_err() { return },
+        }
+        let ok = matches!(*health.borrow_and_update(), crate::cluster::Health::Ok);
+        if ok && degraded {
+            ctx.recheck_placements().await;
+        }
+        degraded = !ok;
     }
 }
 

@@ -219,12 +219,79 @@ impl Hosts {
         ip(&["link", "set", &self.bridge, "mtu", &mtu])
     }
 
+    /// A tokio runtime whose threads run inside host `i`'s network namespace: the sockets its
+    /// tasks open are that host's (e.g. clients that still reach the host's servers while its
+    /// link is cut, when the test process in the root namespace cannot). Spawn the work on it
+    /// ([`HostRuntime::spawn`]) and await the handle from the test's own runtime; a
+    /// `block_on` would run on the calling thread, in the root namespace.
+    ///
+    /// # Errors
+    /// When the namespace cannot be opened or entered, or the runtime cannot be built.
+    pub fn runtime(&self, i: usize) -> io::Result<HostRuntime> {
+        let path = format!("/run/netns/{}", self.hosts[i].netns);
+        let ns = std::sync::Arc::new(std::fs::File::open(&path)?);
+        let failed: std::sync::Arc<Mutex<Option<String>>> = std::sync::Arc::default();
+        let (f_ns, f_failed) = (ns.clone(), failed.clone());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(format!("netns-h{i}"))
+            .enable_all()
+            .on_thread_start(move || {
+                use std::os::fd::AsFd;
+                if let Err(e) = rustix::thread::move_into_link_name_space(
+                    f_ns.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                ) {
+                    *lock(&f_failed) = Some(e.to_string());
+                }
+            })
+            .build()?;
+        let rt = HostRuntime { rt: Some(rt) };
+        // Every worker has started (and entered the namespace, or failed to) once a task ran.
+        let (tx, rx) = std::sync::mpsc::channel();
+        rt.spawn(async move {
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .map_err(|_| io::Error::other("the host's runtime ran no task within 10 s"))?;
+        if let Some(e) = lock(&failed).take() {
+            return Err(io::Error::other(format!("entering netns {path}: {e}")));
+        }
+        Ok(rt)
+    }
+
     /// Puts host `i` back on the bridge after [`Hosts::cut_link`].
     ///
     /// # Errors
     /// When `ip` fails.
     pub fn restore_link(&self, i: usize) -> io::Result<()> {
         ip(&["link", "set", &self.hosts[i].veth, "up"])
+    }
+}
+
+/// A tokio runtime inside one host's network namespace ([`Hosts::runtime`]); dropping it ends
+/// its tasks (without waiting, so it may be dropped inside another runtime).
+#[derive(Debug)]
+pub struct HostRuntime {
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl HostRuntime {
+    /// Runs `fut` on the host's runtime (its sockets are the host's).
+    pub fn spawn<F>(&self, fut: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.rt.as_ref().expect("runtime until dropped").spawn(fut)
+    }
+}
+
+impl Drop for HostRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
