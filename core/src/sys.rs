@@ -322,6 +322,10 @@ pub struct StatsReport {
     pub server_id: String,
     #[prost(uint64, tag = "2")]
     pub connections: u64,
+    /// In a cluster on NATS: why its cluster backend is degraded (no quorum, NATS not
+    /// reached), empty when it is healthy. `list` shows such a running server as `degraded`.
+    #[prost(string, tag = "3")]
+    pub degraded: String,
 }
 
 /// One row of `list`.

@@ -519,9 +519,14 @@ async fn list_registry(cli: &Cli) -> Result<ListReply, String> {
     let Some(nats) = &c.master.cluster else {
         return Err("no `cluster` section in master.json".into());
     };
-    let backend = crate::cluster::NatsBackend::connect(nats, "admin-list")
-        .await
-        .map_err(|e| e.to_string())?;
+    // Not the whole connect timeout: a host whose NATS node has no quorum (cut off) cannot
+    // read the registry at all, and the launchers can answer instead.
+    let mut quick = nats.clone();
+    quick.connect_timeout = quick.connect_timeout.min(LIST_REGISTRY_WAIT);
+    let backend = match crate::cluster::NatsBackend::connect(&quick, "admin-list").await {
+        Ok(b) => b,
+        Err(e) => return list_from_launchers(&c, nats, &e.to_string()).await,
+    };
     use crate::cluster::ClusterBackend as _;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -561,6 +566,89 @@ async fn list_registry(cli: &Cli) -> Result<ListReply, String> {
             restarts: r.restarts,
         })
         .collect();
+    Ok(ListReply {
+        master_pid: 0,
+        rows,
+        master_metrics_url: String::new(),
+    })
+}
+
+/// How long `list` on NATS tries to read the registry before it asks the launchers.
+const LIST_REGISTRY_WAIT: Duration = Duration::from_secs(5);
+
+/// `list` when the registry (JetStream) cannot be read from this host, e.g. its NATS node is
+/// cut off from the others and has no quorum: asks every launcher over core NATS, which still
+/// works between the nodes this host reaches, and lists the servers of those that answer
+/// within [`ADMIN_ACK_WAIT`] (or until every host of servers.json did), as their masters
+/// supervise them (`degraded`: running, with its cluster backend degraded). Says so on stderr.
+async fn list_from_launchers(
+    c: &ClusterConfig,
+    nats: &crate::cluster::ClusterConfig,
+    registry_error: &str,
+) -> Result<ListReply, String> {
+    use base64::Engine as _;
+    use futures_util::StreamExt as _;
+    use prost::Message as _;
+    let unreadable = format!("the cluster registry cannot be read from here: {registry_error}");
+    let client = crate::cluster::nats::admin_connection(nats, "admin-list")
+        .await
+        .map_err(|e| format!("{unreadable}; NATS itself: {e}"))?;
+    let inbox = client.new_inbox();
+    let mut replies = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| format!("{unreadable}; NATS: subscribe to {inbox}: {e}"))?;
+    let body = serde_json::to_vec(&AdminRequest::List).map_err(|e| e.to_string())?;
+    client
+        .publish_with_reply(all_subject(&nats.app), inbox, body.into())
+        .await
+        .map_err(|e| format!("{unreadable}; NATS: {e}"))?;
+    client
+        .flush()
+        .await
+        .map_err(|e| format!("{unreadable}; NATS: {e}"))?;
+    let mut expected: Vec<&str> = c.servers.iter().map(|s| s.host_id()).collect();
+    expected.sort_unstable();
+    expected.dedup();
+    let mut hosts: Vec<String> = Vec::new();
+    let mut rows = Vec::new();
+    let deadline = tokio::time::Instant::now() + ADMIN_ACK_WAIT;
+    while !expected
+        .iter()
+        .all(|h| hosts.iter().any(|k| k.split(',').any(|x| x == *h)))
+    {
+        let Ok(Some(msg)) = tokio::time::timeout_at(deadline, replies.next()).await else {
+            break;
+        };
+        let Ok(r) = serde_json::from_slice::<AdminReply>(&msg.payload) else {
+            tracing::warn!("an admin reply that is not one, skipped");
+            continue;
+        };
+        let list = r
+            .list
+            .as_deref()
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .and_then(|b| ListReply::decode(b.as_slice()).ok());
+        match list {
+            Some(l) => {
+                rows.extend(l.rows);
+                hosts.push(r.host);
+            }
+            None => {
+                tracing::warn!(host = %r.host, message = %r.message, "a launcher's list reply without its list, skipped")
+            }
+        }
+    }
+    if hosts.is_empty() {
+        return Err(format!(
+            "{unreadable}; and no launcher answered over NATS within {ADMIN_ACK_WAIT:?}"
+        ));
+    }
+    eprintln!(
+        "warning: {unreadable}. Listed what the launchers that answered over NATS report: {}",
+        hosts.join(", ")
+    );
+    rows.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(ListReply {
         master_pid: 0,
         rows,

@@ -821,17 +821,23 @@ async fn recheck_after_degraded(ctx: ServerContext, stop: CancellationToken) {
         return;
     };
     let mut health = backend.health();
+    let mut reloads = backend.placements_reloaded();
+    reloads.borrow_and_update();
     let mut degraded = matches!(
         *health.borrow_and_update(),
         crate::cluster::Health::Degraded(_)
     );
     loop {
-        tokio::select! {
+        // Also each time the placements are loaded again (their watch started again after an
+        // outage): the health can be healthy again a moment before that, while the cache
+        // still holds what it held before the cut.
+        let reloaded = tokio::select! {
             () = stop.cancelled() => return,
-            r = health.changed() => if r.is_err() { return },
-        }
+            r = health.changed() => if r.is_err() { return } else { false },
+            r = reloads.changed() => if r.is_err() { return } else { reloads.borrow_and_update(); true },
+        };
         let ok = matches!(*health.borrow_and_update(), crate::cluster::Health::Ok);
-        if ok && degraded {
+        if ok && (degraded || reloaded) {
             ctx.recheck_placements().await;
         }
         degraded = !ok;
@@ -887,9 +893,14 @@ async fn stats_loop(ctx: ServerContext, stop: CancellationToken) {
                 let _ = backend.set_rss(ctx.server_id(), p.rss_bytes);
             }
         }
+        let degraded = match ctx.backend().map(|b| b.health().borrow().clone()) {
+            Some(crate::cluster::Health::Degraded(reason)) => reason,
+            _ => String::new(),
+        };
         let report = StatsReport {
             server_id: ctx.server_id().to_owned(),
             connections,
+            degraded,
         };
         if let Err(e) = master
             .notify()

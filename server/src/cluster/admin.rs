@@ -1,11 +1,13 @@
-//! The admin verbs of a cluster on NATS: `stop`, `kill` and `add` from any host.
+//! The admin verbs of a cluster on NATS: `stop`, `kill`, `add` and `list` from any host.
 //!
 //! Each launcher's master subscribes to `shaddock.<app>.admin.all` (the cluster-wide verbs)
 //! and to `shaddock.<app>.admin.host.<host>` for each host id it runs (`add` of a server of
 //! that host). A request is one JSON [`AdminRequest`]; every master that acts answers on the
 //! request's reply subject with [`AdminReply`] lines: for `stop` and `kill` first an
 //! acknowledgement (`done: false`), then `done: true` once its servers are gone, just before
-//! it exits; for `add` one reply.
+//! it exits; for `add` and `list` one reply. `list` over core NATS is what the tool falls back
+//! to when the registry (JetStream) cannot be read from its host: each launcher that hears it
+//! answers with its own servers.
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +24,8 @@ pub enum AdminRequest {
         /// The pairs, in order.
         pairs: Vec<(String, String)>,
     },
+    /// The launcher's servers, as its master supervises them.
+    List,
 }
 
 /// One answer of one host's master.
@@ -37,6 +41,9 @@ pub struct AdminReply {
     /// `stop` / `kill`: its servers are gone and its master exits now.
     #[serde(default)]
     pub done: bool,
+    /// `list`: the master's `ListReply` (protobuf, base64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list: Option<String>,
 }
 
 /// The subject of the cluster-wide verbs.

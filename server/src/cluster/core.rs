@@ -59,12 +59,17 @@ pub(crate) const BACKSTOP_TTLS: u32 = 5;
 /// when its leader's node died), the servers that still beat stay live and the ones that
 /// stopped are judged lost one TTL after their last beat, instead of one TTL after the store
 /// takes writes again. A record's refreshes still count as before: a server is live while
-/// either reaches this handle.
+/// either reaches this handle. A handle's own beat is progress only while it also hears the
+/// beats of at least half the servers it lists: a host cut off from the others (its NATS node
+/// alone, beats going round locally) judges nobody, as before; only the side that still hears
+/// most of the cluster judges the rest lost.
 struct Liveness {
     /// Server id → when its latest refresh was delivered, and its revision.
     seen: HashMap<String, (Instant, u64)>,
     /// Server id → how this handle judged it lost.
     judged: HashMap<String, Judged>,
+    /// Server id → when its latest beat was delivered.
+    beats: HashMap<String, Instant>,
     last_progress: Instant,
     progress_since: Instant,
 }
@@ -298,6 +303,8 @@ struct Inner<S> {
     /// Per bucket watched: the health task's order to start a stalled watch again.
     restart: [tokio::sync::Notify; 2],
     ready: [watch::Sender<bool>; 2],
+    /// Times the placements watch delivered the bucket's whole state.
+    placements_reloaded: watch::Sender<u64>,
     bad_pushes: Arc<AtomicU64>,
     bad_entries: AtomicU64,
 }
@@ -356,6 +363,7 @@ impl<S: Store> Core<S> {
             liveness: Mutex::new(Liveness {
                 seen: HashMap::new(),
                 judged: HashMap::new(),
+                beats: HashMap::new(),
                 last_progress: Instant::now(),
                 progress_since: Instant::now(),
             }),
@@ -368,6 +376,7 @@ impl<S: Store> Core<S> {
             last_beat: [Mutex::new(Instant::now()), Mutex::new(Instant::now())],
             restart: [tokio::sync::Notify::new(), tokio::sync::Notify::new()],
             ready: [watch::channel(false).0, watch::channel(false).0],
+            placements_reloaded: watch::channel(0).0,
             bad_pushes: Arc::new(AtomicU64::new(0)),
             bad_entries: AtomicU64::new(0),
         });
@@ -824,6 +833,10 @@ impl<S: Store> Core<S> {
         self.inner.health.subscribe()
     }
 
+    pub(crate) fn placements_reloaded(&self) -> watch::Receiver<u64> {
+        self.inner.placements_reloaded.subscribe()
+    }
+
     pub(crate) fn stats(&self) -> ClusterStats {
         let mut s = self.inner.store.stats();
         s.bad_pushes = self.inner.bad_pushes.load(Ordering::Relaxed);
@@ -941,6 +954,7 @@ fn progress<S: Store>(inner: &Inner<S>, now: Instant) {
             .collect();
         for (id, rev) in &lost {
             l.seen.remove(id);
+            l.beats.remove(id);
             l.judged.insert(
                 id.clone(),
                 Judged {
@@ -995,6 +1009,9 @@ async fn run_watch<S: Store>(inner: Arc<Inner<S>>, b: Bucket) {
                         Some(Ok(WatchItem::Current)) => {
                             if let Some(seen) = seen.take() {
                                 reconcile(&inner, b, &seen);
+                                if b == Bucket::Placements {
+                                    inner.placements_reloaded.send_modify(|n| *n += 1);
+                                }
                             }
                             inner.ready[i].send_replace(true);
                         }
@@ -1086,6 +1103,7 @@ fn apply_server<S: Store>(inner: &Inner<S>, e: KvEntry) {
         {
             let mut l = lock(&inner.liveness);
             l.seen.remove(&id);
+            l.beats.remove(&id);
             l.judged.remove(&id);
         }
         let old = write(&inner.servers).remove(&id);
@@ -1254,6 +1272,7 @@ fn apply_beat<S: Store>(inner: &Inner<S>, payload: &[u8]) {
             if let Some((at, _)) = l.seen.get_mut(id) {
                 *at = now;
             }
+            l.beats.insert(id.to_owned(), now);
         }
         let mut revived = Vec::new();
         for (id, start, pid) in &beat.servers {
@@ -1278,9 +1297,25 @@ fn apply_beat<S: Store>(inner: &Inner<S>, payload: &[u8]) {
         write(&inner.servers).insert(record.id.clone(), record.clone());
         let _ = inner.events.send(ServerEvent::Added(record));
     }
-    if beat.handle == inner.heartbeat_key {
+    if beat.handle == inner.heartbeat_key && hears_most(inner, now) {
         progress(inner, now);
     }
+}
+
+/// Whether the beats of at least half the servers this handle lists came within the TTL
+/// (see [`Liveness`]).
+fn hears_most<S: Store>(inner: &Inner<S>, now: Instant) -> bool {
+    let ids: Vec<String> = read(&inner.servers).keys().cloned().collect();
+    let l = lock(&inner.liveness);
+    let heard = ids
+        .iter()
+        .filter(|id| {
+            l.beats
+                .get(*id)
+                .is_some_and(|t| now.saturating_duration_since(*t) <= inner.ttl)
+        })
+        .count();
+    heard * 2 >= ids.len()
 }
 
 /// Recomputes the health every TTL/3 (and logs its changes).
@@ -1481,6 +1516,9 @@ macro_rules! impl_backend {
             }
             fn health(&self) -> tokio::sync::watch::Receiver<$crate::cluster::Health> {
                 self.$field.health()
+            }
+            fn placements_reloaded(&self) -> tokio::sync::watch::Receiver<u64> {
+                self.$field.placements_reloaded()
             }
             fn stats(&self) -> $crate::cluster::ClusterStats {
                 self.$field.stats()

@@ -436,6 +436,11 @@ pub trait ClusterBackend: Send + Sync + 'static {
     /// The current health and its changes.
     fn health(&self) -> tokio::sync::watch::Receiver<Health>;
 
+    /// How many times this handle has loaded the placements bucket's whole state (its watch
+    /// started, or started again after an outage: each time its cache matches the bucket
+    /// again). A frontend that was cut off compares its routing with the placements then.
+    fn placements_reloaded(&self) -> tokio::sync::watch::Receiver<u64>;
+
     /// This handle's counters.
     fn stats(&self) -> ClusterStats;
 

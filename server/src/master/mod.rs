@@ -178,6 +178,7 @@ pub(crate) async fn run_master(
             st.servers.insert(
                 s.id.clone(),
                 Managed {
+                    degraded: String::new(),
                     cfg: s.clone(),
                     def_json: None,
                     pid: 0,

@@ -1,6 +1,6 @@
 //! In a cluster on NATS: this launcher's master serves the admin verbs of every host
-//! ([`crate::cluster::admin`]): `stop` and `kill` on the cluster-wide subject, `add` on the
-//! subject of each host id it runs.
+//! ([`crate::cluster::admin`]): `stop`, `kill` and `list` on the cluster-wide subject, `add`
+//! on the subject of each host id it runs.
 
 use std::sync::Arc;
 
@@ -44,7 +44,7 @@ pub(super) async fn serve(
         Err(_) => tracing::warn!("NATS not reached yet: the admin verbs are served once it is"),
     }
     let me = hosts.join(",");
-    tracing::info!(hosts = %me, app = %nats.app, "serving stop, kill and add on NATS");
+    tracing::info!(hosts = %me, app = %nats.app, "serving stop, kill, add and list on NATS");
     let mut requests = futures_util::stream::select_all(subs);
     Ok(tokio::spawn(async move {
         loop {
@@ -86,6 +86,17 @@ pub(super) async fn serve(
                     send(&client, reply_to.to_string(), &done).await;
                     return;
                 }
+                AdminRequest::List => {
+                    use base64::Engine as _;
+                    use prost::Message as _;
+                    let list = master.list_reply();
+                    let n = list.rows.len();
+                    let mut r = reply(&me, true, format!("{n} servers"), false);
+                    r.list = Some(
+                        base64::engine::general_purpose::STANDARD.encode(list.encode_to_vec()),
+                    );
+                    send(&client, reply_to.to_string(), &r).await;
+                }
                 AdminRequest::Add { pairs } => {
                     let args = AddArgs {
                         pairs: pairs
@@ -110,6 +121,7 @@ fn reply(host: &str, ok: bool, message: String, done: bool) -> AdminReply {
         ok,
         message,
         done,
+        list: None,
     }
 }
 

@@ -71,48 +71,13 @@ impl master_remote::Remote for MasterRemote {
     async fn report(&self, r: StatsReport) -> Result<(), RemoteError> {
         if let Some(m) = lock(&self.0.state).servers.get_mut(&r.server_id) {
             m.connections = r.connections;
+            m.degraded = r.degraded;
         }
         Ok(())
     }
 
     async fn list(&self, (): ()) -> Result<ListReply, RemoteError> {
-        let st = lock(&self.0.state);
-        let rows = st
-            .servers
-            .values()
-            .map(|m| ListRow {
-                id: m.cfg.id.clone(),
-                server_type: m.cfg.server_type.clone(),
-                pid: m.pid,
-                uptime_secs: if m.pid == 0 {
-                    0
-                } else {
-                    m.started.map_or(0, |s| s.elapsed().as_secs())
-                },
-                rss_bytes: if m.pid == 0 {
-                    0
-                } else {
-                    crate::procfs::rss_bytes(m.pid).unwrap_or(0)
-                },
-                connections: m.connections,
-                host: m.cfg.host.clone(),
-                port: m.entry.as_ref().map_or(0, |e| e.port),
-                client_port: m.entry.as_ref().map_or(0, |e| e.client_port),
-                state: m.state.to_string(),
-                restarts: m.restarts,
-                metrics_url: match &m.entry {
-                    Some(e) if e.metrics_port != 0 => {
-                        format!("http://{}:{}/metrics", e.host, e.metrics_port)
-                    }
-                    _ => String::new(),
-                },
-            })
-            .collect();
-        Ok(ListReply {
-            master_pid: std::process::id(),
-            rows,
-            master_metrics_url: self.0.metrics_url.clone(),
-        })
+        Ok(self.0.list_reply())
     }
 
     async fn stop(&self, (): ()) -> Result<(), RemoteError> {
@@ -272,5 +237,54 @@ impl master_remote::Remote for MasterRemote {
         }
         tracing::debug!(frontend = %set.frontend_id, dropped, kept, "uid claims reconciled");
         Ok(())
+    }
+}
+
+impl Master {
+    /// Every server of this master with pid, uptime, RSS, connections and state: `list`'s
+    /// answer, over RPC and (in a cluster on NATS) over the admin subject.
+    pub(super) fn list_reply(&self) -> ListReply {
+        let st = lock(&self.state);
+        let rows = st
+            .servers
+            .values()
+            .map(|m| ListRow {
+                id: m.cfg.id.clone(),
+                server_type: m.cfg.server_type.clone(),
+                pid: m.pid,
+                uptime_secs: if m.pid == 0 {
+                    0
+                } else {
+                    m.started.map_or(0, |s| s.elapsed().as_secs())
+                },
+                rss_bytes: if m.pid == 0 {
+                    0
+                } else {
+                    crate::procfs::rss_bytes(m.pid).unwrap_or(0)
+                },
+                connections: m.connections,
+                host: m.cfg.host.clone(),
+                port: m.entry.as_ref().map_or(0, |e| e.port),
+                client_port: m.entry.as_ref().map_or(0, |e| e.client_port),
+                // Running, but its cluster backend said degraded at its last report.
+                state: if m.state == ServerState::Running && !m.degraded.is_empty() {
+                    "degraded".to_owned()
+                } else {
+                    m.state.to_string()
+                },
+                restarts: m.restarts,
+                metrics_url: match &m.entry {
+                    Some(e) if e.metrics_port != 0 => {
+                        format!("http://{}:{}/metrics", e.host, e.metrics_port)
+                    }
+                    _ => String::new(),
+                },
+            })
+            .collect();
+        ListReply {
+            master_pid: std::process::id(),
+            rows,
+            master_metrics_url: self.metrics_url.clone(),
+        }
     }
 }

@@ -52,6 +52,8 @@ pub(super) struct Managed {
     pub(super) state: ServerState,
     pub(super) restarts: u32,
     pub(super) connections: u64,
+    /// Its latest stats report's cluster-backend degradation (empty: healthy).
+    pub(super) degraded: String,
     pub(super) entry: Option<ServerEntry>,
     /// Told to stop or be killed: never restarted.
     pub(super) stopping: bool,
@@ -178,6 +180,7 @@ mod tests {
         }
         let cfg = parse_server_def(def, None).expect("server def");
         Managed {
+            degraded: String::new(),
             cfg,
             def_json: None,
             pid: 1,

@@ -175,6 +175,7 @@ impl Master {
                 m.entry = None;
                 m.pid = 0;
                 m.connections = 0;
+                m.degraded.clear();
                 let next = if m.stopping {
                     Next::Stopped
                 } else if !self.ready.load(Ordering::SeqCst) {
@@ -490,6 +491,7 @@ impl Master {
         st.servers.insert(
             id.clone(),
             Managed {
+                degraded: String::new(),
                 cfg,
                 def_json: Some(def),
                 pid: 0,
