@@ -380,10 +380,13 @@ macro_rules! __rpc_wire_name {
         const BYTES: &[u8] = &$crate::service::camel::<
             { $crate::service::camel_len(stringify!($method)) },
         >(stringify!($method));
-        match ::core::str::from_utf8(BYTES) {
+        // A constant, so that the UTF-8 check runs at compile time: as a plain expression
+        // it ran at every use, e.g. per call for each method name the dispatch compares.
+        const NAME: &str = match ::core::str::from_utf8(BYTES) {
             ::core::result::Result::Ok(s) => s,
             ::core::result::Result::Err(_) => panic!("a method name is ASCII"),
-        }
+        };
+        NAME
     }};
 }
 
