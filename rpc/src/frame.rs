@@ -138,6 +138,11 @@ impl Name {
         Ok(Self(b))
     }
 
+    /// The name's bytes (its UTF-8 text).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     /// The name as text.
     pub fn as_str(&self) -> &str {
         // Validated as UTF-8 in every constructor; the fallback is unreachable.

@@ -302,12 +302,9 @@ impl RpcServer {
                     method,
                     payload,
                 })) => {
-                    let call = self.registry.dispatch(
-                        namespace,
-                        service.as_str(),
-                        method.as_str(),
-                        payload,
-                    );
+                    let call = self
+                        .registry
+                        .dispatch_wire(namespace, &service, &method, payload);
                     let max = cfg.max_frame_size;
                     let tx = tx.clone();
                     let metered = cfg.metrics.clone().map(|m| (m, std::time::Instant::now()));
@@ -333,12 +330,9 @@ impl RpcServer {
                     method,
                     payload,
                 })) => {
-                    let call = self.registry.dispatch(
-                        namespace,
-                        service.as_str(),
-                        method.as_str(),
-                        payload,
-                    );
+                    let call = self
+                        .registry
+                        .dispatch_wire(namespace, &service, &method, payload);
                     tokio::spawn(async move {
                         if let Err(e) = run_guarded(call).await {
                             debug!(%service, %method, kind = ?e.kind, message = %e.message, "rpc notify failed");

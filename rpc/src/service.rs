@@ -11,7 +11,7 @@
 //! `syn`/`quote` — more build time and dependencies for the same result.
 
 use crate::error::RemoteError;
-use crate::frame::{ErrorKind, Namespace, WireError};
+use crate::frame::{ErrorKind, Name, Namespace, WireError};
 use crate::hash::FastMap;
 use crate::payload::PayloadError;
 use bytes::Bytes;
@@ -33,6 +33,13 @@ pub trait Service: Send + Sync + 'static {
     /// Runs `method` on `payload`. Unknown methods resolve to an
     /// [`ErrorKind::UnknownMethod`] error.
     fn call(&self, method: &str, payload: Bytes) -> BoxCall;
+    /// The method names [`Service::call`] knows (a [`remote!`](crate::remote!) service
+    /// lists its `METHODS`): the server matches a method name read off the wire against
+    /// them as bytes and passes the matching `&'static str`, instead of checking the
+    /// name's UTF-8 once more per call. Default: none listed (the name is checked then).
+    fn methods(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// Wire error for an argument that did not decode (used by [`remote!`](crate::remote!)).
@@ -176,7 +183,8 @@ impl<F: RpcFilter> DynRpcFilter for F {
 /// calls. Built once, then shared.
 #[derive(Default, Clone)]
 pub struct Registry {
-    spaces: [FastMap<&'static str, Arc<dyn Service>>; 2],
+    /// By namespace, then name (as bytes: a name read off the wire is looked up as it is).
+    spaces: [FastMap<&'static [u8], Arc<dyn Service>>; 2],
     filters: Vec<Arc<dyn DynRpcFilter>>,
 }
 
@@ -223,19 +231,19 @@ impl Registry {
         }
         let ns = service.namespace();
         let space = &mut self.spaces[ns as usize];
-        if space.contains_key(name) {
+        if space.contains_key(name.as_bytes()) {
             return Err(RegistryError::Duplicate {
                 namespace: ns,
                 name: name.into(),
             });
         }
-        space.insert(name, service);
+        space.insert(name.as_bytes(), service);
         Ok(self)
     }
 
     /// The service named `name` in `ns`.
     pub fn get(&self, ns: Namespace, name: &str) -> Option<&Arc<dyn Service>> {
-        self.spaces[ns as usize].get(name)
+        self.spaces[ns as usize].get(name.as_bytes())
     }
 
     /// Adds a filter around every call (see [`RpcFilter`]).
@@ -253,8 +261,45 @@ impl Registry {
     /// Dispatches one call through the filters; unknown services resolve to an
     /// [`ErrorKind::UnknownService`] error (which after filters see too).
     pub fn dispatch(&self, ns: Namespace, service: &str, method: &str, payload: Bytes) -> BoxCall {
+        self.dispatch_to(self.get(ns, service), ns, service, method, payload)
+    }
+
+    /// [`Registry::dispatch`] of a call read off the wire: the service is looked up by the
+    /// name's bytes, and the names passed on are the service's own static strings when it
+    /// lists its methods (see [`Service::methods`]), so the names' UTF-8 (checked when the
+    /// frame was decoded) is not checked again per call.
+    pub(crate) fn dispatch_wire(
+        &self,
+        ns: Namespace,
+        service: &Name,
+        method: &Name,
+        payload: Bytes,
+    ) -> BoxCall {
+        let Some(s) = self.spaces[ns as usize].get(service.as_bytes()) else {
+            return self.dispatch_to(None, ns, service.as_str(), method.as_str(), payload);
+        };
+        let known = s
+            .methods()
+            .iter()
+            .find(|m| m.as_bytes() == method.as_bytes());
+        let method = match known {
+            Some(m) => m,
+            None => method.as_str(),
+        };
+        self.dispatch_to(Some(s), ns, s.name(), method, payload)
+    }
+
+    /// [`Registry::dispatch`] once the service (if any) is found.
+    fn dispatch_to(
+        &self,
+        found: Option<&Arc<dyn Service>>,
+        ns: Namespace,
+        service: &str,
+        method: &str,
+        payload: Bytes,
+    ) -> BoxCall {
         if self.filters.is_empty() {
-            return self.dispatch_unfiltered(ns, service, method, payload);
+            return dispatch_unfiltered(found, ns, service, method, payload);
         }
         let call = RpcCall {
             namespace: ns,
@@ -264,7 +309,7 @@ impl Registry {
         };
         let filters = self.filters.clone();
         // Not polled (so the method does not run) unless every before filter lets it.
-        let inner = self.dispatch_unfiltered(ns, service, method, payload);
+        let inner = dispatch_unfiltered(found, ns, service, method, payload);
         Box::pin(async move {
             let mut refused = None;
             for f in &filters {
@@ -283,24 +328,24 @@ impl Registry {
             outcome
         })
     }
+}
 
-    fn dispatch_unfiltered(
-        &self,
-        ns: Namespace,
-        service: &str,
-        method: &str,
-        payload: Bytes,
-    ) -> BoxCall {
-        match self.get(ns, service) {
-            Some(s) => s.call(method, payload),
-            None => {
-                let e = WireError {
-                    kind: ErrorKind::UnknownService,
-                    code: 0,
-                    message: format!("no rpc service `{ns}.{service}` (method `{method}`)"),
-                };
-                Box::pin(async move { Err(e) })
-            }
+fn dispatch_unfiltered(
+    found: Option<&Arc<dyn Service>>,
+    ns: Namespace,
+    service: &str,
+    method: &str,
+    payload: Bytes,
+) -> BoxCall {
+    match found {
+        Some(s) => s.call(method, payload),
+        None => {
+            let e = WireError {
+                kind: ErrorKind::UnknownService,
+                code: 0,
+                message: format!("no rpc service `{ns}.{service}` (method `{method}`)"),
+            };
+            Box::pin(async move { Err(e) })
         }
     }
 }
@@ -661,6 +706,10 @@ macro_rules! remote {
 
                 fn name(&self) -> &'static str {
                     NAME
+                }
+
+                fn methods(&self) -> &'static [&'static str] {
+                    METHODS
                 }
 
                 fn call(&self, method: &str, payload: $crate::__bytes::Bytes) -> $crate::BoxCall {

@@ -187,3 +187,67 @@ async fn several_arguments_round_trip_and_filters_see_every_call() {
     shutdown.cancel();
     let _ = t(task).await;
 }
+
+/// A service written by hand, listing no methods (`Service::methods` left at its default).
+struct Upper;
+
+impl shaddock_rpc::Service for Upper {
+    fn namespace(&self) -> Namespace {
+        Namespace::User
+    }
+
+    fn name(&self) -> &'static str {
+        "upperRemote"
+    }
+
+    fn call(&self, method: &str, payload: Bytes) -> shaddock_rpc::BoxCall {
+        let method = method.to_owned();
+        Box::pin(async move {
+            match method.as_str() {
+                "upper" => Ok(Bytes::from(payload.to_ascii_uppercase())),
+                other => Err(WireError {
+                    kind: shaddock_rpc::ErrorKind::UnknownMethod,
+                    code: 0,
+                    message: format!("no method {other}"),
+                }),
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_hand_written_service_that_lists_no_methods_gets_the_wire_s_method_name() {
+    let mut registry = Registry::new();
+    registry.add(Upper).unwrap();
+    let listener = t(TcpListener::bind("127.0.0.1:0")).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(
+        RpcServer::new(registry, RpcConfig::default()).serve(listener, shutdown.clone()),
+    );
+    let rpc = RpcClient::new(RpcConfig::default());
+    rpc.directory()
+        .add(ServerInfo::new("up-1", "up", "127.0.0.1", port));
+    let to = Target::server("up-1");
+    let r = t(rpc.call::<Raw, Raw>(
+        to,
+        Namespace::User,
+        "upperRemote",
+        "upper",
+        Raw(Bytes::from_static(b"abc")),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.0, Bytes::from_static(b"ABC"));
+    let r =
+        t(rpc.call::<Raw, Raw>(to, Namespace::User, "upperRemote", "lower", Raw::default())).await;
+    assert!(
+        matches!(&r, Err(RpcError::UnknownMethod { message }) if message == "no method lower"),
+        "{r:?}"
+    );
+    let r =
+        t(rpc.call::<Raw, Raw>(to, Namespace::User, "lowerRemote", "upper", Raw::default())).await;
+    assert!(matches!(&r, Err(RpcError::UnknownService { .. })), "{r:?}");
+    shutdown.cancel();
+    let _ = t(task).await;
+}
