@@ -226,7 +226,9 @@ impl Forwarder for RpcForwarder {
                     "backend reply settings are not a JSON object; ignored"
                 ),
             }
-            if reply.body_json.is_empty() {
+            // Empty, or `{}` (the reply of every handler that answers nothing): the empty
+            // object without a parse.
+            if reply.body_json.is_empty() || reply.body_json[..] == *b"{}" {
                 return Ok(Value::Object(serde_json::Map::new()));
             }
             shaddock_protocol::json::from_slice(&reply.body_json).map_err(|e| {
