@@ -314,9 +314,12 @@ impl SessionRemote {
         self
     }
 
-    /// The RPC service to register.
+    /// The RPC service to register. Its calls are polled once on the RPC connection's read
+    /// loop before they get a task ([`session_remote::Server::inline_calls`]): a push, a
+    /// settings change or a kick finishes at once (no wait) and then costs no task spawn; a
+    /// bind through a hook that waits (a cluster's uid claim) goes on in its own task.
     pub fn into_server(self) -> session_remote::Server<Self> {
-        session_remote::Server::new(self)
+        session_remote::Server::new(self).inline_calls()
     }
 
     fn session(&self, session_id: u64) -> Result<Session, RemoteError> {

@@ -40,6 +40,14 @@ pub trait Service: Send + Sync + 'static {
     fn methods(&self) -> &'static [&'static str] {
         &[]
     }
+    /// Whether the server may poll this service's calls once on the connection's read loop
+    /// before giving them a task: a call that finishes at once (no await that waits) then
+    /// costs no task spawn; one that waits is spawned and goes on in its task. Only for
+    /// handlers that do little work before their first wait: that work delays the reading
+    /// of the connection's next frames. Default `false` (every call in its own task).
+    fn inline(&self) -> bool {
+        false
+    }
 }
 
 /// Wire error for an argument that did not decode (used by [`remote!`](crate::remote!)).
@@ -268,15 +276,19 @@ impl Registry {
     /// name's bytes, and the names passed on are the service's own static strings when it
     /// lists its methods (see [`Service::methods`]), so the names' UTF-8 (checked when the
     /// frame was decoded) is not checked again per call.
+    ///
+    /// Also returns whether the service allows its calls to be polled inline
+    /// ([`Service::inline`]).
     pub(crate) fn dispatch_wire(
         &self,
         ns: Namespace,
         service: &Name,
         method: &Name,
         payload: Bytes,
-    ) -> BoxCall {
+    ) -> (BoxCall, bool) {
         let Some(s) = self.spaces[ns as usize].get(service.as_bytes()) else {
-            return self.dispatch_to(None, ns, service.as_str(), method.as_str(), payload);
+            let call = self.dispatch_to(None, ns, service.as_str(), method.as_str(), payload);
+            return (call, false);
         };
         let known = s
             .methods()
@@ -286,7 +298,8 @@ impl Registry {
             Some(m) => m,
             None => method.as_str(),
         };
-        self.dispatch_to(Some(s), ns, s.name(), method, payload)
+        let call = self.dispatch_to(Some(s), ns, s.name(), method, payload);
+        (call, s.inline())
     }
 
     /// [`Registry::dispatch`] once the service (if any) is found.
@@ -685,17 +698,27 @@ macro_rules! remote {
             }
 
             /// The [`Remote`] implementation as a registrable service.
-            pub struct Server<T>(::std::sync::Arc<T>);
+            pub struct Server<T>(::std::sync::Arc<T>, bool);
 
             impl<T: Remote> Server<T> {
                 /// Wraps an implementation.
                 pub fn new(inner: T) -> Self {
-                    Self(::std::sync::Arc::new(inner))
+                    Self(::std::sync::Arc::new(inner), false)
                 }
 
                 /// Wraps a shared implementation.
                 pub fn from_arc(inner: ::std::sync::Arc<T>) -> Self {
-                    Self(inner)
+                    Self(inner, false)
+                }
+
+                /// Lets the server poll this service's calls once on the connection's
+                /// read loop before giving them a task (see
+                /// [`Service::inline`]($crate::Service::inline)): for methods that
+                /// finish at once, with little work.
+                #[must_use]
+                pub fn inline_calls(mut self) -> Self {
+                    self.1 = true;
+                    self
                 }
             }
 
@@ -710,6 +733,10 @@ macro_rules! remote {
 
                 fn methods(&self) -> &'static [&'static str] {
                     METHODS
+                }
+
+                fn inline(&self) -> bool {
+                    self.1
                 }
 
                 fn call(&self, method: &str, payload: $crate::__bytes::Bytes) -> $crate::BoxCall {
