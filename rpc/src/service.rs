@@ -659,7 +659,9 @@ macro_rules! __rpc_namespace {
 ///   use on the wire, and the method names;
 /// - `trait Remote`: one `async fn method(&self, Arg) -> Result<Reply, RemoteError>` (or
 ///   `(&self, a: A, b: B, ...)`) per line;
-/// - `struct Server<T: Remote>`: the [`Service`] to register (`Server::new(impl)`);
+/// - `struct Server<T: Remote>`: the [`Service`] to register (`Server::new(impl)`;
+///   `.inline_calls()` lets the server poll its calls once before giving them a task, see
+///   [`Service::inline`]);
 /// - `struct Client`: `async fn method(&self, target: Target<'_>, Arg) -> Result<Reply, RpcError>`
 ///   per line, and `client.notify().method(target, arg)` to send the same call one-way.
 ///
