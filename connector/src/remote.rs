@@ -30,10 +30,11 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use serde_json::Value;
 use shaddock_core::sys::{
-    BindArgs, Count, ForwardMessage, KickArgs, PushArgs, PushResult, SessionSnapshot, SettingsArgs,
+    BindArgs, Count, ForwardMessageRef, ForwardReply, KickArgs, PushArgs, PushResult,
+    SessionSnapshot, SettingsArgs,
 };
 pub use shaddock_core::sys::{msg_remote, session_remote};
-use shaddock_rpc::{RemoteError, RpcClient, RpcError, Target};
+use shaddock_rpc::{Raw, RemoteError, RpcClient, RpcError, Target};
 
 use crate::frontend::{Forwarder, Frontend};
 use crate::handler::{BoxFuture, HandlerError, Outcome, Request};
@@ -88,7 +89,15 @@ impl RpcForwarder {
             .insert(server_type.into(), Arc::new(key));
     }
 
-    fn key_for(&self, server_type: &str, session: &Session, route: &str) -> Vec<u8> {
+    /// The routing key; `uid` is the session's (read once by the caller, which also
+    /// encodes it), moved into the default key.
+    fn key_for(
+        &self,
+        server_type: &str,
+        session: &Session,
+        route: &str,
+        uid: Option<String>,
+    ) -> Vec<u8> {
         let custom = self
             .keys
             .read()
@@ -97,10 +106,7 @@ impl RpcForwarder {
             .cloned();
         match custom {
             Some(f) => f(session, route),
-            None => session
-                .uid()
-                .unwrap_or_else(|| session.id().to_string())
-                .into_bytes(),
+            None => uid.unwrap_or_else(|| session.id().to_string()).into_bytes(),
         }
     }
 }
@@ -146,34 +152,71 @@ pub fn rpc_error_to_handler(route: &str, e: &RpcError) -> HandlerError {
     HandlerError::new(i64::from(e.pomelo_code()), message)
 }
 
+/// The wire name of [`msg_remote`]'s `forward_message` (checked against its `METHODS` in a
+/// test): the forwarder calls it with a payload it encoded itself.
+const FORWARD_MESSAGE: &str = "forwardMessage";
+
 impl Forwarder for RpcForwarder {
     fn forward(
         &self,
         server_type: &str,
         request: &Request<Session>,
     ) -> BoxFuture<'static, Outcome> {
-        let this = self.clone();
+        let rpc = self.rpc.clone();
         let session = request.session().clone();
         let route = request.route().to_owned();
-        let server_type = server_type.to_owned();
-        let key = self.key_for(&server_type, &session, &route);
-        let msg = ForwardMessage {
-            route: route.clone(),
-            id: request.info().id,
+        // The server type is the route's first part when the caller passes that (the
+        // dispatch does): kept as a length into `route` then, not a second `String`.
+        let type_len = (route.len() > server_type.len()
+            && route.starts_with(server_type)
+            && route.as_bytes()[server_type.len()] == b'.')
+            .then_some(server_type.len());
+        let other_type = match type_len {
+            Some(_) => String::new(),
+            None => server_type.to_owned(),
+        };
+        let uid = session.uid();
+        // The message encoded here, from borrowed fields (the owned `ForwardMessage` would
+        // copy the route, frontend id and uid into `String`s first); the same bytes.
+        let payload = {
             // The client's text when it was kept (valid JSON whose value re-encoding would
             // not change, see `shaddock_protocol::json::passthrough`), else the value encoded.
-            body_json: match request.json_text() {
-                Some(text) => text.clone(),
-                None => Bytes::from(shaddock_protocol::json::to_vec(request.body())),
-            },
-            session: Some(snapshot(&session)),
-            body_protobuf: request.protobuf().cloned().unwrap_or_default(),
+            let encoded;
+            let body_json: &[u8] = match request.json_text() {
+                Some(text) => text,
+                None => {
+                    encoded = shaddock_protocol::json::to_vec(request.body());
+                    &encoded
+                }
+            };
+            let settings_json = session.settings_json();
+            ForwardMessageRef {
+                route: &route,
+                id: request.info().id,
+                body_json,
+                session_id: session.id(),
+                frontend_id: session.frontend_id(),
+                uid: uid.as_deref().unwrap_or_default(),
+                settings_json: &settings_json,
+                body_protobuf: request.protobuf().map_or(&[][..], |b| &b[..]),
+            }
+            .encode()
         };
+        let key = self.key_for(server_type, &session, &route, uid);
         Box::pin(async move {
-            let stub = msg_remote::Client::new(&this.rpc);
-            let target = Target::route(&server_type, &key);
-            let reply = stub
-                .forward_message(target, msg)
+            let server_type = match type_len {
+                Some(n) => &route[..n],
+                None => &other_type,
+            };
+            let target = Target::route(server_type, &key);
+            let reply = rpc
+                .call::<Raw, ForwardReply>(
+                    target,
+                    msg_remote::NAMESPACE,
+                    msg_remote::NAME,
+                    FORWARD_MESSAGE,
+                    Raw(payload),
+                )
                 .await
                 .map_err(|e| rpc_error_to_handler(&route, &e))?;
             match settings_object(&reply.settings_json) {
@@ -183,7 +226,9 @@ impl Forwarder for RpcForwarder {
                     "backend reply settings are not a JSON object; ignored"
                 ),
             }
-            if reply.body_json.is_empty() {
+            // Empty, or `{}` (the reply of every handler that answers nothing): the empty
+            // object without a parse.
+            if reply.body_json.is_empty() || reply.body_json[..] == *b"{}" {
                 return Ok(Value::Object(serde_json::Map::new()));
             }
             shaddock_protocol::json::from_slice(&reply.body_json).map_err(|e| {
@@ -269,9 +314,12 @@ impl SessionRemote {
         self
     }
 
-    /// The RPC service to register.
+    /// The RPC service to register. Its calls are polled once on the RPC connection's read
+    /// loop before they get a task ([`session_remote::Server::inline_calls`]): a push, a
+    /// settings change or a kick finishes at once (no wait) and then costs no task spawn; a
+    /// bind through a hook that waits (a cluster's uid claim) goes on in its own task.
     pub fn into_server(self) -> session_remote::Server<Self> {
-        session_remote::Server::new(self)
+        session_remote::Server::new(self).inline_calls()
     }
 
     fn session(&self, session_id: u64) -> Result<Session, RemoteError> {
@@ -366,5 +414,15 @@ impl Frontend {
     /// (binds with [`Session::bind`]; see [`SessionRemote::bind_with`] for a hook).
     pub fn session_remote(&self) -> session_remote::Server<SessionRemote> {
         SessionRemote::new(self.clone()).into_server()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_forwarder_calls_msg_remote_s_forward_message() {
+        assert!(msg_remote::METHODS.contains(&FORWARD_MESSAGE));
     }
 }

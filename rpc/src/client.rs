@@ -255,21 +255,25 @@ impl RpcClient {
         method: Name,
         payload: Bytes,
     ) -> Result<Bytes, RpcError> {
-        let Some(metrics) = &self.inner.config.metrics else {
-            return self
-                .call_raw_inner(target, namespace, service, method, payload, &mut None)
-                .await;
-        };
-        let started = std::time::Instant::now();
+        // One call of `call_raw_inner` for both cases: its future is this one's largest
+        // part, and two await points on it made the state hold it twice.
+        let started = self
+            .inner
+            .config
+            .metrics
+            .as_ref()
+            .map(|_| std::time::Instant::now());
         let mut peer = None;
         let r = self
             .call_raw_inner(target, namespace, service, method, payload, &mut peer)
             .await;
-        match peer {
-            Some(p) => p.call(started.elapsed(), r.as_ref().err()),
-            None => {
-                if let Err(e) = &r {
-                    metrics.unresolved(e);
+        if let (Some(started), Some(metrics)) = (started, &self.inner.config.metrics) {
+            match peer {
+                Some(p) => p.call(started.elapsed(), r.as_ref().err()),
+                None => {
+                    if let Err(e) = &r {
+                        metrics.unresolved(e);
+                    }
                 }
             }
         }
@@ -290,23 +294,14 @@ impl RpcClient {
         let deadline = tokio::time::Instant::now() + self.call_timeout;
         let (link, server_id) = match self.link_for(target, body_len) {
             // A key its router does not know yet: the router places it (bounded by the
-            // call's deadline), then the call goes to that server.
+            // call's deadline), then the call goes to that server. Boxed: the placement's
+            // state is not carried by every call's future.
             Err(RpcError::NoServer { server_type }) => {
                 let Target::Route { key, .. } = target else {
                     return Err(RpcError::NoServer { server_type });
                 };
-                let Some(placing) = self.router(&server_type).place(key) else {
-                    return Err(RpcError::NoServer { server_type });
-                };
-                let id = tokio::time::timeout_at(deadline, placing)
-                    .await
-                    .map_err(|_| RpcError::Timeout {
-                        server_id: ServerId::from(format!("placement of a `{server_type}` key")),
-                        service: service.as_str().to_owned(),
-                        method: method.as_str().to_owned(),
-                        after: self.call_timeout,
-                    })??;
-                self.link_for(Target::Server(id.as_str()), body_len)?
+                Box::pin(self.place(server_type, key, deadline, &service, &method, body_len))
+                    .await?
             }
             r => r?,
         };
@@ -314,7 +309,12 @@ impl RpcClient {
         let server_id = &server_id;
         // The connect wait counts against the call's deadline too.
         let exchange = async {
-            let conn = link.conn().await?;
+            // Connected: no wait. Else the wait for the connect, boxed so that its state is
+            // not carried by every call's future.
+            let conn = match link.conn_now() {
+                Some(conn) => conn,
+                None => Box::pin(link.conn()).await?,
+            };
             let lost = || conn.pending.lost_error(server_id);
             let (id, rx) = conn.pending.register().ok_or_else(lost)?;
             let mut guard = PendingGuard {
@@ -329,7 +329,16 @@ impl RpcClient {
                 method: method.clone(),
                 payload,
             };
-            conn.tx.send(frame).await.map_err(|_| lost())?;
+            // Room in the queue: no wait (what `send` would do, without its future in this
+            // one's state); else the wait, boxed. Waiting senders are served first either way
+            // (a permit released while they wait goes to them).
+            match conn.tx.try_send(frame) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(frame)) => {
+                    Box::pin(conn.tx.send(frame)).await.map_err(|_| lost())?;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(lost()),
+            }
             let r = rx.await;
             // Resolved or dropped: the entry is gone from the map either way.
             guard.armed = false;
@@ -346,6 +355,31 @@ impl RpcClient {
                 after: self.call_timeout,
             }),
         }
+    }
+
+    /// Places a key its router has no server for yet (see [`Router::place`]), bounded by
+    /// the call's `deadline`; the link to the server chosen.
+    async fn place(
+        &self,
+        server_type: String,
+        key: &[u8],
+        deadline: tokio::time::Instant,
+        service: &Name,
+        method: &Name,
+        body_len: usize,
+    ) -> Result<(LinkHandle, ServerId), RpcError> {
+        let Some(placing) = self.router(&server_type).place(key) else {
+            return Err(RpcError::NoServer { server_type });
+        };
+        let id = tokio::time::timeout_at(deadline, placing)
+            .await
+            .map_err(|_| RpcError::Timeout {
+                server_id: ServerId::from(format!("placement of a `{server_type}` key")),
+                service: service.as_str().to_owned(),
+                method: method.as_str().to_owned(),
+                after: self.call_timeout,
+            })??;
+        self.link_for(Target::Server(id.as_str()), body_len)
     }
 
     /// Sends a one-way call with a typed argument; returns once it is queued for writing.
@@ -640,6 +674,14 @@ impl LinkHandle {
             server_id: self.shared.server_id.clone(),
             addr: self.shared.addr.clone(),
             reason: reason.to_owned(),
+        }
+    }
+
+    /// The live connection if the link is up now.
+    fn conn_now(&self) -> Option<Conn> {
+        match &*self.shared.state.borrow() {
+            LinkState::Up(c) => Some(c.clone()),
+            _ => None,
         }
     }
 

@@ -302,21 +302,15 @@ impl RpcServer {
                     method,
                     payload,
                 })) => {
-                    let call = self.registry.dispatch(
-                        namespace,
-                        service.as_str(),
-                        method.as_str(),
-                        payload,
-                    );
+                    let (call, inline) = self
+                        .registry
+                        .dispatch_wire(namespace, &service, &method, payload);
                     let max = cfg.max_frame_size;
                     let tx = tx.clone();
                     let metered = cfg.metrics.clone().map(|m| (m, std::time::Instant::now()));
-                    // Never polled here: handler code (even up to its first await) runs in
-                    // its own task, so a CPU-heavy or blocking handler cannot stall the read
-                    // loop and the other calls multiplexed on this connection.
                     // Boxed: tokio's spawn then moves a pointer, not the future, into and
                     // inside the task cell.
-                    tokio::spawn(Box::pin(async move {
+                    let mut task = Box::pin(async move {
                         let result = run_guarded(call).await;
                         let frame = reply_frame(id, result, &service, &method, max);
                         if let Some((m, started)) = metered {
@@ -325,7 +319,22 @@ impl RpcServer {
                         // The connection may be gone; then the reply has nowhere to go.
                         send_reply(&tx, frame).await;
                         drop(permit);
-                    }));
+                    });
+                    // Polled here only for a service that asked for it (see
+                    // `Service::inline`): a call that finishes without waiting then costs no
+                    // task. Every other call (and one that waits) runs in its own task, so a
+                    // CPU-heavy or blocking handler cannot stall the read loop and the other
+                    // calls multiplexed on this connection. The no-op waker is enough: a call
+                    // still pending is spawned, and its task polls it again with its own.
+                    if inline
+                        && task
+                            .as_mut()
+                            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+                            .is_ready()
+                    {
+                        continue;
+                    }
+                    tokio::spawn(task);
                 }
                 Some(Ok(Frame::Notify {
                     namespace,
@@ -333,12 +342,9 @@ impl RpcServer {
                     method,
                     payload,
                 })) => {
-                    let call = self.registry.dispatch(
-                        namespace,
-                        service.as_str(),
-                        method.as_str(),
-                        payload,
-                    );
+                    let (call, _) = self
+                        .registry
+                        .dispatch_wire(namespace, &service, &method, payload);
                     tokio::spawn(async move {
                         if let Err(e) = run_guarded(call).await {
                             debug!(%service, %method, kind = ?e.kind, message = %e.message, "rpc notify failed");

@@ -11,7 +11,7 @@
 //! `syn`/`quote` — more build time and dependencies for the same result.
 
 use crate::error::RemoteError;
-use crate::frame::{ErrorKind, Namespace, WireError};
+use crate::frame::{ErrorKind, Name, Namespace, WireError};
 use crate::hash::FastMap;
 use crate::payload::PayloadError;
 use bytes::Bytes;
@@ -33,6 +33,21 @@ pub trait Service: Send + Sync + 'static {
     /// Runs `method` on `payload`. Unknown methods resolve to an
     /// [`ErrorKind::UnknownMethod`] error.
     fn call(&self, method: &str, payload: Bytes) -> BoxCall;
+    /// The method names [`Service::call`] knows (a [`remote!`](crate::remote!) service
+    /// lists its `METHODS`): the server matches a method name read off the wire against
+    /// them as bytes and passes the matching `&'static str`, instead of checking the
+    /// name's UTF-8 once more per call. Default: none listed (the name is checked then).
+    fn methods(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Whether the server may poll this service's calls once on the connection's read loop
+    /// before giving them a task: a call that finishes at once (no await that waits) then
+    /// costs no task spawn; one that waits is spawned and goes on in its task. Only for
+    /// handlers that do little work before their first wait: that work delays the reading
+    /// of the connection's next frames. Default `false` (every call in its own task).
+    fn inline(&self) -> bool {
+        false
+    }
 }
 
 /// Wire error for an argument that did not decode (used by [`remote!`](crate::remote!)).
@@ -176,7 +191,8 @@ impl<F: RpcFilter> DynRpcFilter for F {
 /// calls. Built once, then shared.
 #[derive(Default, Clone)]
 pub struct Registry {
-    spaces: [FastMap<&'static str, Arc<dyn Service>>; 2],
+    /// By namespace, then name (as bytes: a name read off the wire is looked up as it is).
+    spaces: [FastMap<&'static [u8], Arc<dyn Service>>; 2],
     filters: Vec<Arc<dyn DynRpcFilter>>,
 }
 
@@ -223,19 +239,19 @@ impl Registry {
         }
         let ns = service.namespace();
         let space = &mut self.spaces[ns as usize];
-        if space.contains_key(name) {
+        if space.contains_key(name.as_bytes()) {
             return Err(RegistryError::Duplicate {
                 namespace: ns,
                 name: name.into(),
             });
         }
-        space.insert(name, service);
+        space.insert(name.as_bytes(), service);
         Ok(self)
     }
 
     /// The service named `name` in `ns`.
     pub fn get(&self, ns: Namespace, name: &str) -> Option<&Arc<dyn Service>> {
-        self.spaces[ns as usize].get(name)
+        self.spaces[ns as usize].get(name.as_bytes())
     }
 
     /// Adds a filter around every call (see [`RpcFilter`]).
@@ -253,8 +269,50 @@ impl Registry {
     /// Dispatches one call through the filters; unknown services resolve to an
     /// [`ErrorKind::UnknownService`] error (which after filters see too).
     pub fn dispatch(&self, ns: Namespace, service: &str, method: &str, payload: Bytes) -> BoxCall {
+        self.dispatch_to(self.get(ns, service), ns, service, method, payload)
+    }
+
+    /// [`Registry::dispatch`] of a call read off the wire: the service is looked up by the
+    /// name's bytes, and the names passed on are the service's own static strings when it
+    /// lists its methods (see [`Service::methods`]), so the names' UTF-8 (checked when the
+    /// frame was decoded) is not checked again per call.
+    ///
+    /// Also returns whether the service allows its calls to be polled inline
+    /// ([`Service::inline`]).
+    pub(crate) fn dispatch_wire(
+        &self,
+        ns: Namespace,
+        service: &Name,
+        method: &Name,
+        payload: Bytes,
+    ) -> (BoxCall, bool) {
+        let Some(s) = self.spaces[ns as usize].get(service.as_bytes()) else {
+            let call = self.dispatch_to(None, ns, service.as_str(), method.as_str(), payload);
+            return (call, false);
+        };
+        let known = s
+            .methods()
+            .iter()
+            .find(|m| m.as_bytes() == method.as_bytes());
+        let method = match known {
+            Some(m) => m,
+            None => method.as_str(),
+        };
+        let call = self.dispatch_to(Some(s), ns, s.name(), method, payload);
+        (call, s.inline())
+    }
+
+    /// [`Registry::dispatch`] once the service (if any) is found.
+    fn dispatch_to(
+        &self,
+        found: Option<&Arc<dyn Service>>,
+        ns: Namespace,
+        service: &str,
+        method: &str,
+        payload: Bytes,
+    ) -> BoxCall {
         if self.filters.is_empty() {
-            return self.dispatch_unfiltered(ns, service, method, payload);
+            return dispatch_unfiltered(found, ns, service, method, payload);
         }
         let call = RpcCall {
             namespace: ns,
@@ -264,7 +322,7 @@ impl Registry {
         };
         let filters = self.filters.clone();
         // Not polled (so the method does not run) unless every before filter lets it.
-        let inner = self.dispatch_unfiltered(ns, service, method, payload);
+        let inner = dispatch_unfiltered(found, ns, service, method, payload);
         Box::pin(async move {
             let mut refused = None;
             for f in &filters {
@@ -283,24 +341,24 @@ impl Registry {
             outcome
         })
     }
+}
 
-    fn dispatch_unfiltered(
-        &self,
-        ns: Namespace,
-        service: &str,
-        method: &str,
-        payload: Bytes,
-    ) -> BoxCall {
-        match self.get(ns, service) {
-            Some(s) => s.call(method, payload),
-            None => {
-                let e = WireError {
-                    kind: ErrorKind::UnknownService,
-                    code: 0,
-                    message: format!("no rpc service `{ns}.{service}` (method `{method}`)"),
-                };
-                Box::pin(async move { Err(e) })
-            }
+fn dispatch_unfiltered(
+    found: Option<&Arc<dyn Service>>,
+    ns: Namespace,
+    service: &str,
+    method: &str,
+    payload: Bytes,
+) -> BoxCall {
+    match found {
+        Some(s) => s.call(method, payload),
+        None => {
+            let e = WireError {
+                kind: ErrorKind::UnknownService,
+                code: 0,
+                message: format!("no rpc service `{ns}.{service}` (method `{method}`)"),
+            };
+            Box::pin(async move { Err(e) })
         }
     }
 }
@@ -380,10 +438,13 @@ macro_rules! __rpc_wire_name {
         const BYTES: &[u8] = &$crate::service::camel::<
             { $crate::service::camel_len(stringify!($method)) },
         >(stringify!($method));
-        match ::core::str::from_utf8(BYTES) {
+        // A constant, so that the UTF-8 check runs at compile time: as a plain expression
+        // it ran at every use, e.g. per call for each method name the dispatch compares.
+        const NAME: &str = match ::core::str::from_utf8(BYTES) {
             ::core::result::Result::Ok(s) => s,
             ::core::result::Result::Err(_) => panic!("a method name is ASCII"),
-        }
+        };
+        NAME
     }};
 }
 
@@ -598,7 +659,9 @@ macro_rules! __rpc_namespace {
 ///   use on the wire, and the method names;
 /// - `trait Remote`: one `async fn method(&self, Arg) -> Result<Reply, RemoteError>` (or
 ///   `(&self, a: A, b: B, ...)`) per line;
-/// - `struct Server<T: Remote>`: the [`Service`] to register (`Server::new(impl)`);
+/// - `struct Server<T: Remote>`: the [`Service`] to register (`Server::new(impl)`;
+///   `.inline_calls()` lets the server poll its calls once before giving them a task, see
+///   [`Service::inline`]);
 /// - `struct Client`: `async fn method(&self, target: Target<'_>, Arg) -> Result<Reply, RpcError>`
 ///   per line, and `client.notify().method(target, arg)` to send the same call one-way.
 ///
@@ -637,17 +700,27 @@ macro_rules! remote {
             }
 
             /// The [`Remote`] implementation as a registrable service.
-            pub struct Server<T>(::std::sync::Arc<T>);
+            pub struct Server<T>(::std::sync::Arc<T>, bool);
 
             impl<T: Remote> Server<T> {
                 /// Wraps an implementation.
                 pub fn new(inner: T) -> Self {
-                    Self(::std::sync::Arc::new(inner))
+                    Self(::std::sync::Arc::new(inner), false)
                 }
 
                 /// Wraps a shared implementation.
                 pub fn from_arc(inner: ::std::sync::Arc<T>) -> Self {
-                    Self(inner)
+                    Self(inner, false)
+                }
+
+                /// Lets the server poll this service's calls once on the connection's
+                /// read loop before giving them a task (see
+                /// [`Service::inline`]($crate::Service::inline)): for methods that
+                /// finish at once, with little work.
+                #[must_use]
+                pub fn inline_calls(mut self) -> Self {
+                    self.1 = true;
+                    self
                 }
             }
 
@@ -658,6 +731,14 @@ macro_rules! remote {
 
                 fn name(&self) -> &'static str {
                     NAME
+                }
+
+                fn methods(&self) -> &'static [&'static str] {
+                    METHODS
+                }
+
+                fn inline(&self) -> bool {
+                    self.1
                 }
 
                 fn call(&self, method: &str, payload: $crate::__bytes::Bytes) -> $crate::BoxCall {

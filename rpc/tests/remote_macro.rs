@@ -187,3 +187,142 @@ async fn several_arguments_round_trip_and_filters_see_every_call() {
     shutdown.cancel();
     let _ = t(task).await;
 }
+
+/// A service written by hand, listing no methods (`Service::methods` left at its default).
+struct Upper;
+
+impl shaddock_rpc::Service for Upper {
+    fn namespace(&self) -> Namespace {
+        Namespace::User
+    }
+
+    fn name(&self) -> &'static str {
+        "upperRemote"
+    }
+
+    fn call(&self, method: &str, payload: Bytes) -> shaddock_rpc::BoxCall {
+        let method = method.to_owned();
+        Box::pin(async move {
+            match method.as_str() {
+                "upper" => Ok(Bytes::from(payload.to_ascii_uppercase())),
+                other => Err(WireError {
+                    kind: shaddock_rpc::ErrorKind::UnknownMethod,
+                    code: 0,
+                    message: format!("no method {other}"),
+                }),
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_hand_written_service_that_lists_no_methods_gets_the_wire_s_method_name() {
+    let mut registry = Registry::new();
+    registry.add(Upper).unwrap();
+    let listener = t(TcpListener::bind("127.0.0.1:0")).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(
+        RpcServer::new(registry, RpcConfig::default()).serve(listener, shutdown.clone()),
+    );
+    let rpc = RpcClient::new(RpcConfig::default());
+    rpc.directory()
+        .add(ServerInfo::new("up-1", "up", "127.0.0.1", port));
+    let to = Target::server("up-1");
+    let r = t(rpc.call::<Raw, Raw>(
+        to,
+        Namespace::User,
+        "upperRemote",
+        "upper",
+        Raw(Bytes::from_static(b"abc")),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.0, Bytes::from_static(b"ABC"));
+    let r =
+        t(rpc.call::<Raw, Raw>(to, Namespace::User, "upperRemote", "lower", Raw::default())).await;
+    assert!(
+        matches!(&r, Err(RpcError::UnknownMethod { message }) if message == "no method lower"),
+        "{r:?}"
+    );
+    let r =
+        t(rpc.call::<Raw, Raw>(to, Namespace::User, "lowerRemote", "upper", Raw::default())).await;
+    assert!(matches!(&r, Err(RpcError::UnknownService { .. })), "{r:?}");
+    shutdown.cancel();
+    let _ = t(task).await;
+}
+
+remote! {
+    /// A remote whose calls the server polls inline first.
+    pub mod gate_remote: user "gateRemote" {
+        /// Waits until `open` is called.
+        fn wait() -> ();
+        /// Opens the gate.
+        fn open() -> ();
+        /// Panics.
+        fn boom() -> ();
+    }
+}
+
+/// The gate, and a signal that a `wait` has started (shared with the test).
+#[derive(Default)]
+struct Gate(tokio::sync::Notify, Arc<tokio::sync::Notify>);
+
+impl gate_remote::Remote for Gate {
+    async fn wait(&self) -> Result<(), RemoteError> {
+        self.1.notify_one();
+        self.0.notified().await;
+        Ok(())
+    }
+
+    async fn open(&self) -> Result<(), RemoteError> {
+        self.0.notify_one();
+        Ok(())
+    }
+
+    async fn boom(&self) -> Result<(), RemoteError> {
+        panic!("boom")
+    }
+}
+
+#[tokio::test]
+async fn inline_calls_that_wait_go_on_in_a_task_and_a_panic_is_answered() {
+    let started = Arc::new(tokio::sync::Notify::new());
+    let mut registry = Registry::new();
+    registry
+        .add(
+            gate_remote::Server::new(Gate(tokio::sync::Notify::new(), Arc::clone(&started)))
+                .inline_calls(),
+        )
+        .unwrap();
+    let listener = t(TcpListener::bind("127.0.0.1:0")).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(
+        RpcServer::new(registry, RpcConfig::default()).serve(listener, shutdown.clone()),
+    );
+    let rpc = RpcClient::new(RpcConfig::default());
+    rpc.directory()
+        .add(ServerInfo::new("gate-1", "gate", "127.0.0.1", port));
+    let stub = gate_remote::Client::new(&rpc);
+    let to = Target::server("gate-1");
+    // First polled on the read loop (pending there), then woken in its own task by a
+    // later call on the same connection.
+    let waiting = tokio::spawn({
+        let stub = stub.clone();
+        async move { stub.wait(Target::server("gate-1")).await }
+    });
+    t(started.notified()).await;
+    t(stub.open(to)).await.unwrap();
+    t(waiting).await.unwrap().unwrap();
+    match t(stub.boom(to)).await {
+        Err(RpcError::RemoteInternal { message }) => {
+            assert_eq!(message, "rpc handler panicked");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The connection still serves.
+    t(stub.open(to)).await.unwrap();
+    shutdown.cancel();
+    let _ = t(task).await;
+}
