@@ -102,9 +102,9 @@ pub(crate) struct SessionInner {
     settings: RwLock<Settings>,
     /// Encoded packages for the client; bounded (`queue_capacity`).
     outbound: Outbox,
-    /// A kick asked for by anyone but the connection task, read by that task.
+    /// A kick asked for by anyone but the connection task, read by that task (woken
+    /// through the outbox).
     kick_reason: Mutex<Option<String>>,
-    kick_notify: Notify,
     /// Set when the connection has ended; `closed_notify` wakes the waiters. (Inline, unlike
     /// a `CancellationToken`, which allocates a node per session.)
     closed: AtomicBool,
@@ -344,21 +344,14 @@ impl Session {
         }
         *pending = Some(reason);
         drop(pending);
-        self.inner.kick_notify.notify_one();
+        self.inner.outbound.wake();
         true
     }
 
-    /// Completes when a kick is requested, with its reason.
-    ///
-    /// # Cancel safety
-    /// Cancel safe (the reason stays pending).
-    pub(crate) async fn kick_requested(&self) -> String {
-        loop {
-            if let Some(reason) = lock(&self.inner.kick_reason).clone() {
-                return reason;
-            }
-            self.inner.kick_notify.notified().await;
-        }
+    /// The reason of a kick asked for, if any (it stays pending). The connection task looks
+    /// after each wake-up of [`Outbox::poll_woken`].
+    pub(crate) fn pending_kick(&self) -> Option<String> {
+        lock(&self.inner.kick_reason).clone()
     }
 
     fn service(&self) -> Option<SessionService> {
@@ -449,7 +442,6 @@ impl SessionService {
                 settings: RwLock::default(),
                 outbound: Outbox::new(queue_capacity),
                 kick_reason: Mutex::new(None),
-                kick_notify: Notify::new(),
                 closed: AtomicBool::new(false),
                 closed_notify: Notify::new(),
                 service: Arc::downgrade(&self.inner),
