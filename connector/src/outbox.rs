@@ -43,6 +43,8 @@ struct State {
     in_flight: u32,
     /// The connection task waits for `in_flight` to fall: the next finished request wakes it.
     slot_wanted: bool,
+    /// A kick asked for by anyone but the connection task, read by that task.
+    kick: Option<Box<str>>,
 }
 
 /// The queue (see the [module docs](self)); also the connection task's one wake-up source
@@ -130,10 +132,23 @@ impl Outbox {
         }
     }
 
-    /// Wakes the connection task (a kick was asked for).
-    pub(crate) fn wake(&self) {
-        self.lock().woken = true;
+    /// Records a kick with `reason` and wakes the connection task; `false` if one is
+    /// already pending.
+    pub(crate) fn kick(&self, reason: String) -> bool {
+        let mut state = self.lock();
+        if state.kick.is_some() {
+            return false;
+        }
+        state.kick = Some(reason.into_boxed_str());
+        state.woken = true;
+        drop(state);
         self.waker.wake();
+        true
+    }
+
+    /// The reason of the pending kick, if any (it stays pending).
+    pub(crate) fn pending_kick(&self) -> Option<Box<str>> {
+        self.lock().kick.clone()
     }
 
     /// Whether a wake-up came since the last call that returned `true`; registers `cx` to be
@@ -264,10 +279,13 @@ mod tests {
         assert!(woken(&q), "a freed slot wakes the waiting task");
         assert_eq!(q.peek(), (false, false, false));
         assert!(q.try_start_request(1));
-        // A kick wakes.
-        q.wake();
+        // A kick wakes, once; a second one is refused while the first is pending.
+        assert!(q.kick("bye".to_owned()));
         assert!(woken(&q));
         assert!(!woken(&q));
+        assert!(!q.kick("again".to_owned()));
+        assert!(!woken(&q));
+        assert_eq!(q.pending_kick().as_deref(), Some("bye"));
     }
 
     /// A wake-up after the task registered reaches its waker, not only the flag.

@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -94,6 +94,20 @@ struct Settings {
     json: Option<Bytes>,
 }
 
+impl Settings {
+    /// After a change: the JSON text is made again when next asked for, and the map is
+    /// rebuilt at its exact size. Settings change rarely (a handler's `set`, a backend's
+    /// reply) and live as long as the session; an insert into an empty map reserves room
+    /// for three entries (~130 bytes per session more than one setting needs).
+    fn changed(&mut self) {
+        self.json = None;
+        let old = std::mem::take(&mut self.map);
+        let mut map = Map::with_capacity(old.len());
+        map.extend(old);
+        self.map = map;
+    }
+}
+
 pub(crate) struct SessionInner {
     id: SessionId,
     frontend_id: Arc<str>,
@@ -102,9 +116,6 @@ pub(crate) struct SessionInner {
     settings: RwLock<Settings>,
     /// Encoded packages for the client; bounded (`queue_capacity`).
     outbound: Outbox,
-    /// A kick asked for by anyone but the connection task, read by that task (woken
-    /// through the outbox).
-    kick_reason: Mutex<Option<String>>,
     /// Set when the connection has ended; `closed_notify` wakes the waiters. (Inline, unlike
     /// a `CancellationToken`, which allocates a node per session.)
     closed: AtomicBool,
@@ -186,7 +197,7 @@ impl Session {
     pub fn set(&self, key: impl Into<String>, value: Value) {
         let mut settings = write(&self.inner.settings);
         settings.map.insert(key.into(), value);
-        settings.json = None;
+        settings.changed();
     }
 
     /// One setting (pomelo `session.get`).
@@ -199,7 +210,7 @@ impl Session {
         let mut settings = write(&self.inner.settings);
         let removed = settings.map.remove(key);
         if removed.is_some() {
-            settings.json = None;
+            settings.changed();
         }
         removed
     }
@@ -219,7 +230,9 @@ impl Session {
         if let Some(json) = &settings.json {
             return json.clone();
         }
-        let json = Bytes::from(shaddock_protocol::json::object_to_vec(&settings.map));
+        // Exact size: kept for the session's life (the encoder's buffer starts at 64 bytes).
+        let text = shaddock_protocol::json::object_to_vec(&settings.map).into_boxed_slice();
+        let json = Bytes::from(text);
         settings.json = Some(json.clone());
         json
     }
@@ -238,13 +251,13 @@ impl Session {
             return;
         }
         let mut mine = write(&self.inner.settings);
-        mine.json = None;
         for (k, v) in set {
             mine.map.insert(k, v);
         }
         for k in removed {
             mine.map.remove(k);
         }
+        mine.changed();
     }
 
     /// Queues already encoded packages (e.g. a push encoded once for many sessions).
@@ -336,22 +349,16 @@ impl Session {
         }
     }
 
-    /// Records a kick; `false` if one was already pending.
+    /// Records a kick (kept in the outbox, which wakes the connection task); `false` if
+    /// one was already pending or the connection has ended.
     fn request_kick(&self, reason: String) -> bool {
-        let mut pending = lock(&self.inner.kick_reason);
-        if pending.is_some() || self.is_closed() {
-            return false;
-        }
-        *pending = Some(reason);
-        drop(pending);
-        self.inner.outbound.wake();
-        true
+        !self.is_closed() && self.inner.outbound.kick(reason)
     }
 
     /// The reason of a kick asked for, if any (it stays pending). The connection task looks
-    /// after each wake-up of [`Outbox::poll_woken`].
-    pub(crate) fn pending_kick(&self) -> Option<String> {
-        lock(&self.inner.kick_reason).clone()
+    /// after each wake-up of the outbox.
+    pub(crate) fn pending_kick(&self) -> Option<Box<str>> {
+        self.inner.outbound.pending_kick()
     }
 
     fn service(&self) -> Option<SessionService> {
@@ -368,7 +375,8 @@ fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
-fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+#[cfg(test)]
+fn lock<T>(l: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     l.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -441,7 +449,6 @@ impl SessionService {
                 uid: RwLock::new(None),
                 settings: RwLock::default(),
                 outbound: Outbox::new(queue_capacity),
-                kick_reason: Mutex::new(None),
                 closed: AtomicBool::new(false),
                 closed_notify: Notify::new(),
                 service: Arc::downgrade(&self.inner),
@@ -628,6 +635,7 @@ fn remove_uid(maps: &mut Maps, uid: &str, id: SessionId) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
 
     fn service(single: bool) -> SessionService {
         SessionService::new(
@@ -695,7 +703,7 @@ mod tests {
         assert_eq!(svc.get_by_uid("alice").len(), 1);
         assert_eq!(a.uid(), None);
         assert_eq!(svc.kick_by_uid("alice", "bye"), 1);
-        assert_eq!(lock(&b.inner.kick_reason).as_deref(), Some("bye"));
+        assert_eq!(b.pending_kick().as_deref(), Some("bye"));
         b.unbind("alice").unwrap();
         assert_eq!(svc.uid_count(), 0);
     }
@@ -707,8 +715,8 @@ mod tests {
         let b = session(&svc, 1);
         a.bind("u").unwrap();
         b.bind("u").unwrap();
-        assert_eq!(lock(&a.inner.kick_reason).as_deref(), Some("kick"));
-        assert_eq!(*lock(&b.inner.kick_reason), None);
+        assert_eq!(a.pending_kick().as_deref(), Some("kick"));
+        assert_eq!(b.pending_kick(), None);
     }
 
     /// The settings' JSON text is kept while they do not change, and made again after each
@@ -792,7 +800,7 @@ mod tests {
         assert!(a.send_encoded(Bytes::from_static(b"3")).is_err());
         assert_eq!(svc.inner.stats.snapshot().slow_consumers, 1);
         assert!(
-            lock(&a.inner.kick_reason)
+            a.pending_kick()
                 .as_deref()
                 .unwrap()
                 .starts_with("slow consumer")
