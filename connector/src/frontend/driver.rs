@@ -127,10 +127,16 @@ struct Core<S> {
     /// The transport's progress through `batch` (see `Transport::poll_write_batch`).
     written: usize,
     /// Messages received while `max_in_flight` of this connection's were being handled; the
-    /// socket is not read meanwhile.
-    waiting: VecDeque<Message>,
+    /// socket is not read meanwhile. Boxed, and `None` when empty: parking is rare, and
+    /// every byte here is a byte per idle connection.
+    #[expect(
+        clippy::box_collection,
+        reason = "8 bytes per idle connection instead of the VecDeque's 32"
+    )]
+    waiting: Option<Box<VecDeque<Message>>>,
     /// Why the connection ended when this side decided it (else from the state machine).
-    local_reason: Option<Disconnect>,
+    /// Boxed, as `waiting`: set once, at the end.
+    local_reason: Option<Box<Disconnect>>,
     /// Set by the state machine's `Closed` event: what is left is written, then the end.
     closed: Option<CloseReason>,
     /// With a push flush interval or linger: when the queued pushes are due.
@@ -174,7 +180,7 @@ where
                 phase: Phase::Turn,
                 batch: Vec::new(),
                 written: 0,
-                waiting: VecDeque::new(),
+                waiting: None,
                 local_reason: None,
                 closed: None,
                 flush_at: None,
@@ -308,6 +314,7 @@ where
                     return Poll::Ready(
                         self.local_reason
                             .take()
+                            .map(|r| *r)
                             .unwrap_or_else(|| Disconnect::from(&closed)),
                     );
                 }
@@ -396,7 +403,7 @@ where
     ) -> Poll<()> {
         if !self.shut_down && shutdown.poll(cx).is_ready() {
             self.shut_down = true;
-            self.local_reason = Some(Disconnect::ServerShutdown);
+            self.local_reason = Some(Box::new(Disconnect::ServerShutdown));
             self.conn.close_local();
             return Poll::Ready(());
         }
@@ -442,7 +449,7 @@ where
             };
             return Poll::Ready(());
         }
-        if !self.waiting.is_empty() {
+        if self.waiting.is_some() {
             if self.stopping() {
                 self.refuse_waiting();
                 return Poll::Ready(());
@@ -452,7 +459,7 @@ where
                 .session
                 .outbox()
                 .try_start_request(self.inner.config.max_in_flight)
-                && let Some(msg) = self.waiting.pop_front()
+                && let Some(msg) = self.pop_waiting()
             {
                 self.spawn_dispatch(msg);
                 return Poll::Ready(());
@@ -500,7 +507,7 @@ where
                 }
             }
             Ok(false) => {
-                self.local_reason = Some(Disconnect::ClosedByClient);
+                self.local_reason = Some(Box::new(Disconnect::ClosedByClient));
                 self.conn.close_local();
             }
             Err(e) => {
@@ -508,7 +515,7 @@ where
                     ConnectorStats::incr(&stats.protocol_errors);
                 }
                 tracing::debug!(cause = %e, "read failed, closing");
-                self.local_reason = Some(Disconnect::ReadFailed(e.to_string()));
+                self.local_reason = Some(Box::new(Disconnect::ReadFailed(e.to_string())));
                 self.conn.close_local();
             }
         }
@@ -535,7 +542,7 @@ where
                     if let Err(reason) = self.on_data(body) {
                         ConnectorStats::incr(&self.inner.stats.protocol_errors);
                         tracing::debug!(%reason, "malformed message, closing");
-                        self.local_reason = Some(Disconnect::Malformed(reason));
+                        self.local_reason = Some(Box::new(Disconnect::Malformed(reason)));
                         self.conn.close_local();
                     }
                 }
@@ -595,7 +602,7 @@ where
             refuse_stopping(&self.inner, &self.session, &msg);
             return Ok(());
         }
-        if self.waiting.is_empty()
+        if self.waiting.is_none()
             && self
                 .session
                 .outbox()
@@ -603,8 +610,9 @@ where
         {
             self.spawn_dispatch(msg);
         } else {
-            self.waiting.push_back(msg);
-            ConnectorStats::raise(&self.inner.stats.peak_parked, self.waiting.len());
+            let waiting = self.waiting.get_or_insert_default();
+            waiting.push_back(msg);
+            ConnectorStats::raise(&self.inner.stats.peak_parked, waiting.len());
         }
         Ok(())
     }
@@ -618,11 +626,20 @@ where
 
     /// Answers every parked message with the stopping error (see `refuse_stopping`).
     fn refuse_waiting(&mut self) {
-        for msg in self.waiting.drain(..) {
+        // Not kept: an idle connection holds no queue.
+        for msg in self.waiting.take().into_iter().flat_map(|w| *w) {
             refuse_stopping(&self.inner, &self.session, &msg);
         }
-        // Not kept: an idle connection holds no queue.
-        self.waiting = VecDeque::new();
+    }
+
+    /// The oldest parked message; the queue goes once empty (`None` = nothing parked).
+    fn pop_waiting(&mut self) -> Option<Message> {
+        let waiting = self.waiting.as_mut()?;
+        let msg = waiting.pop_front();
+        if waiting.is_empty() {
+            self.waiting = None;
+        }
+        msg
     }
 
     /// Spawns the handling of `msg`, counted in the outbox's `in_flight` by the caller
