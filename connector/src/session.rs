@@ -397,7 +397,10 @@ struct Maps {
     /// Ids are the server's own: a fast unkeyed hash will do.
     by_id: shaddock_rpc::hash::FastMap<SessionId, Session>,
     /// Uids are the app's (often the client's) choice: std's keyed hash.
-    by_uid: HashMap<String, Vec<SessionId>>,
+    /// Boxed keys and id lists (16 bytes each, not 24): a bucket is 32 bytes instead of 48,
+    /// and the table holds about two buckets per online user. A uid's list changes only
+    /// on bind and unbind.
+    by_uid: HashMap<Box<str>, Box<[SessionId]>>,
 }
 
 struct ServiceInner {
@@ -599,13 +602,15 @@ impl SessionService {
                 None => {}
             }
             *bound = Some(uid.into());
-            let ids = maps.by_uid.entry(uid.to_owned()).or_default();
+            let ids = maps.by_uid.entry(uid.into()).or_default();
             let others: Vec<SessionId> = if self.inner.config.single_session {
-                ids.clone()
+                ids.to_vec()
             } else {
                 Vec::new()
             };
-            ids.push(session.id());
+            let mut grown = std::mem::take(ids).into_vec();
+            grown.push(session.id());
+            *ids = grown.into_boxed_slice();
             others
                 .into_iter()
                 .filter_map(|id| maps.by_id.get(&id).cloned())
@@ -640,9 +645,12 @@ impl SessionService {
 
 fn remove_uid(maps: &mut Maps, uid: &str, id: SessionId) {
     if let Some(ids) = maps.by_uid.get_mut(uid) {
-        ids.retain(|x| *x != id);
-        if ids.is_empty() {
+        let mut left = std::mem::take(ids).into_vec();
+        left.retain(|x| *x != id);
+        if left.is_empty() {
             maps.by_uid.remove(uid);
+        } else {
+            *ids = left.into_boxed_slice();
         }
     }
 }
