@@ -15,9 +15,10 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::task::Context;
 
 use bytes::Bytes;
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
 /// Why a message was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,12 +35,24 @@ struct State {
     /// An urgent message is queued (write without waiting for the flush interval).
     urgent: bool,
     closed: bool,
+    /// A wake-up the connection task has not yet seen (see [`Outbox::poll_woken`]): kept
+    /// while nobody waits, as a `Notify` keeps its permit.
+    woken: bool,
+    /// Messages of this connection being handled (at most `max_in_flight`, see
+    /// [`Outbox::try_start_request`]).
+    in_flight: u32,
+    /// The connection task waits for `in_flight` to fall: the next finished request wakes it.
+    slot_wanted: bool,
+    /// A kick asked for by anyone but the connection task, read by that task.
+    kick: Option<Box<str>>,
 }
 
-/// The queue (see the [module docs](self)).
+/// The queue (see the [module docs](self)); also the connection task's one wake-up source
+/// besides its socket, timer and shutdown: pushes, kicks and finished requests wake it here
+/// (one waker, no `Notify`: the task keeps no wait future per source across its loop).
 pub(crate) struct Outbox {
     state: Mutex<State>,
-    notify: Notify,
+    waker: AtomicWaker,
     capacity: usize,
 }
 
@@ -47,7 +60,7 @@ impl Outbox {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             state: Mutex::default(),
-            notify: Notify::new(),
+            waker: AtomicWaker::new(),
             capacity: capacity.max(1),
         }
     }
@@ -75,9 +88,10 @@ impl Outbox {
         let wake = state.items.is_empty() || (urgent && !state.urgent);
         state.items.push_back(packages);
         state.urgent |= urgent;
+        state.woken |= wake;
         drop(state);
         if wake {
-            self.notify.notify_one();
+            self.waker.wake();
         }
         Ok(())
     }
@@ -87,10 +101,11 @@ impl Outbox {
         self.lock().items.len()
     }
 
-    /// `(queued, urgent)`: whether anything is queued and whether it must go out now.
-    pub(crate) fn peek(&self) -> (bool, bool) {
+    /// `(queued, urgent, handling)`: whether anything is queued, whether it must go out
+    /// now, and whether requests of this connection are being handled.
+    pub(crate) fn peek(&self) -> (bool, bool, bool) {
         let state = self.lock();
-        (!state.items.is_empty(), state.urgent)
+        (!state.items.is_empty(), state.urgent, state.in_flight > 0)
     }
 
     /// Moves queued messages to `batch` until it holds `max_bytes` (at least one message) or
@@ -117,20 +132,58 @@ impl Outbox {
         }
     }
 
-    /// Wakes the consumer if anything is queued: a push held back by `push_linger` for a
-    /// request that has now been handled without leaving a response to flush it.
-    pub(crate) fn wake_if_queued(&self) {
-        if !self.lock().items.is_empty() {
-            self.notify.notify_one();
+    /// Records a kick with `reason` and wakes the connection task; `false` if one is
+    /// already pending.
+    pub(crate) fn kick(&self, reason: String) -> bool {
+        let mut state = self.lock();
+        if state.kick.is_some() {
+            return false;
+        }
+        state.kick = Some(reason.into_boxed_str());
+        state.woken = true;
+        drop(state);
+        self.waker.wake();
+        true
+    }
+
+    /// The reason of the pending kick, if any (it stays pending).
+    pub(crate) fn pending_kick(&self) -> Option<Box<str>> {
+        self.lock().kick.clone()
+    }
+
+    /// Whether a wake-up came since the last call that returned `true`; registers `cx` to be
+    /// woken by the next one either way (so checking after this call misses nothing). May
+    /// report wake-ups that find nothing to do.
+    pub(crate) fn poll_woken(&self, cx: &Context<'_>) -> bool {
+        self.waker.register(cx.waker());
+        std::mem::take(&mut self.lock().woken)
+    }
+
+    /// Counts a message of this connection as being handled if fewer than `max` are;
+    /// otherwise the next [`Outbox::finish_request`] wakes the connection task.
+    pub(crate) fn try_start_request(&self, max: usize) -> bool {
+        let mut state = self.lock();
+        if (state.in_flight as usize) < max {
+            state.in_flight += 1;
+            true
+        } else {
+            state.slot_wanted = true;
+            false
         }
     }
 
-    /// Completes on the next wake-up (see the [module docs](self)); may complete spuriously.
-    ///
-    /// # Cancel safety
-    /// Cancel safe: a wake-up that arrives while nobody waits is kept for the next call.
-    pub(crate) async fn woken(&self) {
-        self.notify.notified().await;
+    /// A message counted by [`Outbox::try_start_request`] has been handled: wakes the
+    /// connection task if it waits for a slot, or if pushes are queued (held back by
+    /// `push_linger` for this request, and no response came to flush them).
+    pub(crate) fn finish_request(&self) {
+        let mut state = self.lock();
+        state.in_flight = state.in_flight.saturating_sub(1);
+        let wake = std::mem::take(&mut state.slot_wanted) || !state.items.is_empty();
+        state.woken |= wake;
+        drop(state);
+        if wake {
+            self.waker.wake();
+        }
     }
 
     /// Refuses further messages and drops the queued ones (the connection has ended).
@@ -145,10 +198,14 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures_util::FutureExt;
 
     fn b(n: u8) -> Bytes {
         Bytes::from(vec![n; 10])
+    }
+
+    /// `poll_woken` with a waker that does nothing: whether a wake-up is stored.
+    fn woken(q: &Outbox) -> bool {
+        q.poll_woken(&Context::from_waker(futures_util::task::noop_waker_ref()))
     }
 
     #[test]
@@ -157,11 +214,11 @@ mod tests {
         q.push(b(1), false).unwrap();
         q.push(b(2), true).unwrap();
         assert_eq!(q.push(b(3), false), Err(PushError::Full));
-        assert_eq!(q.peek(), (true, true));
+        assert_eq!(q.peek(), (true, true, false));
         let mut batch = Vec::new();
         assert!(!q.take(&mut batch, usize::MAX, usize::MAX));
         assert_eq!(batch, vec![b(1), b(2)]);
-        assert_eq!(q.peek(), (false, false));
+        assert_eq!(q.peek(), (false, false, false));
         q.close();
         assert_eq!(q.push(b(4), true), Err(PushError::Closed));
     }
@@ -185,35 +242,67 @@ mod tests {
     }
 
     #[test]
-    fn wakes_on_empty_to_non_empty_and_on_urgent_only() {
-        // `now_or_never` polls once: ready iff a wake-up is stored.
+    fn wakes_on_empty_to_non_empty_on_urgent_on_kick_and_on_a_freed_slot() {
         let q = Outbox::new(10);
-        assert!(q.woken().now_or_never().is_none());
+        assert!(!woken(&q));
         // A wake-up sent while nobody waits is kept.
         q.push(b(1), false).unwrap();
-        assert!(q.woken().now_or_never().is_some(), "first push wakes");
+        assert!(woken(&q), "first push wakes");
         // A second non-urgent push into a non-empty queue does not wake ...
         q.push(b(2), false).unwrap();
-        assert!(q.woken().now_or_never().is_none());
+        assert!(!woken(&q));
         // ... an urgent one does, once.
         q.push(b(3), true).unwrap();
         q.push(b(4), true).unwrap();
-        assert!(q.woken().now_or_never().is_some(), "urgent push wakes");
-        assert!(q.woken().now_or_never().is_none());
+        assert!(woken(&q), "urgent push wakes");
+        assert!(!woken(&q));
         let mut batch = Vec::new();
         q.take(&mut batch, usize::MAX, usize::MAX);
         assert_eq!(batch.len(), 4);
         // Empty again: the next push wakes.
         q.push(b(5), false).unwrap();
-        assert!(
-            q.woken().now_or_never().is_some(),
-            "push after draining wakes"
-        );
-        // `wake_if_queued` wakes only while something is queued.
-        q.wake_if_queued();
-        assert!(q.woken().now_or_never().is_some());
+        assert!(woken(&q), "push after draining wakes");
+        // A finished request wakes while something is queued ...
+        assert!(q.try_start_request(1));
+        q.finish_request();
+        assert!(woken(&q));
         q.take(&mut batch, usize::MAX, usize::MAX);
-        q.wake_if_queued();
-        assert!(q.woken().now_or_never().is_none());
+        assert!(q.try_start_request(1));
+        q.finish_request();
+        assert!(!woken(&q), "nothing queued, nobody waiting for a slot");
+        // ... or when the task waits for a slot.
+        assert!(q.try_start_request(1));
+        assert_eq!(q.peek(), (false, false, true));
+        assert!(!q.try_start_request(1), "one slot");
+        assert!(!woken(&q));
+        q.finish_request();
+        assert!(woken(&q), "a freed slot wakes the waiting task");
+        assert_eq!(q.peek(), (false, false, false));
+        assert!(q.try_start_request(1));
+        // A kick wakes, once; a second one is refused while the first is pending.
+        assert!(q.kick("bye".to_owned()));
+        assert!(woken(&q));
+        assert!(!woken(&q));
+        assert!(!q.kick("again".to_owned()));
+        assert!(!woken(&q));
+        assert_eq!(q.pending_kick().as_deref(), Some("bye"));
+    }
+
+    /// A wake-up after the task registered reaches its waker, not only the flag.
+    #[test]
+    fn a_push_after_registering_wakes_the_registered_waker() {
+        struct Count(std::sync::atomic::AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: std::sync::Arc<Self>) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let count = std::sync::Arc::new(Count(0.into()));
+        let waker = std::task::Waker::from(count.clone());
+        let q = Outbox::new(4);
+        assert!(!q.poll_woken(&Context::from_waker(&waker)));
+        q.push(b(1), false).unwrap();
+        assert_eq!(count.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(woken(&q));
     }
 }

@@ -4,12 +4,12 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::task::Poll;
+use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, StreamExt};
 use shaddock_protocol::package::{Package, PackageDecoder, decode_frame};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
@@ -37,30 +37,36 @@ pub(crate) async fn read_some<R: AsyncRead + Unpin>(
     io: &mut R,
     buf: &mut BytesMut,
 ) -> io::Result<usize> {
-    std::future::poll_fn(|cx| {
-        SCRATCH.with(|scratch| {
-            let mut fallback;
-            let mut borrowed = scratch.try_borrow_mut();
-            let space: &mut [u8] = match borrowed.as_deref_mut() {
-                Ok(s) => s,
-                // Only if a read re-entered this thread's scratch: use a buffer of its own.
-                Err(_) => {
-                    fallback = vec![0; 4096];
-                    &mut fallback
-                }
-            };
-            let mut rb = ReadBuf::new(space);
-            match Pin::new(&mut *io).poll_read(cx, &mut rb) {
-                Poll::Ready(Ok(())) => {
-                    buf.extend_from_slice(rb.filled());
-                    Poll::Ready(Ok(rb.filled().len()))
-                }
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
+    std::future::poll_fn(|cx| poll_read_some(io, cx, buf)).await
+}
+
+/// The poll form of [`read_some`].
+fn poll_read_some<R: AsyncRead + Unpin>(
+    io: &mut R,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    SCRATCH.with(|scratch| {
+        let mut fallback;
+        let mut borrowed = scratch.try_borrow_mut();
+        let space: &mut [u8] = match borrowed.as_deref_mut() {
+            Ok(s) => s,
+            // Only if a read re-entered this thread's scratch: use a buffer of its own.
+            Err(_) => {
+                fallback = vec![0; 4096];
+                &mut fallback
             }
-        })
+        };
+        let mut rb = ReadBuf::new(space);
+        match Pin::new(&mut *io).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => {
+                buf.extend_from_slice(rb.filled());
+                Poll::Ready(Ok(rb.filled().len()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
     })
-    .await
 }
 
 /// Why a transport stopped.
@@ -117,14 +123,13 @@ pub(crate) enum Transport<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Transport<S> {
     /// Reads until at least one package is available and appends the packages to `out`.
-    /// `Ok(false)` means the peer closed the connection cleanly.
-    ///
-    /// # Cancel safety
-    /// Cancel safe: partial input stays in the transport.
-    pub(crate) async fn read_packages(
+    /// `Ok(false)` means the peer closed the connection cleanly. `Pending` leaves `out`
+    /// untouched: partial input stays in the transport.
+    pub(crate) fn poll_read_packages(
         &mut self,
+        cx: &mut Context<'_>,
         out: &mut VecDeque<Package>,
-    ) -> Result<bool, TransportError> {
+    ) -> Poll<Result<bool, TransportError>> {
         match self {
             Self::Tcp { io, rbuf, decoder } => loop {
                 while let Some(p) = decoder.decode(rbuf)? {
@@ -135,29 +140,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transport<S> {
                     *rbuf = BytesMut::new();
                 }
                 if !out.is_empty() {
-                    return Ok(true);
+                    return Poll::Ready(Ok(true));
                 }
-                if read_some(io, rbuf).await? == 0 {
-                    return Ok(false);
+                if ready!(poll_read_some(io, cx, rbuf))? == 0 {
+                    return Poll::Ready(Ok(false));
                 }
             },
             Self::Ws { ws, max_body_len } => loop {
-                let Some(msg) = ws.next().await else {
-                    return Ok(false);
+                let Some(msg) = ready!(ws.poll_next_unpin(cx)) else {
+                    return Poll::Ready(Ok(false));
                 };
                 match msg? {
                     WsMessage::Binary(data) => {
                         if data.is_empty() {
                             // PROTOCOL.md §2.3: "an empty message also closes the connection".
-                            return Err(TransportError::UnexpectedMessage("empty binary message"));
+                            return Poll::Ready(Err(TransportError::UnexpectedMessage(
+                                "empty binary message",
+                            )));
                         }
                         out.extend(decode_frame(data, *max_body_len)?);
-                        return Ok(true);
+                        return Poll::Ready(Ok(true));
                     }
                     WsMessage::Text(_) => {
-                        return Err(TransportError::UnexpectedMessage("text message"));
+                        return Poll::Ready(Err(TransportError::UnexpectedMessage("text message")));
                     }
-                    WsMessage::Close(_) => return Ok(false),
+                    WsMessage::Close(_) => return Poll::Ready(Ok(false)),
                     // Pings are answered by tungstenite on the next read or write.
                     WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => {}
                 }
@@ -168,67 +175,78 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Transport<S> {
     /// Writes one coalesced batch and empties it: vectored writes of the shared buffers
     /// (TCP, no copy), or one binary message holding them all (WebSocket; pomelo clients
     /// split a message into its packages, PROTOCOL.md §2.3).
-    pub(crate) async fn write_batch(
+    ///
+    /// `progress` belongs to the caller, 0 when a batch starts, kept across `Pending`: on
+    /// TCP the buffers of `batch` already written, on WebSocket 1 once the message is
+    /// handed to the WebSocket.
+    pub(crate) fn poll_write_batch(
         &mut self,
+        cx: &mut Context<'_>,
         batch: &mut Vec<Bytes>,
-    ) -> Result<(), TransportError> {
+        progress: &mut usize,
+    ) -> Poll<Result<(), TransportError>> {
         match self {
             Self::Tcp { io, .. } => {
-                let mut start = 0;
-                while start < batch.len() {
-                    let slices: Vec<io::IoSlice<'_>> = batch[start..]
-                        .iter()
-                        .take(MAX_IOVECS)
-                        .map(|b| io::IoSlice::new(b))
-                        .collect();
-                    let mut n = io.write_vectored(&slices).await?;
-                    drop(slices);
+                while *progress < batch.len() {
+                    let mut slices = [io::IoSlice::new(&[]); MAX_IOVECS];
+                    let mut count = 0;
+                    for (slice, b) in slices.iter_mut().zip(&batch[*progress..]) {
+                        *slice = io::IoSlice::new(b);
+                        count += 1;
+                    }
+                    let mut n =
+                        ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices[..count]))?;
                     if n == 0 {
-                        return Err(io::Error::from(io::ErrorKind::WriteZero).into());
+                        return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
                     }
                     // Drop what was written; keep a partly written buffer's tail.
-                    while n > 0 && start < batch.len() {
-                        let len = batch[start].len();
+                    while n > 0 && *progress < batch.len() {
+                        let len = batch[*progress].len();
                         if n >= len {
                             n -= len;
-                            start += 1;
+                            *progress += 1;
                         } else {
-                            bytes::Buf::advance(&mut batch[start], n);
+                            bytes::Buf::advance(&mut batch[*progress], n);
                             n = 0;
                         }
                     }
                 }
+                ready!(Pin::new(&mut *io).poll_flush(cx))?;
                 batch.clear();
-                io.flush().await?;
             }
             Self::Ws { ws, .. } => {
-                let message = if batch.len() == 1 {
-                    batch.pop().unwrap_or_default()
-                } else {
-                    let total = batch.iter().map(Bytes::len).sum();
-                    let mut buf = BytesMut::with_capacity(total);
-                    for b in batch.drain(..) {
-                        buf.extend_from_slice(&b);
-                    }
-                    buf.freeze()
-                };
-                ws.send(WsMessage::Binary(message)).await?;
+                if *progress == 0 {
+                    ready!(Pin::new(&mut **ws).poll_ready(cx))?;
+                    let message = if batch.len() == 1 {
+                        batch.pop().unwrap_or_default()
+                    } else {
+                        let total = batch.iter().map(Bytes::len).sum();
+                        let mut buf = BytesMut::with_capacity(total);
+                        for b in batch.drain(..) {
+                            buf.extend_from_slice(&b);
+                        }
+                        buf.freeze()
+                    };
+                    Pin::new(&mut **ws).start_send(WsMessage::Binary(message))?;
+                    *progress = 1;
+                }
+                ready!(Pin::new(&mut **ws).poll_flush(cx))?;
+                batch.clear();
             }
         }
-        Ok(())
+        Poll::Ready(Ok(()))
     }
 
     /// Closes the write side (TCP half-close / WebSocket close frame); errors are ignored
     /// because the connection is going away anyway.
-    pub(crate) async fn close(&mut self) {
-        match self {
-            Self::Tcp { io, .. } => {
-                let _ = io.shutdown().await;
-            }
+    pub(crate) fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let _ = match self {
+            Self::Tcp { io, .. } => ready!(Pin::new(io).poll_shutdown(cx)),
             Self::Ws { ws, .. } => {
-                let _ = (**ws).close(None).await;
+                ready!(Pin::new(&mut **ws).poll_close(cx)).map_err(io::Error::other)
             }
-        }
+        };
+        Poll::Ready(())
     }
 }
 
@@ -255,7 +273,9 @@ mod tests {
             let mut out = vec![0u8; expected.len()];
             b.read_exact(&mut out).await.map(|_| (out, expected))
         });
-        tokio::time::timeout(Duration::from_secs(5), t.write_batch(&mut batch))
+        let mut progress = 0;
+        let write = std::future::poll_fn(|cx| t.poll_write_batch(cx, &mut batch, &mut progress));
+        tokio::time::timeout(Duration::from_secs(5), write)
             .await
             .unwrap()
             .unwrap();

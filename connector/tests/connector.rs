@@ -1523,3 +1523,39 @@ async fn requests_the_drain_gives_up_on_are_answered_with_an_error_before_the_ki
     release.add_permits(1);
     server.stop().await;
 }
+
+/// A message many times the connection's read buffer (the WebSocket one is 2 KiB) arrives
+/// whole over several reads, and the connection goes on with small ones after it.
+async fn large_request_then_small(ws: bool) {
+    let mut cfg = test_config();
+    cfg.heartbeat_interval = None;
+    let server = start(app(cfg)).await;
+    let mut c = if ws {
+        Client::ws(server.addr).await
+    } else {
+        Client::tcp(server.addr).await
+    };
+    c.handshake().await;
+    let text = "ω".repeat(25_000);
+    let r = c
+        .call(1, "connector.entryHandler.echo", &json!({ "text": text }))
+        .await;
+    assert_eq!(r["code"], 200);
+    assert_eq!(r["text"].as_str().map(str::len), Some(text.len()));
+    assert_eq!(r["text"], text.as_str());
+    let r = c
+        .call(2, "connector.entryHandler.echo", &json!({"text": "small"}))
+        .await;
+    assert_eq!(r, json!({"code": 200, "text": "small"}));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn ws_large_request_then_small() {
+    large_request_then_small(true).await;
+}
+
+#[tokio::test]
+async fn tcp_large_request_then_small() {
+    large_request_then_small(false).await;
+}

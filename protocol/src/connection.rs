@@ -126,7 +126,12 @@ pub enum Event {
 /// The server side of one pomelo client connection. See the [module docs](self).
 #[derive(Debug)]
 pub struct ServerConnection {
-    config: ConnectionConfig,
+    /// What it needs of its [`ConnectionConfig`] after `new` (not the whole config: the
+    /// connection lives as long as its client, idle most of the time, so each byte of it
+    /// is a byte per connection): the effective heartbeat timeout ...
+    heartbeat_timeout: Option<Duration>,
+    /// ... and [`ConnectionConfig::close_on_early_data`].
+    close_on_early_data: bool,
     state: State,
     /// The one timer: handshake deadline before working, heartbeat deadline after.
     deadline: Option<Instant>,
@@ -147,7 +152,8 @@ impl ServerConnection {
     /// A connection that started at `now`, waiting for the client's HANDSHAKE.
     pub fn new(config: ConnectionConfig, now: Instant) -> Self {
         Self {
-            config,
+            heartbeat_timeout: config.effective_heartbeat_timeout(),
+            close_on_early_data: config.close_on_early_data,
             state: State::Initial,
             deadline: config.handshake_timeout.map(|t| now + t),
             transmit: VecDeque::new(),
@@ -184,7 +190,7 @@ impl ServerConnection {
             }
             (State::Working, PackageType::Heartbeat) => self.heartbeat(now),
             (State::Working, PackageType::Data) => self.events.push_back(Event::Data(package.body)),
-            (_, PackageType::Data) if self.config.close_on_early_data => {
+            (_, PackageType::Data) if self.close_on_early_data => {
                 self.close(CloseReason::UnexpectedPackage(PackageType::Data));
             }
             // Everything else is ignored silently, as pomelo does (§5.4, §12): data, heartbeat
@@ -286,7 +292,7 @@ impl ServerConnection {
     /// "Whenever it gets a HEARTBEAT (or the ack), it sends a HEARTBEAT back at once and
     /// re-arms one timer of T" (§6). Without a configured heartbeat nothing happens.
     fn heartbeat(&mut self, now: Instant) {
-        match self.config.effective_heartbeat_timeout() {
+        match self.heartbeat_timeout {
             Some(timeout) => {
                 self.transmit.push_back(Package {
                     kind: PackageType::Heartbeat,

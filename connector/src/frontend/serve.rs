@@ -1,9 +1,12 @@
 //! The listener, the graceful stop, and a new connection up to its driver: the connection
 //! limit, sniffing TCP, HTTP or TLS, the TLS handshake, the WebSocket upgrade.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -15,15 +18,20 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{Frontend, Inner, driver};
+use super::driver::{ActiveGuard, Driver, Held};
+use super::{Frontend, Inner};
 use crate::rewind::Rewind;
 use crate::sniff::{MAX_SNIFF_LEN, Sniff, sniff};
 use crate::stats::ConnectorStats;
 use crate::tls::TlsMode;
 use crate::transport::Transport;
 
-/// tungstenite's read buffer per WebSocket connection (see `serve_transport`).
-const WS_READ_BUFFER: usize = 4 * 1024;
+/// tungstenite's read buffer per WebSocket connection (see `open_transport`), kept for the
+/// connection's life, and the most one read takes from the socket; tungstenite zero-fills
+/// it before every read. 2 KiB holds a pomelo client's usual messages (a chat request is
+/// ~100 bytes) and a few of them queued; a larger frame grows the buffer to its length and
+/// is read 2 KiB per read.
+const WS_READ_BUFFER: usize = 2 * 1024;
 
 /// Outcome of [`Frontend::drain_and_kick`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,9 +184,9 @@ impl Frontend {
                     // connection, and connections are only ever cancelled all at once.
                     let token = shutdown.clone();
                     let span = tracing::debug_span!("conn", %peer);
-                    self.inner
-                        .tracker
-                        .spawn(run_connection(inner, stream, peer, token, permit).instrument(span));
+                    self.inner.tracker.spawn(
+                        ConnectionTask::new(inner, stream, peer, token, permit).instrument(span),
+                    );
                 }
                 Err(e) => {
                     ConnectorStats::incr(&self.inner.stats.accept_errors);
@@ -216,52 +224,96 @@ impl Frontend {
     }
 }
 
-/// Decrements the active-connection count when a connection task ends.
-struct ActiveGuard(Arc<ConnectorStats>);
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0
-            .active
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+pin_project_lite::pin_project! {
+    /// A connection's tokio task: its setup (sniffing, the WebSocket upgrade; a TLS
+    /// connection's whole life), boxed because it is large and short-lived, then its
+    /// [`Driver`] inline. The task is as large as this, for the connection's whole life.
+    #[project = ConnectionTaskProj]
+    pub(super) enum ConnectionTask {
+        Setup { setup: Pin<Box<dyn Future<Output = Option<Driver<TcpStream>>> + Send>> },
+        Drive { #[pin] driver: Driver<TcpStream> },
+        Done,
     }
 }
 
-async fn run_connection(
+impl ConnectionTask {
+    fn new(
+        inner: Arc<Inner>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        shutdown: CancellationToken,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
+        Self::Setup {
+            setup: Box::pin(set_up(inner, stream, peer, shutdown, permit)),
+        }
+    }
+}
+
+impl Future for ConnectionTask {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            match self.as_mut().project() {
+                ConnectionTaskProj::Setup { setup } => match ready!(setup.as_mut().poll(cx)) {
+                    Some(driver) => self.set(Self::Drive { driver }),
+                    None => {
+                        self.set(Self::Done);
+                        return Poll::Ready(());
+                    }
+                },
+                ConnectionTaskProj::Drive { driver } => {
+                    ready!(driver.poll(cx));
+                    self.set(Self::Done);
+                    return Poll::Ready(());
+                }
+                ConnectionTaskProj::Done => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+/// A new connection up to its driver (`None` when it ended before one, or when it was a
+/// TLS connection, served here to its end).
+async fn set_up(
     inner: Arc<Inner>,
     mut stream: TcpStream,
     peer: SocketAddr,
     shutdown: CancellationToken,
-    _permit: OwnedSemaphorePermit,
-) {
-    inner
-        .stats
-        .active
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let _active = ActiveGuard(inner.stats.clone());
+    permit: OwnedSemaphorePermit,
+) -> Option<Driver<TcpStream>> {
+    let held = Held {
+        _active: ActiveGuard::new(&inner.stats),
+        _permit: permit,
+    };
     if inner.config.nodelay {
         let _ = stream.set_nodelay(true);
     }
     let deadline = Instant::now() + inner.config.handshake_timeout;
-    let Some((kind, first)) = sniff_stream(&inner, &mut stream, deadline, &shutdown).await else {
-        return;
-    };
+    let (kind, first) = sniff_stream(&inner, &mut stream, deadline, &shutdown).await?;
     match (kind, inner.config.tls.clone()) {
         // Boxed, the whole TLS connection: a TLS stream holds rustls' connection state inline
-        // (over a kilobyte, twice while it is accepted), and the connection task's future is
-        // as large as its largest branch, so unboxed every plain connection paid for it too
-        // (10 KB of RSS per idle TCP connection).
+        // (over a kilobyte, twice while it is accepted); unboxed, this setup future would be
+        // that large for every connection.
         (Sniff::Tls, Some(tls)) => {
             Box::pin(serve_tls(
-                inner, stream, first, tls, peer, deadline, shutdown,
+                inner, stream, first, tls, peer, deadline, shutdown, held,
             ))
             .await;
+            None
         }
         (_, Some(tls)) if tls.mode() == TlsMode::Required => {
             ConnectorStats::incr(&inner.stats.protocol_errors);
             tracing::info!(%peer, "closed: plain connection on a port that requires TLS");
+            None
         }
         (kind, _) => {
-            serve_transport(inner, stream, first, kind, false, peer, deadline, shutdown).await
+            let transport =
+                open_transport(&inner, stream, first, kind, deadline, &shutdown).await?;
+            Some(start_driver(
+                inner, transport, kind, false, peer, shutdown, held,
+            ))
         }
     }
 }
@@ -277,11 +329,12 @@ async fn serve_tls(
     peer: SocketAddr,
     deadline: Instant,
     shutdown: CancellationToken,
+    held: Held,
 ) {
     let io = Rewind::new(first.freeze(), stream);
     let accept = tokio::select! {
         () = shutdown.cancelled() => return,
-        // Boxed, as the WebSocket upgrade in `serve_transport`: large and short-lived.
+        // Boxed, as the WebSocket upgrade in `open_transport`: large and short-lived.
         r = tokio::time::timeout_at(deadline, Box::pin(tls.acceptor().accept(io))) => r,
     };
     let mut io = match accept {
@@ -301,7 +354,10 @@ async fn serve_tls(
     let Some((kind, first)) = sniff_stream(&inner, &mut io, deadline, &shutdown).await else {
         return;
     };
-    serve_transport(inner, io, first, kind, true, peer, deadline, shutdown).await;
+    let Some(transport) = open_transport(&inner, io, first, kind, deadline, &shutdown).await else {
+        return;
+    };
+    start_driver(inner, transport, kind, true, peer, shutdown, held).await;
 }
 
 /// Reads until the first bytes decide TCP, HTTP or TLS; `None` when the connection ended
@@ -341,69 +397,83 @@ async fn sniff_stream<S: AsyncRead + Unpin>(
     Some((kind, first))
 }
 
-/// The WebSocket upgrade (for an HTTP start) or raw TCP framing over `stream`, then the
-/// connection's session and driver until it closes.
-#[allow(clippy::too_many_arguments)]
-async fn serve_transport<S>(
-    inner: Arc<Inner>,
+/// The WebSocket upgrade (for an HTTP start) or raw TCP framing over `stream`; `None` when
+/// the upgrade failed or did not end in time.
+async fn open_transport<S>(
+    inner: &Inner,
     stream: S,
     first: BytesMut,
     kind: Sniff,
-    tls: bool,
-    peer: SocketAddr,
     deadline: Instant,
-    shutdown: CancellationToken,
-) where
+    shutdown: &CancellationToken,
+) -> Option<Transport<S>>
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let max = inner.config.max_package_size;
-    let transport = if kind == Sniff::WebSocket {
-        let ws_config = WebSocketConfig::default()
-            // tungstenite zero-fills the free part of its read buffer before every read, and
-            // keeps the buffer for the connection's life: at the default 128 KiB that memset
-            // was ~93% of the WebSocket connector's instructions, and ~150 KB of RSS per idle
-            // connection. A frame larger than this grows the buffer for as long as it needs.
-            .read_buffer_size(WS_READ_BUFFER)
-            // Max message = max package size (plus its 4-byte header); bounded write buffer.
-            .max_message_size(Some(max + 4))
-            .max_frame_size(Some(max + 4))
-            .write_buffer_size(0)
-            .max_write_buffer_size(inner.config.max_write_batch.max(max + 4) * 2);
-        let io = Rewind::new(first.freeze(), stream);
-        let accept = tokio::select! {
-            () = shutdown.cancelled() => return,
-            // Boxed: the upgrade future is large, and the connection task's future is as
-            // large as its largest phase for the connection's whole life.
-            r = tokio::time::timeout_at(
-                deadline,
-                Box::pin(tokio_tungstenite::accept_async_with_config(io, Some(ws_config))),
-            ) => r,
-        };
-        match accept {
-            Ok(Ok(ws)) => Transport::Ws {
-                ws: Box::new(ws),
-                max_body_len: max,
-            },
-            Ok(Err(e)) => {
-                ConnectorStats::incr(&inner.stats.protocol_errors);
-                tracing::debug!(cause = %e, "websocket upgrade failed");
-                return;
-            }
-            Err(_) => {
-                ConnectorStats::incr(&inner.stats.handshake_timeouts);
-                tracing::debug!("closed: websocket upgrade not done before the handshake timeout");
-                return;
-            }
-        }
-    } else {
+    if kind != Sniff::WebSocket {
         // `Sniff::Tls` here (a ClientHello on a port without TLS, or a second one inside TLS)
         // goes to the package decoder too, which refuses type 0x16.
-        Transport::Tcp {
+        return Some(Transport::Tcp {
             io: stream,
             rbuf: first,
             decoder: shaddock_protocol::package::PackageDecoder::new(max),
-        }
+        });
+    }
+    let ws_config = WebSocketConfig::default()
+        // tungstenite zero-fills the free part of its read buffer before every read, and
+        // keeps the buffer for the connection's life: at the default 128 KiB that memset
+        // was ~93% of the WebSocket connector's instructions, and ~150 KB of RSS per idle
+        // connection (4 KiB: ~9 KB of RSS per idle WebSocket connection, 25 % of the WS
+        // connector's instructions still memset). A frame larger than this grows the buffer
+        // for as long as it needs.
+        .read_buffer_size(WS_READ_BUFFER)
+        // Max message = max package size (plus its 4-byte header); bounded write buffer.
+        .max_message_size(Some(max + 4))
+        .max_frame_size(Some(max + 4))
+        .write_buffer_size(0)
+        .max_write_buffer_size(inner.config.max_write_batch.max(max + 4) * 2);
+    let io = Rewind::new(first.freeze(), stream);
+    let accept = tokio::select! {
+        () = shutdown.cancelled() => return None,
+        // Boxed: the upgrade future is large (the setup's future is as large as its
+        // largest phase).
+        r = tokio::time::timeout_at(
+            deadline,
+            Box::pin(tokio_tungstenite::accept_async_with_config(io, Some(ws_config))),
+        ) => r,
     };
+    match accept {
+        Ok(Ok(ws)) => Some(Transport::Ws {
+            ws: Box::new(ws),
+            max_body_len: max,
+        }),
+        Ok(Err(e)) => {
+            ConnectorStats::incr(&inner.stats.protocol_errors);
+            tracing::debug!(cause = %e, "websocket upgrade failed");
+            None
+        }
+        Err(_) => {
+            ConnectorStats::incr(&inner.stats.handshake_timeouts);
+            tracing::debug!("closed: websocket upgrade not done before the handshake timeout");
+            None
+        }
+    }
+}
+
+/// The connection's session, and the driver that serves it to its end.
+fn start_driver<S>(
+    inner: Arc<Inner>,
+    transport: Transport<S>,
+    kind: Sniff,
+    tls: bool,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+    held: Held,
+) -> Driver<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let session = inner.sessions.create(peer, inner.config.queue_capacity);
     tracing::debug!(
         sid = session.id(),
@@ -411,11 +481,7 @@ async fn serve_transport<S>(
         tls,
         "connection open"
     );
-    let reason = driver::run(inner.clone(), session.clone(), transport, shutdown)
-        .await
-        .to_string();
-    tracing::debug!(sid = session.id(), %reason, "connection closed");
-    inner.sessions.remove(&session, &reason);
+    Driver::new(inner, session, transport, shutdown, held)
 }
 
 #[cfg(test)]
@@ -424,10 +490,13 @@ mod tests {
     use crate::config::ConnectorConfig;
 
     /// The connection task's future is allocated once per connection and lives as long as
-    /// it: its size is most of what an idle connection costs. It is as large as its largest
-    /// branch, so a big, rare branch (the TLS stream, the WebSocket upgrade) must be boxed.
+    /// it: its size is most of what an idle connection costs. Its setup is boxed, so the
+    /// task is as large as the driver, which holds every wait it needs across its loop.
     /// Unboxed, the TLS branch made every plain connection's task 8 KB (release build), most
-    /// of 10 KB of RSS per idle TCP connection.
+    /// of 10 KB of RSS per idle TCP connection; as nested `async fn`s with a `select!` loop
+    /// the driver made it 1,712 bytes (release) / 1,752 (debug). Now 576 (release) / 584
+    /// (debug): with tokio's task cell around it (96 bytes, 128-aligned, plus the span and
+    /// the tracker's token) that stays within mimalloc's 768-byte size class.
     #[tokio::test]
     async fn the_connection_task_of_a_plain_socket_stays_small() {
         let frontend = Frontend::builder(ConnectorConfig::default())
@@ -439,7 +508,7 @@ mod tests {
             .unwrap();
         let (stream, peer) = listener.accept().await.unwrap();
         let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
-        let task = run_connection(
+        let task = ConnectionTask::new(
             frontend.inner.clone(),
             stream,
             peer,
@@ -447,9 +516,7 @@ mod tests {
             permit,
         );
         let size = std::mem::size_of_val(&task);
-        // 1,752 bytes in a debug build (release builds lay futures out at most as large);
-        // 4,280 with the TLS handshake's branch inline, 7,928 with the whole TLS connection.
-        let bound = 2048;
+        let bound = 600;
         assert!(
             size <= bound,
             "the connection task's future is {size} bytes (bound {bound}): box the large branch"
