@@ -354,6 +354,44 @@ const ADMIN_ACK_WAIT: Duration = Duration::from_secs(5);
 /// How long a host's launcher has to finish `stop` / `kill` once it acknowledged.
 const ADMIN_DONE_WAIT: Duration = Duration::from_secs(90);
 
+/// The host ids of servers.json, each once, sorted.
+fn expected_hosts(c: &ClusterConfig) -> Vec<String> {
+    let mut hosts: Vec<String> = c.servers.iter().map(|s| s.host_id().to_owned()).collect();
+    hosts.sort();
+    hosts.dedup();
+    hosts
+}
+
+/// Whether one of the launchers that answered (each names its host ids comma-separated) runs
+/// host `h`.
+fn answered_for<'a>(answered: impl IntoIterator<Item = &'a String>, h: &str) -> bool {
+    answered.into_iter().any(|k| k.split(',').any(|x| x == h))
+}
+
+/// Sends `req` to every host's launcher on the cluster-wide admin subject; their
+/// [`AdminReply`] lines come on the returned subscription (kept alive with its client).
+async fn ask_every_launcher(
+    nats: &crate::cluster::ClusterConfig,
+    name: &str,
+    req: &AdminRequest,
+) -> Result<(async_nats::Client, async_nats::Subscriber), String> {
+    let client = crate::cluster::nats::admin_connection(nats, name)
+        .await
+        .map_err(|e| e.to_string())?;
+    let inbox = client.new_inbox();
+    let replies = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| format!("NATS: subscribe to {inbox}: {e}"))?;
+    let body = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+    client
+        .publish_with_reply(all_subject(&nats.app), inbox, body.into())
+        .await
+        .map_err(|e| format!("NATS: {e}"))?;
+    client.flush().await.map_err(|e| format!("NATS: {e}"))?;
+    Ok((client, replies))
+}
+
 /// `stop` / `kill` in a cluster on NATS, from any host: asks every host's launcher on the
 /// cluster-wide subject, prints a line per host as it answers, waits until each that
 /// answered has ended, and fails naming every host of servers.json that did not answer.
@@ -363,23 +401,8 @@ async fn stop_cluster_on_nats(cli: &Cli, req: AdminRequest) -> Result<(), String
     let Some(nats) = &c.master.cluster else {
         return Err("no `cluster` section in master.json".into());
     };
-    let mut expected: Vec<String> = c.servers.iter().map(|s| s.host_id().to_owned()).collect();
-    expected.sort();
-    expected.dedup();
-    let client = crate::cluster::nats::admin_connection(nats, "admin-cli")
-        .await
-        .map_err(|e| e.to_string())?;
-    let inbox = client.new_inbox();
-    let mut replies = client
-        .subscribe(inbox.clone())
-        .await
-        .map_err(|e| format!("NATS: subscribe to {inbox}: {e}"))?;
-    let body = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
-    client
-        .publish_with_reply(all_subject(&nats.app), inbox, body.into())
-        .await
-        .map_err(|e| format!("NATS: {e}"))?;
-    client.flush().await.map_err(|e| format!("NATS: {e}"))?;
+    let expected = expected_hosts(&c);
+    let (_client, mut replies) = ask_every_launcher(nats, "admin-cli", &req).await?;
     let verb = if matches!(req, AdminRequest::Stop) {
         "stop"
     } else {
@@ -388,7 +411,7 @@ async fn stop_cluster_on_nats(cli: &Cli, req: AdminRequest) -> Result<(), String
     // Host (as its launcher names itself) -> whether it is done.
     let mut answered: std::collections::BTreeMap<String, bool> = Default::default();
     let covers = |answered: &std::collections::BTreeMap<String, bool>, h: &str| {
-        answered.keys().any(|k| k.split(',').any(|x| x == h))
+        answered_for(answered.keys(), h)
     };
     let ack_deadline = tokio::time::Instant::now() + ADMIN_ACK_WAIT;
     let done_deadline = ack_deadline + ADMIN_DONE_WAIT;
@@ -590,33 +613,14 @@ async fn list_from_launchers(
     use futures_util::StreamExt as _;
     use prost::Message as _;
     let unreadable = format!("the cluster registry cannot be read from here: {registry_error}");
-    let client = crate::cluster::nats::admin_connection(nats, "admin-list")
+    let (_client, mut replies) = ask_every_launcher(nats, "admin-list", &AdminRequest::List)
         .await
-        .map_err(|e| format!("{unreadable}; NATS itself: {e}"))?;
-    let inbox = client.new_inbox();
-    let mut replies = client
-        .subscribe(inbox.clone())
-        .await
-        .map_err(|e| format!("{unreadable}; NATS: subscribe to {inbox}: {e}"))?;
-    let body = serde_json::to_vec(&AdminRequest::List).map_err(|e| e.to_string())?;
-    client
-        .publish_with_reply(all_subject(&nats.app), inbox, body.into())
-        .await
-        .map_err(|e| format!("{unreadable}; NATS: {e}"))?;
-    client
-        .flush()
-        .await
-        .map_err(|e| format!("{unreadable}; NATS: {e}"))?;
-    let mut expected: Vec<&str> = c.servers.iter().map(|s| s.host_id()).collect();
-    expected.sort_unstable();
-    expected.dedup();
+        .map_err(|e| format!("{unreadable}; {e}"))?;
+    let expected = expected_hosts(c);
     let mut hosts: Vec<String> = Vec::new();
     let mut rows = Vec::new();
     let deadline = tokio::time::Instant::now() + ADMIN_ACK_WAIT;
-    while !expected
-        .iter()
-        .all(|h| hosts.iter().any(|k| k.split(',').any(|x| x == *h)))
-    {
+    while !expected.iter().all(|h| answered_for(&hosts, h)) {
         let Ok(Some(msg)) = tokio::time::timeout_at(deadline, replies.next()).await else {
             break;
         };
