@@ -583,48 +583,36 @@ impl Store for NatsStore {
     }
 
     fn publish(&self, subject: String, payload: Bytes) -> BoxFuture<'_, Result<(), ClusterError>> {
-        Box::pin(async move {
-            let subject = format!("{}{subject}", self.prefix);
-            self.pushes
-                .publish(subject.clone(), payload)
-                .await
-                .map_err(|e| ClusterError::Unavailable(format!("publish on {subject}: {e}")))
-        })
+        Box::pin(publish_on(
+            &self.pushes,
+            format!("{}{subject}", self.prefix),
+            payload,
+        ))
     }
 
     fn subscribe(
         &self,
         subject: String,
     ) -> BoxFuture<'_, Result<BoxStream<'static, Bytes>, ClusterError>> {
-        Box::pin(async move {
-            let subject = format!("{}{subject}", self.prefix);
-            let sub =
-                self.pushes.subscribe(subject.clone()).await.map_err(|e| {
-                    ClusterError::Unavailable(format!("subscribe to {subject}: {e}"))
-                })?;
-            Ok(sub.map(|m| m.payload).boxed())
-        })
+        Box::pin(subscribe_on(
+            &self.pushes,
+            format!("{}{subject}", self.prefix),
+        ))
     }
 
     fn beat(&self, payload: Bytes) -> BoxFuture<'_, Result<(), ClusterError>> {
-        Box::pin(async move {
-            let subject = format!("{}{BEAT_SUBJECT}", self.prefix);
-            self.control
-                .publish(subject.clone(), payload)
-                .await
-                .map_err(|e| ClusterError::Unavailable(format!("publish on {subject}: {e}")))
-        })
+        Box::pin(publish_on(
+            &self.control,
+            format!("{}{BEAT_SUBJECT}", self.prefix),
+            payload,
+        ))
     }
 
     fn beats(&self) -> BoxFuture<'_, Result<BoxStream<'static, Bytes>, ClusterError>> {
-        Box::pin(async move {
-            let subject = format!("{}{BEAT_SUBJECT}", self.prefix);
-            let sub =
-                self.control.subscribe(subject.clone()).await.map_err(|e| {
-                    ClusterError::Unavailable(format!("subscribe to {subject}: {e}"))
-                })?;
-            Ok(sub.map(|m| m.payload).boxed())
-        })
+        Box::pin(subscribe_on(
+            &self.control,
+            format!("{}{BEAT_SUBJECT}", self.prefix),
+        ))
     }
 
     fn max_payload(&self) -> usize {
@@ -650,6 +638,26 @@ impl Store for NatsStore {
             ..ClusterStats::default()
         }
     }
+}
+
+/// One core NATS message on `subject` (the app's prefix included) through `client`.
+async fn publish_on(client: &Client, subject: String, payload: Bytes) -> Result<(), ClusterError> {
+    client
+        .publish(subject.clone(), payload)
+        .await
+        .map_err(|e| ClusterError::Unavailable(format!("publish on {subject}: {e}")))
+}
+
+/// The payloads of `subject` (the app's prefix included) through `client`, from now on.
+async fn subscribe_on(
+    client: &Client,
+    subject: String,
+) -> Result<BoxStream<'static, Bytes>, ClusterError> {
+    let sub = client
+        .subscribe(subject.clone())
+        .await
+        .map_err(|e| ClusterError::Unavailable(format!("subscribe to {subject}: {e}")))?;
+    Ok(sub.map(|m| m.payload).boxed())
 }
 
 /// A plain NATS connection with the config's credentials, TLS and pings, for the admin verbs
