@@ -86,14 +86,6 @@ struct Judged {
     revivable: Option<(ServerRecord, u64)>,
 }
 
-impl Judged {
-    /// Whether `r` (at `revision`) is still the judged run: an old refresh, or the same run
-    /// written again but not beating.
-    fn covers(&self, r: &ServerRecord, revision: u64) -> bool {
-        revision <= self.revision || self.run == Some((r.start_time, r.pid))
-    }
-}
-
 /// The three buckets of an app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Bucket {
@@ -518,18 +510,8 @@ impl<S: Store> Core<S> {
         else {
             return Ok(false);
         };
-        let Ok(r) = serde_json::from_slice::<ServerRecord>(&e.value) else {
-            return Ok(false);
-        };
-        // Judged lost, and not beating since: lost, although the store still holds it.
-        if lock(&self.inner.liveness)
-            .judged
-            .get(id)
-            .is_some_and(|j| j.covers(&r, e.revision))
-        {
-            return Ok(false);
-        }
-        Ok(fits(&r))
+        // (A judged run's record, still in the store, is not `start`'s run: checked above.)
+        Ok(serde_json::from_slice::<ServerRecord>(&e.value).is_ok_and(|r| fits(&r)))
     }
 
     pub(crate) async fn claim_uid(
@@ -1134,7 +1116,7 @@ fn apply_server<S: Store>(inner: &Inner<S>, e: KvEntry) {
                 // The refresh it was judged lost on, delivered again (a watch restarted).
                 return;
             }
-            if j.covers(&record, e.revision) {
+            if j.run == Some((record.start_time, record.pid)) {
                 // The judged run written again: it comes back only when it beats again, so
                 // that a late write of a dead process does not list it.
                 j.revivable = Some((record, e.revision));
