@@ -467,6 +467,17 @@ impl Setup {
         }
     }
 
+    /// The gate's answer for `name` (TCP), within one step.
+    async fn gate_entry(&self, name: &str) -> shaddock_client::GateEntry {
+        timeout(
+            STEP,
+            query_entry(&self.gate, Transport::Tcp, name, &client_config()),
+        )
+        .await
+        .expect("queryEntry in time")
+        .expect("queryEntry")
+    }
+
     /// Host `lost`'s listeners come back in through the gate, each to a live host's connector.
     async fn users_back(&self, lost: usize) -> Vec<User> {
         let mut returned = Vec::new();
@@ -474,13 +485,7 @@ impl Setup {
             let name = format!("l{lost}-{}", r.name);
             let deadline = Instant::now() + Duration::from_secs(30);
             let entry = loop {
-                let e = timeout(
-                    STEP,
-                    query_entry(&self.gate, Transport::Tcp, &name, &client_config()),
-                )
-                .await
-                .expect("queryEntry in time")
-                .expect("queryEntry");
+                let e = self.gate_entry(&name).await;
                 if e.addr() != self.connector(lost) || Instant::now() > deadline {
                     break e;
                 }
@@ -678,13 +683,7 @@ async fn a_fourth_host_added_live_takes_new_users_and_rooms() {
     let mut users = Vec::new();
     for n in 0..40 {
         let name = format!("new{n}");
-        let e = timeout(
-            STEP,
-            query_entry(&s.gate, Transport::Tcp, &name, &client_config()),
-        )
-        .await
-        .expect("queryEntry in time")
-        .expect("queryEntry");
+        let e = s.gate_entry(&name).await;
         if e.addr() == c4 {
             on_h3 += 1;
             users.push((name, e.addr()));
@@ -1057,13 +1056,7 @@ async fn cut_and_restore_host_2(long: bool) {
     let mut on_h2 = None;
     for n in 0..40 {
         let name = format!("back{n}");
-        let e = timeout(
-            STEP,
-            query_entry(&s.gate, Transport::Tcp, &name, &client_config()),
-        )
-        .await
-        .expect("queryEntry in time")
-        .expect("queryEntry");
+        let e = s.gate_entry(&name).await;
         if e.addr() == c3 {
             on_h2 = Some(name);
             break;
