@@ -122,6 +122,20 @@ impl MetricsBuilder {
         m
     }
 
+    /// Adds a cluster backend's own counters, read from `snapshot` at each scrape (e.g.
+    /// `move || backend.stats()`): `shaddock_cluster_slow_consumers_total` (NATS messages the
+    /// client dropped because a subscription was read too slowly), `..._reconnects_total`,
+    /// `..._bad_pushes_total`, `..._bad_entries_total`.
+    pub fn cluster_stats(
+        &mut self,
+        snapshot: impl Fn() -> crate::cluster::ClusterStats + Send + Sync + 'static,
+    ) {
+        self.registry
+            .register_collector(Box::new(ClusterStatsCollector {
+                snapshot: Box::new(snapshot),
+            }));
+    }
+
     /// Adds a frontend's connection counters, read from `snapshot` at each scrape (e.g.
     /// `move || stats.snapshot()` with the frontend's `Arc<ConnectorStats>`).
     pub fn connector_stats(
@@ -514,6 +528,50 @@ impl Collector for ProcessCollector {
         for (name, help, unit, value) in gauges {
             let g = ConstGauge::new(value);
             g.encode(encoder.encode_descriptor(name, help, unit.as_ref(), g.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// A cluster backend's counters at each scrape ([`MetricsBuilder::cluster_stats`]).
+struct ClusterStatsCollector {
+    snapshot: Box<dyn Fn() -> crate::cluster::ClusterStats + Send + Sync>,
+}
+
+impl fmt::Debug for ClusterStatsCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterStatsCollector")
+            .finish_non_exhaustive()
+    }
+}
+
+impl Collector for ClusterStatsCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
+        let s = (self.snapshot)();
+        for (name, help, v) in [
+            (
+                "shaddock_cluster_slow_consumers",
+                "NATS messages the cluster client dropped because a subscription was read too slowly",
+                s.slow_consumers,
+            ),
+            (
+                "shaddock_cluster_reconnects",
+                "Reconnections of the cluster client to NATS after a lost connection",
+                s.reconnects,
+            ),
+            (
+                "shaddock_cluster_bad_pushes",
+                "Push messages from NATS that could not be decoded (dropped)",
+                s.bad_pushes,
+            ),
+            (
+                "shaddock_cluster_bad_entries",
+                "Registry, placement or beat entries that could not be decoded (skipped)",
+                s.bad_entries,
+            ),
+        ] {
+            let c = ConstCounter::new(v);
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
         }
         Ok(())
     }

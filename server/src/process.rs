@@ -360,6 +360,11 @@ pub(crate) async fn run_server(
     };
     // Pushes on NATS (app-wide broadcasts), counted on /metrics.
     let cluster_pushes = backend.as_ref().map(|_| metrics.cluster_pushes());
+    // The backend's own counters (slow-consumer drops, reconnects), read at each scrape.
+    if let Some(b) = &backend {
+        let b = b.clone();
+        metrics.cluster_stats(move || b.stats());
+    }
     let ctx = ServerContext::new(
         actual.clone(),
         configured,

@@ -206,6 +206,13 @@ async fn http_get(url: &str) -> String {
     body.to_owned()
 }
 
+/// Whether `url` serves a sample of `name`.
+async fn has_metric(url: &str, name: &str) -> bool {
+    let body = http_get(url).await;
+    let s = Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text");
+    s.samples.iter().any(|x| x.metric == name)
+}
+
 /// The sum of the samples of `metric` on `url` whose labels include `labels` (0: none).
 async fn metric(url: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     let body = http_get(url).await;
@@ -381,6 +388,22 @@ async fn broadcast_is_one_nats_publish_and_uid_control_works_across_connectors()
         (before.0 + 1.0, before.1 + 1.0, before.2 + 1.0),
         "1 publish, received once by each of the 2 connectors"
     );
+    // The backend's own counters are exported too (issue 15: slow-consumer drops counted,
+    // logged and exported); none dropped in this quiet run.
+    for url in [&m_chat, &m_c1, &m_c2] {
+        for name in [
+            "shaddock_cluster_slow_consumers_total",
+            "shaddock_cluster_reconnects_total",
+            "shaddock_cluster_bad_pushes_total",
+        ] {
+            assert!(has_metric(url, name).await, "{url}: no {name}");
+        }
+        assert_eq!(
+            metric(url, "shaddock_cluster_slow_consumers_total", &[]).await,
+            0.0,
+            "{url}"
+        );
+    }
     let rpc_broadcasts = [("service", "sessionRemote"), ("method", "broadcast")];
     for url in [&m_c1, &m_c2] {
         assert_eq!(
