@@ -26,6 +26,8 @@
 #                      session's pushes every N ms (pomelo/pinus pushSchedulers.buffer with
 #                      flushInterval N; Shaddock's "push-flush-interval": N). Default 0: both
 #                      stacks' default scheduler. The other scenarios always run direct.
+#   SHADDOCK_CONNECTOR_KEYS  more keys for the Shaddock connectors' servers.json entries, as
+#                      JSON members, e.g. '"push-linger": 5' (for experiments; default none)
 #   FLOOR_REQUESTS     requests of the redis floor run (default: quick 200000, full 1000000)
 #   RESULTS            file the JSON result lines are appended to (default: a new
 #                      $CARGO_TARGET_DIR/load-results-<time>.jsonl per invocation, so the
@@ -166,7 +168,7 @@ wait_ports() {
 }
 
 write_shaddock_config() {
-  local dir=$1 o=$OFFSET f=$PUSH_FLUSH_MS
+  local dir=$1 o=$OFFSET f=$PUSH_FLUSH_MS x=${SHADDOCK_CONNECTOR_KEYS:+, $SHADDOCK_CONNECTOR_KEYS}
   cat > "$dir/servers.json" <<EOF
 {
   "bench": {
@@ -174,9 +176,9 @@ write_shaddock_config() {
       {"id": "gate-server-1", "host": "127.0.0.1", "clientPort": $((3014 + o)), "frontend": true}
     ],
     "connector": [
-      {"id": "connector-server-1", "host": "127.0.0.1", "port": $((4050 + o)), "clientPort": $((3050 + o)), "frontend": true, "heartbeat": 3, "max-connections": 20000, "push-flush-interval": $f},
-      {"id": "connector-server-2", "host": "127.0.0.1", "port": $((4051 + o)), "clientPort": $((3051 + o)), "frontend": true, "heartbeat": 3, "max-connections": 20000, "push-flush-interval": $f},
-      {"id": "connector-server-3", "host": "127.0.0.1", "port": $((4052 + o)), "clientPort": $((3052 + o)), "frontend": true, "heartbeat": 3, "max-connections": 20000, "push-flush-interval": $f}
+      {"id": "connector-server-1", "host": "127.0.0.1", "port": $((4050 + o)), "clientPort": $((3050 + o)), "frontend": true, "heartbeat": 3, "max-connections": 20000, "push-flush-interval": $f$x},
+      {"id": "connector-server-2", "host": "127.0.0.1", "port": $((4051 + o)), "clientPort": $((3051 + o)), "frontend": true, "heartbeat": 3, "max-connections": 20000, "push-flush-interval": $f$x},
+      {"id": "connector-server-3", "host": "127.0.0.1", "port": $((4052 + o)), "clientPort": $((3052 + o)), "frontend": true, "heartbeat": 3, "max-connections": 20000, "push-flush-interval": $f$x}
     ],
     "chat": [
       {"id": "chat-server-1", "host": "127.0.0.1", "port": $((6050 + o))},
