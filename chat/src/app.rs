@@ -307,10 +307,12 @@ async fn send(
         .filter(|c| c.member(&uid).is_some())
         .ok_or_else(|| refuse(format!("you are not in room \"{rid}\"")))?;
     let from = name_of(&uid);
+    // As pinus's chat: the pushes are sent, their answers not waited for, so the answer to
+    // this request follows them at once.
     let summary = match target {
         validate::Target::Room => {
             let push = json!({"msg": content, "from": from, "target": "*"});
-            channel.push(ON_CHAT, &push).await
+            channel.push_detached(ON_CHAT, &push).await
         }
         validate::Target::User(name) => {
             let tuid = validate::uid(&name, &rid);
@@ -318,7 +320,9 @@ async fn send(
                 .member(&tuid)
                 .ok_or_else(|| refuse(format!("user \"{name}\" is not in room \"{rid}\"")))?;
             let push = json!({"msg": content, "from": from, "target": name});
-            channels.push_to_uids(ON_CHAT, &push, &[(tuid, fid)]).await
+            channels
+                .push_to_uids_detached(ON_CHAT, &push, &[(tuid, fid)])
+                .await
         }
     };
     match summary {

@@ -412,7 +412,6 @@ impl RpcClient {
         method: Name,
         payload: Bytes,
     ) -> Result<(), RpcError> {
-        let names = (service.clone(), method.clone());
         let frame = Frame::Notify {
             namespace,
             service,
@@ -421,6 +420,24 @@ impl RpcClient {
         };
         let (link, server_id) =
             self.link_for(target, frame.encoded_len() - crate::frame::LEN_PREFIX)?;
+        // Connected with room in the queue: queued now, no timer (the common case; it also
+        // makes a notify that is polled once queue its frame in that poll).
+        let frame = match link.conn_now() {
+            Some(conn) => match conn.tx.try_send(frame) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Full(frame)) => frame,
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    return Err(RpcError::ConnectionLost { server_id });
+                }
+            },
+            None => frame,
+        };
+        let names = match &frame {
+            Frame::Notify {
+                service, method, ..
+            } => (service.to_string(), method.to_string()),
+            _ => (String::new(), String::new()),
+        };
         let server_id = &server_id;
         let send = async {
             let conn = link.conn().await?;
@@ -435,8 +452,8 @@ impl RpcClient {
             Ok(r) => r,
             Err(_) => Err(RpcError::Timeout {
                 server_id: server_id.clone(),
-                service: names.0.to_string(),
-                method: names.1.to_string(),
+                service: names.0,
+                method: names.1,
                 after: self.call_timeout,
             }),
         }

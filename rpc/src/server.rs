@@ -342,15 +342,25 @@ impl RpcServer {
                     method,
                     payload,
                 })) => {
-                    let (call, _) = self
+                    let (call, inline) = self
                         .registry
                         .dispatch_wire(namespace, &service, &method, payload);
-                    tokio::spawn(async move {
+                    let mut task = Box::pin(async move {
                         if let Err(e) = run_guarded(call).await {
                             debug!(%service, %method, kind = ?e.kind, message = %e.message, "rpc notify failed");
                         }
                         drop(permit);
                     });
+                    // As for calls: polled here first only for a service that asked for it.
+                    if inline
+                        && task
+                            .as_mut()
+                            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+                            .is_ready()
+                    {
+                        continue;
+                    }
+                    tokio::spawn(task);
                 }
                 Some(Ok(Frame::Ping)) => {
                     // Answered from the read loop, never queued behind a permit. A full queue

@@ -40,9 +40,10 @@ pub trait Service: Send + Sync + 'static {
     fn methods(&self) -> &'static [&'static str] {
         &[]
     }
-    /// Whether the server may poll this service's calls once on the connection's read loop
-    /// before giving them a task: a call that finishes at once (no await that waits) then
-    /// costs no task spawn; one that waits is spawned and goes on in its task. Only for
+    /// Whether the server may poll this service's calls and notifies once on the
+    /// connection's read loop before giving them a task: one that finishes at once (no
+    /// await that waits) then costs no task spawn; one that waits is spawned and goes on in
+    /// its task. Only for
     /// handlers that do little work before their first wait: that work delays the reading
     /// of the connection's next frames. Default `false` (every call in its own task).
     fn inline(&self) -> bool {

@@ -133,12 +133,7 @@ impl Pusher {
             match r {
                 Ok(r) => summary.sent += u64::from(r.sent),
                 Err(e) => {
-                    if self.rpc.is_departing(&fid) {
-                        // The cluster is stopping and that frontend with it.
-                        tracing::debug!(frontend = %fid, cause = %e, "channel push not delivered: the frontend is leaving");
-                    } else {
-                        tracing::warn!(frontend = %fid, cause = %e, "channel push failed");
-                    }
+                    log_failed(&self.rpc, &fid, &e);
                     summary.failed.push((fid, e.to_string()));
                 }
             }
@@ -146,15 +141,33 @@ impl Pusher {
         summary
     }
 
-    /// Encodes once and sends one `push` RPC per group (frontend).
-    async fn to_groups(
-        &self,
-        route: &str,
-        body: &Value,
-        groups: &[Group],
-    ) -> Result<PushSummary, PushError> {
-        let package = self.encode(route, body)?;
-        let per = groups
+    /// One `push` notify per frontend, concurrently: each awaited until its frame is
+    /// queued on the frontend's link (at once when the link is up with room in its queue),
+    /// not until the frontend answers (it does not answer a notify). `sent` stays 0.
+    async fn send_detached(&self, per_frontend: Vec<(String, PushArgs)>) -> PushSummary {
+        let stub = session_remote::Client::new(&self.rpc);
+        let pushes = per_frontend.into_iter().map(|(fid, args)| {
+            let stub = stub.clone();
+            async move {
+                let r = stub.notify().push(Target::server(&fid), args).await;
+                (fid, r)
+            }
+        });
+        let mut summary = PushSummary::default();
+        for (fid, r) in futures_util::future::join_all(pushes).await {
+            summary.rpcs += 1;
+            if let Err(e) = r {
+                log_failed(&self.rpc, &fid, &e);
+                summary.failed.push((fid, e.to_string()));
+            }
+        }
+        summary
+    }
+
+    /// One `push` RPC (awaited) or notify (`detached`, see [`Pusher::send_detached`]) per
+    /// group, with the package encoded once.
+    fn per_group(package: &Bytes, groups: &[Group]) -> Vec<(String, PushArgs)> {
+        groups
             .iter()
             .map(|g| {
                 (
@@ -167,8 +180,39 @@ impl Pusher {
                     },
                 )
             })
-            .collect();
-        Ok(self.send(per, false).await)
+            .collect()
+    }
+
+    /// Encodes once and sends one `push` notify per group (frontend).
+    async fn to_groups_detached(
+        &self,
+        route: &str,
+        body: &Value,
+        groups: &[Group],
+    ) -> Result<PushSummary, PushError> {
+        let package = self.encode(route, body)?;
+        Ok(self.send_detached(Self::per_group(&package, groups)).await)
+    }
+
+    /// Encodes once and sends one `push` RPC per group (frontend).
+    async fn to_groups(
+        &self,
+        route: &str,
+        body: &Value,
+        groups: &[Group],
+    ) -> Result<PushSummary, PushError> {
+        let package = self.encode(route, body)?;
+        Ok(self.send(Self::per_group(&package, groups), false).await)
+    }
+}
+
+/// Logs a push a frontend did not take: at debug level when that frontend is leaving with
+/// the cluster's stop.
+fn log_failed(rpc: &RpcClient, frontend_id: &str, e: &RpcError) {
+    if rpc.is_departing(frontend_id) {
+        tracing::debug!(frontend = %frontend_id, cause = %e, "channel push not delivered: the frontend is leaving");
+    } else {
+        tracing::warn!(frontend = %frontend_id, cause = %e, "channel push failed");
     }
 }
 
@@ -352,6 +396,23 @@ impl Channel {
         let groups = self.read(Members::groups);
         self.shared.pusher.to_groups(route, body, &groups).await
     }
+
+    /// Pushes `body` on `route` to every member without waiting for the frontends to answer
+    /// (pinus's `channel.pushMessage` without a callback): encoded once, one one-way `push`
+    /// per frontend, awaited only until it is queued on the frontend's link, which is at
+    /// once when the link is up with room in its queue (no task, no timer, no answer to
+    /// read). A handler's answer then goes out after its pushes. The summary has `rpcs` and
+    /// `failed` (a frontend that could not be reached, also logged); `sent` is not known: 0.
+    ///
+    /// # Errors
+    /// [`PushError::Encode`].
+    pub async fn push_detached(&self, route: &str, body: &Value) -> Result<PushSummary, PushError> {
+        let groups = self.read(Members::groups);
+        self.shared
+            .pusher
+            .to_groups_detached(route, body, &groups)
+            .await
+    }
 }
 
 /// [`ChannelService::try_join`] refused: the uid is already a member.
@@ -528,6 +589,27 @@ impl ChannelService {
         self.shared
             .pusher
             .to_groups(
+                route,
+                body,
+                &groups_of(members.iter().map(|(u, f)| (u.as_str(), f.as_str()))),
+            )
+            .await
+    }
+
+    /// [`ChannelService::push_to_uids`] without waiting for the frontends to answer, as
+    /// [`Channel::push_detached`] (pinus's `pushMessageByUids` without a callback).
+    ///
+    /// # Errors
+    /// [`PushError::Encode`].
+    pub async fn push_to_uids_detached(
+        &self,
+        route: &str,
+        body: &Value,
+        members: &[(String, String)],
+    ) -> Result<PushSummary, PushError> {
+        self.shared
+            .pusher
+            .to_groups_detached(
                 route,
                 body,
                 &groups_of(members.iter().map(|(u, f)| (u.as_str(), f.as_str()))),
@@ -898,6 +980,120 @@ mod tests {
         let b = encode_push(&codec, "onLeave", &serde_json::json!({"user": "a"})).unwrap();
         let msg = Message::decode(b.slice(4..)).unwrap();
         assert_eq!(&msg.body[..], br#"{"user":"a"}"#);
+    }
+
+    /// A frontend (`connector-1`: a client port whose `connector.h.enter` binds the body's
+    /// uid, and its `sessionRemote` on an RPC port) and a channel service whose RPC client
+    /// knows it. Returns the client address, the service and the shutdown token.
+    async fn frontend_and_service() -> (
+        std::net::SocketAddr,
+        ChannelService,
+        tokio_util::sync::CancellationToken,
+    ) {
+        use shaddock_connector::{ConnectorConfig, Frontend, Session};
+        use shaddock_core::HandlerError;
+        use shaddock_rpc::{Registry, RpcServer, ServerInfo};
+        use tokio::net::TcpListener;
+
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let mut config = ConnectorConfig::default();
+        config.frontend_id = "connector-1".into();
+        let frontend = Frontend::builder(config)
+            .handler("connector.h.enter", |s: Session, v: Value| async move {
+                s.bind(v["uid"].as_str().unwrap_or_default())
+                    .map_err(|e| HandlerError::internal(e.to_string()))?;
+                Ok::<_, HandlerError>(serde_json::json!({"code": 200}))
+            })
+            .build()
+            .expect("frontend");
+        let client_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client_addr = client_l.local_addr().unwrap();
+        tokio::spawn({
+            let (f, s) = (frontend.clone(), shutdown.clone());
+            async move { f.serve(client_l, s).await }
+        });
+        let rpc_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let rpc_port = rpc_l.local_addr().unwrap().port();
+        let mut registry = Registry::new();
+        registry.add(frontend.session_remote()).unwrap();
+        tokio::spawn(RpcServer::new(registry, RpcConfig::default()).serve(rpc_l, shutdown.clone()));
+        let rpc = RpcClient::new(RpcConfig::default());
+        rpc.directory().add(ServerInfo::new(
+            "connector-1",
+            "connector",
+            "127.0.0.1",
+            rpc_port,
+        ));
+        let service = ChannelService::new(rpc, BodyCodec::default(), Arc::default(), None);
+        (client_addr, service, shutdown)
+    }
+
+    #[tokio::test]
+    async fn detached_pushes_reach_the_member_in_the_order_they_were_made() {
+        use shaddock_client::{Client, ClientConfig, Transport};
+        const STEP: std::time::Duration = std::time::Duration::from_secs(10);
+        // Under the client's subscription capacity (256): this test reads them at the end.
+        const N: u64 = 200;
+        let (addr, s, shutdown) = frontend_and_service().await;
+        let (client, _events) =
+            Client::connect(&addr.to_string(), Transport::Tcp, ClientConfig::default())
+                .await
+                .unwrap();
+        let mut chat = client.on("onChat");
+        let r = client
+            .request("connector.h.enter", &serde_json::json!({"uid": "alice"}))
+            .await
+            .unwrap();
+        assert_eq!(r["code"], 200, "{r}");
+        let c = s.get_or_create("room");
+        c.add("alice", "connector-1");
+        // Back to back: the first one waits for the link's connect, the others are queued at
+        // once; none waits for an answer.
+        for n in 0..N {
+            let sum = c
+                .push_detached("onChat", &serde_json::json!({"n": n}))
+                .await
+                .unwrap();
+            assert_eq!((sum.rpcs, sum.sent, sum.failed.len()), (1, 0, 0), "{sum:?}");
+        }
+        let sum = s
+            .push_to_uids_detached(
+                "onChat",
+                &serde_json::json!({"n": N}),
+                &[("alice".to_owned(), "connector-1".to_owned())],
+            )
+            .await
+            .unwrap();
+        assert_eq!((sum.rpcs, sum.failed.len()), (1, 0), "{sum:?}");
+        for n in 0..=N {
+            let p = tokio::time::timeout(STEP, chat.recv())
+                .await
+                .unwrap_or_else(|_| panic!("push {n} not received within 10 s"))
+                .expect("the client is open");
+            let body: Value = serde_json::from_slice(&p.body).unwrap();
+            assert_eq!(body["n"], n, "push {n} out of order: {body}");
+        }
+        assert_eq!(chat.dropped(), 0);
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_detached_push_to_unknown_frontends_reports_one_failure_per_frontend() {
+        let s = service();
+        let c = s.get_or_create("room");
+        for i in 0..100 {
+            c.add(&format!("u{i}"), if i % 2 == 0 { "f-a" } else { "f-b" });
+        }
+        // Not in the directory: refused before anything is queued.
+        let sum = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            c.push_detached("onChat", &serde_json::json!({})),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(sum.rpcs, 2, "one notify per frontend, not per member");
+        assert_eq!(sum.failed.len(), 2, "{sum:?}");
     }
 
     #[tokio::test]
