@@ -5,7 +5,10 @@
 # the other load on a shared machine, so one change can be judged on its own.
 #
 #   benches/scripts/callgrind.sh [--transport "tcp ws"] [--small N] [--large N] [--clients K]
-#                                [--top K] [--keep DIR]
+#                                [--top K] [--keep DIR] [--push-call]
+#
+# --push-call: the backend awaits a sessionRemote.push call before it answers (the chat's
+# send before its pushes were detached), instead of sending a notify.
 #
 # Runs inproc twice per transport (--small and --large measured requests, same warm-up) and
 # prints, per role (connector, backend, client) and in total, (Ir_large - Ir_small) /
@@ -27,6 +30,7 @@ LARGE=4000
 CLIENTS=8
 TOP=25
 KEEP=""
+EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --transport) TRANSPORTS="$2"; shift 2 ;;
@@ -35,6 +39,7 @@ while [ $# -gt 0 ]; do
     --clients) CLIENTS="$2"; shift 2 ;;
     --top) TOP="$2"; shift 2 ;;
     --keep) KEEP="$2"; shift 2 ;;
+    --push-call) EXTRA+=(--push-call); shift ;;
     -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "callgrind.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -81,7 +86,7 @@ run_cg() {
   mkdir -p "$dir"
   timeout 900 valgrind --tool=callgrind --separate-threads=yes \
     --callgrind-out-file="$dir/cg.%p" "$INPROC" --transport "$transport" \
-    --requests "$n" --warmup 200 --clients "$CLIENTS" --deadline 800 \
+    --requests "$n" --warmup 200 --clients "$CLIENTS" --deadline 800 "${EXTRA[@]}" \
     >"$dir/out.json" 2>"$dir/valgrind.log" || {
       log "inproc under callgrind failed ($transport, $n requests); last lines:"
       tail -n 5 "$dir/valgrind.log" >&2
@@ -117,7 +122,7 @@ components() {
 
 for transport in $TRANSPORTS; do
   log "$transport: native run (CPU per role)"
-  timeout 300 "$INPROC" --transport "$transport" --requests 20000 --clients "$CLIENTS" \
+  timeout 300 "$INPROC" --transport "$transport" --requests 20000 --clients "$CLIENTS" "${EXTRA[@]}" \
     >"$WORK/native-$transport.json"
   log "$transport: callgrind, $SMALL and $LARGE requests"
   run_cg "$transport" "$SMALL" "$WORK/$transport-small"

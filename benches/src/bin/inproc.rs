@@ -14,7 +14,8 @@
 //! 2. **backend**: an [`RpcServer`] with a `msgRemote` that does what the chat's
 //!    `chat.chatHandler.send` does for a room of one: decodes the JSON body, encodes the
 //!    `onChat` push package once ([`encode_push`]) and sends it to the frontend by uid list
-//!    (`sessionRemote.push`, as a channel does), then answers `{}`;
+//!    (a `sessionRemote.push` notify, as the chat's channel push does; with `--push-call` a
+//!    call whose answer the handler awaits, as the chat did before), then answers `{}`;
 //! 3. **client**: `--clients` [`shaddock_client`] clients, entered in rooms of one, in a
 //!    closed loop: request `chat.chatHandler.send`, wait for the answer and for the push.
 //!
@@ -79,12 +80,17 @@ struct Args {
     /// Hard limit on the whole run, seconds.
     #[arg(long, default_value_t = 600)]
     deadline: u64,
+    /// The backend pushes with a `sessionRemote.push` call and awaits its answer before
+    /// answering (the chat's send before its pushes were detached), instead of a notify.
+    #[arg(long)]
+    push_call: bool,
 }
 
 /// The chat backend's `msgRemote`: the send handler of a room of one.
 struct Backend {
     rpc: RpcClient,
     codec: BodyCodec,
+    push_call: bool,
 }
 
 impl msg_remote::Remote for Backend {
@@ -101,17 +107,21 @@ impl msg_remote::Remote for Backend {
         let mut uid_list = Vec::with_capacity(session.uid.len() + 1);
         uid_list.extend_from_slice(session.uid.as_bytes());
         uid_list.push(0);
-        session_remote::Client::new(&self.rpc)
-            .push(
-                Target::server(&session.frontend_id),
-                PushArgs {
-                    package,
-                    uid_list: Bytes::from(uid_list),
-                    ..PushArgs::default()
-                },
-            )
-            .await
-            .map_err(|e| RemoteError::new(500, e.to_string()))?;
+        let stub = session_remote::Client::new(&self.rpc);
+        let (target, args) = (
+            Target::server(&session.frontend_id),
+            PushArgs {
+                package,
+                uid_list: Bytes::from(uid_list),
+                ..PushArgs::default()
+            },
+        );
+        if self.push_call {
+            stub.push(target, args).await.map(drop)
+        } else {
+            stub.notify().push(target, args).await
+        }
+        .map_err(|e| RemoteError::new(500, e.to_string()))?;
         Ok(ForwardReply {
             body_json: Bytes::from_static(b"{}"),
             ..ForwardReply::default()
@@ -243,6 +253,7 @@ async fn connector(
 async fn backend(
     ready: std_mpsc::Sender<Result<u16, String>>,
     frontend_rpc_port: u16,
+    push_call: bool,
     stop: CancellationToken,
 ) {
     let setup = async {
@@ -258,6 +269,7 @@ async fn backend(
             .add(msg_remote::Server::new(Backend {
                 rpc,
                 codec: BodyCodec::new(None, None),
+                push_call,
             }))
             .map_err(|e| format!("backend: registry: {e}"))?;
         let (l, port) = listener().await?;
@@ -358,8 +370,8 @@ fn run(args: &Args) -> Result<Value, String> {
             move |ready| connector(ready, stop)
         })?;
     let (backend_tid, backend_port, backend_thread) = role("backend", stop.clone(), deadline, {
-        let stop = stop.clone();
-        move |ready| backend(ready, frontend_rpc_port, stop)
+        let (stop, push_call) = (stop.clone(), args.push_call);
+        move |ready| backend(ready, frontend_rpc_port, push_call, stop)
     })?;
     connector_rpc.directory().add(ServerInfo::new(
         "chat-server-1",
