@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Where the kernel time of a request goes: system calls and context switches per request of
+# Where the kernel time of a request goes: system calls, context switches and the user/kernel
+# split of the CPU (utime/stime from /proc) per request of
 # each Shaddock process kind (connectors, chat servers, the generator) under the request
 # scenario (200 clients in a closed loop on chat.chatHandler.send), counted with `perf stat`
 # tracepoints over a window in the middle of the run.
@@ -73,7 +74,17 @@ sleep $(( (DURATION - WINDOW) / 2 + 2 ))
 EV=syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom,syscalls:sys_enter_writev
 EV=$EV,syscalls:sys_enter_write,syscalls:sys_enter_read,syscalls:sys_enter_epoll_wait
 EV=$EV,context-switches,task-clock
+# utime and stime (clock ticks) summed over a kind's processes, for the user/kernel split.
+ticks() {
+  local p u=0 k=0
+  for p in ${1//,/ }; do
+    read -r pu pk < <(awk '{print $14, $15}' "/proc/$p/stat" 2>/dev/null || echo "0 0")
+    u=$((u + pu)); k=$((k + pk))
+  done
+  echo "$u $k"
+}
 PERF_PIDS=()
+declare -A PIDS
 for kind in connector chat load; do
   case $kind in
     connector) pids=$(pids_of 'server-id connector-server') ;;
@@ -81,10 +92,13 @@ for kind in connector chat load; do
     load) pids=$(pids_of 'release/load') ;;
   esac
   if [ -z "$pids" ]; then echo "syscalls.sh: no $kind process found" >&2; exit 1; fi
+  PIDS[$kind]=$pids
+  ticks "$pids" >"$OUT/$kind.ticks0"
   perf stat -x, -e "$EV" -p "$pids" -o "$OUT/$kind.csv" -- sleep "$WINDOW" &
   PERF_PIDS+=($!)
 done
 wait "${PERF_PIDS[@]}" || true
+for kind in connector chat load; do ticks "${PIDS[$kind]}" >"$OUT/$kind.ticks1"; done
 wait "$LOAD_PID" || { echo "syscalls.sh: the load run failed; its log:" >&2; cat "$OUT/compare.log" >&2; exit 1; }
 LOAD_PID=""
 RPS=$(grep -m1 '^| requests/s' "$OUT/compare.log" | awk -F'|' '{gsub(/[ ,]/, "", $3); print $3}')
@@ -125,4 +139,11 @@ for label, key in names:
     print(f"| {label} | " + " | ".join(cells) + " |")
 cells = [f"{rows[k].get('task-clock', float('nan')) * 1000 / requests:.1f}" for k in ("connector", "chat", "load")]
 print("| CPU (task-clock, µs) | " + " | ".join(cells) + " |")
+hz = os.sysconf("SC_CLK_TCK")
+split = {}
+for k in ("connector", "chat", "load"):
+    u0, k0 = map(int, open(os.path.join(out, k + ".ticks0")).read().split())
+    u1, k1 = map(int, open(os.path.join(out, k + ".ticks1")).read().split())
+    split[k] = (k1 - k0) / max(1, (u1 - u0) + (k1 - k0))
+print("| kernel share of the CPU (stime ÷ (utime + stime)) | " + " | ".join(f"{100 * split[k]:.0f} %" for k in ("connector", "chat", "load")) + " |")
 EOF
