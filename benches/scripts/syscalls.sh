@@ -139,7 +139,6 @@ for label, key in names:
     print(f"| {label} | " + " | ".join(cells) + " |")
 cells = [f"{rows[k].get('task-clock', float('nan')) * 1000 / requests:.1f}" for k in ("connector", "chat", "load")]
 print("| CPU (task-clock, µs) | " + " | ".join(cells) + " |")
-hz = os.sysconf("SC_CLK_TCK")
 split = {}
 for k in ("connector", "chat", "load"):
     u0, k0 = map(int, open(os.path.join(out, k + ".ticks0")).read().split())
