@@ -143,6 +143,9 @@ struct Core<S> {
     flush_at: Option<Instant>,
     /// The deadline `timer` is set to; `None` once it has fired (or before its first use).
     armed: Option<Instant>,
+    /// The pushes held until `flush_at` have had their one yield before the timer is armed
+    /// for them (see `Phase::Wait` in `Core::drive`).
+    yielded: bool,
     /// The shutdown has been seen (its future is not polled again).
     shut_down: bool,
     /// A kick is being carried out (the pending reason is not acted on again).
@@ -185,6 +188,7 @@ where
                 closed: None,
                 flush_at: None,
                 armed: None,
+                yielded: false,
                 shut_down: false,
                 kicking: false,
                 _held: held,
@@ -319,6 +323,18 @@ where
                     );
                 }
                 Phase::Wait => {
+                    // Pushes just held for the linger: first one round for the tasks already
+                    // woken, then a new turn, so that the answer they were held for (a
+                    // forward reply read in the same turn: a backend's push and its answer
+                    // usually arrive together) is queued and takes them along in one write
+                    // without arming the timer for them (a timer moved earlier also wakes
+                    // the runtime's driver: one eventfd write). Only then the timer.
+                    if self.flush_at.is_some() && !self.yielded {
+                        self.yielded = true;
+                        self.phase = Phase::Turn;
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
                     if self
                         .wait(cx, shutdown.as_mut(), timer.as_mut())
                         .is_pending()
@@ -575,6 +591,7 @@ where
             match self.flush_at {
                 None => {
                     self.flush_at = Some(now + interval);
+                    self.yielded = false;
                     return false;
                 }
                 Some(at) if at > now => return false,
