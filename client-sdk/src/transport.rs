@@ -18,7 +18,7 @@ use std::fmt;
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use shaddock_protocol::package::{FramePackages, Package, PackageDecoder};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -60,10 +60,16 @@ pub(crate) enum ReadError {
 /// Bytes the TCP read buffer grows by when it runs low. Package bodies share the buffer, so
 /// a block stays allocated until the last push read from it is dropped.
 const READ_CHUNK: usize = 16 * 1024;
-/// tungstenite's read buffer: it zero-fills the free part of it before every read, so its
-/// size is paid per read (at 16 KiB that memset was ~2/3 of the generator's instructions on
-/// WebSocket); a larger frame grows it for as long as it needs.
-const WS_READ_BUFFER: usize = 4 * 1024;
+/// Most bytes tungstenite takes per read from the socket buffer ([`WS_SOCKET_READ`]). It
+/// zero-fills that much of its read buffer before **every** read, including the reads that
+/// find nothing (each poll of a connection task woken by something else), so its size is paid
+/// per poll: at 16 KiB that memset was ~2/3 of the generator's instructions on WebSocket, at
+/// 4 KiB still ~30 %. A larger frame grows the buffer for as long as it needs.
+const WS_READ_BUFFER: usize = 512;
+/// The socket reads of a WebSocket connection go through a buffer of this size (filled
+/// without zeroing), so a small [`WS_READ_BUFFER`] costs no extra system calls: a burst of
+/// pushes is still read from the socket 4 KiB at a time.
+const WS_SOCKET_READ: usize = 4 * 1024;
 /// Grow the read buffer before a read when less than this is free (no tiny reads).
 const MIN_READ: usize = 4 * 1024;
 
@@ -76,7 +82,7 @@ pub(crate) enum Conn {
         decoder: PackageDecoder,
     },
     Ws {
-        ws: Box<WebSocketStream<Box<dyn Io>>>,
+        ws: Box<WebSocketStream<BufReader<Box<dyn Io>>>>,
         /// The packages of the last message not yet taken (they share its buffer).
         pending: Option<FramePackages>,
         max_package_size: usize,
@@ -109,6 +115,7 @@ impl Conn {
                     .read_buffer_size(WS_READ_BUFFER)
                     .max_message_size(Some(config.max_message_size))
                     .max_frame_size(Some(config.max_message_size));
+                let io = BufReader::with_capacity(WS_SOCKET_READ, io);
                 let (ws, _response) =
                     tokio_tungstenite::client_async_with_config(url, io, Some(ws_config))
                         .await

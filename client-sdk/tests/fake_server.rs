@@ -341,6 +341,55 @@ async fn split_and_batched(transport: Transport) {
     within(server).await.unwrap();
 }
 
+/// Messages larger than the client's read buffers (the WebSocket path reads the socket 4 KiB
+/// at a time and hands tungstenite 512 bytes at a time): a 200 KiB push alone, then in one
+/// write / one WebSocket message a response and pushes of 3 KiB each; every byte arrives.
+async fn larger_than_the_read_buffers(transport: Transport) {
+    let big: Vec<u8> = (0..200 * 1024).map(|i| (i % 251) as u8).collect();
+    let mid = |n: u8| vec![n; 3 * 1024];
+    let expected = big.clone();
+    let (addr, server) = fake_server(transport, move |mut peer| async move {
+        peer.handshake(r#"{"code":200,"sys":{}}"#).await;
+        let m = peer.recv_message().await;
+        let package = |m: Message| m.to_package().unwrap().to_bytes().unwrap();
+        peer.send_raw(&package(Message::push(MessageRoute::name("onBig"), big)))
+            .await;
+        let mut batch = Vec::new();
+        for n in 0..3 {
+            batch.extend_from_slice(&package(Message::push(MessageRoute::name("onMid"), mid(n))));
+        }
+        batch.extend_from_slice(&package(Message::response(m.id, &b"{}"[..])));
+        peer.send_raw(&batch).await;
+        peer.drain().await
+    })
+    .await;
+    let (client, _events) = within(Client::connect(&addr.to_string(), transport, config()))
+        .await
+        .unwrap();
+    let mut pushes = client.on_any();
+    within(client.request("a.b.c", &json!({}))).await.unwrap();
+    let first = within(pushes.recv()).await.unwrap();
+    assert_eq!(&*first.route, "onBig");
+    assert!(first.body[..] == expected[..], "the 200 KiB body is intact");
+    for n in 0..3 {
+        let p = within(pushes.recv()).await.unwrap();
+        assert_eq!(&*p.route, "onMid");
+        assert_eq!(p.body[..], mid(n)[..]);
+    }
+    client.close().await;
+    within(server).await.unwrap();
+}
+
+#[tokio::test]
+async fn tcp_messages_larger_than_the_read_buffers() {
+    larger_than_the_read_buffers(Transport::Tcp).await;
+}
+
+#[tokio::test]
+async fn ws_messages_larger_than_the_read_buffers() {
+    larger_than_the_read_buffers(Transport::WebSocket).await;
+}
+
 #[tokio::test]
 async fn tcp_split_and_coalesced_packages() {
     split_and_batched(Transport::Tcp).await;
