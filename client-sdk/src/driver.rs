@@ -14,10 +14,15 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::sync::{Arc, Mutex};
+use std::convert::Infallible;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use shaddock_protocol::RouteDictionary;
 use shaddock_protocol::handshake::Kick;
 use shaddock_protocol::message::{Message, MessageRoute, MessageType};
@@ -36,14 +41,72 @@ use crate::{DisconnectReason, Error};
 /// `03 000000`: a HEARTBEAT package.
 const HEARTBEAT: &[u8] = &[0x03, 0, 0, 0];
 
-/// What a waiting request gets: the raw response body, or why there will be none.
-pub(crate) type Waiter = oneshot::Sender<Result<Bytes, Error>>;
+/// What a waiting request gets.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// The raw response body.
+    Body(Bytes),
+    /// Why there will be none (the connection ended).
+    Failed(Error),
+    /// Its deadline passed first (the caller makes the [`Error::Timeout`]).
+    TimedOut,
+}
 
-/// The in-flight requests: `id → waiter`, and the id counter.
+/// Where a request's answer goes.
+pub(crate) type Waiter = oneshot::Sender<Answer>;
+
+/// A request waiting for its response.
+#[derive(Debug)]
+struct Waiting {
+    waiter: Waiter,
+    deadline: Instant,
+}
+
+/// Hashes request ids (small sequential `u32`s) with one multiplication instead of SipHash:
+/// the ids are chosen here, not by the server.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct IdHash;
+
+impl BuildHasher for IdHash {
+    type Hasher = IdHasher;
+
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+/// The [`Hasher`] of [`IdHash`].
+#[derive(Debug, Default)]
+pub(crate) struct IdHasher(u64);
+
+/// 2^64 / φ: consecutive ids spread over both the low bits (the bucket) and the high bits
+/// (hashbrown's tag) of the hash.
+const FIBONACCI: u64 = 0x9E37_79B9_7F4A_7C15;
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        self.0 = (self.0 ^ u64::from(id)).wrapping_mul(FIBONACCI);
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(FIBONACCI);
+        }
+    }
+}
+
+/// The in-flight requests: `id → waiter` with each request's deadline, and the id counter.
 #[derive(Debug)]
 pub(crate) struct Pending {
     next_id: u32,
-    waiters: HashMap<u32, Waiter>,
+    waiters: HashMap<u32, Waiting, IdHash>,
+    /// When the connection task sweeps the expired requests next: no later than the earliest
+    /// deadline of `waiters` (`None`: no sweep planned).
+    sweep_at: Option<Instant>,
     /// Set when the connection has ended: new requests fail at once with this reason.
     closed: Option<DisconnectReason>,
 }
@@ -52,7 +115,8 @@ impl Default for Pending {
     fn default() -> Self {
         Self {
             next_id: 1,
-            waiters: HashMap::new(),
+            waiters: HashMap::default(),
+            sweep_at: None,
             closed: None,
         }
     }
@@ -60,10 +124,16 @@ impl Default for Pending {
 
 impl Pending {
     /// Register a waiter under a fresh id: ids start at 1, wrap within `u32` skipping 0
-    /// (0 means "no response wanted") and skip ids still waiting.
-    pub(crate) fn register(&mut self, waiter: Waiter) -> Result<u32, Error> {
+    /// (0 means "no response wanted") and skip ids still waiting. Also says whether the
+    /// request's `deadline` comes before the planned sweep (the connection task must then
+    /// move its timer: [`Requests::register`] tells it).
+    fn register(&mut self, waiter: Waiter, deadline: Instant) -> Result<(u32, bool), Error> {
         if let Some(reason) = &self.closed {
             return Err(Error::Disconnected(reason.clone()));
+        }
+        let earlier = self.sweep_at.is_none_or(|at| deadline < at);
+        if earlier {
+            self.sweep_at = Some(deadline);
         }
         loop {
             let id = self.next_id;
@@ -72,14 +142,33 @@ impl Pending {
                 next => next,
             };
             if let Entry::Vacant(slot) = self.waiters.entry(id) {
-                slot.insert(waiter);
-                return Ok(id);
+                slot.insert(Waiting { waiter, deadline });
+                return Ok((id, earlier));
             }
         }
     }
 
     pub(crate) fn remove(&mut self, id: u32) -> Option<Waiter> {
-        self.waiters.remove(&id)
+        self.waiters.remove(&id).map(|w| w.waiter)
+    }
+
+    /// Move the waiters whose deadline is not after `now` to `expired`; plan the next sweep
+    /// at the earliest deadline left, and return it.
+    fn sweep(&mut self, now: Instant, expired: &mut Vec<Waiter>) -> Option<Instant> {
+        expired.extend(
+            self.waiters
+                .extract_if(|_, w| w.deadline <= now)
+                .map(|(_, w)| w.waiter),
+        );
+        self.sweep_at = self.waiters.values().map(|w| w.deadline).min();
+        self.sweep_at
+    }
+
+    /// End: no new request is accepted; the waiters are handed back (to be failed).
+    fn close(&mut self, reason: DisconnectReason) -> Vec<Waiter> {
+        self.closed = Some(reason);
+        self.sweep_at = None;
+        self.waiters.drain().map(|(_, w)| w.waiter).collect()
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -102,21 +191,88 @@ impl Pending {
     }
 }
 
-/// Lock helper: a poisoned lock still holds a consistent map (no code panics while holding it).
-pub(crate) fn lock(pending: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
-    pending.lock().unwrap_or_else(|p| p.into_inner())
+/// The requests of one connection, shared by the callers and the connection task. Request
+/// timeouts are enforced by the connection task: one timer per connection, set to the
+/// earliest deadline, instead of a timer per request (see [`sweep_deadlines`]).
+#[derive(Debug, Default)]
+pub(crate) struct Requests {
+    pending: Mutex<Pending>,
+    /// Set when a request's deadline comes before the planned sweep.
+    rearm: AtomicBool,
+    /// The connection task, woken when `rearm` is set.
+    task: AtomicWaker,
 }
 
-/// Removes a request's waiter when the call ends early (timeout, cancelled future).
-pub(crate) struct PendingGuard {
-    pub(crate) pending: Arc<Mutex<Pending>>,
-    pub(crate) id: u32,
-}
-
-impl Drop for PendingGuard {
-    fn drop(&mut self) {
-        lock(&self.pending).remove(self.id);
+impl Requests {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Pending> {
+        // A poisoned lock still holds a consistent map (no code panics while holding it).
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Register a request that fails with [`Answer::TimedOut`] at `deadline` unless answered
+    /// before; its id.
+    pub(crate) fn register(&self, waiter: Waiter, deadline: Instant) -> Result<u32, Error> {
+        let (id, earlier) = self.lock().register(waiter, deadline)?;
+        if earlier {
+            self.rearm.store(true, Ordering::Release);
+            self.task.wake();
+        }
+        Ok(id)
+    }
+}
+
+/// Removes a request's waiter when the call ends early (queueing timed out, cancelled
+/// future); [`disarm`](Self::disarm)ed once the answer came (its waiter is already gone).
+pub(crate) struct PendingGuard<'a> {
+    pub(crate) requests: &'a Requests,
+    pub(crate) id: u32,
+    pub(crate) armed: bool,
+}
+
+impl PendingGuard<'_> {
+    pub(crate) fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.requests.lock().remove(self.id);
+        }
+    }
+}
+
+/// The connection task's request timeouts: a timer set to the earliest deadline (moved when
+/// a request with an earlier one comes); when it fires, the expired requests get
+/// [`Answer::TimedOut`]. Polled with the connection's loop in the same task, so it runs even
+/// while that loop waits for a write. With the same timeout for every request the timer
+/// fires about once per timeout, whatever the request rate.
+async fn sweep_deadlines(requests: &Requests) -> Infallible {
+    let timer = tokio::time::sleep(FAR);
+    tokio::pin!(timer);
+    let mut expired = Vec::new();
+    std::future::poll_fn(|cx| {
+        requests.task.register(cx.waker());
+        loop {
+            if requests.rearm.swap(false, Ordering::AcqRel) {
+                let at = requests.lock().sweep_at;
+                timer
+                    .as_mut()
+                    .reset(at.unwrap_or_else(|| Instant::now() + FAR));
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now = Instant::now();
+            let next = requests.lock().sweep(now, &mut expired);
+            for waiter in expired.drain(..) {
+                let _ = waiter.send(Answer::TimedOut);
+            }
+            timer.as_mut().reset(next.unwrap_or(now + FAR));
+        }
+    })
+    .await
 }
 
 /// Everything the connection task owns.
@@ -125,7 +281,7 @@ pub(crate) struct ClientDriver {
     pub(crate) peer: String,
     pub(crate) outbound: mpsc::Receiver<Bytes>,
     pub(crate) shutdown: CancellationToken,
-    pub(crate) pending: Arc<Mutex<Pending>>,
+    pub(crate) requests: Arc<Requests>,
     pub(crate) subscribers: Arc<Subscribers>,
     pub(crate) protos: Option<Arc<Protos>>,
     pub(crate) events: mpsc::Sender<Event>,
@@ -200,7 +356,14 @@ impl ClientDriver {
         // Packages that came in the same read as the handshake reply go first.
         let reason = match self.handle_read().1 {
             Some(reason) => reason,
-            None => self.drive().await,
+            None => {
+                let requests = self.requests.clone();
+                tokio::select! {
+                    biased;
+                    reason = self.drive() => reason,
+                    never = sweep_deadlines(&requests) => match never {},
+                }
+            }
         };
         self.finish(reason).await
     }
@@ -385,12 +548,12 @@ impl ClientDriver {
         };
         match message.kind {
             MessageType::Response => {
-                let waiter = lock(&self.pending).remove(message.id);
+                let waiter = self.requests.lock().remove(message.id);
                 match waiter {
                     Some(waiter) => {
                         // Pushes that came before the response are queued before it completes.
                         self.flush_pushes();
-                        let _ = waiter.send(Ok(message.body));
+                        let _ = waiter.send(Answer::Body(message.body));
                     }
                     None => debug!(
                         peer = %self.peer, id = message.id,
@@ -445,14 +608,7 @@ impl ClientDriver {
     async fn finish(mut self, reason: DisconnectReason) -> DisconnectReason {
         debug!(peer = %self.peer, %reason, "connection ended");
         self.flush_pushes();
-        let waiters: Vec<Waiter> = {
-            let mut pending = lock(&self.pending);
-            pending.closed = Some(reason.clone());
-            pending.waiters.drain().map(|(_, w)| w).collect()
-        };
-        for waiter in waiters {
-            let _ = waiter.send(Err(Error::Disconnected(reason.clone())));
-        }
+        fail_waiters(&self.requests, &reason);
         self.outbound.close();
         let close = async move {
             let _ = tokio::time::timeout(self.close_timeout, self.conn.close()).await;
@@ -469,6 +625,34 @@ impl ClientDriver {
     }
 }
 
+/// End `requests` (when not ended yet): every waiter gets [`Error::Disconnected`].
+fn fail_waiters(requests: &Requests, reason: &DisconnectReason) {
+    let waiters = {
+        let mut pending = requests.lock();
+        if pending.is_closed() {
+            return;
+        }
+        pending.close(reason.clone())
+    };
+    for waiter in waiters {
+        let _ = waiter.send(Answer::Failed(Error::Disconnected(reason.clone())));
+    }
+}
+
+impl Drop for ClientDriver {
+    /// A connection task that ends without [`finish`](Self::finish) (it panicked, or its
+    /// runtime is shutting down) still fails its waiting requests: their timeouts were its
+    /// timer.
+    fn drop(&mut self) {
+        fail_waiters(
+            &self.requests,
+            &DisconnectReason::Io {
+                error: "the connection task ended".to_owned(),
+            },
+        );
+    }
+}
+
 /// A timer that is never due (its `select!` branch is disabled anyway).
 const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 
@@ -476,33 +660,91 @@ const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 mod tests {
     use super::*;
 
+    fn later(secs: u64) -> Instant {
+        Instant::now() + Duration::from_secs(secs)
+    }
+
     #[test]
     fn ids_start_at_one_wrap_skipping_zero_and_busy_ids() {
         let mut p = Pending::default();
         let (tx, _rx) = oneshot::channel();
-        assert_eq!(p.register(tx).unwrap(), 1);
+        assert_eq!(p.register(tx, later(10)).unwrap(), (1, true));
         p.set_next_id(u32::MAX);
         let (tx, _rx2) = oneshot::channel();
-        assert_eq!(p.register(tx).unwrap(), u32::MAX);
+        assert_eq!(p.register(tx, later(10)).unwrap().0, u32::MAX);
         // 0 is skipped, 1 is still waiting: next is 2.
         let (tx, _rx3) = oneshot::channel();
-        assert_eq!(p.register(tx).unwrap(), 2);
+        assert_eq!(p.register(tx, later(10)).unwrap().0, 2);
         assert_eq!(p.len(), 3);
         p.remove(1);
         p.closed = Some(DisconnectReason::ServerClosed);
         let (tx, _rx4) = oneshot::channel();
-        assert!(p.register(tx).unwrap_err().is_disconnected());
+        assert!(p.register(tx, later(10)).unwrap_err().is_disconnected());
     }
 
     #[test]
-    fn guard_removes_its_waiter() {
-        let pending = Arc::new(Mutex::new(Pending::default()));
+    fn the_sweep_moves_only_for_an_earlier_deadline_and_takes_the_expired() {
+        let mut p = Pending::default();
+        let now = Instant::now();
+        let at = |secs| now + Duration::from_secs(secs);
+        let mut rxs = Vec::new();
+        let mut add = |p: &mut Pending, deadline| {
+            let (tx, rx) = oneshot::channel();
+            rxs.push(rx);
+            p.register(tx, deadline).unwrap()
+        };
+        assert_eq!(add(&mut p, at(5)), (1, true));
+        assert_eq!(
+            add(&mut p, at(9)),
+            (2, false),
+            "later: the planned sweep stands"
+        );
+        assert_eq!(add(&mut p, at(2)), (3, true), "earlier: the sweep moves");
+        assert_eq!(p.sweep_at, Some(at(2)));
+        let mut expired = Vec::new();
+        assert_eq!(p.sweep(at(1), &mut expired), Some(at(2)));
+        assert!(expired.is_empty());
+        assert_eq!(p.sweep(at(5), &mut expired), Some(at(9)));
+        assert_eq!(expired.len(), 2);
+        assert_eq!(p.len(), 1);
+        assert!(p.remove(2).is_some());
+        assert_eq!(p.sweep(at(6), &mut expired), None);
+        assert_eq!(
+            add(&mut p, at(20)),
+            (4, true),
+            "nothing planned: the sweep is set"
+        );
+    }
+
+    #[test]
+    fn guard_removes_its_waiter_unless_disarmed() {
+        let requests = Requests::default();
         let (tx, _rx) = oneshot::channel();
-        let id = lock(&pending).register(tx).unwrap();
+        let id = requests.register(tx, later(10)).unwrap();
         drop(PendingGuard {
-            pending: pending.clone(),
+            requests: &requests,
             id,
+            armed: true,
         });
-        assert_eq!(lock(&pending).len(), 0);
+        assert_eq!(requests.lock().len(), 0);
+        let (tx, _rx) = oneshot::channel();
+        let id = requests.register(tx, later(10)).unwrap();
+        let mut guard = PendingGuard {
+            requests: &requests,
+            id,
+            armed: true,
+        };
+        guard.disarm();
+        drop(guard);
+        assert_eq!(requests.lock().len(), 1);
+    }
+
+    #[test]
+    fn ids_hash_apart() {
+        let hash = |id: u32| IdHash.hash_one(id);
+        let buckets: std::collections::HashSet<u64> = (0..1024).map(|id| hash(id) & 1023).collect();
+        assert_eq!(buckets.len(), 1024, "consecutive ids fill distinct buckets");
+        let tags: std::collections::HashSet<u64> = (0..1024).map(|id| hash(id) >> 57).collect();
+        assert!(tags.len() > 100, "and vary the high bits: {}", tags.len());
     }
 }
