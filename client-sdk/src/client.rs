@@ -781,6 +781,7 @@ async fn open(
         subscribers: subscribers.clone(),
         routes: RouteCache::new(dictionary.clone()),
         pushes: Vec::new(),
+        batch: Vec::new(),
         protos: protos.clone(),
         events: events.clone(),
         heartbeat,

@@ -294,6 +294,8 @@ pub(crate) struct ClientDriver {
     pub(crate) write_timeout: Duration,
     /// The pushes of the current read, delivered together (kept to reuse its allocation).
     pub(crate) pushes: Vec<Push>,
+    /// The packages of the current write (kept to reuse its allocation).
+    pub(crate) batch: Vec<Bytes>,
     pub(crate) routes: RouteCache,
 }
 
@@ -466,8 +468,10 @@ impl ClientDriver {
 
     /// Write `first` and whatever else is queued, up to `max_write_batch` bytes.
     async fn write_batch(&mut self, first: Bytes) -> Result<(), DisconnectReason> {
+        // The batch's Vec is kept across writes (no allocation per write).
+        let mut batch = std::mem::take(&mut self.batch);
         let mut size = first.len();
-        let mut batch = vec![first];
+        batch.push(first);
         while size < self.max_write_batch {
             match self.outbound.try_recv() {
                 Ok(next) => {
@@ -477,19 +481,26 @@ impl ClientDriver {
                 Err(_) => break,
             }
         }
-        self.send(&batch).await
+        let sent = self.send(&batch).await;
+        batch.clear();
+        self.batch = batch;
+        sent
     }
 
     /// Write packages, bounded by the write timeout: a server that stops reading ends the
-    /// connection instead of wedging this task.
+    /// connection instead of wedging this task. The timer is made only for a write that does
+    /// not complete at once (the usual write costs none).
     async fn send(&mut self, packages: &[Bytes]) -> Result<(), DisconnectReason> {
-        match tokio::time::timeout(self.write_timeout, self.conn.send(packages)).await {
+        let (conn, peer, after) = (&mut self.conn, &self.peer, self.write_timeout);
+        let write = conn.send(packages);
+        tokio::pin!(write);
+        if let Poll::Ready(result) = futures_util::poll!(write.as_mut()) {
+            return result;
+        }
+        match tokio::time::timeout(after, write).await {
             Ok(result) => result,
             Err(_) => Err(DisconnectReason::Io {
-                error: format!(
-                    "write to {} timed out after {:?}",
-                    self.peer, self.write_timeout
-                ),
+                error: format!("write to {peer} timed out after {after:?}"),
             }),
         }
     }
