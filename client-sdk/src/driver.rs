@@ -375,15 +375,30 @@ impl ClientDriver {
         let shutdown = self.shutdown.clone();
         let cancelled = shutdown.cancelled();
         let now = Instant::now();
-        let ping = tokio::time::sleep_until(now + self.heartbeat.unwrap_or(FAR));
-        let deadline = tokio::time::sleep_until(now + self.heartbeat_timeout.unwrap_or(FAR));
-        tokio::pin!(cancelled, ping, deadline);
-        // When something last arrived from the server: `deadline` is only moved when it fires.
+        // One timer for both heartbeat duties: the next heartbeat to send (`ping_at`) and the
+        // dead-server check (`check_at`, moved lazily to `last_heard + timeout` when due).
+        let mut ping_at = now + self.heartbeat.unwrap_or(FAR);
+        let mut check_at = now + self.heartbeat_timeout.unwrap_or(FAR);
+        let timer = tokio::time::sleep_until(ping_at.min(check_at));
+        tokio::pin!(cancelled, timer);
+        // Polled once, `cancelled` wakes this task when the token is cancelled; after that a
+        // look at the token is enough (no poll of the token's waiter list per wake-up).
+        let mut watching = false;
+        // When something last arrived from the server.
         let mut last_heard = now;
         loop {
             // Not `biased`: a flood of pushes must not starve writes and timers.
             tokio::select! {
-                () = &mut cancelled => {
+                () = std::future::poll_fn(|cx| {
+                    if shutdown.is_cancelled() {
+                        return Poll::Ready(());
+                    }
+                    if watching {
+                        return Poll::Pending;
+                    }
+                    watching = true;
+                    cancelled.as_mut().poll(cx)
+                }) => {
                     self.drain_outbound().await;
                     break DisconnectReason::Closed;
                 }
@@ -409,23 +424,25 @@ impl ClientDriver {
                     // Every Client handle is gone: nobody can use this connection any more.
                     None => break DisconnectReason::Closed,
                 },
-                () = &mut ping, if self.heartbeat.is_some() => {
-                    trace!(peer = %self.peer, "heartbeat");
-                    if let Err(reason) = self.send(&[Bytes::from_static(HEARTBEAT)]).await {
-                        break reason;
+                () = &mut timer, if self.heartbeat.is_some() => {
+                    let now = Instant::now();
+                    if let Some(after) = self.heartbeat_timeout.filter(|_| check_at <= now) {
+                        let due = last_heard + after;
+                        if due <= now {
+                            warn!(peer = %self.peer, ?after, "heartbeat timeout: the server is silent");
+                            self.emit(Event::HeartbeatTimeout { after });
+                            break DisconnectReason::HeartbeatTimeout { after };
+                        }
+                        check_at = due;
                     }
-                    ping.as_mut().reset(Instant::now() + self.heartbeat.unwrap_or(FAR));
-                }
-                () = &mut deadline, if self.heartbeat_timeout.is_some() => {
-                    let after = self.heartbeat_timeout.unwrap_or(FAR);
-                    let due = last_heard + after;
-                    if due > Instant::now() {
-                        deadline.as_mut().reset(due);
-                        continue;
+                    if ping_at <= now {
+                        trace!(peer = %self.peer, "heartbeat");
+                        if let Err(reason) = self.send(&[Bytes::from_static(HEARTBEAT)]).await {
+                            break reason;
+                        }
+                        ping_at = Instant::now() + self.heartbeat.unwrap_or(FAR);
                     }
-                    warn!(peer = %self.peer, ?after, "heartbeat timeout: the server is silent");
-                    self.emit(Event::HeartbeatTimeout { after });
-                    break DisconnectReason::HeartbeatTimeout { after };
+                    timer.as_mut().reset(ping_at.min(check_at));
                 }
             }
         }
