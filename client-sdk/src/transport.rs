@@ -14,11 +14,12 @@
 //! brought without waiting. Package bodies are slices of the read buffer (no copy).
 
 use std::fmt;
+use std::pin::Pin;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use shaddock_protocol::package::{FramePackages, Package, PackageDecoder};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -86,6 +87,10 @@ pub(crate) enum Conn {
         /// The packages of the last message not yet taken (they share its buffer).
         pending: Option<FramePackages>,
         max_package_size: usize,
+        /// tungstenite's last read found no whole frame and the socket buffer empty: until
+        /// the socket has data, asking it again would only cost a read attempt (and its
+        /// zero-fill), so [`Conn::fill`] waits on the socket buffer instead.
+        starved: bool,
     },
 }
 
@@ -127,6 +132,7 @@ impl Conn {
                     ws: Box::new(ws),
                     pending: None,
                     max_package_size: config.max_package_size,
+                    starved: false,
                 })
             }
         }
@@ -194,8 +200,29 @@ impl Conn {
                 ws,
                 pending,
                 max_package_size,
+                starved,
             } => loop {
-                match ws.next().await {
+                if *starved {
+                    // Wait for the socket itself (a read into the socket buffer, no zero-fill);
+                    // what it brings (data, end, error) is then tungstenite's to read.
+                    let filled = std::future::poll_fn(|cx| {
+                        Pin::new(ws.get_mut()).poll_fill_buf(cx).map_ok(|_| ())
+                    })
+                    .await;
+                    *starved = false;
+                    if let Err(e) = filled {
+                        return Err(ReadError::Other(DisconnectReason::Io {
+                            error: tokio_tungstenite::tungstenite::Error::Io(e).to_string(),
+                        }));
+                    }
+                }
+                let next = std::future::poll_fn(|cx| {
+                    let next = ws.poll_next_unpin(cx);
+                    *starved = next.is_pending();
+                    next
+                })
+                .await;
+                match next {
                     Some(Ok(WsMessage::Binary(msg))) => {
                         if msg.is_empty() {
                             return Err(ReadError::Other(DisconnectReason::Protocol {
