@@ -16,9 +16,10 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::convert::Infallible;
 use std::hash::{BuildHasher, Hasher};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,7 +30,7 @@ use shaddock_protocol::message::{Message, MessageRoute, MessageType};
 use shaddock_protocol::package::{Package, PackageType};
 use shaddock_protocol::protobuf::Protos;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace, warn};
 
@@ -251,17 +252,25 @@ impl Drop for PendingGuard<'_> {
 async fn sweep_deadlines(requests: &Requests) -> Infallible {
     let timer = tokio::time::sleep(FAR);
     tokio::pin!(timer);
+    let (mut polled, mut registered) = (false, false);
     let mut expired = Vec::new();
     std::future::poll_fn(|cx| {
-        requests.task.register(cx.waker());
         loop {
+            // The waker stays registered until a rearm's wake takes it.
+            if !registered {
+                requests.task.register(cx.waker());
+                registered = true;
+            }
             if requests.rearm.swap(false, Ordering::AcqRel) {
+                registered = false;
                 let at = requests.lock().sweep_at;
                 timer
                     .as_mut()
                     .reset(at.unwrap_or_else(|| Instant::now() + FAR));
+                polled = false;
+                continue;
             }
-            if timer.as_mut().poll(cx).is_pending() {
+            if poll_timer(timer.as_mut(), &mut polled, cx).is_pending() {
                 return Poll::Pending;
             }
             let now = Instant::now();
@@ -270,9 +279,23 @@ async fn sweep_deadlines(requests: &Requests) -> Infallible {
                 let _ = waiter.send(Answer::TimedOut);
             }
             timer.as_mut().reset(next.unwrap_or(now + FAR));
+            polled = false;
         }
     })
     .await
+}
+
+/// Poll `timer` only when it may have fired. Once polled (and pending) a timer wakes this
+/// task when it fires, and until then `is_elapsed` (one atomic load) says no, so the polls
+/// of the other wake-ups (each a coop-budget check and a waker registration) are skipped.
+/// `polled` is false for a timer not polled since it was made or reset.
+fn poll_timer(timer: Pin<&mut Sleep>, polled: &mut bool, cx: &mut Context<'_>) -> Poll<()> {
+    if *polled && !timer.is_elapsed() {
+        return Poll::Pending;
+    }
+    let ready = timer.poll(cx);
+    *polled = ready.is_pending();
+    ready
 }
 
 /// Everything the connection task owns.
@@ -381,6 +404,10 @@ impl ClientDriver {
         let mut check_at = now + self.heartbeat_timeout.unwrap_or(FAR);
         let timer = tokio::time::sleep_until(ping_at.min(check_at));
         tokio::pin!(cancelled, timer);
+        let mut timer_polled = false;
+        // Set while the send queue was found empty (this task is then woken by the next
+        // package, or when the queue closes): its emptiness is checked before polling it.
+        let mut queue_waiting = false;
         // Polled once, `cancelled` wakes this task when the token is cancelled; after that a
         // look at the token is enough (no poll of the token's waiter list per wake-up).
         let mut watching = false;
@@ -415,7 +442,15 @@ impl ClientDriver {
                     Ok(false) => break DisconnectReason::ServerClosed,
                     Err(error) => break self.read_failed(error),
                 },
-                first = self.outbound.recv() => match first {
+                first = std::future::poll_fn(|cx| {
+                    let outbound = &mut self.outbound;
+                    if queue_waiting && outbound.is_empty() && !outbound.is_closed() {
+                        return Poll::Pending;
+                    }
+                    let first = outbound.poll_recv(cx);
+                    queue_waiting = first.is_pending();
+                    first
+                }) => match first {
                     Some(first) => {
                         if let Err(reason) = self.write_batch(first).await {
                             break reason;
@@ -424,7 +459,8 @@ impl ClientDriver {
                     // Every Client handle is gone: nobody can use this connection any more.
                     None => break DisconnectReason::Closed,
                 },
-                () = &mut timer, if self.heartbeat.is_some() => {
+                () = std::future::poll_fn(|cx| poll_timer(timer.as_mut(), &mut timer_polled, cx)),
+                    if self.heartbeat.is_some() => {
                     let now = Instant::now();
                     if let Some(after) = self.heartbeat_timeout.filter(|_| check_at <= now) {
                         let due = last_heard + after;
@@ -443,6 +479,7 @@ impl ClientDriver {
                         ping_at = Instant::now() + self.heartbeat.unwrap_or(FAR);
                     }
                     timer.as_mut().reset(ping_at.min(check_at));
+                    timer_polled = false;
                 }
             }
         }
