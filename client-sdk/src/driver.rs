@@ -154,15 +154,24 @@ impl Pending {
     }
 
     /// Move the waiters whose deadline is not after `now` to `expired`; plan the next sweep
-    /// at the earliest deadline left, and return it.
+    /// at the earliest deadline left, and return it. One pass over the waiting requests
+    /// (the cost of a sweep grows with them; sweeps come at most once per timer tick, 1 ms,
+    /// and with one timeout for all requests about once per timeout).
     fn sweep(&mut self, now: Instant, expired: &mut Vec<Waiter>) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
         expired.extend(
             self.waiters
-                .extract_if(|_, w| w.deadline <= now)
+                .extract_if(|_, w| {
+                    if w.deadline <= now {
+                        return true;
+                    }
+                    next = Some(next.map_or(w.deadline, |n| n.min(w.deadline)));
+                    false
+                })
                 .map(|(_, w)| w.waiter),
         );
-        self.sweep_at = self.waiters.values().map(|w| w.deadline).min();
-        self.sweep_at
+        self.sweep_at = next;
+        next
     }
 
     /// End: no new request is accepted; the waiters are handed back (to be failed).
