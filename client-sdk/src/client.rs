@@ -7,7 +7,7 @@
 //! the subscriptions and the events across connections. The session task waits for each
 //! connection task to end and then either closes the session or reconnects.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -20,13 +20,14 @@ use shaddock_protocol::package::{Package, PackageType};
 use shaddock_protocol::protobuf::{Protos, encode_message};
 use shaddock_protocol::{RouteDictionary, json};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span, info, instrument, warn};
 
-use crate::driver::{ClientDriver, Pending, PendingGuard, RouteCache, lock};
+use crate::driver::{Answer, ClientDriver, PendingGuard, Requests, RouteCache};
 use crate::event::{Event, Events};
 use crate::push::{PushStream, Subscribers, decode_value, from_value};
 use crate::reconnect::{Backoff, ReconnectPolicy, Resolver, WhileReconnecting};
@@ -94,7 +95,7 @@ struct Link {
     peer: String,
     transport: Transport,
     outbound: mpsc::Sender<Bytes>,
-    pending: Arc<Mutex<Pending>>,
+    requests: Arc<Requests>,
     dictionary: Option<Arc<RouteDictionary>>,
     protos: Option<Arc<Protos>>,
     handshake: Arc<HandshakeResponse>,
@@ -117,7 +118,7 @@ impl Link {
     }
 
     fn is_closed(&self) -> bool {
-        lock(&self.pending).is_closed()
+        self.requests.lock().is_closed()
     }
 }
 
@@ -356,7 +357,7 @@ impl Client {
 
     /// Requests waiting for their response on the connection in use.
     pub fn pending_requests(&self) -> usize {
-        self.current().map_or(0, |l| lock(&l.pending).len())
+        self.current().map_or(0, |l| l.requests.lock().len())
     }
 
     /// Whether the client has ended for good (a client that is reconnecting is not closed).
@@ -530,14 +531,16 @@ impl Client {
         loop {
             let link = self.link_before(deadline, route, ended.as_ref()).await?;
             let (tx, rx) = oneshot::channel();
-            let Ok(id) = lock(&link.pending).register(tx) else {
+            // The deadline is enforced by the connection task (one timer per connection).
+            let Ok(id) = link.requests.register(tx, deadline) else {
                 // The connection ended after we picked it: nothing was sent; pick again.
                 ended = Some(link);
                 continue;
             };
-            let _guard = PendingGuard {
-                pending: link.pending.clone(),
+            let mut guard = PendingGuard {
+                requests: &link.requests,
                 id,
+                armed: true,
             };
             let mut package = BytesMut::new();
             Message::request(id, link.wire_route(route), encode(&link)?)
@@ -547,19 +550,24 @@ impl Client {
                 id,
                 after: self.timeout,
             };
-            if tokio::time::timeout_at(deadline, link.outbound.send(package.freeze()))
+            if !queue_before(&link.outbound, package.freeze(), deadline)
                 .await
-                .map_err(|_| timed_out())?
-                .is_err()
+                .map_err(|()| timed_out())?
             {
                 // Not queued (the connection ended): nothing was sent; pick again.
+                drop(guard);
                 ended = Some(link);
                 continue;
             }
-            return match tokio::time::timeout_at(deadline, rx).await {
-                Ok(Ok(result)) => result.map(|body| (body, link)),
-                Ok(Err(_)) => Err(disconnected(&link)),
-                Err(_) => Err(timed_out()),
+            let answer = rx.await;
+            // Whoever answered took the waiter out.
+            guard.disarm();
+            drop(guard);
+            return match answer {
+                Ok(Answer::Body(body)) => Ok((body, link)),
+                Ok(Answer::Failed(error)) => Err(error),
+                Ok(Answer::TimedOut) => Err(timed_out()),
+                Err(_) => Err(disconnected(&link)),
             };
         }
     }
@@ -628,14 +636,14 @@ impl Client {
             let link = self.link_before(deadline, route, ended.as_ref()).await?;
             let mut package = BytesMut::new();
             Message::notify(link.wire_route(route), encode(&link)?).encode_package(&mut package)?;
-            let queued = tokio::time::timeout_at(deadline, link.outbound.send(package.freeze()))
+            let queued = queue_before(&link.outbound, package.freeze(), deadline)
                 .await
-                .map_err(|_| Error::Timeout {
+                .map_err(|()| Error::Timeout {
                     route: route.to_owned(),
                     id: 0,
                     after: self.timeout,
                 })?;
-            if queued.is_ok() {
+            if queued {
                 return Ok(());
             }
             // Not queued (the connection ended): pick again.
@@ -644,9 +652,31 @@ impl Client {
     }
 }
 
+/// Queue `package` for the connection task, waiting for room until `deadline` (the timer is
+/// only made when the queue is full). `Ok(false)`: the connection ended (nothing queued);
+/// `Err(())`: the deadline passed.
+async fn queue_before(
+    outbound: &mpsc::Sender<Bytes>,
+    package: Bytes,
+    deadline: Instant,
+) -> Result<bool, ()> {
+    match outbound.try_send(package) {
+        Ok(()) => Ok(true),
+        Err(TrySendError::Closed(_)) => Ok(false),
+        Err(TrySendError::Full(package)) => {
+            match tokio::time::timeout_at(deadline, outbound.send(package)).await {
+                Ok(sent) => Ok(sent.is_ok()),
+                Err(_) => Err(()),
+            }
+        }
+    }
+}
+
 /// The error of a call on a connection that ended: its reason.
 fn disconnected(link: &Link) -> Error {
-    let reason = lock(&link.pending)
+    let reason = link
+        .requests
+        .lock()
         .closed_reason()
         .unwrap_or(DisconnectReason::Closed);
     Error::Disconnected(reason)
@@ -741,16 +771,17 @@ async fn open(
     debug!(peer, %transport, ?heartbeat, dict = dictionary.is_some(), protos = protos.is_some(), "connected");
 
     let (outbound_tx, outbound_rx) = mpsc::channel(config.send_queue_capacity);
-    let pending = Arc::new(Mutex::new(Pending::default()));
+    let requests = Arc::new(Requests::default());
     let driver = ClientDriver {
         conn,
         peer: peer.to_owned(),
         outbound: outbound_rx,
         shutdown: stop.clone(),
-        pending: pending.clone(),
+        requests: requests.clone(),
         subscribers: subscribers.clone(),
         routes: RouteCache::new(dictionary.clone()),
         pushes: Vec::new(),
+        batch: Vec::new(),
         protos: protos.clone(),
         events: events.clone(),
         heartbeat,
@@ -763,7 +794,7 @@ async fn open(
         peer: peer.to_owned(),
         transport,
         outbound: outbound_tx,
-        pending,
+        requests,
         dictionary,
         protos,
         handshake: Arc::new(reply),

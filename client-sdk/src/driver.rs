@@ -14,17 +14,23 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::sync::{Arc, Mutex};
+use std::convert::Infallible;
+use std::hash::{BuildHasher, Hasher};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use shaddock_protocol::RouteDictionary;
 use shaddock_protocol::handshake::Kick;
 use shaddock_protocol::message::{Message, MessageRoute, MessageType};
 use shaddock_protocol::package::{Package, PackageType};
 use shaddock_protocol::protobuf::Protos;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace, warn};
 
@@ -36,14 +42,72 @@ use crate::{DisconnectReason, Error};
 /// `03 000000`: a HEARTBEAT package.
 const HEARTBEAT: &[u8] = &[0x03, 0, 0, 0];
 
-/// What a waiting request gets: the raw response body, or why there will be none.
-pub(crate) type Waiter = oneshot::Sender<Result<Bytes, Error>>;
+/// What a waiting request gets.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// The raw response body.
+    Body(Bytes),
+    /// Why there will be none (the connection ended).
+    Failed(Error),
+    /// Its deadline passed first (the caller makes the [`Error::Timeout`]).
+    TimedOut,
+}
 
-/// The in-flight requests: `id → waiter`, and the id counter.
+/// Where a request's answer goes.
+pub(crate) type Waiter = oneshot::Sender<Answer>;
+
+/// A request waiting for its response.
+#[derive(Debug)]
+struct Waiting {
+    waiter: Waiter,
+    deadline: Instant,
+}
+
+/// Hashes request ids (small sequential `u32`s) with one multiplication instead of SipHash:
+/// the ids are chosen here, not by the server.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct IdHash;
+
+impl BuildHasher for IdHash {
+    type Hasher = IdHasher;
+
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+/// The [`Hasher`] of [`IdHash`].
+#[derive(Debug, Default)]
+pub(crate) struct IdHasher(u64);
+
+/// 2^64 / φ: consecutive ids spread over both the low bits (the bucket) and the high bits
+/// (hashbrown's tag) of the hash.
+const FIBONACCI: u64 = 0x9E37_79B9_7F4A_7C15;
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        self.0 = (self.0 ^ u64::from(id)).wrapping_mul(FIBONACCI);
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(FIBONACCI);
+        }
+    }
+}
+
+/// The in-flight requests: `id → waiter` with each request's deadline, and the id counter.
 #[derive(Debug)]
 pub(crate) struct Pending {
     next_id: u32,
-    waiters: HashMap<u32, Waiter>,
+    waiters: HashMap<u32, Waiting, IdHash>,
+    /// When the connection task sweeps the expired requests next: no later than the earliest
+    /// deadline of `waiters` (`None`: no sweep planned).
+    sweep_at: Option<Instant>,
     /// Set when the connection has ended: new requests fail at once with this reason.
     closed: Option<DisconnectReason>,
 }
@@ -52,7 +116,8 @@ impl Default for Pending {
     fn default() -> Self {
         Self {
             next_id: 1,
-            waiters: HashMap::new(),
+            waiters: HashMap::default(),
+            sweep_at: None,
             closed: None,
         }
     }
@@ -60,10 +125,16 @@ impl Default for Pending {
 
 impl Pending {
     /// Register a waiter under a fresh id: ids start at 1, wrap within `u32` skipping 0
-    /// (0 means "no response wanted") and skip ids still waiting.
-    pub(crate) fn register(&mut self, waiter: Waiter) -> Result<u32, Error> {
+    /// (0 means "no response wanted") and skip ids still waiting. Also says whether the
+    /// request's `deadline` comes before the planned sweep (the connection task must then
+    /// move its timer: [`Requests::register`] tells it).
+    fn register(&mut self, waiter: Waiter, deadline: Instant) -> Result<(u32, bool), Error> {
         if let Some(reason) = &self.closed {
             return Err(Error::Disconnected(reason.clone()));
+        }
+        let earlier = self.sweep_at.is_none_or(|at| deadline < at);
+        if earlier {
+            self.sweep_at = Some(deadline);
         }
         loop {
             let id = self.next_id;
@@ -72,14 +143,42 @@ impl Pending {
                 next => next,
             };
             if let Entry::Vacant(slot) = self.waiters.entry(id) {
-                slot.insert(waiter);
-                return Ok(id);
+                slot.insert(Waiting { waiter, deadline });
+                return Ok((id, earlier));
             }
         }
     }
 
     pub(crate) fn remove(&mut self, id: u32) -> Option<Waiter> {
-        self.waiters.remove(&id)
+        self.waiters.remove(&id).map(|w| w.waiter)
+    }
+
+    /// Move the waiters whose deadline is not after `now` to `expired`; plan the next sweep
+    /// at the earliest deadline left, and return it. One pass over the waiting requests
+    /// (the cost of a sweep grows with them; sweeps come at most once per timer tick, 1 ms,
+    /// and with one timeout for all requests about once per timeout).
+    fn sweep(&mut self, now: Instant, expired: &mut Vec<Waiter>) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        expired.extend(
+            self.waiters
+                .extract_if(|_, w| {
+                    if w.deadline <= now {
+                        return true;
+                    }
+                    next = Some(next.map_or(w.deadline, |n| n.min(w.deadline)));
+                    false
+                })
+                .map(|(_, w)| w.waiter),
+        );
+        self.sweep_at = next;
+        next
+    }
+
+    /// End: no new request is accepted; the waiters are handed back (to be failed).
+    fn close(&mut self, reason: DisconnectReason) -> Vec<Waiter> {
+        self.closed = Some(reason);
+        self.sweep_at = None;
+        self.waiters.drain().map(|(_, w)| w.waiter).collect()
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -102,21 +201,110 @@ impl Pending {
     }
 }
 
-/// Lock helper: a poisoned lock still holds a consistent map (no code panics while holding it).
-pub(crate) fn lock(pending: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
-    pending.lock().unwrap_or_else(|p| p.into_inner())
+/// The requests of one connection, shared by the callers and the connection task. Request
+/// timeouts are enforced by the connection task: one timer per connection, set to the
+/// earliest deadline, instead of a timer per request (see [`sweep_deadlines`]).
+#[derive(Debug, Default)]
+pub(crate) struct Requests {
+    pending: Mutex<Pending>,
+    /// Set when a request's deadline comes before the planned sweep.
+    rearm: AtomicBool,
+    /// The connection task, woken when `rearm` is set.
+    task: AtomicWaker,
 }
 
-/// Removes a request's waiter when the call ends early (timeout, cancelled future).
-pub(crate) struct PendingGuard {
-    pub(crate) pending: Arc<Mutex<Pending>>,
-    pub(crate) id: u32,
-}
-
-impl Drop for PendingGuard {
-    fn drop(&mut self) {
-        lock(&self.pending).remove(self.id);
+impl Requests {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Pending> {
+        // A poisoned lock still holds a consistent map (no code panics while holding it).
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Register a request that fails with [`Answer::TimedOut`] at `deadline` unless answered
+    /// before; its id.
+    pub(crate) fn register(&self, waiter: Waiter, deadline: Instant) -> Result<u32, Error> {
+        let (id, earlier) = self.lock().register(waiter, deadline)?;
+        if earlier {
+            self.rearm.store(true, Ordering::Release);
+            self.task.wake();
+        }
+        Ok(id)
+    }
+}
+
+/// Removes a request's waiter when the call ends early (queueing timed out, cancelled
+/// future); [`disarm`](Self::disarm)ed once the answer came (its waiter is already gone).
+pub(crate) struct PendingGuard<'a> {
+    pub(crate) requests: &'a Requests,
+    pub(crate) id: u32,
+    pub(crate) armed: bool,
+}
+
+impl PendingGuard<'_> {
+    pub(crate) fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.requests.lock().remove(self.id);
+        }
+    }
+}
+
+/// The connection task's request timeouts: a timer set to the earliest deadline (moved when
+/// a request with an earlier one comes); when it fires, the expired requests get
+/// [`Answer::TimedOut`]. Polled with the connection's loop in the same task, so it runs even
+/// while that loop waits for a write. With the same timeout for every request the timer
+/// fires about once per timeout, whatever the request rate.
+async fn sweep_deadlines(requests: &Requests) -> Infallible {
+    let timer = tokio::time::sleep(FAR);
+    tokio::pin!(timer);
+    let (mut polled, mut registered) = (false, false);
+    let mut expired = Vec::new();
+    std::future::poll_fn(|cx| {
+        loop {
+            // The waker stays registered until a rearm's wake takes it.
+            if !registered {
+                requests.task.register(cx.waker());
+                registered = true;
+            }
+            if requests.rearm.swap(false, Ordering::AcqRel) {
+                registered = false;
+                let at = requests.lock().sweep_at;
+                timer
+                    .as_mut()
+                    .reset(at.unwrap_or_else(|| Instant::now() + FAR));
+                polled = false;
+                continue;
+            }
+            if poll_timer(timer.as_mut(), &mut polled, cx).is_pending() {
+                return Poll::Pending;
+            }
+            let now = Instant::now();
+            let next = requests.lock().sweep(now, &mut expired);
+            for waiter in expired.drain(..) {
+                let _ = waiter.send(Answer::TimedOut);
+            }
+            timer.as_mut().reset(next.unwrap_or(now + FAR));
+            polled = false;
+        }
+    })
+    .await
+}
+
+/// Poll `timer` only when it may have fired. Once polled (and pending) a timer wakes this
+/// task when it fires, and until then `is_elapsed` (one atomic load) says no, so the polls
+/// of the other wake-ups (each a coop-budget check and a waker registration) are skipped.
+/// `polled` is false for a timer not polled since it was made or reset.
+fn poll_timer(timer: Pin<&mut Sleep>, polled: &mut bool, cx: &mut Context<'_>) -> Poll<()> {
+    if *polled && !timer.is_elapsed() {
+        return Poll::Pending;
+    }
+    let ready = timer.poll(cx);
+    *polled = ready.is_pending();
+    ready
 }
 
 /// Everything the connection task owns.
@@ -125,7 +313,7 @@ pub(crate) struct ClientDriver {
     pub(crate) peer: String,
     pub(crate) outbound: mpsc::Receiver<Bytes>,
     pub(crate) shutdown: CancellationToken,
-    pub(crate) pending: Arc<Mutex<Pending>>,
+    pub(crate) requests: Arc<Requests>,
     pub(crate) subscribers: Arc<Subscribers>,
     pub(crate) protos: Option<Arc<Protos>>,
     pub(crate) events: mpsc::Sender<Event>,
@@ -138,6 +326,8 @@ pub(crate) struct ClientDriver {
     pub(crate) write_timeout: Duration,
     /// The pushes of the current read, delivered together (kept to reuse its allocation).
     pub(crate) pushes: Vec<Push>,
+    /// The packages of the current write (kept to reuse its allocation).
+    pub(crate) batch: Vec<Bytes>,
     pub(crate) routes: RouteCache,
 }
 
@@ -200,7 +390,14 @@ impl ClientDriver {
         // Packages that came in the same read as the handshake reply go first.
         let reason = match self.handle_read().1 {
             Some(reason) => reason,
-            None => self.drive().await,
+            None => {
+                let requests = self.requests.clone();
+                tokio::select! {
+                    biased;
+                    reason = self.drive() => reason,
+                    never = sweep_deadlines(&requests) => match never {},
+                }
+            }
         };
         self.finish(reason).await
     }
@@ -210,15 +407,34 @@ impl ClientDriver {
         let shutdown = self.shutdown.clone();
         let cancelled = shutdown.cancelled();
         let now = Instant::now();
-        let ping = tokio::time::sleep_until(now + self.heartbeat.unwrap_or(FAR));
-        let deadline = tokio::time::sleep_until(now + self.heartbeat_timeout.unwrap_or(FAR));
-        tokio::pin!(cancelled, ping, deadline);
-        // When something last arrived from the server: `deadline` is only moved when it fires.
+        // One timer for both heartbeat duties: the next heartbeat to send (`ping_at`) and the
+        // dead-server check (`check_at`, moved lazily to `last_heard + timeout` when due).
+        let mut ping_at = now + self.heartbeat.unwrap_or(FAR);
+        let mut check_at = now + self.heartbeat_timeout.unwrap_or(FAR);
+        let timer = tokio::time::sleep_until(ping_at.min(check_at));
+        tokio::pin!(cancelled, timer);
+        let mut timer_polled = false;
+        // Set while the send queue was found empty (this task is then woken by the next
+        // package, or when the queue closes): its emptiness is checked before polling it.
+        let mut queue_waiting = false;
+        // Polled once, `cancelled` wakes this task when the token is cancelled; after that a
+        // look at the token is enough (no poll of the token's waiter list per wake-up).
+        let mut watching = false;
+        // When something last arrived from the server.
         let mut last_heard = now;
         loop {
             // Not `biased`: a flood of pushes must not starve writes and timers.
             tokio::select! {
-                () = &mut cancelled => {
+                () = std::future::poll_fn(|cx| {
+                    if shutdown.is_cancelled() {
+                        return Poll::Ready(());
+                    }
+                    if watching {
+                        return Poll::Pending;
+                    }
+                    watching = true;
+                    cancelled.as_mut().poll(cx)
+                }) => {
                     self.drain_outbound().await;
                     break DisconnectReason::Closed;
                 }
@@ -235,7 +451,15 @@ impl ClientDriver {
                     Ok(false) => break DisconnectReason::ServerClosed,
                     Err(error) => break self.read_failed(error),
                 },
-                first = self.outbound.recv() => match first {
+                first = std::future::poll_fn(|cx| {
+                    let outbound = &mut self.outbound;
+                    if queue_waiting && outbound.is_empty() && !outbound.is_closed() {
+                        return Poll::Pending;
+                    }
+                    let first = outbound.poll_recv(cx);
+                    queue_waiting = first.is_pending();
+                    first
+                }) => match first {
                     Some(first) => {
                         if let Err(reason) = self.write_batch(first).await {
                             break reason;
@@ -244,23 +468,27 @@ impl ClientDriver {
                     // Every Client handle is gone: nobody can use this connection any more.
                     None => break DisconnectReason::Closed,
                 },
-                () = &mut ping, if self.heartbeat.is_some() => {
-                    trace!(peer = %self.peer, "heartbeat");
-                    if let Err(reason) = self.send(&[Bytes::from_static(HEARTBEAT)]).await {
-                        break reason;
+                () = std::future::poll_fn(|cx| poll_timer(timer.as_mut(), &mut timer_polled, cx)),
+                    if self.heartbeat.is_some() => {
+                    let now = Instant::now();
+                    if let Some(after) = self.heartbeat_timeout.filter(|_| check_at <= now) {
+                        let due = last_heard + after;
+                        if due <= now {
+                            warn!(peer = %self.peer, ?after, "heartbeat timeout: the server is silent");
+                            self.emit(Event::HeartbeatTimeout { after });
+                            break DisconnectReason::HeartbeatTimeout { after };
+                        }
+                        check_at = due;
                     }
-                    ping.as_mut().reset(Instant::now() + self.heartbeat.unwrap_or(FAR));
-                }
-                () = &mut deadline, if self.heartbeat_timeout.is_some() => {
-                    let after = self.heartbeat_timeout.unwrap_or(FAR);
-                    let due = last_heard + after;
-                    if due > Instant::now() {
-                        deadline.as_mut().reset(due);
-                        continue;
+                    if ping_at <= now {
+                        trace!(peer = %self.peer, "heartbeat");
+                        if let Err(reason) = self.send(&[Bytes::from_static(HEARTBEAT)]).await {
+                            break reason;
+                        }
+                        ping_at = Instant::now() + self.heartbeat.unwrap_or(FAR);
                     }
-                    warn!(peer = %self.peer, ?after, "heartbeat timeout: the server is silent");
-                    self.emit(Event::HeartbeatTimeout { after });
-                    break DisconnectReason::HeartbeatTimeout { after };
+                    timer.as_mut().reset(ping_at.min(check_at));
+                    timer_polled = false;
                 }
             }
         }
@@ -303,8 +531,10 @@ impl ClientDriver {
 
     /// Write `first` and whatever else is queued, up to `max_write_batch` bytes.
     async fn write_batch(&mut self, first: Bytes) -> Result<(), DisconnectReason> {
+        // The batch's Vec is kept across writes (no allocation per write).
+        let mut batch = std::mem::take(&mut self.batch);
         let mut size = first.len();
-        let mut batch = vec![first];
+        batch.push(first);
         while size < self.max_write_batch {
             match self.outbound.try_recv() {
                 Ok(next) => {
@@ -314,19 +544,26 @@ impl ClientDriver {
                 Err(_) => break,
             }
         }
-        self.send(&batch).await
+        let sent = self.send(&batch).await;
+        batch.clear();
+        self.batch = batch;
+        sent
     }
 
     /// Write packages, bounded by the write timeout: a server that stops reading ends the
-    /// connection instead of wedging this task.
+    /// connection instead of wedging this task. The timer is made only for a write that does
+    /// not complete at once (the usual write costs none).
     async fn send(&mut self, packages: &[Bytes]) -> Result<(), DisconnectReason> {
-        match tokio::time::timeout(self.write_timeout, self.conn.send(packages)).await {
+        let (conn, peer, after) = (&mut self.conn, &self.peer, self.write_timeout);
+        let write = conn.send(packages);
+        tokio::pin!(write);
+        if let Poll::Ready(result) = futures_util::poll!(write.as_mut()) {
+            return result;
+        }
+        match tokio::time::timeout(after, write).await {
             Ok(result) => result,
             Err(_) => Err(DisconnectReason::Io {
-                error: format!(
-                    "write to {} timed out after {:?}",
-                    self.peer, self.write_timeout
-                ),
+                error: format!("write to {peer} timed out after {after:?}"),
             }),
         }
     }
@@ -385,12 +622,12 @@ impl ClientDriver {
         };
         match message.kind {
             MessageType::Response => {
-                let waiter = lock(&self.pending).remove(message.id);
+                let waiter = self.requests.lock().remove(message.id);
                 match waiter {
                     Some(waiter) => {
                         // Pushes that came before the response are queued before it completes.
                         self.flush_pushes();
-                        let _ = waiter.send(Ok(message.body));
+                        let _ = waiter.send(Answer::Body(message.body));
                     }
                     None => debug!(
                         peer = %self.peer, id = message.id,
@@ -445,14 +682,7 @@ impl ClientDriver {
     async fn finish(mut self, reason: DisconnectReason) -> DisconnectReason {
         debug!(peer = %self.peer, %reason, "connection ended");
         self.flush_pushes();
-        let waiters: Vec<Waiter> = {
-            let mut pending = lock(&self.pending);
-            pending.closed = Some(reason.clone());
-            pending.waiters.drain().map(|(_, w)| w).collect()
-        };
-        for waiter in waiters {
-            let _ = waiter.send(Err(Error::Disconnected(reason.clone())));
-        }
+        fail_waiters(&self.requests, &reason);
         self.outbound.close();
         let close = async move {
             let _ = tokio::time::timeout(self.close_timeout, self.conn.close()).await;
@@ -469,6 +699,34 @@ impl ClientDriver {
     }
 }
 
+/// End `requests` (when not ended yet): every waiter gets [`Error::Disconnected`].
+fn fail_waiters(requests: &Requests, reason: &DisconnectReason) {
+    let waiters = {
+        let mut pending = requests.lock();
+        if pending.is_closed() {
+            return;
+        }
+        pending.close(reason.clone())
+    };
+    for waiter in waiters {
+        let _ = waiter.send(Answer::Failed(Error::Disconnected(reason.clone())));
+    }
+}
+
+impl Drop for ClientDriver {
+    /// A connection task that ends without [`finish`](Self::finish) (it panicked, or its
+    /// runtime is shutting down) still fails its waiting requests: their timeouts were its
+    /// timer.
+    fn drop(&mut self) {
+        fail_waiters(
+            &self.requests,
+            &DisconnectReason::Io {
+                error: "the connection task ended".to_owned(),
+            },
+        );
+    }
+}
+
 /// A timer that is never due (its `select!` branch is disabled anyway).
 const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 
@@ -476,33 +734,91 @@ const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 mod tests {
     use super::*;
 
+    fn later(secs: u64) -> Instant {
+        Instant::now() + Duration::from_secs(secs)
+    }
+
     #[test]
     fn ids_start_at_one_wrap_skipping_zero_and_busy_ids() {
         let mut p = Pending::default();
         let (tx, _rx) = oneshot::channel();
-        assert_eq!(p.register(tx).unwrap(), 1);
+        assert_eq!(p.register(tx, later(10)).unwrap(), (1, true));
         p.set_next_id(u32::MAX);
         let (tx, _rx2) = oneshot::channel();
-        assert_eq!(p.register(tx).unwrap(), u32::MAX);
+        assert_eq!(p.register(tx, later(10)).unwrap().0, u32::MAX);
         // 0 is skipped, 1 is still waiting: next is 2.
         let (tx, _rx3) = oneshot::channel();
-        assert_eq!(p.register(tx).unwrap(), 2);
+        assert_eq!(p.register(tx, later(10)).unwrap().0, 2);
         assert_eq!(p.len(), 3);
         p.remove(1);
         p.closed = Some(DisconnectReason::ServerClosed);
         let (tx, _rx4) = oneshot::channel();
-        assert!(p.register(tx).unwrap_err().is_disconnected());
+        assert!(p.register(tx, later(10)).unwrap_err().is_disconnected());
     }
 
     #[test]
-    fn guard_removes_its_waiter() {
-        let pending = Arc::new(Mutex::new(Pending::default()));
+    fn the_sweep_moves_only_for_an_earlier_deadline_and_takes_the_expired() {
+        let mut p = Pending::default();
+        let now = Instant::now();
+        let at = |secs| now + Duration::from_secs(secs);
+        let mut rxs = Vec::new();
+        let mut add = |p: &mut Pending, deadline| {
+            let (tx, rx) = oneshot::channel();
+            rxs.push(rx);
+            p.register(tx, deadline).unwrap()
+        };
+        assert_eq!(add(&mut p, at(5)), (1, true));
+        assert_eq!(
+            add(&mut p, at(9)),
+            (2, false),
+            "later: the planned sweep stands"
+        );
+        assert_eq!(add(&mut p, at(2)), (3, true), "earlier: the sweep moves");
+        assert_eq!(p.sweep_at, Some(at(2)));
+        let mut expired = Vec::new();
+        assert_eq!(p.sweep(at(1), &mut expired), Some(at(2)));
+        assert!(expired.is_empty());
+        assert_eq!(p.sweep(at(5), &mut expired), Some(at(9)));
+        assert_eq!(expired.len(), 2);
+        assert_eq!(p.len(), 1);
+        assert!(p.remove(2).is_some());
+        assert_eq!(p.sweep(at(6), &mut expired), None);
+        assert_eq!(
+            add(&mut p, at(20)),
+            (4, true),
+            "nothing planned: the sweep is set"
+        );
+    }
+
+    #[test]
+    fn guard_removes_its_waiter_unless_disarmed() {
+        let requests = Requests::default();
         let (tx, _rx) = oneshot::channel();
-        let id = lock(&pending).register(tx).unwrap();
+        let id = requests.register(tx, later(10)).unwrap();
         drop(PendingGuard {
-            pending: pending.clone(),
+            requests: &requests,
             id,
+            armed: true,
         });
-        assert_eq!(lock(&pending).len(), 0);
+        assert_eq!(requests.lock().len(), 0);
+        let (tx, _rx) = oneshot::channel();
+        let id = requests.register(tx, later(10)).unwrap();
+        let mut guard = PendingGuard {
+            requests: &requests,
+            id,
+            armed: true,
+        };
+        guard.disarm();
+        drop(guard);
+        assert_eq!(requests.lock().len(), 1);
+    }
+
+    #[test]
+    fn ids_hash_apart() {
+        let hash = |id: u32| IdHash.hash_one(id);
+        let buckets: std::collections::HashSet<u64> = (0..1024).map(|id| hash(id) & 1023).collect();
+        assert_eq!(buckets.len(), 1024, "consecutive ids fill distinct buckets");
+        let tags: std::collections::HashSet<u64> = (0..1024).map(|id| hash(id) >> 57).collect();
+        assert!(tags.len() > 100, "and vary the high bits: {}", tags.len());
     }
 }

@@ -14,11 +14,12 @@
 //! brought without waiting. Package bodies are slices of the read buffer (no copy).
 
 use std::fmt;
+use std::pin::Pin;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use shaddock_protocol::package::{FramePackages, Package, PackageDecoder};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -60,10 +61,16 @@ pub(crate) enum ReadError {
 /// Bytes the TCP read buffer grows by when it runs low. Package bodies share the buffer, so
 /// a block stays allocated until the last push read from it is dropped.
 const READ_CHUNK: usize = 16 * 1024;
-/// tungstenite's read buffer: it zero-fills the free part of it before every read, so its
-/// size is paid per read (at 16 KiB that memset was ~2/3 of the generator's instructions on
-/// WebSocket); a larger frame grows it for as long as it needs.
-const WS_READ_BUFFER: usize = 4 * 1024;
+/// Most bytes tungstenite takes per read from the socket buffer ([`WS_SOCKET_READ`]). It
+/// zero-fills that much of its read buffer before **every** read, including the reads that
+/// find nothing (each poll of a connection task woken by something else), so its size is paid
+/// per poll: at 16 KiB that memset was ~2/3 of the generator's instructions on WebSocket, at
+/// 4 KiB still ~30 %. A larger frame grows the buffer for as long as it needs.
+const WS_READ_BUFFER: usize = 512;
+/// The socket reads of a WebSocket connection go through a buffer of this size (filled
+/// without zeroing), so a small [`WS_READ_BUFFER`] costs no extra system calls: a burst of
+/// pushes is still read from the socket 4 KiB at a time.
+const WS_SOCKET_READ: usize = 4 * 1024;
 /// Grow the read buffer before a read when less than this is free (no tiny reads).
 const MIN_READ: usize = 4 * 1024;
 
@@ -76,10 +83,14 @@ pub(crate) enum Conn {
         decoder: PackageDecoder,
     },
     Ws {
-        ws: Box<WebSocketStream<Box<dyn Io>>>,
+        ws: Box<WebSocketStream<BufReader<Box<dyn Io>>>>,
         /// The packages of the last message not yet taken (they share its buffer).
         pending: Option<FramePackages>,
         max_package_size: usize,
+        /// tungstenite's last read found no whole frame and the socket buffer empty: until
+        /// the socket has data, asking it again would only cost a read attempt (and its
+        /// zero-fill), so [`Conn::fill`] waits on the socket buffer instead.
+        starved: bool,
     },
 }
 
@@ -109,6 +120,7 @@ impl Conn {
                     .read_buffer_size(WS_READ_BUFFER)
                     .max_message_size(Some(config.max_message_size))
                     .max_frame_size(Some(config.max_message_size));
+                let io = BufReader::with_capacity(WS_SOCKET_READ, io);
                 let (ws, _response) =
                     tokio_tungstenite::client_async_with_config(url, io, Some(ws_config))
                         .await
@@ -120,6 +132,7 @@ impl Conn {
                     ws: Box::new(ws),
                     pending: None,
                     max_package_size: config.max_package_size,
+                    starved: false,
                 })
             }
         }
@@ -187,8 +200,29 @@ impl Conn {
                 ws,
                 pending,
                 max_package_size,
+                starved,
             } => loop {
-                match ws.next().await {
+                if *starved {
+                    // Wait for the socket itself (a read into the socket buffer, no zero-fill);
+                    // what it brings (data, end, error) is then tungstenite's to read.
+                    let filled = std::future::poll_fn(|cx| {
+                        Pin::new(ws.get_mut()).poll_fill_buf(cx).map_ok(|_| ())
+                    })
+                    .await;
+                    *starved = false;
+                    if let Err(e) = filled {
+                        return Err(ReadError::Other(DisconnectReason::Io {
+                            error: tokio_tungstenite::tungstenite::Error::Io(e).to_string(),
+                        }));
+                    }
+                }
+                let next = std::future::poll_fn(|cx| {
+                    let next = ws.poll_next_unpin(cx);
+                    *starved = next.is_pending();
+                    next
+                })
+                .await;
+                match next {
                     Some(Ok(WsMessage::Binary(msg))) => {
                         if msg.is_empty() {
                             return Err(ReadError::Other(DisconnectReason::Protocol {

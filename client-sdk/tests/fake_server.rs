@@ -255,6 +255,103 @@ async fn request_timeout_removes_the_waiter_and_late_responses_are_ignored() {
     within(server).await.unwrap();
 }
 
+/// Request timeouts are swept by the connection task with one timer per connection: a
+/// request with a shorter timeout than the ones already waiting still fails at its own
+/// deadline, and the longer one still gets its answer.
+#[tokio::test]
+async fn a_shorter_timeout_than_the_waiting_ones_still_fires() {
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let (addr, server) = fake_server(Transport::Tcp, |mut peer| async move {
+        peer.handshake(r#"{"code":200,"sys":{}}"#).await;
+        let long = peer.recv_message().await;
+        assert_eq!(long.route.as_str(), Some("a.b.long"));
+        let short = peer.recv_message().await;
+        assert_eq!(short.route.as_str(), Some("a.b.short"));
+        // Answer the long one only once the short one has timed out.
+        let _ = release_rx.await;
+        peer.send_message(&Message::response(long.id, &b"{\"n\":1}"[..]))
+            .await;
+        peer.drain().await
+    })
+    .await;
+    let (client, _events) = within(Client::connect(&addr.to_string(), Transport::Tcp, config()))
+        .await
+        .unwrap();
+    let long = {
+        let client = client.clone();
+        tokio::spawn(async move { client.request("a.b.long", &json!({})).await })
+    };
+    // The long request is registered first (its 5 s deadline is the planned sweep).
+    while client.pending_requests() == 0 {
+        tokio::task::yield_now().await;
+    }
+    let err = within(
+        client
+            .with_timeout(Duration::from_millis(100))
+            .request("a.b.short", &json!({})),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::Timeout { route, after, .. }
+            if route == "a.b.short" && *after == Duration::from_millis(100)),
+        "{err}"
+    );
+    assert_eq!(client.pending_requests(), 1, "the long one still waits");
+    release_tx.send(()).unwrap();
+    assert_eq!(within(long).await.unwrap().unwrap(), json!({"n": 1}));
+    assert_eq!(client.pending_requests(), 0);
+    client.close().await;
+    within(server).await.unwrap();
+}
+
+/// While the connection task waits for a write (a server that does not read, a send queue
+/// of 24 MiB of notifies), a request still times out at its own deadline, not at the write
+/// timeout's.
+async fn timeout_while_a_write_is_stuck(transport: Transport) {
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let (addr, server) = fake_server(transport, |mut peer| async move {
+        peer.handshake(r#"{"code":200,"sys":{}}"#).await;
+        // Read nothing more until the test is done.
+        let _ = release_rx.await;
+        drop(peer);
+    })
+    .await;
+    let mut config = config();
+    config.write_timeout = Duration::from_secs(60);
+    let (client, _events) = within(Client::connect(&addr.to_string(), transport, config))
+        .await
+        .unwrap();
+    let body = bytes::Bytes::from(vec![b'x'; 8 << 20]);
+    for _ in 0..3 {
+        within(client.notify_raw("a.b.big", body.clone()))
+            .await
+            .unwrap();
+    }
+    let err = within(
+        client
+            .with_timeout(Duration::from_millis(200))
+            .request("a.b.stuck", &json!({})),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert_eq!(client.pending_requests(), 0);
+    release_tx.send(()).unwrap();
+    within(server).await.unwrap();
+    drop(client);
+}
+
+#[tokio::test]
+async fn tcp_request_times_out_while_a_write_is_stuck() {
+    timeout_while_a_write_is_stuck(Transport::Tcp).await;
+}
+
+#[tokio::test]
+async fn ws_request_times_out_while_a_write_is_stuck() {
+    timeout_while_a_write_is_stuck(Transport::WebSocket).await;
+}
+
 #[tokio::test]
 async fn dropped_request_future_forgets_its_waiter() {
     let (addr, server) = fake_server(Transport::Tcp, |mut peer| async move {
@@ -339,6 +436,55 @@ async fn split_and_batched(transport: Transport) {
     }
     client.close().await;
     within(server).await.unwrap();
+}
+
+/// Messages larger than the client's read buffers (the WebSocket path reads the socket 4 KiB
+/// at a time and hands tungstenite 512 bytes at a time): a 200 KiB push alone, then in one
+/// write / one WebSocket message a response and pushes of 3 KiB each; every byte arrives.
+async fn larger_than_the_read_buffers(transport: Transport) {
+    let big: Vec<u8> = (0..200 * 1024).map(|i| (i % 251) as u8).collect();
+    let mid = |n: u8| vec![n; 3 * 1024];
+    let expected = big.clone();
+    let (addr, server) = fake_server(transport, move |mut peer| async move {
+        peer.handshake(r#"{"code":200,"sys":{}}"#).await;
+        let m = peer.recv_message().await;
+        let package = |m: Message| m.to_package().unwrap().to_bytes().unwrap();
+        peer.send_raw(&package(Message::push(MessageRoute::name("onBig"), big)))
+            .await;
+        let mut batch = Vec::new();
+        for n in 0..3 {
+            batch.extend_from_slice(&package(Message::push(MessageRoute::name("onMid"), mid(n))));
+        }
+        batch.extend_from_slice(&package(Message::response(m.id, &b"{}"[..])));
+        peer.send_raw(&batch).await;
+        peer.drain().await
+    })
+    .await;
+    let (client, _events) = within(Client::connect(&addr.to_string(), transport, config()))
+        .await
+        .unwrap();
+    let mut pushes = client.on_any();
+    within(client.request("a.b.c", &json!({}))).await.unwrap();
+    let first = within(pushes.recv()).await.unwrap();
+    assert_eq!(&*first.route, "onBig");
+    assert!(first.body[..] == expected[..], "the 200 KiB body is intact");
+    for n in 0..3 {
+        let p = within(pushes.recv()).await.unwrap();
+        assert_eq!(&*p.route, "onMid");
+        assert_eq!(p.body[..], mid(n)[..]);
+    }
+    client.close().await;
+    within(server).await.unwrap();
+}
+
+#[tokio::test]
+async fn tcp_messages_larger_than_the_read_buffers() {
+    larger_than_the_read_buffers(Transport::Tcp).await;
+}
+
+#[tokio::test]
+async fn ws_messages_larger_than_the_read_buffers() {
+    larger_than_the_read_buffers(Transport::WebSocket).await;
 }
 
 #[tokio::test]

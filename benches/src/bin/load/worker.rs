@@ -411,8 +411,10 @@ async fn request_phase(members: &[Member], duration: Duration, cap: u64) -> Valu
             .is_none()
             .then(|| Bytes::from(shaddock_protocol::json::to_vec(&body)));
         set.spawn(async move {
-            while Instant::now() < stop_at && issued.fetch_add(1, Ordering::Relaxed) < cap {
-                let t0 = Instant::now();
+            // One clock read per request: the end of one is the start of the next.
+            let mut now = Instant::now();
+            while now < stop_at && issued.fetch_add(1, Ordering::Relaxed) < cap {
+                let t0 = now;
                 let reply = match &raw {
                     Some(raw) => client
                         .request_raw(SEND_ROUTE, raw.clone())
@@ -426,7 +428,8 @@ async fn request_phase(members: &[Member], duration: Duration, cap: u64) -> Valu
                         }
                     }),
                 };
-                let us = t0.elapsed().as_micros() as u64;
+                now = Instant::now();
+                let us = now.duration_since(t0).as_micros() as u64;
                 match reply {
                     Ok(Ok(())) => {
                         hist.record(us);
