@@ -21,7 +21,7 @@
 //! - [`tls`]: TLS on the client port ([`ServerTls`]), reloadable certificates.
 //!
 //! # Connection life
-//! accept (a permit of `max_connections`, else refused) → sniff the first bytes (with TLS
+//! accept (a slot of `max_connections`, else refused) → sniff the first bytes (with TLS
 //! configured, a ClientHello → TLS handshake → sniff again inside) → WebSocket
 //! upgrade (limits: max message = max package size, bounded write buffer) or raw TCP → the
 //! per-connection driver `select!`s over socket reads, the session's outbound queue, kick

@@ -90,22 +90,47 @@ pub type UnboundHook = Arc<dyn Fn(&Session, &str) + Send + Sync>;
 /// (sent with every forwarded request, see [`Session::settings_json`]).
 #[derive(Default)]
 struct Settings {
-    map: Map<String, Value>,
+    /// The settings, each key once, in the order serde_json's `Map` (with `preserve_order`,
+    /// as this workspace builds it) keeps them: a new key goes last, setting a key again
+    /// keeps its place, and removing one moves the last entry into its place (`Map::remove`
+    /// is `swap_remove`). A boxed slice at its exact size, searched in order: a session holds
+    /// a few settings for its whole life (the chat's one, its room), and a `Map` of one
+    /// entry is 72 bytes in the session plus ~170 on the heap (its hash index, spare room),
+    /// where this is 16 plus the entries. The JSON text and [`Session::settings`] list them
+    /// in the same order as the `Map` did.
+    entries: Box<[(String, Value)]>,
     json: Option<Bytes>,
 }
 
 impl Settings {
-    /// After a change: the JSON text is made again when next asked for, and the map is
-    /// rebuilt at its exact size. Settings change rarely (a handler's `set`, a backend's
-    /// reply) and live as long as the session; an insert into an empty map reserves room
-    /// for three entries (~130 bytes per session more than one setting needs).
-    fn changed(&mut self) {
-        self.json = None;
-        let old = std::mem::take(&mut self.map);
-        let mut map = Map::with_capacity(old.len());
-        map.extend(old);
-        self.map = map;
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
+
+    /// Changes the entries with `f`, then keeps them at their exact size; the JSON text is
+    /// made again when next asked for. Settings change rarely (a handler's `set`, a
+    /// backend's reply) and live as long as the session.
+    fn change<R>(&mut self, f: impl FnOnce(&mut Vec<(String, Value)>) -> R) -> R {
+        let mut entries = std::mem::take(&mut self.entries).into_vec();
+        let r = f(&mut entries);
+        self.entries = entries.into_boxed_slice();
+        self.json = None;
+        r
+    }
+}
+
+/// `Map::insert`: the value of a key already there is replaced in its place.
+fn insert_setting(entries: &mut Vec<(String, Value)>, key: String, value: Value) {
+    match entries.iter_mut().find(|(k, _)| *k == key) {
+        Some((_, v)) => *v = value,
+        None => entries.push((key, value)),
+    }
+}
+
+/// `Map::remove` with `preserve_order`: `swap_remove`.
+fn remove_setting(entries: &mut Vec<(String, Value)>, key: &str) -> Option<Value> {
+    let i = entries.iter().position(|(k, _)| k == key)?;
+    Some(entries.swap_remove(i).1)
 }
 
 /// What every session of a service shares: one allocation per frontend, not per session
@@ -207,29 +232,29 @@ impl Session {
 
     /// Sets one setting (pomelo `session.set`).
     pub fn set(&self, key: impl Into<String>, value: Value) {
-        let mut settings = write(&self.inner.settings);
-        settings.map.insert(key.into(), value);
-        settings.changed();
+        let key = key.into();
+        write(&self.inner.settings).change(|e| insert_setting(e, key, value));
     }
 
     /// One setting (pomelo `session.get`).
     pub fn get(&self, key: &str) -> Option<Value> {
-        read(&self.inner.settings).map.get(key).cloned()
+        read(&self.inner.settings).get(key).cloned()
     }
 
     /// Removes one setting.
     pub fn remove(&self, key: &str) -> Option<Value> {
         let mut settings = write(&self.inner.settings);
-        let removed = settings.map.remove(key);
-        if removed.is_some() {
-            settings.changed();
-        }
-        removed
+        settings.get(key)?;
+        settings.change(|e| remove_setting(e, key))
     }
 
     /// A copy of all settings.
     pub fn settings(&self) -> Map<String, Value> {
-        read(&self.inner.settings).map.clone()
+        read(&self.inner.settings)
+            .entries
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// All settings as a JSON object text (`JSON.stringify`), encoded once and kept until a
@@ -242,8 +267,12 @@ impl Session {
         if let Some(json) = &settings.json {
             return json.clone();
         }
+        // Encoded from a `Map` of the entries (moved, not copied, and back after): the
+        // encoder's order of keys is the `Map`'s.
+        let map: Map<String, Value> = std::mem::take(&mut settings.entries).into_iter().collect();
         // Exact size: kept for the session's life (the encoder's buffer starts at 64 bytes).
-        let text = shaddock_protocol::json::object_to_vec(&settings.map).into_boxed_slice();
+        let text = shaddock_protocol::json::object_to_vec(&map).into_boxed_slice();
+        settings.entries = map.into_iter().collect();
         let json = Bytes::from(text);
         settings.json = Some(json.clone());
         json
@@ -262,14 +291,14 @@ impl Session {
         if set.is_empty() && removed.is_empty() {
             return;
         }
-        let mut mine = write(&self.inner.settings);
-        for (k, v) in set {
-            mine.map.insert(k, v);
-        }
-        for k in removed {
-            mine.map.remove(k);
-        }
-        mine.changed();
+        write(&self.inner.settings).change(|entries| {
+            for (k, v) in set {
+                insert_setting(entries, k, v);
+            }
+            for k in removed {
+                remove_setting(entries, k);
+            }
+        });
     }
 
     /// Queues already encoded packages (e.g. a push encoded once for many sessions).
@@ -676,13 +705,14 @@ mod tests {
     }
 
     /// A session lives as long as its connection, idle most of the time: its size is a
-    /// part of every idle connection's memory. 296 bytes (release); with the `Arc`'s two
-    /// counts that is 312, within mimalloc's 320-byte size class (368 + 16 were in the
-    /// 384 class, before the frontend-wide parts moved to `Shared`).
+    /// part of every idle connection's memory. 240 bytes (release); with the `Arc`'s two
+    /// counts that is 256, exactly mimalloc's 256-byte size class (296 + 16 were in the 320
+    /// class, before the settings became a slice instead of a `Map`, 104 → 48 bytes; 368 +
+    /// 16 in the 384 class, before the frontend-wide parts moved to `Shared`).
     #[test]
     fn the_session_stays_small() {
         let size = std::mem::size_of::<SessionInner>();
-        let bound = 304;
+        let bound = 240;
         assert!(
             size <= bound,
             "SessionInner is {size} bytes (bound {bound})"
@@ -779,6 +809,58 @@ mod tests {
         assert_eq!(a.remove("nope"), None);
         assert_eq!(a.remove("rid"), Some(Value::from("room1")));
         assert_eq!(&a.settings_json()[..], b"{}");
+    }
+
+    /// The settings keep the order a serde_json `Map` keeps (what they were before they
+    /// became a slice): after every set, merge, removal and backend change, the same keys in
+    /// the same order, and the same JSON text.
+    #[test]
+    fn settings_keep_the_order_of_a_map() {
+        let svc = service(false);
+        let a = session(&svc, 1);
+        let mut model = Map::new();
+        let check = |a: &Session, model: &Map<String, Value>| {
+            let keys: Vec<String> = a.settings().keys().cloned().collect();
+            let want: Vec<String> = model.keys().cloned().collect();
+            assert_eq!(keys, want);
+            assert_eq!(a.settings(), *model);
+            assert_eq!(
+                &a.settings_json()[..],
+                &shaddock_protocol::json::object_to_vec(model)[..]
+            );
+        };
+        for (i, key) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
+            a.set(key, Value::from(i));
+            model.insert(key.to_owned(), Value::from(i));
+            check(&a, &model);
+        }
+        // Set again: the value changes in its place.
+        a.set("b", Value::from("bee"));
+        model.insert("b".to_owned(), Value::from("bee"));
+        check(&a, &model);
+        // Removed: the last entry takes its place.
+        assert_eq!(a.remove("b"), model.remove("b"));
+        check(&a, &model);
+        assert_eq!(a.remove("a"), model.remove("a"));
+        check(&a, &model);
+        assert_eq!(a.remove("zz"), None);
+        check(&a, &model);
+        // A backend's change: sets in their order, then removals.
+        let mut set = Map::new();
+        set.insert("x".into(), Value::from(1));
+        set.insert("c".into(), Value::from(true));
+        set.insert("7".into(), Value::from("seven"));
+        let removed = ["d".to_owned(), "nope".to_owned()];
+        for (k, v) in set.clone() {
+            model.insert(k, v);
+        }
+        for k in &removed {
+            model.remove(k);
+        }
+        a.apply_settings(set, &removed);
+        check(&a, &model);
+        assert_eq!(a.get("x"), Some(Value::from(1)));
+        assert_eq!(a.get("d"), None);
     }
 
     #[test]

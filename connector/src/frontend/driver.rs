@@ -27,13 +27,13 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
 use shaddock_protocol::connection::{CloseReason, Event, ServerConnection};
 use shaddock_protocol::message::{Message, MessageType};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::Instrument;
@@ -47,32 +47,45 @@ use crate::session::Session;
 use crate::stats::ConnectorStats;
 use crate::transport::Transport;
 
-/// Counts an active connection while it lives (the stats' `active`).
-pub(super) struct ActiveGuard(Arc<ConnectorStats>);
+/// The connections of one `serve` call: at most `max` at once (the listener refuses the
+/// others), each counted in the stats' `active` while it lives.
+pub(super) struct ConnectionLimit {
+    open: AtomicUsize,
+    max: usize,
+    stats: Arc<ConnectorStats>,
+}
 
-impl ActiveGuard {
-    pub(super) fn new(stats: &Arc<ConnectorStats>) -> Self {
-        stats
-            .active
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Self(stats.clone())
+impl ConnectionLimit {
+    pub(super) fn new(max: usize, stats: Arc<ConnectorStats>) -> Self {
+        Self {
+            open: AtomicUsize::new(0),
+            max,
+            stats,
+        }
+    }
+
+    /// A slot for one more connection, unless `max` are open.
+    pub(super) fn try_take(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()?;
+        self.stats.active.fetch_add(1, Ordering::Relaxed);
+        Some(ConnectionSlot(self.clone()))
     }
 }
 
-impl Drop for ActiveGuard {
+/// One connection's place in its [`ConnectionLimit`], held for the connection's whole life
+/// (given back, and the connection no longer counted as active, when dropped). One pointer
+/// per connection, where a semaphore permit and a stats guard were 24 bytes.
+pub(super) struct ConnectionSlot(Arc<ConnectionLimit>);
+
+impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0
-            .active
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.stats.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-/// What a connection holds for its whole life besides its transport and session (for
-/// their `Drop`).
-pub(super) struct Held {
-    /// The connection limit's permit.
-    pub(super) _permit: OwnedSemaphorePermit,
-    pub(super) _active: ActiveGuard,
 }
 
 pin_project_lite::pin_project! {
@@ -100,10 +113,10 @@ enum Phase {
         deadline: Option<Instant>,
     },
     /// Writing the messages queued when the kick came (`left` of them not yet taken), then
-    /// the KICK; all by `deadline`.
+    /// the KICK; all by `deadline`. The kick's reason stays in the outbox (a pending kick is
+    /// never taken back), and is read from there for the KICK.
     KickFlush {
         left: usize,
-        reason: Box<str>,
         deadline: Instant,
     },
     /// Closing the transport, at most until `deadline`; then the end.
@@ -138,11 +151,12 @@ struct Core<S> {
     /// Boxed, as `waiting`: set once, at the end.
     local_reason: Option<Box<Disconnect>>,
     /// Set by the state machine's `Closed` event: what is left is written, then the end.
-    closed: Option<CloseReason>,
+    /// Boxed, as `local_reason`: set once, at the end.
+    closed: Option<Box<CloseReason>>,
     /// With a push flush interval or linger: when the queued pushes are due.
     flush_at: Option<Instant>,
-    /// The deadline `timer` is set to; `None` once it has fired (or before its first use).
-    armed: Option<Instant>,
+    /// Whether `timer` is set to a deadline (its `deadline()`) that has not fired yet.
+    armed: bool,
     /// The pushes held until `flush_at` have had their one yield before the timer is armed
     /// for them (see `Phase::Wait` in `Core::drive`).
     yielded: bool,
@@ -150,7 +164,7 @@ struct Core<S> {
     shut_down: bool,
     /// A kick is being carried out (the pending reason is not acted on again).
     kicking: bool,
-    _held: Held,
+    _slot: ConnectionSlot,
 }
 
 fn now_std() -> std::time::Instant {
@@ -166,7 +180,7 @@ where
         session: Session,
         transport: Transport<S>,
         shutdown: CancellationToken,
-        held: Held,
+        slot: ConnectionSlot,
     ) -> Self {
         let conn = ServerConnection::new(inner.connection, now_std());
         let bucket = inner
@@ -187,11 +201,11 @@ where
                 local_reason: None,
                 closed: None,
                 flush_at: None,
-                armed: None,
+                armed: false,
                 yielded: false,
                 shut_down: false,
                 kicking: false,
-                _held: held,
+                _slot: slot,
             },
             shutdown: shutdown.cancelled_owned(),
             // Not registered until it is first set to a deadline.
@@ -265,11 +279,7 @@ where
                         }
                     }
                 }
-                Phase::KickFlush {
-                    mut left,
-                    reason,
-                    deadline,
-                } => loop {
+                Phase::KickFlush { mut left, deadline } => loop {
                     if self.batch.is_empty() && left > 0 {
                         let before = self.batch.len();
                         self.session.outbox().take(
@@ -281,6 +291,7 @@ where
                     }
                     if self.batch.is_empty() {
                         self.batch = Vec::new();
+                        let reason = self.session.pending_kick().unwrap_or_default();
                         self.conn.kick(&reason);
                         break;
                     }
@@ -298,11 +309,7 @@ where
                                 tracing::warn!(peer = %self.session.peer_addr(), timeout = ?self.inner.config.write_timeout, "queued messages not written before the kick in time, closing");
                                 return Poll::Ready(Disconnect::FlushTimeout);
                             }
-                            self.phase = Phase::KickFlush {
-                                left,
-                                reason,
-                                deadline,
-                            };
+                            self.phase = Phase::KickFlush { left, deadline };
                             return Poll::Pending;
                         }
                     }
@@ -314,7 +321,7 @@ where
                         self.phase = Phase::Close { deadline };
                         return Poll::Pending;
                     }
-                    let closed = self.closed.take().unwrap_or(CloseReason::Local);
+                    let closed = self.closed.take().map_or(CloseReason::Local, |c| *c);
                     return Poll::Ready(
                         self.local_reason
                             .take()
@@ -372,7 +379,7 @@ where
     /// After a write (or nothing to write): the close once the state machine is closed, another
     /// turn while due messages are left (the byte limit of one write), else the wait.
     fn after_write(&mut self, more: bool) {
-        if let Some(reason) = &self.closed {
+        if let Some(reason) = self.closed.as_deref() {
             let stats = &self.inner.stats;
             match reason {
                 CloseReason::HandshakeTimeout => ConnectorStats::incr(&stats.handshake_timeouts),
@@ -397,12 +404,12 @@ where
         mut timer: Pin<&mut Sleep>,
         deadline: Instant,
     ) -> bool {
-        if self.armed != Some(deadline) {
+        if !self.armed || timer.deadline() != deadline {
             timer.as_mut().reset(deadline);
-            self.armed = Some(deadline);
+            self.armed = true;
         }
         if timer.poll(cx).is_ready() {
-            self.armed = None;
+            self.armed = false;
             true
         } else {
             false
@@ -431,13 +438,13 @@ where
             (a, b) => a.or(b),
         };
         if let Some(d) = deadline
-            && self.armed.is_none_or(|armed| d < armed)
+            && (!self.armed || d < timer.deadline())
         {
             timer.as_mut().reset(d);
-            self.armed = Some(d);
+            self.armed = true;
         }
-        if self.armed.is_some() && timer.poll(cx).is_ready() {
-            self.armed = None;
+        if self.armed && timer.poll(cx).is_ready() {
+            self.armed = false;
             // A due flush is taken by the turn.
             if conn_deadline.is_some_and(|d| d <= Instant::now()) {
                 self.conn.handle_timeout(now_std());
@@ -460,7 +467,6 @@ where
             // What was queued before the kick (e.g. a response) goes out first.
             self.phase = Phase::KickFlush {
                 left: self.session.outbox().len(),
-                reason,
                 deadline: Instant::now() + self.inner.config.write_timeout,
             };
             return Poll::Ready(());
@@ -562,7 +568,7 @@ where
                         self.conn.close_local();
                     }
                 }
-                Event::Closed(reason) => self.closed = Some(reason),
+                Event::Closed(reason) => self.closed = Some(Box::new(reason)),
                 _ => {}
             }
         }

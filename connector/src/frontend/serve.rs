@@ -12,13 +12,12 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
+use tracing::Span;
 
-use super::driver::{ActiveGuard, Driver, Held};
+use super::driver::{ConnectionLimit, ConnectionSlot, Driver};
 use super::{Frontend, Inner};
 use crate::rewind::Rewind;
 use crate::sniff::{MAX_SNIFF_LEN, Sniff, sniff};
@@ -141,10 +140,10 @@ impl Frontend {
     /// `drain_timeout`). After [`Frontend::stop_accepting`] it closes the listener at once
     /// but keeps serving its connections until `shutdown`.
     ///
-    /// At most `max_connections` connections are served at once: a permit is taken before
-    /// `accept`. When none is left the listener still accepts and closes the new socket at
-    /// once (counted as `refused`), so an over-limit client sees a prompt close rather than
-    /// hanging in the kernel backlog. Accept errors (e.g. out of file descriptors) are
+    /// At most `max_connections` connections are served at once: each accepted one takes a
+    /// slot of the limit. When none is left the listener still accepts and closes the new
+    /// socket at once (counted as `refused`), so an over-limit client sees a prompt close
+    /// rather than hanging in the kernel backlog. Accept errors (e.g. out of file descriptors) are
     /// logged and retried with an exponential back-off of 1 ms to 1 s.
     ///
     /// # Errors
@@ -154,14 +153,16 @@ impl Frontend {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> io::Result<()> {
-        let limit = Arc::new(Semaphore::new(self.inner.config.max_connections));
+        let limit = Arc::new(ConnectionLimit::new(
+            self.inner.config.max_connections,
+            self.inner.stats.clone(),
+        ));
         let local = listener.local_addr().ok();
         tracing::debug!(addr = ?local, frontend = %self.inner.config.frontend_id, "client port listening");
         let mut backoff = Duration::from_millis(1);
         let stop_accepting = self.inner.stop_accepting.clone();
         self.inner.listening.send_replace(true);
         loop {
-            let permit = limit.clone().try_acquire_owned().ok();
             let accepted = tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = stop_accepting.cancelled() => break,
@@ -170,9 +171,9 @@ impl Frontend {
             match accepted {
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(1);
-                    // A slot may have been freed while we waited in accept.
-                    let permit = permit.or_else(|| limit.clone().try_acquire_owned().ok());
-                    let Some(permit) = permit else {
+                    // Only this loop takes slots (connections give theirs back), so taking
+                    // one now is as good as holding one across `accept`.
+                    let Some(slot) = limit.try_take() else {
                         ConnectorStats::incr(&self.inner.stats.refused);
                         tracing::warn!(%peer, max = self.inner.config.max_connections, "connection refused: max connections reached");
                         drop(stream);
@@ -184,9 +185,9 @@ impl Frontend {
                     // connection, and connections are only ever cancelled all at once.
                     let token = shutdown.clone();
                     let span = tracing::debug_span!("conn", %peer);
-                    self.inner.tracker.spawn(
-                        ConnectionTask::new(inner, stream, peer, token, permit).instrument(span),
-                    );
+                    self.inner
+                        .tracker
+                        .spawn(ConnectionTask::new(inner, stream, peer, token, slot, span));
                 }
                 Err(e) => {
                     ConnectorStats::incr(&self.inner.stats.accept_errors);
@@ -227,9 +228,30 @@ impl Frontend {
 pin_project_lite::pin_project! {
     /// A connection's tokio task: its setup (sniffing, the WebSocket upgrade; a TLS
     /// connection's whole life), boxed because it is large and short-lived, then its
-    /// [`Driver`] inline. The task is as large as this, for the connection's whole life.
-    #[project = ConnectionTaskProj]
-    pub(super) enum ConnectionTask {
+    /// [`Driver`] inline, all in the connection's `conn` span. The task is as large as this,
+    /// for the connection's whole life.
+    pub(super) struct ConnectionTask {
+        // The `conn` span, entered while the task is polled and dropped, as `Instrumented`
+        // does. Boxed, and `None` while disabled (it is a debug span): 8 bytes in every
+        // connection's task instead of the span's 40.
+        span: Option<Box<Span>>,
+        #[pin]
+        stage: Stage,
+    }
+
+    impl PinnedDrop for ConnectionTask {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            let _entered = this.span.as_deref().map(Span::enter);
+            this.stage.set(Stage::Done);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Where a [`ConnectionTask`] is.
+    #[project = StageProj]
+    enum Stage {
         Setup { setup: Pin<Box<dyn Future<Output = Option<Driver<TcpStream>>> + Send>> },
         Drive { #[pin] driver: Driver<TcpStream> },
         Done,
@@ -242,10 +264,14 @@ impl ConnectionTask {
         stream: TcpStream,
         peer: SocketAddr,
         shutdown: CancellationToken,
-        permit: OwnedSemaphorePermit,
+        slot: ConnectionSlot,
+        span: Span,
     ) -> Self {
-        Self::Setup {
-            setup: Box::pin(set_up(inner, stream, peer, shutdown, permit)),
+        Self {
+            span: (!span.is_disabled()).then(|| Box::new(span)),
+            stage: Stage::Setup {
+                setup: Box::pin(set_up(inner, stream, peer, shutdown, slot)),
+            },
         }
     }
 }
@@ -253,22 +279,25 @@ impl ConnectionTask {
 impl Future for ConnectionTask {
     type Output = ();
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let _entered = this.span.as_deref().map(Span::enter);
+        let mut stage = this.stage;
         loop {
-            match self.as_mut().project() {
-                ConnectionTaskProj::Setup { setup } => match ready!(setup.as_mut().poll(cx)) {
-                    Some(driver) => self.set(Self::Drive { driver }),
+            match stage.as_mut().project() {
+                StageProj::Setup { setup } => match ready!(setup.as_mut().poll(cx)) {
+                    Some(driver) => stage.set(Stage::Drive { driver }),
                     None => {
-                        self.set(Self::Done);
+                        stage.set(Stage::Done);
                         return Poll::Ready(());
                     }
                 },
-                ConnectionTaskProj::Drive { driver } => {
+                StageProj::Drive { driver } => {
                     ready!(driver.poll(cx));
-                    self.set(Self::Done);
+                    stage.set(Stage::Done);
                     return Poll::Ready(());
                 }
-                ConnectionTaskProj::Done => return Poll::Ready(()),
+                StageProj::Done => return Poll::Ready(()),
             }
         }
     }
@@ -281,12 +310,8 @@ async fn set_up(
     mut stream: TcpStream,
     peer: SocketAddr,
     shutdown: CancellationToken,
-    permit: OwnedSemaphorePermit,
+    slot: ConnectionSlot,
 ) -> Option<Driver<TcpStream>> {
-    let held = Held {
-        _active: ActiveGuard::new(&inner.stats),
-        _permit: permit,
-    };
     if inner.config.nodelay {
         let _ = stream.set_nodelay(true);
     }
@@ -298,7 +323,7 @@ async fn set_up(
         // that large for every connection.
         (Sniff::Tls, Some(tls)) => {
             Box::pin(serve_tls(
-                inner, stream, first, tls, peer, deadline, shutdown, held,
+                inner, stream, first, tls, peer, deadline, shutdown, slot,
             ))
             .await;
             None
@@ -312,7 +337,7 @@ async fn set_up(
             let transport =
                 open_transport(&inner, stream, first, kind, deadline, &shutdown).await?;
             Some(start_driver(
-                inner, transport, kind, false, peer, shutdown, held,
+                inner, transport, kind, false, peer, shutdown, slot,
             ))
         }
     }
@@ -329,7 +354,7 @@ async fn serve_tls(
     peer: SocketAddr,
     deadline: Instant,
     shutdown: CancellationToken,
-    held: Held,
+    slot: ConnectionSlot,
 ) {
     let io = Rewind::new(first.freeze(), stream);
     let accept = tokio::select! {
@@ -357,7 +382,7 @@ async fn serve_tls(
     let Some(transport) = open_transport(&inner, io, first, kind, deadline, &shutdown).await else {
         return;
     };
-    start_driver(inner, transport, kind, true, peer, shutdown, held).await;
+    start_driver(inner, transport, kind, true, peer, shutdown, slot).await;
 }
 
 /// Reads until the first bytes decide TCP, HTTP or TLS; `None` when the connection ended
@@ -469,7 +494,7 @@ fn start_driver<S>(
     tls: bool,
     peer: SocketAddr,
     shutdown: CancellationToken,
-    held: Held,
+    slot: ConnectionSlot,
 ) -> Driver<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -481,7 +506,7 @@ where
         tls,
         "connection open"
     );
-    Driver::new(inner, session, transport, shutdown, held)
+    Driver::new(inner, session, transport, shutdown, slot)
 }
 
 #[cfg(test)]
@@ -494,9 +519,12 @@ mod tests {
     /// task is as large as the driver, which holds every wait it needs across its loop.
     /// Unboxed, the TLS branch made every plain connection's task 8 KB (release build), most
     /// of 10 KB of RSS per idle TCP connection; as nested `async fn`s with a `select!` loop
-    /// the driver made it 1,712 bytes (release) / 1,752 (debug). Now 576 (release) / 584
-    /// (debug): with tokio's task cell around it (96 bytes, 128-aligned, plus the span and
-    /// the tracker's token) that stays within mimalloc's 768-byte size class.
+    /// the driver made it 1,712 bytes (release) / 1,752 (debug); as one hand-written future
+    /// 576 (release) in a 40-byte `Instrumented`. Now 528 (release), its span included.
+    /// tokio's task cell adds 96 bytes (header, scheduler, id, trailer) and the tracker's
+    /// token 8, and is 128-aligned: 632 → a 640-byte cell (measured: one allocation of 640
+    /// bytes per connection task, 768 before), mimalloc's 640 size class. Over 536 bytes the
+    /// cell would be 768 again.
     #[tokio::test]
     async fn the_connection_task_of_a_plain_socket_stays_small() {
         let frontend = Frontend::builder(ConnectorConfig::default())
@@ -507,16 +535,19 @@ mod tests {
             .await
             .unwrap();
         let (stream, peer) = listener.accept().await.unwrap();
-        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        let slot = Arc::new(ConnectionLimit::new(1, frontend.inner.stats.clone()))
+            .try_take()
+            .unwrap();
         let task = ConnectionTask::new(
             frontend.inner.clone(),
             stream,
             peer,
             CancellationToken::new(),
-            permit,
+            slot,
+            tracing::debug_span!("conn", %peer),
         );
         let size = std::mem::size_of_val(&task);
-        let bound = 600;
+        let bound = 536;
         assert!(
             size <= bound,
             "the connection task's future is {size} bytes (bound {bound}): box the large branch"
