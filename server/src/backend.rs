@@ -360,6 +360,43 @@ impl msg_remote::Remote for MsgRemote {
     }
 }
 
+/// For benchmarks (`benches/src/bin/inproc.rs`): a backend of `server_type` of `app` as its
+/// process would serve it (the app's state, its `msgRemote` with the type's handlers and
+/// filters, the type's remotes), on `rpc` with `codec`, without a master: the caller adds the
+/// frontends to `rpc`'s directory and serves the registry. Not a stable API.
+///
+/// # Errors
+/// A remote of the type could not be registered.
+#[doc(hidden)]
+pub fn standalone_backend(
+    app: &crate::App,
+    server: crate::config::ServerConfig,
+    rpc: shaddock_rpc::RpcClient,
+    codec: shaddock_protocol::BodyCodec,
+) -> Result<(ServerContext, shaddock_rpc::Registry), shaddock_rpc::RegistryError> {
+    let def = app.type_def(&server.server_type);
+    let ctx = ServerContext::new(
+        server,
+        Vec::new(),
+        "bench".into(),
+        rpc,
+        "master".into(),
+        codec,
+        None,
+    );
+    let state = app.server_state(&ctx);
+    let mut registry = shaddock_rpc::Registry::new();
+    registry.add(msg_remote::Server::new(MsgRemote::new(
+        ctx.clone(),
+        &def,
+        state,
+    )))?;
+    for setup in &def.remotes {
+        setup(&ctx, &mut registry)?;
+    }
+    Ok((ctx, registry))
+}
+
 #[cfg(test)]
 mod tests {
     //! Settings over real sockets and real RPC: a client on a connector frontend, the
