@@ -16,7 +16,7 @@
 //! request, while this handler ran keeps its new value unless this handler changed it too
 //! (then the last change to reach the frontend wins).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -451,7 +451,8 @@ impl BackendSession {
 /// `msgRemote` on a backend: runs forwarded requests.
 pub(crate) struct MsgRemote {
     pub(crate) ctx: ServerContext,
-    pub(crate) handlers: HashMap<String, Arc<ErasedBackend>>,
+    /// By route: a few keys, so a B-tree's comparisons cost less than hashing the route.
+    pub(crate) handlers: BTreeMap<String, Arc<ErasedBackend>>,
     pub(crate) filters: Vec<BackendFilter>,
     /// What handlers extract with `State<T>` (and the server's context).
     pub(crate) state: StateMap,
@@ -461,7 +462,11 @@ impl MsgRemote {
     pub(crate) fn new(ctx: ServerContext, def: &TypeDef, state: StateMap) -> Self {
         Self {
             ctx,
-            handlers: def.handlers.clone(),
+            handlers: def
+                .handlers
+                .iter()
+                .map(|(r, h)| (r.clone(), h.clone()))
+                .collect(),
             filters: def.before.clone(),
             state,
         }
@@ -509,8 +514,13 @@ impl msg_remote::Remote for MsgRemote {
         let reply = outcome.map_err(RemoteError::from)?;
         // Only the keys the handler changed (and did not push already).
         let changes = lock(&session.inner.settings).changes();
+        let body_json = match reply {
+            // `()`: the usual reply of a handler that pushes its answer.
+            Value::Null => Bytes::from_static(b"null"),
+            reply => shaddock_protocol::json::to_vec(&reply).into(),
+        };
         Ok(ForwardReply {
-            body_json: shaddock_protocol::json::to_vec(&reply).into(),
+            body_json,
             settings_json: json_bytes(changes.set),
             removed_settings: changes.removed,
         })

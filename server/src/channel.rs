@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 use shaddock_rpc::{RpcClient, RpcError, Target};
 
@@ -28,6 +28,7 @@ use crate::context::ClusterView;
 use crate::metrics::ClusterPushMetrics;
 use shaddock_core::sys::{PushArgs, session_remote};
 use shaddock_protocol::BodyCodec;
+use shaddock_protocol::message::{Message, MessageRoute};
 
 /// Why a push could not be sent at all.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +90,39 @@ pub fn encode_push(codec: &BodyCodec, route: &str, body: &Value) -> Result<Bytes
             route: route.to_owned(),
             message: e.to_string(),
         })
+}
+
+/// Encodes a PUSH package once, as [`encode_push`] does, from the body's JSON text: `text`
+/// must be the text [`shaddock_protocol::json::to_vec`] writes for the body (`JSON.stringify`
+/// form), which then goes out as it is; only a route the codec's serverProtos has is parsed
+/// (to encode it as protobuf). Saves building a [`Value`] for a body written directly.
+///
+/// # Errors
+/// [`PushError::Encode`] (for a protobuf route, also text that is not JSON).
+pub fn encode_push_json_text(
+    codec: &BodyCodec,
+    route: &str,
+    text: Bytes,
+) -> Result<Bytes, PushError> {
+    let encode_err = |message: String| PushError::Encode {
+        route: route.to_owned(),
+        message,
+    };
+    if codec.protos().is_some_and(|p| p.has_server_route(route)) {
+        let body =
+            shaddock_protocol::json::from_slice(&text).map_err(|e| encode_err(e.to_string()))?;
+        return encode_push(codec, route, &body);
+    }
+    // As `BodyCodec::push_package` does with the JSON it encodes.
+    let wire_route = match codec.dictionary().and_then(|d| d.code(route)) {
+        Some(code) => MessageRoute::Code(code),
+        None => MessageRoute::name(route.to_owned()),
+    };
+    let msg = Message::push(wire_route, text);
+    let mut dst = BytesMut::with_capacity(msg.encoded_len() + 4);
+    msg.encode_package(&mut dst)
+        .map_err(|e| encode_err(e.to_string()))?;
+    Ok(dst.freeze())
 }
 
 #[derive(Clone)]
@@ -154,6 +188,11 @@ impl Pusher {
         groups: &[Group],
     ) -> Result<PushSummary, PushError> {
         let package = self.encode(route, body)?;
+        Ok(self.package_to_groups(package, groups).await)
+    }
+
+    /// Sends one `push` RPC of `package` per group (frontend).
+    async fn package_to_groups(&self, package: Bytes, groups: &[Group]) -> PushSummary {
         let per = groups
             .iter()
             .map(|g| {
@@ -168,7 +207,7 @@ impl Pusher {
                 )
             })
             .collect();
-        Ok(self.send(per, false).await)
+        self.send(per, false).await
     }
 }
 
@@ -351,6 +390,18 @@ impl Channel {
     pub async fn push(&self, route: &str, body: &Value) -> Result<PushSummary, PushError> {
         let groups = self.read(Members::groups);
         self.shared.pusher.to_groups(route, body, &groups).await
+    }
+
+    /// [`push`](Self::push) of a body given as its JSON text, written as
+    /// [`shaddock_protocol::json::to_vec`] writes it: the clients get the same bytes, and no
+    /// [`Value`] is built (see [`encode_push_json_text`]).
+    ///
+    /// # Errors
+    /// [`PushError::Encode`]; unreachable frontends are reported in the summary.
+    pub async fn push_json_text(&self, route: &str, text: Bytes) -> Result<PushSummary, PushError> {
+        let package = encode_push_json_text(&self.shared.pusher.codec, route, text)?;
+        let groups = self.read(Members::groups);
+        Ok(self.shared.pusher.package_to_groups(package, &groups).await)
     }
 }
 
@@ -606,7 +657,6 @@ fn shrink(rooms: &mut Rooms) {
 mod tests {
     use super::*;
     use shaddock_protocol::RouteDictionary;
-    use shaddock_protocol::message::{Message, MessageRoute};
     use shaddock_protocol::protobuf::Protos;
     use shaddock_rpc::RpcConfig;
 
@@ -898,6 +948,45 @@ mod tests {
         let b = encode_push(&codec, "onLeave", &serde_json::json!({"user": "a"})).unwrap();
         let msg = Message::decode(b.slice(4..)).unwrap();
         assert_eq!(&msg.body[..], br#"{"user":"a"}"#);
+    }
+
+    /// A body given as its JSON text makes the very package the body as a `Value` makes,
+    /// with or without dictionary and protobuf schema; errors alike.
+    #[test]
+    fn a_push_from_json_text_is_the_push_from_the_value() {
+        let dict = RouteDictionary::new(Vec::<String>::new(), &["onChat".to_owned()]).unwrap();
+        let protos = Protos::from_files(
+            &serde_json::json!({"onChat": {"required string msg": 1}}),
+            &serde_json::json!({}),
+        )
+        .unwrap();
+        let codecs = [
+            BodyCodec::default(),
+            BodyCodec::new(Some(Arc::new(dict.clone())), None),
+            BodyCodec::new(Some(Arc::new(dict)), Some(Arc::new(protos))),
+        ];
+        let bodies = [
+            serde_json::json!({"msg": "hi \"there\"\n\u{1}é", "from": "a", "target": "*"}),
+            serde_json::json!({"msg": "x"}),
+            serde_json::json!({"2": 1, "1": [1.5, -0.0, 1e21], "user": null}),
+        ];
+        for codec in &codecs {
+            for route in ["onChat", "onLeave"] {
+                for body in &bodies {
+                    let text = Bytes::from(shaddock_protocol::json::to_vec(body));
+                    assert_eq!(
+                        encode_push_json_text(codec, route, text).unwrap(),
+                        encode_push(codec, route, body).unwrap(),
+                        "{route} {body}"
+                    );
+                }
+            }
+            let long = "r".repeat(300);
+            assert!(matches!(
+                encode_push_json_text(codec, &long, Bytes::from_static(b"null")),
+                Err(PushError::Encode { .. })
+            ));
+        }
     }
 
     #[tokio::test]
