@@ -304,7 +304,7 @@ async fn send(
     let channels = rooms.channels();
     let channel = channels
         .get(&rid)
-        .filter(|c| c.member(&uid).is_some())
+        .filter(|c| c.has_member(&uid))
         .ok_or_else(|| refuse(format!("you are not in room \"{rid}\"")))?;
     let from = name_of(&uid);
     let summary = match target {

@@ -114,7 +114,7 @@ impl serde::de::Visitor<'_> for KeyIs<'_> {
 }
 
 /// Any JSON value, read as a `Value` parse reads it (every string unescaped and checked,
-/// every number parsed) and dropped.
+/// every number parsed) and dropped: text that reads as `Checked` parses as a `Value`.
 struct Checked;
 
 impl<'de> serde::Deserialize<'de> for Checked {
@@ -482,25 +482,24 @@ impl msg_remote::Remote for MsgRemote {
                 format!("unknown route `{}`", args.route),
             ));
         };
-        // Checked in one pass that builds nothing; parsed only if the handler reads the
-        // body as a `Value` (`Json<T>` decodes `T` from the text).
-        let text = match shaddock_protocol::json::passthrough(&args.body_json) {
-            Ok(Some(text)) => text,
-            // Valid, but not the same once re-encoded: `Request::body` parses it as it is.
-            Ok(None) => args.body_json,
-            Err(()) => {
-                let e = shaddock_protocol::json::from_slice(&args.body_json)
-                    .err()
-                    .map_or_else(|| "invalid JSON".to_owned(), |e| e.to_string());
-                return Err(RemoteError::new(500, format!("invalid request body: {e}")));
-            }
-        };
+        // Checked in one pass that builds nothing (as strict as the parse: `Checked`);
+        // parsed only if the handler reads the body as a `Value` (`Json<T>` decodes `T` from
+        // the text).
+        let valid =
+            serde_json::from_str::<Checked>(&shaddock_protocol::json::decode_text(&args.body_json))
+                .is_ok();
+        if !valid {
+            let e = shaddock_protocol::json::from_slice(&args.body_json)
+                .err()
+                .map_or_else(|| "invalid JSON".to_owned(), |e| e.to_string());
+            return Err(RemoteError::new(500, format!("invalid request body: {e}")));
+        }
         let session =
             BackendSession::from_snapshot(args.session.unwrap_or_default(), self.ctx.clone());
         let mut req = Request::from_json_text(
             RequestInfo::forwarded(args.route, args.id),
             session.clone(),
-            text,
+            args.body_json,
         )
         .with_state(self.state.clone());
         if !args.body_protobuf.is_empty() {
@@ -587,7 +586,8 @@ mod tests {
 
     const STEP: Duration = Duration::from_secs(10);
 
-    /// A setting read from the text is the one the parsed map has, whatever the text.
+    /// A setting read from the text is the one the parsed map has, whatever the text; the
+    /// text passes `Checked` exactly when it parses.
     #[test]
     fn a_setting_read_from_the_text_is_the_parsed_maps() {
         let texts: [&[u8]; 16] = [
@@ -609,6 +609,14 @@ mod tests {
             br#"{"a":{"rid":"nested only"}}"#,
         ];
         for text in texts {
+            // The body check of `forward_message` accepts exactly what parses.
+            assert_eq!(
+                serde_json::from_str::<Checked>(&shaddock_protocol::json::decode_text(text))
+                    .is_ok(),
+                shaddock_protocol::json::from_slice(text).is_ok(),
+                "{}",
+                String::from_utf8_lossy(text)
+            );
             for key in ["rid", "x", "a", "missing", ""] {
                 assert_eq!(
                     setting_in(text, key),

@@ -250,6 +250,9 @@ struct Members {
     /// `by_uid` grouped by frontend, built on the first push after a membership change:
     /// pushes outnumber joins and leaves, and rebuilding costs a string copy per member.
     groups: Option<Arc<[Group]>>,
+    /// Taken out of the service's map (set under the map's lock): a [`Channel`] handle that
+    /// kept these members looks its name up again.
+    removed: bool,
 }
 
 impl Members {
@@ -305,6 +308,9 @@ impl Shared {
 pub struct Channel {
     name: Arc<str>,
     shared: Arc<Shared>,
+    /// The members the service's map had under `name` when [`ChannelService::get`] made this
+    /// handle: read without a map lookup while they are still the map's (not `removed`).
+    found: Option<Arc<Mutex<Members>>>,
 }
 
 impl std::fmt::Debug for Channel {
@@ -334,6 +340,13 @@ impl Channel {
 
     /// Reads the members (none if the channel does not exist right now).
     fn read<R>(&self, f: impl FnOnce(&mut Members) -> R) -> R {
+        if let Some(found) = &self.found {
+            let mut m = lock(found);
+            // Not removed: still the map's entry for the name, what a lookup would find.
+            if !m.removed {
+                return f(&mut m);
+            }
+        }
         match self.shared.find(&self.name) {
             Some(m) => f(&mut lock(&m)),
             None => f(&mut Members::default()),
@@ -371,6 +384,11 @@ impl Channel {
     /// The frontend `uid` is on, if it is a member.
     pub fn member(&self, uid: &str) -> Option<String> {
         self.read(|m| m.by_uid.get(uid).cloned())
+    }
+
+    /// Whether `uid` is a member ([`member`](Self::member) without the frontend id's copy).
+    pub fn has_member(&self, uid: &str) -> bool {
+        self.read(|m| m.by_uid.contains_key(uid))
     }
 
     /// Number of members.
@@ -465,6 +483,7 @@ impl ChannelService {
         Channel {
             name: Arc::from(name),
             shared: Arc::clone(&self.shared),
+            found: None,
         }
     }
 
@@ -480,9 +499,11 @@ impl ChannelService {
 
     /// The channel `name`, if it exists (has members, or was [`create`](Self::create)d).
     pub fn get(&self, name: &str) -> Option<Channel> {
-        lock(&self.shared.channels)
-            .contains_key(name)
-            .then(|| self.get_or_create(name))
+        let found = lock(&self.shared.channels).get(name).cloned()?;
+        Some(Channel {
+            found: Some(found),
+            ..self.get_or_create(name)
+        })
     }
 
     /// Adds `uid` connected on `frontend_id` to the channel `name`, creating the channel if
@@ -531,6 +552,8 @@ impl ChannelService {
             }
             m.by_uid.remove(uid);
             m.groups = None;
+            // Removed below, under the map's lock still held.
+            m.removed = m.by_uid.is_empty();
             m.by_uid.len()
         };
         if left == 0 {
@@ -543,7 +566,10 @@ impl ChannelService {
     /// Removes the channel `name` and all its members; `false` if there was none.
     pub fn destroy(&self, name: &str) -> bool {
         let mut rooms = lock(&self.shared.channels);
-        let found = rooms.remove(name).is_some();
+        let found = rooms
+            .remove(name)
+            .inspect(|m| lock(m).removed = true)
+            .is_some();
         shrink(&mut rooms);
         found
     }
@@ -667,6 +693,25 @@ mod tests {
             Arc::default(),
             None,
         )
+    }
+
+    /// A handle from `get` keeps reading the channel of its name after that channel was
+    /// emptied (removed) and joined again, or destroyed.
+    #[test]
+    fn a_handle_from_get_follows_its_name_across_removals() {
+        let s = service();
+        s.join("room", "alice", "conn-1");
+        let h = s.get("room").unwrap();
+        assert!(h.has_member("alice"));
+        assert_eq!(s.leave("room", "alice", "conn-1"), Some(0));
+        assert!(h.is_empty() && !h.has_member("alice"));
+        s.join("room", "bob", "conn-2");
+        assert_eq!(h.members(), [("bob".to_owned(), "conn-2".to_owned())]);
+        assert!(s.destroy("room"));
+        assert!(h.is_empty());
+        s.join("room", "carol", "conn-1");
+        assert_eq!(h.uids(), ["carol"]);
+        assert_eq!(h.member("carol").as_deref(), Some("conn-1"));
     }
 
     #[test]
