@@ -28,6 +28,8 @@ use shaddock_core::sys::{
 use shaddock_core::{Request, RequestInfo, StateMap, filter};
 use shaddock_rpc::{RemoteError, RpcError, Target};
 
+mod plain;
+
 use crate::app::{BackendFilter, ErasedBackend, TypeDef};
 use crate::channel::{PushError, encode_push};
 use crate::context::ServerContext;
@@ -61,6 +63,9 @@ fn parse_settings(text: &[u8]) -> Map<String, Value> {
 fn setting_in(text: &[u8], key: &str) -> Option<Value> {
     use serde::Deserializer as _;
     let text = shaddock_protocol::json::decode_text(text);
+    if let Ok(found) = plain::setting(&text, key) {
+        return found;
+    }
     let mut de = serde_json::Deserializer::from_str(&text);
     let found = de.deserialize_any(FindKey(key)).ok()?;
     de.end().ok()?;
@@ -482,12 +487,11 @@ impl msg_remote::Remote for MsgRemote {
                 format!("unknown route `{}`", args.route),
             ));
         };
-        // Checked in one pass that builds nothing (as strict as the parse: `Checked`);
-        // parsed only if the handler reads the body as a `Value` (`Json<T>` decodes `T` from
-        // the text).
-        let valid =
-            serde_json::from_str::<Checked>(&shaddock_protocol::json::decode_text(&args.body_json))
-                .is_ok();
+        // Checked without building anything: plain JSON by a scanner, anything else by a
+        // serde_json pass as strict as the parse (`Checked`). Parsed only if the handler
+        // reads the body as a `Value` (`Json<T>` decodes `T` from the text).
+        let text = shaddock_protocol::json::decode_text(&args.body_json);
+        let valid = plain::is_plain(&text) || serde_json::from_str::<Checked>(&text).is_ok();
         if !valid {
             let e = shaddock_protocol::json::from_slice(&args.body_json)
                 .err()
