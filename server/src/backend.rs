@@ -124,12 +124,12 @@ struct Checked;
 
 impl<'de> serde::Deserialize<'de> for Checked {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(Checked)
+        d.deserialize_any(Self)
     }
 }
 
 impl<'de> serde::de::Visitor<'de> for Checked {
-    type Value = Checked;
+    type Value = Self;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON value")
