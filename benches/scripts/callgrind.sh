@@ -5,10 +5,7 @@
 # the other load on a shared machine, so one change can be judged on its own.
 #
 #   benches/scripts/callgrind.sh [--transport "tcp ws"] [--small N] [--large N] [--clients K]
-#                                [--top K] [--keep DIR] [--push-call]
-#
-# --push-call: the backend awaits a sessionRemote.push call before it answers (the chat's
-# send before its pushes were detached), instead of sending a notify.
+#                                [--top K] [--keep DIR]
 #
 # Runs inproc twice per transport (--small and --large measured requests, same warm-up) and
 # prints, per role (connector, backend, client) and in total, (Ir_large - Ir_small) /
@@ -30,7 +27,6 @@ LARGE=4000
 CLIENTS=8
 TOP=25
 KEEP=""
-EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --transport) TRANSPORTS="$2"; shift 2 ;;
@@ -39,7 +35,6 @@ while [ $# -gt 0 ]; do
     --clients) CLIENTS="$2"; shift 2 ;;
     --top) TOP="$2"; shift 2 ;;
     --keep) KEEP="$2"; shift 2 ;;
-    --push-call) EXTRA+=(--push-call); shift ;;
     -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "callgrind.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -86,7 +81,7 @@ run_cg() {
   mkdir -p "$dir"
   timeout 900 valgrind --tool=callgrind --separate-threads=yes \
     --callgrind-out-file="$dir/cg.%p" "$INPROC" --transport "$transport" \
-    --requests "$n" --warmup 200 --clients "$CLIENTS" --deadline 800 "${EXTRA[@]}" \
+    --requests "$n" --warmup 200 --clients "$CLIENTS" --deadline 800 \
     >"$dir/out.json" 2>"$dir/valgrind.log" || {
       log "inproc under callgrind failed ($transport, $n requests); last lines:"
       tail -n 5 "$dir/valgrind.log" >&2
@@ -122,7 +117,7 @@ components() {
 
 for transport in $TRANSPORTS; do
   log "$transport: native run (CPU per role)"
-  timeout 300 "$INPROC" --transport "$transport" --requests 20000 --clients "$CLIENTS" "${EXTRA[@]}" \
+  timeout 300 "$INPROC" --transport "$transport" --requests 20000 --clients "$CLIENTS" \
     >"$WORK/native-$transport.json"
   log "$transport: callgrind, $SMALL and $LARGE requests"
   run_cg "$transport" "$SMALL" "$WORK/$transport-small"

@@ -304,15 +304,16 @@ async fn send(
     let channels = rooms.channels();
     let channel = channels
         .get(&rid)
-        .filter(|c| c.member(&uid).is_some())
+        .filter(|c| c.has_member(&uid))
         .ok_or_else(|| refuse(format!("you are not in room \"{rid}\"")))?;
     let from = name_of(&uid);
     // As pinus's chat: the pushes are sent, their answers not waited for, so the answer to
     // this request follows them at once.
     let summary = match target {
         validate::Target::Room => {
-            let push = json!({"msg": content, "from": from, "target": "*"});
-            channel.push_detached(ON_CHAT, &push).await
+            channel
+                .push_json_text_detached(ON_CHAT, on_chat_to_room(&content, from))
+                .await
         }
         validate::Target::User(name) => {
             let tuid = validate::uid(&name, &rid);
@@ -333,6 +334,19 @@ async fn send(
         Err(e) => return Err(refuse(format!("message not sent: {e}"))),
     }
     Ok(())
+}
+
+/// The JSON text of `onChat {msg, from, target: "*"}`, written directly (no `Value`): the
+/// bytes `shaddock_protocol::json::to_vec` writes for `json!({"msg", "from", "target"})`.
+fn on_chat_to_room(msg: &str, from: &str) -> bytes::Bytes {
+    use shaddock_protocol::json::write_str;
+    let mut out = Vec::with_capacity(msg.len() + from.len() + 36);
+    out.extend_from_slice(b"{\"msg\":");
+    write_str(msg, &mut out);
+    out.extend_from_slice(b",\"from\":");
+    write_str(from, &mut out);
+    out.extend_from_slice(b",\"target\":\"*\"}");
+    out.into()
 }
 
 /// `connector.entryHandler.onUserLeave`: a route of pinus's chat (its connector calls it when
@@ -432,6 +446,25 @@ mod tests {
         assert_eq!(pick_index("alice", 3), Some(2));
         assert_eq!(pick_index("bob", 3), Some(2));
         assert_eq!(pick_index("alice", 1), Some(0));
+    }
+
+    #[test]
+    fn on_chat_to_room_is_the_json_of_the_value() {
+        for (msg, from) in [
+            ("hello", "alice"),
+            ("", ""),
+            (
+                "quote \" backslash \\ nl \n ctl \u{1} \u{7f} é 漢 \u{2028} 😀",
+                "bob*x",
+            ),
+        ] {
+            assert_eq!(
+                &on_chat_to_room(msg, from)[..],
+                &shaddock_protocol::json::to_vec(&json!({"msg": msg, "from": from, "target": "*"}))
+                    [..],
+                "{msg:?}"
+            );
+        }
     }
 
     #[test]

@@ -78,6 +78,17 @@ pub struct Json<T>(pub T);
 
 impl<S, T: DeserializeOwned> FromRequest<S> for Json<T> {
     fn from_request(req: &Request<S>) -> Result<Self, HandlerError> {
+        // From the JSON text when the request has it: no `Value` built. Only a success is
+        // taken from there; anything else (an array, an error) goes the `Value` way below,
+        // which makes the answer (and the error message) as it always was.
+        if let Some(text) = req.json_text() {
+            let text = shaddock_protocol::json::decode_text(text);
+            if !text.trim_start().starts_with('[')
+                && let Ok(t) = serde_json::from_str::<T>(&text)
+            {
+                return Ok(Self(t));
+            }
+        }
         // serde lets a struct read an array positionally; a route whose body is an object
         // (every pomelo body is) refuses arrays instead.
         if req.body().is_array() && wants_object::<T>() {

@@ -110,10 +110,11 @@ impl<S> Request<S> {
         }
     }
 
-    /// A request whose body is the JSON text `text`, already checked to be valid JSON that
-    /// survives re-encoding ([`shaddock_protocol::json::passthrough`]); it is parsed (with
-    /// [`shaddock_protocol::json::from_slice`]) only if someone reads [`Request::body`], and
-    /// a frontend forwards the text as it is.
+    /// A request whose body is the JSON text `text`, already checked to be valid JSON (on a
+    /// frontend, which forwards the text as it is, JSON that survives re-encoding:
+    /// [`shaddock_protocol::json::passthrough`]); it is parsed (with
+    /// [`shaddock_protocol::json::from_slice`]) only if someone reads [`Request::body`]
+    /// ([`Json`](crate::Json) decodes its `T` from the text).
     pub fn from_json_text(info: RequestInfo, session: S, text: Bytes) -> Self {
         Self {
             info,

@@ -16,7 +16,7 @@
 //! request, while this handler ran keeps its new value unless this handler changed it too
 //! (then the last change to reach the frontend wins).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -27,6 +27,8 @@ use shaddock_core::sys::{
 };
 use shaddock_core::{Request, RequestInfo, StateMap, filter};
 use shaddock_rpc::{RemoteError, RpcError, Target};
+
+mod plain;
 
 use crate::app::{BackendFilter, ErasedBackend, TypeDef};
 use crate::channel::{PushError, encode_push};
@@ -46,18 +48,127 @@ pub struct SessionInfo {
     pub settings: Map<String, Value>,
 }
 
-impl SessionInfo {
-    fn from_snapshot(s: SessionSnapshot) -> Self {
-        let settings = match shaddock_protocol::json::from_slice(&s.settings_json) {
-            Ok(Value::Object(m)) => m,
-            _ => Map::new(),
-        };
-        Self {
-            id: s.id,
-            uid: Some(s.uid).filter(|u| !u.is_empty()),
-            frontend_id: s.frontend_id,
-            settings,
+/// The settings a frontend sent as JSON text: the object, or none when the text is not a
+/// JSON object.
+fn parse_settings(text: &[u8]) -> Map<String, Value> {
+    match shaddock_protocol::json::from_slice(text) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    }
+}
+
+/// `parse_settings(text).get(key).cloned()` in one pass over the text that builds only the
+/// value of `key` (its last occurrence, as the parsed map keeps), the others checked as
+/// strictly as the parse would and dropped.
+fn setting_in(text: &[u8], key: &str) -> Option<Value> {
+    use serde::Deserializer as _;
+    let text = shaddock_protocol::json::decode_text(text);
+    if let Ok(found) = plain::setting(&text, key) {
+        return found;
+    }
+    let mut de = serde_json::Deserializer::from_str(&text);
+    let found = de.deserialize_any(FindKey(key)).ok()?;
+    de.end().ok()?;
+    found
+}
+
+/// Visits a JSON object for the value of one key (anything else: an error).
+struct FindKey<'k>(&'k str);
+
+impl<'de> serde::de::Visitor<'de> for FindKey<'_> {
+    type Value = Option<Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(is_key) = map.next_key_seed(KeyIs(self.0))? {
+            if is_key {
+                found = Some(map.next_value::<Value>()?);
+            } else {
+                map.next_value::<Checked>()?;
+            }
         }
+        Ok(found)
+    }
+}
+
+/// An object key: whether it is the one looked for.
+struct KeyIs<'k>(&'k str);
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeyIs<'_> {
+    type Value = bool;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl serde::de::Visitor<'_> for KeyIs<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E>(self, k: &str) -> Result<bool, E> {
+        Ok(k == self.0)
+    }
+}
+
+/// Any JSON value, read as a `Value` parse reads it (every string unescaped and checked,
+/// every number parsed) and dropped: text that reads as `Checked` parses as a `Value`.
+struct Checked;
+
+impl<'de> serde::Deserialize<'de> for Checked {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(Self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Checked {
+    type Value = Self;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(Self)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(Self)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(Self)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(Self)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(Self)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(Self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<Self>()?.is_some() {}
+        Ok(Self)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        while map.next_key::<Self>()?.is_some() {
+            map.next_value::<Self>()?;
+        }
+        Ok(Self)
     }
 }
 
@@ -68,10 +179,21 @@ fn json_bytes(settings: Map<String, Value>) -> Bytes {
     Bytes::from(shaddock_protocol::json::to_vec(&Value::Object(settings)))
 }
 
+/// The settings of a backend session: the frontend's JSON text, parsed into a map on the
+/// first change or after a few reads of one key each.
+enum Values {
+    Text(Bytes),
+    Map(Map<String, Value>),
+}
+
+/// Reads of one key each from the text before the text is parsed once for all.
+const SCANS: u8 = 4;
+
 /// The settings of a backend session and which keys the handler changed.
-#[derive(Default)]
 struct Settings {
-    values: Map<String, Value>,
+    values: Values,
+    /// `get`s answered from the text so far.
+    scans: u8,
     /// Keys set or removed here and not yet applied on the frontend, each with the sequence
     /// number of its last change (so a successful `push_settings` clears only the changes it
     /// carried, not one made while it was on the wire).
@@ -88,6 +210,27 @@ struct Changes {
 }
 
 impl Settings {
+    fn map(&mut self) -> &mut Map<String, Value> {
+        if let Values::Text(text) = &self.values {
+            self.values = Values::Map(parse_settings(text));
+        }
+        match &mut self.values {
+            Values::Map(m) => m,
+            Values::Text(_) => unreachable!("parsed above"),
+        }
+    }
+
+    fn get(&mut self, key: &str) -> Option<Value> {
+        match &self.values {
+            Values::Map(m) => m.get(key).cloned(),
+            Values::Text(text) if self.scans < SCANS => {
+                self.scans += 1;
+                setting_in(text, key)
+            }
+            Values::Text(_) => self.map().get(key).cloned(),
+        }
+    }
+
     fn mark(&mut self, key: String) {
         self.seq += 1;
         self.dirty.insert(key, self.seq);
@@ -99,8 +242,13 @@ impl Settings {
             removed: Vec::new(),
             sent: Vec::with_capacity(self.dirty.len()),
         };
+        // A key is marked only once the text is parsed.
+        let values = match &self.values {
+            Values::Map(m) => Some(m),
+            Values::Text(_) => None,
+        };
         for (key, seq) in &self.dirty {
-            match self.values.get(key) {
+            match values.and_then(|m| m.get(key)) {
                 Some(v) => {
                     c.set.insert(key.clone(), v.clone());
                 }
@@ -151,15 +299,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl BackendSession {
-    pub(crate) fn new(info: SessionInfo, ctx: ServerContext) -> Self {
+    /// The session of a forwarded request; its settings are parsed only when needed.
+    pub(crate) fn from_snapshot(s: SessionSnapshot, ctx: ServerContext) -> Self {
         Self {
             inner: Arc::new(BsInner {
-                id: info.id,
-                frontend_id: info.frontend_id,
-                uid: Mutex::new(info.uid),
+                id: s.id,
+                frontend_id: s.frontend_id,
+                uid: Mutex::new(Some(s.uid).filter(|u| !u.is_empty())),
                 settings: Mutex::new(Settings {
-                    values: info.settings,
-                    ..Settings::default()
+                    values: Values::Text(s.settings_json),
+                    scans: 0,
+                    dirty: HashMap::new(),
+                    seq: 0,
                 }),
                 ctx,
             }),
@@ -188,7 +339,7 @@ impl BackendSession {
 
     /// A setting (the frontend's value when the request was forwarded, unless changed here).
     pub fn get(&self, key: &str) -> Option<Value> {
-        lock(&self.inner.settings).values.get(key).cloned()
+        lock(&self.inner.settings).get(key)
     }
 
     /// Sets a setting here (pomelo's `session.set`); the key reaches the frontend session
@@ -197,7 +348,7 @@ impl BackendSession {
     pub fn set(&self, key: impl Into<String>, value: Value) {
         let key = key.into();
         let mut s = lock(&self.inner.settings);
-        s.values.insert(key.clone(), value);
+        s.map().insert(key.clone(), value);
         s.mark(key);
     }
 
@@ -205,14 +356,14 @@ impl BackendSession {
     /// returns (or at once with [`BackendSession::push_settings`]). Returns the value it had.
     pub fn remove(&self, key: &str) -> Option<Value> {
         let mut s = lock(&self.inner.settings);
-        let old = s.values.remove(key);
+        let old = s.map().remove(key);
         s.mark(key.to_owned());
         old
     }
 
     /// Every setting.
     pub fn settings(&self) -> Map<String, Value> {
-        lock(&self.inner.settings).values.clone()
+        lock(&self.inner.settings).map().clone()
     }
 
     /// Whether keys were set or removed here and not yet applied on the frontend.
@@ -305,7 +456,8 @@ impl BackendSession {
 /// `msgRemote` on a backend: runs forwarded requests.
 pub(crate) struct MsgRemote {
     pub(crate) ctx: ServerContext,
-    pub(crate) handlers: HashMap<String, Arc<ErasedBackend>>,
+    /// By route: a few keys, so a B-tree's comparisons cost less than hashing the route.
+    pub(crate) handlers: BTreeMap<String, Arc<ErasedBackend>>,
     pub(crate) filters: Vec<BackendFilter>,
     /// What handlers extract with `State<T>` (and the server's context).
     pub(crate) state: StateMap,
@@ -315,7 +467,11 @@ impl MsgRemote {
     pub(crate) fn new(ctx: ServerContext, def: &TypeDef, state: StateMap) -> Self {
         Self {
             ctx,
-            handlers: def.handlers.clone(),
+            handlers: def
+                .handlers
+                .iter()
+                .map(|(r, h)| (r.clone(), h.clone()))
+                .collect(),
             filters: def.before.clone(),
             state,
         }
@@ -331,14 +487,23 @@ impl msg_remote::Remote for MsgRemote {
                 format!("unknown route `{}`", args.route),
             ));
         };
-        let body = shaddock_protocol::json::from_slice(&args.body_json)
-            .map_err(|e| RemoteError::new(500, format!("invalid request body: {e}")))?;
-        let info = SessionInfo::from_snapshot(args.session.unwrap_or_default());
-        let session = BackendSession::new(info, self.ctx.clone());
-        let mut req = Request::new(
+        // Checked without building anything: plain JSON by a scanner, anything else by a
+        // serde_json pass as strict as the parse (`Checked`). Parsed only if the handler
+        // reads the body as a `Value` (`Json<T>` decodes `T` from the text).
+        let text = shaddock_protocol::json::decode_text(&args.body_json);
+        let valid = plain::is_plain(&text) || serde_json::from_str::<Checked>(&text).is_ok();
+        if !valid {
+            let e = shaddock_protocol::json::from_slice(&args.body_json)
+                .err()
+                .map_or_else(|| "invalid JSON".to_owned(), |e| e.to_string());
+            return Err(RemoteError::new(500, format!("invalid request body: {e}")));
+        }
+        let session =
+            BackendSession::from_snapshot(args.session.unwrap_or_default(), self.ctx.clone());
+        let mut req = Request::from_json_text(
             RequestInfo::forwarded(args.route, args.id),
             session.clone(),
-            body,
+            args.body_json,
         )
         .with_state(self.state.clone());
         if !args.body_protobuf.is_empty() {
@@ -352,12 +517,54 @@ impl msg_remote::Remote for MsgRemote {
         let reply = outcome.map_err(RemoteError::from)?;
         // Only the keys the handler changed (and did not push already).
         let changes = lock(&session.inner.settings).changes();
+        let body_json = match reply {
+            // `()`: the usual reply of a handler that pushes its answer.
+            Value::Null => Bytes::from_static(b"null"),
+            reply => shaddock_protocol::json::to_vec(&reply).into(),
+        };
         Ok(ForwardReply {
-            body_json: shaddock_protocol::json::to_vec(&reply).into(),
+            body_json,
             settings_json: json_bytes(changes.set),
             removed_settings: changes.removed,
         })
     }
+}
+
+/// For benchmarks (`benches/src/bin/inproc.rs`): a backend of `server_type` of `app` as its
+/// process would serve it (the app's state, its `msgRemote` with the type's handlers and
+/// filters, the type's remotes), on `rpc` with `codec`, without a master: the caller adds the
+/// frontends to `rpc`'s directory and serves the registry. Not a stable API.
+///
+/// # Errors
+/// A remote of the type could not be registered.
+#[doc(hidden)]
+pub fn standalone_backend(
+    app: &crate::App,
+    server: crate::config::ServerConfig,
+    rpc: shaddock_rpc::RpcClient,
+    codec: shaddock_protocol::BodyCodec,
+) -> Result<(ServerContext, shaddock_rpc::Registry), shaddock_rpc::RegistryError> {
+    let def = app.type_def(&server.server_type);
+    let ctx = ServerContext::new(
+        server,
+        Vec::new(),
+        "bench".into(),
+        rpc,
+        "master".into(),
+        codec,
+        None,
+    );
+    let state = app.server_state(&ctx);
+    let mut registry = shaddock_rpc::Registry::new();
+    registry.add(msg_remote::Server::new(MsgRemote::new(
+        ctx.clone(),
+        &def,
+        state,
+    )))?;
+    for setup in &def.remotes {
+        setup(&ctx, &mut registry)?;
+    }
+    Ok((ctx, registry))
 }
 
 #[cfg(test)]
@@ -382,6 +589,48 @@ mod tests {
     use shaddock_core::HandlerError;
 
     const STEP: Duration = Duration::from_secs(10);
+
+    /// A setting read from the text is the one the parsed map has, whatever the text; the
+    /// text passes `Checked` exactly when it parses.
+    #[test]
+    fn a_setting_read_from_the_text_is_the_parsed_maps() {
+        let texts: [&[u8]; 16] = [
+            b"",
+            b"{}",
+            br#"{"rid":"r1"}"#,
+            br#" { "a" : [1, {"rid": 2}], "rid" : {"x": [true, null, 1.5e3]} } "#,
+            br#"{"rid":1,"rid":2}"#,
+            br#"{"r\u0069d":"escaped key"}"#,
+            br#"{"rid":"r1","x":"\ud800"}"#,
+            br#"{"rid":"r1","x":1e400}"#,
+            br#"{"rid":"r1"} trailing"#,
+            br#"{"rid":"r1""#,
+            br#"["rid"]"#,
+            b"5",
+            b"{\"rid\":\"caf\xc3\xa9\",\"x\":\"\xff\"}",
+            br#"{"rid":"r1","x":"\u0000\n"}"#,
+            br#"{"rid":null}"#,
+            br#"{"a":{"rid":"nested only"}}"#,
+        ];
+        for text in texts {
+            // The body check of `forward_message` accepts exactly what parses.
+            assert_eq!(
+                serde_json::from_str::<Checked>(&shaddock_protocol::json::decode_text(text))
+                    .is_ok(),
+                shaddock_protocol::json::from_slice(text).is_ok(),
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+            for key in ["rid", "x", "a", "missing", ""] {
+                assert_eq!(
+                    setting_in(text, key),
+                    parse_settings(text).get(key).cloned(),
+                    "{} / {key}",
+                    String::from_utf8_lossy(text)
+                );
+            }
+        }
+    }
 
     async fn within<F: std::future::Future>(f: F) -> F::Output {
         tokio::time::timeout(STEP, f).await.expect("timed out")

@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 use shaddock_rpc::{RpcClient, RpcError, Target};
 
@@ -28,6 +28,7 @@ use crate::context::ClusterView;
 use crate::metrics::ClusterPushMetrics;
 use shaddock_core::sys::{PushArgs, session_remote};
 use shaddock_protocol::BodyCodec;
+use shaddock_protocol::message::{Message, MessageRoute};
 
 /// Why a push could not be sent at all.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +90,39 @@ pub fn encode_push(codec: &BodyCodec, route: &str, body: &Value) -> Result<Bytes
             route: route.to_owned(),
             message: e.to_string(),
         })
+}
+
+/// Encodes a PUSH package once, as [`encode_push`] does, from the body's JSON text: `text`
+/// must be the text [`shaddock_protocol::json::to_vec`] writes for the body (`JSON.stringify`
+/// form), which then goes out as it is; only a route the codec's serverProtos has is parsed
+/// (to encode it as protobuf). Saves building a [`Value`] for a body written directly.
+///
+/// # Errors
+/// [`PushError::Encode`] (for a protobuf route, also text that is not JSON).
+pub fn encode_push_json_text(
+    codec: &BodyCodec,
+    route: &str,
+    text: Bytes,
+) -> Result<Bytes, PushError> {
+    let encode_err = |message: String| PushError::Encode {
+        route: route.to_owned(),
+        message,
+    };
+    if codec.protos().is_some_and(|p| p.has_server_route(route)) {
+        let body =
+            shaddock_protocol::json::from_slice(&text).map_err(|e| encode_err(e.to_string()))?;
+        return encode_push(codec, route, &body);
+    }
+    // As `BodyCodec::push_package` does with the JSON it encodes.
+    let wire_route = match codec.dictionary().and_then(|d| d.code(route)) {
+        Some(code) => MessageRoute::Code(code),
+        None => MessageRoute::name(route.to_owned()),
+    };
+    let msg = Message::push(wire_route, text);
+    let mut dst = BytesMut::with_capacity(msg.encoded_len() + 4);
+    msg.encode_package(&mut dst)
+        .map_err(|e| encode_err(e.to_string()))?;
+    Ok(dst.freeze())
 }
 
 #[derive(Clone)]
@@ -183,17 +217,6 @@ impl Pusher {
             .collect()
     }
 
-    /// Encodes once and sends one `push` notify per group (frontend).
-    async fn to_groups_detached(
-        &self,
-        route: &str,
-        body: &Value,
-        groups: &[Group],
-    ) -> Result<PushSummary, PushError> {
-        let package = self.encode(route, body)?;
-        Ok(self.send_detached(Self::per_group(&package, groups)).await)
-    }
-
     /// Encodes once and sends one `push` RPC per group (frontend).
     async fn to_groups(
         &self,
@@ -202,7 +225,18 @@ impl Pusher {
         groups: &[Group],
     ) -> Result<PushSummary, PushError> {
         let package = self.encode(route, body)?;
-        Ok(self.send(Self::per_group(&package, groups), false).await)
+        Ok(self.package_to_groups(package, groups).await)
+    }
+
+    /// Sends one `push` RPC of `package` per group (frontend).
+    async fn package_to_groups(&self, package: Bytes, groups: &[Group]) -> PushSummary {
+        self.send(Self::per_group(&package, groups), false).await
+    }
+
+    /// Sends one `push` notify of `package` per group (frontend), see
+    /// [`Pusher::send_detached`].
+    async fn package_to_groups_detached(&self, package: Bytes, groups: &[Group]) -> PushSummary {
+        self.send_detached(Self::per_group(&package, groups)).await
     }
 }
 
@@ -255,6 +289,9 @@ struct Members {
     /// `by_uid` grouped by frontend, built on the first push after a membership change:
     /// pushes outnumber joins and leaves, and rebuilding costs a string copy per member.
     groups: Option<Arc<[Group]>>,
+    /// Taken out of the service's map (set under the map's lock): a [`Channel`] handle that
+    /// kept these members looks its name up again.
+    removed: bool,
 }
 
 impl Members {
@@ -310,6 +347,9 @@ impl Shared {
 pub struct Channel {
     name: Arc<str>,
     shared: Arc<Shared>,
+    /// The members the service's map had under `name` when [`ChannelService::get`] made this
+    /// handle: read without a map lookup while they are still the map's (not `removed`).
+    found: Option<Arc<Mutex<Members>>>,
 }
 
 impl std::fmt::Debug for Channel {
@@ -339,6 +379,13 @@ impl Channel {
 
     /// Reads the members (none if the channel does not exist right now).
     fn read<R>(&self, f: impl FnOnce(&mut Members) -> R) -> R {
+        if let Some(found) = &self.found {
+            let mut m = lock(found);
+            // Not removed: still the map's entry for the name, what a lookup would find.
+            if !m.removed {
+                return f(&mut m);
+            }
+        }
         match self.shared.find(&self.name) {
             Some(m) => f(&mut lock(&m)),
             None => f(&mut Members::default()),
@@ -378,6 +425,11 @@ impl Channel {
         self.read(|m| m.by_uid.get(uid).cloned())
     }
 
+    /// Whether `uid` is a member ([`member`](Self::member) without the frontend id's copy).
+    pub fn has_member(&self, uid: &str) -> bool {
+        self.read(|m| m.by_uid.contains_key(uid))
+    }
+
     /// Number of members.
     pub fn len(&self) -> usize {
         self.read(|m| m.by_uid.len())
@@ -397,6 +449,18 @@ impl Channel {
         self.shared.pusher.to_groups(route, body, &groups).await
     }
 
+    /// [`push`](Self::push) of a body given as its JSON text, written as
+    /// [`shaddock_protocol::json::to_vec`] writes it: the clients get the same bytes, and no
+    /// [`Value`] is built (see [`encode_push_json_text`]).
+    ///
+    /// # Errors
+    /// [`PushError::Encode`]; unreachable frontends are reported in the summary.
+    pub async fn push_json_text(&self, route: &str, text: Bytes) -> Result<PushSummary, PushError> {
+        let package = encode_push_json_text(&self.shared.pusher.codec, route, text)?;
+        let groups = self.read(Members::groups);
+        Ok(self.shared.pusher.package_to_groups(package, &groups).await)
+    }
+
     /// Pushes `body` on `route` to every member without waiting for the frontends to answer
     /// (pinus's `channel.pushMessage` without a callback): encoded once, one one-way `push`
     /// per frontend, awaited only until it is queued on the frontend's link, which is at
@@ -407,11 +471,32 @@ impl Channel {
     /// # Errors
     /// [`PushError::Encode`].
     pub async fn push_detached(&self, route: &str, body: &Value) -> Result<PushSummary, PushError> {
+        let package = self.shared.pusher.encode(route, body)?;
         let groups = self.read(Members::groups);
-        self.shared
+        Ok(self
+            .shared
             .pusher
-            .to_groups_detached(route, body, &groups)
-            .await
+            .package_to_groups_detached(package, &groups)
+            .await)
+    }
+
+    /// [`push_json_text`](Self::push_json_text) without waiting for the frontends to answer,
+    /// as [`push_detached`](Self::push_detached).
+    ///
+    /// # Errors
+    /// [`PushError::Encode`].
+    pub async fn push_json_text_detached(
+        &self,
+        route: &str,
+        text: Bytes,
+    ) -> Result<PushSummary, PushError> {
+        let package = encode_push_json_text(&self.shared.pusher.codec, route, text)?;
+        let groups = self.read(Members::groups);
+        Ok(self
+            .shared
+            .pusher
+            .package_to_groups_detached(package, &groups)
+            .await)
     }
 }
 
@@ -475,6 +560,7 @@ impl ChannelService {
         Channel {
             name: Arc::from(name),
             shared: Arc::clone(&self.shared),
+            found: None,
         }
     }
 
@@ -490,9 +576,11 @@ impl ChannelService {
 
     /// The channel `name`, if it exists (has members, or was [`create`](Self::create)d).
     pub fn get(&self, name: &str) -> Option<Channel> {
-        lock(&self.shared.channels)
-            .contains_key(name)
-            .then(|| self.get_or_create(name))
+        let found = lock(&self.shared.channels).get(name).cloned()?;
+        Some(Channel {
+            found: Some(found),
+            ..self.get_or_create(name)
+        })
     }
 
     /// Adds `uid` connected on `frontend_id` to the channel `name`, creating the channel if
@@ -541,6 +629,8 @@ impl ChannelService {
             }
             m.by_uid.remove(uid);
             m.groups = None;
+            // Removed below, under the map's lock still held.
+            m.removed = m.by_uid.is_empty();
             m.by_uid.len()
         };
         if left == 0 {
@@ -553,7 +643,10 @@ impl ChannelService {
     /// Removes the channel `name` and all its members; `false` if there was none.
     pub fn destroy(&self, name: &str) -> bool {
         let mut rooms = lock(&self.shared.channels);
-        let found = rooms.remove(name).is_some();
+        let found = rooms
+            .remove(name)
+            .inspect(|m| lock(m).removed = true)
+            .is_some();
         shrink(&mut rooms);
         found
     }
@@ -607,14 +700,13 @@ impl ChannelService {
         body: &Value,
         members: &[(String, String)],
     ) -> Result<PushSummary, PushError> {
-        self.shared
+        let package = self.shared.pusher.encode(route, body)?;
+        let groups = groups_of(members.iter().map(|(u, f)| (u.as_str(), f.as_str())));
+        Ok(self
+            .shared
             .pusher
-            .to_groups_detached(
-                route,
-                body,
-                &groups_of(members.iter().map(|(u, f)| (u.as_str(), f.as_str()))),
-            )
-            .await
+            .package_to_groups_detached(package, &groups)
+            .await)
     }
 
     /// Pushes to every session of every frontend of `frontend_type` (pomelo's
@@ -688,7 +780,6 @@ fn shrink(rooms: &mut Rooms) {
 mod tests {
     use super::*;
     use shaddock_protocol::RouteDictionary;
-    use shaddock_protocol::message::{Message, MessageRoute};
     use shaddock_protocol::protobuf::Protos;
     use shaddock_rpc::RpcConfig;
 
@@ -699,6 +790,25 @@ mod tests {
             Arc::default(),
             None,
         )
+    }
+
+    /// A handle from `get` keeps reading the channel of its name after that channel was
+    /// emptied (removed) and joined again, or destroyed.
+    #[test]
+    fn a_handle_from_get_follows_its_name_across_removals() {
+        let s = service();
+        s.join("room", "alice", "conn-1");
+        let h = s.get("room").unwrap();
+        assert!(h.has_member("alice"));
+        assert_eq!(s.leave("room", "alice", "conn-1"), Some(0));
+        assert!(h.is_empty() && !h.has_member("alice"));
+        s.join("room", "bob", "conn-2");
+        assert_eq!(h.members(), [("bob".to_owned(), "conn-2".to_owned())]);
+        assert!(s.destroy("room"));
+        assert!(h.is_empty());
+        s.join("room", "carol", "conn-1");
+        assert_eq!(h.uids(), ["carol"]);
+        assert_eq!(h.member("carol").as_deref(), Some("conn-1"));
     }
 
     #[test]
@@ -980,6 +1090,45 @@ mod tests {
         let b = encode_push(&codec, "onLeave", &serde_json::json!({"user": "a"})).unwrap();
         let msg = Message::decode(b.slice(4..)).unwrap();
         assert_eq!(&msg.body[..], br#"{"user":"a"}"#);
+    }
+
+    /// A body given as its JSON text makes the very package the body as a `Value` makes,
+    /// with or without dictionary and protobuf schema; errors alike.
+    #[test]
+    fn a_push_from_json_text_is_the_push_from_the_value() {
+        let dict = RouteDictionary::new(Vec::<String>::new(), &["onChat".to_owned()]).unwrap();
+        let protos = Protos::from_files(
+            &serde_json::json!({"onChat": {"required string msg": 1}}),
+            &serde_json::json!({}),
+        )
+        .unwrap();
+        let codecs = [
+            BodyCodec::default(),
+            BodyCodec::new(Some(Arc::new(dict.clone())), None),
+            BodyCodec::new(Some(Arc::new(dict)), Some(Arc::new(protos))),
+        ];
+        let bodies = [
+            serde_json::json!({"msg": "hi \"there\"\n\u{1}é", "from": "a", "target": "*"}),
+            serde_json::json!({"msg": "x"}),
+            serde_json::json!({"2": 1, "1": [1.5, -0.0, 1e21], "user": null}),
+        ];
+        for codec in &codecs {
+            for route in ["onChat", "onLeave"] {
+                for body in &bodies {
+                    let text = Bytes::from(shaddock_protocol::json::to_vec(body));
+                    assert_eq!(
+                        encode_push_json_text(codec, route, text).unwrap(),
+                        encode_push(codec, route, body).unwrap(),
+                        "{route} {body}"
+                    );
+                }
+            }
+            let long = "r".repeat(300);
+            assert!(matches!(
+                encode_push_json_text(codec, &long, Bytes::from_static(b"null")),
+                Err(PushError::Encode { .. })
+            ));
+        }
     }
 
     /// A frontend (`connector-1`: a client port whose `connector.h.enter` binds the body's

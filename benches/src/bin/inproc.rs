@@ -11,11 +11,13 @@
 //! server process of the cluster runs one), created in this order:
 //! 1. **connector**: a [`Frontend`] (raw TCP + WebSocket on one port) with the chat's enter
 //!    handler, an [`RpcForwarder`] for `chat.*` routes, and its RPC server (`sessionRemote`);
-//! 2. **backend**: an [`RpcServer`] with a `msgRemote` that does what the chat's
-//!    `chat.chatHandler.send` does for a room of one: decodes the JSON body, encodes the
-//!    `onChat` push package once ([`encode_push`]) and sends it to the frontend by uid list
-//!    (a `sessionRemote.push` notify, as the chat's channel push does; with `--push-call` a
-//!    call whose answer the handler awaits, as the chat did before), then answers `{}`;
+//! 2. **backend**: a chat server: an [`RpcServer`] serving the chat app's own `chat` type
+//!    ([`shaddock_chat::app`]: its `msgRemote` running the real `chat.chatHandler.send` with
+//!    a [`BackendSession`](shaddock_server::BackendSession), its rooms as channels, its
+//!    `chatRemote`; built with `shaddock_server::backend::standalone_backend`), with RPC
+//!    metrics as in a chat process, and every client's room of one joined at set-up; the
+//!    handler pushes `onChat` through the room's channel (`sessionRemote.push` by uid list)
+//!    and answers `{}`;
 //! 3. **client**: `--clients` [`shaddock_client`] clients, entered in rooms of one, in a
 //!    closed loop: request `chat.chatHandler.send`, wait for the answer and for the push.
 //!
@@ -38,9 +40,8 @@ use shaddock_client::{Client, ClientConfig, Transport};
 use shaddock_connector::{
     BodyCodec, ConnectorConfig, Frontend, HandlerError, RpcForwarder, Session,
 };
-use shaddock_core::sys::{ForwardMessage, ForwardReply, PushArgs, msg_remote, session_remote};
-use shaddock_rpc::{Registry, RemoteError, RpcClient, RpcConfig, RpcServer, ServerInfo, Target};
-use shaddock_server::channel::encode_push;
+use shaddock_rpc::{Registry, RpcClient, RpcConfig, RpcServer, ServerInfo};
+use shaddock_server::config::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -52,6 +53,7 @@ const SEND_ROUTE: &str = "chat.chatHandler.send";
 const ENTER_ROUTE: &str = "connector.entryHandler.enter";
 const ON_CHAT: &str = "onChat";
 const FRONTEND_ID: &str = "connector-server-1";
+const BACKEND_ID: &str = "chat-server-1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum TransportArg {
@@ -80,53 +82,6 @@ struct Args {
     /// Hard limit on the whole run, seconds.
     #[arg(long, default_value_t = 600)]
     deadline: u64,
-    /// The backend pushes with a `sessionRemote.push` call and awaits its answer before
-    /// answering (the chat's send before its pushes were detached), instead of a notify.
-    #[arg(long)]
-    push_call: bool,
-}
-
-/// The chat backend's `msgRemote`: the send handler of a room of one.
-struct Backend {
-    rpc: RpcClient,
-    codec: BodyCodec,
-    push_call: bool,
-}
-
-impl msg_remote::Remote for Backend {
-    async fn forward_message(&self, m: ForwardMessage) -> Result<ForwardReply, RemoteError> {
-        if m.route != SEND_ROUTE {
-            return Err(RemoteError::new(404, format!("no handler {}", m.route)));
-        }
-        let session = m.session.unwrap_or_default();
-        let body: Value = serde_json::from_slice(&m.body_json)
-            .map_err(|e| RemoteError::new(400, format!("{SEND_ROUTE}: body: {e}")))?;
-        let push = json!({"msg": body["content"], "from": session.uid, "target": "*"});
-        let package = encode_push(&self.codec, ON_CHAT, &push)
-            .map_err(|e| RemoteError::new(500, e.to_string()))?;
-        let mut uid_list = Vec::with_capacity(session.uid.len() + 1);
-        uid_list.extend_from_slice(session.uid.as_bytes());
-        uid_list.push(0);
-        let stub = session_remote::Client::new(&self.rpc);
-        let (target, args) = (
-            Target::server(&session.frontend_id),
-            PushArgs {
-                package,
-                uid_list: Bytes::from(uid_list),
-                ..PushArgs::default()
-            },
-        );
-        if self.push_call {
-            stub.push(target, args).await.map(drop)
-        } else {
-            stub.notify().push(target, args).await
-        }
-        .map_err(|e| RemoteError::new(500, e.to_string()))?;
-        Ok(ForwardReply {
-            body_json: Bytes::from_static(b"{}"),
-            ..ForwardReply::default()
-        })
-    }
 }
 
 /// The thread id of the calling thread (`/proc/thread-self` links to `PID/task/TID`).
@@ -221,7 +176,11 @@ async fn connector(
         config.heartbeat_timeout = Some(Duration::from_secs(120));
         let frontend = Frontend::builder(config)
             .handler(ENTER_ROUTE, |s: Session, req: Value| async move {
-                let uid = req["username"].as_str().unwrap_or_default().to_owned();
+                // The chat's uid: `name*room` (`shaddock_chat::validate::uid`).
+                let uid = shaddock_chat::validate::uid(
+                    req["username"].as_str().unwrap_or_default(),
+                    req["rid"].as_str().unwrap_or_default(),
+                );
                 s.bind(&uid)
                     .map_err(|e| HandlerError::new(500, e.to_string()))?;
                 s.set("rid", req["rid"].clone());
@@ -249,31 +208,53 @@ async fn connector(
     );
 }
 
-/// The backend role; sends its RPC port.
+/// The uid and room of client `i` (the chat's `name*room`).
+fn member(i: usize) -> (String, String) {
+    let rid = format!("r{i}");
+    (shaddock_chat::validate::uid(&format!("u{i}"), &rid), rid)
+}
+
+/// The backend role (a chat server with the clients' rooms of one); sends its RPC port.
 async fn backend(
     ready: std_mpsc::Sender<Result<u16, String>>,
     frontend_rpc_port: u16,
-    push_call: bool,
+    clients: usize,
     stop: CancellationToken,
 ) {
     let setup = async {
-        let rpc = RpcClient::new(rpc_config());
+        // RPC metrics as a chat process has them (`process.rs`): counted on every call.
+        let mut config = rpc_config();
+        config.metrics = Some(shaddock_server::metrics::MetricsBuilder::new().rpc());
+        let rpc = RpcClient::new(config.clone());
         rpc.directory().add(ServerInfo::new(
             FRONTEND_ID,
             "connector",
             "127.0.0.1",
             frontend_rpc_port,
         ));
-        let mut registry = Registry::new();
-        registry
-            .add(msg_remote::Server::new(Backend {
-                rpc,
-                codec: BodyCodec::new(None, None),
-                push_call,
-            }))
-            .map_err(|e| format!("backend: registry: {e}"))?;
+        let server = ServerConfig {
+            id: BACKEND_ID.to_owned(),
+            server_type: "chat".to_owned(),
+            host: "127.0.0.1".to_owned(),
+            port: Some(0),
+            client_port: None,
+            frontend: false,
+            extra: serde_json::Map::new(),
+        };
+        let (ctx, registry) = shaddock_server::backend::standalone_backend(
+            &shaddock_chat::app(),
+            server,
+            rpc,
+            BodyCodec::new(None, None),
+        )
+        .map_err(|e| format!("backend: registry: {e}"))?;
+        // Each client's room of one, as `chatRemote.add` makes it on `enter`.
+        for i in 0..clients {
+            let (uid, rid) = member(i);
+            ctx.channels().join(&rid, &uid, FRONTEND_ID);
+        }
         let (l, port) = listener().await?;
-        tokio::spawn(RpcServer::new(registry, rpc_config()).serve(l, stop.clone()));
+        tokio::spawn(RpcServer::new(registry, config).serve(l, stop.clone()));
         Ok::<_, String>(port)
     };
     let _ = ready.send(setup.await);
@@ -369,12 +350,13 @@ fn run(args: &Args) -> Result<Value, String> {
             let stop = stop.clone();
             move |ready| connector(ready, stop)
         })?;
+    let clients = args.clients;
     let (backend_tid, backend_port, backend_thread) = role("backend", stop.clone(), deadline, {
-        let (stop, push_call) = (stop.clone(), args.push_call);
-        move |ready| backend(ready, frontend_rpc_port, push_call, stop)
+        let stop = stop.clone();
+        move |ready| backend(ready, frontend_rpc_port, clients, stop)
     })?;
     connector_rpc.directory().add(ServerInfo::new(
-        "chat-server-1",
+        BACKEND_ID,
         "chat",
         "127.0.0.1",
         backend_port,
