@@ -310,7 +310,7 @@ impl RpcServer {
                     let metered = cfg.metrics.clone().map(|m| (m, std::time::Instant::now()));
                     // Boxed: tokio's spawn then moves a pointer, not the future, into and
                     // inside the task cell.
-                    let mut task = Box::pin(async move {
+                    let task = Box::pin(async move {
                         let result = run_guarded(call).await;
                         let frame = reply_frame(id, result, &service, &method, max);
                         if let Some((m, started)) = metered {
@@ -320,21 +320,7 @@ impl RpcServer {
                         send_reply(&tx, frame).await;
                         drop(permit);
                     });
-                    // Polled here only for a service that asked for it (see
-                    // `Service::inline`): a call that finishes without waiting then costs no
-                    // task. Every other call (and one that waits) runs in its own task, so a
-                    // CPU-heavy or blocking handler cannot stall the read loop and the other
-                    // calls multiplexed on this connection. The no-op waker is enough: a call
-                    // still pending is spawned, and its task polls it again with its own.
-                    if inline
-                        && task
-                            .as_mut()
-                            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
-                            .is_ready()
-                    {
-                        continue;
-                    }
-                    tokio::spawn(task);
+                    run_inline_or_spawn(inline, task);
                 }
                 Some(Ok(Frame::Notify {
                     namespace,
@@ -345,22 +331,13 @@ impl RpcServer {
                     let (call, inline) = self
                         .registry
                         .dispatch_wire(namespace, &service, &method, payload);
-                    let mut task = Box::pin(async move {
+                    let task = Box::pin(async move {
                         if let Err(e) = run_guarded(call).await {
                             debug!(%service, %method, kind = ?e.kind, message = %e.message, "rpc notify failed");
                         }
                         drop(permit);
                     });
-                    // As for calls: polled here first only for a service that asked for it.
-                    if inline
-                        && task
-                            .as_mut()
-                            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
-                            .is_ready()
-                    {
-                        continue;
-                    }
-                    tokio::spawn(task);
+                    run_inline_or_spawn(inline, task);
                 }
                 Some(Ok(Frame::Ping)) => {
                     // Answered from the read loop, never queued behind a permit. A full queue
@@ -580,6 +557,26 @@ async fn send_reply(tx: &mpsc::Sender<Frame>, frame: Frame) {
             let _ = Box::pin(tx.send(frame)).await;
         }
     }
+}
+
+/// Runs a call's or notify's task: polled once here, on the read loop, only for a service that
+/// asked for it (see `Service::inline`), so one that finishes without waiting costs no task.
+/// Every other one (and one that waits) runs in its own task, so a CPU-heavy or blocking
+/// handler cannot stall the read loop and the others multiplexed on this connection. The
+/// no-op waker is enough: a task still pending is spawned, and polls it again with its own.
+fn run_inline_or_spawn<F>(inline: bool, mut task: std::pin::Pin<Box<F>>)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    if inline
+        && task
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+            .is_ready()
+    {
+        return;
+    }
+    tokio::spawn(task);
 }
 
 /// Runs a call, turning a handler panic into an [`ErrorKind::Internal`] error.
