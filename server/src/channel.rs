@@ -140,23 +140,34 @@ pub(crate) struct NatsPushes {
     pub(crate) metrics: ClusterPushMetrics,
 }
 
+/// How a push goes to each frontend.
+#[derive(Clone, Copy)]
+enum How {
+    /// A `push` RPC to the listed uids, its answer awaited.
+    Push,
+    /// A `broadcast` RPC (every session of the frontend), its answer awaited.
+    Broadcast,
+    /// A one-way `push` notify, awaited only until its frame is queued on the frontend's
+    /// link (at once when the link is up with room in its queue): no answer, `sent` stays 0.
+    Notify,
+}
+
 impl Pusher {
     fn encode(&self, route: &str, body: &Value) -> Result<Bytes, PushError> {
         encode_push(&self.codec, route, body)
     }
 
-    /// One RPC per frontend, concurrently: `push` to the listed uids, or `broadcast` (to
-    /// every session of the frontend) when `all`.
-    async fn send(&self, per_frontend: Vec<(String, PushArgs)>, all: bool) -> PushSummary {
+    /// One RPC per frontend, concurrently, sent as `how` says.
+    async fn send(&self, per_frontend: Vec<(String, PushArgs)>, how: How) -> PushSummary {
         let stub = session_remote::Client::new(&self.rpc);
         let calls = per_frontend.into_iter().map(|(fid, args)| {
             let stub = stub.clone();
             async move {
                 let target = Target::server(&fid);
-                let r = if all {
-                    stub.broadcast(target, args).await
-                } else {
-                    stub.push(target, args).await
+                let r = match how {
+                    How::Push => stub.push(target, args).await.map(|r| r.sent),
+                    How::Broadcast => stub.broadcast(target, args).await.map(|r| r.sent),
+                    How::Notify => stub.notify().push(target, args).await.map(|()| 0),
                 };
                 (fid, r)
             }
@@ -165,9 +176,14 @@ impl Pusher {
         for (fid, r) in futures_util::future::join_all(calls).await {
             summary.rpcs += 1;
             match r {
-                Ok(r) => summary.sent += u64::from(r.sent),
+                Ok(sent) => summary.sent += u64::from(sent),
                 Err(e) => {
-                    log_failed(&self.rpc, &fid, &e);
+                    if self.rpc.is_departing(&fid) {
+                        // The cluster is stopping and that frontend with it.
+                        tracing::debug!(frontend = %fid, cause = %e, "channel push not delivered: the frontend is leaving");
+                    } else {
+                        tracing::warn!(frontend = %fid, cause = %e, "channel push failed");
+                    }
                     summary.failed.push((fid, e.to_string()));
                 }
             }
@@ -175,33 +191,9 @@ impl Pusher {
         summary
     }
 
-    /// One `push` notify per frontend, concurrently: each awaited until its frame is
-    /// queued on the frontend's link (at once when the link is up with room in its queue),
-    /// not until the frontend answers (it does not answer a notify). `sent` stays 0.
-    async fn send_detached(&self, per_frontend: Vec<(String, PushArgs)>) -> PushSummary {
-        let stub = session_remote::Client::new(&self.rpc);
-        let pushes = per_frontend.into_iter().map(|(fid, args)| {
-            let stub = stub.clone();
-            async move {
-                let r = stub.notify().push(Target::server(&fid), args).await;
-                (fid, r)
-            }
-        });
-        let mut summary = PushSummary::default();
-        for (fid, r) in futures_util::future::join_all(pushes).await {
-            summary.rpcs += 1;
-            if let Err(e) = r {
-                log_failed(&self.rpc, &fid, &e);
-                summary.failed.push((fid, e.to_string()));
-            }
-        }
-        summary
-    }
-
-    /// One `push` RPC (awaited) or notify (`detached`, see [`Pusher::send_detached`]) per
-    /// group, with the package encoded once.
-    fn per_group(package: &Bytes, groups: &[Group]) -> Vec<(String, PushArgs)> {
-        groups
+    /// One `push` (RPC or notify, as `how` says) of `package` per group (frontend).
+    async fn to_groups(&self, package: Bytes, groups: &[Group], how: How) -> PushSummary {
+        let per = groups
             .iter()
             .map(|g| {
                 (
@@ -214,39 +206,8 @@ impl Pusher {
                     },
                 )
             })
-            .collect()
-    }
-
-    /// Encodes once and sends one `push` RPC per group (frontend).
-    async fn to_groups(
-        &self,
-        route: &str,
-        body: &Value,
-        groups: &[Group],
-    ) -> Result<PushSummary, PushError> {
-        let package = self.encode(route, body)?;
-        Ok(self.package_to_groups(package, groups).await)
-    }
-
-    /// Sends one `push` RPC of `package` per group (frontend).
-    async fn package_to_groups(&self, package: Bytes, groups: &[Group]) -> PushSummary {
-        self.send(Self::per_group(&package, groups), false).await
-    }
-
-    /// Sends one `push` notify of `package` per group (frontend), see
-    /// [`Pusher::send_detached`].
-    async fn package_to_groups_detached(&self, package: Bytes, groups: &[Group]) -> PushSummary {
-        self.send_detached(Self::per_group(&package, groups)).await
-    }
-}
-
-/// Logs a push a frontend did not take: at debug level when that frontend is leaving with
-/// the cluster's stop.
-fn log_failed(rpc: &RpcClient, frontend_id: &str, e: &RpcError) {
-    if rpc.is_departing(frontend_id) {
-        tracing::debug!(frontend = %frontend_id, cause = %e, "channel push not delivered: the frontend is leaving");
-    } else {
-        tracing::warn!(frontend = %frontend_id, cause = %e, "channel push failed");
+            .collect();
+        self.send(per, how).await
     }
 }
 
@@ -445,8 +406,8 @@ impl Channel {
     /// # Errors
     /// [`PushError::Encode`]; unreachable frontends are reported in the summary.
     pub async fn push(&self, route: &str, body: &Value) -> Result<PushSummary, PushError> {
-        let groups = self.read(Members::groups);
-        self.shared.pusher.to_groups(route, body, &groups).await
+        let package = self.shared.pusher.encode(route, body)?;
+        Ok(self.push_package(package, How::Push).await)
     }
 
     /// [`push`](Self::push) of a body given as its JSON text, written as
@@ -457,8 +418,7 @@ impl Channel {
     /// [`PushError::Encode`]; unreachable frontends are reported in the summary.
     pub async fn push_json_text(&self, route: &str, text: Bytes) -> Result<PushSummary, PushError> {
         let package = encode_push_json_text(&self.shared.pusher.codec, route, text)?;
-        let groups = self.read(Members::groups);
-        Ok(self.shared.pusher.package_to_groups(package, &groups).await)
+        Ok(self.push_package(package, How::Push).await)
     }
 
     /// Pushes `body` on `route` to every member without waiting for the frontends to answer
@@ -472,12 +432,7 @@ impl Channel {
     /// [`PushError::Encode`].
     pub async fn push_detached(&self, route: &str, body: &Value) -> Result<PushSummary, PushError> {
         let package = self.shared.pusher.encode(route, body)?;
-        let groups = self.read(Members::groups);
-        Ok(self
-            .shared
-            .pusher
-            .package_to_groups_detached(package, &groups)
-            .await)
+        Ok(self.push_package(package, How::Notify).await)
     }
 
     /// [`push_json_text`](Self::push_json_text) without waiting for the frontends to answer,
@@ -491,12 +446,13 @@ impl Channel {
         text: Bytes,
     ) -> Result<PushSummary, PushError> {
         let package = encode_push_json_text(&self.shared.pusher.codec, route, text)?;
+        Ok(self.push_package(package, How::Notify).await)
+    }
+
+    /// One push of `package` per frontend of the members.
+    async fn push_package(&self, package: Bytes, how: How) -> PushSummary {
         let groups = self.read(Members::groups);
-        Ok(self
-            .shared
-            .pusher
-            .package_to_groups_detached(package, &groups)
-            .await)
+        self.shared.pusher.to_groups(package, &groups, how).await
     }
 }
 
@@ -679,14 +635,7 @@ impl ChannelService {
         body: &Value,
         members: &[(String, String)],
     ) -> Result<PushSummary, PushError> {
-        self.shared
-            .pusher
-            .to_groups(
-                route,
-                body,
-                &groups_of(members.iter().map(|(u, f)| (u.as_str(), f.as_str()))),
-            )
-            .await
+        self.push_to_members(route, body, members, How::Push).await
     }
 
     /// [`ChannelService::push_to_uids`] without waiting for the frontends to answer, as
@@ -700,13 +649,21 @@ impl ChannelService {
         body: &Value,
         members: &[(String, String)],
     ) -> Result<PushSummary, PushError> {
+        self.push_to_members(route, body, members, How::Notify)
+            .await
+    }
+
+    /// Encodes once and pushes to the `(uid, frontend id)` list, one push per frontend.
+    async fn push_to_members(
+        &self,
+        route: &str,
+        body: &Value,
+        members: &[(String, String)],
+        how: How,
+    ) -> Result<PushSummary, PushError> {
         let package = self.shared.pusher.encode(route, body)?;
         let groups = groups_of(members.iter().map(|(u, f)| (u.as_str(), f.as_str())));
-        Ok(self
-            .shared
-            .pusher
-            .package_to_groups_detached(package, &groups)
-            .await)
+        Ok(self.shared.pusher.to_groups(package, &groups, how).await)
     }
 
     /// Pushes to every session of every frontend of `frontend_type` (pomelo's
@@ -764,7 +721,7 @@ impl ChannelService {
                 )
             })
             .collect();
-        Ok(self.shared.pusher.send(per, true).await)
+        Ok(self.shared.pusher.send(per, How::Broadcast).await)
     }
 }
 
